@@ -1,0 +1,244 @@
+//! Test tooling shared by the integration suites: a real Azurite started once per test
+//! process on free loopback ports, and the built `handler` run as a child process.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tables::StorageAccount;
+
+/// Azurite's table service, shared by every test of one test binary.
+pub struct Azurite {
+    pub table_port: u16,
+}
+
+/// Where the pinned Azurite package lives (`tests/azurite`, with its lockfile).
+pub fn azurite_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("azurite")
+}
+
+impl Azurite {
+    /// The shared instance: `AZURITE_TABLE_PORT` when the runner started one, otherwise
+    /// one started here (installing the pinned package with `npm ci` if needed).
+    pub fn shared() -> &'static Azurite {
+        static SHARED: OnceLock<Azurite> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            if let Some(port) = std::env::var("AZURITE_TABLE_PORT").ok().and_then(|p| p.parse().ok()) {
+                wait_for_port(port, Duration::from_secs(30)).expect("AZURITE_TABLE_PORT is not accepting connections");
+                return Azurite { table_port: port };
+            }
+            Azurite::start()
+        })
+    }
+
+    fn start() -> Azurite {
+        let dir = azurite_dir();
+        let bin = dir.join("node_modules/azurite/dist/src/table/main.js");
+        if !bin.exists() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--silent"])
+                .current_dir(&dir)
+                .status()
+                .expect("npm is needed to install Azurite");
+            assert!(status.success(), "npm ci in {} failed", dir.display());
+        }
+        let port = free_port();
+        let workspace = std::env::temp_dir().join(format!("azurite-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&workspace).expect("an Azurite workspace folder");
+        let mut command = Command::new("node");
+        command
+            .arg(&bin)
+            .args(["--tableHost", "127.0.0.1", "--tablePort", &port.to_string()])
+            .args(["--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck"])
+            .current_dir(&workspace)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        spawn_owned(command);
+        wait_for_port(port, Duration::from_secs(60)).expect("Azurite did not start listening within 60 s");
+        Azurite { table_port: port }
+    }
+
+    /// The storage account as the handler's `AzureWebJobsStorage` would name it.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};TableEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
+            DEV_KEY, self.table_port
+        )
+    }
+
+    /// The account, for talking to Azurite directly from a test.
+    pub fn account(&self) -> StorageAccount {
+        StorageAccount::from_connection_string(&self.connection_string()).expect("a valid development connection string")
+    }
+
+    /// A client on this Azurite.
+    pub fn client(&self) -> tables::TableServiceClient {
+        tables::TableServiceClient::new(self.account()).expect("a table client")
+    }
+}
+
+/// Azurite's public development key (documented by Microsoft; not a secret).
+pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A table name no other test uses.
+pub fn unique_table(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Waits until something accepts connections on 127.0.0.1:port.
+pub fn wait_for_port(port: u16, limit: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while started.elapsed() < limit {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(format!("nothing listens on 127.0.0.1:{port} after {limit:?}"))
+}
+
+/// Spawns a child that dies with this test process: it is started from a thread that
+/// lives as long as the process, with the parent-death signal set.
+fn spawn_owned(mut command: Command) {
+    use std::os::unix::process::CommandExt as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: prctl is async-signal-safe and only touches the child's own state.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn();
+        let ok = child.is_ok();
+        tx.send(child.map(|_| ()).map_err(|e| e.to_string())).ok();
+        if ok {
+            loop {
+                std::thread::park();
+            }
+        }
+    });
+    rx.recv()
+        .expect("the spawning thread answers")
+        .expect("the child process starts");
+}
+
+/// The built `handler` binary running as a child process, killed when dropped.
+pub struct HandlerProcess {
+    child: Child,
+    pub port: u16,
+    output: Arc<Mutex<String>>,
+    pub started_at: Instant,
+}
+
+impl HandlerProcess {
+    /// Starts `binary serve` with exactly the given environment (plus PATH), on a free port.
+    pub fn start(binary: &str, args: &[&str], env: &[(&str, String)]) -> HandlerProcess {
+        let port = free_port();
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let started_at = Instant::now();
+        let mut child = command.spawn().expect("the handler binary starts");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut out = output.lock().expect("output lock");
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        let mut process = HandlerProcess {
+            child,
+            port,
+            output,
+            started_at,
+        };
+        if let Err(e) = wait_for_port(port, Duration::from_secs(10)) {
+            let status = process.child.try_wait().ok().flatten();
+            panic!("handler did not listen ({e}); exit: {status:?}; output:\n{}", process.output());
+        }
+        process
+    }
+
+    /// The base URL, `http://127.0.0.1:port`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Everything the process printed so far (stdout and stderr interleaved by line).
+    pub fn output(&self) -> String {
+        self.output.lock().expect("output lock").clone()
+    }
+
+    /// Waits for the process to exit by itself, returning its status code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // let the reader threads drain
+                std::thread::sleep(Duration::from_millis(50));
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for HandlerProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Runs the handler with arguments and environment, expecting it to exit; returns (code, output).
+pub fn run_to_exit(binary: &str, args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
+    let out = Command::new(binary)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("the handler binary runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
