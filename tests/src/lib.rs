@@ -26,8 +26,12 @@ impl Azurite {
     pub fn shared() -> &'static Azurite {
         static SHARED: OnceLock<Azurite> = OnceLock::new();
         SHARED.get_or_init(|| {
-            if let Some(port) = std::env::var("AZURITE_TABLE_PORT").ok().and_then(|p| p.parse().ok()) {
-                wait_for_port(port, Duration::from_secs(30)).expect("AZURITE_TABLE_PORT is not accepting connections");
+            if let Some(port) = std::env::var("AZURITE_TABLE_PORT")
+                .ok()
+                .and_then(|p| p.parse().ok())
+            {
+                wait_for_port(port, Duration::from_secs(30))
+                    .expect("AZURITE_TABLE_PORT is not accepting connections");
                 return Azurite { table_port: port };
             }
             Azurite::start()
@@ -52,12 +56,18 @@ impl Azurite {
         command
             .arg(&bin)
             .args(["--tableHost", "127.0.0.1", "--tablePort", &port.to_string()])
-            .args(["--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck"])
+            .args([
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--silent",
+                "--skipApiVersionCheck",
+            ])
             .current_dir(&workspace)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         spawn_owned(command);
-        wait_for_port(port, Duration::from_secs(60)).expect("Azurite did not start listening within 60 s");
+        wait_for_port(port, Duration::from_secs(60))
+            .expect("Azurite did not start listening within 60 s");
         Azurite { table_port: port }
     }
 
@@ -71,7 +81,8 @@ impl Azurite {
 
     /// The account, for talking to Azurite directly from a test.
     pub fn account(&self) -> StorageAccount {
-        StorageAccount::from_connection_string(&self.connection_string()).expect("a valid development connection string")
+        StorageAccount::from_connection_string(&self.connection_string())
+            .expect("a valid development connection string")
     }
 
     /// A client on this Azurite.
@@ -81,13 +92,18 @@ impl Azurite {
 }
 
 /// Azurite's public development key (documented by Microsoft; not a secret).
-pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// A table name no other test uses.
 pub fn unique_table(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A loopback port nobody listens on right now.
@@ -108,7 +124,9 @@ pub fn wait_for_port(port: u16, limit: Duration) -> Result<Duration, String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Err(format!("nothing listens on 127.0.0.1:{port} after {limit:?}"))
+    Err(format!(
+        "nothing listens on 127.0.0.1:{port} after {limit:?}"
+    ))
 }
 
 /// Spawns a child that dies with this test process: it is started from a thread that
@@ -168,8 +186,14 @@ impl HandlerProcess {
         let mut child = command.spawn().expect("the handler binary starts");
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -191,7 +215,10 @@ impl HandlerProcess {
         };
         if let Err(e) = wait_for_port(port, Duration::from_secs(10)) {
             let status = process.child.try_wait().ok().flatten();
-            panic!("handler did not listen ({e}); exit: {status:?}; output:\n{}", process.output());
+            panic!(
+                "handler did not listen ({e}); exit: {status:?}; output:\n{}",
+                process.output()
+            );
         }
         process
     }

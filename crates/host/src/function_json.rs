@@ -78,24 +78,40 @@ impl FunctionDefinition {
             .filter(|b| b.direction == "in" && b.kind.ends_with("Trigger"))
             .collect();
         let [trigger] = triggers.as_slice() else {
-            return Err(fail(format!("expected exactly one trigger, found {}", triggers.len())));
+            return Err(fail(format!(
+                "expected exactly one trigger, found {}",
+                triggers.len()
+            )));
         };
         let trigger = match trigger.kind.as_str() {
             "httpTrigger" => {
-                let has_http_out = parsed.bindings.iter().any(|b| b.kind == "http" && b.direction == "out");
+                let has_http_out = parsed
+                    .bindings
+                    .iter()
+                    .any(|b| b.kind == "http" && b.direction == "out");
                 if !has_http_out {
-                    return Err(fail("an httpTrigger needs an `http` out binding to be forwarded".into()));
+                    return Err(fail(
+                        "an httpTrigger needs an `http` out binding to be forwarded".into(),
+                    ));
                 }
                 Trigger::Http {
-                    route: trigger.route.clone().unwrap_or_else(|| name.to_ascii_lowercase()),
+                    route: trigger
+                        .route
+                        .clone()
+                        .unwrap_or_else(|| name.to_ascii_lowercase()),
                     methods: trigger.methods.clone().unwrap_or_default(),
                 }
             }
             "timerTrigger" => {
-                let expr = trigger.schedule.as_deref().ok_or_else(|| fail("a timerTrigger needs a schedule".into()))?;
+                let expr = trigger
+                    .schedule
+                    .as_deref()
+                    .ok_or_else(|| fail("a timerTrigger needs a schedule".into()))?;
                 Trigger::Timer {
                     binding: trigger.name.clone(),
-                    schedule: expr.parse().map_err(|e: crate::ncrontab::ScheduleError| fail(e.to_string()))?,
+                    schedule: expr
+                        .parse()
+                        .map_err(|e: crate::ncrontab::ScheduleError| fail(e.to_string()))?,
                 }
             }
             "queueTrigger" => Trigger::Queue {
@@ -105,7 +121,11 @@ impl FunctionDefinition {
             other => return Err(fail(format!("trigger type {other} is not supported"))),
         };
         let mut queue_outputs = BTreeMap::new();
-        for b in parsed.bindings.iter().filter(|b| b.kind == "queue" && b.direction == "out") {
+        for b in parsed
+            .bindings
+            .iter()
+            .filter(|b| b.kind == "queue" && b.direction == "out")
+        {
             queue_outputs.insert(b.name.clone(), queue_name(b).map_err(fail)?);
         }
         Ok(FunctionDefinition {
@@ -123,14 +143,18 @@ fn queue_name(binding: &Binding) -> Result<String, String> {
         .as_deref()
         .ok_or_else(|| format!("queue binding {} has no queueName", binding.name))?;
     let valid = (3..=63).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-')
         && !name.contains("--");
     if valid {
         Ok(name.to_string())
     } else {
-        Err(format!("queue name {name:?}: 3-63 lowercase letters, digits and single dashes"))
+        Err(format!(
+            "queue name {name:?}: 3-63 lowercase letters, digits and single dashes"
+        ))
     }
 }
 
@@ -142,7 +166,9 @@ pub struct Catalog {
 
 impl Catalog {
     /// Builds the catalog from `(function name, function.json text)` pairs.
-    pub fn from_sources<'a>(sources: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Catalog, DefinitionError> {
+    pub fn from_sources<'a>(
+        sources: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Catalog, DefinitionError> {
         let mut functions = BTreeMap::new();
         for (name, json) in sources {
             functions.insert(name.to_string(), FunctionDefinition::parse(name, json)?);
@@ -152,9 +178,11 @@ impl Catalog {
 
     /// One function by name (case-insensitive, as the host routes).
     pub fn get(&self, name: &str) -> Option<&FunctionDefinition> {
-        self.functions
-            .get(name)
-            .or_else(|| self.functions.values().find(|f| f.name.eq_ignore_ascii_case(name)))
+        self.functions.get(name).or_else(|| {
+            self.functions
+                .values()
+                .find(|f| f.name.eq_ignore_ascii_case(name))
+        })
     }
 
     /// All functions in name order.
@@ -163,7 +191,10 @@ impl Catalog {
     }
 
     /// The functions triggered by messages on `queue`.
-    pub fn queue_consumers<'a>(&'a self, queue: &'a str) -> impl Iterator<Item = &'a FunctionDefinition> + 'a {
+    pub fn queue_consumers<'a>(
+        &'a self,
+        queue: &'a str,
+    ) -> impl Iterator<Item = &'a FunctionDefinition> + 'a {
         self.functions
             .values()
             .filter(move |f| matches!(&f.trigger, Trigger::Queue { queue: q, .. } if q == queue))
@@ -191,11 +222,16 @@ mod tests {
             ),
         ])
         .unwrap();
-        assert!(matches!(&catalog.get("health").unwrap().trigger, Trigger::Http { route, .. } if route == "health"));
+        assert!(
+            matches!(&catalog.get("health").unwrap().trigger, Trigger::Http { route, .. } if route == "health")
+        );
         let tick = catalog.get("Tick").unwrap();
         assert!(matches!(&tick.trigger, Trigger::Timer { binding, .. } if binding == "timer"));
         assert_eq!(tick.queue_outputs["work"], "tenant-work");
-        let consumers: Vec<_> = catalog.queue_consumers("tenant-work").map(|f| f.name.as_str()).collect();
+        let consumers: Vec<_> = catalog
+            .queue_consumers("tenant-work")
+            .map(|f| f.name.as_str())
+            .collect();
         assert_eq!(consumers, ["Work"]);
     }
 
@@ -203,15 +239,35 @@ mod tests {
     fn broken_definitions_name_the_function_and_the_problem() {
         for (json, needle) in [
             (r#"{"bindings":[]}"#, "exactly one trigger"),
-            (r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t"}]}"#, "needs a schedule"),
-            (r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"* * *"}]}"#, "six fields"),
-            (r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req"}]}"#, "`http` out"),
-            (r#"{"bindings":[{"type":"queueTrigger","direction":"in","name":"m","queueName":"Bad_Name"}]}"#, "queue name"),
-            (r#"{"bindings":[{"type":"blobTrigger","direction":"in","name":"b"}]}"#, "not supported"),
+            (
+                r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t"}]}"#,
+                "needs a schedule",
+            ),
+            (
+                r#"{"bindings":[{"type":"timerTrigger","direction":"in","name":"t","schedule":"* * *"}]}"#,
+                "six fields",
+            ),
+            (
+                r#"{"bindings":[{"type":"httpTrigger","direction":"in","name":"req"}]}"#,
+                "`http` out",
+            ),
+            (
+                r#"{"bindings":[{"type":"queueTrigger","direction":"in","name":"m","queueName":"Bad_Name"}]}"#,
+                "queue name",
+            ),
+            (
+                r#"{"bindings":[{"type":"blobTrigger","direction":"in","name":"b"}]}"#,
+                "not supported",
+            ),
             ("{", "EOF"),
         ] {
-            let err = FunctionDefinition::parse("Broken", json).unwrap_err().to_string();
-            assert!(err.starts_with("functions/Broken/function.json") && err.contains(needle), "{err}");
+            let err = FunctionDefinition::parse("Broken", json)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("functions/Broken/function.json") && err.contains(needle),
+                "{err}"
+            );
         }
     }
 }

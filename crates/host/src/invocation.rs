@@ -31,7 +31,9 @@ impl InvocationRequest {
     /// Reads an already-parsed body; every non-HTTP invocation goes through here.
     pub fn from_value(value: Value) -> Result<InvocationRequest, PayloadError> {
         let Value::Object(mut root) = value else {
-            return Err(PayloadError("the invocation body is not a JSON object".into()));
+            return Err(PayloadError(
+                "the invocation body is not a JSON object".into(),
+            ));
         };
         let mut take = |name: &str| match root.remove(name) {
             None | Some(Value::Null) => Ok(Map::new()),
@@ -92,7 +94,12 @@ impl TimerInfo {
         };
         let status = map.get("ScheduleStatus").and_then(Value::as_object);
         // Unparseable timestamps are dropped rather than failing the run: they are informational.
-        let stamp = |name: &str| status.and_then(|s| s.get(name)).and_then(Value::as_str).and_then(parse_timestamp);
+        let stamp = |name: &str| {
+            status
+                .and_then(|s| s.get(name))
+                .and_then(Value::as_str)
+                .and_then(parse_timestamp)
+        };
         Ok(TimerInfo {
             is_past_due,
             last: stamp("Last"),
@@ -129,7 +136,9 @@ pub fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
         return Some(t.to_offset(UtcOffset::UTC));
     }
     let naive_formats = [
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]"),
+        time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]"
+        ),
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
         time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"),
         time::macros::format_description!("[month]/[day]/[year] [hour]:[minute]:[second]"),
@@ -181,7 +190,11 @@ impl InvocationResponse {
     /// Queues a message on the queue output binding `binding`. Messages are JSON objects,
     /// never bare strings, because the host base64-decodes strings that look like base64.
     pub fn queue(&mut self, binding: &str, message: Map<String, Value>) -> &mut Self {
-        match self.outputs.entry(binding.to_string()).or_insert(Value::Array(Vec::new())) {
+        match self
+            .outputs
+            .entry(binding.to_string())
+            .or_insert(Value::Array(Vec::new()))
+        {
             Value::Array(items) => items.push(Value::Object(message)),
             other => *other = Value::Array(vec![Value::Object(message)]),
         }
@@ -247,14 +260,20 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp(s), Some(expected), "{s}");
         }
-        assert_eq!(parse_timestamp("11/24/2026 1:05:00 PM"), Some(datetime!(2026-11-24 13:05:00 UTC)));
+        assert_eq!(
+            parse_timestamp("11/24/2026 1:05:00 PM"),
+            Some(datetime!(2026-11-24 13:05:00 UTC))
+        );
         assert_eq!(parse_timestamp("yesterday"), None);
     }
 
     #[test]
     fn unparseable_schedule_status_is_dropped_not_fatal() {
         let body = br#"{"Data":{"timer":{"ScheduleStatus":{"Last":"soon","Next":42},"IsPastDue":"True"}}}"#;
-        let timer = InvocationRequest::from_slice(body).unwrap().timer("timer").unwrap();
+        let timer = InvocationRequest::from_slice(body)
+            .unwrap()
+            .timer("timer")
+            .unwrap();
         assert!(timer.is_past_due);
         assert_eq!(timer.last, None);
     }
@@ -267,10 +286,15 @@ mod tests {
             (br#"{"Data":"x"}"#, "`Data`"),
             (br#"{"Data":{"timer":5}}"#, "timer value"),
         ] {
-            let err = InvocationRequest::from_slice(body).and_then(|r| r.timer("timer")).unwrap_err();
+            let err = InvocationRequest::from_slice(body)
+                .and_then(|r| r.timer("timer"))
+                .unwrap_err();
             assert!(err.0.contains(reason), "{err} should mention {reason}");
         }
-        let no_timer = InvocationRequest::from_slice(b"{}").unwrap().timer("timer").unwrap_err();
+        let no_timer = InvocationRequest::from_slice(b"{}")
+            .unwrap()
+            .timer("timer")
+            .unwrap_err();
         assert!(no_timer.0.contains("no `timer`"));
     }
 

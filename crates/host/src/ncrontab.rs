@@ -38,7 +38,9 @@ impl fmt::Display for Schedule {
     }
 }
 
-const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
 const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 impl FromStr for Schedule {
@@ -62,7 +64,8 @@ impl FromStr for Schedule {
             )));
         }
         let field = |i: usize, name: &str, min: u32, max: u32, names: &[&str]| {
-            parse_field(fields[i], min, max, names).map_err(|r| fail(format!("{name} field {:?}: {r}", fields[i])))
+            parse_field(fields[i], min, max, names)
+                .map_err(|r| fail(format!("{name} field {:?}: {r}", fields[i])))
         };
         let mut weekdays = field(5, "day-of-week", 0, 7, &WEEKDAYS)?;
         if weekdays & (1 << 7) != 0 {
@@ -88,7 +91,9 @@ fn parse_field(field: &str, min: u32, max: u32, names: &[&str]) -> Result<u64, S
             // month names count from 1, weekday names from 0
             return Ok(i as u32 + u32::from(names.len() == 12));
         }
-        let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number or name"))?;
+        let n: u32 = s
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number or name"))?;
         if n < min || n > max {
             return Err(format!("{n} is outside {min}-{max}"));
         }
@@ -98,7 +103,9 @@ fn parse_field(field: &str, min: u32, max: u32, names: &[&str]) -> Result<u64, S
     for part in field.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let step: u32 = s.parse().map_err(|_| format!("step {s:?} is not a number"))?;
+                let step: u32 = s
+                    .parse()
+                    .map_err(|_| format!("step {s:?} is not a number"))?;
                 if step == 0 {
                     return Err("a step of 0".into());
                 }
@@ -145,7 +152,9 @@ impl Schedule {
                 t = start_of_next_month(t.date())?;
                 continue;
             }
-            if !has(self.days, t.day() as u32) || !has(self.weekdays, t.weekday().number_days_from_sunday() as u32) {
+            if !has(self.days, t.day() as u32)
+                || !has(self.weekdays, t.weekday().number_days_from_sunday() as u32)
+            {
                 t = t.date().next_day()?.midnight().assume_utc();
                 continue;
             }
@@ -154,7 +163,8 @@ impl Schedule {
                 continue;
             }
             if !has(self.minutes, t.minute() as u32) {
-                t = t.replace_time(Time::from_hms(t.hour(), t.minute(), 0).ok()?) + Duration::minutes(1);
+                t = t.replace_time(Time::from_hms(t.hour(), t.minute(), 0).ok()?)
+                    + Duration::minutes(1);
                 continue;
             }
             if !has(self.seconds, t.second() as u32) {
@@ -172,7 +182,12 @@ fn start_of_next_month(d: Date) -> Option<OffsetDateTime> {
         Month::December => (d.year() + 1, Month::January),
         m => (d.year(), m.next()),
     };
-    Some(Date::from_calendar_date(year, month, 1).ok()?.midnight().assume_utc())
+    Some(
+        Date::from_calendar_date(year, month, 1)
+            .ok()?
+            .midnight()
+            .assume_utc(),
+    )
 }
 
 #[cfg(test)]
@@ -187,9 +202,18 @@ mod tests {
     #[test]
     fn every_fifteen_minutes() {
         let s = "0 */15 * * * *";
-        assert_eq!(next(s, datetime!(2026-11-24 10:00:00 UTC)), datetime!(2026-11-24 10:15:00 UTC));
-        assert_eq!(next(s, datetime!(2026-11-24 10:14:59.9 UTC)), datetime!(2026-11-24 10:15:00 UTC));
-        assert_eq!(next(s, datetime!(2026-11-24 23:50:00 UTC)), datetime!(2026-11-25 00:00:00 UTC));
+        assert_eq!(
+            next(s, datetime!(2026-11-24 10:00:00 UTC)),
+            datetime!(2026-11-24 10:15:00 UTC)
+        );
+        assert_eq!(
+            next(s, datetime!(2026-11-24 10:14:59.9 UTC)),
+            datetime!(2026-11-24 10:15:00 UTC)
+        );
+        assert_eq!(
+            next(s, datetime!(2026-11-24 23:50:00 UTC)),
+            datetime!(2026-11-25 00:00:00 UTC)
+        );
     }
 
     #[test]
@@ -205,17 +229,35 @@ mod tests {
     fn ranges_lists_names_and_weekdays() {
         // 09:30 on weekdays
         let s = "0 30 9 * * Mon-Fri";
-        assert_eq!(next(s, datetime!(2026-11-27 10:00:00 UTC)), datetime!(2026-11-30 09:30:00 UTC)); // Fri -> Mon
+        assert_eq!(
+            next(s, datetime!(2026-11-27 10:00:00 UTC)),
+            datetime!(2026-11-30 09:30:00 UTC)
+        ); // Fri -> Mon
         // first of January and July at midnight
-        assert_eq!(next("0 0 0 1 Jan,jul *", datetime!(2026-02-01 00:00:00 UTC)), datetime!(2026-07-01 00:00:00 UTC));
+        assert_eq!(
+            next("0 0 0 1 Jan,jul *", datetime!(2026-02-01 00:00:00 UTC)),
+            datetime!(2026-07-01 00:00:00 UTC)
+        );
         // 7 means Sunday
-        assert_eq!(next("0 0 12 * * 7", datetime!(2026-11-24 00:00:00 UTC)), datetime!(2026-11-29 12:00:00 UTC));
+        assert_eq!(
+            next("0 0 12 * * 7", datetime!(2026-11-24 00:00:00 UTC)),
+            datetime!(2026-11-29 12:00:00 UTC)
+        );
         // every 20 seconds from second 5
-        assert_eq!(next("5/20 * * * * *", datetime!(2026-11-24 00:00:26 UTC)), datetime!(2026-11-24 00:00:45 UTC));
+        assert_eq!(
+            next("5/20 * * * * *", datetime!(2026-11-24 00:00:26 UTC)),
+            datetime!(2026-11-24 00:00:45 UTC)
+        );
         // year rollover
-        assert_eq!(next("0 0 0 * * *", datetime!(2026-12-31 12:00:00 UTC)), datetime!(2027-01-01 00:00:00 UTC));
+        assert_eq!(
+            next("0 0 0 * * *", datetime!(2026-12-31 12:00:00 UTC)),
+            datetime!(2027-01-01 00:00:00 UTC)
+        );
         // leap day
-        assert_eq!(next("0 0 0 29 2 *", datetime!(2026-03-01 00:00:00 UTC)), datetime!(2028-02-29 00:00:00 UTC));
+        assert_eq!(
+            next("0 0 0 29 2 *", datetime!(2026-03-01 00:00:00 UTC)),
+            datetime!(2028-02-29 00:00:00 UTC)
+        );
     }
 
     #[test]

@@ -10,12 +10,14 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument as _;
 
 use crate::function_json::{Catalog, Trigger};
 use crate::invocation::{InvocationRequest, InvocationResponse, TimerInfo, format_timestamp};
 
 /// The future an [`Invoker`] returns.
-pub type InvokeFuture<'a> = Pin<Box<dyn Future<Output = Result<InvocationResponse, InvokeError>> + Send + 'a>>;
+pub type InvokeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<InvocationResponse, InvokeError>> + Send + 'a>>;
 
 /// Runs one function for one invocation; the handler implements it once for both paths.
 pub trait Invoker: Send + Sync + 'static {
@@ -71,7 +73,11 @@ impl Standalone {
                     .bindings
                     .iter()
                     .any(|b| b.kind == "timerTrigger" && b.run_on_startup == Some(true));
-                tokio::spawn(runtime.clone().run_timer(function.name.clone(), run_on_startup));
+                tokio::spawn(
+                    runtime
+                        .clone()
+                        .run_timer(function.name.clone(), run_on_startup),
+                );
             }
         }
         tokio::spawn(runtime.clone().run_queue(rx));
@@ -79,7 +85,11 @@ impl Standalone {
     }
 
     /// Invokes a function and delivers its queue outputs in process.
-    pub async fn invoke(&self, function: &str, request: InvocationRequest) -> Result<InvocationResponse, InvokeError> {
+    pub async fn invoke(
+        &self,
+        function: &str,
+        request: InvocationRequest,
+    ) -> Result<InvocationResponse, InvokeError> {
         let response = self.invoker.invoke(function, request).await?;
         self.deliver_outputs(function, &response);
         Ok(response)
@@ -105,13 +115,21 @@ impl Standalone {
     }
 
     async fn run_timer(self: Arc<Self>, name: String, run_on_startup: bool) {
-        let Some(Trigger::Timer { binding, schedule }) = self.catalog.get(&name).map(|f| f.trigger.clone()) else {
+        let Some(Trigger::Timer { binding, schedule }) =
+            self.catalog.get(&name).map(|f| f.trigger.clone())
+        else {
             return;
         };
         let mut last: Option<OffsetDateTime> = None;
         if run_on_startup {
-            self.fire_timer(&name, &binding, None, schedule.next_after(OffsetDateTime::now_utc()), false)
-                .await;
+            self.fire_timer(
+                &name,
+                &binding,
+                None,
+                schedule.next_after(OffsetDateTime::now_utc()),
+                false,
+            )
+            .await;
         }
         loop {
             let Some(due) = schedule.next_after(OffsetDateTime::now_utc()) else {
@@ -122,7 +140,8 @@ impl Standalone {
             tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
             // a timer that wakes more than a minute late (suspended machine) is past due
             let late = OffsetDateTime::now_utc() - due > time::Duration::minutes(1);
-            self.fire_timer(&name, &binding, last, schedule.next_after(due), late).await;
+            self.fire_timer(&name, &binding, last, schedule.next_after(due), late)
+                .await;
             last = Some(due);
         }
     }
@@ -135,13 +154,18 @@ impl Standalone {
         next: Option<OffsetDateTime>,
         is_past_due: bool,
     ) {
-        let timer = TimerInfo { is_past_due, last, next };
+        let timer = TimerInfo {
+            is_past_due,
+            last,
+            next,
+        };
         let body = json!({
             "Data": { binding: timer.to_value() },
             "Metadata": { "sys": sys_metadata(name) },
         });
+        let span = tracing::info_span!("invocation", function = %name, invocation_id = %uuid_v4());
         let outcome = match InvocationRequest::from_value(body) {
-            Ok(request) => self.invoke(name, request).await,
+            Ok(request) => self.invoke(name, request).instrument(span).await,
             Err(e) => Err(InvokeError::BadPayload(e.0)),
         };
         match outcome {
@@ -186,14 +210,24 @@ impl Standalone {
             let mut metadata = Map::new();
             metadata.insert("DequeueCount".into(), json!(dequeue_count));
             metadata.insert("Id".into(), json!(message.id));
-            metadata.insert("InsertionTime".into(), json!(format_timestamp(message.inserted)));
-            metadata.insert("ExpirationTime".into(), json!(format_timestamp(message.inserted + time::Duration::days(7))));
-            metadata.insert("NextVisibleTime".into(), json!(format_timestamp(now + time::Duration::minutes(10))));
+            metadata.insert(
+                "InsertionTime".into(),
+                json!(format_timestamp(message.inserted)),
+            );
+            metadata.insert(
+                "ExpirationTime".into(),
+                json!(format_timestamp(message.inserted + time::Duration::days(7))),
+            );
+            metadata.insert(
+                "NextVisibleTime".into(),
+                json!(format_timestamp(now + time::Duration::minutes(10))),
+            );
             metadata.insert("PopReceipt".into(), json!(uuid_v4()));
             metadata.insert("sys".into(), sys_metadata(function));
             let body = json!({ "Data": { binding: message.body }, "Metadata": metadata });
+            let span = tracing::info_span!("invocation", function, invocation_id = %uuid_v4(), dequeue_count);
             let outcome = match InvocationRequest::from_value(body) {
-                Ok(request) => self.invoke(function, request).await,
+                Ok(request) => self.invoke(function, request).instrument(span).await,
                 Err(e) => Err(InvokeError::BadPayload(e.0)),
             };
             match outcome {
@@ -228,7 +262,14 @@ fn uuid_v4() -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 fn random_u64() -> u64 {
@@ -253,7 +294,10 @@ mod tests {
     impl Invoker for Recorder {
         fn invoke<'a>(&'a self, function: &'a str, request: InvocationRequest) -> InvokeFuture<'a> {
             Box::pin(async move {
-                self.calls.lock().unwrap().push((function.to_string(), request));
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((function.to_string(), request));
                 match function {
                     "Tick" => {
                         let mut res = InvocationResponse::new();
@@ -266,7 +310,10 @@ mod tests {
                         let mut fails = self.fail_times.lock().unwrap();
                         if *fails > 0 {
                             *fails -= 1;
-                            return Err(InvokeError::Failed { message: "flaky".into(), logs: vec![] });
+                            return Err(InvokeError::Failed {
+                                message: "flaky".into(),
+                                logs: vec![],
+                            });
                         }
                         Ok(InvocationResponse::new())
                     }
@@ -300,7 +347,16 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("timed out; calls: {:?}", recorder.calls.lock().unwrap().iter().map(|c| &c.0).collect::<Vec<_>>());
+        panic!(
+            "timed out; calls: {:?}",
+            recorder
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|c| &c.0)
+                .collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]

@@ -38,7 +38,9 @@ impl Operation {
             | Operation::UpsertReplace(e)
             | Operation::UpsertMerge(e) => (&e.partition_key, &e.row_key),
             Operation::Delete {
-                partition_key, row_key, ..
+                partition_key,
+                row_key,
+                ..
             } => (partition_key, row_key),
         }
     }
@@ -46,7 +48,9 @@ impl Operation {
     fn validate(&self) -> Result<(), Error> {
         match self {
             Operation::Delete {
-                partition_key, row_key, ..
+                partition_key,
+                row_key,
+                ..
             } => {
                 key::validate("PartitionKey", partition_key)?;
                 key::validate("RowKey", row_key)
@@ -63,19 +67,46 @@ impl Operation {
     fn write(&self, out: &mut String, base: &str, table: &str) {
         let (method, resource, if_match, entity) = match self {
             Operation::Insert(e) => ("POST", table.to_string(), None, Some(e)),
-            Operation::Replace(e, m) => ("PUT", key::entity_path(table, &e.partition_key, &e.row_key), Some(m), Some(e)),
-            Operation::Merge(e, m) => ("MERGE", key::entity_path(table, &e.partition_key, &e.row_key), Some(m), Some(e)),
-            Operation::UpsertReplace(e) => ("PUT", key::entity_path(table, &e.partition_key, &e.row_key), None, Some(e)),
-            Operation::UpsertMerge(e) => ("MERGE", key::entity_path(table, &e.partition_key, &e.row_key), None, Some(e)),
+            Operation::Replace(e, m) => (
+                "PUT",
+                key::entity_path(table, &e.partition_key, &e.row_key),
+                Some(m),
+                Some(e),
+            ),
+            Operation::Merge(e, m) => (
+                "MERGE",
+                key::entity_path(table, &e.partition_key, &e.row_key),
+                Some(m),
+                Some(e),
+            ),
+            Operation::UpsertReplace(e) => (
+                "PUT",
+                key::entity_path(table, &e.partition_key, &e.row_key),
+                None,
+                Some(e),
+            ),
+            Operation::UpsertMerge(e) => (
+                "MERGE",
+                key::entity_path(table, &e.partition_key, &e.row_key),
+                None,
+                Some(e),
+            ),
             Operation::Delete {
                 partition_key,
                 row_key,
                 if_match,
-            } => ("DELETE", key::entity_path(table, partition_key, row_key), Some(if_match), None),
+            } => (
+                "DELETE",
+                key::entity_path(table, partition_key, row_key),
+                Some(if_match),
+                None,
+            ),
         };
         out.push_str("Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n");
         out.push_str(&format!("{method} {base}/{resource} HTTP/1.1\r\n"));
-        out.push_str("Accept: application/json;odata=minimalmetadata\r\nDataServiceVersion: 3.0\r\n");
+        out.push_str(
+            "Accept: application/json;odata=minimalmetadata\r\nDataServiceVersion: 3.0\r\n",
+        );
         if let Some(m) = if_match {
             out.push_str(&format!("If-Match: {}\r\n", m.header_value()));
         }
@@ -136,10 +167,10 @@ fn parse_response(body: &str) -> Vec<PartAnswer> {
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("etag") {
-                    etag = Some(ETag(value.trim().to_string()));
-                }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("etag")
+            {
+                etag = Some(ETag(value.trim().to_string()));
             }
         }
         let mut body_text = String::new();
@@ -188,13 +219,23 @@ impl Table {
             op.validate()?;
             let (pk, rk) = op.keys();
             if pk != partition {
-                return Err(Error::Invalid("a transaction spans one PartitionKey".into()));
+                return Err(Error::Invalid(
+                    "a transaction spans one PartitionKey".into(),
+                ));
             }
             if !rows.insert(rk) {
-                return Err(Error::Invalid(format!("RowKey {rk:?} appears twice in one transaction")));
+                return Err(Error::Invalid(format!(
+                    "RowKey {rk:?} appears twice in one transaction"
+                )));
             }
         }
-        let base = self.client().account().table_endpoint.as_str().trim_end_matches('/').to_string();
+        let base = self
+            .client()
+            .account()
+            .table_endpoint
+            .as_str()
+            .trim_end_matches('/')
+            .to_string();
         let (body, boundary) = build_body(ops, &base, self.name());
         if body.len() > MAX_BODY_BYTES {
             return Err(Error::Invalid(format!(
@@ -213,11 +254,13 @@ impl Table {
         let parts = loop {
             let answer = self.client().send(send()).await?;
             let parts = parse_response(&String::from_utf8_lossy(&answer.body));
-            let Some((position, failed)) = parts.iter().enumerate().find(|(_, p)| p.status >= 300) else {
+            let Some((position, failed)) = parts.iter().enumerate().find(|(_, p)| p.status >= 300)
+            else {
                 break parts;
             };
             let index = failed_index(failed, position).min(ops.len() - 1);
-            let status = reqwest::StatusCode::from_u16(failed.status).unwrap_or(reqwest::StatusCode::BAD_REQUEST);
+            let status = reqwest::StatusCode::from_u16(failed.status)
+                .unwrap_or(reqwest::StatusCode::BAD_REQUEST);
             let error = Error::from_response(status, failed.body.as_bytes());
             if !created && matches!(&error, Error::NotFound { code } if code == "TableNotFound") {
                 // first use of the table: create it and run the transaction again
@@ -246,7 +289,10 @@ impl Table {
     pub async fn transact_chunked(&self, ops: Vec<Operation>) -> Result<usize, Error> {
         let mut by_partition: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
         for op in ops {
-            by_partition.entry(op.keys().0.to_string()).or_default().push(op);
+            by_partition
+                .entry(op.keys().0.to_string())
+                .or_default()
+                .push(op);
         }
         let mut applied = 0;
         for (_, group) in by_partition {
@@ -274,9 +320,13 @@ mod tests {
             },
         ];
         let (body, boundary) = build_body(&ops, "http://h/acct", "T");
-        assert!(body.starts_with(&format!("--{boundary}\r\nContent-Type: multipart/mixed; boundary=changeset_")));
+        assert!(body.starts_with(&format!(
+            "--{boundary}\r\nContent-Type: multipart/mixed; boundary=changeset_"
+        )));
         assert!(body.contains("POST http://h/acct/T HTTP/1.1\r\n"));
-        assert!(body.contains("DELETE http://h/acct/T(PartitionKey='p',RowKey='O%27%27b') HTTP/1.1\r\nAccept"));
+        assert!(body.contains(
+            "DELETE http://h/acct/T(PartitionKey='p',RowKey='O%27%27b') HTTP/1.1\r\nAccept"
+        ));
         assert!(body.contains("If-Match: *\r\n"));
         assert!(body.ends_with(&format!("--{boundary}--\r\n")));
     }

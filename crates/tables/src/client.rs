@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::Stream;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Method;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use time::OffsetDateTime;
 use url::Url;
 
@@ -23,7 +23,11 @@ const API_VERSION: &str = "2019-02-02";
 const ACCEPT: &str = "application/json;odata=minimalmetadata";
 const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 /// Query values are percent-encoded strictly (no `+` for spaces).
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Timeouts and the retry budget.
 #[derive(Debug, Clone)]
@@ -99,12 +103,15 @@ impl<'a> Call<'a> {
 
     fn json(mut self, body: &serde_json::Value) -> Call<'a> {
         self.content_type = "application/json".into();
-        self.body = Some(Bytes::from(serde_json::to_vec(body).expect("JSON values always serialize")));
+        self.body = Some(Bytes::from(
+            serde_json::to_vec(body).expect("JSON values always serialize"),
+        ));
         self
     }
 
     fn header(mut self, name: &'static str, value: impl Into<String>) -> Call<'a> {
-        self.headers.push((HeaderName::from_static(name), value.into()));
+        self.headers
+            .push((HeaderName::from_static(name), value.into()));
         self
     }
 }
@@ -116,9 +123,15 @@ impl TableServiceClient {
     }
 
     /// A client with explicit timeouts and retry budget.
-    pub fn with_options(account: StorageAccount, options: ClientOptions) -> Result<TableServiceClient, Error> {
-        if matches!(account.credential, Credential::Token(_)) && !is_secure(&account.table_endpoint) {
-            return Err(Error::Invalid("bearer tokens are only sent over https".into()));
+    pub fn with_options(
+        account: StorageAccount,
+        options: ClientOptions,
+    ) -> Result<TableServiceClient, Error> {
+        if matches!(account.credential, Credential::Token(_)) && !is_secure(&account.table_endpoint)
+        {
+            return Err(Error::Invalid(
+                "bearer tokens are only sent over https".into(),
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(options.attempt_timeout)
@@ -158,7 +171,13 @@ impl TableServiceClient {
     /// Creates a table unless it exists; remembered, so repeated calls send nothing.
     pub async fn create_table_if_not_exists(&self, name: &str) -> Result<(), Error> {
         validate_table_name(name)?;
-        if self.inner.known_tables.lock().expect("table set lock").contains(name) {
+        if self
+            .inner
+            .known_tables
+            .lock()
+            .expect("table set lock")
+            .contains(name)
+        {
             return Ok(());
         }
         let call = Call::new(Method::POST, "Tables")
@@ -169,7 +188,11 @@ impl TableServiceClient {
             Err(Error::Conflict { code, .. }) if code == "TableAlreadyExists" => {}
             Err(e) => return Err(e),
         }
-        self.inner.known_tables.lock().expect("table set lock").insert(name.to_string());
+        self.inner
+            .known_tables
+            .lock()
+            .expect("table set lock")
+            .insert(name.to_string());
         Ok(())
     }
 
@@ -177,7 +200,11 @@ impl TableServiceClient {
     pub async fn delete_table(&self, name: &str) -> Result<(), Error> {
         validate_table_name(name)?;
         let resource = format!("Tables('{name}')");
-        self.inner.known_tables.lock().expect("table set lock").remove(name);
+        self.inner
+            .known_tables
+            .lock()
+            .expect("table set lock")
+            .remove(name);
         match self.send(Call::new(Method::DELETE, &resource)).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
@@ -201,7 +228,8 @@ impl TableServiceClient {
                 Err(e) => e.is_connect() || (call.idempotent && (e.is_timeout() || e.is_request())),
             };
             let delay = options.initial_backoff * 2u32.saturating_pow(attempt - 1);
-            let out_of_budget = attempt >= options.max_attempts || started.elapsed() + delay >= options.total_budget;
+            let out_of_budget = attempt >= options.max_attempts
+                || started.elapsed() + delay >= options.total_budget;
             if !retryable || out_of_budget {
                 return finish(outcome, options.attempt_timeout).await;
             }
@@ -211,7 +239,12 @@ impl TableServiceClient {
     }
 
     fn url(&self, resource: &str, query: &[(&'static str, String)]) -> Result<Url, Error> {
-        let base = self.inner.account.table_endpoint.as_str().trim_end_matches('/');
+        let base = self
+            .inner
+            .account
+            .table_endpoint
+            .as_str()
+            .trim_end_matches('/');
         let mut s = format!("{base}/{resource}");
         for (i, (name, value)) in query.iter().enumerate() {
             s.push(if i == 0 { '?' } else { '&' });
@@ -230,7 +263,10 @@ impl TableServiceClient {
         headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
         headers.insert("accept", HeaderValue::from_static(ACCEPT));
         headers.insert("dataserviceversion", HeaderValue::from_static("3.0"));
-        headers.insert("maxdataserviceversion", HeaderValue::from_static("3.0;NetFx"));
+        headers.insert(
+            "maxdataserviceversion",
+            HeaderValue::from_static("3.0;NetFx"),
+        );
         if !call.content_type.is_empty() {
             headers.insert("content-type", header_value(&call.content_type)?);
         }
@@ -239,7 +275,10 @@ impl TableServiceClient {
         }
         let authorization = match &self.inner.account.credential {
             Credential::SharedKey { account, key } => {
-                let comp = url.query_pairs().find(|(k, _)| k == "comp").map(|(_, v)| v.into_owned());
+                let comp = url
+                    .query_pairs()
+                    .find(|(k, _)| k == "comp")
+                    .map(|(_, v)| v.into_owned());
                 let to_sign = auth::string_to_sign(
                     call.method.as_str(),
                     &call.content_type,
@@ -268,7 +307,10 @@ impl TableServiceClient {
     }
 }
 
-async fn finish(outcome: Result<reqwest::Response, reqwest::Error>, timeout: Duration) -> Result<Answer, Error> {
+async fn finish(
+    outcome: Result<reqwest::Response, reqwest::Error>,
+    timeout: Duration,
+) -> Result<Answer, Error> {
     let response = outcome.map_err(|e| transport(e, timeout))?;
     let status = response.status();
     let headers = response.headers().clone();
@@ -281,7 +323,11 @@ async fn finish(outcome: Result<reqwest::Response, reqwest::Error>, timeout: Dur
 }
 
 fn transport(e: reqwest::Error, timeout: Duration) -> Error {
-    if e.is_timeout() { Error::Timeout(timeout) } else { Error::Transport(e) }
+    if e.is_timeout() {
+        Error::Timeout(timeout)
+    } else {
+        Error::Transport(e)
+    }
 }
 
 fn is_secure(url: &Url) -> bool {
@@ -399,8 +445,8 @@ impl Table {
         key::validate("RowKey", row_key)?;
         let resource = key::entity_path(&self.name, partition_key, row_key);
         let answer = self.client.send(Call::new(Method::GET, &resource)).await?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&answer.body).map_err(|e| Error::Protocol(format!("entity body: {e}")))?;
+        let json: serde_json::Value = serde_json::from_slice(&answer.body)
+            .map_err(|e| Error::Protocol(format!("entity body: {e}")))?;
         let mut entity = Entity::from_json(&json)?;
         if let Some(etag) = etag_of(&answer) {
             entity.etag = Some(etag);
@@ -409,7 +455,11 @@ impl Table {
     }
 
     /// Reads one entity, `None` when it does not exist.
-    pub async fn try_get(&self, partition_key: &str, row_key: &str) -> Result<Option<Entity>, Error> {
+    pub async fn try_get(
+        &self,
+        partition_key: &str,
+        row_key: &str,
+    ) -> Result<Option<Entity>, Error> {
         match self.get(partition_key, row_key).await {
             Ok(e) => Ok(Some(e)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -450,7 +500,12 @@ impl Table {
     }
 
     /// Deletes an entity if it still matches `if_match`; `Error::NotFound` when absent.
-    pub async fn delete(&self, partition_key: &str, row_key: &str, if_match: IfMatch) -> Result<(), Error> {
+    pub async fn delete(
+        &self,
+        partition_key: &str,
+        row_key: &str,
+        if_match: IfMatch,
+    ) -> Result<(), Error> {
         key::validate("PartitionKey", partition_key)?;
         key::validate("RowKey", row_key)?;
         let resource = key::entity_path(&self.name, partition_key, row_key);
@@ -458,7 +513,12 @@ impl Table {
         self.client.send(call).await.map(|_| ())
     }
 
-    async fn update(&self, method: Method, entity: &Entity, if_match: Option<IfMatch>) -> Result<ETag, Error> {
+    async fn update(
+        &self,
+        method: Method,
+        entity: &Entity,
+        if_match: Option<IfMatch>,
+    ) -> Result<ETag, Error> {
         entity.validate()?;
         let resource = key::entity_path(&self.name, &entity.partition_key, &entity.row_key);
         let body = entity.to_json();
@@ -474,12 +534,16 @@ impl Table {
             self.write_creating_table(build).await
         } else {
             let answer = self.client.send(build()).await?;
-            etag_of(&answer).ok_or_else(|| Error::Protocol("an update answered without an ETag".into()))
+            etag_of(&answer)
+                .ok_or_else(|| Error::Protocol("an update answered without an ETag".into()))
         }
     }
 
     /// Sends a write; when the table does not exist yet, creates it and sends the write again.
-    async fn write_creating_table<'c>(&'c self, build: impl Fn() -> Call<'c>) -> Result<ETag, Error> {
+    async fn write_creating_table<'c>(
+        &'c self,
+        build: impl Fn() -> Call<'c>,
+    ) -> Result<ETag, Error> {
         let answer = match self.client.send(build()).await {
             Err(Error::NotFound { code }) if code == "TableNotFound" => {
                 self.create_if_not_exists().await?;
@@ -491,7 +555,11 @@ impl Table {
     }
 
     /// Reads one page of a query, starting at `from`. A missing table reads as empty.
-    pub async fn query_page(&self, query: &Query, from: Option<&Continuation>) -> Result<Page, Error> {
+    pub async fn query_page(
+        &self,
+        query: &Query,
+        from: Option<&Continuation>,
+    ) -> Result<Page, Error> {
         let resource = format!("{}()", self.name);
         let mut call = Call::new(Method::GET, &resource);
         if let Some(filter) = &query.filter {
@@ -524,8 +592,8 @@ impl Table {
             }
             other => other?,
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(&answer.body).map_err(|e| Error::Protocol(format!("query body: {e}")))?;
+        let json: serde_json::Value = serde_json::from_slice(&answer.body)
+            .map_err(|e| Error::Protocol(format!("query body: {e}")))?;
         let entities = json
             .get("value")
             .and_then(|v| v.as_array())
@@ -605,7 +673,10 @@ mod tests {
 
     #[test]
     fn x_ms_date_is_rfc1123_gmt() {
-        assert_eq!(httpdate(datetime!(2026-11-24 10:00:05 UTC)), "Tue, 24 Nov 2026 10:00:05 GMT");
+        assert_eq!(
+            httpdate(datetime!(2026-11-24 10:00:05 UTC)),
+            "Tue, 24 Nov 2026 10:00:05 GMT"
+        );
     }
 
     #[test]
@@ -618,7 +689,9 @@ mod tests {
 
     #[test]
     fn query_values_are_strictly_percent_encoded() {
-        let client = TableServiceClient::new(StorageAccount::development("127.0.0.1", 10002, 10001)).unwrap();
+        let client =
+            TableServiceClient::new(StorageAccount::development("127.0.0.1", 10002, 10001))
+                .unwrap();
         let url = client
             .url("t()", &[("$filter", "PartitionKey eq 'a+b'".to_string())])
             .unwrap();

@@ -54,7 +54,9 @@ impl Value {
             Value::Double(d) if d.is_infinite() => {
                 Json::String(if *d > 0.0 { "Infinity" } else { "-Infinity" }.into())
             }
-            Value::Double(d) => serde_json::Number::from_f64(*d).map(Json::Number).unwrap_or(Json::Null),
+            Value::Double(d) => serde_json::Number::from_f64(*d)
+                .map(Json::Number)
+                .unwrap_or(Json::Null),
             Value::DateTime(t) => Json::String(format_datetime(*t)),
             Value::Guid(g) => Json::String(g.to_string()),
             Value::Binary(b) => Json::String(BASE64.encode(b)),
@@ -63,16 +65,27 @@ impl Value {
 
     /// Reads a wire value, using its `@odata.type` annotation when the service gave one.
     fn from_json(name: &str, json: &Json, edm: Option<&str>) -> Result<Value, Error> {
-        let bad = || Error::Protocol(format!("property {name} is not a valid {}", edm.unwrap_or("value")));
+        let bad = || {
+            Error::Protocol(format!(
+                "property {name} is not a valid {}",
+                edm.unwrap_or("value")
+            ))
+        };
         Ok(match (edm, json) {
             (Some("Edm.Int64"), Json::String(s)) => Value::Int64(s.parse().map_err(|_| bad())?),
             (Some("Edm.Int64"), Json::Number(n)) => Value::Int64(n.as_i64().ok_or_else(bad)?),
-            (Some("Edm.Int32"), Json::Number(n)) => {
-                Value::Int32(n.as_i64().and_then(|i| i32::try_from(i).ok()).ok_or_else(bad)?)
+            (Some("Edm.Int32"), Json::Number(n)) => Value::Int32(
+                n.as_i64()
+                    .and_then(|i| i32::try_from(i).ok())
+                    .ok_or_else(bad)?,
+            ),
+            (Some("Edm.DateTime"), Json::String(s)) => {
+                Value::DateTime(parse_datetime(s).ok_or_else(bad)?)
             }
-            (Some("Edm.DateTime"), Json::String(s)) => Value::DateTime(parse_datetime(s).ok_or_else(bad)?),
             (Some("Edm.Guid"), Json::String(s)) => Value::Guid(s.parse().map_err(|_| bad())?),
-            (Some("Edm.Binary"), Json::String(s)) => Value::Binary(BASE64.decode(s).map_err(|_| bad())?),
+            (Some("Edm.Binary"), Json::String(s)) => {
+                Value::Binary(BASE64.decode(s).map_err(|_| bad())?)
+            }
             (Some("Edm.Double"), Json::String(s)) => Value::Double(match s.as_str() {
                 "NaN" => f64::NAN,
                 "Infinity" => f64::INFINITY,
@@ -99,7 +112,11 @@ impl Value {
             Value::Int64(i) => format!("{i}L"),
             Value::Double(d) => {
                 let s = d.to_string();
-                if s.contains(['.', 'e', 'E', 'N', 'i']) { s } else { format!("{s}.0") }
+                if s.contains(['.', 'e', 'E', 'N', 'i']) {
+                    s
+                } else {
+                    format!("{s}.0")
+                }
             }
             Value::DateTime(t) => format!("datetime'{}'", format_datetime(*t)),
             Value::Guid(g) => format!("guid'{g}'"),
@@ -241,15 +258,23 @@ impl Entity {
             )));
         }
         for (name, value) in &self.properties {
-            if matches!(name.as_str(), "PartitionKey" | "RowKey" | "Timestamp") || name.contains('@') {
-                return Err(Error::Invalid(format!("property name {name:?} is reserved")));
+            if matches!(name.as_str(), "PartitionKey" | "RowKey" | "Timestamp")
+                || name.contains('@')
+            {
+                return Err(Error::Invalid(format!(
+                    "property name {name:?} is reserved"
+                )));
             }
             match value {
                 Value::String(s) if s.encode_utf16().count() > MAX_STRING_UTF16 => {
-                    return Err(Error::Invalid(format!("property {name} is longer than 64 KiB")));
+                    return Err(Error::Invalid(format!(
+                        "property {name} is longer than 64 KiB"
+                    )));
                 }
                 Value::Binary(b) if b.len() > MAX_BINARY_BYTES => {
-                    return Err(Error::Invalid(format!("property {name} is larger than 64 KiB")));
+                    return Err(Error::Invalid(format!(
+                        "property {name} is larger than 64 KiB"
+                    )));
                 }
                 _ => {}
             }
@@ -260,7 +285,10 @@ impl Entity {
     /// The JSON body sent for inserts and updates, with `@odata.type` where needed.
     pub fn to_json(&self) -> Json {
         let mut map = Map::with_capacity(self.properties.len() * 2 + 2);
-        map.insert("PartitionKey".into(), Json::String(self.partition_key.clone()));
+        map.insert(
+            "PartitionKey".into(),
+            Json::String(self.partition_key.clone()),
+        );
         map.insert("RowKey".into(), Json::String(self.row_key.clone()));
         for (name, value) in &self.properties {
             if let Some(edm) = value.edm_annotation() {
@@ -285,15 +313,21 @@ impl Entity {
                 continue;
             }
             match name.as_str() {
-                "PartitionKey" => entity.partition_key = value.as_str().unwrap_or_default().to_string(),
+                "PartitionKey" => {
+                    entity.partition_key = value.as_str().unwrap_or_default().to_string()
+                }
                 "RowKey" => entity.row_key = value.as_str().unwrap_or_default().to_string(),
                 "Timestamp" => entity.timestamp = value.as_str().and_then(parse_datetime),
                 _ => {
                     if value.is_null() {
                         continue;
                     }
-                    let edm = map.get(&format!("{name}@odata.type")).and_then(Json::as_str);
-                    entity.properties.insert(name.clone(), Value::from_json(name, value, edm)?);
+                    let edm = map
+                        .get(&format!("{name}@odata.type"))
+                        .and_then(Json::as_str);
+                    entity
+                        .properties
+                        .insert(name.clone(), Value::from_json(name, value, edm)?);
                 }
             }
         }
@@ -315,7 +349,10 @@ mod tests {
             .with("d", 1.5)
             .with("whole", 2.0)
             .with("t", datetime!(2026-11-24 10:00:00.5 UTC))
-            .with("g", Uuid::parse_str("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap())
+            .with(
+                "g",
+                Uuid::parse_str("0f8fad5b-d9cb-469f-a165-70867728950e").unwrap(),
+            )
             .with("bin", vec![0u8, 1, 254, 255])
     }
 
@@ -349,7 +386,10 @@ mod tests {
         )
         .unwrap();
         let e = Entity::from_json(&json).unwrap();
-        assert_eq!(e.etag.as_ref().unwrap().0, "W/\"datetime'2026-11-24T10%3A00%3A00.1Z'\"");
+        assert_eq!(
+            e.etag.as_ref().unwrap().0,
+            "W/\"datetime'2026-11-24T10%3A00%3A00.1Z'\""
+        );
         assert!(e.timestamp.is_some());
         assert_eq!(e.get("n"), Some(&Value::Int32(7)));
         assert_eq!(e.get_i64("big"), Some(-5));
@@ -381,8 +421,18 @@ mod tests {
     #[test]
     fn validate_catches_what_the_service_would_refuse() {
         assert!(Entity::new("a/b", "r").validate().is_err());
-        assert!(Entity::new("p", "r").with("RowKey", "x").validate().is_err());
-        assert!(Entity::new("p", "r").with("big", "x".repeat(40_000)).validate().is_err());
+        assert!(
+            Entity::new("p", "r")
+                .with("RowKey", "x")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Entity::new("p", "r")
+                .with("big", "x".repeat(40_000))
+                .validate()
+                .is_err()
+        );
         let mut many = Entity::new("p", "r");
         for i in 0..=MAX_PROPERTIES {
             many.set(format!("p{i}"), 1);

@@ -16,10 +16,18 @@ pub enum Error {
     PreconditionFailed,
     /// The service rejected the request as malformed (400, 413...).
     #[error("rejected by the service ({status}, {code}): {message}")]
-    Rejected { status: u16, code: String, message: String },
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// Any other service answer, including retryable ones after the retry budget ran out.
     #[error("service error ({status}, {code}): {message}")]
-    Service { status: u16, code: String, message: String },
+    Service {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// The request could not be sent or its answer not read.
     #[error("transport error: {0}")]
     Transport(#[source] reqwest::Error),

@@ -16,7 +16,9 @@ const ESCAPE: char = '~';
 
 /// True for characters Table Storage refuses in PartitionKey and RowKey.
 fn is_forbidden(c: char) -> bool {
-    matches!(c, '/' | '\\' | '#' | '?') || ('\u{0}'..='\u{1f}').contains(&c) || ('\u{7f}'..='\u{9f}').contains(&c)
+    matches!(c, '/' | '\\' | '#' | '?')
+        || ('\u{0}'..='\u{1f}').contains(&c)
+        || ('\u{7f}'..='\u{9f}').contains(&c)
 }
 
 /// Encodes any string into a valid key: forbidden characters, `%` and the escape `~`
@@ -59,7 +61,10 @@ pub fn decode(encoded: &str) -> Result<String, Error> {
 /// Checks a key before it is sent, so a bad key is a clear local error, not a service 400.
 pub fn validate(which: &str, key: &str) -> Result<(), Error> {
     if key.len() > MAX_KEY_BYTES {
-        return Err(Error::Invalid(format!("{which} is {} bytes; at most {MAX_KEY_BYTES}", key.len())));
+        return Err(Error::Invalid(format!(
+            "{which} is {} bytes; at most {MAX_KEY_BYTES}",
+            key.len()
+        )));
     }
     if let Some(c) = key.chars().find(|c| is_forbidden(*c)) {
         return Err(Error::Invalid(format!(
@@ -132,6 +137,9 @@ mod tests {
             entity_path("T", "O'Brien", "a b"),
             "T(PartitionKey='O%27%27Brien',RowKey='a%20b')"
         );
-        assert_eq!(entity_path("T", "é", "x"), "T(PartitionKey='%C3%A9',RowKey='x')");
+        assert_eq!(
+            entity_path("T", "é", "x"),
+            "T(PartitionKey='%C3%A9',RowKey='x')"
+        );
     }
 }

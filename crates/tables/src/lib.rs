@@ -15,6 +15,8 @@ pub mod key;
 
 pub use account::{Credential, StorageAccount};
 pub use batch::Operation;
-pub use client::{ClientOptions, Continuation, Page, Query, Table, TableServiceClient, validate_table_name};
+pub use client::{
+    ClientOptions, Continuation, Page, Query, Table, TableServiceClient, validate_table_name,
+};
 pub use entity::{ETag, Entity, IfMatch, Value};
 pub use error::Error;

@@ -1,0 +1,34 @@
+//! Embeds every `functions/<Name>/function.json` into the binary, so the standalone
+//! runtime and the consistency tests see exactly the files that are deployed.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+fn main() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("the functions/ folder exists")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("function.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut out = String::from(
+        "/// Every `functions/<Name>/function.json`, by function name.\npub const FUNCTION_SOURCES: &[(&str, &str)] = &[\n",
+    );
+    for name in &names {
+        let path = dir.join(name).join("function.json");
+        println!("cargo:rerun-if-changed={}", path.display());
+        let path = path.canonicalize().expect("function.json path");
+        writeln!(
+            out,
+            "    ({name:?}, include_str!({:?})),",
+            path.display().to_string()
+        )
+        .unwrap();
+    }
+    out.push_str("];\n");
+    let target = Path::new(&std::env::var("OUT_DIR").unwrap()).join("function_sources.rs");
+    std::fs::write(target, out).expect("write function_sources.rs");
+}

@@ -1,0 +1,55 @@
+//! `Health`: `GET /api/health`, anonymous. Version, whether storage answers, and the last
+//! housekeeping run; 200 when storage answers, 503 when it does not.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::store::{RunOutcome, RunRecord};
+
+/// How long health waits for storage before calling it unreachable.
+const STORAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The health report and whether the service is healthy.
+pub async fn report(app: &App) -> (bool, Value) {
+    let probe = tokio::time::timeout(
+        STORAGE_PROBE_TIMEOUT,
+        app.run_log.latest(super::housekeeping::NAME),
+    )
+    .await;
+    let (reachable, housekeeping) = match probe {
+        Ok(Ok(latest)) => (true, latest.as_ref().map(run_json)),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health: storage probe failed");
+            (false, None)
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?STORAGE_PROBE_TIMEOUT, "health: storage probe timed out");
+            (false, None)
+        }
+    };
+    let body = json!({
+        "status": if reachable { "healthy" } else { "unhealthy" },
+        "version": app.version,
+        "mode": app.mode.as_str(),
+        "storage": { "reachable": reachable },
+        "housekeeping": housekeeping,
+    });
+    (reachable, body)
+}
+
+fn run_json(run: &RunRecord) -> Value {
+    let (outcome, error) = match &run.outcome {
+        RunOutcome::Succeeded => ("succeeded", None),
+        RunOutcome::Failed(e) => ("failed", Some(e.as_str())),
+    };
+    json!({
+        "last_run_at": host::invocation::format_timestamp(run.started_at),
+        "finished_at": host::invocation::format_timestamp(run.finished_at),
+        "outcome": outcome,
+        "error": error,
+        "past_due": run.past_due,
+        "summary": run.summary,
+    })
+}

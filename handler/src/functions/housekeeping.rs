@@ -1,0 +1,67 @@
+//! `Housekeeping`: a timer every 15 minutes that trims old records and records its run.
+//! Later capabilities add their purge work here.
+
+use futures::future::BoxFuture;
+use host::{InvocationRequest, InvocationResponse, InvokeError};
+use time::OffsetDateTime;
+
+use crate::app::App;
+use crate::store::{RunOutcome, RunRecord};
+
+/// The function's name, as in `functions/Housekeeping`.
+pub const NAME: &str = "Housekeeping";
+/// How long run history is kept.
+pub const RUN_HISTORY_DAYS: i64 = 30;
+
+/// Entry point for the dispatcher.
+pub fn invoke(
+    app: &App,
+    request: InvocationRequest,
+) -> BoxFuture<'_, Result<InvocationResponse, InvokeError>> {
+    Box::pin(run(app, request))
+}
+
+async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse, InvokeError> {
+    let timer = request
+        .timer("timer")
+        .map_err(|e| InvokeError::BadPayload(e.0))?;
+    let started_at = OffsetDateTime::now_utc();
+    let mut response = InvocationResponse::new();
+    if timer.is_past_due {
+        response.log("housekeeping is running late (past due)");
+    }
+
+    let cutoff = started_at - time::Duration::days(RUN_HISTORY_DAYS);
+    let work = app.run_log.purge_history(NAME, cutoff).await;
+    let (outcome, summary) = match &work {
+        Ok(purged) => (
+            RunOutcome::Succeeded,
+            format!("purged {purged} run records older than {RUN_HISTORY_DAYS} days"),
+        ),
+        Err(e) => (
+            RunOutcome::Failed(e.to_string()),
+            "purge failed".to_string(),
+        ),
+    };
+    response.log(format!("housekeeping: {summary}"));
+
+    let record = RunRecord {
+        started_at,
+        finished_at: OffsetDateTime::now_utc(),
+        outcome: outcome.clone(),
+        past_due: timer.is_past_due,
+        summary,
+    };
+    let recorded = app.run_log.record(NAME, &record).await;
+    match (outcome, recorded) {
+        (RunOutcome::Succeeded, Ok(())) => Ok(response),
+        (RunOutcome::Failed(message), _) => Err(InvokeError::Failed {
+            message: format!("housekeeping failed: {message}"),
+            logs: response.logs,
+        }),
+        (RunOutcome::Succeeded, Err(e)) => Err(InvokeError::Failed {
+            message: format!("housekeeping could not record its run: {e}"),
+            logs: response.logs,
+        }),
+    }
+}

@@ -1,0 +1,145 @@
+//! One small adapter per Azure Function, and the table that maps function names to them.
+//! A function module parses its trigger, calls the domain and shapes the answer; it holds
+//! no storage code.
+
+pub mod health;
+pub mod housekeeping;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use host::{InvocationRequest, InvocationResponse, InvokeError, InvokeFuture, Invoker};
+
+use crate::app::App;
+
+include!(concat!(env!("OUT_DIR"), "/function_sources.rs"));
+
+/// An invoked (non-HTTP) function's entry point.
+pub type InvokedFn = for<'a> fn(
+    &'a App,
+    InvocationRequest,
+) -> BoxFuture<'a, Result<InvocationResponse, InvokeError>>;
+
+/// How a function is served.
+pub enum Handler {
+    /// A forwarded HTTP function, served by a route under `/api` (see `routes`).
+    Http { route: &'static str },
+    /// A timer or queue function, invoked as `POST /{FunctionName}`.
+    Invoked(InvokedFn),
+}
+
+/// Every function the handler implements. Each must have `functions/<Name>/function.json`
+/// and vice versa (checked by a test).
+pub const FUNCTIONS: &[(&str, Handler)] = &[
+    ("Health", Handler::Http { route: "health" }),
+    ("Housekeeping", Handler::Invoked(housekeeping::invoke)),
+];
+
+/// The parsed catalog of the embedded function.json files.
+pub fn catalog() -> Result<host::Catalog, host::DefinitionError> {
+    host::Catalog::from_sources(FUNCTION_SOURCES.iter().copied())
+}
+
+/// Routes host-style invocations to the function adapters.
+pub struct Dispatcher {
+    app: Arc<App>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over the shared state.
+    pub fn new(app: Arc<App>) -> Dispatcher {
+        Dispatcher { app }
+    }
+}
+
+impl Invoker for Dispatcher {
+    fn invoke<'a>(&'a self, function: &'a str, request: InvocationRequest) -> InvokeFuture<'a> {
+        Box::pin(async move {
+            let entry = FUNCTIONS
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(function));
+            match entry {
+                None => Err(InvokeError::UnknownFunction(function.to_string())),
+                Some((name, Handler::Http { route })) => Err(InvokeError::BadPayload(format!(
+                    "{name} is an HTTP function; it is served at /api/{route}, not invoked"
+                ))),
+                Some((name, Handler::Invoked(run))) => {
+                    tracing::info!(function = name, "invocation started");
+                    let outcome = run(&self.app, request).await;
+                    match &outcome {
+                        Ok(_) => tracing::info!(function = name, "invocation succeeded"),
+                        Err(e) => tracing::warn!(function = name, error = %e, "invocation failed"),
+                    }
+                    outcome
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use host::Trigger;
+
+    #[test]
+    fn every_function_json_has_a_handler_and_every_handler_a_function_json() {
+        let catalog = catalog().expect("every function.json parses");
+        let on_disk: Vec<&str> = catalog.iter().map(|f| f.name.as_str()).collect();
+        let implemented: Vec<&str> = FUNCTIONS.iter().map(|(n, _)| *n).collect();
+        for name in &on_disk {
+            assert!(
+                implemented.contains(name),
+                "functions/{name}/function.json has no handler"
+            );
+        }
+        for name in &implemented {
+            assert!(
+                on_disk.contains(name),
+                "handler {name} has no functions/{name}/function.json"
+            );
+        }
+    }
+
+    #[test]
+    fn handler_kinds_match_their_triggers() {
+        let catalog = catalog().unwrap();
+        for (name, handler) in FUNCTIONS {
+            let definition = catalog.get(name).unwrap();
+            match (handler, &definition.trigger) {
+                (
+                    Handler::Http { route },
+                    Trigger::Http {
+                        route: declared, ..
+                    },
+                ) => {
+                    assert_eq!(route, declared, "{name}: route differs from function.json")
+                }
+                (Handler::Invoked(_), Trigger::Timer { .. } | Trigger::Queue { .. }) => {}
+                _ => panic!("{name}: handler kind does not match its trigger"),
+            }
+        }
+    }
+
+    #[test]
+    fn function_json_files_on_disk_are_the_embedded_ones() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+        let mut on_disk: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let json = std::fs::read_to_string(e.path().join("function.json"))
+                    .unwrap_or_else(|_| panic!("functions/{name} has no function.json"));
+                (name, json)
+            })
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<(String, String)> = FUNCTION_SOURCES
+            .iter()
+            .map(|(n, j)| (n.to_string(), j.to_string()))
+            .collect();
+        assert_eq!(on_disk, embedded);
+    }
+}

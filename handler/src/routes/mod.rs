@@ -1,0 +1,112 @@
+//! The route table: forwarded HTTP functions under `/api`, host invocations at
+//! `POST /{FunctionName}`, and JSON errors for everything else.
+
+mod invoke;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::app::App;
+pub use invoke::Invocations;
+
+/// Largest invocation body accepted from the host (queue messages are at most 64 KiB).
+const MAX_INVOCATION_BODY: u64 = 4 * 1024 * 1024;
+
+/// Every route of the handler, traced with the host's invocation id.
+pub fn table(
+    app: Arc<App>,
+    invocations: Arc<Invocations>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let with_app = warp::any().map(move || app.clone());
+    let health = warp::path!("api" / "health")
+        .and(warp::get().or(warp::head()).unify())
+        .and(with_app.clone())
+        .then(|app: Arc<App>| async move {
+            let (healthy, body) = crate::functions::health::report(&app).await;
+            let status = if healthy {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            no_store(warp::reply::with_status(warp::reply::json(&body), status).into_response())
+        });
+
+    // path before method, so an unknown path is a 404 rather than a 405
+    let invoke = warp::path::param::<String>()
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_INVOCATION_BODY))
+        .and(warp::body::bytes())
+        .and(warp::any().map(move || invocations.clone()))
+        .then(
+            |function: String, body: bytes::Bytes, invocations: Arc<Invocations>| async move {
+                invocations.handle(&function, &body).await
+            },
+        );
+
+    health
+        .map(Reply::into_response)
+        .or(invoke.map(Reply::into_response))
+        .unify()
+        .recover(|rejection| async move { Ok::<_, Infallible>(rejected(rejection)) })
+        .unify()
+        .with(warp::trace(|info| {
+            let invocation_id = info
+                .request_headers()
+                .get("x-azure-functions-invocationid")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            tracing::info_span!("request", method = %info.method(), path = %info.path(), invocation_id = %invocation_id)
+        }))
+        .map(Reply::into_response)
+}
+
+/// A JSON error body: `{"error": code, "message": ...}`.
+pub fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = json!({ "error": code, "message": message.into() });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "cache-control",
+        warp::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn rejected(rejection: warp::Rejection) -> Response {
+    if rejection.is_not_found() {
+        json_error(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {MAX_INVOCATION_BODY} bytes"),
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        json_error(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length",
+        )
+    } else {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request could not be read",
+        )
+    }
+}

@@ -1,0 +1,83 @@
+//! Builds the application from settings and serves it: bind first, then everything else.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::app::{App, Mode};
+use crate::config::Settings;
+use crate::functions::{self, Dispatcher};
+use crate::routes::{self, Invocations};
+use crate::store::TableNames;
+
+/// Why the handler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Functions(#[from] host::DefinitionError),
+    #[error("table storage client: {0}")]
+    Tables(#[from] tables::Error),
+}
+
+/// Binds 127.0.0.1 on the configured port, then builds the app and serves until a shutdown signal.
+pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, settings.port));
+    // The host waits for this port; nothing touches the network before it is bound.
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+
+    let catalog = Arc::new(functions::catalog()?);
+    let tables = tables::TableServiceClient::new(settings.storage_account()?)?;
+    let app = Arc::new(App::new(
+        mode,
+        tables,
+        TableNames::new(&settings.table_prefix),
+    ));
+    let invocations = match mode {
+        Mode::Host => Invocations::Host(Dispatcher::new(app.clone())),
+        Mode::Standalone => Invocations::Standalone(host::Standalone::start(
+            catalog.clone(),
+            Arc::new(Dispatcher::new(app.clone())),
+        )),
+    };
+    tracing::info!(%addr, mode = mode.as_str(), version = app.version, functions = catalog.iter().count(), "listening");
+
+    let setup = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = setup.ensure_tables().await {
+            tracing::warn!(error = %e, "tables not created at start-up; they are created on first write");
+        }
+    });
+
+    warp::serve(routes::table(app, Arc::new(invocations)))
+        .incoming(listener)
+        .graceful(shutdown_signal())
+        .run()
+        .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
