@@ -311,9 +311,9 @@ async fn finish(
     outcome: Result<reqwest::Response, reqwest::Error>,
     timeout: Duration,
 ) -> Result<Answer, Error> {
-    let response = outcome.map_err(|e| transport(e, timeout))?;
+    let mut response = outcome.map_err(|e| transport(e, timeout))?;
     let status = response.status();
-    let headers = response.headers().clone();
+    let headers = std::mem::take(response.headers_mut());
     let body = response.bytes().await.map_err(|e| transport(e, timeout))?;
     if status.is_success() {
         Ok(Answer { headers, body })
@@ -375,7 +375,7 @@ fn etag_of(answer: &Answer) -> Option<ETag> {
 pub struct Query {
     /// An OData `$filter` expression; build literals with [`crate::Value::filter_literal`].
     pub filter: Option<String>,
-    /// Properties to return (`$select`); keys, Timestamp and ETag always come back.
+    /// Properties to return (`$select`); PartitionKey, RowKey and the ETag always come back.
     pub select: Option<Vec<String>>,
     /// Entities per page (`$top`, at most 1000).
     pub page_size: Option<u32>,
@@ -566,7 +566,15 @@ impl Table {
             call.query.push(("$filter", filter.clone()));
         }
         if let Some(select) = &query.select {
-            call.query.push(("$select", select.join(",")));
+            // keys always come back, so every entity read can be addressed again
+            let mut fields = vec!["PartitionKey", "RowKey"];
+            fields.extend(
+                select
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|f| *f != "PartitionKey" && *f != "RowKey"),
+            );
+            call.query.push(("$select", fields.join(",")));
         }
         let remaining = query.limit.map(|l| l.min(1000) as u32);
         if let Some(top) = match (query.page_size, remaining) {

@@ -148,7 +148,7 @@ impl RunLog for TableRunLog {
         );
         let query = Query {
             filter: Some(filter),
-            select: Some(vec!["RowKey".into()]),
+            select: Some(vec![]),
             ..Query::default()
         };
         let old = self.table.query_all(query).await?;
@@ -188,5 +188,69 @@ mod tests {
         };
         let entity = TableRunLog::to_entity("Housekeeping", LATEST, &run);
         assert_eq!(TableRunLog::from_entity(&entity).unwrap(), run);
+    }
+
+    fn run_at(started_at: OffsetDateTime, summary: &str) -> RunRecord {
+        RunRecord {
+            started_at,
+            finished_at: started_at + time::Duration::seconds(1),
+            outcome: RunOutcome::Succeeded,
+            past_due: false,
+            summary: summary.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn housekeeping_history_is_recorded_and_purged_in_azurite() {
+        let azurite = system_tests::Azurite::shared();
+        let log = TableRunLog::new(azurite.client().table(system_tests::unique_table("runs")));
+        assert_eq!(log.latest("Housekeeping").await.unwrap(), None);
+
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        for (days_ago, summary) in [(35, "oldest"), (31, "old"), (0, "today")] {
+            log.record(
+                "Housekeeping",
+                &run_at(now - time::Duration::days(days_ago), summary),
+            )
+            .await
+            .unwrap();
+        }
+        log.record(
+            "Other",
+            &run_at(now - time::Duration::days(40), "other function"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            log.latest("Housekeeping").await.unwrap().unwrap().summary,
+            "today"
+        );
+
+        let purged = log
+            .purge_history("Housekeeping", now - time::Duration::days(30))
+            .await
+            .unwrap();
+        assert_eq!(purged, 2, "the two runs older than 30 days");
+        assert_eq!(
+            log.purge_history("Housekeeping", now - time::Duration::days(30))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            log.latest("Housekeeping").await.unwrap().unwrap().summary,
+            "today",
+            "latest survives"
+        );
+        let history = log
+            .table
+            .query_all(Query::partition("Housekeeping"))
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 2, "latest plus today's history row");
+        assert!(
+            log.latest("Other").await.unwrap().is_some(),
+            "other functions are untouched"
+        );
     }
 }
