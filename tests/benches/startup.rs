@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use system_tests::{Azurite, free_port};
@@ -19,6 +19,19 @@ fn handler_binary() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler")
         })
+}
+
+fn spawn_handler(binary: &PathBuf, port: u16, storage: &str) -> Child {
+    Command::new(binary)
+        .arg("host")
+        .env_clear()
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("AzureWebJobsStorage", storage)
+        .env("STORAGE_TABLE_PREFIX", "bench")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("handler starts")
 }
 
 fn health_status(port: u16) -> Option<u16> {
@@ -59,16 +72,7 @@ fn main() {
     for _ in 0..RUNS {
         let port = free_port();
         let started = Instant::now();
-        let mut child = Command::new(&binary)
-            .arg("host")
-            .env_clear()
-            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-            .env("AzureWebJobsStorage", &storage)
-            .env("STORAGE_TABLE_PREFIX", "bench")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("handler starts");
+        let mut child = spawn_handler(&binary, port, &storage);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         while TcpStream::connect(addr).is_err() {
             assert!(
@@ -98,16 +102,7 @@ fn main() {
     );
 
     let port = free_port();
-    let mut child = Command::new(&binary)
-        .arg("host")
-        .env_clear()
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .env("AzureWebJobsStorage", &storage)
-        .env("STORAGE_TABLE_PREFIX", "bench")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("handler starts");
+    let mut child = spawn_handler(&binary, port, &storage);
     system_tests::wait_for_port(port, Duration::from_secs(10)).unwrap();
     for _ in 0..10 {
         health_status(port);
