@@ -1,0 +1,14 @@
+//! Microsoft Entra ID for entra-connector: national clouds and endpoint overrides, access
+//! token validation with cached signing keys, and development tokens for local runs.
+
+pub mod cache;
+pub mod cloud;
+pub mod dev;
+pub mod jwks;
+pub mod jwt;
+pub mod keys;
+pub mod validate;
+
+pub use cloud::{Cloud, Endpoints};
+pub use keys::{KeyCachePolicy, TokenVersion};
+pub use validate::{Rejection, TenantLookup, ValidatedToken, Validator, ValidatorConfig};
