@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tables::StorageAccount;
 
+pub mod fake_entra;
+
 /// Azurite's table service, shared by every test of one test binary.
 pub struct Azurite {
     pub table_port: u16,
