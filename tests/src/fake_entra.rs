@@ -81,7 +81,9 @@ impl FakeEntra {
         let routes = warp::get()
             .and(warp::path::full())
             .map(move |path: warp::path::FullPath| respond(&fake_state, path.as_str()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(warp::serve(routes).incoming(listener).run());
         let fake = FakeEntra {
@@ -101,7 +103,11 @@ impl FakeEntra {
     pub fn add_key_with_issuer(&self, issuer: Option<String>) -> String {
         let kid = random_kid();
         let pair = RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key");
-        self.state.keys.lock().unwrap().insert(kid.clone(), Arc::new(Key { pair, issuer }));
+        self.state
+            .keys
+            .lock()
+            .unwrap()
+            .insert(kid.clone(), Arc::new(Key { pair, issuer }));
         kid
     }
 
@@ -112,7 +118,14 @@ impl FakeEntra {
 
     /// The kid of the oldest published key.
     pub fn first_kid(&self) -> String {
-        self.state.keys.lock().unwrap().keys().next().cloned().expect("a key")
+        self.state
+            .keys
+            .lock()
+            .unwrap()
+            .keys()
+            .next()
+            .cloned()
+            .expect("a key")
     }
 
     /// Makes every endpoint answer 503 (Microsoft unreachable) or serve again.
@@ -132,7 +145,11 @@ impl FakeEntra {
 
     /// The issuer for a tenant, as tokens of this cloud carry it.
     pub fn issuer(&self, v2: bool, tenant: &str) -> String {
-        let template = if v2 { self.state.issuers.v2 } else { self.state.issuers.v1 };
+        let template = if v2 {
+            self.state.issuers.v2
+        } else {
+            self.state.issuers.v1
+        };
         template.replace("{tenantid}", tenant)
     }
 
@@ -162,8 +179,13 @@ pub fn sign_with(pair: &RsaKeyPair, kid: &str, header_extra: Value, claims: &Val
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap()));
     let mut signature = vec![0; pair.public_modulus_len()];
-    pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), token.as_bytes(), &mut signature)
-        .expect("signing");
+    pair.sign(
+        &RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        token.as_bytes(),
+        &mut signature,
+    )
+    .expect("signing");
     token.push('.');
     token.push_str(&URL_SAFE_NO_PAD.encode(signature));
     token
@@ -172,7 +194,8 @@ pub fn sign_with(pair: &RsaKeyPair, kid: &str, header_extra: Value, claims: &Val
 fn respond(state: &State, path: &str) -> warp::reply::Response {
     use warp::Reply as _;
     if state.down.load(Ordering::SeqCst) {
-        return warp::reply::with_status("unavailable", StatusCode::SERVICE_UNAVAILABLE).into_response();
+        return warp::reply::with_status("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+            .into_response();
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let json_reply = |v: Value| warp::reply::json(&v).into_response();
@@ -219,7 +242,11 @@ fn metadata(state: &State, v2: bool) -> Value {
 
 fn key_set(state: &State, v2: bool) -> Value {
     let keys = state.keys.lock().unwrap();
-    let template = if v2 { state.issuers.v2 } else { state.issuers.v1 };
+    let template = if v2 {
+        state.issuers.v2
+    } else {
+        state.issuers.v1
+    };
     let keys: Vec<Value> = keys
         .iter()
         .map(|(kid, key)| {
@@ -235,4 +262,3 @@ fn key_set(state: &State, v2: bool) -> Value {
         .collect();
     json!({ "keys": keys })
 }
-

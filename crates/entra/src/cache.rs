@@ -37,7 +37,9 @@ impl<V> TokenCache<V> {
     /// A cache holding at most about `capacity` tokens.
     pub fn new(capacity: usize) -> TokenCache<V> {
         TokenCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
@@ -91,7 +93,10 @@ impl<V> TokenCache<V> {
 
     /// Entries held now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().expect("token cache lock").len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().expect("token cache lock").len())
+            .sum()
     }
 
     /// True when nothing is cached.
@@ -113,7 +118,12 @@ mod tests {
         assert_eq!(cache.get(&k, 100), None, "never at or past expiry");
         assert!(cache.is_empty(), "an expired entry is dropped when seen");
         for i in 0..1000 {
-            cache.insert(TokenCache::<u32>::key(&format!("t{i}")), 1000, Arc::new(i), 0);
+            cache.insert(
+                TokenCache::<u32>::key(&format!("t{i}")),
+                1000,
+                Arc::new(i),
+                0,
+            );
         }
         assert!(cache.len() <= 32, "bounded: {}", cache.len());
         cache.clear();

@@ -86,7 +86,10 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// Endpoints with optional overrides; plain http is refused unless the host is loopback.
-    pub fn new(login_override: Option<&str>, graph_override: Option<&str>) -> Result<Endpoints, String> {
+    pub fn new(
+        login_override: Option<&str>,
+        graph_override: Option<&str>,
+    ) -> Result<Endpoints, String> {
         Ok(Endpoints {
             login_override: login_override.map(checked_base).transpose()?,
             graph_override: graph_override.map(checked_base).transpose()?,
@@ -132,7 +135,9 @@ fn checked_base(s: &str) -> Result<Url, String> {
     match url.scheme() {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
-        "http" => Err(format!("{s:?} uses plain http to a host that is not loopback")),
+        "http" => Err(format!(
+            "{s:?} uses plain http to a host that is not loopback"
+        )),
         other => Err(format!("{s:?} has scheme {other}; expected https")),
     }
 }
@@ -154,32 +159,54 @@ mod tests {
     fn each_cloud_has_its_own_hosts() {
         assert_eq!(Cloud::UsGovDod.graph(), "https://dod-graph.microsoft.us");
         assert_eq!(Cloud::UsGovDod.authority(), Cloud::UsGov.authority());
-        assert_eq!(Cloud::China.authority(), "https://login.partner.microsoftonline.cn");
+        assert_eq!(
+            Cloud::China.authority(),
+            "https://login.partner.microsoftonline.cn"
+        );
     }
 
     #[test]
     fn overrides_apply_to_every_cloud_and_refuse_remote_http() {
-        let e = Endpoints::new(Some("http://127.0.0.1:9000/"), Some("http://localhost:9001")).unwrap();
+        let e = Endpoints::new(
+            Some("http://127.0.0.1:9000/"),
+            Some("http://localhost:9001"),
+        )
+        .unwrap();
         for cloud in Cloud::ALL {
             assert_eq!(e.login(cloud), "http://127.0.0.1:9000");
             assert_eq!(e.graph(cloud), "http://localhost:9001");
         }
         assert!(Endpoints::new(Some("http://login.example.com"), None).is_err());
         assert!(Endpoints::new(None, Some("ftp://127.0.0.1")).is_err());
-        assert_eq!(Endpoints::default().login(Cloud::Global), "https://login.microsoftonline.com");
+        assert_eq!(
+            Endpoints::default().login(Cloud::Global),
+            "https://login.microsoftonline.com"
+        );
     }
 
     #[test]
     fn metadata_urls_follow_the_override() {
         let e = Endpoints::new(Some("http://127.0.0.1:9000"), None).unwrap();
         assert_eq!(
-            e.rebase_login_url(Cloud::Global, "https://login.microsoftonline.com/common/discovery/v2.0/keys").unwrap(),
+            e.rebase_login_url(
+                Cloud::Global,
+                "https://login.microsoftonline.com/common/discovery/v2.0/keys"
+            )
+            .unwrap(),
             "http://127.0.0.1:9000/common/discovery/v2.0/keys"
         );
-        assert!(e.rebase_login_url(Cloud::Global, "http://evil.example/keys").is_err());
+        assert!(
+            e.rebase_login_url(Cloud::Global, "http://evil.example/keys")
+                .is_err()
+        );
         let plain = Endpoints::default();
         assert_eq!(
-            plain.rebase_login_url(Cloud::China, "https://login.partner.microsoftonline.cn/common/discovery/keys").unwrap(),
+            plain
+                .rebase_login_url(
+                    Cloud::China,
+                    "https://login.partner.microsoftonline.cn/common/discovery/keys"
+                )
+                .unwrap(),
             "https://login.partner.microsoftonline.cn/common/discovery/keys"
         );
     }

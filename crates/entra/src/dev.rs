@@ -24,16 +24,21 @@ impl DevSigner {
     /// Loads the key from `path` (PKCS#8 DER), creating it (owner-only) when absent.
     pub fn load_or_create(path: &Path) -> Result<DevSigner, String> {
         let pair = match std::fs::read(path) {
-            Ok(der) => RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("{}: not an RSA PKCS#8 key ({e})", path.display()))?,
+            Ok(der) => RsaKeyPair::from_pkcs8(&der)
+                .map_err(|e| format!("{}: not an RSA PKCS#8 key ({e})", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let pair = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| "RSA key generation failed".to_string())?;
-                let der = pair.as_der().map_err(|_| "cannot encode the key".to_string())?;
+                let pair = RsaKeyPair::generate(KeySize::Rsa2048)
+                    .map_err(|_| "RSA key generation failed".to_string())?;
+                let der = pair
+                    .as_der()
+                    .map_err(|_| "cannot encode the key".to_string())?;
                 write_private(path, der.as_ref())?;
                 pair
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pair.public_key().as_ref());
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pair.public_key().as_ref());
         let kid = format!("dev-{}", hex(&digest.as_ref()[..8]));
         Ok(DevSigner { pair, kid })
     }
@@ -66,7 +71,12 @@ impl DevSigner {
         crate::jwt::encode(&header, &claims, |input| {
             let mut signature = vec![0; self.pair.public_modulus_len()];
             self.pair
-                .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input, &mut signature)
+                .sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    input,
+                    &mut signature,
+                )
                 .expect("RSA signing with a valid key succeeds");
             signature
         })
@@ -85,7 +95,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(bytes).map_err(|e| format!("{}: {e}", path.display()))
+    file.write_all(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn hex(bytes: &[u8]) -> String {

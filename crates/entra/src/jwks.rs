@@ -20,13 +20,21 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("issuer", &self.issuer).finish()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("issuer", &self.issuer)
+            .finish()
     }
 }
 
 impl SigningKey {
     /// A key from its RSA modulus and exponent (big-endian bytes).
-    pub fn from_components(kid: &str, issuer: Option<String>, n: &[u8], e: &[u8]) -> Option<SigningKey> {
+    pub fn from_components(
+        kid: &str,
+        issuer: Option<String>,
+        n: &[u8],
+        e: &[u8],
+    ) -> Option<SigningKey> {
         // RS256 keys of 2048 to 8192 bits only; parsing alone does not check the size
         let n = n.strip_prefix(&[0u8]).unwrap_or(n);
         if !(256..=1024).contains(&n.len()) || e.is_empty() || e.len() > 8 {
@@ -73,8 +81,13 @@ pub fn parse_key_set(body: &[u8]) -> Result<HashMap<String, Arc<SigningKey>>, St
         if k.kty.as_deref() != Some("RSA") || k.use_.as_deref().is_some_and(|u| u != "sig") {
             continue;
         }
-        let (Some(kid), Some(n), Some(e)) = (k.kid, k.n, k.e) else { continue };
-        let (Ok(n), Ok(e)) = (URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')), URL_SAFE_NO_PAD.decode(e.trim_end_matches('='))) else {
+        let (Some(kid), Some(n), Some(e)) = (k.kid, k.n, k.e) else {
+            continue;
+        };
+        let (Ok(n), Ok(e)) = (
+            URL_SAFE_NO_PAD.decode(n.trim_end_matches('=')),
+            URL_SAFE_NO_PAD.decode(e.trim_end_matches('=')),
+        ) else {
             tracing::warn!(%kid, "skipping a JWK whose n or e is not base64url");
             continue;
         };
@@ -117,9 +130,18 @@ mod tests {
         let keys = parse_key_set(&serde_json::to_vec(&set).unwrap()).unwrap();
         assert_eq!(keys.len(), 1, "only the RSA signing key of a usable size");
         let key = &keys["k1"];
-        assert_eq!(key.issuer.as_deref(), Some("https://login.microsoftonline.com/{tenantid}/v2.0"));
+        assert_eq!(
+            key.issuer.as_deref(),
+            Some("https://login.microsoftonline.com/{tenantid}/v2.0")
+        );
         let mut sig = vec![0; pair.public_modulus_len()];
-        pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), b"message", &mut sig).unwrap();
+        pair.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            b"message",
+            &mut sig,
+        )
+        .unwrap();
         assert!(key.verify(b"message", &sig));
         assert!(!key.verify(b"other message", &sig));
         assert!(parse_key_set(b"{\"nokeys\":1}").is_err());

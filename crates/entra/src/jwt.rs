@@ -26,8 +26,12 @@ pub fn parse(token: &str) -> Result<Parsed, Rejection> {
         return Err(Rejection::Malformed("token too long"));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(Rejection::Malformed("not a compact JWS (three dot-separated parts)"));
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Rejection::Malformed(
+            "not a compact JWS (three dot-separated parts)",
+        ));
     };
     let header = decode_object(h).ok_or(Rejection::Malformed("header is not base64url JSON"))?;
     let claims = decode_object(c).ok_or(Rejection::Malformed("claims are not base64url JSON"))?;
@@ -68,17 +72,31 @@ mod tests {
 
     #[test]
     fn a_token_is_taken_apart() {
-        let token = encode(&json!({"alg":"RS256","kid":"k"}), &json!({"tid":"t"}), |input| input[..3].to_vec());
+        let token = encode(
+            &json!({"alg":"RS256","kid":"k"}),
+            &json!({"tid":"t"}),
+            |input| input[..3].to_vec(),
+        );
         let parsed = parse(&token).unwrap();
         assert_eq!(parsed.header["kid"], "k");
         assert_eq!(parsed.claims["tid"], "t");
-        assert_eq!(&token[..parsed.signing_input_len], token.rsplit_once('.').unwrap().0);
+        assert_eq!(
+            &token[..parsed.signing_input_len],
+            token.rsplit_once('.').unwrap().0
+        );
         assert_eq!(parsed.signature, token.as_bytes()[..3].to_vec());
     }
 
     #[test]
     fn malformed_tokens_are_rejected() {
-        for bad in ["", "a.b", "a.b.c.d", "!!!.e30.AA", "e30.W10.AA", "e30.e30.***"] {
+        for bad in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!!.e30.AA",
+            "e30.W10.AA",
+            "e30.e30.***",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         assert!(parse(&"a".repeat(MAX_TOKEN_BYTES + 1)).is_err());

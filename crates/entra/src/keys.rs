@@ -92,7 +92,13 @@ pub struct KeySource {
 
 impl KeySource {
     /// A source that fetches lazily, on first use.
-    pub fn new(cloud: Cloud, version: TokenVersion, endpoints: Endpoints, http: reqwest::Client, policy: KeyCachePolicy) -> KeySource {
+    pub fn new(
+        cloud: Cloud,
+        version: TokenVersion,
+        endpoints: Endpoints,
+        http: reqwest::Client,
+        policy: KeyCachePolicy,
+    ) -> KeySource {
         KeySource {
             cloud,
             version,
@@ -115,7 +121,10 @@ impl KeySource {
     }
 
     /// The issuer template (`https://.../{tenantid}/v2.0`) and the key for `kid`.
-    pub async fn lookup(self: &Arc<Self>, kid: &str) -> Result<(String, Arc<SigningKey>), KeyError> {
+    pub async fn lookup(
+        self: &Arc<Self>,
+        kid: &str,
+    ) -> Result<(String, Arc<SigningKey>), KeyError> {
         let seen = self.snapshot();
         if let Some(snap) = &seen {
             let age = snap.fetched_at.elapsed();
@@ -133,11 +142,17 @@ impl KeySource {
         // unknown kid, nothing cached, or too old: one shared, rate-limited refresh
         let stale = seen.as_ref().map(|s| s.generation);
         self.refresh(stale, seen.is_none()).await;
-        let snap = self
-            .snapshot()
-            .ok_or_else(|| KeyError::Unavailable(format!("{} {} metadata could not be fetched", self.cloud, self.version.as_str())))?;
+        let snap = self.snapshot().ok_or_else(|| {
+            KeyError::Unavailable(format!(
+                "{} {} metadata could not be fetched",
+                self.cloud,
+                self.version.as_str()
+            ))
+        })?;
         if snap.fetched_at.elapsed() >= self.policy.max_age {
-            return Err(KeyError::Unavailable("cached keys are too old and could not be refreshed".into()));
+            return Err(KeyError::Unavailable(
+                "cached keys are too old and could not be refreshed".into(),
+            ));
         }
         snap.keys
             .get(kid)
@@ -156,12 +171,15 @@ impl KeySource {
             return;
         }
         *last_attempt = Some(Instant::now());
-        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.fetch(current.as_deref()).await {
             Ok(snapshot) => {
                 *self.current.write().expect("key snapshot lock") = Some(Arc::new(snapshot));
             }
-            Err(e) => tracing::warn!(cloud = %self.cloud, version = self.version.as_str(), error = %e, "signing key refresh failed"),
+            Err(e) => {
+                tracing::warn!(cloud = %self.cloud, version = self.version.as_str(), error = %e, "signing key refresh failed")
+            }
         }
     }
 
@@ -172,11 +190,15 @@ impl KeySource {
                 let base = self.endpoints.login(self.cloud);
                 let url = match self.version {
                     TokenVersion::V1 => format!("{base}/common/.well-known/openid-configuration"),
-                    TokenVersion::V2 => format!("{base}/common/v2.0/.well-known/openid-configuration"),
+                    TokenVersion::V2 => {
+                        format!("{base}/common/v2.0/.well-known/openid-configuration")
+                    }
                 };
                 let config: OpenIdConfiguration = serde_json::from_slice(&self.get(&url).await?)
                     .map_err(|e| format!("{url}: not OpenID configuration: {e}"))?;
-                let jwks_uri = self.endpoints.rebase_login_url(self.cloud, &config.jwks_uri)?;
+                let jwks_uri = self
+                    .endpoints
+                    .rebase_login_url(self.cloud, &config.jwks_uri)?;
                 (config.issuer, jwks_uri)
             }
         };

@@ -119,7 +119,9 @@ impl ValidatedToken {
 
     /// Delegated scopes (`scp`), empty for app-only tokens.
     pub fn scopes(&self) -> Vec<&str> {
-        self.str_claim("scp").map(|s| s.split_whitespace().collect()).unwrap_or_default()
+        self.str_claim("scp")
+            .map(|s| s.split_whitespace().collect())
+            .unwrap_or_default()
     }
 
     /// App roles (`roles`).
@@ -133,7 +135,8 @@ impl ValidatedToken {
 
     /// An app-only token: `idtyp=app`, or `roles` without `scp`.
     pub fn is_app_only(&self) -> bool {
-        self.str_claim("idtyp") == Some("app") || (self.claims.contains_key("roles") && !self.claims.contains_key("scp"))
+        self.str_claim("idtyp") == Some("app")
+            || (self.claims.contains_key("roles") && !self.claims.contains_key("scp"))
     }
 
     /// A delegated (user) token: it carries `scp` and is not app-only.
@@ -175,7 +178,13 @@ impl Validator {
         let mut sources = HashMap::new();
         for cloud in Cloud::ALL {
             for version in [TokenVersion::V1, TokenVersion::V2] {
-                let source = KeySource::new(cloud, version, config.endpoints.clone(), http.clone(), config.keys.clone());
+                let source = KeySource::new(
+                    cloud,
+                    version,
+                    config.endpoints.clone(),
+                    http.clone(),
+                    config.keys.clone(),
+                );
                 sources.insert((cloud, version), Arc::new(source));
             }
         }
@@ -197,18 +206,38 @@ impl Validator {
     }
 
     /// Validates a bearer token. Repeated tokens are answered from the cache until they expire.
-    pub async fn validate(&self, token: &str, tenants: &dyn TenantLookup) -> Result<Arc<ValidatedToken>, Rejection> {
+    pub async fn validate(
+        &self,
+        token: &str,
+        tenants: &dyn TenantLookup,
+    ) -> Result<Arc<ValidatedToken>, Rejection> {
         let now = now_unix();
         let cache_key = TokenCache::<ValidatedToken>::key(token);
         if let Some(hit) = self.cache.get(&cache_key, now) {
             return Ok(hit);
         }
         let validated = Arc::new(self.validate_uncached(token, tenants, now).await?);
-        self.cache.insert(cache_key, validated.expires_at, validated.clone(), now);
+        self.cache
+            .insert(cache_key, validated.expires_at, validated.clone(), now);
         Ok(validated)
     }
 
-    async fn validate_uncached(&self, token: &str, tenants: &dyn TenantLookup, now: i64) -> Result<ValidatedToken, Rejection> {
+    /// Validates without consulting or filling the validated-token cache (signing keys are
+    /// still cached). For benchmarks and diagnostics.
+    pub async fn validate_fresh(
+        &self,
+        token: &str,
+        tenants: &dyn TenantLookup,
+    ) -> Result<ValidatedToken, Rejection> {
+        self.validate_uncached(token, tenants, now_unix()).await
+    }
+
+    async fn validate_uncached(
+        &self,
+        token: &str,
+        tenants: &dyn TenantLookup,
+        now: i64,
+    ) -> Result<ValidatedToken, Rejection> {
         let parsed = jwt::parse(token)?;
         let header = &parsed.header;
         if header.get("alg").and_then(Value::as_str) != Some("RS256") {
@@ -221,9 +250,14 @@ impl Validator {
             // Graph access tokens carry a nonce header and are Graph's alone
             return Err(Rejection::GraphAudience);
         }
-        let kid = header.get("kid").and_then(Value::as_str).ok_or(Rejection::BadKid)?;
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
+            .ok_or(Rejection::BadKid)?;
         let kid_ok = (1..=128).contains(&kid.len())
-            && kid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+' | b'.'));
+            && kid.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+' | b'.')
+            });
         if !kid_ok {
             return Err(Rejection::BadKid);
         }
@@ -254,24 +288,38 @@ impl Validator {
         };
         let tid_text = string("tid")?;
         let tenant_id = Uuid::try_parse(tid_text).map_err(|_| Rejection::BadClaim("tid"))?;
-        if tenant_id.hyphenated().to_string() != tid_text.to_ascii_lowercase() {
-            return Err(Rejection::BadClaim("tid"));
+        let mut tid_buf = [0u8; 36];
+        let tenant = &*tenant_id.hyphenated().encode_lower(&mut tid_buf);
+        if !tenant.eq_ignore_ascii_case(tid_text) {
+            return Err(Rejection::BadClaim("tid")); // only the hyphenated GUID form
         }
         let iss = string("iss")?;
         let audience = match claims.get("aud") {
             None | Some(Value::Null) => return Err(Rejection::MissingClaim("aud")),
             Some(Value::String(s)) => s.as_str(),
-            Some(Value::Array(items)) if items.len() == 1 => items[0].as_str().ok_or(Rejection::BadClaim("aud"))?,
+            Some(Value::Array(items)) if items.len() == 1 => {
+                items[0].as_str().ok_or(Rejection::BadClaim("aud"))?
+            }
             Some(_) => return Err(Rejection::BadClaim("aud")),
         };
         let exp = number("exp")?;
         let nbf = number("nbf")?;
 
         let signing_input = &token.as_bytes()[..parsed.signing_input_len];
-        let dev_issuer = format!("{DEV_ISSUER_PREFIX}/{tenant_id}/v2.0");
-        let cloud = match (&self.config.dev_key, iss == dev_issuer) {
+        let is_dev_issuer = self.config.dev_key.is_some()
+            && issuer_matches(
+                &format!("{DEV_ISSUER_PREFIX}/{{tenantid}}/v2.0"),
+                tenant,
+                iss,
+            );
+        let cloud = match (&self.config.dev_key, is_dev_issuer) {
             (Some(dev_key), true) => {
-                if tenants.cloud_of(tenant_id).await.map_err(Rejection::Unavailable)?.is_none() {
+                if tenants
+                    .cloud_of(tenant_id)
+                    .await
+                    .map_err(Rejection::Unavailable)?
+                    .is_none()
+                {
                     return Err(Rejection::UnknownTenant);
                 }
                 if kid != dev_key.kid || !dev_key.verify(signing_input, &parsed.signature) {
@@ -290,12 +338,11 @@ impl Validator {
                     KeyError::UnknownKid => Rejection::UnknownKid,
                     KeyError::Unavailable(why) => Rejection::Unavailable(why),
                 })?;
-                let tenant = tenant_id.hyphenated().to_string();
-                if template.replace("{tenantid}", &tenant) != iss {
+                if !issuer_matches(&template, tenant, iss) {
                     return Err(Rejection::IssuerMismatch);
                 }
                 if let Some(key_issuer) = &key.issuer
-                    && key_issuer.replace("{tenantid}", &tenant) != iss
+                    && !issuer_matches(key_issuer, tenant, iss)
                 {
                     return Err(Rejection::KeyIssuerMismatch);
                 }
@@ -306,7 +353,13 @@ impl Validator {
             }
         };
 
-        if GRAPH_AUDIENCES.iter().any(|g| audience.eq_ignore_ascii_case(g) || audience.starts_with(&format!("{g}/"))) {
+        let is_graph = |g: &&str| {
+            audience.len() >= g.len()
+                && audience.is_char_boundary(g.len())
+                && audience[..g.len()].eq_ignore_ascii_case(g)
+                && (audience.len() == g.len() || audience[g.len()..].starts_with('/'))
+        };
+        if GRAPH_AUDIENCES.iter().any(is_graph) {
             return Err(Rejection::GraphAudience);
         }
         if !self.config.audiences.iter().any(|a| a == audience) {
@@ -326,6 +379,17 @@ impl Validator {
             expires_at: exp,
             claims: parsed.claims,
         })
+    }
+}
+
+/// Whether `iss` is `template` with `{tenantid}` replaced by `tenant` (without allocating).
+fn issuer_matches(template: &str, tenant: &str, iss: &str) -> bool {
+    match template.split_once("{tenantid}") {
+        Some((prefix, suffix)) => iss
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .is_some_and(|t| t == tenant),
+        None => template == iss,
     }
 }
 

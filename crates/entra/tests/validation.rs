@@ -7,7 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use entra::{Cloud, Endpoints, KeyCachePolicy, Rejection, TenantLookup, TokenVersion, Validator, ValidatorConfig};
+use entra::{
+    Cloud, Endpoints, KeyCachePolicy, Rejection, TenantLookup, TokenVersion, Validator,
+    ValidatorConfig,
+};
 use serde_json::{Value, json};
 use system_tests::fake_entra::{self, CloudIssuers, FakeEntra};
 use uuid::Uuid;
@@ -98,19 +101,31 @@ fn with(mut claims: Value, changes: Value) -> Value {
 async fn v2_delegated_and_v1_app_only_tokens_validate() {
     let (fake, v) = setup(fake_entra::GLOBAL).await;
     let kid = fake.first_kid();
-    let user = check(&v, &fake.sign(&kid, json!({}), &v2_claims(&fake))).await.unwrap();
+    let user = check(&v, &fake.sign(&kid, json!({}), &v2_claims(&fake)))
+        .await
+        .unwrap();
     assert_eq!(user.version, TokenVersion::V2);
     assert!(user.is_delegated() && !user.is_app_only());
     assert_eq!(user.scopes(), ["records.read"]);
     assert_eq!(user.cloud, Some(Cloud::Global));
 
-    let app = check(&v, &fake.sign(&kid, json!({}), &v1_claims(&fake))).await.unwrap();
+    let app = check(&v, &fake.sign(&kid, json!({}), &v1_claims(&fake)))
+        .await
+        .unwrap();
     assert_eq!(app.version, TokenVersion::V1);
     assert!(app.is_app_only() && !app.is_delegated());
-    assert_eq!(app.client_app(), Some("0f8fad5b-d9cb-469f-a165-70867728950e"));
+    assert_eq!(
+        app.client_app(),
+        Some("0f8fad5b-d9cb-469f-a165-70867728950e")
+    );
     // roles without scp and without idtyp is app-only too
     let no_idtyp = with(v1_claims(&fake), json!({"idtyp": null}));
-    assert!(check(&v, &fake.sign(&kid, json!({}), &no_idtyp)).await.unwrap().is_app_only());
+    assert!(
+        check(&v, &fake.sign(&kid, json!({}), &no_idtyp))
+            .await
+            .unwrap()
+            .is_app_only()
+    );
 }
 
 #[tokio::test]
@@ -118,17 +133,29 @@ async fn alg_none_and_hs256_with_the_public_key_are_rejected() {
     let (fake, v) = setup(fake_entra::GLOBAL).await;
     let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v2_claims(&fake)).unwrap());
     let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    assert_eq!(check(&v, &format!("{none_header}.{claims}.")).await.unwrap_err(), Rejection::Algorithm);
+    assert_eq!(
+        check(&v, &format!("{none_header}.{claims}."))
+            .await
+            .unwrap_err(),
+        Rejection::Algorithm
+    );
 
     // the classic confusion: HMAC keyed with the published RSA public key
     let kid = fake.first_kid();
-    let hs_header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&json!({"alg":"HS256","typ":"JWT","kid":kid})).unwrap());
+    let hs_header = URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!({"alg":"HS256","typ":"JWT","kid":kid})).unwrap());
     let input = format!("{hs_header}.{claims}");
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, kid.as_bytes());
     let tag = URL_SAFE_NO_PAD.encode(aws_lc_rs::hmac::sign(&key, input.as_bytes()));
-    assert_eq!(check(&v, &format!("{input}.{tag}")).await.unwrap_err(), Rejection::Algorithm);
+    assert_eq!(
+        check(&v, &format!("{input}.{tag}")).await.unwrap_err(),
+        Rejection::Algorithm
+    );
     let rs_lower = fake.sign(&kid, json!({"alg": "rs256"}), &v2_claims(&fake));
-    assert_eq!(check(&v, &rs_lower).await.unwrap_err(), Rejection::Algorithm);
+    assert_eq!(
+        check(&v, &rs_lower).await.unwrap_err(),
+        Rejection::Algorithm
+    );
 }
 
 #[tokio::test]
@@ -142,7 +169,10 @@ async fn key_urls_and_embedded_keys_in_the_header_are_never_followed() {
         ("x5c", json!(["MIIB"])),
     ] {
         let token = fake.sign(&kid, json!({ name: value }), &v2_claims(&fake));
-        assert!(matches!(check(&v, &token).await, Err(Rejection::ForbiddenHeader(_))), "{name}");
+        assert!(
+            matches!(check(&v, &token).await, Err(Rejection::ForbiddenHeader(_))),
+            "{name}"
+        );
     }
 }
 
@@ -150,21 +180,35 @@ async fn key_urls_and_embedded_keys_in_the_header_are_never_followed() {
 async fn unknown_and_path_like_kids_are_rejected_without_fetching_anything_odd() {
     let (fake, v) = setup(fake_entra::GLOBAL).await;
     let kid = fake.first_kid();
-    check(&v, &fake.sign(&kid, json!({}), &v2_claims(&fake))).await.unwrap();
+    check(&v, &fake.sign(&kid, json!({}), &v2_claims(&fake)))
+        .await
+        .unwrap();
 
-    let stranger = aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let stranger =
+        aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let forged = fake_entra::sign_with(&stranger, "not-published", json!({}), &v2_claims(&fake));
     assert_eq!(check(&v, &forged).await.unwrap_err(), Rejection::UnknownKid);
     // a forged token that names a real kid fails on the signature
     let forged_kid = fake_entra::sign_with(&stranger, &kid, json!({}), &v2_claims(&fake));
-    assert_eq!(check(&v, &forged_kid).await.unwrap_err(), Rejection::BadSignature);
+    assert_eq!(
+        check(&v, &forged_kid).await.unwrap_err(),
+        Rejection::BadSignature
+    );
 
     let fetches = fake.key_fetches();
     for bad in ["../../etc/passwd", "a/b", "k?x=1", "%2e%2e", ""] {
         let token = fake_entra::sign_with(&stranger, bad, json!({}), &v2_claims(&fake));
-        assert_eq!(check(&v, &token).await.unwrap_err(), Rejection::BadKid, "{bad:?}");
+        assert_eq!(
+            check(&v, &token).await.unwrap_err(),
+            Rejection::BadKid,
+            "{bad:?}"
+        );
     }
-    assert_eq!(fake.key_fetches(), fetches, "a malformed kid triggers no fetch");
+    assert_eq!(
+        fake.key_fetches(),
+        fetches,
+        "a malformed kid triggers no fetch"
+    );
 }
 
 #[tokio::test]
@@ -172,13 +216,35 @@ async fn time_claims_are_required_and_checked_with_the_leeway() {
     let (fake, v) = setup(fake_entra::GLOBAL).await;
     let kid = fake.first_kid();
     let sign = |changes: Value| fake.sign(&kid, json!({}), &with(v2_claims(&fake), changes));
-    assert_eq!(check(&v, &sign(json!({"exp": now() - 61}))).await.unwrap_err(), Rejection::Expired);
-    assert!(check(&v, &sign(json!({"exp": now() - 30}))).await.is_ok(), "inside the 60 s leeway");
-    assert_eq!(check(&v, &sign(json!({"nbf": now() + 120}))).await.unwrap_err(), Rejection::NotYetValid);
-    assert_eq!(check(&v, &sign(json!({"exp": null}))).await.unwrap_err(), Rejection::MissingClaim("exp"));
-    assert_eq!(check(&v, &sign(json!({"nbf": null}))).await.unwrap_err(), Rejection::MissingClaim("nbf"));
+    assert_eq!(
+        check(&v, &sign(json!({"exp": now() - 61})))
+            .await
+            .unwrap_err(),
+        Rejection::Expired
+    );
+    assert!(
+        check(&v, &sign(json!({"exp": now() - 30}))).await.is_ok(),
+        "inside the 60 s leeway"
+    );
+    assert_eq!(
+        check(&v, &sign(json!({"nbf": now() + 120})))
+            .await
+            .unwrap_err(),
+        Rejection::NotYetValid
+    );
+    assert_eq!(
+        check(&v, &sign(json!({"exp": null}))).await.unwrap_err(),
+        Rejection::MissingClaim("exp")
+    );
+    assert_eq!(
+        check(&v, &sign(json!({"nbf": null}))).await.unwrap_err(),
+        Rejection::MissingClaim("nbf")
+    );
     let string_exp = sign(json!({"exp": (now() + 3600).to_string()}));
-    assert_eq!(check(&v, &string_exp).await.unwrap_err(), Rejection::BadClaim("exp"));
+    assert_eq!(
+        check(&v, &string_exp).await.unwrap_err(),
+        Rejection::BadClaim("exp")
+    );
 }
 
 #[tokio::test]
@@ -186,15 +252,37 @@ async fn audiences_other_than_ours_and_graph_tokens_are_rejected() {
     let (fake, v) = setup(fake_entra::GLOBAL).await;
     let kid = fake.first_kid();
     let sign = |changes: Value| fake.sign(&kid, json!({}), &with(v2_claims(&fake), changes));
-    assert_eq!(check(&v, &sign(json!({"aud": "api://someone-else"}))).await.unwrap_err(), Rejection::WrongAudience);
-    for graph in ["00000003-0000-0000-c000-000000000000", "https://graph.microsoft.com"] {
-        assert_eq!(check(&v, &sign(json!({"aud": graph}))).await.unwrap_err(), Rejection::GraphAudience);
+    assert_eq!(
+        check(&v, &sign(json!({"aud": "api://someone-else"})))
+            .await
+            .unwrap_err(),
+        Rejection::WrongAudience
+    );
+    for graph in [
+        "00000003-0000-0000-c000-000000000000",
+        "https://graph.microsoft.com",
+    ] {
+        assert_eq!(
+            check(&v, &sign(json!({"aud": graph}))).await.unwrap_err(),
+            Rejection::GraphAudience
+        );
     }
     let with_nonce = fake.sign(&kid, json!({"nonce": "abc"}), &v2_claims(&fake));
-    assert_eq!(check(&v, &with_nonce).await.unwrap_err(), Rejection::GraphAudience);
-    assert!(check(&v, &sign(json!({"aud": APP_ID_URI}))).await.is_ok(), "the App ID URI is ours too");
+    assert_eq!(
+        check(&v, &with_nonce).await.unwrap_err(),
+        Rejection::GraphAudience
+    );
+    assert!(
+        check(&v, &sign(json!({"aud": APP_ID_URI}))).await.is_ok(),
+        "the App ID URI is ours too"
+    );
     assert!(check(&v, &sign(json!({"aud": [CLIENT_ID]}))).await.is_ok());
-    assert_eq!(check(&v, &sign(json!({"aud": [CLIENT_ID, "x"]}))).await.unwrap_err(), Rejection::BadClaim("aud"));
+    assert_eq!(
+        check(&v, &sign(json!({"aud": [CLIENT_ID, "x"]})))
+            .await
+            .unwrap_err(),
+        Rejection::BadClaim("aud")
+    );
 }
 
 #[tokio::test]
@@ -203,24 +291,53 @@ async fn the_issuer_must_be_the_tokens_own_tenant_and_the_tenant_must_be_known()
     let kid = fake.first_kid();
     let sign = |changes: Value| fake.sign(&kid, json!({}), &with(v2_claims(&fake), changes));
     let other_issuer = sign(json!({"iss": fake.issuer(true, OTHER_TENANT)}));
-    assert_eq!(check(&v, &other_issuer).await.unwrap_err(), Rejection::IssuerMismatch);
+    assert_eq!(
+        check(&v, &other_issuer).await.unwrap_err(),
+        Rejection::IssuerMismatch
+    );
     let v1_issuer_on_v2 = sign(json!({"iss": fake.issuer(false, TENANT)}));
-    assert_eq!(check(&v, &v1_issuer_on_v2).await.unwrap_err(), Rejection::IssuerMismatch);
+    assert_eq!(
+        check(&v, &v1_issuer_on_v2).await.unwrap_err(),
+        Rejection::IssuerMismatch
+    );
     let unregistered = Uuid::new_v4().to_string();
     let stranger = sign(json!({"tid": unregistered, "iss": fake.issuer(true, &unregistered)}));
-    assert_eq!(check(&v, &stranger).await.unwrap_err(), Rejection::UnknownTenant);
-    assert_eq!(check(&v, &sign(json!({"tid": "common"}))).await.unwrap_err(), Rejection::BadClaim("tid"));
-    assert_eq!(check(&v, &sign(json!({"tid": null}))).await.unwrap_err(), Rejection::MissingClaim("tid"));
+    assert_eq!(
+        check(&v, &stranger).await.unwrap_err(),
+        Rejection::UnknownTenant
+    );
+    assert_eq!(
+        check(&v, &sign(json!({"tid": "common"})))
+            .await
+            .unwrap_err(),
+        Rejection::BadClaim("tid")
+    );
+    assert_eq!(
+        check(&v, &sign(json!({"tid": null}))).await.unwrap_err(),
+        Rejection::MissingClaim("tid")
+    );
 }
 
 #[tokio::test]
 async fn a_key_may_only_sign_for_its_own_issuer() {
     let (fake, v) = setup(fake_entra::GLOBAL).await;
-    let narrow = fake.add_key_with_issuer(Some(format!("https://login.microsoftonline.com/{OTHER_TENANT}/v2.0")));
+    let narrow = fake.add_key_with_issuer(Some(format!(
+        "https://login.microsoftonline.com/{OTHER_TENANT}/v2.0"
+    )));
     let token = fake.sign(&narrow, json!({}), &v2_claims(&fake));
-    assert_eq!(check(&v, &token).await.unwrap_err(), Rejection::KeyIssuerMismatch);
-    let for_other = with(v2_claims(&fake), json!({"tid": OTHER_TENANT, "iss": fake.issuer(true, OTHER_TENANT)}));
-    assert!(check(&v, &fake.sign(&narrow, json!({}), &for_other)).await.is_ok());
+    assert_eq!(
+        check(&v, &token).await.unwrap_err(),
+        Rejection::KeyIssuerMismatch
+    );
+    let for_other = with(
+        v2_claims(&fake),
+        json!({"tid": OTHER_TENANT, "iss": fake.issuer(true, OTHER_TENANT)}),
+    );
+    assert!(
+        check(&v, &fake.sign(&narrow, json!({}), &for_other))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -236,13 +353,23 @@ async fn each_national_cloud_accepts_its_own_issuers_only() {
         let kid = fake.first_kid();
         for claims in [v2_claims(&fake), v1_claims(&fake)] {
             let token = fake.sign(&kid, json!({}), &claims);
-            let ok = v.validate(&token, &tenants(cloud)).await.unwrap_or_else(|e| panic!("{cloud}: {e}"));
+            let ok = v
+                .validate(&token, &tenants(cloud))
+                .await
+                .unwrap_or_else(|e| panic!("{cloud}: {e}"));
             assert_eq!(ok.cloud, Some(cloud));
         }
-        let global_issuer = with(v2_claims(&fake), json!({"iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0")}));
+        let global_issuer = with(
+            v2_claims(&fake),
+            json!({"iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0")}),
+        );
         let token = fake.sign(&kid, json!({}), &global_issuer);
         let outcome = v.validate(&token, &tenants(cloud)).await;
-        assert_eq!(outcome.is_ok(), cloud == Cloud::Global, "{cloud}: {outcome:?}");
+        assert_eq!(
+            outcome.is_ok(),
+            cloud == Cloud::Global,
+            "{cloud}: {outcome:?}"
+        );
     }
 }
 
@@ -251,7 +378,9 @@ async fn key_rotation_is_picked_up_with_one_shared_fetch() {
     let fake = FakeEntra::start(fake_entra::GLOBAL).await;
     let v = Arc::new(validator(&fake, Duration::from_millis(300)));
     let old = fake.first_kid();
-    check(&v, &fake.sign(&old, json!({}), &v2_claims(&fake))).await.unwrap();
+    check(&v, &fake.sign(&old, json!({}), &v2_claims(&fake)))
+        .await
+        .unwrap();
     let before = fake.key_fetches();
 
     let new = fake.add_key();
@@ -259,9 +388,15 @@ async fn key_rotation_is_picked_up_with_one_shared_fetch() {
     // 50 concurrent requests with distinct tokens signed by the new key
     let mut tasks = Vec::new();
     for i in 0..50 {
-        let token = fake.sign(&new, json!({}), &with(v2_claims(&fake), json!({"uti": format!("u{i}")})));
+        let token = fake.sign(
+            &new,
+            json!({}),
+            &with(v2_claims(&fake), json!({"uti": format!("u{i}")})),
+        );
         let v = v.clone();
-        tasks.push(tokio::spawn(async move { v.validate(&token, &tenants(Cloud::Global)).await }));
+        tasks.push(tokio::spawn(async move {
+            v.validate(&token, &tenants(Cloud::Global)).await
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -269,9 +404,11 @@ async fn key_rotation_is_picked_up_with_one_shared_fetch() {
     assert_eq!(fake.key_fetches() - before, 1, "one fetch, not a stampede");
 
     // within the cooldown an unknown kid does not fetch again
-    let stranger = aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let stranger =
+        aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     for _ in 0..5 {
-        let forged = fake_entra::sign_with(&stranger, "rotating-attacker", json!({}), &v2_claims(&fake));
+        let forged =
+            fake_entra::sign_with(&stranger, "rotating-attacker", json!({}), &v2_claims(&fake));
         assert_eq!(check(&v, &forged).await.unwrap_err(), Rejection::UnknownKid);
     }
     assert_eq!(fake.key_fetches() - before, 1, "cooldown holds");
@@ -281,10 +418,19 @@ async fn key_rotation_is_picked_up_with_one_shared_fetch() {
 async fn cached_keys_keep_working_while_microsoft_is_unreachable() {
     let (fake, v) = setup(fake_entra::GLOBAL).await;
     let kid = fake.first_kid();
-    check(&v, &fake.sign(&kid, json!({}), &v2_claims(&fake))).await.unwrap();
+    check(&v, &fake.sign(&kid, json!({}), &v2_claims(&fake)))
+        .await
+        .unwrap();
     fake.set_down(true);
-    let fresh = fake.sign(&kid, json!({}), &with(v2_claims(&fake), json!({"uti": "another"})));
-    assert!(check(&v, &fresh).await.is_ok(), "warm cache validates new tokens");
+    let fresh = fake.sign(
+        &kid,
+        json!({}),
+        &with(v2_claims(&fake), json!({"uti": "another"})),
+    );
+    assert!(
+        check(&v, &fresh).await.is_ok(),
+        "warm cache validates new tokens"
+    );
 
     // a cold validator cannot validate, and says so as its own fault, not the token's
     let cold = validator(&fake, Duration::from_secs(30));
