@@ -1,8 +1,19 @@
 //! The application state every function adapter receives.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::store::{RunLog, TableNames, TableRunLog};
+use entra::{KeyCachePolicy, Validator, ValidatorConfig};
+
+use crate::access::AccessControl;
+use crate::config::{EntraSettings, Settings};
+use crate::store::{
+    RunLog, TableEmployeeStore, TableGrantStore, TableNames, TableRunLog, TableTenantStore,
+};
+
+/// Clock skew tolerated on `exp`/`nbf`: Azure hosts keep time closely, so one minute
+/// rather than Microsoft's library default of five keeps stolen tokens useful for less.
+pub const TOKEN_LEEWAY: Duration = Duration::from_secs(60);
 
 /// How the handler was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,25 +34,57 @@ impl Mode {
     }
 }
 
-/// Shared state: the stores and what health reports.
+/// Shared state: the stores, the validator, and what health reports.
 pub struct App {
     pub version: &'static str,
     pub mode: Mode,
     pub tables: tables::TableServiceClient,
     pub table_names: TableNames,
     pub run_log: Arc<dyn RunLog>,
+    pub entra: EntraSettings,
+    pub connector_scopes: Vec<String>,
+    pub validator: Validator,
+    pub access: AccessControl,
 }
 
 impl App {
-    /// Builds the state over one storage account. Sends nothing over the network.
-    pub fn new(mode: Mode, tables: tables::TableServiceClient, table_names: TableNames) -> App {
+    /// Builds the state. Sends nothing over the network; `dev_key` is the development
+    /// signing key when development authentication is on.
+    pub fn new(
+        mode: Mode,
+        settings: &Settings,
+        tables: tables::TableServiceClient,
+        dev_key: Option<Arc<entra::jwks::SigningKey>>,
+    ) -> App {
+        let table_names = crate::store::TableNames::new(&settings.table_prefix);
         let run_log = Arc::new(TableRunLog::new(tables.table(table_names.runs())));
+        let mut audiences = vec![settings.entra.client_id.to_string()];
+        audiences.extend(settings.entra.app_id_uri.clone());
+        let validator = Validator::new(ValidatorConfig {
+            audiences,
+            leeway: TOKEN_LEEWAY,
+            keys: KeyCachePolicy::default(),
+            cache_capacity: 50_000,
+            endpoints: settings.entra.endpoints.clone(),
+            dev_key,
+        });
+        let access = AccessControl::new(
+            Arc::new(TableTenantStore::new(tables.table(table_names.tenants()))),
+            Arc::new(TableGrantStore::new(tables.table(table_names.grants()))),
+            Arc::new(TableEmployeeStore::new(
+                tables.table(table_names.employees()),
+            )),
+        );
         App {
             version: env!("CARGO_PKG_VERSION"),
             mode,
             tables,
             table_names,
             run_log,
+            entra: settings.entra.clone(),
+            connector_scopes: settings.connector_scopes.clone(),
+            validator,
+            access,
         }
     }
 

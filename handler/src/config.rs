@@ -4,8 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::path::PathBuf;
+
 use tables::StorageAccount;
 use url::Url;
+use uuid::Uuid;
 
 /// Port used when no Functions host chose one.
 pub const DEFAULT_PORT: u16 = 7071;
@@ -60,6 +63,31 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `LOG_LEVEL`: a tracing filter such as `info` or `handler=debug,info`.
     pub log_level: String,
+    /// Entra settings: who we are, who administers us, where Microsoft is.
+    pub entra: EntraSettings,
+    /// `CONNECTOR_SCOPES`: the product's scopes that grants may give.
+    pub connector_scopes: Vec<String>,
+    /// `LOCAL_DATA_DIR`: files of local runs (the development signing key).
+    pub local_data_dir: PathBuf,
+}
+
+/// The Entra side of the settings.
+#[derive(Debug, Clone)]
+pub struct EntraSettings {
+    /// `ENTRA_CLIENT_ID`: our app registration's client id, the audience of our tokens.
+    pub client_id: Uuid,
+    /// `ENTRA_APP_ID_URI`: our App ID URI, also accepted as audience (v1 tokens).
+    pub app_id_uri: Option<String>,
+    /// `ENTRA_ADMIN_TENANT_ID`: the operator's home tenant, whose admins manage this service.
+    pub admin_tenant_id: Uuid,
+    /// `ENTRA_ADMIN_CLOUD`: the cloud of the operator's tenant.
+    pub admin_cloud: entra::Cloud,
+    /// `ENTRA_ADMIN_ROLE`: the app role admin tokens must carry.
+    pub admin_role: String,
+    /// `ENTRA_LOGIN_ENDPOINT` / `GRAPH_ENDPOINT` overrides.
+    pub endpoints: entra::Endpoints,
+    /// `ENTRA_DEV_AUTH`: trust the local development signing key.
+    pub dev_auth: bool,
 }
 
 impl Settings {
@@ -111,12 +139,18 @@ impl Settings {
                 format!("{log_level:?} is not a level or tracing filter"),
             ));
         }
+        let entra = entra_settings(&get)?;
+        let connector_scopes = connector_scopes(get("CONNECTOR_SCOPES").unwrap_or_default())?;
+        let local_data_dir = PathBuf::from(get("LOCAL_DATA_DIR").unwrap_or(".local-data"));
         Ok(Settings {
             port,
             storage,
             table_prefix,
             log_format,
             log_level,
+            entra,
+            connector_scopes,
+            local_data_dir,
         })
     }
 
@@ -151,6 +185,87 @@ impl Settings {
             }
         }
     }
+}
+
+fn guid(name: &'static str, value: Option<&str>) -> Result<Uuid, ConfigError> {
+    let value = value.ok_or_else(|| problem(name, "is not set (a GUID)"))?;
+    Uuid::try_parse(value).map_err(|_| problem(name, format!("{value:?} is not a GUID")))
+}
+
+fn entra_settings<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<EntraSettings, ConfigError> {
+    let client_id = guid("ENTRA_CLIENT_ID", get("ENTRA_CLIENT_ID"))?;
+    let app_id_uri = get("ENTRA_APP_ID_URI").map(str::to_string);
+    if let Some(uri) = &app_id_uri
+        && Url::parse(uri).is_err()
+    {
+        return Err(problem(
+            "ENTRA_APP_ID_URI",
+            format!("{uri:?} is not a URI (e.g. api://<client id>)"),
+        ));
+    }
+    let admin_tenant_id = guid("ENTRA_ADMIN_TENANT_ID", get("ENTRA_ADMIN_TENANT_ID"))?;
+    let admin_cloud = get("ENTRA_ADMIN_CLOUD")
+        .unwrap_or("global")
+        .parse()
+        .map_err(|e: entra::cloud::UnknownCloud| problem("ENTRA_ADMIN_CLOUD", e.to_string()))?;
+    let admin_role = get("ENTRA_ADMIN_ROLE")
+        .unwrap_or("Integration.Manage")
+        .to_string();
+    let login = get("ENTRA_LOGIN_ENDPOINT");
+    let graph = get("GRAPH_ENDPOINT");
+    entra::Endpoints::new(login, None).map_err(|p| problem("ENTRA_LOGIN_ENDPOINT", p))?;
+    let endpoints =
+        entra::Endpoints::new(login, graph).map_err(|p| problem("GRAPH_ENDPOINT", p))?;
+    let dev_auth = match get("ENTRA_DEV_AUTH")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(problem(
+                "ENTRA_DEV_AUTH",
+                format!("{other:?}; expected true or false"),
+            ));
+        }
+    };
+    if dev_auth && get("WEBSITE_INSTANCE_ID").is_some() {
+        return Err(problem(
+            "ENTRA_DEV_AUTH",
+            "development tokens are never trusted in Azure (WEBSITE_INSTANCE_ID is set); remove the setting",
+        ));
+    }
+    Ok(EntraSettings {
+        client_id,
+        app_id_uri,
+        admin_tenant_id,
+        admin_cloud,
+        admin_role,
+        endpoints,
+        dev_auth,
+    })
+}
+
+fn connector_scopes(list: &str) -> Result<Vec<String>, ConfigError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let valid = scope.len() <= 120
+            && scope
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+        if !valid {
+            return Err(problem(
+                "CONNECTOR_SCOPES",
+                format!("{scope:?}: scope names use letters, digits and . _ - :"),
+            ));
+        }
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_string());
+        }
+    }
+    Ok(scopes)
 }
 
 const STORAGE: &str = "AzureWebJobsStorage";
@@ -209,13 +324,96 @@ fn storage_settings<'a>(
 mod tests {
     use super::*;
 
+    const ENTRA: [(&str, &str); 2] = [
+        ("ENTRA_CLIENT_ID", "6e74172b-be56-4843-9ff4-e66a39bb12e3"),
+        (
+            "ENTRA_ADMIN_TENANT_ID",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        ),
+    ];
+
+    /// Settings from `pairs`, with the required Entra settings unless `pairs` names them.
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::from_map(
-            &pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        let mut map: HashMap<String, String> = ENTRA
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::from_map(&map)
+    }
+
+    #[test]
+    fn entra_settings_are_checked() {
+        let dev = ("AzureWebJobsStorage", "UseDevelopmentStorage=true");
+        let s = settings(&[
+            dev,
+            (
+                "CONNECTOR_SCOPES",
+                "records.read, records.write,records.read",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.connector_scopes, ["records.read", "records.write"]);
+        assert_eq!(s.entra.admin_role, "Integration.Manage");
+        assert_eq!(s.entra.admin_cloud, entra::Cloud::Global);
+        assert!(!s.entra.dev_auth);
+        for (pairs, name, needle) in [
+            (
+                vec![dev, ("ENTRA_CLIENT_ID", "")],
+                "ENTRA_CLIENT_ID",
+                "not set",
+            ),
+            (
+                vec![dev, ("ENTRA_CLIENT_ID", "my-app")],
+                "ENTRA_CLIENT_ID",
+                "not a GUID",
+            ),
+            (
+                vec![dev, ("ENTRA_ADMIN_TENANT_ID", "contoso.com")],
+                "ENTRA_ADMIN_TENANT_ID",
+                "not a GUID",
+            ),
+            (
+                vec![dev, ("ENTRA_ADMIN_CLOUD", "mars")],
+                "ENTRA_ADMIN_CLOUD",
+                "unknown cloud",
+            ),
+            (
+                vec![dev, ("ENTRA_LOGIN_ENDPOINT", "http://login.example.com")],
+                "ENTRA_LOGIN_ENDPOINT",
+                "plain http",
+            ),
+            (
+                vec![dev, ("GRAPH_ENDPOINT", "nope")],
+                "GRAPH_ENDPOINT",
+                "not a URL",
+            ),
+            (
+                vec![dev, ("ENTRA_DEV_AUTH", "yes please")],
+                "ENTRA_DEV_AUTH",
+                "expected true",
+            ),
+            (
+                vec![
+                    dev,
+                    ("ENTRA_DEV_AUTH", "true"),
+                    ("WEBSITE_INSTANCE_ID", "abc"),
+                ],
+                "ENTRA_DEV_AUTH",
+                "never trusted in Azure",
+            ),
+            (
+                vec![dev, ("CONNECTOR_SCOPES", "records read")],
+                "CONNECTOR_SCOPES",
+                "scope names",
+            ),
+        ] {
+            let err = settings(&pairs).unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+        let dev_ok = settings(&[dev, ("ENTRA_DEV_AUTH", "true")]).unwrap();
+        assert!(dev_ok.entra.dev_auth);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! `handler`: the entra-connector Azure Functions custom handler.
 
+mod access;
 mod app;
+mod auth;
+mod cache;
 mod config;
+mod dev_token;
+mod domain;
 mod functions;
 mod routes;
 mod startup;
@@ -12,13 +17,14 @@ use std::process::ExitCode;
 
 use app::Mode;
 
-const USAGE: &str = "usage: handler [serve | host | version | help]
+const USAGE: &str = "usage: handler [serve | host | dev-token ... | version | help]
 
   (no command)  under the Functions host when FUNCTIONS_CUSTOMHANDLER_PORT is set,
                 otherwise the same as `serve`
   serve         run on its own: the same routes, plus timers from functions/*/function.json
                 and in-process delivery of queue outputs
   host          run for the Functions host (it fires timers and moves queue messages)
+  dev-token     mint a development token (ENTRA_DEV_AUTH=true only; see handler dev-token --help)
   version       print the version
 
 Settings come from the environment; see local.settings.sample.json and docs/settings.md.";
@@ -33,6 +39,7 @@ fn main() -> ExitCode {
             println!("handler {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Some("dev-token") => return dev_token::run(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

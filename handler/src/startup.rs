@@ -9,7 +9,6 @@ use crate::app::{App, Mode};
 use crate::config::Settings;
 use crate::functions::{self, Dispatcher};
 use crate::routes::{self, Invocations};
-use crate::store::TableNames;
 
 /// Why the handler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +24,13 @@ pub enum StartError {
     Functions(#[from] host::DefinitionError),
     #[error("table storage client: {0}")]
     Tables(#[from] tables::Error),
+    #[error("development signing key: {0}")]
+    DevKey(String),
+}
+
+/// Where the development signing key lives.
+pub fn dev_key_path(settings: &Settings) -> std::path::PathBuf {
+    settings.local_data_dir.join("dev-auth-key.p8")
 }
 
 /// Binds 127.0.0.1 on the configured port, then builds the app and serves until a shutdown signal.
@@ -37,11 +43,18 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
 
     let catalog = Arc::new(functions::catalog()?);
     let tables = tables::TableServiceClient::new(settings.storage_account()?)?;
-    let app = Arc::new(App::new(
-        mode,
-        tables,
-        TableNames::new(&settings.table_prefix),
-    ));
+    let dev_key = if settings.entra.dev_auth {
+        let signer = entra::dev::DevSigner::load_or_create(&dev_key_path(&settings))
+            .map_err(StartError::DevKey)?;
+        tracing::warn!(
+            kid = signer.kid(),
+            "ENTRA_DEV_AUTH is on: development tokens are trusted (never use this in production)"
+        );
+        Some(signer.verifying_key())
+    } else {
+        None
+    };
+    let app = Arc::new(App::new(mode, &settings, tables, dev_key));
     let invocations = match mode {
         Mode::Host => Invocations::Host(Dispatcher::new(app.clone())),
         Mode::Standalone => Invocations::Standalone(host::Standalone::start(
@@ -50,6 +63,15 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
         )),
     };
     tracing::info!(%addr, mode = mode.as_str(), version = app.version, functions = catalog.iter().count(), "listening");
+
+    let usage = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            usage.access.flush_usage().await;
+        }
+    });
 
     let setup = app.clone();
     tokio::spawn(async move {

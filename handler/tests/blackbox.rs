@@ -18,6 +18,14 @@ fn start(mode: &str, extra: &[(&str, String)]) -> HandlerProcess {
     let mut env = vec![
         ("AzureWebJobsStorage", Azurite::shared().connection_string()),
         ("STORAGE_TABLE_PREFIX", unique_table("t")),
+        (
+            "ENTRA_CLIENT_ID",
+            "6e74172b-be56-4843-9ff4-e66a39bb12e3".to_string(),
+        ),
+        (
+            "ENTRA_ADMIN_TENANT_ID",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47".to_string(),
+        ),
     ];
     env.extend(extra.iter().cloned());
     HandlerProcess::start(BIN, &[mode], &env)
@@ -161,7 +169,21 @@ async fn health_is_503_when_storage_is_unreachable() {
         system_tests::DEV_KEY,
         free_port()
     );
-    let handler = HandlerProcess::start(BIN, &["host"], &[("AzureWebJobsStorage", nowhere)]);
+    let handler = HandlerProcess::start(
+        BIN,
+        &["host"],
+        &[
+            ("AzureWebJobsStorage", nowhere),
+            (
+                "ENTRA_CLIENT_ID",
+                "6e74172b-be56-4843-9ff4-e66a39bb12e3".to_string(),
+            ),
+            (
+                "ENTRA_ADMIN_TENANT_ID",
+                "72f988bf-86f1-41af-91ab-2d7cd011db47".to_string(),
+            ),
+        ],
+    );
     let (status, health) = get_json(&format!("{}/api/health", handler.base_url())).await;
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["status"], "unhealthy");

@@ -2,8 +2,13 @@
 //! A function module parses its trigger, calls the domain and shapes the answer; it holds
 //! no storage code.
 
+pub mod employees;
+pub mod grants;
 pub mod health;
 pub mod housekeeping;
+pub mod ping;
+pub mod tenants;
+pub mod validate_token;
 
 use std::sync::Arc;
 
@@ -31,8 +36,33 @@ pub enum Handler {
 /// Every function the handler implements. Each must have `functions/<Name>/function.json`
 /// and vice versa (checked by a test).
 pub const FUNCTIONS: &[(&str, Handler)] = &[
+    (
+        "AccessGrants",
+        Handler::Http {
+            route: "v1/access/grants/{grant_id?}",
+        },
+    ),
     ("Health", Handler::Http { route: "health" }),
     ("Housekeeping", Handler::Invoked(housekeeping::invoke)),
+    ("Ping", Handler::Http { route: "ping" }),
+    (
+        "TenantEmployees",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/employees/{employee_id}",
+        },
+    ),
+    (
+        "Tenants",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id?}",
+        },
+    ),
+    (
+        "ValidateToken",
+        Handler::Http {
+            route: "v1/entra-id/validate-token",
+        },
+    ),
 ];
 
 /// The parsed catalog of the embedded function.json files.

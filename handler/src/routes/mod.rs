@@ -1,6 +1,7 @@
 //! The route table: forwarded HTTP functions under `/api`, host invocations at
 //! `POST /{FunctionName}`, and JSON errors for everything else.
 
+mod error;
 mod invoke;
 
 use std::convert::Infallible;
@@ -12,7 +13,44 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::app::App;
+pub use error::ApiError;
 pub use invoke::Invocations;
+
+/// Largest JSON body the API accepts.
+pub const MAX_JSON_BODY: u64 = 64 * 1024;
+
+/// Parses a JSON request body into `T`, answering 400 with serde's reason otherwise.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("a JSON body is required"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// A percent-decoded path segment (warp hands segments over encoded).
+pub fn segment(raw: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_request("a path segment is not UTF-8"))
+}
+
+/// A path segment that must be a GUID.
+pub fn guid_segment(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::try_parse(&segment(raw)?)
+        .map_err(|_| ApiError::bad_request(format!("{what} must be a GUID")))
+}
+
+/// A JSON answer with a status.
+pub fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// The answer of a handler that may fail.
+pub fn answer(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}
 
 /// Largest invocation body accepted from the host (queue messages are at most 64 KiB).
 const MAX_INVOCATION_BODY: u64 = 4 * 1024 * 1024;
@@ -22,7 +60,10 @@ pub fn table(
     app: Arc<App>,
     invocations: Arc<Invocations>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let with_app = warp::any().map(move || app.clone());
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
     let health = warp::path!("api" / "health")
         .and(warp::get().or(warp::head()).unify())
         .and(with_app.clone())
@@ -49,8 +90,20 @@ pub fn table(
             },
         );
 
+    let api = crate::functions::ping::routes(app.clone())
+        .or(crate::functions::tenants::routes(app.clone()))
+        .unify()
+        .or(crate::functions::employees::routes(app.clone()))
+        .unify()
+        .or(crate::functions::grants::routes(app.clone()))
+        .unify()
+        .or(crate::functions::validate_token::routes(app.clone()))
+        .unify();
+
     health
         .map(Reply::into_response)
+        .or(api)
+        .unify()
         .or(invoke.map(Reply::into_response))
         .unify()
         .recover(|rejection| async move { Ok::<_, Infallible>(rejected(rejection)) })
@@ -88,7 +141,7 @@ fn rejected(rejection: warp::Rejection) -> Response {
         json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than {MAX_INVOCATION_BODY} bytes"),
+            "the body is larger than this route accepts",
         )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         json_error(

@@ -1,9 +1,15 @@
 //! Storage behind traits that speak the domain; the Table Storage implementations live
 //! beside them and handle keys, ETags and batches in one place.
 
+pub mod employees;
+pub mod grants;
 pub mod runs;
+pub mod tenants;
 
+pub use employees::{EmployeeStore, TableEmployeeStore};
+pub use grants::{GrantStore, TableGrantStore};
 pub use runs::{RunLog, RunOutcome, RunRecord, TableRunLog};
+pub use tenants::{TableTenantStore, TenantStore};
 
 /// A storage failure, as the domain sees it.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +20,49 @@ pub enum StoreError {
     /// Stored data could not be read back (written by an incompatible version?).
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A uniqueness rule would be broken; the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    /// The record kept changing under concurrent writers; try again.
+    #[error("the record changed concurrently; try again")]
+    Contended,
+}
+
+/// Reads a JSON property written by this service.
+pub(crate) fn json_property<T: serde::de::DeserializeOwned>(
+    entity: &tables::Entity,
+    name: &str,
+) -> Result<T, StoreError> {
+    let text = entity
+        .get_str(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("{} without {name}", entity.row_key)))?;
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
+}
+
+/// Reads a required string property.
+pub(crate) fn str_property<'a>(
+    entity: &'a tables::Entity,
+    name: &str,
+) -> Result<&'a str, StoreError> {
+    entity
+        .get_str(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("{} without {name}", entity.row_key)))
+}
+
+/// Reads a required DateTime property.
+pub(crate) fn time_property(
+    entity: &tables::Entity,
+    name: &str,
+) -> Result<time::OffsetDateTime, StoreError> {
+    entity
+        .get_datetime(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("{} without {name}", entity.row_key)))
+}
+
+/// Reads a required GUID stored as a string.
+pub(crate) fn uuid_property(entity: &tables::Entity, name: &str) -> Result<uuid::Uuid, StoreError> {
+    uuid::Uuid::try_parse(str_property(entity, name)?)
+        .map_err(|_| StoreError::Corrupt(format!("{name} is not a GUID")))
 }
 
 /// Table names, with the deployment's prefix applied.
@@ -35,8 +84,23 @@ impl TableNames {
         format!("{}Runs", self.prefix)
     }
 
+    /// The tenant registry.
+    pub fn tenants(&self) -> String {
+        format!("{}Tenants", self.prefix)
+    }
+
+    /// Access grants, one partition per tenant.
+    pub fn grants(&self) -> String {
+        format!("{}Grants", self.prefix)
+    }
+
+    /// Employee records, one partition per tenant.
+    pub fn employees(&self) -> String {
+        format!("{}Employees", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
-        vec![self.runs()]
+        vec![self.runs(), self.tenants(), self.grants(), self.employees()]
     }
 }

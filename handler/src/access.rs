@@ -1,0 +1,240 @@
+//! Connector API access control: who may call the product's API, decided per request from
+//! a validated Entra token, the tenant's status, the principal's grant and, for users, an
+//! active employee record. Decisions read in-memory caches; revocations on this instance
+//! invalidate them at once, other instances reload within 25 seconds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use entra::{Cloud, Rejection, TenantLookup, ValidatedToken, Validator};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::cache::TtlCache;
+use crate::domain::{Employee, Grant, Principal, Tenant, TenantStatus};
+use crate::store::{EmployeeStore, GrantStore, StoreError, TenantStore};
+
+/// Cached decisions are served fresh up to this age...
+const SOFT_TTL: Duration = Duration::from_secs(10);
+/// ...and never past this one (other instances see revocations within it).
+const HARD_TTL: Duration = Duration::from_secs(25);
+/// Last use is written at most this often per grant and instance.
+pub const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Why a call is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401: the token is not valid here.
+    InvalidToken(Rejection),
+    /// 403 with a machine-readable reason.
+    Forbidden(&'static str),
+    /// 503: storage or Microsoft could not be reached.
+    Unavailable(String),
+}
+
+/// What an accepted call may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessDecision {
+    pub tenant_id: Uuid,
+    pub principal: Principal,
+    pub scopes: Vec<String>,
+    pub grant_id: Uuid,
+}
+
+/// The access-control service.
+pub struct AccessControl {
+    pub tenants: Arc<dyn TenantStore>,
+    pub grants: Arc<dyn GrantStore>,
+    pub employees: Arc<dyn EmployeeStore>,
+    tenant_cache: Arc<TtlCache<Uuid, Option<Tenant>>>,
+    grant_cache: Arc<TtlCache<Uuid, Arc<Vec<Grant>>>>,
+    employee_cache: Arc<TtlCache<(Uuid, Uuid), Option<Employee>>>,
+    usage: UsageRecorder,
+}
+
+impl AccessControl {
+    /// The service over its stores.
+    pub fn new(
+        tenants: Arc<dyn TenantStore>,
+        grants: Arc<dyn GrantStore>,
+        employees: Arc<dyn EmployeeStore>,
+    ) -> AccessControl {
+        AccessControl {
+            tenants,
+            grants,
+            employees,
+            tenant_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 100_000),
+            grant_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 100_000),
+            employee_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 200_000),
+            usage: UsageRecorder::default(),
+        }
+    }
+
+    /// A registered tenant, from the cache.
+    pub async fn tenant(&self, tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
+        let store = self.tenants.clone();
+        self.tenant_cache
+            .get_or_load(tenant_id, move || async move { store.get(tenant_id).await })
+            .await
+    }
+
+    async fn tenant_grants(&self, tenant_id: Uuid) -> Result<Arc<Vec<Grant>>, StoreError> {
+        let store = self.grants.clone();
+        self.grant_cache
+            .get_or_load(tenant_id, move || async move {
+                store.list(Some(tenant_id)).await.map(Arc::new)
+            })
+            .await
+    }
+
+    async fn employee(
+        &self,
+        tenant_id: Uuid,
+        object_id: Uuid,
+    ) -> Result<Option<Employee>, StoreError> {
+        let store = self.employees.clone();
+        self.employee_cache
+            .get_or_load((tenant_id, object_id), move || async move {
+                store.find_by_object(tenant_id, object_id).await
+            })
+            .await
+    }
+
+    /// Forgets what is cached about a tenant (after a write on this instance).
+    pub fn invalidate_tenant(&self, tenant_id: Uuid) {
+        self.tenant_cache.invalidate(&tenant_id);
+        self.grant_cache.invalidate(&tenant_id);
+        self.employee_cache
+            .invalidate_where(|(t, _)| *t == tenant_id);
+    }
+
+    /// Forgets a tenant's cached grants.
+    pub fn invalidate_grants(&self, tenant_id: Uuid) {
+        self.grant_cache.invalidate(&tenant_id);
+    }
+
+    /// Forgets a cached employee lookup.
+    pub fn invalidate_employee(&self, tenant_id: Uuid, object_id: Uuid) {
+        self.employee_cache.invalidate(&(tenant_id, object_id));
+    }
+
+    /// Decides whether a bearer token may call the Connector API.
+    pub async fn authorize(
+        &self,
+        validator: &Validator,
+        token: &str,
+    ) -> Result<AccessDecision, Refusal> {
+        let validated = validator
+            .validate(token, &RegistryLookup(self))
+            .await
+            .map_err(|r| match r {
+                Rejection::Unavailable(why) => Refusal::Unavailable(why),
+                other => Refusal::InvalidToken(other),
+            })?;
+        let tenant = self
+            .tenant(validated.tenant_id)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?
+            .ok_or(Refusal::InvalidToken(Rejection::UnknownTenant))?;
+        if tenant.status != TenantStatus::Active {
+            return Err(Refusal::Forbidden("tenant_inactive"));
+        }
+        let principal = principal_of(&validated)?;
+        let grants = self
+            .tenant_grants(tenant.tenant_id)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        let grant = grants
+            .iter()
+            .find(|g| g.revoked_at.is_none() && g.principal == principal)
+            .ok_or(Refusal::Forbidden("no_grant"))?;
+        if let Principal::User { object_id } = principal {
+            let employee = self
+                .employee(tenant.tenant_id, object_id)
+                .await
+                .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            let today = OffsetDateTime::now_utc().date();
+            if !employee.is_some_and(|e| e.is_active_on(today)) {
+                return Err(Refusal::Forbidden("no_active_employment"));
+            }
+        }
+        self.usage.note(tenant.tenant_id, grant.id);
+        Ok(AccessDecision {
+            tenant_id: tenant.tenant_id,
+            principal,
+            scopes: grant.scopes.clone(),
+            grant_id: grant.id,
+        })
+    }
+
+    /// Writes pending last-use times (called by a background task every few seconds).
+    pub async fn flush_usage(&self) {
+        for ((tenant_id, grant_id), at) in self.usage.take_pending() {
+            if let Err(e) = self.grants.record_use(tenant_id, grant_id, at).await {
+                tracing::warn!(%grant_id, error = %e, "could not record a grant's last use");
+            }
+        }
+    }
+}
+
+/// The principal a token speaks for: a service principal for app-only tokens, a user for
+/// delegated ones. Matched on ids only, never on upn or email.
+fn principal_of(token: &ValidatedToken) -> Result<Principal, Refusal> {
+    let parse = |s: Option<&str>| s.and_then(|s| Uuid::try_parse(s).ok());
+    if token.is_app_only() {
+        let client_id = parse(token.client_app()).ok_or(Refusal::Forbidden("unsupported_token"))?;
+        Ok(Principal::ServicePrincipal { client_id })
+    } else if token.is_delegated() {
+        let object_id = parse(token.object_id()).ok_or(Refusal::Forbidden("unsupported_token"))?;
+        Ok(Principal::User { object_id })
+    } else {
+        Err(Refusal::Forbidden("unsupported_token"))
+    }
+}
+
+/// Lets the validator know registered tenants (any status) and their clouds.
+pub struct RegistryLookup<'a>(pub &'a AccessControl);
+
+#[async_trait]
+impl TenantLookup for RegistryLookup<'_> {
+    async fn cloud_of(&self, tenant_id: Uuid) -> Result<Option<Cloud>, String> {
+        Ok(self
+            .0
+            .tenant(tenant_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|t| t.cloud))
+    }
+}
+
+/// Remembers grant use in memory; at most one write per grant per interval.
+#[derive(Default)]
+struct UsageRecorder {
+    scheduled: RwLock<HashMap<Uuid, Instant>>,
+    pending: Mutex<HashMap<(Uuid, Uuid), OffsetDateTime>>,
+}
+
+impl UsageRecorder {
+    fn note(&self, tenant_id: Uuid, grant_id: Uuid) {
+        let recent = |at: Option<&Instant>| at.is_some_and(|t| t.elapsed() < USAGE_WRITE_INTERVAL);
+        if recent(self.scheduled.read().expect("usage lock").get(&grant_id)) {
+            return;
+        }
+        let mut scheduled = self.scheduled.write().expect("usage lock");
+        if recent(scheduled.get(&grant_id)) {
+            return;
+        }
+        scheduled.insert(grant_id, Instant::now());
+        drop(scheduled);
+        self.pending
+            .lock()
+            .expect("usage lock")
+            .insert((tenant_id, grant_id), OffsetDateTime::now_utc());
+    }
+
+    fn take_pending(&self) -> Vec<((Uuid, Uuid), OffsetDateTime)> {
+        self.pending.lock().expect("usage lock").drain().collect()
+    }
+}

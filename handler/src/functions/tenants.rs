@@ -1,0 +1,153 @@
+//! `Tenants`: the tenant registry, for admins. `POST/GET /api/v1/tenants`,
+//! `GET/DELETE /api/v1/tenants/{tenant_id}` (DELETE offboards: tokens refused, grants
+//! revoked, data kept for audit).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, filters::BoxedFilter};
+
+use crate::app::App;
+use crate::auth;
+use crate::domain::{Tenant, TenantStatus};
+use crate::routes::{ApiError, MAX_JSON_BODY, answer, guid_segment, json_reply, parse_json};
+
+/// The routes.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let auth = warp::header::optional::<String>("authorization");
+    let list_app = app.clone();
+    let list = warp::path!("api" / "v1" / "tenants")
+        .and(warp::get())
+        .and(auth)
+        .then(move |authorization: Option<String>| {
+            let app = list_app.clone();
+            async move { answer(list(&app, authorization.as_deref()).await) }
+        });
+    let create_app = app.clone();
+    let create = warp::path!("api" / "v1" / "tenants")
+        .and(warp::post())
+        .and(auth)
+        .and(warp::body::content_length_limit(MAX_JSON_BODY))
+        .and(warp::body::bytes())
+        .then(move |authorization: Option<String>, body: Bytes| {
+            let app = create_app.clone();
+            async move { answer(create(&app, authorization.as_deref(), &body).await) }
+        });
+    let get_app = app.clone();
+    let get = warp::path!("api" / "v1" / "tenants" / String)
+        .and(warp::get())
+        .and(auth)
+        .then(move |id: String, authorization: Option<String>| {
+            let app = get_app.clone();
+            async move { answer(get(&app, authorization.as_deref(), &id).await) }
+        });
+    let delete = warp::path!("api" / "v1" / "tenants" / String)
+        .and(warp::delete())
+        .and(auth)
+        .then(move |id: String, authorization: Option<String>| {
+            let app = app.clone();
+            async move { answer(offboard(&app, authorization.as_deref(), &id).await) }
+        });
+    list.or(create)
+        .unify()
+        .or(get)
+        .unify()
+        .or(delete)
+        .unify()
+        .boxed()
+}
+
+/// A tenant as the API shows it.
+pub fn tenant_json(t: &Tenant) -> Value {
+    json!({
+        "tenant_id": t.tenant_id,
+        "display_name": t.display_name,
+        "cloud": t.cloud.as_str(),
+        "status": t.status.as_str(),
+        "added_by": t.added_by,
+        "created_at": host::invocation::format_timestamp(t.created_at),
+        "offboarded_at": t.offboarded_at.map(host::invocation::format_timestamp),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    tenant_id: String,
+    display_name: String,
+    #[serde(default)]
+    cloud: Option<String>,
+}
+
+async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let new: NewTenant = parse_json(body)?;
+    let tenant_id = uuid::Uuid::try_parse(&new.tenant_id)
+        .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))?;
+    let display_name = new.display_name.trim().to_string();
+    if display_name.is_empty() || display_name.chars().count() > 256 {
+        return Err(ApiError::bad_request("display_name: 1-256 characters"));
+    }
+    let cloud =
+        new.cloud.as_deref().unwrap_or("global").parse().map_err(
+            |e: entra::cloud::UnknownCloud| ApiError::bad_request(format!("cloud: {e}")),
+        )?;
+    let tenant = Tenant {
+        tenant_id,
+        display_name,
+        cloud,
+        status: TenantStatus::Active,
+        added_by: "admin_api".into(),
+        created_at: OffsetDateTime::now_utc(),
+        offboarded_at: None,
+    };
+    let created = app.access.tenants.create(&tenant).await?;
+    app.access.invalidate_tenant(tenant_id);
+    tracing::info!(%tenant_id, cloud = %cloud, "tenant registered");
+    Ok(json_reply(StatusCode::CREATED, &tenant_json(&created)))
+}
+
+async fn list(app: &App, authorization: Option<&str>) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let mut tenants = app.access.tenants.list().await?;
+    tenants.sort_by_key(|t| t.created_at);
+    let tenants: Vec<Value> = tenants.iter().map(tenant_json).collect();
+    Ok(json_reply(StatusCode::OK, &json!({ "tenants": tenants })))
+}
+
+async fn get(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let tenant_id = guid_segment(id, "tenant_id")?;
+    let tenant = app
+        .access
+        .tenants
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))?;
+    Ok(json_reply(StatusCode::OK, &tenant_json(&tenant)))
+}
+
+async fn offboard(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let tenant_id = guid_segment(id, "tenant_id")?;
+    let now = OffsetDateTime::now_utc();
+    let tenant = app
+        .access
+        .tenants
+        .set_status(tenant_id, TenantStatus::Offboarded, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))?;
+    // refuse the tenant's tokens on this instance at once, before revoking grants
+    app.access.invalidate_tenant(tenant_id);
+    let revoked = app.access.grants.revoke_all(tenant_id, now).await?;
+    app.access.invalidate_tenant(tenant_id);
+    tracing::info!(%tenant_id, revoked, "tenant offboarded");
+    let mut body = tenant_json(&tenant);
+    body["revoked_grants"] = json!(revoked);
+    Ok(json_reply(StatusCode::OK, &body))
+}

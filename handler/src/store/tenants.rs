@@ -1,0 +1,151 @@
+//! The tenant registry on Table Storage: one partition, one row per tenant.
+
+use async_trait::async_trait;
+use tables::{Entity, IfMatch, Query, Table};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{StoreError, str_property, time_property};
+use crate::domain::{Tenant, TenantStatus};
+
+/// Stores registered tenants.
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    /// Registers a tenant. An offboarded tenant registers again (reactivated); any other
+    /// existing tenant is a conflict.
+    async fn create(&self, tenant: &Tenant) -> Result<Tenant, StoreError>;
+    /// One tenant.
+    async fn get(&self, tenant_id: Uuid) -> Result<Option<Tenant>, StoreError>;
+    /// All tenants.
+    async fn list(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Changes a tenant's status; `None` when it does not exist.
+    async fn set_status(
+        &self,
+        tenant_id: Uuid,
+        status: TenantStatus,
+        at: OffsetDateTime,
+    ) -> Result<Option<Tenant>, StoreError>;
+}
+
+const PARTITION: &str = "tenant";
+
+/// [`TenantStore`] on a table.
+pub struct TableTenantStore {
+    table: Table,
+}
+
+impl TableTenantStore {
+    /// A registry in `table`.
+    pub fn new(table: Table) -> TableTenantStore {
+        TableTenantStore { table }
+    }
+
+    fn to_entity(t: &Tenant) -> Entity {
+        let mut e = Entity::new(PARTITION, t.tenant_id.to_string())
+            .with("DisplayName", t.display_name.as_str())
+            .with("Cloud", t.cloud.as_str())
+            .with("Status", t.status.as_str())
+            .with("AddedBy", t.added_by.as_str())
+            .with("CreatedAt", t.created_at);
+        if let Some(at) = t.offboarded_at {
+            e.set("OffboardedAt", at);
+        }
+        e
+    }
+
+    fn from_entity(e: &Entity) -> Result<Tenant, StoreError> {
+        Ok(Tenant {
+            tenant_id: Uuid::try_parse(&e.row_key)
+                .map_err(|_| StoreError::Corrupt("tenant key is not a GUID".into()))?,
+            display_name: str_property(e, "DisplayName")?.to_string(),
+            cloud: str_property(e, "Cloud")?
+                .parse()
+                .map_err(|_| StoreError::Corrupt("unknown cloud".into()))?,
+            status: TenantStatus::parse(str_property(e, "Status")?)
+                .ok_or_else(|| StoreError::Corrupt("unknown tenant status".into()))?,
+            added_by: str_property(e, "AddedBy")?.to_string(),
+            created_at: time_property(e, "CreatedAt")?,
+            offboarded_at: e.get_datetime("OffboardedAt"),
+        })
+    }
+}
+
+#[async_trait]
+impl TenantStore for TableTenantStore {
+    async fn create(&self, tenant: &Tenant) -> Result<Tenant, StoreError> {
+        let entity = Self::to_entity(tenant);
+        match self.table.insert(&entity).await {
+            Ok(_) => return Ok(tenant.clone()),
+            Err(e) if e.is_conflict() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let existing = self.table.get(PARTITION, &entity.row_key).await?;
+        let current = Self::from_entity(&existing)?;
+        if current.status != TenantStatus::Offboarded {
+            return Err(StoreError::Conflict(format!(
+                "tenant {} is already registered",
+                tenant.tenant_id
+            )));
+        }
+        let etag = existing
+            .etag
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
+        match self.table.replace(&entity, IfMatch::ETag(etag)).await {
+            Ok(_) => Ok(tenant.clone()),
+            Err(e) if e.is_precondition_failed() => Err(StoreError::Contended),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(&self, tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
+        match self
+            .table
+            .try_get(PARTITION, &tenant_id.to_string())
+            .await?
+        {
+            Some(e) => Self::from_entity(&e).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Tenant>, StoreError> {
+        let rows = self.table.query_all(Query::partition(PARTITION)).await?;
+        rows.iter().map(Self::from_entity).collect()
+    }
+
+    async fn set_status(
+        &self,
+        tenant_id: Uuid,
+        status: TenantStatus,
+        at: OffsetDateTime,
+    ) -> Result<Option<Tenant>, StoreError> {
+        for _ in 0..3 {
+            let Some(existing) = self
+                .table
+                .try_get(PARTITION, &tenant_id.to_string())
+                .await?
+            else {
+                return Ok(None);
+            };
+            let mut tenant = Self::from_entity(&existing)?;
+            tenant.status = status;
+            tenant.offboarded_at =
+                (status == TenantStatus::Offboarded).then_some(tenant.offboarded_at.unwrap_or(at));
+            let etag = existing
+                .etag
+                .clone()
+                .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
+            match self
+                .table
+                .replace(&Self::to_entity(&tenant), IfMatch::ETag(etag))
+                .await
+            {
+                Ok(_) => return Ok(Some(tenant)),
+                Err(e) if e.is_precondition_failed() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contended)
+    }
+}
