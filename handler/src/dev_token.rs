@@ -124,7 +124,7 @@ fn mint(args: &[String]) -> Result<String, String> {
             claims["azp"] = json!(client_id.unwrap_or_else(Uuid::new_v4).to_string());
         }
         "user" => {
-            if guid("object-id")?.is_none() || options.get("tenant").is_none() {
+            if guid("object-id")?.is_none() || !options.contains_key("tenant") {
                 return Err("a user token needs --tenant and --object-id".into());
             }
             claims["name"] = json!("Local User");
@@ -141,7 +141,7 @@ fn mint(args: &[String]) -> Result<String, String> {
         }
         "service-principal" => {
             let client_id = client_id.ok_or("a service-principal token needs --client-id")?;
-            if options.get("tenant").is_none() {
+            if !options.contains_key("tenant") {
                 return Err("a service-principal token needs --tenant".into());
             }
             claims["azp"] = json!(client_id.to_string());

@@ -106,6 +106,23 @@ async fn health_then_a_host_timer_invocation_then_health_shows_the_run() {
 }
 
 #[tokio::test]
+async fn a_chunked_invocation_body_is_read_like_any_other() {
+    let handler = start("host", &[]);
+    let body = HOST_TIMER_BODY.as_bytes();
+    let (first, rest) = body.split_at(40);
+    let mut request = b"POST /Housekeeping HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for chunk in [first, rest] {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw_exchange(handler.port, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"ReturnValue\":null"), "{answer}");
+}
+
+#[tokio::test]
 async fn timer_payload_variants_from_other_hosts_are_accepted() {
     let handler = start("host", &[]);
     let url = format!("{}/Housekeeping", handler.base_url());

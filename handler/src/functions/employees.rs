@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::auth;
 use crate::domain::{Employee, Position, check_positions, parse_employee_id};
 use crate::routes::{
-    ApiError, MAX_JSON_BODY, answer, guid_segment, json_reply, parse_json, segment,
+    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json, segment,
 };
 
 /// The routes.
@@ -26,13 +26,20 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let put = warp::path!("api" / "v1" / "tenants" / String / "employees" / String)
         .and(warp::put())
         .and(auth)
-        .and(warp::body::content_length_limit(MAX_JSON_BODY))
-        .and(warp::body::bytes())
+        .and(body(MAX_JSON_BODY))
         .then(
-            move |tenant: String, employee: String, authorization: Option<String>, body: Bytes| {
+            move |tenant: String,
+                  employee: String,
+                  authorization: Option<String>,
+                  body: Result<Bytes, ApiError>| {
                 let app = a.clone();
                 async move {
-                    answer(put(&app, authorization.as_deref(), &tenant, &employee, &body).await)
+                    answer(match body {
+                        Ok(body) => {
+                            put(&app, authorization.as_deref(), &tenant, &employee, &body).await
+                        }
+                        Err(e) => Err(e),
+                    })
                 }
             },
         );

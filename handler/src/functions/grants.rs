@@ -16,7 +16,7 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::app::App;
 use crate::auth;
 use crate::domain::{Grant, Principal, TenantStatus, parse_scopes};
-use crate::routes::{ApiError, MAX_JSON_BODY, answer, guid_segment, json_reply, parse_json};
+use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json};
 
 /// The routes.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
@@ -34,12 +34,18 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let create = warp::path!("api" / "v1" / "access" / "grants")
         .and(warp::post())
         .and(auth)
-        .and(warp::body::content_length_limit(MAX_JSON_BODY))
-        .and(warp::body::bytes())
-        .then(move |authorization: Option<String>, body: Bytes| {
-            let app = a.clone();
-            async move { answer(create(&app, authorization.as_deref(), &body).await) }
-        });
+        .and(body(MAX_JSON_BODY))
+        .then(
+            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
+                let app = a.clone();
+                async move {
+                    answer(match body {
+                        Ok(body) => create(&app, authorization.as_deref(), &body).await,
+                        Err(e) => Err(e),
+                    })
+                }
+            },
+        );
     let a = app.clone();
     let get = warp::path!("api" / "v1" / "access" / "grants" / String)
         .and(warp::get())
@@ -52,12 +58,16 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let update = warp::path!("api" / "v1" / "access" / "grants" / String)
         .and(warp::put())
         .and(auth)
-        .and(warp::body::content_length_limit(MAX_JSON_BODY))
-        .and(warp::body::bytes())
+        .and(body(MAX_JSON_BODY))
         .then(
-            move |id: String, authorization: Option<String>, body: Bytes| {
+            move |id: String, authorization: Option<String>, body: Result<Bytes, ApiError>| {
                 let app = a.clone();
-                async move { answer(update(&app, authorization.as_deref(), &id, &body).await) }
+                async move {
+                    answer(match body {
+                        Ok(body) => update(&app, authorization.as_deref(), &id, &body).await,
+                        Err(e) => Err(e),
+                    })
+                }
             },
         );
     let delete = warp::path!("api" / "v1" / "access" / "grants" / String)

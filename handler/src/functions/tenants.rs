@@ -15,7 +15,7 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::app::App;
 use crate::auth;
 use crate::domain::{Tenant, TenantStatus};
-use crate::routes::{ApiError, MAX_JSON_BODY, answer, guid_segment, json_reply, parse_json};
+use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json};
 
 /// The routes.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
@@ -32,12 +32,18 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let create = warp::path!("api" / "v1" / "tenants")
         .and(warp::post())
         .and(auth)
-        .and(warp::body::content_length_limit(MAX_JSON_BODY))
-        .and(warp::body::bytes())
-        .then(move |authorization: Option<String>, body: Bytes| {
-            let app = create_app.clone();
-            async move { answer(create(&app, authorization.as_deref(), &body).await) }
-        });
+        .and(body(MAX_JSON_BODY))
+        .then(
+            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
+                let app = create_app.clone();
+                async move {
+                    answer(match body {
+                        Ok(body) => create(&app, authorization.as_deref(), &body).await,
+                        Err(e) => Err(e),
+                    })
+                }
+            },
+        );
     let get_app = app.clone();
     let get = warp::path!("api" / "v1" / "tenants" / String)
         .and(warp::get())

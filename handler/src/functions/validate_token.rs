@@ -16,7 +16,7 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::access::RegistryLookup;
 use crate::app::App;
 use crate::auth;
-use crate::routes::{ApiError, MAX_JSON_BODY, answer, json_reply, parse_json};
+use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, json_reply, parse_json};
 
 /// Claims shown in the answer, when present.
 const SHOWN_CLAIMS: &[&str] = &[
@@ -28,12 +28,18 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     warp::path!("api" / "v1" / "entra-id" / "validate-token")
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(MAX_JSON_BODY))
-        .and(warp::body::bytes())
-        .then(move |authorization: Option<String>, body: Bytes| {
-            let app = app.clone();
-            async move { answer(validate(&app, authorization.as_deref(), &body).await) }
-        })
+        .and(body(MAX_JSON_BODY))
+        .then(
+            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
+                let app = app.clone();
+                async move {
+                    answer(match body {
+                        Ok(body) => validate(&app, authorization.as_deref(), &body).await,
+                        Err(e) => Err(e),
+                    })
+                }
+            },
+        )
         .boxed()
 }
 

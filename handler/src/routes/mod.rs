@@ -17,7 +17,47 @@ pub use error::ApiError;
 pub use invoke::Invocations;
 
 /// Largest JSON body the API accepts.
-pub const MAX_JSON_BODY: u64 = 64 * 1024;
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// The request body, read up to `max` bytes whether it comes with a Content-Length or
+/// chunked (the Functions host may forward either); larger bodies are a 413.
+pub fn body(
+    max: usize,
+) -> impl Filter<Extract = (Result<bytes::Bytes, ApiError>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(move |length: Option<u64>, stream| collect_body(length, stream, max))
+}
+
+async fn collect_body<S, B>(
+    length: Option<u64>,
+    stream: S,
+    max: usize,
+) -> Result<bytes::Bytes, ApiError>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt as _;
+    if length.is_some_and(|l| l > max as u64) {
+        return Err(ApiError::too_large(max));
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut collected = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|_| ApiError::bad_request("the body could not be read"))?;
+        if collected.len() + chunk.remaining() > max {
+            return Err(ApiError::too_large(max));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(collected.freeze())
+}
 
 /// Parses a JSON request body into `T`, answering 400 with serde's reason otherwise.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -53,7 +93,7 @@ pub fn answer(result: Result<Response, ApiError>) -> Response {
 }
 
 /// Largest invocation body accepted from the host (queue messages are at most 64 KiB).
-const MAX_INVOCATION_BODY: u64 = 4 * 1024 * 1024;
+const MAX_INVOCATION_BODY: usize = 4 * 1024 * 1024;
 
 /// Every route of the handler, traced with the host's invocation id.
 pub fn table(
@@ -81,12 +121,16 @@ pub fn table(
     let invoke = warp::path::param::<String>()
         .and(warp::path::end())
         .and(warp::post())
-        .and(warp::body::content_length_limit(MAX_INVOCATION_BODY))
-        .and(warp::body::bytes())
+        .and(body(MAX_INVOCATION_BODY))
         .and(warp::any().map(move || invocations.clone()))
         .then(
-            |function: String, body: bytes::Bytes, invocations: Arc<Invocations>| async move {
-                invocations.handle(&function, &body).await
+            |function: String,
+             body: Result<bytes::Bytes, ApiError>,
+             invocations: Arc<Invocations>| async move {
+                match body {
+                    Ok(body) => invocations.handle(&function, &body).await,
+                    Err(e) => e.into_response(),
+                }
             },
         );
 

@@ -1,0 +1,723 @@
+//! Connector API access control, end to end: the built handler, a real Azurite, and a local
+//! stand-in for Entra's login endpoints serving the keys that sign the tests' tokens.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use system_tests::fake_entra::{self, FakeEntra};
+use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_handler");
+const CLIENT_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+const ADMIN_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+struct World {
+    fake: FakeEntra,
+    handler: HandlerProcess,
+    http: reqwest::Client,
+    admin: String,
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn base_env(fake: &FakeEntra) -> Vec<(&'static str, String)> {
+    vec![
+        ("AzureWebJobsStorage", Azurite::shared().connection_string()),
+        ("STORAGE_TABLE_PREFIX", unique_table("a")),
+        ("ENTRA_CLIENT_ID", CLIENT_ID.into()),
+        ("ENTRA_ADMIN_TENANT_ID", ADMIN_TENANT.into()),
+        ("ENTRA_LOGIN_ENDPOINT", fake.base_url.clone()),
+        ("CONNECTOR_SCOPES", "records.read,records.write".into()),
+    ]
+}
+
+impl World {
+    async fn start() -> World {
+        let fake = FakeEntra::start(fake_entra::GLOBAL).await;
+        let handler = HandlerProcess::start(BIN, &["serve"], &base_env(&fake));
+        let admin = World::admin_token(&fake, &["Integration.Manage"]);
+        World {
+            fake,
+            handler,
+            http: reqwest::Client::new(),
+            admin,
+        }
+    }
+
+    fn admin_token(fake: &FakeEntra, roles: &[&str]) -> String {
+        let claims = json!({
+            "aud": CLIENT_ID, "iss": fake.issuer(true, ADMIN_TENANT), "tid": ADMIN_TENANT, "ver": "2.0",
+            "iat": now(), "nbf": now(), "exp": now() + 3600, "oid": Uuid::new_v4(), "sub": "admin",
+            "azp": Uuid::new_v4(), "scp": "user_impersonation", "roles": roles, "name": "Operator",
+        });
+        fake.sign(&fake.first_kid(), json!({}), &claims)
+    }
+
+    /// A delegated (user) v2 token.
+    fn user_token(&self, tenant: Uuid, oid: Uuid, azp: Uuid) -> String {
+        let claims = json!({
+            "aud": CLIENT_ID, "iss": self.fake.issuer(true, &tenant.to_string()), "tid": tenant, "ver": "2.0",
+            "iat": now(), "nbf": now(), "exp": now() + 3600, "oid": oid, "sub": "s",
+            "azp": azp, "scp": "records.read", "name": "Ada", "upn": "ada@contoso.com",
+        });
+        self.fake.sign(&self.fake.first_kid(), json!({}), &claims)
+    }
+
+    /// An app-only v1 token.
+    fn app_token(&self, tenant: Uuid, appid: Uuid, oid: Uuid) -> String {
+        let claims = json!({
+            "aud": CLIENT_ID, "iss": self.fake.issuer(false, &tenant.to_string()), "tid": tenant, "ver": "1.0",
+            "iat": now(), "nbf": now(), "exp": now() + 3600, "oid": oid, "sub": oid,
+            "appid": appid, "appidacr": "2", "idtyp": "app", "roles": ["Records.Read.All"],
+        });
+        self.fake.sign(&self.fake.first_kid(), json!({}), &claims)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let url = format!("{}{path}", self.handler.base_url());
+        let mut request = self.http.request(method.parse().unwrap(), url);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body, headers)
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let (s, b, _) = self.call(method, path, Some(&self.admin), body).await;
+        (s, b)
+    }
+
+    async fn register(&self, cloud: &str) -> Uuid {
+        let tenant = Uuid::new_v4();
+        let (status, body) = self
+            .admin(
+                "POST",
+                "/api/v1/tenants",
+                Some(json!({"tenant_id": tenant, "display_name": "Contoso", "cloud": cloud})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        tenant
+    }
+
+    async fn grant(&self, body: Value) -> Value {
+        let (status, body) = self
+            .admin("POST", "/api/v1/access/grants", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    async fn ping(&self, token: &str) -> (StatusCode, Value) {
+        let (s, b, _) = self.call("GET", "/api/ping", Some(token), None).await;
+        (s, b)
+    }
+}
+
+#[tokio::test]
+async fn admin_endpoints_require_the_admin_role_from_the_home_tenant() {
+    let w = World::start().await;
+    let (status, _, headers) = w.call("GET", "/api/v1/tenants", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    let (status, body, headers) = w
+        .call("GET", "/api/v1/tenants", Some("not.a.token"), None)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_token"))
+    );
+    assert!(headers.contains_key("www-authenticate"));
+
+    let no_role = World::admin_token(&w.fake, &["Something.Else"]);
+    let (status, body, _) = w.call("GET", "/api/v1/tenants", Some(&no_role), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("insufficient_role"))
+    );
+
+    // the role in a customer tenant's token does not make an admin
+    let customer = w.register("global").await;
+    let claims = json!({
+        "aud": CLIENT_ID, "iss": w.fake.issuer(true, &customer.to_string()), "tid": customer, "ver": "2.0",
+        "iat": now(), "nbf": now(), "exp": now() + 3600, "oid": Uuid::new_v4(), "sub": "x",
+        "azp": Uuid::new_v4(), "scp": "user_impersonation", "roles": ["Integration.Manage"],
+    });
+    let foreign = w.fake.sign(&w.fake.first_kid(), json!({}), &claims);
+    let (status, _, _) = w.call("GET", "/api/v1/tenants", Some(&foreign), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = w.call("GET", "/api/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "health stays anonymous");
+}
+
+#[tokio::test]
+async fn tenant_registry_registers_lists_and_offboards() {
+    let w = World::start().await;
+    let tenant = Uuid::new_v4();
+    let new = json!({"tenant_id": tenant, "display_name": "Fabrikam", "cloud": "usgov"});
+    let (status, created) = w.admin("POST", "/api/v1/tenants", Some(new.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["cloud"], "usgov");
+    assert_eq!(created["added_by"], "admin_api");
+    let (status, body) = w.admin("POST", "/api/v1/tenants", Some(new)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+
+    for (bad, needle) in [
+        (
+            json!({"tenant_id": "contoso.com", "display_name": "x"}),
+            "GUID",
+        ),
+        (
+            json!({"tenant_id": Uuid::new_v4(), "display_name": "x", "cloud": "mars"}),
+            "cloud",
+        ),
+        (
+            json!({"tenant_id": Uuid::new_v4(), "display_name": "  "}),
+            "display_name",
+        ),
+        (
+            json!({"tenant_id": Uuid::new_v4(), "display_name": "x", "colour": "red"}),
+            "unknown field",
+        ),
+        (json!({"display_name": "x"}), "tenant_id"),
+    ] {
+        let (status, body) = w.admin("POST", "/api/v1/tenants", Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(needle),
+            "{bad}: {body}"
+        );
+    }
+    let (status, _, _) = w
+        .call("POST", "/api/v1/tenants", Some(&w.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "empty body");
+
+    let (_, list) = w.admin("GET", "/api/v1/tenants", None).await;
+    assert!(
+        list["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["tenant_id"] == json!(tenant))
+    );
+    let (status, one) = w
+        .admin("GET", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(
+        (status, one["display_name"].as_str()),
+        (StatusCode::OK, Some("Fabrikam"))
+    );
+    let (status, _) = w
+        .admin("GET", &format!("/api/v1/tenants/{}", Uuid::new_v4()), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = w.admin("GET", "/api/v1/tenants/not-a-guid", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, gone) = w
+        .admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(
+        (status, gone["status"].as_str()),
+        (StatusCode::OK, Some("offboarded"))
+    );
+    assert!(gone["offboarded_at"].is_string());
+    let (_, still) = w
+        .admin("GET", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(still["status"], "offboarded", "kept for audit");
+}
+
+#[tokio::test]
+async fn service_principal_access_is_exactly_its_grant() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let app = Uuid::new_v4();
+    let grant = w
+        .grant(json!({"tenant_id": tenant, "kind": "service_principal", "client_id": app, "scopes": ["records.read"]}))
+        .await;
+    assert_eq!(grant["client_id"], json!(app));
+    assert!(grant["last_used_at"].is_null());
+
+    let (status, body) = w.ping(&w.app_token(tenant, app, Uuid::new_v4())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"tenant_id": tenant, "principal": {"kind": "service_principal", "id": app}, "scopes": ["records.read"]})
+    );
+
+    let (status, body) = w
+        .ping(&w.app_token(tenant, Uuid::new_v4(), Uuid::new_v4()))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("no_grant"))
+    );
+
+    // the last use shows up without being on the request path
+    let grant_path = format!("/api/v1/access/grants/{}", grant["id"].as_str().unwrap());
+    let mut last_used = Value::Null;
+    for _ in 0..50 {
+        last_used = w.admin("GET", &grant_path, None).await.1["last_used_at"].clone();
+        if last_used.is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(last_used.is_string(), "last_used_at recorded");
+}
+
+#[tokio::test]
+async fn a_user_token_never_uses_a_service_principal_grant_and_the_reverse() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let app = Uuid::new_v4();
+    let user = Uuid::new_v4();
+    w.grant(json!({"tenant_id": tenant, "kind": "service_principal", "client_id": app, "scopes": ["records.read"]}))
+        .await;
+    w.grant(json!({"tenant_id": tenant, "kind": "user", "object_id": user, "scopes": ["records.write"]}))
+        .await;
+    let (status, body, _) = w
+        .call(
+            "PUT",
+            &format!("/api/v1/tenants/{tenant}/employees/E-1"),
+            Some(&w.admin),
+            Some(json!({
+                "object_id": user, "positions": [{"title": "Clerk", "start": "2020-01-01"}]
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // a user signed in through the granted app is still a user: matched on oid, not azp
+    let (status, body) = w.ping(&w.user_token(tenant, Uuid::new_v4(), app)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("no_grant"))
+    );
+    // an app-only token whose oid equals the granted user's is still a service principal
+    let (status, body) = w.ping(&w.app_token(tenant, Uuid::new_v4(), user)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("no_grant"))
+    );
+    let (status, body) = w.ping(&w.user_token(tenant, user, Uuid::new_v4())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["principal"], json!({"kind": "user", "id": user}));
+    assert_eq!(body["scopes"], json!(["records.write"]));
+}
+
+#[tokio::test]
+async fn a_user_needs_an_active_position_even_with_a_grant() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let user = Uuid::new_v4();
+    w.grant(
+        json!({"tenant_id": tenant, "kind": "user", "object_id": user, "scopes": ["records.read"]}),
+    )
+    .await;
+    let token = w.user_token(tenant, user, Uuid::new_v4());
+    let (status, body) = w.ping(&token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("no_active_employment"))
+    );
+
+    let employee = format!("/api/v1/tenants/{tenant}/employees/emp%2F42");
+    let ended = json!({"object_id": user, "positions": [{"title": "Clerk", "start": "2020-01-01", "end": "2021-12-31"}]});
+    let (status, body, _) = w.call("PUT", &employee, Some(&w.admin), Some(ended)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["employee_id"], "emp/42");
+    assert_eq!(body["active"], false);
+    let (status, body) = w.ping(&token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("no_active_employment"))
+    );
+
+    let current = json!({"object_id": user, "positions": [
+        {"title": "Clerk", "start": "2020-01-01", "end": "2021-12-31"},
+        {"title": "Manager", "start": "2022-01-01"}
+    ]});
+    let (status, body, _) = w
+        .call("PUT", &employee, Some(&w.admin), Some(current))
+        .await;
+    assert_eq!(
+        (status, body["active"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{body}"
+    );
+    let (status, body) = w.ping(&token).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "takes effect at once on this instance: {body}"
+    );
+
+    let (status, body, _) = w
+        .call("PUT", &employee, Some(&w.admin), Some(json!({"object_id": user, "positions": [{"title": "X", "start": "2024-02-01", "end": "2024-01-01"}]})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, _) = w.call("DELETE", &employee, Some(&w.admin), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = w.ping(&token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("no_active_employment"))
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_grant_or_offboarding_the_tenant_takes_effect_at_once() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let app = Uuid::new_v4();
+    let grant = w
+        .grant(json!({"tenant_id": tenant, "kind": "service_principal", "client_id": app, "scopes": ["records.read"]}))
+        .await;
+    let token = w.app_token(tenant, app, Uuid::new_v4());
+    assert_eq!(w.ping(&token).await.0, StatusCode::OK);
+    let path = format!("/api/v1/access/grants/{}", grant["id"].as_str().unwrap());
+    let (status, _) = w.admin("DELETE", &path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = w.ping(&token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("no_grant")),
+        "revoked grant"
+    );
+    assert_eq!(w.admin("GET", &path, None).await.0, StatusCode::NOT_FOUND);
+
+    let again = w
+        .grant(json!({"tenant_id": tenant, "kind": "service_principal", "client_id": app, "scopes": ["records.read"]}))
+        .await;
+    assert_eq!(w.ping(&token).await.0, StatusCode::OK);
+    let (status, _) = w
+        .admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = w.ping(&token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("tenant_inactive")),
+        "offboarded tenant"
+    );
+    let (_, kept) = w
+        .admin(
+            "GET",
+            &format!("/api/v1/access/grants/{}", again["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(
+        kept["revoked_at"].is_string(),
+        "grant revoked and kept: {kept}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_of_unregistered_tenants_and_invalid_tokens_get_401() {
+    let w = World::start().await;
+    let stranger = Uuid::new_v4();
+    let (status, body, headers) = w
+        .call(
+            "GET",
+            "/api/ping",
+            Some(&w.app_token(stranger, Uuid::new_v4(), Uuid::new_v4())),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_token"))
+    );
+    assert!(headers.contains_key("www-authenticate"));
+    let (status, _, _) = w.call("GET", "/api/ping", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = w.ping("eyJhbGciOiJub25lIn0.eyJ0aWQiOiJ4In0.").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body["message"], "the token is not valid for this service",
+        "no detail for an attacker"
+    );
+}
+
+#[tokio::test]
+async fn grants_are_checked_and_unique_per_principal() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let user = Uuid::new_v4();
+    for (bad, needle) in [
+        (
+            json!({"tenant_id": tenant, "kind": "user", "object_id": user, "scopes": ["records.delete"]}),
+            "unknown scope",
+        ),
+        (
+            json!({"tenant_id": tenant, "kind": "user", "object_id": user, "scopes": []}),
+            "at least one",
+        ),
+        (
+            json!({"tenant_id": tenant, "kind": "robot", "object_id": user, "scopes": ["records.read"]}),
+            "kind",
+        ),
+        (
+            json!({"tenant_id": tenant, "kind": "user", "client_id": user, "scopes": ["records.read"]}),
+            "object_id",
+        ),
+        (
+            json!({"tenant_id": tenant, "kind": "user", "object_id": "ada@contoso.com", "scopes": ["records.read"]}),
+            "GUID",
+        ),
+        (
+            json!({"tenant_id": Uuid::new_v4(), "kind": "user", "object_id": user, "scopes": ["records.read"]}),
+            "not registered",
+        ),
+    ] {
+        let (status, body) = w
+            .admin("POST", "/api/v1/access/grants", Some(bad.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(needle),
+            "{bad}: {body}"
+        );
+    }
+    let grant = w.grant(json!({"tenant_id": tenant, "kind": "user", "object_id": user, "scopes": ["records.read"]})).await;
+    let (status, body) = w
+        .admin("POST", "/api/v1/access/grants", Some(json!({"tenant_id": tenant, "kind": "user", "object_id": user, "scopes": ["records.write"]})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(grant["id"].as_str().unwrap())
+    );
+
+    let path = format!("/api/v1/access/grants/{}", grant["id"].as_str().unwrap());
+    let (status, updated) = w
+        .admin(
+            "PUT",
+            &path,
+            Some(json!({"scopes": ["records.write", "records.read"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, updated["scopes"].clone()),
+        (StatusCode::OK, json!(["records.write", "records.read"]))
+    );
+    let (status, _) = w
+        .admin("PUT", &path, Some(json!({"scopes": ["nope"]})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let other = w.register("global").await;
+    w.grant(
+        json!({"tenant_id": other, "kind": "user", "object_id": user, "scopes": ["records.read"]}),
+    )
+    .await;
+    let (_, filtered) = w
+        .admin(
+            "GET",
+            &format!("/api/v1/access/grants?tenant_id={tenant}"),
+            None,
+        )
+        .await;
+    assert_eq!(filtered["grants"].as_array().unwrap().len(), 1);
+    let (status, _) = w
+        .admin("GET", "/api/v1/access/grants?tenant_id=zzz", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = w
+        .admin(
+            "GET",
+            &format!("/api/v1/access/grants/{}", Uuid::new_v4()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn validate_token_shows_identity_claims_or_why_not() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let user = Uuid::new_v4();
+    let token = w.user_token(tenant, user, Uuid::new_v4());
+    let (status, body) = w
+        .admin(
+            "POST",
+            "/api/v1/entra-id/validate-token",
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["valid"], true);
+    let payload = &body["payload"];
+    assert_eq!(payload["oid"], json!(user));
+    assert_eq!(payload["tid"], json!(tenant));
+    assert_eq!(payload["scp"], "records.read");
+    assert_eq!(payload["upn"], "ada@contoso.com");
+    assert!(
+        payload.get("aud").is_none() && payload.get("email").is_none(),
+        "only the listed claims, absent ones omitted"
+    );
+
+    let expired_claims = json!({
+        "aud": CLIENT_ID, "iss": w.fake.issuer(true, &tenant.to_string()), "tid": tenant, "ver": "2.0",
+        "iat": now() - 7200, "nbf": now() - 7200, "exp": now() - 3600, "oid": user, "scp": "records.read",
+    });
+    let expired = w.fake.sign(&w.fake.first_kid(), json!({}), &expired_claims);
+    let (status, body) = w
+        .admin(
+            "POST",
+            "/api/v1/entra-id/validate-token",
+            Some(json!({"token": expired})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["valid"], false);
+    assert_eq!(body["error"], "invalid_token");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+    let (status, _) = w
+        .admin(
+            "POST",
+            "/api/v1/entra-id/validate-token",
+            Some(json!({"jwt": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = w
+        .call(
+            "POST",
+            "/api/v1/entra-id/validate-token",
+            None,
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "admin only");
+}
+
+#[tokio::test]
+async fn development_tokens_work_only_with_dev_auth_and_never_in_azure() {
+    let fake = FakeEntra::start(fake_entra::GLOBAL).await;
+    let data = std::env::temp_dir().join(format!("dev-auth-{}", Uuid::new_v4()));
+    let mut env = base_env(&fake);
+    env.push(("LOCAL_DATA_DIR", data.display().to_string()));
+    env.push(("ENTRA_DEV_AUTH", "true".into()));
+    let (code, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
+    assert_eq!(code, Some(0), "{admin}");
+    let admin = admin.trim().to_string();
+    let handler = HandlerProcess::start(BIN, &["serve"], &env);
+    let http = reqwest::Client::new();
+    let list = |token: String| {
+        let http = http.clone();
+        let url = format!("{}/api/v1/tenants", handler.base_url());
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(list(admin.clone()).await, StatusCode::OK);
+
+    let tenant = Uuid::new_v4();
+    let created = http
+        .post(format!("{}/api/v1/tenants", handler.base_url()))
+        .bearer_auth(&admin)
+        .json(&json!({"tenant_id": tenant, "display_name": "Local"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let client = Uuid::new_v4().to_string();
+    http.post(format!("{}/api/v1/access/grants", handler.base_url()))
+        .bearer_auth(&admin)
+        .json(&json!({"tenant_id": tenant, "kind": "service_principal", "client_id": client, "scopes": ["records.read"]}))
+        .send()
+        .await
+        .unwrap();
+    let (code, sp) = run_to_exit(
+        BIN,
+        &[
+            "dev-token",
+            "service-principal",
+            "--tenant",
+            &tenant.to_string(),
+            "--client-id",
+            &client,
+        ],
+        &env,
+    );
+    assert_eq!(code, Some(0), "{sp}");
+    let ping = http
+        .get(format!("{}/api/ping", handler.base_url()))
+        .bearer_auth(sp.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), StatusCode::OK);
+    drop(handler);
+
+    // the same token against a handler without dev auth
+    let without: Vec<(&str, String)> = env
+        .iter()
+        .filter(|(k, _)| *k != "ENTRA_DEV_AUTH")
+        .cloned()
+        .collect();
+    let strict = HandlerProcess::start(BIN, &["serve"], &without);
+    let status = http
+        .get(format!("{}/api/v1/tenants", strict.base_url()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let mut azure = env.clone();
+    azure.push(("WEBSITE_INSTANCE_ID", "abc123".into()));
+    let (code, output) = run_to_exit(BIN, &["serve"], &azure);
+    assert_eq!(code, Some(2), "{output}");
+    assert!(output.contains("ENTRA_DEV_AUTH"), "{output}");
+    let (code, _) = run_to_exit(BIN, &["dev-token", "user"], &env);
+    assert_eq!(code, Some(2), "a user token needs --tenant and --object-id");
+    std::fs::remove_dir_all(&data).ok();
+}
