@@ -48,9 +48,9 @@ pub struct AccessControl {
     pub tenants: Arc<dyn TenantStore>,
     pub grants: Arc<dyn GrantStore>,
     pub employees: Arc<dyn EmployeeStore>,
-    tenant_cache: Arc<TtlCache<Uuid, Option<Tenant>>>,
+    tenant_cache: Arc<TtlCache<Uuid, Option<Arc<Tenant>>>>,
     grant_cache: Arc<TtlCache<Uuid, Arc<Vec<Grant>>>>,
-    employee_cache: Arc<TtlCache<(Uuid, Uuid), Option<Employee>>>,
+    employee_cache: Arc<TtlCache<(Uuid, Uuid), Option<Arc<Employee>>>>,
     usage: UsageRecorder,
 }
 
@@ -73,10 +73,12 @@ impl AccessControl {
     }
 
     /// A registered tenant, from the cache.
-    pub async fn tenant(&self, tenant_id: Uuid) -> Result<Option<Tenant>, StoreError> {
+    pub async fn tenant(&self, tenant_id: Uuid) -> Result<Option<Arc<Tenant>>, StoreError> {
         let store = self.tenants.clone();
         self.tenant_cache
-            .get_or_load(tenant_id, move || async move { store.get(tenant_id).await })
+            .get_or_load(tenant_id, move || async move {
+                Ok(store.get(tenant_id).await?.map(Arc::new))
+            })
             .await
     }
 
@@ -93,11 +95,14 @@ impl AccessControl {
         &self,
         tenant_id: Uuid,
         object_id: Uuid,
-    ) -> Result<Option<Employee>, StoreError> {
+    ) -> Result<Option<Arc<Employee>>, StoreError> {
         let store = self.employees.clone();
         self.employee_cache
             .get_or_load((tenant_id, object_id), move || async move {
-                store.find_by_object(tenant_id, object_id).await
+                Ok(store
+                    .find_by_object(tenant_id, object_id)
+                    .await?
+                    .map(Arc::new))
             })
             .await
     }

@@ -5,25 +5,30 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Crates whose debug output could include request details.
-const QUIET: &[&str] = &[
-    "hyper",
-    "hyper_util",
-    "reqwest",
-    "h2",
-    "rustls",
-    "azure_core",
-    "azure_identity",
-    "typespec_client_core",
+/// Crates whose debug output could include request details, and warp, whose per-request
+/// events duplicate the Functions host's own request log (server errors still show).
+const QUIET: &[(&str, &str)] = &[
+    ("hyper", "warn"),
+    ("hyper_util", "warn"),
+    ("reqwest", "warn"),
+    ("h2", "warn"),
+    ("rustls", "warn"),
+    ("azure_core", "warn"),
+    ("azure_identity", "warn"),
+    ("typespec_client_core", "warn"),
+    ("warp", "error"),
 ];
 
 /// Installs the global subscriber.
 pub fn init(format: LogFormat, level: &str) {
     let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    for name in QUIET {
+    for (name, quiet) in QUIET {
         if !level.contains(name) {
-            filter =
-                filter.add_directive(format!("{name}=warn").parse().expect("a valid directive"));
+            filter = filter.add_directive(
+                format!("{name}={quiet}")
+                    .parse()
+                    .expect("a valid directive"),
+            );
         }
     }
     let builder = tracing_subscriber::fmt()

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde::Serialize;
+use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, filters::BoxedFilter};
@@ -40,14 +41,29 @@ async fn ping(app: &App, authorization: Option<&str>) -> Result<Response, ApiErr
             Refusal::Forbidden(reason) => ApiError::forbidden(reason, refusal_message(reason)),
             Refusal::Unavailable(why) => ApiError::unavailable(why),
         })?;
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({
-            "tenant_id": decision.tenant_id,
-            "principal": { "kind": decision.principal.kind(), "id": decision.principal.id() },
-            "scopes": decision.scopes,
-        }),
-    ))
+    let answer = PingAnswer {
+        tenant_id: decision.tenant_id,
+        principal: PrincipalRef {
+            kind: decision.principal.kind(),
+            id: decision.principal.id(),
+        },
+        scopes: &decision.scopes,
+    };
+    Ok(json_reply(StatusCode::OK, &answer))
+}
+
+/// The answer's shape, serialized straight from borrowed values.
+#[derive(Serialize)]
+struct PingAnswer<'a> {
+    tenant_id: Uuid,
+    principal: PrincipalRef,
+    scopes: &'a [String],
+}
+
+#[derive(Serialize)]
+struct PrincipalRef {
+    kind: &'static str,
+    id: Uuid,
 }
 
 fn refusal_message(reason: &str) -> &'static str {

@@ -153,13 +153,16 @@ pub fn table(
         .recover(|rejection| async move { Ok::<_, Infallible>(rejected(rejection)) })
         .unify()
         .with(warp::trace(|info| {
-            let invocation_id = info
+            // Only invocations the host forwards carry an id; the span is what ties the
+            // handler's events to the host's invocation, so it holds just that field.
+            match info
                 .request_headers()
                 .get("x-azure-functions-invocationid")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string();
-            tracing::info_span!("request", method = %info.method(), path = %info.path(), invocation_id = %invocation_id)
+            {
+                Some(id) => tracing::info_span!("invocation", invocation_id = id),
+                None => tracing::Span::none(),
+            }
         }))
         .map(Reply::into_response)
 }
