@@ -23,6 +23,9 @@ const HARD_TTL: Duration = Duration::from_secs(25);
 /// Last use is written at most this often per grant and instance.
 pub const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(300);
 
+/// Employee records by (tenant, object id); `None` caches a miss.
+type EmployeeCache = TtlCache<(Uuid, Uuid), Option<Arc<Employee>>>;
+
 /// Why a call is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -50,7 +53,7 @@ pub struct AccessControl {
     pub employees: Arc<dyn EmployeeStore>,
     tenant_cache: Arc<TtlCache<Uuid, Option<Arc<Tenant>>>>,
     grant_cache: Arc<TtlCache<Uuid, Arc<Vec<Grant>>>>,
-    employee_cache: Arc<TtlCache<(Uuid, Uuid), Option<Arc<Employee>>>>,
+    employee_cache: Arc<EmployeeCache>,
     usage: UsageRecorder,
 }
 
