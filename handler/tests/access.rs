@@ -16,6 +16,7 @@ const ADMIN_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 struct World {
     fake: FakeEntra,
     handler: HandlerProcess,
+    env: Vec<(&'static str, String)>,
     http: reqwest::Client,
     admin: String,
 }
@@ -38,14 +39,21 @@ fn base_env(fake: &FakeEntra) -> Vec<(&'static str, String)> {
 impl World {
     async fn start() -> World {
         let fake = FakeEntra::start(fake_entra::GLOBAL).await;
-        let handler = HandlerProcess::start(BIN, &["serve"], &base_env(&fake));
+        let env = base_env(&fake);
+        let handler = HandlerProcess::start(BIN, &["serve"], &env);
         let admin = World::admin_token(&fake, &["Integration.Manage"]);
         World {
             fake,
             handler,
+            env,
             http: reqwest::Client::new(),
             admin,
         }
+    }
+
+    /// The settings the handler runs with (same storage prefix: a second instance).
+    fn handler_env(&self) -> Vec<(&'static str, String)> {
+        self.env.clone()
     }
 
     fn admin_token(fake: &FakeEntra, roles: &[&str]) -> String {
@@ -720,4 +728,53 @@ async fn development_tokens_work_only_with_dev_auth_and_never_in_azure() {
     let (code, _) = run_to_exit(BIN, &["dev-token", "user"], &env);
     assert_eq!(code, Some(2), "a user token needs --tenant and --object-id");
     std::fs::remove_dir_all(&data).ok();
+}
+
+#[tokio::test]
+async fn another_instance_sees_a_revocation_within_30_seconds() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let app = Uuid::new_v4();
+    let grant = w
+        .grant(json!({"tenant_id": tenant, "kind": "service_principal", "client_id": app, "scopes": ["records.read"]}))
+        .await;
+    // a second instance on the same storage, with the first one's settings
+    let other = HandlerProcess::start(BIN, &["serve"], &w.handler_env());
+    let token = w.app_token(tenant, app, Uuid::new_v4());
+    let ping_other = || {
+        let http = w.http.clone();
+        let url = format!("{}/api/ping", other.base_url());
+        let token = token.clone();
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        ping_other().await,
+        StatusCode::OK,
+        "the other instance has cached the grant"
+    );
+
+    let revoked_at = std::time::Instant::now();
+    let (status, _) = w
+        .admin(
+            "DELETE",
+            &format!("/api/v1/access/grants/{}", grant["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    while ping_other().await == StatusCode::OK {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(30),
+            "still accepted after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(ping_other().await, StatusCode::FORBIDDEN);
 }
