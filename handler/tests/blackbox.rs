@@ -318,3 +318,102 @@ async fn json_logs_carry_the_invocation_id_and_never_secrets() {
         "a storage signature leaked"
     );
 }
+
+#[tokio::test]
+async fn identity_based_storage_uses_the_managed_identity_token() {
+    use std::sync::{Arc, Mutex};
+    use warp::Filter;
+
+    // One loopback server plays App Service's managed identity endpoint and Table Storage.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let msi_seen = seen.clone();
+    let msi = warp::path!("msi" / "token")
+        .and(warp::query::raw())
+        .and(warp::header::optional::<String>("x-identity-header"))
+        .map(move |query: String, secret: Option<String>| {
+            msi_seen
+                .lock()
+                .unwrap()
+                .push(format!("msi {query} secret={}", secret.unwrap_or_default()));
+            let expires = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+            warp::reply::json(&serde_json::json!({
+                "access_token": "storage-token-from-identity", "expires_on": expires.to_string(),
+                "resource": "https://storage.azure.com", "token_type": "Bearer",
+                "client_id": "11111111-2222-3333-4444-555555555555",
+            }))
+        });
+    let table_seen = seen.clone();
+    let table = warp::path("acct")
+        .and(warp::path::tail())
+        .and(warp::header::optional::<String>("authorization"))
+        .map(move |tail: warp::path::Tail, auth: Option<String>| {
+            table_seen.lock().unwrap().push(format!("table {} auth={}", tail.as_str(), auth.unwrap_or_default()));
+            warp::reply::with_status(
+                warp::reply::json(&serde_json::json!({"odata.error": {"code": "ResourceNotFound", "message": {"value": "not found"}}})),
+                warp::http::StatusCode::NOT_FOUND,
+            )
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(warp::serve(msi.or(table)).incoming(listener).run());
+
+    let handler = HandlerProcess::start(
+        BIN,
+        &["host"],
+        &[
+            (
+                "AzureWebJobsStorage__tableServiceUri",
+                format!("http://127.0.0.1:{port}/acct"),
+            ),
+            ("AzureWebJobsStorage__credential", "managedidentity".into()),
+            (
+                "AzureWebJobsStorage__clientId",
+                "11111111-2222-3333-4444-555555555555".into(),
+            ),
+            (
+                "IDENTITY_ENDPOINT",
+                format!("http://127.0.0.1:{port}/msi/token"),
+            ),
+            ("IDENTITY_HEADER", "test-identity-secret".into()),
+            (
+                "ENTRA_CLIENT_ID",
+                "6e74172b-be56-4843-9ff4-e66a39bb12e3".into(),
+            ),
+            (
+                "ENTRA_ADMIN_TENANT_ID",
+                "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            ),
+        ],
+    );
+    let (status, health) = get_json(&format!("{}/api/health", handler.base_url())).await;
+    assert_eq!(status, 200, "{health}; seen: {:?}", seen.lock().unwrap());
+    let seen = seen.lock().unwrap().clone();
+    let msi_call = seen
+        .iter()
+        .find(|s| s.starts_with("msi "))
+        .expect("the identity endpoint was asked");
+    assert!(
+        msi_call.contains("resource=https%3A%2F%2Fstorage.azure.com"),
+        "{msi_call}"
+    );
+    assert!(
+        msi_call.contains("client_id=11111111-2222-3333-4444-555555555555"),
+        "{msi_call}"
+    );
+    assert!(
+        msi_call.ends_with("secret=test-identity-secret"),
+        "{msi_call}"
+    );
+    let table_call = seen
+        .iter()
+        .find(|s| s.starts_with("table "))
+        .expect("table storage was asked");
+    assert!(
+        table_call.ends_with("auth=Bearer storage-token-from-identity"),
+        "{table_call}"
+    );
+    assert!(
+        !handler.output().contains("storage-token-from-identity"),
+        "the token is not logged"
+    );
+}
