@@ -114,7 +114,7 @@ mod tests {
     #[tokio::test]
     async fn fresh_entries_are_served_stale_ones_reloaded_and_old_ones_waited_for() {
         let cache: Arc<TtlCache<u8, u32>> =
-            TtlCache::new(Duration::from_millis(50), Duration::from_millis(150), 10);
+            TtlCache::new(Duration::from_millis(100), Duration::from_secs(2), 10);
         let loads = Arc::new(AtomicU32::new(0));
         let load = |loads: Arc<AtomicU32>| {
             move || async move { Ok::<u32, String>(loads.fetch_add(1, Ordering::SeqCst) + 1) }
@@ -125,19 +125,22 @@ mod tests {
             1,
             "fresh: no load"
         );
-        tokio::time::sleep(Duration::from_millis(70)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(
             cache.get_or_load(1, load(loads.clone())).await.unwrap(),
             1,
             "stale: old value, reload behind"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            cache.get_or_load(1, load(loads.clone())).await.unwrap(),
-            2,
-            "the background reload landed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut landed = 0;
+        for _ in 0..100 {
+            landed = cache.get_or_load(1, load(loads.clone())).await.unwrap();
+            if landed == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(landed, 2, "the background reload landed");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         assert_eq!(
             cache.get_or_load(1, load(loads.clone())).await.unwrap(),
             3,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tables::StorageAccount;
 
 pub mod fake_entra;
+pub mod fake_graph;
 
 /// Azurite's table service, shared by every test of one test binary.
 pub struct Azurite {

@@ -3,7 +3,9 @@
 
 pub mod cache;
 pub mod cloud;
+pub mod credentials;
 pub mod dev;
+pub mod graph;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;

@@ -1,0 +1,405 @@
+//! App-only tokens by the OAuth 2.0 client-credentials grant, with a client secret or a
+//! certificate assertion (PS256, `x5t#S256`) whose key may never leave a vault. Tokens are
+//! cached per (cloud, tenant, app) and refreshed before they expire, one request at a time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::cloud::{Cloud, Endpoints};
+
+/// Signs client assertions (RSASSA-PSS with SHA-256) with a key the caller may not hold.
+#[async_trait]
+pub trait AssertionSigner: Send + Sync {
+    /// The PS256 signature of `message`.
+    async fn sign_ps256(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// How an app proves itself to Entra.
+#[derive(Clone)]
+pub enum AppCredential {
+    /// A client secret.
+    Secret(String),
+    /// A certificate registered on the app, and a signer for its private key.
+    Certificate {
+        certificate_der: Arc<Vec<u8>>,
+        signer: Arc<dyn AssertionSigner>,
+    },
+}
+
+impl std::fmt::Debug for AppCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppCredential::Secret(_) => f.write_str("Secret(redacted)"),
+            AppCredential::Certificate {
+                certificate_der, ..
+            } => {
+                write!(
+                    f,
+                    "Certificate(x5t#S256={})",
+                    thumbprint_s256(certificate_der)
+                )
+            }
+        }
+    }
+}
+
+/// An app registration in one cloud, with its credential.
+#[derive(Clone, Debug)]
+pub struct AppRegistration {
+    pub cloud: Cloud,
+    pub client_id: Uuid,
+    pub credential: AppCredential,
+}
+
+/// base64url SHA-256 of a certificate's DER: the `x5t#S256` header value.
+pub fn thumbprint_s256(certificate_der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        certificate_der,
+    ))
+}
+
+/// What went wrong getting a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The tenant does not exist (or is in another cloud).
+    #[error("tenant not found: {0}")]
+    TenantNotFound(String),
+    /// The app is not consented in the tenant (or not found there).
+    #[error("the app is not consented in the tenant: {0}")]
+    ConsentMissing(String),
+    /// The credential was refused (wrong secret, unknown certificate, bad assertion).
+    #[error("the app's credential was refused: {0}")]
+    InvalidClient(String),
+    /// Any other refusal from the token endpoint.
+    #[error("token request refused: {0}")]
+    Refused(String),
+    /// The token endpoint could not be reached or answered garbage.
+    #[error("token endpoint unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl TokenError {
+    fn from_aad(error: &str, description: &str) -> TokenError {
+        // the AADSTS code is the first word of the description
+        let code = description.split(':').next().unwrap_or_default();
+        let detail = format!(
+            "{error}: {}",
+            description.lines().next().unwrap_or_default()
+        );
+        match code {
+            "AADSTS90002" | "AADSTS90023" | "AADSTS900023" | "AADSTS50020" => {
+                TokenError::TenantNotFound(detail)
+            }
+            "AADSTS700016" | "AADSTS65001" | "AADSTS650051" | "AADSTS7000112" => {
+                TokenError::ConsentMissing(detail)
+            }
+            _ if error == "invalid_client" || error == "unauthorized_client" => {
+                TokenError::InvalidClient(detail)
+            }
+            _ => TokenError::Refused(detail),
+        }
+    }
+}
+
+/// A bearer token and when to stop using it.
+#[derive(Clone)]
+pub struct AccessToken {
+    pub token: Arc<str>,
+    /// Refresh after this instant (a margin before the real expiry).
+    pub refresh_at: Instant,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(redacted)")
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+type CacheKey = (Cloud, String, Uuid, String);
+
+/// Gets and caches client-credentials tokens.
+pub struct TokenProvider {
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    cache: Mutex<HashMap<CacheKey, AccessToken>>,
+    in_flight: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+/// Refresh this long before a token expires.
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+impl TokenProvider {
+    /// A provider; nothing is requested until a token is needed.
+    pub fn new(endpoints: Endpoints, timeout: Duration) -> TokenProvider {
+        TokenProvider {
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .build()
+                .expect("an HTTP client builds"),
+            endpoints,
+            cache: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            requests: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Token requests sent so far.
+    pub fn request_count(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A Graph token of `app` for `tenant` (a GUID or a verified domain).
+    pub async fn graph_token(
+        &self,
+        app: &AppRegistration,
+        tenant: &str,
+    ) -> Result<AccessToken, TokenError> {
+        let scope = format!("{}/.default", app.cloud.graph());
+        self.token(app, tenant, &scope).await
+    }
+
+    /// Forgets a cached token (after a 401 from the resource).
+    pub fn forget(&self, app: &AppRegistration, tenant: &str) {
+        let scope = format!("{}/.default", app.cloud.graph());
+        self.cache.lock().expect("token cache lock").remove(&(
+            app.cloud,
+            tenant.to_ascii_lowercase(),
+            app.client_id,
+            scope,
+        ));
+    }
+
+    /// A token for any scope, cached until shortly before it expires.
+    pub async fn token(
+        &self,
+        app: &AppRegistration,
+        tenant: &str,
+        scope: &str,
+    ) -> Result<AccessToken, TokenError> {
+        let key: CacheKey = (
+            app.cloud,
+            tenant.to_ascii_lowercase(),
+            app.client_id,
+            scope.to_string(),
+        );
+        if let Some(t) = self.cached(&key) {
+            return Ok(t);
+        }
+        // one request per key at a time; the others wait and reuse its token
+        let gate = self
+            .in_flight
+            .lock()
+            .expect("token gate lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        if let Some(t) = self.cached(&key) {
+            return Ok(t);
+        }
+        let token = self.request(app, tenant, scope).await?;
+        self.cache
+            .lock()
+            .expect("token cache lock")
+            .insert(key, token.clone());
+        Ok(token)
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<AccessToken> {
+        self.cache
+            .lock()
+            .expect("token cache lock")
+            .get(key)
+            .filter(|t| Instant::now() < t.refresh_at)
+            .cloned()
+    }
+
+    async fn request(
+        &self,
+        app: &AppRegistration,
+        tenant: &str,
+        scope: &str,
+    ) -> Result<AccessToken, TokenError> {
+        if tenant.is_empty()
+            || !tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        {
+            return Err(TokenError::TenantNotFound(format!(
+                "{tenant:?} is not a tenant id or domain"
+            )));
+        }
+        let url = format!(
+            "{}/{tenant}/oauth2/v2.0/token",
+            self.endpoints.login(app.cloud)
+        );
+        let client_id = app.client_id.to_string();
+        let mut form: Vec<(&str, String)> = vec![
+            ("client_id", client_id.clone()),
+            ("scope", scope.to_string()),
+            ("grant_type", "client_credentials".into()),
+        ];
+        match &app.credential {
+            AppCredential::Secret(secret) => form.push(("client_secret", secret.clone())),
+            AppCredential::Certificate {
+                certificate_der,
+                signer,
+            } => {
+                // the audience is the cloud's real token endpoint, wherever requests are sent
+                let audience = format!("{}/{tenant}/oauth2/v2.0/token", app.cloud.authority());
+                let assertion =
+                    client_assertion(&client_id, &audience, certificate_der, signer.as_ref())
+                        .await?;
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                form.push(("client_assertion", assertion));
+            }
+        }
+        let body: String = form
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| TokenError::Unavailable(e.without_url().to_string()))?;
+        if status.is_success() {
+            let parsed: TokenResponse = serde_json::from_slice(&bytes)
+                .map_err(|e| TokenError::Unavailable(format!("token response: {e}")))?;
+            let expires_in = match &parsed.expires_in {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            }
+            .unwrap_or(3599);
+            let lifetime = Duration::from_secs(expires_in);
+            let refresh_at = started + lifetime.saturating_sub(REFRESH_MARGIN.min(lifetime / 2));
+            return Ok(AccessToken {
+                token: parsed.access_token.into(),
+                refresh_at,
+            });
+        }
+        match serde_json::from_slice::<ErrorResponse>(&bytes) {
+            Ok(e) if status.is_client_error() => {
+                Err(TokenError::from_aad(&e.error, &e.error_description))
+            }
+            _ => Err(TokenError::Unavailable(format!(
+                "token endpoint answered {}",
+                status.as_u16()
+            ))),
+        }
+    }
+}
+
+/// A signed client assertion: PS256, `x5t#S256`, `aud` the token endpoint, ten minutes.
+pub async fn client_assertion(
+    client_id: &str,
+    audience: &str,
+    certificate_der: &[u8],
+    signer: &dyn AssertionSigner,
+) -> Result<String, TokenError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let header =
+        json!({"alg": "PS256", "typ": "JWT", "x5t#S256": thumbprint_s256(certificate_der)});
+    let claims = json!({
+        "aud": audience, "iss": client_id, "sub": client_id, "jti": Uuid::new_v4().to_string(),
+        "nbf": now, "iat": now, "exp": now + 600,
+    });
+    let mut input = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("JSON"));
+    input.push('.');
+    input.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("JSON")));
+    let signature = signer.sign_ps256(input.as_bytes()).await.map_err(|e| {
+        TokenError::InvalidClient(format!("signing the client assertion failed: {e}"))
+    })?;
+    input.push('.');
+    input.push_str(&URL_SAFE_NO_PAD.encode(signature));
+    Ok(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aad_errors_are_typed_by_their_code() {
+        assert!(matches!(
+            TokenError::from_aad("invalid_request", "AADSTS90002: Tenant 'x' not found."),
+            TokenError::TenantNotFound(_)
+        ));
+        assert!(matches!(
+            TokenError::from_aad(
+                "unauthorized_client",
+                "AADSTS700016: Application with identifier 'y' was not found in the directory 'z'."
+            ),
+            TokenError::ConsentMissing(_)
+        ));
+        assert!(matches!(
+            TokenError::from_aad(
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided."
+            ),
+            TokenError::InvalidClient(_)
+        ));
+        assert!(matches!(
+            TokenError::from_aad("temporarily_unavailable", "AADSTS50001: x"),
+            TokenError::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        assert_eq!(
+            format!("{:?}", AppCredential::Secret("hunter2".into())),
+            "Secret(redacted)"
+        );
+        let t = AccessToken {
+            token: "eyJ".into(),
+            refresh_at: Instant::now(),
+        };
+        assert!(!format!("{t:?}").contains("eyJ"));
+    }
+}
