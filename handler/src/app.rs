@@ -7,8 +7,10 @@ use entra::{KeyCachePolicy, Validator, ValidatorConfig};
 
 use crate::access::AccessControl;
 use crate::config::{EntraSettings, Settings};
+use crate::onboarding::Onboarding;
 use crate::store::{
-    RunLog, TableEmployeeStore, TableGrantStore, TableNames, TableRunLog, TableTenantStore,
+    RunLog, TableEmployeeStore, TableGrantStore, TableLinkStore, TableNames, TableRunLog,
+    TableTenantStore,
 };
 
 /// Clock skew tolerated on `exp`/`nbf`: Azure hosts keep time closely, so one minute
@@ -45,6 +47,7 @@ pub struct App {
     pub connector_scopes: Vec<String>,
     pub validator: Validator,
     pub access: AccessControl,
+    pub onboarding: Onboarding,
 }
 
 impl App {
@@ -68,8 +71,33 @@ impl App {
             endpoints: settings.entra.endpoints.clone(),
             dev_key,
         });
+        let tenants: Arc<dyn crate::store::TenantStore> =
+            Arc::new(TableTenantStore::new(tables.table(table_names.tenants())));
+        let tokens = Arc::new(entra::credentials::TokenProvider::new(
+            settings.entra.endpoints.clone(),
+            Duration::from_secs(15),
+        ));
+        let graph = Arc::new(entra::graph::GraphClient::new(
+            settings.entra.endpoints.clone(),
+            tokens,
+            entra::graph::GraphPolicy::default(),
+        ));
+        let onboarding = Onboarding::new(
+            Arc::new(TableLinkStore::new(tables.table(table_names.links()))),
+            tenants.clone(),
+            graph.clone(),
+            settings.entra.endpoints.clone(),
+            settings.entra.client_id,
+            settings
+                .entra
+                .client_secret
+                .as_ref()
+                .map(|s| entra::credentials::AppCredential::Secret(s.0.clone())),
+            settings.public_base_url.clone(),
+            settings.consent_confirm,
+        );
         let access = AccessControl::new(
-            Arc::new(TableTenantStore::new(tables.table(table_names.tenants()))),
+            tenants,
             Arc::new(TableGrantStore::new(tables.table(table_names.grants()))),
             Arc::new(TableEmployeeStore::new(
                 tables.table(table_names.employees()),
@@ -85,6 +113,7 @@ impl App {
             connector_scopes: settings.connector_scopes.clone(),
             validator,
             access,
+            onboarding,
         }
     }
 

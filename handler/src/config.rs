@@ -69,6 +69,10 @@ pub struct Settings {
     pub connector_scopes: Vec<String>,
     /// `LOCAL_DATA_DIR`: files of local runs (the development signing key).
     pub local_data_dir: PathBuf,
+    /// `PUBLIC_BASE_URL`: where browsers reach this service (activation links, consent redirect).
+    pub public_base_url: Url,
+    /// `CONSENT_CONFIRM_SECONDS`: how long a consent callback waits for Microsoft to confirm.
+    pub consent_confirm: std::time::Duration,
 }
 
 /// The Entra side of the settings.
@@ -88,6 +92,18 @@ pub struct EntraSettings {
     pub endpoints: entra::Endpoints,
     /// `ENTRA_DEV_AUTH`: trust the local development signing key.
     pub dev_auth: bool,
+    /// `ENTRA_CLIENT_SECRET`: the app's client secret (in Azure a Key Vault reference).
+    pub client_secret: Option<Secret>,
+}
+
+/// A secret setting: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
 }
 
 impl Settings {
@@ -142,6 +158,31 @@ impl Settings {
         let entra = entra_settings(&get)?;
         let connector_scopes = connector_scopes(get("CONNECTOR_SCOPES").unwrap_or_default())?;
         let local_data_dir = PathBuf::from(get("LOCAL_DATA_DIR").unwrap_or(".local-data"));
+        let public_base_url = match get("PUBLIC_BASE_URL") {
+            None => Url::parse(&format!("http://127.0.0.1:{port}")).expect("a loopback URL parses"),
+            Some(raw) => {
+                let url = tables::account::parse_endpoint("URL", raw)
+                    .map_err(|p| problem("PUBLIC_BASE_URL", p))?;
+                if url.query().is_some() || url.fragment().is_some() {
+                    return Err(problem(
+                        "PUBLIC_BASE_URL",
+                        "must not have a query or fragment",
+                    ));
+                }
+                url
+            }
+        };
+        let consent_confirm = match get("CONSENT_CONFIRM_SECONDS") {
+            None => std::time::Duration::from_secs(20),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s <= 120)
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| {
+                    problem("CONSENT_CONFIRM_SECONDS", format!("{raw:?}: 0-120 seconds"))
+                })?,
+        };
         Ok(Settings {
             port,
             storage,
@@ -151,6 +192,8 @@ impl Settings {
             entra,
             connector_scopes,
             local_data_dir,
+            public_base_url,
+            consent_confirm,
         })
     }
 
@@ -245,6 +288,7 @@ fn entra_settings<'a>(
         admin_role,
         endpoints,
         dev_auth,
+        client_secret: get("ENTRA_CLIENT_SECRET").map(|s| Secret(s.to_string())),
     })
 }
 

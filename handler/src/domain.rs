@@ -48,10 +48,64 @@ pub struct Tenant {
     pub display_name: String,
     pub cloud: Cloud,
     pub status: TenantStatus,
-    /// How the tenant was added (`admin_api`, later `admin_consent`).
+    /// How the tenant was added: `admin_api` or `admin_consent`.
     pub added_by: String,
     pub created_at: OffsetDateTime,
+    /// When an administrator of the tenant consented (onboarding by link).
+    pub consented_at: Option<OffsetDateTime>,
     pub offboarded_at: Option<OffsetDateTime>,
+}
+
+/// Where an activation link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Pending,
+    Used,
+    Expired,
+    Revoked,
+}
+
+impl LinkState {
+    /// The displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Pending => "pending",
+            LinkState::Used => "used",
+            LinkState::Expired => "expired",
+            LinkState::Revoked => "revoked",
+        }
+    }
+}
+
+/// A single-use, expiring link that lets a customer's administrator onboard their tenant.
+/// Only a hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivationLink {
+    pub id: Uuid,
+    pub cloud: Cloud,
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub used_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+    /// The tenant that used the link.
+    pub tenant_id: Option<Uuid>,
+}
+
+impl ActivationLink {
+    /// The state at `now`.
+    pub fn state(&self, now: OffsetDateTime) -> LinkState {
+        if self.revoked_at.is_some() {
+            LinkState::Revoked
+        } else if self.used_at.is_some() {
+            LinkState::Used
+        } else if now >= self.expires_at {
+            LinkState::Expired
+        } else {
+            LinkState::Pending
+        }
+    }
 }
 
 /// Who a grant is for.

@@ -8,6 +8,7 @@ mod config;
 mod dev_token;
 mod domain;
 mod functions;
+mod onboarding;
 mod routes;
 mod startup;
 mod store;

@@ -32,15 +32,18 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     }
 
     let cutoff = started_at - time::Duration::days(RUN_HISTORY_DAYS);
-    let work = app.run_log.purge_history(NAME, cutoff).await;
-    let (outcome, summary) = match &work {
-        Ok(purged) => (
+    let purged = app.run_log.purge_history(NAME, cutoff).await;
+    let confirmed = app.onboarding.confirm_pending().await;
+    let (outcome, summary) = match (&purged, &confirmed) {
+        (Ok(purged), Ok(confirmed)) => (
             RunOutcome::Succeeded,
-            format!("purged {purged} run records older than {RUN_HISTORY_DAYS} days"),
+            format!(
+                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {confirmed} pending tenants"
+            ),
         ),
-        Err(e) => (
+        (Err(e), _) | (_, Err(e)) => (
             RunOutcome::Failed(e.to_string()),
-            "purge failed".to_string(),
+            "housekeeping work failed".to_string(),
         ),
     };
     response.log(format!("housekeeping: {summary}"));

@@ -2,6 +2,8 @@
 //! A function module parses its trigger, calls the domain and shapes the answer; it holds
 //! no storage code.
 
+pub mod activation_links;
+pub mod consent;
 pub mod employees;
 pub mod grants;
 pub mod health;
@@ -36,6 +38,24 @@ pub enum Handler {
 /// Every function the handler implements. Each must have `functions/<Name>/function.json`
 /// and vice versa (checked by a test).
 pub const FUNCTIONS: &[(&str, Handler)] = &[
+    (
+        "ActivationLinks",
+        Handler::Http {
+            route: "v1/tenants/activation-links/{link_id?}",
+        },
+    ),
+    (
+        "ConsentCallback",
+        Handler::Http {
+            route: "consent/callback",
+        },
+    ),
+    (
+        "ConsentStart",
+        Handler::Http {
+            route: "consent/start",
+        },
+    ),
     (
         "AccessGrants",
         Handler::Http {

@@ -77,6 +77,7 @@ pub fn tenant_json(t: &Tenant) -> Value {
         "status": t.status.as_str(),
         "added_by": t.added_by,
         "created_at": host::invocation::format_timestamp(t.created_at),
+        "consented_at": t.consented_at.map(host::invocation::format_timestamp),
         "offboarded_at": t.offboarded_at.map(host::invocation::format_timestamp),
     })
 }
@@ -110,6 +111,7 @@ async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
         status: TenantStatus::Active,
         added_by: "admin_api".into(),
         created_at: OffsetDateTime::now_utc(),
+        consented_at: None,
         offboarded_at: None,
     };
     let created = app.access.tenants.create(&tenant).await?;

@@ -2,6 +2,7 @@
 //! `POST /{FunctionName}`, and JSON errors for everything else.
 
 mod error;
+pub mod html;
 mod invoke;
 
 use std::convert::Infallible;
@@ -135,6 +136,10 @@ pub fn table(
         );
 
     let api = crate::functions::ping::routes(app.clone())
+        .or(crate::functions::activation_links::routes(app.clone()))
+        .unify()
+        .or(crate::functions::consent::routes(app.clone()))
+        .unify()
         .or(crate::functions::tenants::routes(app.clone()))
         .unify()
         .or(crate::functions::employees::routes(app.clone()))

@@ -3,11 +3,13 @@
 
 pub mod employees;
 pub mod grants;
+pub mod links;
 pub mod runs;
 pub mod tenants;
 
 pub use employees::{EmployeeStore, TableEmployeeStore};
 pub use grants::{GrantStore, TableGrantStore};
+pub use links::{LinkStore, TableLinkStore};
 pub use runs::{RunLog, RunOutcome, RunRecord, TableRunLog};
 pub use tenants::{TableTenantStore, TenantStore};
 
@@ -99,8 +101,19 @@ impl TableNames {
         format!("{}Employees", self.prefix)
     }
 
+    /// Activation links for onboarding by consent.
+    pub fn links(&self) -> String {
+        format!("{}ActivationLinks", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
-        vec![self.runs(), self.tenants(), self.grants(), self.employees()]
+        vec![
+            self.runs(),
+            self.tenants(),
+            self.grants(),
+            self.employees(),
+            self.links(),
+        ]
     }
 }

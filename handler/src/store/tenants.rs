@@ -18,6 +18,9 @@ pub trait TenantStore: Send + Sync {
     async fn get(&self, tenant_id: Uuid) -> Result<Option<Tenant>, StoreError>;
     /// All tenants.
     async fn list(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Records an administrator's consent: creates the tenant, or updates it (keeping when it
+    /// was first registered) with the new status, name and consent time.
+    async fn record_consent(&self, tenant: &Tenant) -> Result<Tenant, StoreError>;
     /// Changes a tenant's status; `None` when it does not exist.
     async fn set_status(
         &self,
@@ -50,6 +53,9 @@ impl TableTenantStore {
         if let Some(at) = t.offboarded_at {
             e.set("OffboardedAt", at);
         }
+        if let Some(at) = t.consented_at {
+            e.set("ConsentedAt", at);
+        }
         e
     }
 
@@ -65,6 +71,7 @@ impl TableTenantStore {
                 .ok_or_else(|| StoreError::Corrupt("unknown tenant status".into()))?,
             added_by: str_property(e, "AddedBy")?.to_string(),
             created_at: time_property(e, "CreatedAt")?,
+            consented_at: e.get_datetime("ConsentedAt"),
             offboarded_at: e.get_datetime("OffboardedAt"),
         })
     }
@@ -112,6 +119,39 @@ impl TenantStore for TableTenantStore {
     async fn list(&self) -> Result<Vec<Tenant>, StoreError> {
         let rows = self.table.query_all(Query::partition(PARTITION)).await?;
         rows.iter().map(Self::from_entity).collect()
+    }
+
+    async fn record_consent(&self, tenant: &Tenant) -> Result<Tenant, StoreError> {
+        for _ in 0..3 {
+            let key = tenant.tenant_id.to_string();
+            let Some(existing) = self.table.try_get(PARTITION, &key).await? else {
+                match self.table.insert(&Self::to_entity(tenant)).await {
+                    Ok(_) => return Ok(tenant.clone()),
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let current = Self::from_entity(&existing)?;
+            let updated = Tenant {
+                created_at: current.created_at,
+                offboarded_at: None,
+                ..tenant.clone()
+            };
+            let etag = existing
+                .etag
+                .clone()
+                .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
+            match self
+                .table
+                .replace(&Self::to_entity(&updated), IfMatch::ETag(etag))
+                .await
+            {
+                Ok(_) => return Ok(updated),
+                Err(e) if e.is_precondition_failed() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contended)
     }
 
     async fn set_status(

@@ -1,0 +1,169 @@
+//! `ConsentStart` and `ConsentCallback`: the browser side of onboarding by admin consent.
+//! `GET /api/consent/start?link=...` redirects to Microsoft; Microsoft redirects back to
+//! `GET /api/consent/callback`, which answers with a small HTML page.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use warp::Reply as _;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, filters::BoxedFilter};
+
+use crate::app::App;
+use crate::onboarding::{ConsentOutcome, LinkProblem};
+use crate::routes::html::page;
+
+/// The routes.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let query = warp::query::<HashMap<String, String>>()
+        .or(warp::any().map(HashMap::new))
+        .unify();
+    let a = app.clone();
+    let start = warp::path!("api" / "consent" / "start")
+        .and(warp::get())
+        .and(query)
+        .then(move |params: HashMap<String, String>| {
+            let app = a.clone();
+            async move { start(&app, &params).await }
+        });
+    let callback = warp::path!("api" / "consent" / "callback")
+        .and(warp::get())
+        .and(query)
+        .then(move |params: HashMap<String, String>| {
+            let app = app.clone();
+            async move { callback(&app, &params).await }
+        });
+    start.or(callback).unify().boxed()
+}
+
+fn link_page(problem: LinkProblem) -> Response {
+    let (status, title, text) = match problem {
+        LinkProblem::Invalid => (
+            StatusCode::BAD_REQUEST,
+            "This link is not valid",
+            "The activation link is incomplete or not one this service issued.",
+        ),
+        LinkProblem::Expired => (
+            StatusCode::GONE,
+            "This link has expired",
+            "Activation links expire. Ask your contact to generate a new link.",
+        ),
+        LinkProblem::Used => (
+            StatusCode::CONFLICT,
+            "This link was already used",
+            "Each activation link works once. Ask your contact to generate a new link.",
+        ),
+        LinkProblem::Revoked => (
+            StatusCode::GONE,
+            "This link was revoked",
+            "Ask your contact to generate a new link.",
+        ),
+    };
+    page(status, title, &[text.to_string()])
+}
+
+fn unavailable() -> Response {
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Please try again",
+        &[
+            "The service could not complete the request just now. Reload this page in a minute."
+                .to_string(),
+        ],
+    )
+}
+
+async fn start(app: &App, params: &HashMap<String, String>) -> Response {
+    let token = params.get("link").map(String::as_str).unwrap_or_default();
+    match app.onboarding.check(token).await {
+        Ok(Ok((link, _))) => {
+            let mut response =
+                warp::reply::with_status(warp::reply(), StatusCode::FOUND).into_response();
+            let target = app.onboarding.consent_url(&link, token);
+            match HeaderValue::from_str(&target) {
+                Ok(location) => {
+                    response.headers_mut().insert("location", location);
+                    response
+                        .headers_mut()
+                        .insert("cache-control", HeaderValue::from_static("no-store"));
+                    response
+                        .headers_mut()
+                        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+                    response
+                }
+                Err(_) => unavailable(),
+            }
+        }
+        Ok(Err(problem)) => link_page(problem),
+        Err(e) => {
+            tracing::warn!(error = %e, "consent start: storage unavailable");
+            unavailable()
+        }
+    }
+}
+
+async fn callback(app: &App, params: &HashMap<String, String>) -> Response {
+    let outcome = match app.onboarding.complete(params).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "consent callback: storage unavailable");
+            return unavailable();
+        }
+    };
+    match outcome {
+        ConsentOutcome::Confirmed(tenant) => {
+            app.access.invalidate_tenant(tenant.tenant_id);
+            tracing::info!(tenant_id = %tenant.tenant_id, cloud = %tenant.cloud, "tenant onboarded by admin consent");
+            page(
+                StatusCode::OK,
+                "Your organization is connected",
+                &[
+                    format!("Organization: {}", tenant.display_name),
+                    format!("Tenant ID: {}", tenant.tenant_id),
+                    "You can close this page.".to_string(),
+                ],
+            )
+        }
+        ConsentOutcome::Pending(tenant) => {
+            app.access.invalidate_tenant(tenant.tenant_id);
+            tracing::info!(tenant_id = %tenant.tenant_id, "consent recorded; confirmation pending");
+            page(
+                StatusCode::ACCEPTED,
+                "Consent recorded",
+                &[
+                    format!("Tenant ID: {}", tenant.tenant_id),
+                    "Microsoft has not confirmed the consent yet; this can take a few minutes. The connection completes on its own; you can close this page.".to_string(),
+                ],
+            )
+        }
+        ConsentOutcome::Declined { error, description } => page(
+            StatusCode::BAD_REQUEST,
+            "Consent was not granted",
+            &[
+                format!("Microsoft reported: {error}"),
+                description.lines().next().unwrap_or_default().to_string(),
+                "The activation link can still be used: open it again to retry.".to_string(),
+            ],
+        ),
+        ConsentOutcome::Link(problem) => link_page(problem),
+        ConsentOutcome::Rejected(why) => page(
+            StatusCode::BAD_REQUEST,
+            "The organization could not be confirmed",
+            &[
+                why,
+                "The activation link can still be used: open it again to retry.".to_string(),
+            ],
+        ),
+        ConsentOutcome::NotConfigured => {
+            tracing::error!(
+                "consent callback: no app credential is configured (ENTRA_CLIENT_SECRET)"
+            );
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The service is not ready",
+                &["This service is not configured to complete onboarding yet. Please contact your provider.".to_string()],
+            )
+        }
+    }
+}
