@@ -1,0 +1,447 @@
+//! Onboarding by admin consent, end to end: the built handler on Azurite, with local
+//! stand-ins for Entra's token endpoint and Microsoft Graph. The administrator's browser
+//! is played by following the redirect by hand and calling back as Microsoft would.
+
+use std::collections::HashMap;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use system_tests::fake_graph::FakeMicrosoft;
+use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_handler");
+const CLIENT_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+const ADMIN_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const SECRET: &str = "test-client-secret";
+
+struct World {
+    fake: FakeMicrosoft,
+    handler: HandlerProcess,
+    prefix: String,
+    http: reqwest::Client,
+    admin: String,
+    data: std::path::PathBuf,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.data).ok();
+    }
+}
+
+impl World {
+    async fn start(extra: &[(&'static str, &str)]) -> World {
+        let fake = FakeMicrosoft::start().await;
+        fake.register_secret_app(CLIENT_ID, SECRET);
+        let data = std::env::temp_dir().join(format!("onboarding-{}", Uuid::new_v4()));
+        let prefix = unique_table("o");
+        let mut env: Vec<(&str, String)> = vec![
+            ("AzureWebJobsStorage", Azurite::shared().connection_string()),
+            ("STORAGE_TABLE_PREFIX", prefix.clone()),
+            ("ENTRA_CLIENT_ID", CLIENT_ID.into()),
+            ("ENTRA_ADMIN_TENANT_ID", ADMIN_TENANT.into()),
+            ("ENTRA_LOGIN_ENDPOINT", fake.login_url.clone()),
+            ("GRAPH_ENDPOINT", fake.graph_url.clone()),
+            ("ENTRA_CLIENT_SECRET", SECRET.into()),
+            ("ENTRA_DEV_AUTH", "true".into()),
+            ("LOCAL_DATA_DIR", data.display().to_string()),
+            ("CONSENT_CONFIRM_SECONDS", "5".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            if !v.is_empty() {
+                env.push((k, v.to_string()));
+            }
+        }
+        let (code, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
+        assert_eq!(code, Some(0), "{admin}");
+        let handler = HandlerProcess::start(BIN, &["serve"], &env);
+        World {
+            fake,
+            handler,
+            prefix,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            admin: admin.trim().to_string(),
+            data,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.handler.base_url())
+    }
+
+    async fn new_link(&self, body: Value) -> Value {
+        let response = self
+            .http
+            .post(self.url("/api/v1/tenants/activation-links"))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    async fn links(&self) -> Vec<Value> {
+        let response = self
+            .http
+            .get(self.url("/api/v1/tenants/activation-links"))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        response.json::<Value>().await.unwrap()["activation_links"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Opens the link as the administrator's browser would: the answer and its Location.
+    async fn open(&self, link: &str) -> (StatusCode, Option<url::Url>, String) {
+        let response = self.http.get(link).send().await.unwrap();
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| url::Url::parse(l.to_str().unwrap()).unwrap());
+        (status, location, response.text().await.unwrap())
+    }
+
+    /// The `state` Microsoft would send back for a link.
+    async fn state_of(&self, link: &Value) -> String {
+        let (status, location, _) = self.open(link["link"].as_str().unwrap()).await;
+        assert_eq!(status, StatusCode::FOUND);
+        let location = location.unwrap();
+        let params: HashMap<_, _> = location.query_pairs().into_owned().collect();
+        params["state"].clone()
+    }
+
+    async fn callback(&self, params: &[(&str, &str)]) -> (StatusCode, String) {
+        let url = url::Url::parse_with_params(&self.url("/api/consent/callback"), params).unwrap();
+        let response = self.http.get(url).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    async fn tenant(&self, tenant: &str) -> Value {
+        let response = self
+            .http
+            .get(self.url(&format!("/api/v1/tenants/{tenant}")))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+}
+
+fn success(tenant: &str, state: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("admin_consent", "True".into()),
+        ("tenant", tenant.into()),
+        ("scope", "https://graph.microsoft.com/.default".into()),
+        ("state", state.into()),
+    ]
+}
+
+async fn call(w: &World, params: Vec<(&'static str, String)>) -> (StatusCode, String) {
+    let borrowed: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    w.callback(&borrowed).await
+}
+
+#[tokio::test]
+async fn consent_link_is_single_use_and_onboards_the_tenant() {
+    let w = World::start(&[]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Contoso <Ltd>", "contoso.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+
+    let link = w.new_link(json!({})).await;
+    assert_eq!(link["state"], "pending");
+    assert_eq!(link["cloud"], "global");
+    let url = link["link"].as_str().unwrap();
+    assert!(url.starts_with(&w.url("/api/consent/start?link=")), "{url}");
+
+    let (status, location, _) = w.open(url).await;
+    assert_eq!(status, StatusCode::FOUND);
+    let location = location.unwrap();
+    assert_eq!(location.path(), "/organizations/v2.0/adminconsent");
+    assert!(location.as_str().starts_with(&w.fake.login_url));
+    let params: HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(params["client_id"], CLIENT_ID);
+    assert_eq!(params["scope"], "https://graph.microsoft.com/.default");
+    assert_eq!(params["redirect_uri"], w.url("/api/consent/callback"));
+    let state = params["state"].clone();
+
+    let (status, page) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Contoso &lt;Ltd&gt;") && page.contains(&tenant),
+        "{page}"
+    );
+    assert!(!page.contains("<Ltd>"), "escaped");
+
+    let record = w.tenant(&tenant).await;
+    assert_eq!(record["status"], "active");
+    assert_eq!(record["added_by"], "admin_consent");
+    assert_eq!(record["display_name"], "Contoso <Ltd>");
+    assert!(record["consented_at"].is_string());
+    let links = w.links().await;
+    assert_eq!(links[0]["state"], "used");
+    assert_eq!(links[0]["tenant_id"], tenant.as_str());
+
+    // reused link: refused at the start and at the callback
+    let (status, _, page) = w.open(url).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(page.contains("generate a new link"));
+    let (status, _) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        !url.contains(&links[0].to_string()),
+        "the listing never shows the secret"
+    );
+    assert!(links[0].get("link").is_none());
+}
+
+#[tokio::test]
+async fn declined_consent_says_so_and_keeps_the_link() {
+    let w = World::start(&[]).await;
+    let link = w.new_link(json!({"expires_in_minutes": 30})).await;
+    let state = w.state_of(&link).await;
+    let (status, page) = call(
+        &w,
+        vec![
+            ("admin_consent", "True".into()),
+            ("error", "consent_required".into()),
+            (
+                "error_description",
+                "AADSTS65004: User declined to consent <b>to</b> access the app.".into(),
+            ),
+            ("state", state),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        page.contains("Consent was not granted") && page.contains("consent_required"),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt;b&gt;to&lt;/b&gt;") && !page.contains("<b>"),
+        "escaped: {page}"
+    );
+    assert_eq!(w.links().await[0]["state"], "pending");
+}
+
+#[tokio::test]
+async fn forged_expired_and_revoked_links_are_refused() {
+    let w = World::start(&[]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Contoso", "contoso.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    let link = w.new_link(json!({})).await;
+    let id = link["id"].as_str().unwrap().to_string();
+    for forged in [
+        format!("{id}.not-the-secret"),
+        format!("{}.x", Uuid::new_v4()),
+        "garbage".to_string(),
+        String::new(),
+    ] {
+        let (status, page) = call(&w, success(&tenant, &forged)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{forged}: {page}");
+        assert!(page.contains("not valid"));
+    }
+    assert_eq!(
+        w.links().await[0]["state"],
+        "pending",
+        "forgeries do not touch the link"
+    );
+
+    // expire the link in storage
+    let state = w.state_of(&link).await;
+    let table = Azurite::shared()
+        .client()
+        .table(format!("{}ActivationLinks", w.prefix));
+    let past = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    table
+        .merge(
+            &tables::Entity::new("link", id.clone()).with("ExpiresAt", past),
+            tables::IfMatch::Any,
+        )
+        .await
+        .unwrap();
+    let (status, page) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert!(
+        page.contains("expired") && page.contains("generate a new link"),
+        "{page}"
+    );
+    assert_eq!(w.links().await[0]["state"], "expired");
+
+    let second = w.new_link(json!({})).await;
+    let response = w
+        .http
+        .delete(w.url(&format!(
+            "/api/v1/tenants/activation-links/{}",
+            second["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let (status, _, _) = w.open(second["link"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::GONE);
+}
+
+#[tokio::test]
+async fn a_tenant_the_token_endpoint_rejects_is_not_recorded_and_the_link_stays_usable() {
+    let w = World::start(&[]).await;
+    let link = w.new_link(json!({})).await;
+    let state = w.state_of(&link).await;
+    let stranger = Uuid::new_v4().to_string();
+    let (status, page) = call(&w, success(&stranger, &state)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("could not be confirmed"), "{page}");
+    let response = w
+        .http
+        .get(w.url(&format!("/api/v1/tenants/{stranger}")))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "never trusted the tenant parameter"
+    );
+    assert_eq!(w.links().await[0]["state"], "pending");
+    let (status, _) = call(&w, success("not-a-guid", &state)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_callbacks_on_one_link_give_exactly_one_success() {
+    let w = World::start(&[]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Contoso", "contoso.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    let link = w.new_link(json!({})).await;
+    let state = w.state_of(&link).await;
+    let calls = (0..20).map(|_| call(&w, success(&tenant, &state)));
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let used = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!(
+        (ok, used),
+        (1, 19),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn consent_propagation_is_waited_for_then_left_to_housekeeping() {
+    let w = World::start(&[("CONSENT_CONFIRM_SECONDS", "3")]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Slow Corp", "slow.onmicrosoft.com");
+    // the first two token requests fail as if consent had not reached the tenant yet
+    w.fake.consent(&tenant, CLIENT_ID, 2);
+    let link = w.new_link(json!({})).await;
+    let (status, page) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(w.tenant(&tenant).await["status"], "active");
+
+    let late = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&late, "Later Corp", "later.onmicrosoft.com");
+    w.fake.consent(&late, CLIENT_ID, 1000);
+    let link = w.new_link(json!({})).await;
+    let (status, page) = call(&w, success(&late, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{page}");
+    assert!(page.contains("Consent recorded"));
+    assert_eq!(w.tenant(&late).await["status"], "pending");
+
+    w.fake.consent(&late, CLIENT_ID, 0);
+    let timer = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}"#;
+    let response = w
+        .http
+        .post(w.url("/Housekeeping"))
+        .body(timer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        answer["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("confirmed 1 pending"),
+        "{answer}"
+    );
+    let record = w.tenant(&late).await;
+    assert_eq!(record["status"], "active");
+    assert_eq!(record["display_name"], "Later Corp");
+}
+
+#[tokio::test]
+async fn each_national_cloud_gets_its_own_consent_url() {
+    let w = World::start(&[]).await;
+    for (cloud, scope) in [
+        ("global", "https://graph.microsoft.com/.default"),
+        ("usgov", "https://graph.microsoft.us/.default"),
+        ("usgovdod", "https://dod-graph.microsoft.us/.default"),
+        ("china", "https://microsoftgraph.chinacloudapi.cn/.default"),
+    ] {
+        let link = w.new_link(json!({"cloud": cloud})).await;
+        assert_eq!(link["cloud"], cloud);
+        let (_, location, _) = w.open(link["link"].as_str().unwrap()).await;
+        let params: HashMap<_, _> = location.unwrap().query_pairs().into_owned().collect();
+        assert_eq!(params["scope"], scope, "{cloud}");
+    }
+    for bad in [
+        json!({"cloud": "mars"}),
+        json!({"expires_in_minutes": 0}),
+        json!({"expires_in_minutes": 10081}),
+        json!({"colour": 1}),
+    ] {
+        let response = w
+            .http
+            .post(w.url("/api/v1/tenants/activation-links"))
+            .bearer_auth(&w.admin)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let response = w
+        .http
+        .get(w.url("/api/v1/tenants/activation-links"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "admin only");
+}
+
+#[tokio::test]
+async fn without_an_app_credential_the_callback_says_the_service_is_not_ready() {
+    let w = World::start(&[("ENTRA_CLIENT_SECRET", "")]).await;
+    let tenant = Uuid::new_v4().to_string();
+    let link = w.new_link(json!({})).await;
+    let (status, page) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+    assert_eq!(w.links().await[0]["state"], "pending", "nothing consumed");
+}
