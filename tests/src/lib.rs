@@ -12,6 +12,7 @@ use tables::StorageAccount;
 
 pub mod fake_entra;
 pub mod fake_graph;
+pub mod fake_key_vault;
 
 /// Azurite's table service, shared by every test of one test binary.
 pub struct Azurite {

@@ -1,0 +1,184 @@
+//! One contract, both vaults: the local vault on disk, and Key Vault through the real SDK
+//! clients with a transport that answers as Key Vault does.
+
+use std::sync::Arc;
+
+use aws_lc_rs::rsa::PublicKeyComponents;
+use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256};
+use system_tests::fake_key_vault::{FakeCredential, FakeKeyVault, VAULT_URI};
+use vault::{KeyVault, LocalVault, SignAlgorithm, Vault, VaultError, sha256};
+
+async fn secrets_round_trip(v: &dyn Vault) {
+    assert_eq!(v.get_secret("client-secret").await.unwrap(), None);
+    v.set_secret("client-secret", "first value").await.unwrap();
+    assert_eq!(
+        v.get_secret("client-secret").await.unwrap().as_deref(),
+        Some("first value")
+    );
+    v.set_secret("client-secret", "second value ✓")
+        .await
+        .unwrap();
+    assert_eq!(
+        v.get_secret("client-secret").await.unwrap().as_deref(),
+        Some("second value ✓")
+    );
+    v.delete_secret("client-secret").await.unwrap();
+    assert_eq!(v.get_secret("client-secret").await.unwrap(), None);
+    v.delete_secret("never-existed").await.unwrap();
+    assert!(matches!(
+        v.set_secret("../escape", "x").await,
+        Err(VaultError::InvalidName(_))
+    ));
+    assert!(matches!(
+        v.get_secret("a/b").await,
+        Err(VaultError::InvalidName(_))
+    ));
+}
+
+async fn keys_sign_without_leaving(v: &dyn Vault) {
+    assert_eq!(v.public_key("app-credential").await.unwrap(), None);
+    let public = v.create_rsa_key("app-credential", 2048).await.unwrap();
+    assert_eq!(public.n.len(), 256);
+    assert_eq!(
+        v.public_key("app-credential").await.unwrap(),
+        Some(public.clone())
+    );
+    let message = b"header.claims of a client assertion";
+    let components = PublicKeyComponents {
+        n: &public.n,
+        e: &public.e,
+    };
+    let pss = v
+        .sign_digest("app-credential", SignAlgorithm::Ps256, &sha256(message))
+        .await
+        .unwrap();
+    components
+        .verify(&RSA_PSS_2048_8192_SHA256, message, &pss)
+        .expect("PS256 verifies");
+    let pkcs1 = v
+        .sign_digest("app-credential", SignAlgorithm::Rs256, &sha256(message))
+        .await
+        .unwrap();
+    components
+        .verify(&RSA_PKCS1_2048_8192_SHA256, message, &pkcs1)
+        .expect("RS256 verifies");
+    assert!(
+        components
+            .verify(&RSA_PKCS1_2048_8192_SHA256, b"another message", &pkcs1)
+            .is_err()
+    );
+
+    assert!(matches!(
+        v.sign_digest("missing-key", SignAlgorithm::Ps256, &sha256(message))
+            .await,
+        Err(VaultError::NoSuchKey(_))
+    ));
+    assert!(matches!(
+        v.sign_digest("app-credential", SignAlgorithm::Ps256, b"short")
+            .await,
+        Err(VaultError::BadDigest)
+    ));
+
+    // a new version replaces the current one
+    let rotated = v.create_rsa_key("app-credential", 2048).await.unwrap();
+    assert_ne!(rotated, public);
+    assert_eq!(v.public_key("app-credential").await.unwrap(), Some(rotated));
+}
+
+fn local() -> (LocalVault, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "local-vault-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    (LocalVault::new(&dir), dir)
+}
+
+fn rand_suffix() -> u64 {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn key_vault() -> (KeyVault, Arc<FakeKeyVault>, Arc<FakeCredential>) {
+    let fake = Arc::new(FakeKeyVault::default());
+    let credential = Arc::new(FakeCredential::default());
+    let transport = azure_core::http::Transport::new(fake.clone());
+    let vault = KeyVault::new(VAULT_URI, credential.clone(), Some(transport)).unwrap();
+    (vault, fake, credential)
+}
+
+#[tokio::test]
+async fn local_vault_keeps_secrets() {
+    let (v, dir) = local();
+    secrets_round_trip(&v).await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn local_vault_signs_with_keys_that_stay_on_disk() {
+    let (v, dir) = local();
+    keys_sign_without_leaving(&v).await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn local_vault_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (v, dir) = local();
+    v.set_secret("refresh-token", "value").await.unwrap();
+    v.create_rsa_key("signing", 2048).await.unwrap();
+    for path in [dir.join("secrets"), dir.join("keys")] {
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "{}",
+            path.display()
+        );
+    }
+    for path in [dir.join("secrets/refresh-token"), dir.join("keys/signing")] {
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            path.display()
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn key_vault_keeps_secrets_through_the_sdk() {
+    let (v, fake, credential) = key_vault();
+    secrets_round_trip(&v).await;
+    let log = fake.log();
+    assert!(
+        log[0].ends_with("auth=none"),
+        "the SDK's first request is unauthenticated: {log:?}"
+    );
+    assert!(
+        log[1..].iter().all(|l| l.ends_with("auth=bearer")),
+        "{log:?}"
+    );
+    assert!(
+        credential
+            .scopes
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s == "https://vault.azure.net/.default")
+    );
+}
+
+#[tokio::test]
+async fn key_vault_signs_with_keys_that_never_leave_it() {
+    let (v, fake, _) = key_vault();
+    keys_sign_without_leaving(&v).await;
+    assert!(
+        fake.log()
+            .iter()
+            .any(|l| l.starts_with("POST /keys/app-credential/") && l.contains("/sign")),
+        "{:?}",
+        fake.log()
+    );
+}

@@ -1,0 +1,254 @@
+//! A stand-in for Azure Key Vault handed to the real SDK clients as their HTTP transport:
+//! it answers the first unauthenticated request with Key Vault's 401 challenge, then serves
+//! secrets, RSA key creation and signing in Key Vault's documented JSON, signing with real
+//! RSA keys so signatures verify.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_lc_rs::digest::{Digest, SHA256};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair};
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use azure_core::http::headers::{HeaderName, Headers};
+use azure_core::http::{AsyncRawResponse, Body, HttpClient, Method, Request, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+
+/// The token the fake credential hands out and the fake vault expects.
+pub const VAULT_TOKEN: &str = "fake-key-vault-access-token";
+/// A vault URI whose host passes the SDK's challenge-resource check.
+pub const VAULT_URI: &str = "https://contoso-test.vault.azure.net/";
+
+/// A credential that returns [`VAULT_TOKEN`] for Key Vault's scope.
+#[derive(Debug, Default)]
+pub struct FakeCredential {
+    pub scopes: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl TokenCredential for FakeCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        self.scopes
+            .lock()
+            .unwrap()
+            .extend(scopes.iter().map(|s| s.to_string()));
+        Ok(AccessToken::new(
+            VAULT_TOKEN,
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    secrets: HashMap<String, Vec<String>>,
+    keys: HashMap<String, Vec<RsaKeyPair>>,
+    log: Vec<String>,
+}
+
+/// The fake vault.
+#[derive(Default)]
+pub struct FakeKeyVault {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for FakeKeyVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FakeKeyVault")
+    }
+}
+
+impl FakeKeyVault {
+    /// Requests seen: `METHOD /path auth=<none|bearer|wrong>`.
+    pub fn log(&self) -> Vec<String> {
+        self.state.lock().unwrap().log.clone()
+    }
+}
+
+fn respond(status: u16, body: Value) -> AsyncRawResponse {
+    let mut headers = Headers::new();
+    headers.insert("content-type", "application/json; charset=utf-8");
+    AsyncRawResponse::from_bytes(
+        StatusCode::from(status),
+        headers,
+        serde_json::to_vec(&body).unwrap(),
+    )
+}
+
+fn not_found(code: &str, what: &str) -> AsyncRawResponse {
+    respond(
+        404,
+        json!({"error": {"code": code, "message": format!("A {what} was not found in this key vault.")}}),
+    )
+}
+
+fn attributes() -> Value {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    json!({"enabled": true, "created": now, "updated": now, "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90})
+}
+
+fn key_bundle(name: &str, version: usize, pair: &RsaKeyPair) -> Value {
+    let public = pair.public_key();
+    json!({
+        "key": {
+            "kid": format!("{}keys/{name}/{version:032x}", VAULT_URI),
+            "kty": "RSA",
+            "key_ops": ["sign", "verify"],
+            "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+            "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+        },
+        "attributes": attributes(),
+    })
+}
+
+#[async_trait]
+impl HttpClient for FakeKeyVault {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
+        let url = request.url().clone();
+        let path = url.path().to_string();
+        let method = request.method();
+        let auth = request
+            .headers()
+            .get_optional_str(&HeaderName::from_static("authorization"));
+        let auth_kind = match auth {
+            None => "none",
+            Some(a) if a == format!("Bearer {VAULT_TOKEN}") => "bearer",
+            Some(_) => "wrong",
+        };
+        let mut state = self.state.lock().unwrap();
+        state.log.push(format!("{method} {path} auth={auth_kind}"));
+        if auth_kind != "bearer" {
+            // Key Vault's challenge: where to get a token, and for which resource
+            let mut headers = Headers::new();
+            headers.insert(
+                "www-authenticate",
+                "Bearer authorization=\"https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47\", resource=\"https://vault.azure.net\"",
+            );
+            headers.insert("content-type", "application/json; charset=utf-8");
+            let body = json!({"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}});
+            return Ok(AsyncRawResponse::from_bytes(
+                StatusCode::from(401),
+                headers,
+                serde_json::to_vec(&body).unwrap(),
+            ));
+        }
+        if !url.query_pairs().any(|(k, _)| k == "api-version") {
+            return Ok(respond(
+                400,
+                json!({"error": {"code": "MissingApiVersionParameter", "message": "api-version is required"}}),
+            ));
+        }
+        let body: Value = match request.body() {
+            Body::Bytes(b) if !b.is_empty() => serde_json::from_slice(b).unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let response = match (method, segments.as_slice()) {
+            (Method::Put, ["secrets", name]) => {
+                let Some(value) = body["value"].as_str() else {
+                    return Ok(respond(
+                        400,
+                        json!({"error": {"code": "BadParameter", "message": "value is required"}}),
+                    ));
+                };
+                let versions = state.secrets.entry(name.to_string()).or_default();
+                versions.push(value.to_string());
+                respond(
+                    200,
+                    json!({"value": value, "id": format!("{VAULT_URI}secrets/{name}/{:032x}", versions.len()), "attributes": attributes()}),
+                )
+            }
+            (Method::Get, ["secrets", name] | ["secrets", name, ""]) => {
+                match state.secrets.get(*name).and_then(|v| v.last()) {
+                    Some(value) => respond(
+                        200,
+                        json!({"value": value, "id": format!("{VAULT_URI}secrets/{name}"), "attributes": attributes()}),
+                    ),
+                    None => not_found("SecretNotFound", &format!("secret with (name/id) {name}")),
+                }
+            }
+            (Method::Delete, ["secrets", name]) => match state.secrets.remove(*name) {
+                Some(_) => respond(
+                    200,
+                    json!({"recoveryId": format!("{VAULT_URI}deletedsecrets/{name}"), "id": format!("{VAULT_URI}secrets/{name}"), "attributes": attributes()}),
+                ),
+                None => not_found("SecretNotFound", &format!("secret with (name/id) {name}")),
+            },
+            (Method::Post, ["keys", name, "create"]) => {
+                if body["kty"] != "RSA" {
+                    return Ok(respond(
+                        400,
+                        json!({"error": {"code": "BadParameter", "message": "kty"}}),
+                    ));
+                }
+                let size = match body["key_size"].as_u64() {
+                    Some(3072) => KeySize::Rsa3072,
+                    Some(4096) => KeySize::Rsa4096,
+                    _ => KeySize::Rsa2048,
+                };
+                let pair = RsaKeyPair::generate(size).expect("RSA key");
+                let versions = state.keys.entry(name.to_string()).or_default();
+                versions.push(pair);
+                respond(
+                    200,
+                    key_bundle(name, versions.len(), versions.last().unwrap()),
+                )
+            }
+            (Method::Get, ["keys", name] | ["keys", name, ""]) => match state.keys.get(*name) {
+                Some(versions) => respond(
+                    200,
+                    key_bundle(name, versions.len(), versions.last().unwrap()),
+                ),
+                None => not_found("KeyNotFound", &format!("key with (name/id) {name}")),
+            },
+            (Method::Post, ["keys", name, "sign"] | ["keys", name, _, "sign"]) => {
+                let Some(pair) = state.keys.get(*name).and_then(|v| v.last()) else {
+                    return Ok(not_found(
+                        "KeyNotFound",
+                        &format!("key with (name/id) {name}"),
+                    ));
+                };
+                let digest = body["value"]
+                    .as_str()
+                    .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+                    .unwrap_or_default();
+                let padding: &'static dyn aws_lc_rs::signature::RsaEncoding =
+                    match body["alg"].as_str() {
+                        Some("PS256") => &RSA_PSS_SHA256,
+                        Some("RS256") => &RSA_PKCS1_SHA256,
+                        _ => {
+                            return Ok(respond(
+                                400,
+                                json!({"error": {"code": "BadParameter", "message": "alg"}}),
+                            ));
+                        }
+                    };
+                let Ok(digest) = Digest::import_less_safe(&digest, &SHA256) else {
+                    return Ok(respond(
+                        400,
+                        json!({"error": {"code": "BadParameter", "message": "digest length"}}),
+                    ));
+                };
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign_digest(padding, &digest, &mut signature)
+                    .expect("signing");
+                respond(
+                    200,
+                    json!({"kid": format!("{VAULT_URI}keys/{name}/1"), "value": URL_SAFE_NO_PAD.encode(signature)}),
+                )
+            }
+            _ => respond(
+                400,
+                json!({"error": {"code": "BadRequest", "message": format!("unsupported {method} {path}")}}),
+            ),
+        };
+        Ok(response)
+    }
+}
