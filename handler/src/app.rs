@@ -6,6 +6,7 @@ use std::time::Duration;
 use entra::{KeyCachePolicy, Validator, ValidatorConfig};
 
 use crate::access::AccessControl;
+use crate::app_credentials::AppCredentials;
 use crate::config::{EntraSettings, Settings};
 use crate::onboarding::Onboarding;
 use crate::store::{
@@ -48,6 +49,7 @@ pub struct App {
     pub validator: Validator,
     pub access: AccessControl,
     pub onboarding: Onboarding,
+    pub credentials: Arc<AppCredentials>,
 }
 
 impl App {
@@ -58,6 +60,7 @@ impl App {
         settings: &Settings,
         tables: tables::TableServiceClient,
         dev_key: Option<Arc<entra::jwks::SigningKey>>,
+        vault: Arc<dyn vault::Vault>,
     ) -> App {
         let table_names = crate::store::TableNames::new(&settings.table_prefix);
         let run_log = Arc::new(TableRunLog::new(tables.table(table_names.runs())));
@@ -82,17 +85,17 @@ impl App {
             tokens,
             entra::graph::GraphPolicy::default(),
         ));
+        let credentials = Arc::new(AppCredentials::new(
+            vault,
+            settings.entra.client_secret.as_ref().map(|s| s.0.clone()),
+        ));
         let onboarding = Onboarding::new(
             Arc::new(TableLinkStore::new(tables.table(table_names.links()))),
             tenants.clone(),
             graph.clone(),
             settings.entra.endpoints.clone(),
             settings.entra.client_id,
-            settings
-                .entra
-                .client_secret
-                .as_ref()
-                .map(|s| entra::credentials::AppCredential::Secret(s.0.clone())),
+            credentials.clone(),
             settings.public_base_url.clone(),
             settings.consent_confirm,
         );
@@ -114,6 +117,7 @@ impl App {
             validator,
             access,
             onboarding,
+            credentials,
         }
     }
 

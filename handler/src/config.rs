@@ -73,6 +73,15 @@ pub struct Settings {
     pub public_base_url: Url,
     /// `CONSENT_CONFIRM_SECONDS`: how long a consent callback waits for Microsoft to confirm.
     pub consent_confirm: std::time::Duration,
+    /// `KEY_VAULT_URI` (and `KEY_VAULT_CLIENT_ID`): Azure Key Vault; unset means the local vault.
+    pub key_vault: Option<KeyVaultSettings>,
+}
+
+/// Where Key Vault is and which managed identity reaches it.
+#[derive(Debug, Clone)]
+pub struct KeyVaultSettings {
+    pub uri: Url,
+    pub client_id: Option<String>,
 }
 
 /// The Entra side of the settings.
@@ -172,6 +181,23 @@ impl Settings {
                 url
             }
         };
+        let key_vault = match get("KEY_VAULT_URI") {
+            None => None,
+            Some(raw) => {
+                let uri = Url::parse(raw)
+                    .map_err(|e| problem("KEY_VAULT_URI", format!("{raw:?} is not a URL ({e})")))?;
+                if uri.scheme() != "https" {
+                    return Err(problem(
+                        "KEY_VAULT_URI",
+                        "must be https (https://<name>.vault.azure.net/)",
+                    ));
+                }
+                Some(KeyVaultSettings {
+                    uri,
+                    client_id: get("KEY_VAULT_CLIENT_ID").map(str::to_string),
+                })
+            }
+        };
         let consent_confirm = match get("CONSENT_CONFIRM_SECONDS") {
             None => std::time::Duration::from_secs(20),
             Some(raw) => raw
@@ -194,7 +220,34 @@ impl Settings {
             local_data_dir,
             public_base_url,
             consent_confirm,
+            key_vault,
         })
+    }
+
+    /// The vault: Key Vault with a managed identity when `KEY_VAULT_URI` is set, otherwise
+    /// the local vault under `LOCAL_DATA_DIR/vault` (local runs only).
+    pub fn vault(&self) -> Result<Arc<dyn vault::Vault>, ConfigError> {
+        match &self.key_vault {
+            None => Ok(Arc::new(vault::LocalVault::new(
+                self.local_data_dir.join("vault"),
+            ))),
+            Some(kv) => {
+                let options = azure_identity::ManagedIdentityCredentialOptions {
+                    user_assigned_id: kv
+                        .client_id
+                        .clone()
+                        .map(azure_identity::UserAssignedId::ClientId),
+                    ..Default::default()
+                };
+                let credential = azure_identity::ManagedIdentityCredential::new(Some(options))
+                    .map_err(|e| {
+                        problem("KEY_VAULT_CLIENT_ID", format!("managed identity: {e}"))
+                    })?;
+                let vault = vault::KeyVault::new(kv.uri.as_str(), credential, None)
+                    .map_err(|e| problem("KEY_VAULT_URI", e.to_string()))?;
+                Ok(Arc::new(vault))
+            }
+        }
     }
 
     /// The storage account the stores use; builds the managed identity credential when needed

@@ -54,6 +54,9 @@ pub struct Tenant {
     /// When an administrator of the tenant consented (onboarding by link).
     pub consented_at: Option<OffsetDateTime>,
     pub offboarded_at: Option<OffsetDateTime>,
+    /// Customer-owned application mode: the tenant's own app registration, used for its
+    /// Graph calls with a certificate whose key is in our vault.
+    pub app_client_id: Option<Uuid>,
 }
 
 /// Where an activation link stands.

@@ -2,6 +2,7 @@
 
 mod access;
 mod app;
+mod app_credentials;
 mod auth;
 mod cache;
 mod config;

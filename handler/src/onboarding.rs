@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use entra::credentials::{AppCredential, AppRegistration, TokenError};
+use entra::credentials::{AppRegistration, TokenError};
 use entra::graph::{GraphClient, GraphError};
 use entra::{Cloud, Endpoints};
 use tables::ETag;
@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use url::Url;
 use uuid::Uuid;
 
+use crate::app_credentials::{AppCredentials, CredentialNames};
 use crate::domain::{ActivationLink, LinkState, Tenant, TenantStatus};
 use crate::store::{LinkStore, StoreError, TenantStore};
 
@@ -59,7 +60,7 @@ pub struct Onboarding {
     graph: Arc<GraphClient>,
     endpoints: Endpoints,
     client_id: Uuid,
-    credential: Option<AppCredential>,
+    credentials: Arc<AppCredentials>,
     public_base_url: Url,
     confirm_budget: Duration,
 }
@@ -94,7 +95,7 @@ impl Onboarding {
         graph: Arc<GraphClient>,
         endpoints: Endpoints,
         client_id: Uuid,
-        credential: Option<AppCredential>,
+        credentials: Arc<AppCredentials>,
         public_base_url: Url,
         confirm_budget: Duration,
     ) -> Onboarding {
@@ -104,7 +105,7 @@ impl Onboarding {
             graph,
             endpoints,
             client_id,
-            credential,
+            credentials,
             public_base_url,
             confirm_budget,
         }
@@ -190,12 +191,35 @@ impl Onboarding {
         )
     }
 
-    fn app(&self, cloud: Cloud) -> Option<AppRegistration> {
-        Some(AppRegistration {
-            cloud,
-            client_id: self.client_id,
-            credential: self.credential.clone()?,
-        })
+    /// The app that confirms a tenant: its own app registration when the tenant named one
+    /// (customer-owned mode), else the service's app in the tenant's cloud.
+    async fn app(&self, cloud: Cloud, tenant: Option<&Tenant>) -> Option<AppRegistration> {
+        if let Some(own) = tenant.and_then(|t| t.app_client_id) {
+            let names = CredentialNames::tenant(tenant.expect("checked above").tenant_id);
+            return match self.credentials.certificate_credential(&names).await {
+                Ok(Some(credential)) => Some(AppRegistration {
+                    cloud,
+                    client_id: own,
+                    credential,
+                }),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "vault unavailable for a tenant's own app credential");
+                    None
+                }
+            };
+        }
+        match self.credentials.service_credential(cloud).await {
+            Ok(credential) => Some(AppRegistration {
+                cloud,
+                client_id: self.client_id,
+                credential: credential?,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "vault unavailable for the app credential");
+                None
+            }
+        }
     }
 
     /// Handles Microsoft's redirect back: `error` first, then `state`, then the tenant.
@@ -219,7 +243,7 @@ impl Onboarding {
                 "the callback did not name a tenant id".into(),
             ));
         };
-        let Some(app) = self.app(link.cloud) else {
+        let Some(app) = self.app(link.cloud, None).await else {
             return Ok(ConsentOutcome::NotConfigured);
         };
         // exactly one of many concurrent callbacks gets past this point
@@ -282,6 +306,7 @@ impl Onboarding {
             created_at: at,
             consented_at: Some(at),
             offboarded_at: None,
+            app_client_id: None,
         };
         self.tenants.record_consent(&tenant).await
     }
@@ -335,8 +360,8 @@ impl Onboarding {
             if tenant.status != TenantStatus::Pending || tenant.added_by != "admin_consent" {
                 continue;
             }
-            let Some(app) = self.app(tenant.cloud) else {
-                return Ok(0);
+            let Some(app) = self.app(tenant.cloud, Some(&tenant)).await else {
+                continue;
             };
             if let Ok(org) = self
                 .graph

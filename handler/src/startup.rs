@@ -54,7 +54,8 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
     } else {
         None
     };
-    let app = Arc::new(App::new(mode, &settings, tables, dev_key));
+    let vault = settings.vault()?;
+    let app = Arc::new(App::new(mode, &settings, tables, dev_key, vault));
     let invocations = match mode {
         Mode::Host => Invocations::Host(Dispatcher::new(app.clone())),
         Mode::Standalone => Invocations::Standalone(host::Standalone::start(

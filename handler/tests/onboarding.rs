@@ -445,3 +445,158 @@ async fn without_an_app_credential_the_callback_says_the_service_is_not_ready() 
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
     assert_eq!(w.links().await[0]["state"], "pending", "nothing consumed");
 }
+
+/// Registers the certificate an export describes with the token-endpoint stand-in.
+fn register_certificate(w: &World, client_id: &str, export: &Value) {
+    use base64::Engine as _;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(export["certificate_der_base64"].as_str().unwrap())
+        .unwrap();
+    let b64url = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let jwk = &export["public_key_jwk"];
+    w.fake
+        .register_certificate_app(client_id, &der, &b64url(&jwk["n"]), &b64url(&jwk["e"]));
+}
+
+async fn admin_json(
+    w: &World,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = w
+        .http
+        .request(method.parse().unwrap(), w.url(path))
+        .bearer_auth(&w.admin);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn a_certificate_whose_key_stays_in_the_vault_confirms_consent() {
+    let w = World::start(&[("ENTRA_CLIENT_SECRET", "")]).await;
+    let (status, missing) = admin_json(&w, "GET", "/api/v1/app-credential/certificate", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    let (status, export) = admin_json(
+        &w,
+        "POST",
+        "/api/v1/app-credential/certificate",
+        Some(json!({"cloud": "global"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{export}");
+    assert!(
+        export["certificate_pem"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert_eq!(export["client_id"], CLIENT_ID);
+    register_certificate(&w, CLIENT_ID, &export);
+
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Cert Corp", "cert.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    let link = w.new_link(json!({})).await;
+    let (status, page) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let (_, form) = w.fake.token_requests().last().cloned().unwrap();
+    assert!(
+        form.contains_key("client_assertion") && !form.contains_key("client_secret"),
+        "{form:?}"
+    );
+
+    let response = w
+        .http
+        .get(w.url("/api/v1/app-credential/certificate?cloud=global&format=pem"))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-pem-file");
+    assert_eq!(
+        response.text().await.unwrap(),
+        export["certificate_pem"].as_str().unwrap()
+    );
+    for private in ["d", "p", "q", "dp", "dq", "qi"] {
+        assert!(
+            export["public_key_jwk"].get(private).is_none(),
+            "the private key is never exported"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_customer_owned_app_is_used_for_that_tenants_graph_calls() {
+    let w = World::start(&[]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Own App Corp", "own.onmicrosoft.com");
+    // the service's app never gets consent there: the tenant uses its own registration
+    w.fake.consent(&tenant, CLIENT_ID, 1_000_000);
+    let link = w.new_link(json!({})).await;
+    let (status, _) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(w.tenant(&tenant).await["status"], "pending");
+
+    let own_app = Uuid::new_v4().to_string();
+    let path = format!("/api/v1/tenants/{tenant}/credential-certificate");
+    let (status, _) = admin_json(&w, "GET", &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, export) = admin_json(&w, "POST", &path, Some(json!({"client_id": own_app}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{export}");
+    assert_eq!(export["client_id"], own_app.as_str());
+    register_certificate(&w, &own_app, &export);
+    w.fake.consent(&tenant, &own_app, 0);
+    assert_eq!(w.tenant(&tenant).await["app_client_id"], own_app.as_str());
+
+    let timer = r#"{"Data":{"timer":{"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}"#;
+    let response = w
+        .http
+        .post(w.url("/Housekeeping"))
+        .body(timer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        w.tenant(&tenant).await["status"],
+        "active",
+        "confirmed with the tenant's own app"
+    );
+    let (_, form) = w.fake.token_requests().last().cloned().unwrap();
+    assert_eq!(form["client_id"], own_app);
+    assert!(form.contains_key("client_assertion"));
+
+    let (status, again) = admin_json(&w, "GET", &path, None).await;
+    assert_eq!(
+        (status, again["certificate_der_base64"].clone()),
+        (StatusCode::OK, export["certificate_der_base64"].clone())
+    );
+    let (status, _) = admin_json(&w, "POST", &path, Some(json!({"client_id": "not-a-guid"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = admin_json(&w, "DELETE", &path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(w.tenant(&tenant).await["app_client_id"].is_null());
+    let (status, _) = admin_json(
+        &w,
+        "POST",
+        &format!("/api/v1/tenants/{}/credential-certificate", Uuid::new_v4()),
+        Some(json!({"client_id": own_app})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -3,6 +3,7 @@
 //! no storage code.
 
 pub mod activation_links;
+pub mod app_credential;
 pub mod consent;
 pub mod employees;
 pub mod grants;
@@ -38,6 +39,18 @@ pub enum Handler {
 /// Every function the handler implements. Each must have `functions/<Name>/function.json`
 /// and vice versa (checked by a test).
 pub const FUNCTIONS: &[(&str, Handler)] = &[
+    (
+        "AppCredentialCertificate",
+        Handler::Http {
+            route: "v1/app-credential/certificate",
+        },
+    ),
+    (
+        "TenantCredentialCertificate",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/credential-certificate",
+        },
+    ),
     (
         "ActivationLinks",
         Handler::Http {

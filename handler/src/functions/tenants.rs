@@ -79,6 +79,7 @@ pub fn tenant_json(t: &Tenant) -> Value {
         "created_at": host::invocation::format_timestamp(t.created_at),
         "consented_at": t.consented_at.map(host::invocation::format_timestamp),
         "offboarded_at": t.offboarded_at.map(host::invocation::format_timestamp),
+        "app_client_id": t.app_client_id,
     })
 }
 
@@ -113,6 +114,7 @@ async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
         created_at: OffsetDateTime::now_utc(),
         consented_at: None,
         offboarded_at: None,
+        app_client_id: None,
     };
     let created = app.access.tenants.create(&tenant).await?;
     app.access.invalidate_tenant(tenant_id);

@@ -140,6 +140,8 @@ pub fn table(
         .unify()
         .or(crate::functions::consent::routes(app.clone()))
         .unify()
+        .or(crate::functions::app_credential::routes(app.clone()))
+        .unify()
         .or(crate::functions::tenants::routes(app.clone()))
         .unify()
         .or(crate::functions::employees::routes(app.clone()))

@@ -21,6 +21,12 @@ pub trait TenantStore: Send + Sync {
     /// Records an administrator's consent: creates the tenant, or updates it (keeping when it
     /// was first registered) with the new status, name and consent time.
     async fn record_consent(&self, tenant: &Tenant) -> Result<Tenant, StoreError>;
+    /// Sets or clears the tenant's own app registration; `None` when it does not exist.
+    async fn set_app(
+        &self,
+        tenant_id: Uuid,
+        app_client_id: Option<Uuid>,
+    ) -> Result<Option<Tenant>, StoreError>;
     /// Changes a tenant's status; `None` when it does not exist.
     async fn set_status(
         &self,
@@ -56,6 +62,9 @@ impl TableTenantStore {
         if let Some(at) = t.consented_at {
             e.set("ConsentedAt", at);
         }
+        if let Some(app) = t.app_client_id {
+            e.set("AppClientId", app.to_string());
+        }
         e
     }
 
@@ -72,6 +81,9 @@ impl TableTenantStore {
             added_by: str_property(e, "AddedBy")?.to_string(),
             created_at: time_property(e, "CreatedAt")?,
             consented_at: e.get_datetime("ConsentedAt"),
+            app_client_id: e
+                .get_str("AppClientId")
+                .and_then(|a| Uuid::try_parse(a).ok()),
             offboarded_at: e.get_datetime("OffboardedAt"),
         })
     }
@@ -147,6 +159,40 @@ impl TenantStore for TableTenantStore {
                 .await
             {
                 Ok(_) => return Ok(updated),
+                Err(e) if e.is_precondition_failed() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    async fn set_app(
+        &self,
+        tenant_id: Uuid,
+        app_client_id: Option<Uuid>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        for _ in 0..3 {
+            let Some(existing) = self
+                .table
+                .try_get(PARTITION, &tenant_id.to_string())
+                .await?
+            else {
+                return Ok(None);
+            };
+            let tenant = Tenant {
+                app_client_id,
+                ..Self::from_entity(&existing)?
+            };
+            let etag = existing
+                .etag
+                .clone()
+                .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
+            match self
+                .table
+                .replace(&Self::to_entity(&tenant), IfMatch::ETag(etag))
+                .await
+            {
+                Ok(_) => return Ok(Some(tenant)),
                 Err(e) if e.is_precondition_failed() => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -1,0 +1,280 @@
+//! `AppCredentialCertificate` and `TenantCredentialCertificate`: certificates whose keys
+//! stay in the vault. `POST/GET /api/v1/app-credential/certificate` for the service's own
+//! app (per cloud); `POST/GET/DELETE /api/v1/tenants/{tenant_id}/credential-certificate` for
+//! a tenant that uses its own app registration (customer-owned application mode).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use warp::Reply as _;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, filters::BoxedFilter};
+
+use crate::app::App;
+use crate::app_credentials::{CertificateExport, CredentialNames};
+use crate::auth;
+use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json};
+
+/// The routes.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let auth = warp::header::optional::<String>("authorization");
+    let query = warp::query::<HashMap<String, String>>()
+        .or(warp::any().map(HashMap::new))
+        .unify();
+    let a = app.clone();
+    let create_service = warp::path!("api" / "v1" / "app-credential" / "certificate")
+        .and(warp::post())
+        .and(auth)
+        .and(body(MAX_JSON_BODY))
+        .then(
+            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
+                let app = a.clone();
+                async move {
+                    answer(match body {
+                        Ok(body) => create_service(&app, authorization.as_deref(), &body).await,
+                        Err(e) => Err(e),
+                    })
+                }
+            },
+        );
+    let a = app.clone();
+    let get_service = warp::path!("api" / "v1" / "app-credential" / "certificate")
+        .and(warp::get())
+        .and(auth)
+        .and(query)
+        .then(
+            move |authorization: Option<String>, params: HashMap<String, String>| {
+                let app = a.clone();
+                async move { answer(get_service(&app, authorization.as_deref(), &params).await) }
+            },
+        );
+    let a = app.clone();
+    let create_tenant = warp::path!("api" / "v1" / "tenants" / String / "credential-certificate")
+        .and(warp::post())
+        .and(auth)
+        .and(body(MAX_JSON_BODY))
+        .then(
+            move |tenant: String, authorization: Option<String>, body: Result<Bytes, ApiError>| {
+                let app = a.clone();
+                async move {
+                    answer(match body {
+                        Ok(body) => {
+                            create_tenant(&app, authorization.as_deref(), &tenant, &body).await
+                        }
+                        Err(e) => Err(e),
+                    })
+                }
+            },
+        );
+    let a = app.clone();
+    let get_tenant =
+        warp::path!("api" / "v1" / "tenants" / String / "credential-certificate")
+            .and(warp::get())
+            .and(auth)
+            .and(query)
+            .then(
+                move |tenant: String,
+                      authorization: Option<String>,
+                      params: HashMap<String, String>| {
+                    let app = a.clone();
+                    async move {
+                        answer(get_tenant(&app, authorization.as_deref(), &tenant, &params).await)
+                    }
+                },
+            );
+    let delete_tenant = warp::path!("api" / "v1" / "tenants" / String / "credential-certificate")
+        .and(warp::delete())
+        .and(auth)
+        .then(move |tenant: String, authorization: Option<String>| {
+            let app = app.clone();
+            async move { answer(delete_tenant(&app, authorization.as_deref(), &tenant).await) }
+        });
+    create_service
+        .or(get_service)
+        .unify()
+        .or(create_tenant)
+        .unify()
+        .or(get_tenant)
+        .unify()
+        .or(delete_tenant)
+        .unify()
+        .boxed()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CloudBody {
+    #[serde(default)]
+    cloud: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantAppBody {
+    client_id: String,
+}
+
+fn cloud_of(raw: Option<&str>) -> Result<entra::Cloud, ApiError> {
+    raw.unwrap_or("global")
+        .parse()
+        .map_err(|e: entra::cloud::UnknownCloud| ApiError::bad_request(format!("cloud: {e}")))
+}
+
+fn vault_error(e: vault::VaultError) -> ApiError {
+    ApiError::unavailable(e)
+}
+
+/// JSON, or the PEM itself with `?format=pem`.
+fn export_reply(
+    status: StatusCode,
+    export: &CertificateExport,
+    extra: serde_json::Value,
+    params: &HashMap<String, String>,
+) -> Response {
+    if params.get("format").map(String::as_str) == Some("pem") {
+        let mut response = warp::reply::with_status(export.pem(), status).into_response();
+        response.headers_mut().insert(
+            "content-type",
+            warp::http::HeaderValue::from_static("application/x-pem-file"),
+        );
+        return response;
+    }
+    let mut body = export.to_json();
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    json_reply(status, &body)
+}
+
+async fn create_service(
+    app: &App,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let request: CloudBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CloudBody::default()
+    } else {
+        parse_json(body)?
+    };
+    let cloud = cloud_of(request.cloud.as_deref())?;
+    let export = app
+        .credentials
+        .create_certificate(
+            &CredentialNames::service(cloud),
+            &format!("entra-connector {cloud}"),
+        )
+        .await
+        .map_err(vault_error)?;
+    tracing::info!(%cloud, thumbprint = %entra::credentials::thumbprint_s256(&export.der), "app credential certificate created");
+    let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id});
+    Ok(export_reply(
+        StatusCode::CREATED,
+        &export,
+        extra,
+        &HashMap::new(),
+    ))
+}
+
+async fn get_service(
+    app: &App,
+    authorization: Option<&str>,
+    params: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let cloud = cloud_of(params.get("cloud").map(String::as_str))?;
+    let export = app
+        .credentials
+        .export(&CredentialNames::service(cloud))
+        .await
+        .map_err(vault_error)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no certificate for the {cloud} app yet; POST creates one"
+            ))
+        })?;
+    let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id});
+    Ok(export_reply(StatusCode::OK, &export, extra, params))
+}
+
+async fn registered(app: &App, raw: &str) -> Result<crate::domain::Tenant, ApiError> {
+    let tenant_id = guid_segment(raw, "tenant_id")?;
+    app.access
+        .tenants
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))
+}
+
+async fn create_tenant(
+    app: &App,
+    authorization: Option<&str>,
+    tenant: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let tenant = registered(app, tenant).await?;
+    let request: TenantAppBody = parse_json(body)?;
+    let client_id = uuid::Uuid::try_parse(&request.client_id)
+        .map_err(|_| ApiError::bad_request("client_id must be a GUID"))?;
+    let export = app
+        .credentials
+        .create_certificate(
+            &CredentialNames::tenant(tenant.tenant_id),
+            &format!("entra-connector {}", tenant.tenant_id),
+        )
+        .await
+        .map_err(vault_error)?;
+    app.access
+        .tenants
+        .set_app(tenant.tenant_id, Some(client_id))
+        .await?;
+    app.access.invalidate_tenant(tenant.tenant_id);
+    tracing::info!(tenant_id = %tenant.tenant_id, %client_id, "tenant switched to its own app registration");
+    let extra = json!({"tenant_id": tenant.tenant_id, "client_id": client_id, "cloud": tenant.cloud.as_str()});
+    Ok(export_reply(
+        StatusCode::CREATED,
+        &export,
+        extra,
+        &HashMap::new(),
+    ))
+}
+
+async fn get_tenant(
+    app: &App,
+    authorization: Option<&str>,
+    tenant: &str,
+    params: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let tenant = registered(app, tenant).await?;
+    let Some(client_id) = tenant.app_client_id else {
+        return Err(ApiError::not_found(
+            "this tenant uses the service's app; POST a client_id to use its own",
+        ));
+    };
+    let export = app
+        .credentials
+        .export(&CredentialNames::tenant(tenant.tenant_id))
+        .await
+        .map_err(vault_error)?
+        .ok_or_else(|| ApiError::not_found("no certificate for this tenant's app"))?;
+    let extra = json!({"tenant_id": tenant.tenant_id, "client_id": client_id, "cloud": tenant.cloud.as_str()});
+    Ok(export_reply(StatusCode::OK, &export, extra, params))
+}
+
+async fn delete_tenant(
+    app: &App,
+    authorization: Option<&str>,
+    tenant: &str,
+) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let tenant = registered(app, tenant).await?;
+    app.access.tenants.set_app(tenant.tenant_id, None).await?;
+    app.access.invalidate_tenant(tenant.tenant_id);
+    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+}
