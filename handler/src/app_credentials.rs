@@ -11,11 +11,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use entra::Cloud;
 use entra::credentials::{AppCredential, AssertionSigner};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 use vault::{RsaPublicKey, SignAlgorithm, Vault, VaultError};
 
 /// How long a created certificate is valid.
-const CERTIFICATE_DAYS: i64 = 365;
+const CERTIFICATE_MONTHS: u32 = 12;
 
 /// Signs client assertions with a key that stays in the vault.
 pub struct VaultSigner {
@@ -37,12 +36,9 @@ impl AssertionSigner for VaultSigner {
     }
 }
 
-/// Names in the vault for one credential.
+/// The vault name of one credential: a certificate, whose key has the same name.
 #[derive(Debug, Clone)]
 pub struct CredentialNames {
-    /// The RSA key.
-    pub key: String,
-    /// A secret holding the certificate's DER, base64.
     pub certificate: String,
 }
 
@@ -50,16 +46,14 @@ impl CredentialNames {
     /// The service's own app in a cloud.
     pub fn service(cloud: Cloud) -> CredentialNames {
         CredentialNames {
-            key: format!("app-credential-{}", cloud.as_str()),
-            certificate: format!("app-certificate-{}", cloud.as_str()),
+            certificate: format!("app-credential-{}", cloud.as_str()),
         }
     }
 
     /// A customer-owned app registration of one tenant.
     pub fn tenant(tenant_id: uuid::Uuid) -> CredentialNames {
         CredentialNames {
-            key: format!("tenant-credential-{tenant_id}"),
-            certificate: format!("tenant-certificate-{tenant_id}"),
+            certificate: format!("tenant-credential-{tenant_id}"),
         }
     }
 }
@@ -127,17 +121,14 @@ impl AppCredentials {
         &self,
         names: &CredentialNames,
     ) -> Result<Option<AppCredential>, VaultError> {
-        let Some(encoded) = self.vault.get_secret(&names.certificate).await? else {
+        let Some(der) = self.vault.get_certificate(&names.certificate).await? else {
             return Ok(None);
         };
-        let der = STANDARD
-            .decode(encoded.trim())
-            .map_err(|_| VaultError::Unavailable(format!("{} is not base64", names.certificate)))?;
         Ok(Some(AppCredential::Certificate {
             certificate_der: Arc::new(der),
             signer: Arc::new(VaultSigner {
                 vault: self.vault.clone(),
-                key_name: names.key.clone(),
+                key_name: names.certificate.clone(),
             }),
         }))
     }
@@ -164,152 +155,40 @@ impl AppCredentials {
         &self,
         names: &CredentialNames,
     ) -> Result<Option<CertificateExport>, VaultError> {
-        let Some(encoded) = self.vault.get_secret(&names.certificate).await? else {
+        let Some(der) = self.vault.get_certificate(&names.certificate).await? else {
             return Ok(None);
         };
-        let der = STANDARD
-            .decode(encoded.trim())
-            .map_err(|_| VaultError::Unavailable(format!("{} is not base64", names.certificate)))?;
         let public_key = self
             .vault
-            .public_key(&names.key)
+            .public_key(&names.certificate)
             .await?
-            .ok_or_else(|| VaultError::NoSuchKey(names.key.clone()))?;
+            .ok_or_else(|| VaultError::NoSuchKey(names.certificate.clone()))?;
         Ok(Some(CertificateExport { der, public_key }))
     }
 
-    /// Creates a new key in the vault and a self-signed certificate for it (signed by the
-    /// vault), stores the certificate, and returns its public part.
+    /// Has the vault create a key and a self-signed certificate for it, and returns the
+    /// certificate's public part.
     pub async fn create_certificate(
         &self,
         names: &CredentialNames,
         common_name: &str,
     ) -> Result<CertificateExport, VaultError> {
-        let public_key = self.vault.create_rsa_key(&names.key, 2048).await?;
-        let signer = RemoteKey {
-            vault: self.vault.clone(),
-            key_name: names.key.clone(),
-            public_der: rsa_public_key_der(&public_key),
-            runtime: tokio::runtime::Handle::current(),
-        };
-        let common_name = common_name.to_string();
-        // rcgen signs synchronously; the vault call is async: build on a blocking thread
-        let der = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let mut params =
-                rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, common_name);
-            let now = OffsetDateTime::now_utc();
-            params.not_before = now - time::Duration::hours(1);
-            params.not_after = now + time::Duration::days(CERTIFICATE_DAYS);
-            let mut serial = [0u8; 16];
-            aws_lc_rs::rand::fill(&mut serial).map_err(|_| "random serial".to_string())?;
-            serial[0] &= 0x7f;
-            params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-            params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-            let certificate = params.self_signed(&signer).map_err(|e| e.to_string())?;
-            Ok(certificate.der().to_vec())
-        })
-        .await
-        .map_err(|e| VaultError::Unavailable(e.to_string()))?
-        .map_err(|e| VaultError::Unavailable(format!("certificate: {e}")))?;
-        self.vault
-            .set_secret(&names.certificate, &STANDARD.encode(&der))
+        let der = self
+            .vault
+            .create_certificate(&names.certificate, common_name, CERTIFICATE_MONTHS)
             .await?;
+        let public_key = self
+            .vault
+            .public_key(&names.certificate)
+            .await?
+            .ok_or_else(|| VaultError::NoSuchKey(names.certificate.clone()))?;
         Ok(CertificateExport { der, public_key })
     }
-}
-
-/// A vault key as rcgen's signer.
-struct RemoteKey {
-    vault: Arc<dyn Vault>,
-    key_name: String,
-    public_der: Vec<u8>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl rcgen::PublicKeyData for RemoteKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.public_der
-    }
-
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        &rcgen::PKCS_RSA_SHA256
-    }
-}
-
-impl rcgen::SigningKey for RemoteKey {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.runtime
-            .block_on(self.vault.sign_digest(
-                &self.key_name,
-                SignAlgorithm::Rs256,
-                &vault::sha256(msg),
-            ))
-            .map_err(|_| rcgen::Error::RemoteKeyError)
-    }
-}
-
-/// DER of an RSAPublicKey (PKCS#1): SEQUENCE { INTEGER n, INTEGER e }.
-fn rsa_public_key_der(key: &RsaPublicKey) -> Vec<u8> {
-    fn length(len: usize, out: &mut Vec<u8>) {
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let bytes: Vec<u8> = len
-                .to_be_bytes()
-                .into_iter()
-                .skip_while(|b| *b == 0)
-                .collect();
-            out.push(0x80 | bytes.len() as u8);
-            out.extend(bytes);
-        }
-    }
-    fn integer(value: &[u8], out: &mut Vec<u8>) {
-        let trimmed: &[u8] = {
-            let start = value
-                .iter()
-                .position(|b| *b != 0)
-                .unwrap_or(value.len().saturating_sub(1));
-            &value[start..]
-        };
-        let pad = trimmed.first().is_some_and(|b| b & 0x80 != 0);
-        out.push(0x02);
-        length(trimmed.len() + usize::from(pad), out);
-        if pad {
-            out.push(0);
-        }
-        out.extend_from_slice(trimmed);
-    }
-    let mut body = Vec::new();
-    integer(&key.n, &mut body);
-    integer(&key.e, &mut body);
-    let mut out = vec![0x30];
-    length(body.len(), &mut out);
-    out.extend(body);
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::signature::KeyPair as _;
-
-    #[test]
-    fn rsa_public_key_der_matches_aws_lc() {
-        let pair =
-            aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let public = pair.public_key();
-        let key = RsaPublicKey {
-            n: public.modulus().big_endian_without_leading_zero().to_vec(),
-            e: public.exponent().big_endian_without_leading_zero().to_vec(),
-        };
-        // aws-lc's public key bytes are the same RSAPublicKey DER
-        assert_eq!(rsa_public_key_der(&key), public.as_ref());
-    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_certificate_is_made_with_a_vault_key_and_exported() {

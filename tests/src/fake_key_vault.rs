@@ -50,7 +50,68 @@ impl TokenCredential for FakeCredential {
 struct State {
     secrets: HashMap<String, Vec<String>>,
     keys: HashMap<String, Vec<RsaKeyPair>>,
+    /// certificate name -> (DER, operation completed)
+    certificates: HashMap<String, (Vec<u8>, bool)>,
     log: Vec<String>,
+}
+
+/// The fake's own certificate authority for self-signed requests: signs with the new key.
+struct Issuer<'a> {
+    pair: &'a RsaKeyPair,
+}
+
+impl rcgen::PublicKeyData for Issuer<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.pair.public_key().as_ref()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_RSA_SHA256
+    }
+}
+
+impl rcgen::SigningKey for Issuer<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let mut signature = vec![0; self.pair.public_modulus_len()];
+        self.pair
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                msg,
+                &mut signature,
+            )
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        Ok(signature)
+    }
+}
+
+fn self_signed(pair: &RsaKeyPair, subject: &str, months: i64) -> Vec<u8> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, subject.trim_start_matches("CN="));
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(30 * months);
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).unwrap();
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    params.self_signed(&Issuer { pair }).unwrap().der().to_vec()
+}
+
+fn certificate_bundle(name: &str, der: &[u8]) -> Value {
+    use base64::engine::general_purpose::STANDARD;
+    let thumbprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
+    json!({
+        "id": format!("{VAULT_URI}certificates/{name}/1"),
+        "kid": format!("{VAULT_URI}keys/{name}/1"),
+        "sid": format!("{VAULT_URI}secrets/{name}/1"),
+        "x5t": URL_SAFE_NO_PAD.encode(thumbprint.as_ref()),
+        "cer": STANDARD.encode(der),
+        "attributes": attributes(),
+    })
 }
 
 /// The fake vault.
@@ -243,6 +304,64 @@ impl HttpClient for FakeKeyVault {
                     200,
                     json!({"kid": format!("{VAULT_URI}keys/{name}/1"), "value": URL_SAFE_NO_PAD.encode(signature)}),
                 )
+            }
+            (Method::Post, ["certificates", name, "create"]) => {
+                let policy = &body["policy"];
+                if policy["issuer"]["name"] != "Self" || policy["key_props"]["kty"] != "RSA" {
+                    return Ok(respond(
+                        400,
+                        json!({"error": {"code": "BadParameter", "message": "only self-issued RSA certificates"}}),
+                    ));
+                }
+                let subject = policy["x509_props"]["subject"]
+                    .as_str()
+                    .unwrap_or("CN=unnamed")
+                    .to_string();
+                let months = policy["x509_props"]["validity_months"]
+                    .as_i64()
+                    .unwrap_or(12);
+                let pair = RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key");
+                let der = self_signed(&pair, &subject, months);
+                state.keys.entry(name.to_string()).or_default().push(pair);
+                state.certificates.insert(name.to_string(), (der, false));
+                let mut headers = Headers::new();
+                headers.insert("content-type", "application/json; charset=utf-8");
+                headers.insert("retry-after-ms", "10");
+                let operation = json!({
+                    "id": format!("{VAULT_URI}certificates/{name}/pending"),
+                    "status": "inProgress",
+                    "status_details": "Pending certificate created. Certificate request is in progress.",
+                    "target": format!("{VAULT_URI}certificates/{name}"),
+                });
+                return Ok(AsyncRawResponse::from_bytes(
+                    StatusCode::from(202),
+                    headers,
+                    serde_json::to_vec(&operation).unwrap(),
+                ));
+            }
+            (Method::Get, ["certificates", name, "pending"]) => {
+                match state.certificates.get_mut(*name) {
+                    Some((_, done)) => {
+                        *done = true;
+                        respond(
+                            200,
+                            json!({"id": format!("{VAULT_URI}certificates/{name}/pending"), "status": "completed", "target": format!("{VAULT_URI}certificates/{name}")}),
+                        )
+                    }
+                    None => not_found(
+                        "CertificateNotFound",
+                        &format!("certificate operation {name}"),
+                    ),
+                }
+            }
+            (Method::Get, ["certificates", name] | ["certificates", name, ""]) => {
+                match state.certificates.get(*name) {
+                    Some((der, true)) => respond(200, certificate_bundle(name, der)),
+                    _ => not_found(
+                        "CertificateNotFound",
+                        &format!("certificate with (name/id) {name}"),
+                    ),
+                }
             }
             _ => respond(
                 400,

@@ -6,6 +6,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RequestContent, Transport};
+use azure_security_keyvault_certificates::models::{
+    CertificatePolicy, CreateCertificateParameters, IssuerParameters, KeyProperties,
+    KeyType as CertificateKeyType, X509CertificateProperties,
+};
+use azure_security_keyvault_certificates::{CertificateClient, CertificateClientOptions};
 use azure_security_keyvault_keys::models::{
     CreateKeyParameters, KeyOperation, KeyType, SignParameters, SignatureAlgorithm,
 };
@@ -19,6 +24,7 @@ use crate::{RsaPublicKey, SignAlgorithm, Vault, VaultError, check_name};
 pub struct KeyVault {
     keys: KeyClient,
     secrets: SecretClient,
+    certificates: CertificateClient,
 }
 
 fn unavailable(e: azure_core::Error) -> VaultError {
@@ -52,19 +58,87 @@ impl KeyVault {
         .map_err(unavailable)?;
         let secrets = SecretClient::new(
             vault_uri,
-            credential,
+            credential.clone(),
             Some(SecretClientOptions {
-                client_options,
+                client_options: client_options.clone(),
                 ..SecretClientOptions::default()
             }),
         )
         .map_err(unavailable)?;
-        Ok(KeyVault { keys, secrets })
+        let certificates = CertificateClient::new(
+            vault_uri,
+            credential,
+            Some(CertificateClientOptions {
+                client_options,
+                ..CertificateClientOptions::default()
+            }),
+        )
+        .map_err(unavailable)?;
+        Ok(KeyVault {
+            keys,
+            secrets,
+            certificates,
+        })
     }
 }
 
 #[async_trait]
 impl Vault for KeyVault {
+    async fn create_certificate(
+        &self,
+        name: &str,
+        common_name: &str,
+        months: u32,
+    ) -> Result<Vec<u8>, VaultError> {
+        check_name(name)?;
+        let policy = CertificatePolicy {
+            issuer_parameters: Some(IssuerParameters {
+                name: Some("Self".into()),
+                ..IssuerParameters::default()
+            }),
+            key_properties: Some(KeyProperties {
+                exportable: Some(false),
+                key_type: Some(CertificateKeyType::Rsa),
+                key_size: Some(2048),
+                reuse_key: Some(false),
+                ..KeyProperties::default()
+            }),
+            x509_certificate_properties: Some(X509CertificateProperties {
+                subject: Some(format!("CN={common_name}")),
+                validity_in_months: Some(months as i32),
+                enhanced_key_usage: Some(vec!["1.3.6.1.5.5.7.3.2".into()]),
+                ..X509CertificateProperties::default()
+            }),
+            ..CertificatePolicy::default()
+        };
+        let parameters = CreateCertificateParameters {
+            certificate_policy: Some(policy),
+            ..CreateCertificateParameters::default()
+        };
+        let body: RequestContent<CreateCertificateParameters> =
+            parameters.try_into().map_err(unavailable)?;
+        let certificate = self
+            .certificates
+            .begin_create_certificate(name, body, None)
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?
+            .into_model()
+            .map_err(unavailable)?;
+        certificate.cer.ok_or_else(|| {
+            VaultError::Unavailable("Key Vault returned a certificate without cer".into())
+        })
+    }
+
+    async fn get_certificate(&self, name: &str) -> Result<Option<Vec<u8>>, VaultError> {
+        check_name(name)?;
+        match self.certificates.get_certificate(name, None).await {
+            Ok(response) => Ok(response.into_model().map_err(unavailable)?.cer),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     async fn set_secret(&self, name: &str, value: &str) -> Result<(), VaultError> {
         check_name(name)?;
         let parameters = SetSecretParameters {

@@ -75,6 +75,79 @@ pub trait Vault: Send + Sync {
         algorithm: SignAlgorithm,
         digest: &[u8],
     ) -> Result<Vec<u8>, VaultError>;
+    /// Creates a self-signed client-authentication certificate (RSA-2048, non-exportable
+    /// key) valid for `months`; its key is then the key `name`. Returns the certificate DER.
+    async fn create_certificate(
+        &self,
+        name: &str,
+        common_name: &str,
+        months: u32,
+    ) -> Result<Vec<u8>, VaultError>;
+    /// The current certificate's DER.
+    async fn get_certificate(&self, name: &str) -> Result<Option<Vec<u8>>, VaultError>;
+}
+
+/// Builds a self-signed certificate for a public key with a signer that holds the
+/// private key (rcgen signs synchronously: call from a blocking thread).
+pub fn self_signed_certificate(
+    signer: &impl rcgen::SigningKey,
+    common_name: &str,
+    months: u32,
+) -> Result<Vec<u8>, VaultError> {
+    let fail = |e: rcgen::Error| VaultError::Local(format!("certificate: {e}"));
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(30 * i64::from(months));
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).map_err(|_| VaultError::Local("random serial".into()))?;
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params.self_signed(signer).map_err(fail)?.der().to_vec())
+}
+
+/// DER of an RSAPublicKey (PKCS#1): SEQUENCE { INTEGER n, INTEGER e }.
+pub fn rsa_public_key_der(key: &RsaPublicKey) -> Vec<u8> {
+    fn length(len: usize, out: &mut Vec<u8>) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+    }
+    fn integer(value: &[u8], out: &mut Vec<u8>) {
+        let start = value
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(value.len().saturating_sub(1));
+        let trimmed = &value[start..];
+        let pad = trimmed.first().is_some_and(|b| b & 0x80 != 0);
+        out.push(0x02);
+        length(trimmed.len() + usize::from(pad), out);
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(trimmed);
+    }
+    let mut body = Vec::new();
+    integer(&key.n, &mut body);
+    integer(&key.e, &mut body);
+    let mut out = vec![0x30];
+    length(body.len(), &mut out);
+    out.extend(body);
+    out
 }
 
 /// SHA-256 of a message, ready for [`Vault::sign_digest`].
@@ -87,6 +160,19 @@ pub fn sha256(message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_lc_rs::signature::KeyPair as _;
+
+    #[test]
+    fn rsa_public_key_der_matches_aws_lc() {
+        let pair =
+            aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let public = pair.public_key();
+        let key = RsaPublicKey {
+            n: public.modulus().big_endian_without_leading_zero().to_vec(),
+            e: public.exponent().big_endian_without_leading_zero().to_vec(),
+        };
+        assert_eq!(rsa_public_key_der(&key), public.as_ref());
+    }
 
     #[test]
     fn names_follow_key_vault_rules() {

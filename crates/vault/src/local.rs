@@ -84,8 +84,63 @@ fn public_of(pair: &RsaKeyPair) -> RsaPublicKey {
     }
 }
 
+/// A local key as rcgen's signer.
+struct LocalSigner<'a> {
+    pair: &'a RsaKeyPair,
+    public_der: Vec<u8>,
+}
+
+impl rcgen::PublicKeyData for LocalSigner<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public_der
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_RSA_SHA256
+    }
+}
+
+impl rcgen::SigningKey for LocalSigner<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let mut signature = vec![0; self.pair.public_modulus_len()];
+        self.pair
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                msg,
+                &mut signature,
+            )
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        Ok(signature)
+    }
+}
+
 #[async_trait]
 impl Vault for LocalVault {
+    async fn create_certificate(
+        &self,
+        name: &str,
+        common_name: &str,
+        months: u32,
+    ) -> Result<Vec<u8>, VaultError> {
+        let path = self.path("certificates", name)?;
+        let public = self.create_rsa_key(name, 2048).await?;
+        let pair = self
+            .key(name)?
+            .ok_or_else(|| VaultError::NoSuchKey(name.to_string()))?;
+        let signer = LocalSigner {
+            pair: &pair,
+            public_der: crate::rsa_public_key_der(&public),
+        };
+        let der = crate::self_signed_certificate(&signer, common_name, months)?;
+        Self::write_private(&path, &der)?;
+        Ok(der)
+    }
+
+    async fn get_certificate(&self, name: &str) -> Result<Option<Vec<u8>>, VaultError> {
+        Self::read(&self.path("certificates", name)?)
+    }
+
     async fn set_secret(&self, name: &str, value: &str) -> Result<(), VaultError> {
         Self::write_private(&self.path("secrets", name)?, value.as_bytes())
     }

@@ -85,6 +85,39 @@ async fn keys_sign_without_leaving(v: &dyn Vault) {
     assert_eq!(v.public_key("app-credential").await.unwrap(), Some(rotated));
 }
 
+async fn certificates_are_made_with_keys_that_stay_in_the_vault(v: &dyn Vault) {
+    let name = "app-credential-global";
+    assert_eq!(v.get_certificate(name).await.unwrap(), None);
+    let der = v
+        .create_certificate(name, "entra-connector global", 12)
+        .await
+        .unwrap();
+    assert_eq!(der[0], 0x30, "a DER SEQUENCE");
+    assert_eq!(v.get_certificate(name).await.unwrap(), Some(der.clone()));
+    // the certificate's key is the vault key of the same name
+    let public = v
+        .public_key(name)
+        .await
+        .unwrap()
+        .expect("the certificate's key");
+    assert!(
+        der.windows(public.n.len())
+            .any(|w| w == public.n.as_slice()),
+        "the certificate carries the vault key's modulus"
+    );
+    let message = b"client assertion";
+    let signature = v
+        .sign_digest(name, SignAlgorithm::Ps256, &sha256(message))
+        .await
+        .unwrap();
+    PublicKeyComponents {
+        n: &public.n,
+        e: &public.e,
+    }
+    .verify(&RSA_PSS_2048_8192_SHA256, message, &signature)
+    .expect("the certificate's key signs");
+}
+
 fn local() -> (LocalVault, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
         "local-vault-{}-{}",
@@ -180,5 +213,29 @@ async fn key_vault_signs_with_keys_that_never_leave_it() {
             .any(|l| l.starts_with("POST /keys/app-credential/") && l.contains("/sign")),
         "{:?}",
         fake.log()
+    );
+}
+
+#[tokio::test]
+async fn local_vault_makes_certificates() {
+    let (v, dir) = local();
+    certificates_are_made_with_keys_that_stay_in_the_vault(&v).await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn key_vault_makes_certificates_through_the_sdk_poller() {
+    let (v, fake, _) = key_vault();
+    certificates_are_made_with_keys_that_stay_in_the_vault(&v).await;
+    let log = fake.log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST /certificates/app-credential-global/create")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("GET /certificates/app-credential-global/pending")),
+        "polled: {log:?}"
     );
 }
