@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use entra::{KeyCachePolicy, Validator, ValidatorConfig};
+use uuid::Uuid;
 
 use crate::access::AccessControl;
 use crate::app_credentials::AppCredentials;
@@ -64,7 +65,12 @@ impl App {
     ) -> App {
         let table_names = crate::store::TableNames::new(&settings.table_prefix);
         let run_log = Arc::new(TableRunLog::new(tables.table(table_names.runs())));
-        let mut audiences = vec![settings.entra.client_id.to_string()];
+        let mut audiences: Vec<String> = settings
+            .entra
+            .all_client_ids()
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
         audiences.extend(settings.entra.app_id_uri.clone());
         let validator = Validator::new(ValidatorConfig {
             audiences,
@@ -94,7 +100,7 @@ impl App {
             tenants.clone(),
             graph.clone(),
             settings.entra.endpoints.clone(),
-            settings.entra.client_id,
+            settings.entra.clone(),
             credentials.clone(),
             settings.public_base_url.clone(),
             settings.consent_confirm,

@@ -89,6 +89,9 @@ pub struct KeyVaultSettings {
 pub struct EntraSettings {
     /// `ENTRA_CLIENT_ID`: our app registration's client id, the audience of our tokens.
     pub client_id: Uuid,
+    /// `ENTRA_CLIENT_ID_<CLOUD>`: the app registration in a national cloud, where it differs
+    /// (an app is registered per cloud).
+    pub cloud_client_ids: Vec<(entra::Cloud, Uuid)>,
     /// `ENTRA_APP_ID_URI`: our App ID URI, also accepted as audience (v1 tokens).
     pub app_id_uri: Option<String>,
     /// `ENTRA_ADMIN_TENANT_ID`: the operator's home tenant, whose admins manage this service.
@@ -103,6 +106,28 @@ pub struct EntraSettings {
     pub dev_auth: bool,
     /// `ENTRA_CLIENT_SECRET`: the app's client secret (in Azure a Key Vault reference).
     pub client_secret: Option<Secret>,
+}
+
+impl EntraSettings {
+    /// Our app's client id in a cloud.
+    pub fn client_id_in(&self, cloud: entra::Cloud) -> Uuid {
+        self.cloud_client_ids
+            .iter()
+            .find(|(c, _)| *c == cloud)
+            .map_or(self.client_id, |(_, id)| *id)
+    }
+
+    /// Every client id of our app: each is an accepted token audience.
+    pub fn all_client_ids(&self) -> Vec<Uuid> {
+        let mut ids = vec![self.client_id];
+        ids.extend(
+            self.cloud_client_ids
+                .iter()
+                .map(|(_, id)| *id)
+                .filter(|id| *id != self.client_id),
+        );
+        ids
+    }
 }
 
 /// A secret setting: never shown by `Debug`.
@@ -292,6 +317,16 @@ fn entra_settings<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
 ) -> Result<EntraSettings, ConfigError> {
     let client_id = guid("ENTRA_CLIENT_ID", get("ENTRA_CLIENT_ID"))?;
+    let mut cloud_client_ids = Vec::new();
+    for (cloud, name) in [
+        (entra::Cloud::UsGov, "ENTRA_CLIENT_ID_USGOV"),
+        (entra::Cloud::UsGovDod, "ENTRA_CLIENT_ID_USGOVDOD"),
+        (entra::Cloud::China, "ENTRA_CLIENT_ID_CHINA"),
+    ] {
+        if let Some(value) = get(name) {
+            cloud_client_ids.push((cloud, guid(name, Some(value))?));
+        }
+    }
     let app_id_uri = get("ENTRA_APP_ID_URI").map(str::to_string);
     if let Some(uri) = &app_id_uri
         && Url::parse(uri).is_err()
@@ -335,6 +370,7 @@ fn entra_settings<'a>(
     }
     Ok(EntraSettings {
         client_id,
+        cloud_client_ids,
         app_id_uri,
         admin_tenant_id,
         admin_cloud,
@@ -511,6 +547,22 @@ mod tests {
         }
         let dev_ok = settings(&[dev, ("ENTRA_DEV_AUTH", "true")]).unwrap();
         assert!(dev_ok.entra.dev_auth);
+        let china = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let per_cloud = settings(&[dev, ("ENTRA_CLIENT_ID_CHINA", china)]).unwrap();
+        assert_eq!(
+            per_cloud
+                .entra
+                .client_id_in(entra::Cloud::China)
+                .to_string(),
+            china
+        );
+        assert_eq!(
+            per_cloud.entra.client_id_in(entra::Cloud::UsGov),
+            per_cloud.entra.client_id
+        );
+        assert_eq!(per_cloud.entra.all_client_ids().len(), 2);
+        let err = settings(&[dev, ("ENTRA_CLIENT_ID_USGOV", "x")]).unwrap_err();
+        assert_eq!(err.name, "ENTRA_CLIENT_ID_USGOV");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::app_credentials::{AppCredentials, CredentialNames};
+use crate::config::EntraSettings;
 use crate::domain::{ActivationLink, LinkState, Tenant, TenantStatus};
 use crate::store::{LinkStore, StoreError, TenantStore};
 
@@ -59,7 +60,7 @@ pub struct Onboarding {
     tenants: Arc<dyn TenantStore>,
     graph: Arc<GraphClient>,
     endpoints: Endpoints,
-    client_id: Uuid,
+    entra: EntraSettings,
     credentials: Arc<AppCredentials>,
     public_base_url: Url,
     confirm_budget: Duration,
@@ -94,7 +95,7 @@ impl Onboarding {
         tenants: Arc<dyn TenantStore>,
         graph: Arc<GraphClient>,
         endpoints: Endpoints,
-        client_id: Uuid,
+        entra: EntraSettings,
         credentials: Arc<AppCredentials>,
         public_base_url: Url,
         confirm_budget: Duration,
@@ -104,7 +105,7 @@ impl Onboarding {
             tenants,
             graph,
             endpoints,
-            client_id,
+            entra,
             credentials,
             public_base_url,
             confirm_budget,
@@ -184,7 +185,7 @@ impl Onboarding {
         format!(
             "{}/organizations/v2.0/adminconsent?client_id={}&scope={}&redirect_uri={}&state={}",
             self.endpoints.login(link.cloud),
-            self.client_id,
+            self.entra.client_id_in(link.cloud),
             encode(&graph_scope),
             encode(&self.public("/api/consent/callback")),
             encode(token),
@@ -212,7 +213,7 @@ impl Onboarding {
         match self.credentials.service_credential(cloud).await {
             Ok(credential) => Some(AppRegistration {
                 cloud,
-                client_id: self.client_id,
+                client_id: self.entra.client_id_in(cloud),
                 credential: credential?,
             }),
             Err(e) => {

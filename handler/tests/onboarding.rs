@@ -398,18 +398,29 @@ async fn consent_propagation_is_waited_for_then_left_to_housekeeping() {
 
 #[tokio::test]
 async fn each_national_cloud_gets_its_own_consent_url() {
-    let w = World::start(&[]).await;
-    for (cloud, scope) in [
-        ("global", "https://graph.microsoft.com/.default"),
-        ("usgov", "https://graph.microsoft.us/.default"),
-        ("usgovdod", "https://dod-graph.microsoft.us/.default"),
-        ("china", "https://microsoftgraph.chinacloudapi.cn/.default"),
+    // an app is registered per cloud: China's registration has its own client id here
+    let china_app = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let w = World::start(&[("ENTRA_CLIENT_ID_CHINA", china_app)]).await;
+    for (cloud, scope, client) in [
+        ("global", "https://graph.microsoft.com/.default", CLIENT_ID),
+        ("usgov", "https://graph.microsoft.us/.default", CLIENT_ID),
+        (
+            "usgovdod",
+            "https://dod-graph.microsoft.us/.default",
+            CLIENT_ID,
+        ),
+        (
+            "china",
+            "https://microsoftgraph.chinacloudapi.cn/.default",
+            china_app,
+        ),
     ] {
         let link = w.new_link(json!({"cloud": cloud})).await;
         assert_eq!(link["cloud"], cloud);
         let (_, location, _) = w.open(link["link"].as_str().unwrap()).await;
         let params: HashMap<_, _> = location.unwrap().query_pairs().into_owned().collect();
         assert_eq!(params["scope"], scope, "{cloud}");
+        assert_eq!(params["client_id"], client, "{cloud}");
     }
     for bad in [
         json!({"cloud": "mars"}),

@@ -171,7 +171,7 @@ async fn create_service(
         .await
         .map_err(vault_error)?;
     tracing::info!(%cloud, thumbprint = %entra::credentials::thumbprint_s256(&export.der), "app credential certificate created");
-    let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id});
+    let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id_in(cloud)});
     Ok(export_reply(
         StatusCode::CREATED,
         &export,
@@ -197,7 +197,7 @@ async fn get_service(
                 "no certificate for the {cloud} app yet; POST creates one"
             ))
         })?;
-    let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id});
+    let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id_in(cloud)});
     Ok(export_reply(StatusCode::OK, &export, extra, params))
 }
 
