@@ -72,24 +72,36 @@ impl App {
             .map(Uuid::to_string)
             .collect();
         audiences.extend(settings.entra.app_id_uri.clone());
-        let validator = Validator::new(ValidatorConfig {
-            audiences,
-            leeway: TOKEN_LEEWAY,
-            keys: KeyCachePolicy::default(),
-            cache_capacity: 50_000,
-            endpoints: settings.entra.endpoints.clone(),
-            dev_key,
-        });
+        // one HTTP client for everything that talks to Microsoft: building one loads the
+        // trust roots, which would otherwise delay start-up once per client
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .expect("an HTTP client builds");
+        let validator = Validator::with_http(
+            ValidatorConfig {
+                audiences,
+                leeway: TOKEN_LEEWAY,
+                keys: KeyCachePolicy::default(),
+                cache_capacity: 50_000,
+                endpoints: settings.entra.endpoints.clone(),
+                dev_key,
+            },
+            http.clone(),
+        );
         let tenants: Arc<dyn crate::store::TenantStore> =
             Arc::new(TableTenantStore::new(tables.table(table_names.tenants())));
-        let tokens = Arc::new(entra::credentials::TokenProvider::new(
+        let tokens = Arc::new(entra::credentials::TokenProvider::with_http(
             settings.entra.endpoints.clone(),
             Duration::from_secs(15),
+            http.clone(),
         ));
-        let graph = Arc::new(entra::graph::GraphClient::new(
+        let graph = Arc::new(entra::graph::GraphClient::with_http(
             settings.entra.endpoints.clone(),
             tokens,
             entra::graph::GraphPolicy::default(),
+            http,
         ));
         let credentials = Arc::new(AppCredentials::new(
             vault,

@@ -28,6 +28,11 @@ fn spawn_handler(binary: &PathBuf, port: u16, storage: &str) -> Child {
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env("AzureWebJobsStorage", storage)
         .env("STORAGE_TABLE_PREFIX", "bench")
+        .env("ENTRA_CLIENT_ID", "6e74172b-be56-4843-9ff4-e66a39bb12e3")
+        .env(
+            "ENTRA_ADMIN_TENANT_ID",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -142,6 +142,7 @@ type CacheKey = (Cloud, String, Uuid, String);
 /// Gets and caches client-credentials tokens.
 pub struct TokenProvider {
     http: reqwest::Client,
+    timeout: Duration,
     endpoints: Endpoints,
     cache: Mutex<HashMap<CacheKey, AccessToken>>,
     in_flight: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -154,12 +155,22 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 impl TokenProvider {
     /// A provider; nothing is requested until a token is needed.
     pub fn new(endpoints: Endpoints, timeout: Duration) -> TokenProvider {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .build()
+            .expect("an HTTP client builds");
+        TokenProvider::with_http(endpoints, timeout, http)
+    }
+
+    /// A provider sharing an HTTP client; each request still times out after `timeout`.
+    pub fn with_http(
+        endpoints: Endpoints,
+        timeout: Duration,
+        http: reqwest::Client,
+    ) -> TokenProvider {
         TokenProvider {
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .build()
-                .expect("an HTTP client builds"),
+            http,
+            timeout,
             endpoints,
             cache: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -297,6 +308,7 @@ impl TokenProvider {
         let response = self
             .http
             .post(&url)
+            .timeout(self.timeout)
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body)
             .send()

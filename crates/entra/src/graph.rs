@@ -131,12 +131,22 @@ impl GraphClient {
         tokens: Arc<TokenProvider>,
         policy: GraphPolicy,
     ) -> GraphClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
+            .build()
+            .expect("an HTTP client builds");
+        GraphClient::with_http(endpoints, tokens, policy, http)
+    }
+
+    /// A client sharing an HTTP client; each request still times out per the policy.
+    pub fn with_http(
+        endpoints: Endpoints,
+        tokens: Arc<TokenProvider>,
+        policy: GraphPolicy,
+        http: reqwest::Client,
+    ) -> GraphClient {
         GraphClient {
-            http: reqwest::Client::builder()
-                .timeout(policy.timeout)
-                .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
-                .build()
-                .expect("an HTTP client builds"),
+            http,
             endpoints,
             tokens,
             policy,
@@ -319,6 +329,7 @@ impl GraphClient {
             let mut request = self
                 .http
                 .request(method.parse().expect("a valid method"), &url)
+                .timeout(self.policy.timeout)
                 .bearer_auth(&*token.token)
                 .header("accept", "application/json");
             if let Some(body) = &body {
