@@ -150,6 +150,15 @@ impl AppCredentials {
         Ok(self.client_secret.clone().map(AppCredential::Secret))
     }
 
+    /// The client secret alone (vault, else setting): the fallback while a new certificate
+    /// is not uploaded to the app registration yet.
+    pub async fn secret_credential(&self) -> Result<Option<AppCredential>, VaultError> {
+        if let Some(secret) = self.vault.get_secret(CLIENT_SECRET_NAME).await? {
+            return Ok(Some(AppCredential::Secret(secret)));
+        }
+        Ok(self.client_secret.clone().map(AppCredential::Secret))
+    }
+
     /// The public part of a stored certificate.
     pub async fn export(
         &self,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use entra::credentials::{AppRegistration, TokenError};
+use entra::credentials::{AppCredential, AppRegistration, TokenError};
 use entra::graph::{GraphClient, GraphError};
 use entra::{Cloud, Endpoints};
 use tables::ETag;
@@ -256,36 +256,35 @@ impl Onboarding {
             return Ok(ConsentOutcome::Link(LinkProblem::Used));
         };
         let consented_at = OffsetDateTime::now_utc();
-        match self.confirm(&app, tenant_id).await {
-            Confirmation::Confirmed(name) => {
-                let tenant = self
-                    .record(
-                        tenant_id,
-                        link.cloud,
-                        name,
-                        TenantStatus::Active,
-                        consented_at,
-                    )
-                    .await?;
-                Ok(ConsentOutcome::Confirmed(tenant))
-            }
-            Confirmation::NotYet => {
-                let name = format!("Tenant {tenant_id} (awaiting confirmation)");
-                let tenant = self
-                    .record(
-                        tenant_id,
-                        link.cloud,
-                        name,
-                        TenantStatus::Pending,
-                        consented_at,
-                    )
-                    .await?;
-                Ok(ConsentOutcome::Pending(tenant))
-            }
+        let (status, name) = match self.confirm(&app, tenant_id).await {
+            Confirmation::Confirmed(name) => (TenantStatus::Active, name),
+            Confirmation::NotYet => (
+                TenantStatus::Pending,
+                format!("Tenant {tenant_id} (awaiting confirmation)"),
+            ),
             Confirmation::Rejected(why) => {
-                // the link was not used up by a tenant that does not exist
+                // the link was not used up by a tenant Microsoft does not confirm
+                self.links.release(&link, claimed).await?;
+                return Ok(ConsentOutcome::Rejected(why));
+            }
+        };
+        match self
+            .record(tenant_id, link.cloud, name, status, consented_at)
+            .await
+        {
+            // the page reports what Microsoft confirmed now, whatever was stored before
+            Ok(tenant) if status == TenantStatus::Active => Ok(ConsentOutcome::Confirmed(tenant)),
+            Ok(tenant) => Ok(ConsentOutcome::Pending(tenant)),
+            Err(StoreError::Conflict(why)) => {
                 self.links.release(&link, claimed).await?;
                 Ok(ConsentOutcome::Rejected(why))
+            }
+            Err(e) => {
+                // nothing recorded: keep the link usable so the administrator can retry
+                if let Err(release) = self.links.release(&link, claimed).await {
+                    tracing::warn!(error = %release, "could not release an activation link after a failure");
+                }
+                Err(e)
             }
         }
     }
@@ -317,8 +316,18 @@ impl Onboarding {
     async fn confirm(&self, app: &AppRegistration, tenant_id: Uuid) -> Confirmation {
         let deadline = tokio::time::Instant::now() + self.confirm_budget;
         let mut delay = Duration::from_millis(500);
+        let mut app = app.clone();
         loop {
-            match self.graph.organization(app, &tenant_id.to_string()).await {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = tokio::time::timeout(
+                remaining,
+                self.graph.organization(&app, &tenant_id.to_string()),
+            )
+            .await;
+            let Ok(attempt) = attempt else {
+                return Confirmation::NotYet;
+            };
+            match attempt {
                 Ok(org) => {
                     let name = org["displayName"]
                         .as_str()
@@ -335,6 +344,14 @@ impl Onboarding {
                     return Confirmation::Rejected(why);
                 }
                 Err(GraphError::Token(TokenError::InvalidClient(why))) => {
+                    // a certificate not uploaded yet (or just rotated): use the secret if any
+                    if matches!(app.credential, AppCredential::Certificate { .. })
+                        && let Ok(Some(secret)) = self.credentials.secret_credential().await
+                    {
+                        tracing::warn!(error = %why, "certificate credential refused; falling back to the client secret");
+                        app.credential = secret;
+                        continue;
+                    }
                     tracing::error!(error = %why, "the service's own app credential was refused");
                     return Confirmation::Rejected(
                         "this service could not authenticate to Microsoft".into(),
@@ -378,8 +395,12 @@ impl Onboarding {
                     status: TenantStatus::Active,
                     ..tenant.clone()
                 };
-                self.tenants.record_consent(&active).await?;
-                confirmed += 1;
+                match self.tenants.record_consent(&active).await {
+                    Ok(_) => confirmed += 1,
+                    // offboarded meanwhile: leave it so
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(confirmed)

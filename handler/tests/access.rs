@@ -778,3 +778,64 @@ async fn another_instance_sees_a_revocation_within_30_seconds() {
     }
     assert_eq!(ping_other().await, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn deleting_an_old_revoked_grant_keeps_the_new_grant_unique() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let user = Uuid::new_v4();
+    let body =
+        json!({"tenant_id": tenant, "kind": "user", "object_id": user, "scopes": ["records.read"]});
+    let old = w.grant(body.clone()).await;
+    assert_eq!(
+        w.admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, _) = w
+        .admin(
+            "POST",
+            "/api/v1/tenants",
+            Some(json!({"tenant_id": tenant, "display_name": "Back again"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "an offboarded tenant registers again"
+    );
+    let new = w.grant(body.clone()).await;
+    let (status, _) = w
+        .admin(
+            "DELETE",
+            &format!("/api/v1/access/grants/{}", old["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, conflict) = w.admin("POST", "/api/v1/access/grants", Some(body)).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "still one grant per principal: {conflict}"
+    );
+    assert!(
+        conflict["message"]
+            .as_str()
+            .unwrap()
+            .contains(new["id"].as_str().unwrap())
+    );
+    let (status, _) = w
+        .admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "offboarding again works");
+    let (_, kept) = w
+        .admin(
+            "GET",
+            &format!("/api/v1/access/grants/{}", new["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(kept["revoked_at"].is_string(), "{kept}");
+}

@@ -611,3 +611,90 @@ async fn a_customer_owned_app_is_used_for_that_tenants_graph_calls() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_callback_never_downgrades_or_revives_another_tenant() {
+    let w = World::start(&[("CONSENT_CONFIRM_SECONDS", "1")]).await;
+    // an active tenant registered by an admin, where the service's app is not consented
+    let active = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&active, "Active Corp", "active.onmicrosoft.com");
+    let (status, _) = admin_json(
+        &w,
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"tenant_id": active, "display_name": "Active Corp"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let link = w.new_link(json!({})).await;
+    let (status, _) = call(&w, success(&active, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let record = w.tenant(&active).await;
+    assert_eq!(record["status"], "active", "not downgraded to pending");
+    assert_eq!(record["added_by"], "admin_api");
+
+    // an offboarded tenant is not brought back by a consent callback
+    let gone = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&gone, "Gone Corp", "gone.onmicrosoft.com");
+    w.fake.consent(&gone, CLIENT_ID, 0);
+    admin_json(
+        &w,
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"tenant_id": gone, "display_name": "Gone Corp"})),
+    )
+    .await;
+    assert_eq!(
+        admin_json(&w, "DELETE", &format!("/api/v1/tenants/{gone}"), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let link = w.new_link(json!({})).await;
+    let (status, page) = call(&w, success(&gone, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("offboarded"), "{page}");
+    assert_eq!(w.tenant(&gone).await["status"], "offboarded");
+    let states: Vec<Value> = w.links().await.iter().map(|l| l["state"].clone()).collect();
+    assert!(
+        states.contains(&json!("pending")),
+        "the refused link stays usable: {states:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_not_yet_uploaded_falls_back_to_the_client_secret() {
+    let w = World::start(&[]).await;
+    // created in the vault but never uploaded: the app registration knows only the secret
+    let (status, _) = admin_json(
+        &w,
+        "POST",
+        "/api/v1/app-credential/certificate",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Patient Corp", "patient.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    let link = w.new_link(json!({})).await;
+    let (status, page) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let forms: Vec<_> = w
+        .fake
+        .token_requests()
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    assert!(
+        forms.iter().any(|f| f.contains_key("client_assertion")),
+        "the certificate was tried first"
+    );
+    assert!(
+        forms.last().unwrap().contains_key("client_secret"),
+        "then the secret"
+    );
+}

@@ -132,7 +132,7 @@ impl KeySource {
                 if age > self.policy.refresh_interval {
                     let source = self.clone();
                     let generation = snap.generation;
-                    tokio::spawn(async move { source.refresh(Some(generation), false).await });
+                    tokio::spawn(async move { source.refresh(Some(generation)).await });
                 }
                 if let Some(key) = snap.keys.get(kid) {
                     return Ok((snap.issuer_template.clone(), key.clone()));
@@ -141,7 +141,7 @@ impl KeySource {
         }
         // unknown kid, nothing cached, or too old: one shared, rate-limited refresh
         let stale = seen.as_ref().map(|s| s.generation);
-        self.refresh(stale, seen.is_none()).await;
+        self.refresh(stale).await;
         let snap = self.snapshot().ok_or_else(|| {
             KeyError::Unavailable(format!(
                 "{} {} metadata could not be fetched",
@@ -161,13 +161,15 @@ impl KeySource {
     }
 
     /// Fetches unless someone already replaced `seen_generation`, or the cooldown forbids it.
-    async fn refresh(&self, seen_generation: Option<u64>, first_load: bool) {
+    async fn refresh(&self, seen_generation: Option<u64>) {
         let mut last_attempt = self.refresh.lock().await;
         let current = self.snapshot();
         if current.as_ref().map(|s| s.generation) != seen_generation {
             return; // another caller refreshed while we waited
         }
-        if !first_load && last_attempt.is_some_and(|t| t.elapsed() < self.policy.refresh_cooldown) {
+        // the cooldown holds for first loads too: when Microsoft is unreachable at a cold
+        // start, waiting callers fail fast instead of fetching one after another
+        if last_attempt.is_some_and(|t| t.elapsed() < self.policy.refresh_cooldown) {
             return;
         }
         *last_attempt = Some(Instant::now());

@@ -466,3 +466,28 @@ async fn repeated_tokens_are_served_from_the_cache() {
     assert_eq!(fake.key_fetches(), fetches);
     assert_eq!(fake.metadata_fetches(), 1, "metadata fetched once");
 }
+
+#[tokio::test]
+async fn a_cold_start_with_microsoft_down_fails_fast_with_one_fetch() {
+    let fake = FakeEntra::start(fake_entra::GLOBAL).await;
+    fake.set_down(true);
+    let v = Arc::new(validator(&fake, Duration::from_secs(30)));
+    let token = fake.sign(&fake.first_kid(), json!({}), &v2_claims(&fake));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let v = v.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            v.validate(&token, &tenants(Cloud::Global)).await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap_err().is_unavailable());
+    }
+    assert_eq!(fake.metadata_fetches(), 0, "the stand-in was down");
+    assert_eq!(
+        v.key_source(Cloud::Global, TokenVersion::V2).fetch_count(),
+        1,
+        "one attempt, shared"
+    );
+}

@@ -223,8 +223,15 @@ impl TableServiceClient {
             let request = self.build(&call, &url).await?;
             self.inner.requests.fetch_add(1, Ordering::Relaxed);
             let outcome = self.inner.http.execute(request).await;
+            // 503 (server busy) and connection failures mean the request was not processed;
+            // 408, 500 and timeouts may hide a write that landed, so only idempotent calls
+            // (reads, unconditional upserts, deletes) are sent again after them
             let retryable = match &outcome {
-                Ok(response) => matches!(response.status().as_u16(), 408 | 500 | 503),
+                Ok(response) => match response.status().as_u16() {
+                    503 => true,
+                    408 | 500 => call.idempotent,
+                    _ => false,
+                },
                 Err(e) => e.is_connect() || (call.idempotent && (e.is_timeout() || e.is_request())),
             };
             let delay = options.initial_backoff * 2u32.saturating_pow(attempt - 1);
@@ -526,7 +533,12 @@ impl Table {
         let build = || {
             let call = Call::new(method.clone(), &resource).json(&body);
             match &if_match {
-                Some(m) => call.header("if-match", m.header_value()),
+                Some(m) => {
+                    let mut call = call.header("if-match", m.header_value());
+                    // resending a conditional write that landed would answer 412 for our own change
+                    call.idempotent = matches!(m, IfMatch::Any);
+                    call
+                }
                 None => call,
             }
         };

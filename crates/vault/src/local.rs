@@ -44,7 +44,10 @@ impl LocalVault {
             .map_err(local)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(local)?;
         // write a new file and rename it over the old one, so readers never see half a secret
-        let temp = path.with_extension("tmp");
+        let mut unique = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut unique)
+            .map_err(|_| VaultError::Local("random temp name".into()))?;
+        let temp = path.with_extension(format!("tmp-{}", u64::from_le_bytes(unique)));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)

@@ -179,6 +179,23 @@ async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
     };
     app.access.grants.create(&grant).await?;
     app.access.invalidate_grants(tenant_id);
+    // an offboarding that listed the tenant's grants before this one landed would miss it
+    if app
+        .access
+        .tenants
+        .get(tenant_id)
+        .await?
+        .is_none_or(|t| t.status == TenantStatus::Offboarded)
+    {
+        app.access
+            .grants
+            .revoke_all(tenant_id, OffsetDateTime::now_utc())
+            .await?;
+        app.access.invalidate_grants(tenant_id);
+        return Err(ApiError::conflict(format!(
+            "tenant {tenant_id} was offboarded"
+        )));
+    }
     tracing::info!(grant_id = %grant.id, %tenant_id, kind = grant.principal.kind(), "grant created");
     Ok(json_reply(StatusCode::CREATED, &grant_json(&grant)))
 }

@@ -120,6 +120,30 @@ impl TableGrantStore {
         })
     }
 
+    /// A delete of the principal's uniqueness row, when that row names this grant.
+    async fn owned_index(
+        &self,
+        partition: &str,
+        grant: &Grant,
+    ) -> Result<Option<Operation>, StoreError> {
+        let key = grant.principal.index_key();
+        let Some(index) = self.table.try_get(partition, &key).await? else {
+            return Ok(None);
+        };
+        if index.get_str("GrantId") != Some(grant.id.to_string().as_str()) {
+            return Ok(None);
+        }
+        let etag = index
+            .etag
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
+        Ok(Some(Operation::Delete {
+            partition_key: partition.to_string(),
+            row_key: key,
+            if_match: IfMatch::ETag(etag),
+        }))
+    }
+
     /// The stored row of a grant (with its ETag), wherever its tenant.
     async fn find(&self, id: Uuid) -> Result<Option<Entity>, StoreError> {
         let query = Query {
@@ -220,40 +244,34 @@ impl GrantStore for TableGrantStore {
             row_key: row.row_key.clone(),
             if_match: IfMatch::Any,
         }];
-        // a revoked grant's uniqueness row is already gone
-        if self
-            .table
-            .try_get(&row.partition_key, &grant.principal.index_key())
-            .await?
-            .is_some()
-        {
-            ops.push(Operation::Delete {
-                partition_key: row.partition_key.clone(),
-                row_key: grant.principal.index_key(),
-                if_match: IfMatch::Any,
-            });
+        // the uniqueness row goes too, but only when it is this grant's (a revoked grant's
+        // principal may hold a newer grant), and only as it was read
+        if let Some(index) = self.owned_index(&row.partition_key, &grant).await? {
+            ops.push(index);
         }
         match self.table.transact(&ops).await {
             Ok(_) => Ok(true),
             Err(TableError::Batch { source, .. }) if source.is_not_found() => Ok(false),
+            Err(TableError::Batch { source, .. }) if source.is_precondition_failed() => {
+                Err(StoreError::Contended)
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     async fn revoke_all(&self, tenant_id: Uuid, at: OffsetDateTime) -> Result<usize, StoreError> {
+        let partition = tenant_id.to_string();
         let grants = self.list(Some(tenant_id)).await?;
         let mut ops = Vec::new();
         let mut revoked = 0;
         for grant in grants.into_iter().filter(|g| g.revoked_at.is_none()) {
             ops.push(Operation::Merge(
-                Entity::new(tenant_id.to_string(), grant_key(grant.id)).with("RevokedAt", at),
+                Entity::new(partition.clone(), grant_key(grant.id)).with("RevokedAt", at),
                 IfMatch::Any,
             ));
-            ops.push(Operation::Delete {
-                partition_key: tenant_id.to_string(),
-                row_key: grant.principal.index_key(),
-                if_match: IfMatch::Any,
-            });
+            if let Some(index) = self.owned_index(&partition, &grant).await? {
+                ops.push(index);
+            }
             revoked += 1;
         }
         self.table.transact_chunked(ops).await?;

@@ -18,8 +18,9 @@ pub trait TenantStore: Send + Sync {
     async fn get(&self, tenant_id: Uuid) -> Result<Option<Tenant>, StoreError>;
     /// All tenants.
     async fn list(&self) -> Result<Vec<Tenant>, StoreError>;
-    /// Records an administrator's consent: creates the tenant, or updates it (keeping when it
-    /// was first registered) with the new status, name and consent time.
+    /// Records an administrator's consent: creates the tenant, or updates an existing one
+    /// without ever downgrading it, changing its cloud or app, or reviving an offboarded one
+    /// (a conflict).
     async fn record_consent(&self, tenant: &Tenant) -> Result<Tenant, StoreError>;
     /// Sets or clears the tenant's own app registration; `None` when it does not exist.
     async fn set_app(
@@ -144,10 +145,28 @@ impl TenantStore for TableTenantStore {
                 }
             };
             let current = Self::from_entity(&existing)?;
+            if current.status == TenantStatus::Offboarded {
+                // a consent callback never brings back an offboarded tenant: an admin does
+                return Err(StoreError::Conflict(format!(
+                    "tenant {} was offboarded; it must be registered again by an administrator",
+                    tenant.tenant_id
+                )));
+            }
+            // never downgrade an active tenant, and keep what the callback cannot know
+            let confirmed = tenant.status == TenantStatus::Active;
             let updated = Tenant {
-                created_at: current.created_at,
-                offboarded_at: None,
-                ..tenant.clone()
+                status: if confirmed {
+                    TenantStatus::Active
+                } else {
+                    current.status
+                },
+                display_name: if confirmed {
+                    tenant.display_name.clone()
+                } else {
+                    current.display_name.clone()
+                },
+                consented_at: tenant.consented_at.or(current.consented_at),
+                ..current.clone()
             };
             let etag = existing
                 .etag
