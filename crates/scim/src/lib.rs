@@ -3,6 +3,7 @@
 //! and no HTTP here, so the protocol can be read and tested on its own.
 
 pub mod filter;
+pub mod patch;
 pub mod path;
 
 pub use filter::{AttrPath, CompValue, CompareOp, Filter, FilterError};

@@ -2,6 +2,7 @@
 //! panic the filter or PATCH path parsers; every rejection is an error with a position.
 
 use proptest::prelude::*;
+use scim::patch::{PATCH_OP_SCHEMA, apply, parse_request};
 use scim::{Filter, PatchPath};
 
 /// Fragments that combine into almost-valid filters.
@@ -52,5 +53,23 @@ proptest! {
             f.matches(&serde_json::json!({"userName": "x", "emails": [{"value": "x", "type": "work"}], "name": {"givenName": "g"}}));
         }
         let _ = PatchPath::parse(&text);
+    }
+
+    #[test]
+    fn arbitrary_patch_operations_never_panic(
+        op in prop_oneof![Just("add"), Just("Replace"), Just("remove"), Just("move")],
+        parts in proptest::collection::vec(fragment(), 0..6),
+        value in prop_oneof![
+            Just(serde_json::json!(null)), Just(serde_json::json!("")), Just(serde_json::json!("False")),
+            Just(serde_json::json!([{"value": "a"}])), Just(serde_json::json!({"name.givenName": "x", "emails": []})),
+            Just(serde_json::json!(42)),
+        ],
+    ) {
+        let path: String = parts.concat();
+        let body = serde_json::json!({"schemas": [PATCH_OP_SCHEMA], "Operations": [{"op": op, "path": path, "value": value}]});
+        if let Ok(ops) = parse_request(&body) {
+            let mut resource = serde_json::json!({"schemas": [], "id": "1", "userName": "x", "emails": [{"type": "work", "value": "y"}], "members": [{"value": "a"}]});
+            let _ = apply(&mut resource, &ops);
+        }
     }
 }
