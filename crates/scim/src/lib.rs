@@ -5,6 +5,7 @@
 pub mod filter;
 pub mod patch;
 pub mod path;
+pub mod protocol;
 
 pub use filter::{AttrPath, CompValue, CompareOp, Filter, FilterError};
 pub use path::PatchPath;
