@@ -143,7 +143,11 @@ impl std::fmt::Debug for Secret {
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Settings, ConfigError> {
-        Settings::from_map(&std::env::vars().collect())
+        // vars_os: a variable that is not UTF-8 (not one of ours) must not panic start-up
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Settings::from_map(&env)
     }
 
     /// Reads settings from a map (the environment, or a test's).
@@ -206,6 +210,19 @@ impl Settings {
                 url
             }
         };
+        let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
+        if in_azure && get("KEY_VAULT_URI").is_none() {
+            return Err(problem(
+                "KEY_VAULT_URI",
+                "is required in Azure (the local vault is for local runs only)",
+            ));
+        }
+        if in_azure && get("PUBLIC_BASE_URL").is_none() {
+            return Err(problem(
+                "PUBLIC_BASE_URL",
+                "is required in Azure (activation links and the consent redirect use it)",
+            ));
+        }
         let key_vault = match get("KEY_VAULT_URI") {
             None => None,
             Some(raw) => {
@@ -563,6 +580,22 @@ mod tests {
         assert_eq!(per_cloud.entra.all_client_ids().len(), 2);
         let err = settings(&[dev, ("ENTRA_CLIENT_ID_USGOV", "x")]).unwrap_err();
         assert_eq!(err.name, "ENTRA_CLIENT_ID_USGOV");
+        let azure = ("WEBSITE_INSTANCE_ID", "abc123");
+        assert_eq!(settings(&[dev, azure]).unwrap_err().name, "KEY_VAULT_URI");
+        let vault = ("KEY_VAULT_URI", "https://kv.vault.azure.net/");
+        assert_eq!(
+            settings(&[dev, azure, vault]).unwrap_err().name,
+            "PUBLIC_BASE_URL"
+        );
+        assert!(
+            settings(&[
+                dev,
+                azure,
+                vault,
+                ("PUBLIC_BASE_URL", "https://connector.example.com")
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ const USAGE: &str = "usage: handler [serve | host | dev-token ... | version | he
 Settings come from the environment; see local.settings.sample.json and docs/settings.md.";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let mode = match args.first().map(String::as_str) {
         None if std::env::var_os("FUNCTIONS_CUSTOMHANDLER_PORT").is_some() => Mode::Host,
         None | Some("serve") => Mode::Standalone,

@@ -129,11 +129,12 @@ impl TimerInfo {
 /// ISO 8601 without an offset (taken as UTC), and the .NET invariant `MM/dd/yyyy HH:mm:ss`.
 pub fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
     let s = s.trim();
+    // checked: a far-future time with a negative offset would overflow year 9999
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Some(t.to_offset(UtcOffset::UTC));
+        return t.checked_to_offset(UtcOffset::UTC);
     }
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc2822) {
-        return Some(t.to_offset(UtcOffset::UTC));
+        return t.checked_to_offset(UtcOffset::UTC);
     }
     let naive_formats = [
         time::macros::format_description!(
@@ -265,6 +266,11 @@ mod tests {
             Some(datetime!(2026-11-24 13:05:00 UTC))
         );
         assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(
+            parse_timestamp("9999-12-31T23:59:59-01:00"),
+            None,
+            "out of range, not a panic"
+        );
     }
 
     #[test]

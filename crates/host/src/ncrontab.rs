@@ -109,6 +109,9 @@ fn parse_field(field: &str, min: u32, max: u32, names: &[&str]) -> Result<u64, S
                 if step == 0 {
                     return Err("a step of 0".into());
                 }
+                if step > max {
+                    return Err(format!("a step of {step} is larger than {max}"));
+                }
                 (r, step)
             }
             None => (part, 1),
@@ -278,6 +281,7 @@ mod tests {
             ("0 0 0 * Foo *", "month field"),
             ("0 0 0 * * 5-1", "backwards"),
             ("0 0,,1 * * * *", "empty"),
+            ("59/4294967295 * * * * *", "larger than"),
         ] {
             let err = expr.parse::<Schedule>().unwrap_err().to_string();
             assert!(err.contains(needle), "{expr}: {err}");

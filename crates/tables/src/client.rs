@@ -516,7 +516,10 @@ impl Table {
         key::validate("PartitionKey", partition_key)?;
         key::validate("RowKey", row_key)?;
         let resource = key::entity_path(&self.name, partition_key, row_key);
-        let call = Call::new(Method::DELETE, &resource).header("if-match", if_match.header_value());
+        let mut call =
+            Call::new(Method::DELETE, &resource).header("if-match", if_match.header_value());
+        // a conditional delete that landed would answer 404 when resent
+        call.idempotent = matches!(if_match, IfMatch::Any);
         self.client.send(call).await.map(|_| ())
     }
 
