@@ -51,6 +51,8 @@ pub struct App {
     pub access: AccessControl,
     pub onboarding: Onboarding,
     pub credentials: Arc<AppCredentials>,
+    pub scim: crate::scim_service::ScimService,
+    pub public_base_url: url::Url,
 }
 
 impl App {
@@ -103,6 +105,13 @@ impl App {
             entra::graph::GraphPolicy::default(),
             http,
         ));
+        let scim_table = tables.table(table_names.scim());
+        let scim = crate::scim_service::ScimService::new(
+            Arc::new(crate::store::scim::TableScimUserStore::new(
+                scim_table.clone(),
+            )),
+            scim_table,
+        );
         let credentials = Arc::new(AppCredentials::new(
             vault,
             settings.entra.client_secret.as_ref().map(|s| s.0.clone()),
@@ -136,6 +145,8 @@ impl App {
             access,
             onboarding,
             credentials,
+            scim,
+            public_base_url: settings.public_base_url.clone(),
         }
     }
 

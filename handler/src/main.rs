@@ -11,6 +11,7 @@ mod domain;
 mod functions;
 mod onboarding;
 mod routes;
+mod scim_service;
 mod startup;
 mod store;
 mod telemetry;

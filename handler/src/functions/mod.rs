@@ -10,6 +10,7 @@ pub mod grants;
 pub mod health;
 pub mod housekeeping;
 pub mod ping;
+pub mod scim;
 pub mod tenants;
 pub mod validate_token;
 
@@ -39,6 +40,24 @@ pub enum Handler {
 /// Every function the handler implements. Each must have `functions/<Name>/function.json`
 /// and vice versa (checked by a test).
 pub const FUNCTIONS: &[(&str, Handler)] = &[
+    (
+        "ScimToken",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/scim/token",
+        },
+    ),
+    (
+        "ScimUsers",
+        Handler::Http {
+            route: "scim/{tenant_id}/v2/Users/{user_id?}",
+        },
+    ),
+    (
+        "ScimDiscovery",
+        Handler::Http {
+            route: "scim/{tenant_id}/v2/{discovery}/{id?}",
+        },
+    ),
     (
         "AppCredentialCertificate",
         Handler::Http {

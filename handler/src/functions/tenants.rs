@@ -155,6 +155,8 @@ async fn offboard(app: &App, authorization: Option<&str>, id: &str) -> Result<Re
     // refuse the tenant's tokens on this instance at once, before revoking grants
     app.access.invalidate_tenant(tenant_id);
     let revoked = app.access.grants.revoke_all(tenant_id, now).await?;
+    // its SCIM Secret Token stops working too
+    app.scim.revoke_token(tenant_id).await?;
     app.access.invalidate_tenant(tenant_id);
     tracing::info!(%tenant_id, revoked, "tenant offboarded");
     let mut body = tenant_json(&tenant);

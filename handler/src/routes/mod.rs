@@ -142,6 +142,8 @@ pub fn table(
         .unify()
         .or(crate::functions::app_credential::routes(app.clone()))
         .unify()
+        .or(crate::functions::scim::routes(app.clone()))
+        .unify()
         .or(crate::functions::tenants::routes(app.clone()))
         .unify()
         .or(crate::functions::employees::routes(app.clone()))

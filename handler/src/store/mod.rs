@@ -5,6 +5,7 @@ pub mod employees;
 pub mod grants;
 pub mod links;
 pub mod runs;
+pub mod scim;
 pub mod tenants;
 
 pub use employees::{EmployeeStore, TableEmployeeStore};
@@ -106,6 +107,11 @@ impl TableNames {
         format!("{}ActivationLinks", self.prefix)
     }
 
+    /// SCIM resources, one partition per tenant.
+    pub fn scim(&self) -> String {
+        format!("{}ScimResources", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -114,6 +120,7 @@ impl TableNames {
             self.grants(),
             self.employees(),
             self.links(),
+            self.scim(),
         ]
     }
 }

@@ -1,0 +1,285 @@
+//! `ScimToken`, `ScimUsers` and `ScimDiscovery`: the SCIM 2.0 endpoint Entra provisions
+//! into, at `/api/scim/{tenant_id}/v2` (the "Tenant URL"), authenticated by the tenant's
+//! Secret Token; and the admin endpoint that generates that token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use warp::Reply as _;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, filters::BoxedFilter};
+
+use crate::app::App;
+use crate::auth::{self, bearer};
+use crate::routes::{ApiError, answer, body, guid_segment, json_reply, segment};
+use crate::scim_service::{MAX_RESULTS, ScimError};
+
+/// Largest SCIM request body (Entra's are a few KiB).
+pub const MAX_SCIM_BODY: usize = 1024 * 1024;
+
+fn scim_reply(status: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = warp::reply::with_status(warp::reply::json(body), status).into_response();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/scim+json"),
+    );
+    if let Some(version) = body.pointer("/meta/version").and_then(Value::as_str)
+        && let Ok(etag) = HeaderValue::from_str(version)
+    {
+        response.headers_mut().insert("etag", etag);
+    }
+    response
+}
+
+fn scim_error(e: ScimError) -> Response {
+    scim_reply(
+        e.status,
+        &scim::protocol::error_body(e.status, e.scim_type, &e.detail),
+    )
+}
+
+/// The routes.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let a = app.clone();
+    let token = warp::path!("api" / "v1" / "tenants" / String / "scim" / "token")
+        .and(warp::method())
+        .and(warp::header::optional::<String>("authorization"))
+        .then(
+            move |tenant: String, method: warp::http::Method, authorization: Option<String>| {
+                let app = a.clone();
+                async move { answer(token(&app, method, authorization.as_deref(), &tenant).await) }
+            },
+        );
+    let query = warp::query::<HashMap<String, String>>()
+        .or(warp::any().map(HashMap::new))
+        .unify();
+    let scim = warp::path!("api" / "scim" / String / "v2" / ..)
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(query)
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("if-match"))
+        .and(body(MAX_SCIM_BODY))
+        .then(
+            move |tenant: String,
+                  tail: warp::path::Tail,
+                  method: warp::http::Method,
+                  query: HashMap<String, String>,
+                  authorization: Option<String>,
+                  if_match: Option<String>,
+                  body: Result<Bytes, ApiError>| {
+                let app = app.clone();
+                async move {
+                    let request = ScimRequest {
+                        tenant: &tenant,
+                        tail: tail.as_str(),
+                        method: &method,
+                        query: &query,
+                        authorization: authorization.as_deref(),
+                        if_match: if_match.as_deref(),
+                    };
+                    match body {
+                        Ok(body) => handle(&app, request, &body)
+                            .await
+                            .unwrap_or_else(scim_error),
+                        Err(e) if e.status == StatusCode::PAYLOAD_TOO_LARGE => {
+                            scim_error(ScimError::new(
+                                413,
+                                None,
+                                format!("the body is larger than {MAX_SCIM_BODY} bytes"),
+                            ))
+                        }
+                        Err(e) => scim_error(ScimError::new(400, Some("invalidSyntax"), e.message)),
+                    }
+                }
+            },
+        );
+    token.or(scim).unify().boxed()
+}
+
+async fn token(
+    app: &App,
+    method: warp::http::Method,
+    authorization: Option<&str>,
+    tenant: &str,
+) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let tenant_id = guid_segment(tenant, "tenant_id")?;
+    let tenant = app
+        .access
+        .tenants
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))?;
+    match method {
+        warp::http::Method::POST => {
+            if tenant.status == crate::domain::TenantStatus::Offboarded {
+                return Err(ApiError::conflict("the tenant is offboarded"));
+            }
+            let token = app.scim.new_token(tenant_id).await?;
+            let tenant_url = format!(
+                "{}/api/scim/{tenant_id}/v2",
+                app.public_base_url.as_str().trim_end_matches('/')
+            );
+            tracing::info!(%tenant_id, "SCIM secret token generated");
+            Ok(json_reply(
+                StatusCode::CREATED,
+                &json!({ "token": token, "tenant_url": tenant_url }),
+            ))
+        }
+        warp::http::Method::DELETE => {
+            if !app.scim.revoke_token(tenant_id).await? {
+                return Err(ApiError::not_found("the tenant has no SCIM token"));
+            }
+            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+        }
+        _ => Err(ApiError::bad_request(
+            "use POST to generate a token, DELETE to revoke it",
+        )),
+    }
+}
+
+struct ScimRequest<'a> {
+    tenant: &'a str,
+    tail: &'a str,
+    method: &'a warp::http::Method,
+    query: &'a HashMap<String, String>,
+    authorization: Option<&'a str>,
+    if_match: Option<&'a str>,
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ScimError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ScimError::new(400, Some("invalidSyntax"), format!("malformed JSON: {e}")))
+}
+
+fn number(query: &HashMap<String, String>, name: &str, default: usize) -> Result<usize, ScimError> {
+    let found = query
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v);
+    match found {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .map(|n| n.max(0) as usize)
+            .map_err(|_| {
+                ScimError::new(
+                    400,
+                    Some("invalidValue"),
+                    format!("{name} must be a number"),
+                )
+            }),
+    }
+}
+
+async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Response, ScimError> {
+    use warp::http::Method;
+    let not_found = || ScimError::new(404, None, "no such SCIM resource");
+    let tenant = segment(request.tenant)
+        .ok()
+        .and_then(|t| uuid::Uuid::try_parse(&t).ok())
+        .ok_or_else(not_found)?;
+    app.scim
+        .authenticate(tenant, bearer(request.authorization))
+        .await?;
+    let base = format!(
+        "{}/api/scim/{tenant}/v2",
+        app.public_base_url.as_str().trim_end_matches('/')
+    );
+    let parts: Vec<String> = request
+        .tail
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(|p| segment(p).unwrap_or_default())
+        .collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let method = request.method;
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["ServiceProviderConfig"]) => Ok(scim_reply(
+            200,
+            &scim::protocol::service_provider_config(&base, MAX_SCIM_BODY, MAX_RESULTS),
+        )),
+        (&Method::GET, ["ResourceTypes"]) => {
+            let types = scim::protocol::resource_types(&base);
+            let total = types.len();
+            Ok(scim_reply(
+                200,
+                &scim::protocol::list_response(types, total, 1),
+            ))
+        }
+        (&Method::GET, ["ResourceTypes", id]) => scim::protocol::resource_types(&base)
+            .into_iter()
+            .find(|t| t["id"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(id)))
+            .map(|t| scim_reply(200, &t))
+            .ok_or_else(not_found),
+        (&Method::GET, ["Schemas"]) => {
+            let schemas = scim::protocol::schemas(&base);
+            let total = schemas.len();
+            Ok(scim_reply(
+                200,
+                &scim::protocol::list_response(schemas, total, 1),
+            ))
+        }
+        (&Method::GET, ["Schemas", id]) => scim::protocol::schemas(&base)
+            .into_iter()
+            .find(|s| s["id"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(id)))
+            .map(|s| scim_reply(200, &s))
+            .ok_or_else(not_found),
+        (_, ["ServiceProviderConfig" | "ResourceTypes" | "Schemas", ..]) => Err(ScimError::new(
+            405,
+            None,
+            "discovery endpoints are read-only",
+        )),
+        (&Method::GET, ["Users"]) => {
+            let filter = request
+                .query
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("filter"))
+                .map(|(_, v)| v.as_str());
+            let start = number(request.query, "startIndex", 1)?;
+            let count = number(request.query, "count", MAX_RESULTS)?;
+            let list = app
+                .scim
+                .list_users(tenant, &base, filter, start, count)
+                .await?;
+            Ok(scim_reply(200, &list))
+        }
+        (&Method::POST, ["Users"]) => {
+            let user = app
+                .scim
+                .create_user(tenant, &base, &parse_body(body)?)
+                .await?;
+            Ok(scim_reply(201, &user))
+        }
+        (&Method::GET, ["Users", id]) => Ok(scim_reply(
+            200,
+            &app.scim.get_user(tenant, &base, id).await?,
+        )),
+        (&Method::PUT, ["Users", id]) => {
+            let user = app
+                .scim
+                .replace_user(tenant, &base, id, &parse_body(body)?, request.if_match)
+                .await?;
+            Ok(scim_reply(200, &user))
+        }
+        (&Method::PATCH, ["Users", id]) => {
+            let user = app
+                .scim
+                .patch_user(tenant, &base, id, &parse_body(body)?, request.if_match)
+                .await?;
+            Ok(scim_reply(200, &user))
+        }
+        (&Method::DELETE, ["Users", id]) => {
+            app.scim.delete_user(tenant, id, request.if_match).await?;
+            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+        }
+        (_, ["Users", ..]) => Err(ScimError::new(405, None, "method not allowed on Users")),
+        _ => Err(not_found()),
+    }
+}

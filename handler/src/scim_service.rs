@@ -1,0 +1,419 @@
+//! The SCIM service for one tenant: secret tokens, and users as Entra provisions them.
+//! Translates between SCIM resources and the user store; the protocol pieces (filters,
+//! PATCH) come from the `scim` crate, the HTTP shape from `functions::scim`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use scim::{Filter, patch};
+use serde_json::{Value, json};
+use tables::{Entity, IfMatch, Table};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::cache::TtlCache;
+use crate::store::StoreError;
+use crate::store::scim::{ScimUserStore, StoredResource, WriteOutcome};
+
+/// A SCIM failure: HTTP status, `scimType`, detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScimError {
+    pub status: u16,
+    pub scim_type: Option<&'static str>,
+    pub detail: String,
+}
+
+impl ScimError {
+    pub fn new(
+        status: u16,
+        scim_type: Option<&'static str>,
+        detail: impl Into<String>,
+    ) -> ScimError {
+        ScimError {
+            status,
+            scim_type,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ScimError {
+    fn from(e: StoreError) -> ScimError {
+        tracing::warn!(error = %e, "SCIM storage failure");
+        match e {
+            StoreError::Contended => {
+                ScimError::new(409, None, "the resource changed concurrently; try again")
+            }
+            _ => ScimError::new(503, None, "storage is unavailable; try again"),
+        }
+    }
+}
+
+/// Users per page at most.
+pub const MAX_RESULTS: usize = 200;
+
+/// The service.
+pub struct ScimService {
+    users: Arc<dyn ScimUserStore>,
+    tokens: Table,
+    token_cache: Arc<TtlCache<Uuid, Option<String>>>,
+}
+
+fn hash(token: &str) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const TOKEN_ROW: &str = "scim-token";
+
+impl ScimService {
+    /// Over a user store and the table that keeps token hashes (one row per tenant).
+    pub fn new(users: Arc<dyn ScimUserStore>, tokens: Table) -> ScimService {
+        ScimService {
+            users,
+            tokens,
+            token_cache: TtlCache::new(Duration::from_secs(10), Duration::from_secs(25), 100_000),
+        }
+    }
+
+    /// Generates a tenant's Secret Token; the previous one stops working at once. Only a
+    /// hash is stored; the token is returned once.
+    pub async fn new_token(&self, tenant: Uuid) -> Result<String, StoreError> {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).expect("the system random source works");
+        let token = format!("scim_{}", URL_SAFE_NO_PAD.encode(bytes));
+        let row = Entity::new(tenant.to_string(), TOKEN_ROW)
+            .with("Hash", hash(&token))
+            .with("CreatedAt", OffsetDateTime::now_utc());
+        self.tokens.upsert_replace(&row).await?;
+        self.token_cache.invalidate(&tenant);
+        Ok(token)
+    }
+
+    /// Revokes a tenant's token; false when there was none.
+    pub async fn revoke_token(&self, tenant: Uuid) -> Result<bool, StoreError> {
+        let gone = match self
+            .tokens
+            .delete(&tenant.to_string(), TOKEN_ROW, IfMatch::Any)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        self.token_cache.invalidate(&tenant);
+        Ok(gone)
+    }
+
+    /// Checks a bearer token against the tenant's, in constant time.
+    pub async fn authenticate(&self, tenant: Uuid, token: Option<&str>) -> Result<(), ScimError> {
+        let unauthorized = || ScimError::new(401, None, "a valid Secret Token is required");
+        let token = token.ok_or_else(unauthorized)?;
+        let table = self.tokens.clone();
+        let stored = self
+            .token_cache
+            .get_or_load(tenant, move || async move {
+                Ok::<_, StoreError>(
+                    table
+                        .try_get(&tenant.to_string(), TOKEN_ROW)
+                        .await?
+                        .and_then(|e| e.get_str("Hash").map(str::to_string)),
+                )
+            })
+            .await?;
+        let stored = stored.ok_or_else(unauthorized)?;
+        verify_slices_are_equal(hash(token).as_bytes(), stored.as_bytes())
+            .map_err(|_| unauthorized())
+    }
+
+    /// Creates a user from a SCIM body.
+    pub async fn create_user(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        body: &Value,
+    ) -> Result<Value, ScimError> {
+        let mut data = clean_user(body)?;
+        let id = Uuid::new_v4();
+        let now = timestamp(OffsetDateTime::now_utc());
+        data["id"] = json!(id.to_string());
+        data["meta"] = json!({"resourceType": "User", "created": now, "lastModified": now});
+        let user_name = data["userName"].as_str().unwrap_or_default().to_string();
+        match self.users.create(tenant, id, &user_name, &data).await? {
+            WriteOutcome::Written(stored) => Ok(present(&stored, base)),
+            WriteOutcome::Duplicate => Err(ScimError::new(
+                409,
+                Some("uniqueness"),
+                format!("userName {user_name:?} is already taken"),
+            )),
+            _ => Err(ScimError::new(
+                409,
+                None,
+                "the user could not be created; try again",
+            )),
+        }
+    }
+
+    /// One user.
+    pub async fn get_user(&self, tenant: Uuid, base: &str, id: &str) -> Result<Value, ScimError> {
+        Ok(present(&self.find(tenant, id).await?, base))
+    }
+
+    async fn find(&self, tenant: Uuid, id: &str) -> Result<StoredResource, ScimError> {
+        let not_found = || ScimError::new(404, None, format!("User {id} not found"));
+        let id = Uuid::try_parse(id).map_err(|_| not_found())?;
+        self.users.get(tenant, id).await?.ok_or_else(not_found)
+    }
+
+    /// Users matching a filter, a page at a time (1-based start).
+    pub async fn list_users(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        filter: Option<&str>,
+        start: usize,
+        count: usize,
+    ) -> Result<Value, ScimError> {
+        let filter = filter
+            .map(|f| {
+                Filter::parse(f)
+                    .map_err(|e| ScimError::new(400, Some("invalidFilter"), e.to_string()))
+            })
+            .transpose()?;
+        // equality on userName, externalId or id is an index lookup; the rest a scan
+        let candidates: Vec<StoredResource> = match filter.as_ref().and_then(Filter::equality) {
+            Some((path, value))
+                if path.uri.is_none()
+                    && path.sub.is_none()
+                    && path.attr.eq_ignore_ascii_case("userName") =>
+            {
+                self.users
+                    .by_user_name(tenant, value)
+                    .await?
+                    .into_iter()
+                    .collect()
+            }
+            Some((path, value))
+                if path.uri.is_none()
+                    && path.sub.is_none()
+                    && path.attr.eq_ignore_ascii_case("externalId") =>
+            {
+                self.users.by_external_id(tenant, value).await?
+            }
+            Some((path, value))
+                if path.uri.is_none()
+                    && path.sub.is_none()
+                    && path.attr.eq_ignore_ascii_case("id") =>
+            {
+                match Uuid::try_parse(value) {
+                    Ok(id) => self.users.get(tenant, id).await?.into_iter().collect(),
+                    Err(_) => Vec::new(),
+                }
+            }
+            _ => self.users.all(tenant).await?,
+        };
+        let mut matching: Vec<StoredResource> = candidates
+            .into_iter()
+            .filter(|r| filter.as_ref().is_none_or(|f| f.matches(&r.data)))
+            .collect();
+        matching.sort_by_key(|r| r.id);
+        let total = matching.len();
+        let start = start.max(1);
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start - 1)
+            .take(count.min(MAX_RESULTS))
+            .map(|r| present(r, base))
+            .collect();
+        Ok(scim::protocol::list_response(page, total, start))
+    }
+
+    /// Applies a PATCH, retrying on concurrent changes so no update is lost.
+    pub async fn patch_user(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, ScimError> {
+        let ops = patch::parse_request(body)
+            .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
+        for _ in 0..8 {
+            let current = self.find(tenant, id).await?;
+            check_if_match(&current, if_match)?;
+            let mut data = current.data.clone();
+            patch::apply(&mut data, &ops)
+                .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
+            let data = finish_update(&current, data)?;
+            match self.users.replace(tenant, &current, &data).await? {
+                WriteOutcome::Written(stored) => return Ok(present(&stored, base)),
+                WriteOutcome::Duplicate => {
+                    return Err(ScimError::new(
+                        409,
+                        Some("uniqueness"),
+                        "that userName is already taken",
+                    ));
+                }
+                WriteOutcome::Changed | WriteOutcome::Missing => continue,
+            }
+        }
+        Err(ScimError::new(
+            409,
+            None,
+            "the user kept changing; try again",
+        ))
+    }
+
+    /// Replaces a user (PUT).
+    pub async fn replace_user(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, ScimError> {
+        let current = self.find(tenant, id).await?;
+        check_if_match(&current, if_match)?;
+        let data = finish_update(&current, clean_user(body)?)?;
+        match self.users.replace(tenant, &current, &data).await? {
+            WriteOutcome::Written(stored) => Ok(present(&stored, base)),
+            WriteOutcome::Duplicate => Err(ScimError::new(
+                409,
+                Some("uniqueness"),
+                "that userName is already taken",
+            )),
+            _ => Err(ScimError::new(
+                412,
+                None,
+                "the user changed since it was read",
+            )),
+        }
+    }
+
+    /// Deletes a user.
+    pub async fn delete_user(
+        &self,
+        tenant: Uuid,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ScimError> {
+        let current = self.find(tenant, id).await?;
+        check_if_match(&current, if_match)?;
+        match self.users.delete(tenant, &current).await? {
+            WriteOutcome::Written(_) => Ok(()),
+            WriteOutcome::Missing => Err(ScimError::new(404, None, format!("User {id} not found"))),
+            _ => Err(ScimError::new(
+                412,
+                None,
+                "the user changed since it was read",
+            )),
+        }
+    }
+}
+
+fn timestamp(t: OffsetDateTime) -> String {
+    host::invocation::format_timestamp(t)
+}
+
+fn version_tag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+fn check_if_match(current: &StoredResource, if_match: Option<&str>) -> Result<(), ScimError> {
+    match if_match.map(str::trim) {
+        None | Some("*") => Ok(()),
+        Some(tag) if tag == version_tag(current.version) => Ok(()),
+        Some(_) => Err(ScimError::new(
+            412,
+            None,
+            "If-Match does not match the current version",
+        )),
+    }
+}
+
+/// Carries id and meta over an update, and checks the result is still a valid user.
+fn finish_update(current: &StoredResource, mut data: Value) -> Result<Value, ScimError> {
+    data["id"] = current.data["id"].clone();
+    let mut meta = current.data["meta"].clone();
+    meta["lastModified"] = json!(timestamp(OffsetDateTime::now_utc()));
+    data["meta"] = meta;
+    if data
+        .get("userName")
+        .and_then(Value::as_str)
+        .is_none_or(|u| u.trim().is_empty())
+    {
+        return Err(ScimError::new(
+            400,
+            Some("invalidValue"),
+            "userName is required",
+        ));
+    }
+    Ok(data)
+}
+
+/// Validates a create/replace body: an object with a userName; string booleans fixed.
+fn clean_user(body: &Value) -> Result<Value, ScimError> {
+    let Value::Object(map) = body else {
+        return Err(ScimError::new(
+            400,
+            Some("invalidSyntax"),
+            "the body must be a JSON object",
+        ));
+    };
+    let mut data = Value::Object(map.clone());
+    let user_name = data
+        .get("userName")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .unwrap_or_default();
+    if user_name.is_empty() {
+        return Err(ScimError::new(
+            400,
+            Some("invalidValue"),
+            "userName is required",
+        ));
+    }
+    if let Some(obj) = data.as_object_mut() {
+        obj.remove("id");
+        obj.remove("meta");
+        if !obj.contains_key("schemas") {
+            obj.insert("schemas".into(), json!([scim::protocol::USER_SCHEMA]));
+        }
+        match obj.get("active") {
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => {
+                obj.insert("active".into(), json!(true));
+            }
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => {
+                obj.insert("active".into(), json!(false));
+            }
+            Some(Value::Bool(_)) => {}
+            None => {
+                obj.insert("active".into(), json!(true));
+            }
+            Some(_) => {
+                return Err(ScimError::new(
+                    400,
+                    Some("invalidValue"),
+                    "active must be a boolean",
+                ));
+            }
+        }
+    }
+    Ok(data)
+}
+
+/// The resource as returned: with meta.version and meta.location.
+fn present(stored: &StoredResource, base: &str) -> Value {
+    let mut data = stored.data.clone();
+    data["meta"]["version"] = json!(version_tag(stored.version));
+    data["meta"]["location"] = json!(format!("{base}/Users/{}", stored.id));
+    data
+}

@@ -1,0 +1,330 @@
+//! SCIM users on Table Storage, one partition per tenant. A user row (`user-<id>`) holds the
+//! resource; a `username-<lowercased userName>` row holds a copy and makes userName unique
+//! (written in the same transaction, so two concurrent creates give one success and one
+//! conflict); `userext-<externalId>-<id>` rows hold copies for externalId matches. Entra's
+//! match query is then one point read; create, PATCH and delete are two requests at most.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tables::{
+    ETag, Entity, Error as TableError, IfMatch, Operation, Query, Table, Value as TableValue, key,
+};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// A stored SCIM resource: its JSON, version, and the storage ETag to change it with.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    pub id: Uuid,
+    pub data: Value,
+    pub version: i64,
+    pub etag: ETag,
+}
+
+/// What a write found.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    Written(StoredResource),
+    /// Another user already has that userName.
+    Duplicate,
+    /// The resource changed since it was read (ETag).
+    Changed,
+    Missing,
+}
+
+/// Stores SCIM users.
+#[async_trait]
+pub trait ScimUserStore: Send + Sync {
+    async fn create(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+        user_name: &str,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError>;
+    async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError>;
+    async fn by_user_name(
+        &self,
+        tenant: Uuid,
+        user_name: &str,
+    ) -> Result<Option<StoredResource>, StoreError>;
+    async fn by_external_id(
+        &self,
+        tenant: Uuid,
+        external_id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError>;
+    async fn all(&self, tenant: Uuid) -> Result<Vec<StoredResource>, StoreError>;
+    /// Replaces `previous` (as read) with `data`; keeps the index rows in step.
+    async fn replace(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError>;
+    async fn delete(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+    ) -> Result<WriteOutcome, StoreError>;
+}
+
+/// [`ScimUserStore`] on a table.
+pub struct TableScimUserStore {
+    table: Table,
+}
+
+fn user_key(id: Uuid) -> String {
+    format!("user-{id}")
+}
+
+/// userName compares case-insensitively: the index key is lowercased (and encoded).
+fn user_name_key(user_name: &str) -> String {
+    format!("username-{}", key::encode(&user_name.to_lowercase()))
+}
+
+fn external_key(external_id: &str, id: Uuid) -> String {
+    format!("userext-{}-{id}", key::encode(external_id))
+}
+
+fn external_of(data: &Value) -> Option<&str> {
+    data.get("externalId")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+}
+
+fn user_name_of(data: &Value) -> &str {
+    data.get("userName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+impl TableScimUserStore {
+    /// Users in `table`.
+    pub fn new(table: Table) -> TableScimUserStore {
+        TableScimUserStore { table }
+    }
+
+    fn row(tenant: Uuid, row_key: String, id: Uuid, data: &Value, version: i64) -> Entity {
+        Entity::new(tenant.to_string(), row_key)
+            .with("UserId", id.to_string())
+            .with("Data", data.to_string())
+            .with("Version", version)
+    }
+
+    fn read(e: &Entity) -> Result<StoredResource, StoreError> {
+        let id = e
+            .get_str("UserId")
+            .and_then(|i| Uuid::try_parse(i).ok())
+            .ok_or_else(|| StoreError::Corrupt("SCIM row without UserId".into()))?;
+        let data = serde_json::from_str(e.get_str("Data").unwrap_or_default())
+            .map_err(|err| StoreError::Corrupt(format!("SCIM data: {err}")))?;
+        Ok(StoredResource {
+            id,
+            data,
+            version: e.get_i64("Version").unwrap_or(1),
+            etag: e.etag.clone().unwrap_or_else(|| ETag("*".into())),
+        })
+    }
+
+    /// The operations that write a user and every index row it needs.
+    fn rows(tenant: Uuid, id: Uuid, data: &Value, version: i64) -> Vec<Entity> {
+        let mut rows = vec![
+            Self::row(tenant, user_key(id), id, data, version),
+            Self::row(tenant, user_name_key(user_name_of(data)), id, data, version),
+        ];
+        if let Some(ext) = external_of(data) {
+            rows.push(Self::row(tenant, external_key(ext, id), id, data, version));
+        }
+        rows
+    }
+}
+
+fn outcome_of(e: TableError) -> Result<Option<WriteOutcome>, StoreError> {
+    match e {
+        TableError::Batch { source, .. } if source.is_conflict() => {
+            Ok(Some(WriteOutcome::Duplicate))
+        }
+        TableError::Batch { source, .. } if source.is_precondition_failed() => {
+            Ok(Some(WriteOutcome::Changed))
+        }
+        TableError::Batch { source, .. } if source.is_not_found() => {
+            Ok(Some(WriteOutcome::Missing))
+        }
+        other => Err(other.into()),
+    }
+}
+
+#[async_trait]
+impl ScimUserStore for TableScimUserStore {
+    async fn create(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+        user_name: &str,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError> {
+        debug_assert_eq!(user_name, user_name_of(data));
+        let ops: Vec<Operation> = Self::rows(tenant, id, data, 1)
+            .into_iter()
+            .map(Operation::Insert)
+            .collect();
+        match self.table.transact(&ops).await {
+            Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
+                id,
+                data: data.clone(),
+                version: 1,
+                etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
+            })),
+            Err(e) => outcome_of(e)?.ok_or_else(|| StoreError::Corrupt("unreachable".into())),
+        }
+    }
+
+    async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError> {
+        self.table
+            .try_get(&tenant.to_string(), &user_key(id))
+            .await?
+            .as_ref()
+            .map(Self::read)
+            .transpose()
+    }
+
+    async fn by_user_name(
+        &self,
+        tenant: Uuid,
+        user_name: &str,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        match key::validate("RowKey", &user_name_key(user_name)) {
+            Ok(()) => {}
+            Err(_) => return Ok(None), // longer than any stored key: nobody has it
+        }
+        self.table
+            .try_get(&tenant.to_string(), &user_name_key(user_name))
+            .await?
+            .as_ref()
+            .map(Self::read)
+            .transpose()
+    }
+
+    async fn by_external_id(
+        &self,
+        tenant: Uuid,
+        external_id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let prefix = format!("userext-{}-", key::encode(external_id));
+        // the next prefix: '-' + 1 == '.'
+        let end = format!("userext-{}.", key::encode(external_id));
+        let query = Query::filter(format!(
+            "PartitionKey eq {} and RowKey gt {} and RowKey lt {}",
+            TableValue::from(tenant.to_string()).filter_literal(),
+            TableValue::from(prefix).filter_literal(),
+            TableValue::from(end).filter_literal()
+        ));
+        self.table
+            .query_all(query)
+            .await?
+            .iter()
+            .map(Self::read)
+            .collect()
+    }
+
+    async fn all(&self, tenant: Uuid) -> Result<Vec<StoredResource>, StoreError> {
+        let query = Query::filter(format!(
+            "PartitionKey eq {} and RowKey ge 'user-' and RowKey lt 'user.'",
+            TableValue::from(tenant.to_string()).filter_literal()
+        ));
+        self.table
+            .query_all(query)
+            .await?
+            .iter()
+            .map(Self::read)
+            .collect()
+    }
+
+    async fn replace(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError> {
+        let version = previous.version + 1;
+        let partition = tenant.to_string();
+        let mut ops = Vec::new();
+        for (i, row) in Self::rows(tenant, previous.id, data, version)
+            .into_iter()
+            .enumerate()
+        {
+            if i == 0 {
+                // the user row only as it was read: concurrent writers lose the race cleanly
+                ops.push(Operation::Replace(
+                    row,
+                    IfMatch::ETag(previous.etag.clone()),
+                ));
+            } else if row.row_key == user_name_key(user_name_of(&previous.data)) {
+                ops.push(Operation::UpsertReplace(row));
+            } else if row.row_key.starts_with("username-") {
+                // a new userName must not be anyone else's
+                ops.push(Operation::Insert(row));
+            } else {
+                ops.push(Operation::UpsertReplace(row));
+            }
+        }
+        let old_name = user_name_key(user_name_of(&previous.data));
+        if old_name != user_name_key(user_name_of(data)) {
+            ops.push(Operation::Delete {
+                partition_key: partition.clone(),
+                row_key: old_name,
+                if_match: IfMatch::Any,
+            });
+        }
+        if let Some(old_ext) = external_of(&previous.data)
+            && external_of(data) != Some(old_ext)
+        {
+            ops.push(Operation::Delete {
+                partition_key: partition,
+                row_key: external_key(old_ext, previous.id),
+                if_match: IfMatch::Any,
+            });
+        }
+        match self.table.transact(&ops).await {
+            Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
+                id: previous.id,
+                data: data.clone(),
+                version,
+                etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
+            })),
+            Err(e) => outcome_of(e)?.ok_or_else(|| StoreError::Corrupt("unreachable".into())),
+        }
+    }
+
+    async fn delete(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+    ) -> Result<WriteOutcome, StoreError> {
+        let partition = tenant.to_string();
+        let mut ops = vec![
+            Operation::Delete {
+                partition_key: partition.clone(),
+                row_key: user_key(previous.id),
+                if_match: IfMatch::ETag(previous.etag.clone()),
+            },
+            Operation::Delete {
+                partition_key: partition.clone(),
+                row_key: user_name_key(user_name_of(&previous.data)),
+                if_match: IfMatch::Any,
+            },
+        ];
+        if let Some(ext) = external_of(&previous.data) {
+            ops.push(Operation::Delete {
+                partition_key: partition,
+                row_key: external_key(ext, previous.id),
+                if_match: IfMatch::Any,
+            });
+        }
+        match self.table.transact(&ops).await {
+            Ok(_) => Ok(WriteOutcome::Written(previous.clone())),
+            Err(e) => outcome_of(e)?.ok_or_else(|| StoreError::Corrupt("unreachable".into())),
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! SCIM users as Microsoft Entra's provisioning service sends them, replayed against the
+//! built handler on Azurite: test connection, match, create, update, disable, delete, in
+//! Entra's order and shapes (../shared/reference/scim-entra.md).
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_handler");
+const SCIM: &str = "application/scim+json; charset=utf-8";
+
+struct Scim {
+    handler: HandlerProcess,
+    http: reqwest::Client,
+    admin: String,
+    tenant: Uuid,
+    token: String,
+    base: String,
+    data: std::path::PathBuf,
+}
+
+impl Drop for Scim {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.data).ok();
+    }
+}
+
+impl Scim {
+    async fn start() -> Scim {
+        let data = std::env::temp_dir().join(format!("scim-{}", Uuid::new_v4()));
+        let env: Vec<(&str, String)> = vec![
+            ("AzureWebJobsStorage", Azurite::shared().connection_string()),
+            ("STORAGE_TABLE_PREFIX", unique_table("s")),
+            (
+                "ENTRA_CLIENT_ID",
+                "6e74172b-be56-4843-9ff4-e66a39bb12e3".into(),
+            ),
+            (
+                "ENTRA_ADMIN_TENANT_ID",
+                "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            ),
+            ("ENTRA_DEV_AUTH", "true".into()),
+            ("LOCAL_DATA_DIR", data.display().to_string()),
+        ];
+        let (_, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
+        let handler = HandlerProcess::start(BIN, &["serve"], &env);
+        let http = reqwest::Client::new();
+        let admin = admin.trim().to_string();
+        let tenant = Uuid::new_v4();
+        let r = http
+            .post(format!("{}/api/v1/tenants", handler.base_url()))
+            .bearer_auth(&admin)
+            .json(&json!({"tenant_id": tenant, "display_name": "Contoso"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = http
+            .post(format!(
+                "{}/api/v1/tenants/{tenant}/scim/token",
+                handler.base_url()
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let answer: Value = r.json().await.unwrap();
+        let base = answer["tenant_url"].as_str().unwrap().to_string();
+        assert_eq!(base, format!("{}/api/scim/{tenant}/v2", handler.base_url()));
+        Scim {
+            token: answer["token"].as_str().unwrap().to_string(),
+            handler,
+            http,
+            admin,
+            tenant,
+            base,
+            data,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_with(method, path, body, &self.token).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: &str,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.header("content-type", SCIM).body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            },
+        )
+    }
+}
+
+fn entra_user(user_name: &str, external_id: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+        "externalId": external_id,
+        "userName": user_name,
+        "active": true,
+        "emails": [{"primary": true, "type": "work", "value": user_name}],
+        "meta": {"resourceType": "User"},
+        "name": {"formatted": "Ada Lovelace", "familyName": "Lovelace", "givenName": "Ada"},
+        "roles": [],
+    })
+}
+
+fn filter(expression: &str) -> String {
+    format!("/Users?filter={}", percent_encode(expression))
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn entra_user_lifecycle_in_its_own_order() {
+    let s = Scim::start().await;
+
+    // Test connection: a filter on a random GUID gets an empty ListResponse, not a 404
+    let (status, list) = s
+        .call(
+            "GET",
+            &filter(&format!("userName eq \"{}\"", Uuid::new_v4())),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["totalResults"], 0);
+    assert_eq!(list["Resources"], json!([]));
+    assert_eq!(
+        list["schemas"][0],
+        "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+    );
+
+    // match (nothing), create
+    let (_, none) = s
+        .call("GET", &filter("userName eq \"Ada@Contoso.com\""), None)
+        .await;
+    assert_eq!(none["totalResults"], 0);
+    let (status, created) = s
+        .call("POST", "/Users", Some(entra_user("Ada@Contoso.com", "ada")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["meta"]["resourceType"], "User");
+    assert_eq!(
+        created["meta"]["location"],
+        format!("{}/Users/{id}", s.base)
+    );
+    assert_eq!(created["meta"]["version"], "W/\"1\"");
+
+    // duplicate userName, any case: 409 uniqueness
+    let (status, conflict) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("ada@contoso.COM", "other")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict["scimType"], "uniqueness");
+    assert_eq!(conflict["status"], "409");
+
+    // match by userName (case-insensitive), externalId, and Entra's email filter
+    for expression in [
+        "userName eq \"ada@contoso.com\"".to_string(),
+        "externalId eq \"ada\"".to_string(),
+        "emails[type eq \"work\"].value eq \"Ada@Contoso.com\"".to_string(),
+        format!("id eq \"{id}\""),
+    ] {
+        let (status, found) = s.call("GET", &filter(&expression), None).await;
+        assert_eq!(status, StatusCode::OK, "{expression}");
+        assert_eq!(found["totalResults"], 1, "{expression}: {found}");
+        assert_eq!(found["Resources"][0]["id"], id.as_str());
+    }
+
+    // update in the older dialect, then disable with a string boolean
+    let (status, updated) = s
+        .call("PATCH", &format!("/Users/{id}"), Some(json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [
+                {"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "ada.lovelace@contoso.com"},
+                {"op": "Replace", "path": "name.familyName", "value": "Byron"},
+                {"op": "Add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager", "value": "boss-id"},
+            ],
+        })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["emails"][0]["value"], "ada.lovelace@contoso.com");
+    assert_eq!(updated["name"]["familyName"], "Byron");
+    assert_eq!(
+        updated["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["manager"],
+        json!({"value": "boss-id"})
+    );
+    assert_eq!(updated["meta"]["version"], "W/\"2\"");
+    let (status, disabled) = s
+        .call(
+            "PATCH",
+            &format!("/Users/{id}"),
+            Some(json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "Replace", "path": "active", "value": "False"}],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(disabled["active"], false);
+    // a disabled user is still returned by GET and by filters
+    let (status, got) = s.call("GET", &format!("/Users/{id}"), None).await;
+    assert_eq!(
+        (status, got["active"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    let (_, found) = s
+        .call("GET", &filter("userName eq \"ada@contoso.com\""), None)
+        .await;
+    assert_eq!(found["totalResults"], 1);
+
+    // the newer dialect: a pathless replace with dotted and URN keys
+    let (status, renamed) = s
+        .call("PATCH", &format!("/Users/{id}"), Some(json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "value": {
+                "userName": "augusta@contoso.com",
+                "name.givenName": "Augusta",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber": "701",
+            }}],
+        })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    let (_, old_name) = s
+        .call("GET", &filter("userName eq \"ada@contoso.com\""), None)
+        .await;
+    assert_eq!(
+        old_name["totalResults"], 0,
+        "the old userName is free again"
+    );
+    let (_, new_name) = s
+        .call("GET", &filter("userName eq \"Augusta@contoso.com\""), None)
+        .await;
+    assert_eq!(new_name["totalResults"], 1);
+
+    // delete, then 404 with the SCIM error body
+    let (status, _) = s.call("DELETE", &format!("/Users/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, missing) = s.call("GET", &format!("/Users/{id}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing["schemas"][0],
+        "urn:ietf:params:scim:api:messages:2.0:Error"
+    );
+    assert_eq!(missing["status"], "404");
+    let (status, _) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("augusta@contoso.com", "a2")),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the userName of a deleted user can be used again"
+    );
+}
+
+#[tokio::test]
+async fn secret_tokens_are_checked_and_replaced_at_once() {
+    let s = Scim::start().await;
+    let (status, body) = s.call_with("GET", "/Users", None, "not-the-token").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body["schemas"][0],
+        "urn:ietf:params:scim:api:messages:2.0:Error"
+    );
+    let response = s
+        .http
+        .get(format!("{}/Users", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "no token");
+
+    let r = s
+        .http
+        .post(format!(
+            "{}/api/v1/tenants/{}/scim/token",
+            s.handler.base_url(),
+            s.tenant
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    let new_token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s.call("GET", "/Users", None).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the old token stops at once"
+    );
+    assert_eq!(
+        s.call_with("GET", "/Users", None, &new_token).await.0,
+        StatusCode::OK
+    );
+    // another tenant's path with this token
+    let other = format!(
+        "{}/api/scim/{}/v2/Users",
+        s.handler.base_url(),
+        Uuid::new_v4()
+    );
+    let r = s
+        .http
+        .get(other)
+        .bearer_auth(&new_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_user_give_one_201_and_one_409() {
+    let s = Scim::start().await;
+    let calls = (0..2).map(|_| {
+        s.call(
+            "POST",
+            "/Users",
+            Some(entra_user("twin@contoso.com", "twin")),
+        )
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut statuses: Vec<u16> = results.iter().map(|r| r.0.as_u16()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 409]);
+}
+
+#[tokio::test]
+async fn concurrent_patches_to_one_user_lose_no_update() {
+    let s = Scim::start().await;
+    let (_, created) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("busy@contoso.com", "busy")),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/Users/{id}");
+    let patches = (0..6).map(|i| {
+        s.call("PATCH", &path, Some(json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "add", "path": format!("nickName{i}"), "value": format!("n{i}")}],
+        })))
+    });
+    for (status, body) in futures::future::join_all(patches).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (_, user) = s.call("GET", &format!("/Users/{id}"), None).await;
+    for i in 0..6 {
+        assert_eq!(user[format!("nickName{i}")], format!("n{i}"), "{user}");
+    }
+    assert_eq!(user["meta"]["version"], "W/\"7\"");
+}
+
+#[tokio::test]
+async fn bad_requests_get_scim_errors_and_discovery_answers() {
+    let s = Scim::start().await;
+    for (method, path, body, status, scim_type) in [
+        (
+            "POST",
+            "/Users",
+            Some(json!({"active": true})),
+            400,
+            Some("invalidValue"),
+        ),
+        (
+            "GET",
+            "/Users?filter=userName%20zz%20%22x%22",
+            None,
+            400,
+            Some("invalidFilter"),
+        ),
+        (
+            "PATCH",
+            &format!("/Users/{}", Uuid::new_v4()) as &str,
+            Some(
+                json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "add", "path": "x", "value": 1}]}),
+            ),
+            404,
+            None,
+        ),
+        ("GET", "/Users/not-a-guid", None, 404, None),
+        ("PUT", "/Schemas", Some(json!({})), 405, None),
+    ] {
+        let (got, answer) = s.call(method, path, body).await;
+        assert_eq!(got.as_u16(), status, "{method} {path}: {answer}");
+        assert_eq!(answer["status"], status.to_string());
+        assert_eq!(answer["scimType"].as_str(), scim_type, "{method} {path}");
+    }
+    let r = s
+        .http
+        .post(format!("{}/Users", s.base))
+        .bearer_auth(&s.token)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["scimType"],
+        "invalidSyntax"
+    );
+    let (status, config) = s
+        .call("GET", "/ServiceProviderConfig?aadOptscim062020", None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "unknown query parameters are ignored"
+    );
+    assert_eq!(config["patch"]["supported"], true);
+    let (_, types) = s.call("GET", "/ResourceTypes", None).await;
+    assert_eq!(types["totalResults"], 2);
+    let (_, schemas) = s.call("GET", "/Schemas", None).await;
+    assert_eq!(schemas["totalResults"], 3);
+}
