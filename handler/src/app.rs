@@ -110,6 +110,9 @@ impl App {
             Arc::new(crate::store::scim::TableScimUserStore::new(
                 scim_table.clone(),
             )),
+            Arc::new(crate::store::scim_groups::TableScimGroupStore::new(
+                scim_table.clone(),
+            )),
             scim_table,
         );
         let credentials = Arc::new(AppCredentials::new(

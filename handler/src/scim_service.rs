@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::cache::TtlCache;
 use crate::store::StoreError;
 use crate::store::scim::{ScimUserStore, StoredResource, WriteOutcome};
+use crate::store::scim_groups::ScimGroupStore;
 
 /// A SCIM failure: HTTP status, `scimType`, detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,7 @@ pub const MAX_RESULTS: usize = 200;
 /// The service.
 pub struct ScimService {
     users: Arc<dyn ScimUserStore>,
+    groups: Arc<dyn ScimGroupStore>,
     tokens: Table,
     token_cache: Arc<TtlCache<Uuid, Option<String>>>,
 }
@@ -74,9 +76,14 @@ const TOKEN_ROW: &str = "scim-token";
 
 impl ScimService {
     /// Over a user store and the table that keeps token hashes (one row per tenant).
-    pub fn new(users: Arc<dyn ScimUserStore>, tokens: Table) -> ScimService {
+    pub fn new(
+        users: Arc<dyn ScimUserStore>,
+        groups: Arc<dyn ScimGroupStore>,
+        tokens: Table,
+    ) -> ScimService {
         ScimService {
             users,
+            groups,
             tokens,
             token_cache: TtlCache::new(Duration::from_secs(10), Duration::from_secs(25), 100_000),
         }
@@ -308,7 +315,13 @@ impl ScimService {
         let current = self.find(tenant, id).await?;
         check_if_match(&current, if_match)?;
         match self.users.delete(tenant, &current).await? {
-            WriteOutcome::Written(_) => Ok(()),
+            WriteOutcome::Written(_) => {
+                // a deleted user leaves every group it was in
+                self.groups
+                    .leave_all(tenant, &current.id.to_string())
+                    .await?;
+                Ok(())
+            }
             WriteOutcome::Missing => Err(ScimError::new(404, None, format!("User {id} not found"))),
             _ => Err(ScimError::new(
                 412,
@@ -317,6 +330,367 @@ impl ScimService {
             )),
         }
     }
+}
+
+impl ScimService {
+    /// Creates a group (members optional).
+    pub async fn create_group(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        body: &Value,
+    ) -> Result<Value, ScimError> {
+        let (mut data, members) = clean_group(body)?;
+        let id = Uuid::new_v4();
+        let now = timestamp(OffsetDateTime::now_utc());
+        data["id"] = json!(id.to_string());
+        data["meta"] = json!({"resourceType": "Group", "created": now, "lastModified": now});
+        let name = data["displayName"].as_str().unwrap_or_default().to_string();
+        match self.groups.create(tenant, id, &data).await? {
+            WriteOutcome::Written(stored) => {
+                self.groups.add_members(tenant, id, &members).await?;
+                Ok(present_group(&stored, base, Some(&members)))
+            }
+            WriteOutcome::Duplicate => Err(ScimError::new(
+                409,
+                Some("uniqueness"),
+                format!("displayName {name:?} is already taken"),
+            )),
+            _ => Err(ScimError::new(
+                409,
+                None,
+                "the group could not be created; try again",
+            )),
+        }
+    }
+
+    async fn find_group(&self, tenant: Uuid, id: &str) -> Result<StoredResource, ScimError> {
+        let not_found = || ScimError::new(404, None, format!("Group {id} not found"));
+        let id = Uuid::try_parse(id).map_err(|_| not_found())?;
+        self.groups.get(tenant, id).await?.ok_or_else(not_found)
+    }
+
+    /// One group; members are read only when not excluded.
+    pub async fn get_group(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        id: &str,
+        with_members: bool,
+    ) -> Result<Value, ScimError> {
+        let group = self.find_group(tenant, id).await?;
+        let members = if with_members {
+            Some(self.groups.members(tenant, group.id).await?)
+        } else {
+            None
+        };
+        Ok(present_group(&group, base, members.as_deref()))
+    }
+
+    /// Groups matching a filter; `displayName eq` is an index lookup.
+    pub async fn list_groups(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        filter: Option<&str>,
+        start: usize,
+        count: usize,
+        with_members: bool,
+    ) -> Result<Value, ScimError> {
+        let filter = filter
+            .map(|f| {
+                Filter::parse(f)
+                    .map_err(|e| ScimError::new(400, Some("invalidFilter"), e.to_string()))
+            })
+            .transpose()?;
+        let candidates: Vec<StoredResource> = match filter.as_ref().and_then(Filter::equality) {
+            Some((path, value))
+                if path.uri.is_none()
+                    && path.sub.is_none()
+                    && path.attr.eq_ignore_ascii_case("displayName") =>
+            {
+                self.groups
+                    .by_name(tenant, value)
+                    .await?
+                    .into_iter()
+                    .collect()
+            }
+            Some((path, value))
+                if path.uri.is_none()
+                    && path.sub.is_none()
+                    && path.attr.eq_ignore_ascii_case("id") =>
+            {
+                match Uuid::try_parse(value) {
+                    Ok(id) => self.groups.get(tenant, id).await?.into_iter().collect(),
+                    Err(_) => Vec::new(),
+                }
+            }
+            _ => self.groups.all(tenant).await?,
+        };
+        let mut matching: Vec<StoredResource> = candidates
+            .into_iter()
+            .filter(|r| filter.as_ref().is_none_or(|f| f.matches(&r.data)))
+            .collect();
+        matching.sort_by_key(|r| r.id);
+        let total = matching.len();
+        let start = start.max(1);
+        let mut page = Vec::new();
+        for group in matching.iter().skip(start - 1).take(count.min(MAX_RESULTS)) {
+            let members = if with_members {
+                Some(self.groups.members(tenant, group.id).await?)
+            } else {
+                None
+            };
+            page.push(present_group(group, base, members.as_deref()));
+        }
+        Ok(scim::protocol::list_response(page, total, start))
+    }
+
+    /// Applies a PATCH to a group: member operations go to member rows (several per
+    /// request, both remove dialects), the rest to the group itself.
+    pub async fn patch_group(
+        &self,
+        tenant: Uuid,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<(), ScimError> {
+        let ops = patch::parse_request(body)
+            .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
+        let group = self.find_group(tenant, id).await?;
+        check_if_match(&group, if_match)?;
+        let (member_ops, other_ops): (Vec<patch::PatchOp>, Vec<patch::PatchOp>) =
+            ops.into_iter().partition(|op| {
+                op.path.as_ref().is_some_and(|p| {
+                    p.attr.uri.is_none() && p.attr.attr.eq_ignore_ascii_case("members")
+                })
+            });
+        if !other_ops.is_empty() {
+            self.patch_group_attributes(tenant, &group, &other_ops)
+                .await?;
+        }
+        for op in member_ops {
+            let path = op.path.as_ref().expect("partitioned on having a path");
+            let listed = member_ids(op.value.as_ref());
+            match (op.op, &path.filter) {
+                (patch::OpKind::Add, _) => {
+                    self.groups.add_members(tenant, group.id, &listed).await?
+                }
+                (patch::OpKind::Replace, _) => {
+                    let current = self.groups.members(tenant, group.id).await?;
+                    self.groups
+                        .remove_members(tenant, group.id, &current)
+                        .await?;
+                    self.groups.add_members(tenant, group.id, &listed).await?;
+                }
+                (patch::OpKind::Remove, Some(filter)) => {
+                    let current = self.groups.members(tenant, group.id).await?;
+                    let doomed: Vec<String> = current
+                        .into_iter()
+                        .filter(|m| filter.matches(&json!({"value": m})))
+                        .collect();
+                    self.groups
+                        .remove_members(tenant, group.id, &doomed)
+                        .await?;
+                }
+                (patch::OpKind::Remove, None) if op.value.is_some() => {
+                    // Entra's older dialect: remove only the members listed
+                    self.groups
+                        .remove_members(tenant, group.id, &listed)
+                        .await?;
+                }
+                (patch::OpKind::Remove, None) => {
+                    let current = self.groups.members(tenant, group.id).await?;
+                    self.groups
+                        .remove_members(tenant, group.id, &current)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn patch_group_attributes(
+        &self,
+        tenant: Uuid,
+        first: &StoredResource,
+        ops: &[patch::PatchOp],
+    ) -> Result<(), ScimError> {
+        let mut current = first.clone();
+        for _ in 0..8 {
+            let mut data = current.data.clone();
+            patch::apply(&mut data, ops)
+                .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
+            if let Some(obj) = data.as_object_mut() {
+                obj.remove("members");
+            }
+            let data = finish_group_update(&current, data)?;
+            match self.groups.replace(tenant, &current, &data).await? {
+                WriteOutcome::Written(_) => return Ok(()),
+                WriteOutcome::Duplicate => {
+                    return Err(ScimError::new(
+                        409,
+                        Some("uniqueness"),
+                        "that displayName is already taken",
+                    ));
+                }
+                WriteOutcome::Changed | WriteOutcome::Missing => {
+                    current = self.find_group(tenant, &first.id.to_string()).await?;
+                }
+            }
+        }
+        Err(ScimError::new(
+            409,
+            None,
+            "the group kept changing; try again",
+        ))
+    }
+
+    /// Replaces a group (PUT), members included.
+    pub async fn replace_group(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, ScimError> {
+        let current = self.find_group(tenant, id).await?;
+        check_if_match(&current, if_match)?;
+        let (data, members) = clean_group(body)?;
+        let data = finish_group_update(&current, data)?;
+        let stored = match self.groups.replace(tenant, &current, &data).await? {
+            WriteOutcome::Written(stored) => stored,
+            WriteOutcome::Duplicate => {
+                return Err(ScimError::new(
+                    409,
+                    Some("uniqueness"),
+                    "that displayName is already taken",
+                ));
+            }
+            _ => {
+                return Err(ScimError::new(
+                    412,
+                    None,
+                    "the group changed since it was read",
+                ));
+            }
+        };
+        let existing = self.groups.members(tenant, current.id).await?;
+        let gone: Vec<String> = existing
+            .iter()
+            .filter(|m| !members.contains(m))
+            .cloned()
+            .collect();
+        let new: Vec<String> = members
+            .iter()
+            .filter(|m| !existing.contains(m))
+            .cloned()
+            .collect();
+        self.groups
+            .remove_members(tenant, current.id, &gone)
+            .await?;
+        self.groups.add_members(tenant, current.id, &new).await?;
+        Ok(present_group(&stored, base, Some(&members)))
+    }
+
+    /// Deletes a group and its member rows.
+    pub async fn delete_group(
+        &self,
+        tenant: Uuid,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ScimError> {
+        let group = self.find_group(tenant, id).await?;
+        check_if_match(&group, if_match)?;
+        match self.groups.delete(tenant, &group).await? {
+            WriteOutcome::Written(_) => Ok(()),
+            WriteOutcome::Missing => {
+                Err(ScimError::new(404, None, format!("Group {id} not found")))
+            }
+            _ => Err(ScimError::new(
+                412,
+                None,
+                "the group changed since it was read",
+            )),
+        }
+    }
+}
+
+/// Member ids from `[{"value": id}, ...]`, a single object, or bare strings.
+fn member_ids(value: Option<&Value>) -> Vec<String> {
+    let one = |v: &Value| match v {
+        Value::Object(o) => o.get("value").and_then(Value::as_str).map(str::to_string),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    };
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(one)
+            .filter(|m| !m.is_empty())
+            .collect(),
+        Some(other) => one(other).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+fn clean_group(body: &Value) -> Result<(Value, Vec<String>), ScimError> {
+    let Value::Object(map) = body else {
+        return Err(ScimError::new(
+            400,
+            Some("invalidSyntax"),
+            "the body must be a JSON object",
+        ));
+    };
+    let mut data = map.clone();
+    if data
+        .get("displayName")
+        .and_then(Value::as_str)
+        .is_none_or(|n| n.trim().is_empty())
+    {
+        return Err(ScimError::new(
+            400,
+            Some("invalidValue"),
+            "displayName is required",
+        ));
+    }
+    let members = member_ids(data.get("members"));
+    data.remove("members");
+    data.remove("id");
+    data.remove("meta");
+    data.entry("schemas")
+        .or_insert_with(|| json!([scim::protocol::GROUP_SCHEMA]));
+    Ok((Value::Object(data), members))
+}
+
+fn finish_group_update(current: &StoredResource, mut data: Value) -> Result<Value, ScimError> {
+    data["id"] = current.data["id"].clone();
+    let mut meta = current.data["meta"].clone();
+    meta["lastModified"] = json!(timestamp(OffsetDateTime::now_utc()));
+    data["meta"] = meta;
+    if data
+        .get("displayName")
+        .and_then(Value::as_str)
+        .is_none_or(|n| n.trim().is_empty())
+    {
+        return Err(ScimError::new(
+            400,
+            Some("invalidValue"),
+            "displayName is required",
+        ));
+    }
+    Ok(data)
+}
+
+fn present_group(stored: &StoredResource, base: &str, members: Option<&[String]>) -> Value {
+    let mut data = stored.data.clone();
+    data["meta"]["version"] = json!(version_tag(stored.version));
+    data["meta"]["location"] = json!(format!("{base}/Groups/{}", stored.id));
+    if let Some(members) = members {
+        data["members"] = Value::Array(members.iter().map(|m| json!({"value": m})).collect());
+    }
+    data
 }
 
 fn timestamp(t: OffsetDateTime) -> String {

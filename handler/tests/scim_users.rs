@@ -456,3 +456,172 @@ async fn bad_requests_get_scim_errors_and_discovery_answers() {
     let (_, schemas) = s.call("GET", "/Schemas", None).await;
     assert_eq!(schemas["totalResults"], 3);
 }
+
+fn patch_op(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+fn member_values(group: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = group["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn entra_group_lifecycle_with_both_remove_dialects() {
+    let s = Scim::start().await;
+    let mut users = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let (_, u) = s
+            .call(
+                "POST",
+                "/Users",
+                Some(entra_user(&format!("{name}@contoso.com"), name)),
+            )
+            .await;
+        users.push(u["id"].as_str().unwrap().to_string());
+    }
+    let (status, group) = s
+        .call("POST", "/Groups", Some(json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
+            "externalId": "grp-1", "displayName": "Engineering", "meta": {"resourceType": "Group"},
+        })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    assert_eq!(group["members"], json!([]));
+    let id = group["id"].as_str().unwrap().to_string();
+
+    let match_query = format!(
+        "/Groups?excludedAttributes=members&filter={}",
+        percent_encode("displayName eq \"engineering\"")
+    );
+    let (status, found) = s.call("GET", &match_query, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(found["totalResults"], 1);
+    assert!(
+        found["Resources"][0].get("members").is_none(),
+        "members excluded"
+    );
+    let (status, duplicate) = s
+        .call(
+            "POST",
+            "/Groups",
+            Some(json!({"displayName": "ENGINEERING"})),
+        )
+        .await;
+    assert_eq!(
+        (status, duplicate["scimType"].as_str()),
+        (StatusCode::CONFLICT, Some("uniqueness"))
+    );
+
+    // add several members in one request, twice (no duplicates)
+    let add = patch_op(
+        json!([{"op": "Add", "path": "members", "value": users.iter().map(|u| json!({"$ref": null, "value": u})).collect::<Vec<_>>()}]),
+    );
+    assert_eq!(
+        s.call("PATCH", &format!("/Groups/{id}"), Some(add.clone()))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.call("PATCH", &format!("/Groups/{id}"), Some(add)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, full) = s.call("GET", &format!("/Groups/{id}"), None).await;
+    let mut expected = users.clone();
+    expected.sort();
+    assert_eq!(member_values(&full), expected);
+    let (_, lean) = s
+        .call(
+            "GET",
+            &format!("/Groups/{id}?excludedAttributes=members"),
+            None,
+        )
+        .await;
+    assert!(lean.get("members").is_none());
+
+    // older dialect: remove only the listed member; newer dialect: a filtered path
+    let older =
+        patch_op(json!([{"op": "Remove", "path": "members", "value": [{"value": users[0]}]}]));
+    assert_eq!(
+        s.call("PATCH", &format!("/Groups/{id}"), Some(older))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let newer =
+        patch_op(json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", users[1])}]));
+    assert_eq!(
+        s.call("PATCH", &format!("/Groups/{id}"), Some(newer))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, now) = s.call("GET", &format!("/Groups/{id}"), None).await;
+    let mut left = vec![users[2].clone(), users[3].clone()];
+    left.sort();
+    assert_eq!(member_values(&now), left);
+
+    // rename, then a deleted user leaves the group
+    let rename = patch_op(json!([{"op": "Replace", "path": "displayName", "value": "Platform"}]));
+    assert_eq!(
+        s.call("PATCH", &format!("/Groups/{id}"), Some(rename))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.call("DELETE", &format!("/Users/{}", users[2]), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, after) = s.call("GET", &format!("/Groups/{id}"), None).await;
+    assert_eq!(after["displayName"], "Platform");
+    assert_eq!(member_values(&after), vec![users[3].clone()]);
+    let (_, by_old_name) = s
+        .call(
+            "GET",
+            &format!(
+                "/Groups?filter={}",
+                percent_encode("displayName eq \"Engineering\"")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(by_old_name["totalResults"], 0);
+
+    assert_eq!(
+        s.call("DELETE", &format!("/Groups/{id}"), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.call("GET", &format!("/Groups/{id}"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_large_group_keeps_its_members_outside_the_group_row() {
+    let s = Scim::start().await;
+    let (_, group) = s
+        .call("POST", "/Groups", Some(json!({"displayName": "Everyone"})))
+        .await;
+    let id = group["id"].as_str().unwrap().to_string();
+    let members: Vec<Value> = (0..1500)
+        .map(|i| json!({"value": format!("member-{i:05}")}))
+        .collect();
+    let add = patch_op(json!([{"op": "Add", "path": "members", "value": members}]));
+    assert_eq!(
+        s.call("PATCH", &format!("/Groups/{id}"), Some(add)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, full) = s.call("GET", &format!("/Groups/{id}"), None).await;
+    assert_eq!(full["members"].as_array().unwrap().len(), 1500);
+}

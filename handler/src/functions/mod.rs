@@ -41,6 +41,12 @@ pub enum Handler {
 /// and vice versa (checked by a test).
 pub const FUNCTIONS: &[(&str, Handler)] = &[
     (
+        "ScimGroups",
+        Handler::Http {
+            route: "scim/{tenant_id}/v2/Groups/{group_id?}",
+        },
+    ),
+    (
         "ScimToken",
         Handler::Http {
             route: "v1/tenants/{tenant_id}/scim/token",

@@ -152,6 +152,24 @@ struct ScimRequest<'a> {
     if_match: Option<&'a str>,
 }
 
+/// False when `excludedAttributes` names `members` (or `attributes` leaves it out).
+fn wants_members(query: &HashMap<String, String>) -> bool {
+    let listed = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| {
+                v.split(',')
+                    .map(|a| a.trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            })
+    };
+    if listed("excludedAttributes").is_some_and(|l| l.iter().any(|a| a == "members")) {
+        return false;
+    }
+    listed("attributes").is_none_or(|l| l.iter().any(|a| a == "members"))
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, ScimError> {
     serde_json::from_slice(body)
         .map_err(|e| ScimError::new(400, Some("invalidSyntax"), format!("malformed JSON: {e}")))
@@ -280,6 +298,57 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
             Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
         }
         (_, ["Users", ..]) => Err(ScimError::new(405, None, "method not allowed on Users")),
+        (&Method::GET, ["Groups"]) => {
+            let filter = request
+                .query
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("filter"))
+                .map(|(_, v)| v.as_str());
+            let start = number(request.query, "startIndex", 1)?;
+            let count = number(request.query, "count", MAX_RESULTS)?;
+            let list = app
+                .scim
+                .list_groups(
+                    tenant,
+                    &base,
+                    filter,
+                    start,
+                    count,
+                    wants_members(request.query),
+                )
+                .await?;
+            Ok(scim_reply(200, &list))
+        }
+        (&Method::POST, ["Groups"]) => Ok(scim_reply(
+            201,
+            &app.scim
+                .create_group(tenant, &base, &parse_body(body)?)
+                .await?,
+        )),
+        (&Method::GET, ["Groups", id]) => Ok(scim_reply(
+            200,
+            &app.scim
+                .get_group(tenant, &base, id, wants_members(request.query))
+                .await?,
+        )),
+        (&Method::PUT, ["Groups", id]) => {
+            let group = app
+                .scim
+                .replace_group(tenant, &base, id, &parse_body(body)?, request.if_match)
+                .await?;
+            Ok(scim_reply(200, &group))
+        }
+        (&Method::PATCH, ["Groups", id]) => {
+            app.scim
+                .patch_group(tenant, id, &parse_body(body)?, request.if_match)
+                .await?;
+            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+        }
+        (&Method::DELETE, ["Groups", id]) => {
+            app.scim.delete_group(tenant, id, request.if_match).await?;
+            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+        }
+        (_, ["Groups", ..]) => Err(ScimError::new(405, None, "method not allowed on Groups")),
         _ => Err(not_found()),
     }
 }

@@ -6,6 +6,7 @@ pub mod grants;
 pub mod links;
 pub mod runs;
 pub mod scim;
+pub mod scim_groups;
 pub mod tenants;
 
 pub use employees::{EmployeeStore, TableEmployeeStore};

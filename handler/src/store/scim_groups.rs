@@ -1,0 +1,333 @@
+//! SCIM groups on Table Storage. The group row (`group-<id>`, in the tenant's partition)
+//! holds the group without members; a `groupname-<lowercased displayName>` row makes names
+//! unique (same transaction). Members live in their own partition per group
+//! (`<tenant>_g_<group>`, one row per member), so a group of 50,000 members never nears
+//! the 1 MiB entity limit and `excludedAttributes=members` never reads them; a reverse
+//! partition per user (`<tenant>_u_<user>`) lets a deleted user leave all its groups.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tables::{
+    ETag, Entity, Error as TableError, IfMatch, Operation, Query, Table, Value as TableValue, key,
+};
+use uuid::Uuid;
+
+use super::StoreError;
+use super::scim::{StoredResource, WriteOutcome};
+
+/// Stores SCIM groups and their members.
+#[async_trait]
+pub trait ScimGroupStore: Send + Sync {
+    async fn create(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError>;
+    async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError>;
+    async fn by_name(&self, tenant: Uuid, name: &str)
+    -> Result<Option<StoredResource>, StoreError>;
+    async fn all(&self, tenant: Uuid) -> Result<Vec<StoredResource>, StoreError>;
+    async fn replace(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError>;
+    async fn delete(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+    ) -> Result<WriteOutcome, StoreError>;
+    /// Member ids of a group.
+    async fn members(&self, tenant: Uuid, group: Uuid) -> Result<Vec<String>, StoreError>;
+    /// Adds members (idempotent).
+    async fn add_members(
+        &self,
+        tenant: Uuid,
+        group: Uuid,
+        members: &[String],
+    ) -> Result<(), StoreError>;
+    /// Removes the given members (absent ones ignored).
+    async fn remove_members(
+        &self,
+        tenant: Uuid,
+        group: Uuid,
+        members: &[String],
+    ) -> Result<(), StoreError>;
+    /// Removes a member from every group it is in (the member was deleted).
+    async fn leave_all(&self, tenant: Uuid, member: &str) -> Result<usize, StoreError>;
+}
+
+/// [`ScimGroupStore`] on a table.
+pub struct TableScimGroupStore {
+    table: Table,
+}
+
+fn group_key(id: Uuid) -> String {
+    format!("group-{id}")
+}
+
+fn name_key(name: &str) -> String {
+    format!("groupname-{}", key::encode(&name.to_lowercase()))
+}
+
+fn name_of(data: &Value) -> &str {
+    data.get("displayName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn members_partition(tenant: Uuid, group: Uuid) -> String {
+    format!("{tenant}_g_{group}")
+}
+
+fn reverse_partition(tenant: Uuid, member: &str) -> String {
+    format!("{tenant}_u_{}", key::encode(member))
+}
+
+impl TableScimGroupStore {
+    /// Groups in `table`.
+    pub fn new(table: Table) -> TableScimGroupStore {
+        TableScimGroupStore { table }
+    }
+
+    fn row(tenant: Uuid, row_key: String, id: Uuid, data: &Value, version: i64) -> Entity {
+        Entity::new(tenant.to_string(), row_key)
+            .with("GroupId", id.to_string())
+            .with("Data", data.to_string())
+            .with("Version", version)
+    }
+
+    fn read(e: &Entity) -> Result<StoredResource, StoreError> {
+        let id = e
+            .get_str("GroupId")
+            .and_then(|i| Uuid::try_parse(i).ok())
+            .ok_or_else(|| StoreError::Corrupt("SCIM group row without GroupId".into()))?;
+        let data = serde_json::from_str(e.get_str("Data").unwrap_or_default())
+            .map_err(|err| StoreError::Corrupt(format!("SCIM group data: {err}")))?;
+        Ok(StoredResource {
+            id,
+            data,
+            version: e.get_i64("Version").unwrap_or(1),
+            etag: e.etag.clone().unwrap_or_else(|| ETag("*".into())),
+        })
+    }
+}
+
+fn outcome_of(e: TableError) -> Result<WriteOutcome, StoreError> {
+    match e {
+        TableError::Batch { source, .. } if source.is_conflict() => Ok(WriteOutcome::Duplicate),
+        TableError::Batch { source, .. } if source.is_precondition_failed() => {
+            Ok(WriteOutcome::Changed)
+        }
+        TableError::Batch { source, .. } if source.is_not_found() => Ok(WriteOutcome::Missing),
+        other => Err(other.into()),
+    }
+}
+
+#[async_trait]
+impl ScimGroupStore for TableScimGroupStore {
+    async fn create(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError> {
+        let ops = [
+            Operation::Insert(Self::row(tenant, group_key(id), id, data, 1)),
+            Operation::Insert(Self::row(tenant, name_key(name_of(data)), id, data, 1)),
+        ];
+        match self.table.transact(&ops).await {
+            Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
+                id,
+                data: data.clone(),
+                version: 1,
+                etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
+            })),
+            Err(e) => outcome_of(e),
+        }
+    }
+
+    async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError> {
+        self.table
+            .try_get(&tenant.to_string(), &group_key(id))
+            .await?
+            .as_ref()
+            .map(Self::read)
+            .transpose()
+    }
+
+    async fn by_name(
+        &self,
+        tenant: Uuid,
+        name: &str,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        if key::validate("RowKey", &name_key(name)).is_err() {
+            return Ok(None);
+        }
+        self.table
+            .try_get(&tenant.to_string(), &name_key(name))
+            .await?
+            .as_ref()
+            .map(Self::read)
+            .transpose()
+    }
+
+    async fn all(&self, tenant: Uuid) -> Result<Vec<StoredResource>, StoreError> {
+        let query = Query::filter(format!(
+            "PartitionKey eq {} and RowKey ge 'group-' and RowKey lt 'group.'",
+            TableValue::from(tenant.to_string()).filter_literal()
+        ));
+        self.table
+            .query_all(query)
+            .await?
+            .iter()
+            .map(Self::read)
+            .collect()
+    }
+
+    async fn replace(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError> {
+        let version = previous.version + 1;
+        let mut ops = vec![Operation::Replace(
+            Self::row(tenant, group_key(previous.id), previous.id, data, version),
+            IfMatch::ETag(previous.etag.clone()),
+        )];
+        let (old, new) = (name_key(name_of(&previous.data)), name_key(name_of(data)));
+        if old == new {
+            ops.push(Operation::UpsertReplace(Self::row(
+                tenant,
+                new,
+                previous.id,
+                data,
+                version,
+            )));
+        } else {
+            ops.push(Operation::Insert(Self::row(
+                tenant,
+                new,
+                previous.id,
+                data,
+                version,
+            )));
+            ops.push(Operation::Delete {
+                partition_key: tenant.to_string(),
+                row_key: old,
+                if_match: IfMatch::Any,
+            });
+        }
+        match self.table.transact(&ops).await {
+            Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
+                id: previous.id,
+                data: data.clone(),
+                version,
+                etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
+            })),
+            Err(e) => outcome_of(e),
+        }
+    }
+
+    async fn delete(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+    ) -> Result<WriteOutcome, StoreError> {
+        let members = self.members(tenant, previous.id).await?;
+        let ops = [
+            Operation::Delete {
+                partition_key: tenant.to_string(),
+                row_key: group_key(previous.id),
+                if_match: IfMatch::ETag(previous.etag.clone()),
+            },
+            Operation::Delete {
+                partition_key: tenant.to_string(),
+                row_key: name_key(name_of(&previous.data)),
+                if_match: IfMatch::Any,
+            },
+        ];
+        match self.table.transact(&ops).await {
+            Ok(_) => {}
+            Err(e) => return outcome_of(e),
+        }
+        self.remove_members(tenant, previous.id, &members).await?;
+        Ok(WriteOutcome::Written(previous.clone()))
+    }
+
+    async fn members(&self, tenant: Uuid, group: Uuid) -> Result<Vec<String>, StoreError> {
+        let query = Query {
+            select: Some(vec!["Value".into()]),
+            ..Query::partition(&members_partition(tenant, group))
+        };
+        Ok(self
+            .table
+            .query_all(query)
+            .await?
+            .iter()
+            .filter_map(|e| e.get_str("Value").map(str::to_string))
+            .collect())
+    }
+
+    async fn add_members(
+        &self,
+        tenant: Uuid,
+        group: Uuid,
+        members: &[String],
+    ) -> Result<(), StoreError> {
+        let mut ops = Vec::new();
+        let mut reverse = Vec::new();
+        for member in members {
+            ops.push(Operation::UpsertReplace(
+                Entity::new(members_partition(tenant, group), key::encode(member))
+                    .with("Value", member.as_str()),
+            ));
+            reverse.push(Operation::UpsertReplace(
+                Entity::new(reverse_partition(tenant, member), group.to_string())
+                    .with("Group", group.to_string()),
+            ));
+        }
+        self.table.transact_chunked(ops).await?;
+        self.table.transact_chunked(reverse).await?;
+        Ok(())
+    }
+
+    async fn remove_members(
+        &self,
+        tenant: Uuid,
+        group: Uuid,
+        members: &[String],
+    ) -> Result<(), StoreError> {
+        for member in members {
+            for (partition, row) in [
+                (members_partition(tenant, group), key::encode(member)),
+                (reverse_partition(tenant, member), group.to_string()),
+            ] {
+                match self.table.delete(&partition, &row, IfMatch::Any).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn leave_all(&self, tenant: Uuid, member: &str) -> Result<usize, StoreError> {
+        let groups: Vec<Uuid> = self
+            .table
+            .query_all(Query::partition(&reverse_partition(tenant, member)))
+            .await?
+            .iter()
+            .filter_map(|e| Uuid::try_parse(&e.row_key).ok())
+            .collect();
+        for group in &groups {
+            self.remove_members(tenant, *group, &[member.to_string()])
+                .await?;
+        }
+        Ok(groups.len())
+    }
+}
