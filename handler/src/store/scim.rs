@@ -110,6 +110,8 @@ impl TableScimUserStore {
             .with("UserId", id.to_string())
             .with("Data", data.to_string())
             .with("Version", version)
+            // one directory per tenant: SCIM-provisioned users are tagged as such
+            .with("Source", "scim")
     }
 
     fn read(e: &Entity) -> Result<StoredResource, StoreError> {
