@@ -471,13 +471,13 @@ impl ScimService {
         }
         for op in member_ops {
             let path = op.path.as_ref().expect("partitioned on having a path");
-            let listed = member_ids(op.value.as_ref());
+            let listed = member_objects(op.value.as_ref());
             match (op.op, &path.filter) {
                 (patch::OpKind::Add, _) => {
                     self.groups.add_members(tenant, group.id, &listed).await?
                 }
                 (patch::OpKind::Replace, _) => {
-                    let current = self.groups.members(tenant, group.id).await?;
+                    let current = ids(&self.groups.members(tenant, group.id).await?);
                     self.groups
                         .remove_members(tenant, group.id, &current)
                         .await?;
@@ -485,10 +485,9 @@ impl ScimService {
                 }
                 (patch::OpKind::Remove, Some(filter)) => {
                     let current = self.groups.members(tenant, group.id).await?;
-                    let doomed: Vec<String> = current
-                        .into_iter()
-                        .filter(|m| filter.matches(&json!({"value": m})))
-                        .collect();
+                    let doomed: Vec<Value> =
+                        current.into_iter().filter(|m| filter.matches(m)).collect();
+                    let doomed = ids(&doomed);
                     self.groups
                         .remove_members(tenant, group.id, &doomed)
                         .await?;
@@ -496,11 +495,11 @@ impl ScimService {
                 (patch::OpKind::Remove, None) if op.value.is_some() => {
                     // Entra's older dialect: remove only the members listed
                     self.groups
-                        .remove_members(tenant, group.id, &listed)
+                        .remove_members(tenant, group.id, &ids(&listed))
                         .await?;
                 }
                 (patch::OpKind::Remove, None) => {
-                    let current = self.groups.members(tenant, group.id).await?;
+                    let current = ids(&self.groups.members(tenant, group.id).await?);
                     self.groups
                         .remove_members(tenant, group.id, &current)
                         .await?;
@@ -576,15 +575,20 @@ impl ScimService {
                 ));
             }
         };
-        let existing = self.groups.members(tenant, current.id).await?;
+        let existing = ids(&self.groups.members(tenant, current.id).await?);
+        let wanted = ids(&members);
         let gone: Vec<String> = existing
             .iter()
-            .filter(|m| !members.contains(m))
+            .filter(|m| !wanted.contains(m))
             .cloned()
             .collect();
-        let new: Vec<String> = members
+        let new: Vec<Value> = members
             .iter()
-            .filter(|m| !existing.contains(m))
+            .filter(|m| {
+                m.get("value")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| !existing.iter().any(|e| e == id))
+            })
             .cloned()
             .collect();
         self.groups
@@ -617,25 +621,43 @@ impl ScimService {
     }
 }
 
-/// Member ids from `[{"value": id}, ...]`, a single object, or bare strings.
-fn member_ids(value: Option<&Value>) -> Vec<String> {
-    let one = |v: &Value| match v {
-        Value::Object(o) => o.get("value").and_then(Value::as_str).map(str::to_string),
-        Value::String(s) => Some(s.clone()),
-        _ => None,
+/// Members from `[{"value": id, "display"?, "type"?}, ...]`, a single object, or bare
+/// strings, as `{"value", "display"?, "type"?}` objects (`$ref` and the rest dropped).
+fn member_objects(value: Option<&Value>) -> Vec<Value> {
+    let one = |v: &Value| -> Option<Value> {
+        let (id, source) = match v {
+            Value::Object(o) => (o.get("value").and_then(Value::as_str)?.to_string(), Some(o)),
+            Value::String(s) => (s.clone(), None),
+            _ => return None,
+        };
+        if id.is_empty() {
+            return None;
+        }
+        let mut member = serde_json::Map::new();
+        member.insert("value".into(), json!(id));
+        for name in ["display", "type"] {
+            if let Some(v) = source.and_then(|o| o.get(name)).and_then(Value::as_str) {
+                member.insert(name.into(), json!(v));
+            }
+        }
+        Some(Value::Object(member))
     };
     match value {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(one)
-            .filter(|m| !m.is_empty())
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(one).collect(),
         Some(other) => one(other).into_iter().collect(),
         None => Vec::new(),
     }
 }
 
-fn clean_group(body: &Value) -> Result<(Value, Vec<String>), ScimError> {
+/// The ids of member objects.
+fn ids(members: &[Value]) -> Vec<String> {
+    members
+        .iter()
+        .filter_map(|m| m.get("value").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+fn clean_group(body: &Value) -> Result<(Value, Vec<Value>), ScimError> {
     let Value::Object(map) = body else {
         return Err(ScimError::new(
             400,
@@ -655,7 +677,7 @@ fn clean_group(body: &Value) -> Result<(Value, Vec<String>), ScimError> {
             "displayName is required",
         ));
     }
-    let members = member_ids(data.get("members"));
+    let members = member_objects(data.get("members"));
     data.remove("members");
     data.remove("id");
     data.remove("meta");
@@ -683,12 +705,12 @@ fn finish_group_update(current: &StoredResource, mut data: Value) -> Result<Valu
     Ok(data)
 }
 
-fn present_group(stored: &StoredResource, base: &str, members: Option<&[String]>) -> Value {
+fn present_group(stored: &StoredResource, base: &str, members: Option<&[Value]>) -> Value {
     let mut data = stored.data.clone();
     data["meta"]["version"] = json!(version_tag(stored.version));
     data["meta"]["location"] = json!(format!("{base}/Groups/{}", stored.id));
     if let Some(members) = members {
-        data["members"] = Value::Array(members.iter().map(|m| json!({"value": m})).collect());
+        data["members"] = Value::Array(members.to_vec());
     }
     data
 }

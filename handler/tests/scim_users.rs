@@ -625,3 +625,37 @@ async fn a_large_group_keeps_its_members_outside_the_group_row() {
     let (_, full) = s.call("GET", &format!("/Groups/{id}"), None).await;
     assert_eq!(full["members"].as_array().unwrap().len(), 1500);
 }
+
+#[tokio::test]
+async fn scim2_tester_reports_every_check_successful() {
+    let s = Scim::start().await;
+    let cli = system_tests::scim2_cli();
+    let output = tokio::process::Command::new(cli)
+        .args(["--url", &s.base, "test"])
+        .env(
+            "SCIM_CLI_HEADERS",
+            format!("Authorization: Bearer {}", s.token),
+        )
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("scim2 runs");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let successes = report.lines().filter(|l| l.starts_with("SUCCESS")).count();
+    let failures: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("ERROR") || l.starts_with("CRITICAL"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} checks failed:\n{report}",
+        failures.len()
+    );
+    assert!(
+        output.status.success(),
+        "scim2 exited {:?}:\n{report}",
+        output.status.code()
+    );
+    assert!(successes >= 100, "only {successes} checks ran:\n{report}");
+}

@@ -99,6 +99,47 @@ impl Azurite {
 pub const DEV_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
+/// The `scim2` command of scim2-cli, installed from `tests/scim/requirements.txt` into
+/// `tests/scim/.venv` on first use (Python 3 with venv and pip is needed).
+pub fn scim2_cli() -> PathBuf {
+    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scim");
+            let venv = dir.join(".venv");
+            let bin = venv.join("bin/scim2");
+            let marker = venv.join("requirements.installed");
+            let wanted =
+                std::fs::read(dir.join("requirements.txt")).expect("tests/scim/requirements.txt");
+            if bin.exists() && std::fs::read(&marker).ok().as_deref() == Some(wanted.as_slice()) {
+                return bin;
+            }
+            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+            let status = Command::new(&python)
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 is needed for scim2-cli");
+            assert!(
+                status.success(),
+                "python3 -m venv {} failed",
+                venv.display()
+            );
+            let status = Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(dir.join("requirements.txt"))
+                .status()
+                .expect("pip runs");
+            assert!(
+                status.success(),
+                "pip install -r tests/scim/requirements.txt failed"
+            );
+            std::fs::write(&marker, &wanted).expect("write the install marker");
+            bin
+        })
+        .clone()
+}
+
 /// A table name no other test uses.
 pub fn unique_table(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

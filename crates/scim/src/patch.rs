@@ -149,16 +149,9 @@ pub fn apply(resource: &mut Value, ops: &[PatchOp]) -> Result<(), PatchError> {
                     if key.to_ascii_lowercase().starts_with("urn:") && !key.contains(':') {
                         continue;
                     }
-                    if is_schema_urn(key) {
-                        // the whole extension object: apply each of its attributes
-                        let Value::Object(inner) = value else {
-                            return Err(error("invalidValue", format!("{key} must be an object")));
-                        };
-                        for (attr, v) in inner {
-                            let path = PatchPath::parse(&format!("{key}:{attr}"))
-                                .map_err(|e| error("invalidPath", e.to_string()))?;
-                            set(resource, &path, op.op, Some(v.clone()))?;
-                        }
+                    if key.eq_ignore_ascii_case(ENTERPRISE_USER) {
+                        // the whole extension object: merged attribute by attribute
+                        set_extension(resource, ENTERPRISE_USER, OpKind::Add, Some(value.clone()))?;
                         continue;
                     }
                     let path = PatchPath::parse(key)
@@ -170,15 +163,8 @@ pub fn apply(resource: &mut Value, ops: &[PatchOp]) -> Result<(), PatchError> {
             (None, OpKind::Remove) => return Err(error("noTarget", "remove needs a path")),
         }
     }
+    tidy_extensions(resource);
     Ok(())
-}
-
-fn is_schema_urn(key: &str) -> bool {
-    let lower = key.to_ascii_lowercase();
-    lower == ENTERPRISE_USER.to_ascii_lowercase()
-        || lower.starts_with("urn:ietf:params:scim:schemas:core:")
-            && !lower.contains(":user:")
-            && !lower.contains(":group:")
 }
 
 /// Finds a key case-insensitively.
@@ -244,22 +230,115 @@ fn normalise(attr: &str, sub: Option<&str>, value: Value) -> Result<Option<Value
         };
     }
     if attr.eq_ignore_ascii_case("manager") && sub.is_none() {
-        // a bare id, {"value": id}, or [{"$ref": null, "value": id}]
-        let id = match &value {
-            Value::String(s) => Some(s.clone()),
-            Value::Object(o) => o.get("value").and_then(Value::as_str).map(str::to_string),
-            Value::Array(items) => items
-                .first()
-                .and_then(|i| i.get("value"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
+        // a bare id, {"value": id, "displayName"?}, or [{"$ref": null, "value": id}]
+        let object = match &value {
+            Value::String(s) => {
+                return Ok((!s.is_empty()).then(|| serde_json::json!({ "value": s })));
+            }
+            Value::Object(o) => Some(o),
+            Value::Array(items) => items.first().and_then(Value::as_object),
             _ => None,
         };
-        return Ok(id
+        let Some(object) = object else {
+            return Ok(None);
+        };
+        let Some(id) = object
+            .get("value")
+            .and_then(Value::as_str)
             .filter(|i| !i.is_empty())
-            .map(|id| serde_json::json!({ "value": id })));
+        else {
+            return Ok(None);
+        };
+        let mut manager = serde_json::json!({ "value": id });
+        if let Some(name) = object.get("displayName").and_then(Value::as_str) {
+            manager["displayName"] = Value::String(name.to_string());
+        }
+        return Ok(Some(manager));
     }
     Ok(Some(value))
+}
+
+/// The path names a whole schema extension (`urn:...:enterprise:2.0:User`).
+fn whole_extension(path: &PatchPath) -> Option<String> {
+    let uri = path.attr.uri.as_ref()?;
+    let full = format!("{uri}:{}", path.attr.attr);
+    (path.attr.sub.is_none() && path.filter.is_none() && full.eq_ignore_ascii_case(ENTERPRISE_USER))
+        .then_some(full)
+}
+
+fn set_extension(
+    resource: &mut Value,
+    urn: &str,
+    kind: OpKind,
+    value: Option<Value>,
+) -> Result<(), PatchError> {
+    let root = resource
+        .as_object_mut()
+        .ok_or_else(|| error("invalidValue", "the resource is not an object"))?;
+    let key = key_of(root, urn).unwrap_or_else(|| urn.to_string());
+    match (kind, value) {
+        (OpKind::Remove, _) => {
+            root.remove(&key);
+        }
+        (_, Some(Value::Object(new))) => {
+            let slot = root.entry(key).or_insert_with(|| Value::Object(Map::new()));
+            if kind == OpKind::Replace || !slot.is_object() {
+                *slot = Value::Object(Map::new());
+            }
+            let target = slot.as_object_mut().expect("an object");
+            for (k, v) in new {
+                match normalise(&k, None, v)? {
+                    Some(v) => {
+                        let k = key_of(target, &k).unwrap_or(k);
+                        target.insert(k, v);
+                    }
+                    None => {
+                        if let Some(k) = key_of(target, &k) {
+                            target.remove(&k);
+                        }
+                    }
+                }
+            }
+            if let Some(Value::Array(schemas)) = root.get_mut("schemas")
+                && !schemas
+                    .iter()
+                    .any(|s| s.as_str().is_some_and(|s| s.eq_ignore_ascii_case(urn)))
+            {
+                schemas.push(Value::String(urn.to_string()));
+            }
+        }
+        _ => return Err(error("invalidValue", format!("{urn} takes an object"))),
+    }
+    Ok(())
+}
+
+/// Drops empty extension objects and lists exactly the extensions present in `schemas`.
+fn tidy_extensions(resource: &mut Value) {
+    let Some(root) = resource.as_object_mut() else {
+        return;
+    };
+    let empty: Vec<String> = root
+        .iter()
+        .filter(|(k, v)| {
+            k.to_ascii_lowercase().starts_with("urn:") && v.as_object().is_some_and(Map::is_empty)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in &empty {
+        root.remove(key);
+    }
+    let present: Vec<String> = root
+        .keys()
+        .filter(|k| k.to_ascii_lowercase().starts_with("urn:"))
+        .cloned()
+        .collect();
+    if let Some(Value::Array(schemas)) = root.get_mut("schemas") {
+        schemas.retain(|s| {
+            let s = s.as_str().unwrap_or_default();
+            !s.to_ascii_lowercase().contains(":extension:")
+                || present.iter().any(|p| p.eq_ignore_ascii_case(s))
+        });
+    }
 }
 
 fn set(
@@ -277,6 +356,9 @@ fn set(
             "mutability",
             format!("{} cannot be changed", path.attr.attr),
         ));
+    }
+    if let Some(urn) = whole_extension(path) {
+        return set_extension(resource, &urn, kind, value);
     }
     // attributes only the enterprise extension defines (Entra sends `manager` bare)
     let in_extension = path.attr.uri.is_none()
@@ -685,6 +767,47 @@ mod tests {
         // remove with no value: all members
         patch(&mut g, json!([{"op": "remove", "path": "members"}])).unwrap();
         assert!(g.get("members").is_none());
+    }
+
+    #[test]
+    fn the_whole_extension_object_is_added_replaced_and_removed() {
+        let mut u = user();
+        patch(&mut u, json!([{"op": "add", "path": ENTERPRISE_USER, "value": {"department": "R&D", "employeeNumber": "7"}}])).unwrap();
+        assert_eq!(
+            u[ENTERPRISE_USER],
+            json!({"department": "R&D", "employeeNumber": "7"})
+        );
+        assert!(
+            u["schemas"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(ENTERPRISE_USER))
+        );
+        patch(
+            &mut u,
+            json!([{"op": "replace", "path": ENTERPRISE_USER, "value": {"division": "X"}}]),
+        )
+        .unwrap();
+        assert_eq!(u[ENTERPRISE_USER], json!({"division": "X"}));
+        patch(
+            &mut u,
+            json!([{"op": "remove", "path": format!("{ENTERPRISE_USER}:division")}]),
+        )
+        .unwrap();
+        assert!(
+            u.get(ENTERPRISE_USER).is_none(),
+            "an emptied extension goes away"
+        );
+        assert!(
+            !u["schemas"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(ENTERPRISE_USER))
+        );
+        assert!(
+            u.get("urn:ietf:params:scim:schemas:extension:enterprise:2.0")
+                .is_none()
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub fn service_provider_config(base: &str, max_payload: usize, max_results: usiz
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
         "documentationUri": "https://learn.microsoft.com/entra/identity/app-provisioning/use-scim-to-provision-users-and-groups",
         "patch": { "supported": true },
-        "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": 0 },
+        "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": max_payload },
         "filter": { "supported": true, "maxResults": max_results },
         "changePassword": { "supported": false },
         "sort": { "supported": false },
@@ -54,7 +54,6 @@ pub fn service_provider_config(base: &str, max_payload: usize, max_results: usiz
             "primary": true,
         }],
         "meta": { "resourceType": "ServiceProviderConfig", "location": format!("{base}/ServiceProviderConfig") },
-        "maxPayloadSize": max_payload,
     })
 }
 
@@ -217,6 +216,172 @@ mod tests {
         assert_eq!(
             ids,
             [USER_SCHEMA, crate::patch::ENTERPRISE_USER, GROUP_SCHEMA]
+        );
+    }
+}
+
+/// Applies `attributes` / `excludedAttributes` to a resource. `schemas`, `id` and `meta`
+/// are always returned. Names are case-insensitive and may be `attr`, `attr.sub` or
+/// URN-prefixed.
+pub fn project(resource: &mut Value, attributes: &[String], excluded: &[String]) {
+    const ALWAYS: &[&str] = &["schemas", "id", "meta"];
+    let Some(root) = resource.as_object_mut() else {
+        return;
+    };
+    let split = |name: &str| -> (Option<String>, String, Option<String>) {
+        match crate::AttrPath::parse(name.trim()) {
+            Some(p) => (p.uri, p.attr, p.sub),
+            None => (None, name.trim().to_string(), None),
+        }
+    };
+    if !attributes.is_empty() {
+        let wanted: Vec<(Option<String>, String, Option<String>)> =
+            attributes.iter().map(|a| split(a)).collect();
+        let keys: Vec<String> = root.keys().cloned().collect();
+        for key in keys {
+            if ALWAYS.iter().any(|a| a.eq_ignore_ascii_case(&key)) {
+                continue;
+            }
+            let is_extension = key.to_ascii_lowercase().starts_with("urn:");
+            if is_extension {
+                let wanted_here: Vec<&String> = wanted
+                    .iter()
+                    .filter(|(uri, _, _)| {
+                        uri.as_ref().is_some_and(|u| u.eq_ignore_ascii_case(&key))
+                    })
+                    .map(|(_, attr, _)| attr)
+                    .collect();
+                let whole = attributes
+                    .iter()
+                    .any(|a| a.trim().eq_ignore_ascii_case(&key));
+                match (whole, wanted_here.is_empty(), root.get_mut(&key)) {
+                    (true, _, _) => {}
+                    (false, true, _) => {
+                        root.remove(&key);
+                    }
+                    (false, false, Some(Value::Object(ext))) => {
+                        ext.retain(|k, _| wanted_here.iter().any(|w| w.eq_ignore_ascii_case(k)))
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            let subs: Vec<&Option<String>> = wanted
+                .iter()
+                .filter(|(uri, attr, _)| uri.is_none() && attr.eq_ignore_ascii_case(&key))
+                .map(|(_, _, sub)| sub)
+                .collect();
+            if subs.is_empty() {
+                root.remove(&key);
+            } else if subs.iter().all(|s| s.is_some()) {
+                let keep: Vec<&String> = subs.iter().filter_map(|s| s.as_ref()).collect();
+                let only = |o: &mut serde_json::Map<String, Value>| {
+                    o.retain(|k, _| keep.iter().any(|w| w.eq_ignore_ascii_case(k)))
+                };
+                match root.get_mut(&key) {
+                    Some(Value::Object(o)) => only(o),
+                    Some(Value::Array(items)) => items
+                        .iter_mut()
+                        .filter_map(Value::as_object_mut)
+                        .for_each(only),
+                    _ => {}
+                }
+            }
+        }
+    }
+    for name in excluded {
+        let (uri, attr, sub) = split(name);
+        if ALWAYS.iter().any(|a| a.eq_ignore_ascii_case(&attr)) && uri.is_none() && sub.is_none() {
+            continue;
+        }
+        let container = match &uri {
+            Some(u) => root
+                .iter_mut()
+                .find(|(k, _)| k.eq_ignore_ascii_case(u))
+                .and_then(|(_, v)| v.as_object_mut()),
+            None => Some(&mut *root),
+        };
+        let Some(container) = container else { continue };
+        let Some(key) = container
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(&attr))
+            .cloned()
+        else {
+            continue;
+        };
+        match sub {
+            None => {
+                container.remove(&key);
+            }
+            Some(sub) => {
+                let drop_sub = |o: &mut serde_json::Map<String, Value>| {
+                    o.retain(|k, _| !k.eq_ignore_ascii_case(&sub))
+                };
+                match container.get_mut(&key) {
+                    Some(Value::Object(o)) => drop_sub(o),
+                    Some(Value::Array(items)) => items
+                        .iter_mut()
+                        .filter_map(Value::as_object_mut)
+                        .for_each(drop_sub),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod projection_tests {
+    use super::*;
+
+    fn user() -> Value {
+        json!({
+            "schemas": [USER_SCHEMA], "id": "1", "meta": {"resourceType": "User"}, "userName": "a",
+            "name": {"givenName": "A", "familyName": "B"}, "emails": [{"value": "x", "type": "work"}],
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "D", "employeeNumber": "7"},
+        })
+    }
+
+    #[test]
+    fn attributes_keep_only_what_is_asked_and_always_returned() {
+        let mut u = user();
+        project(&mut u, &["userName".into(), "name.givenName".into()], &[]);
+        assert_eq!(
+            u,
+            json!({"schemas": [USER_SCHEMA], "id": "1", "meta": {"resourceType": "User"}, "userName": "a", "name": {"givenName": "A"}})
+        );
+        let mut u = user();
+        project(
+            &mut u,
+            &["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department".into()],
+            &[],
+        );
+        assert_eq!(
+            u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+            json!({"department": "D"})
+        );
+        assert!(u.get("userName").is_none());
+    }
+
+    #[test]
+    fn excluded_attributes_are_dropped_but_never_id_or_meta() {
+        let mut u = user();
+        project(
+            &mut u,
+            &[],
+            &[
+                "name".into(),
+                "emails.type".into(),
+                "id".into(),
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department".into(),
+            ],
+        );
+        assert!(u.get("name").is_none());
+        assert_eq!(u["emails"], json!([{"value": "x"}]));
+        assert_eq!(u["id"], "1");
+        assert_eq!(
+            u["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+            json!({"employeeNumber": "7"})
         );
     }
 }

@@ -152,6 +152,63 @@ struct ScimRequest<'a> {
     if_match: Option<&'a str>,
 }
 
+/// `attributes` and `excludedAttributes` from the query string.
+fn projection(query: &HashMap<String, String>) -> (Vec<String>, Vec<String>) {
+    let list = |name: &str| -> Vec<String> {
+        query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| {
+                v.split(',')
+                    .map(|a| a.trim().to_string())
+                    .filter(|a| !a.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (list("attributes"), list("excludedAttributes"))
+}
+
+/// Applies a projection to one resource, or to every resource of a ListResponse.
+fn projected(mut body: Value, (attributes, excluded): &(Vec<String>, Vec<String>)) -> Value {
+    if attributes.is_empty() && excluded.is_empty() {
+        return body;
+    }
+    match body.get_mut("Resources").and_then(Value::as_array_mut) {
+        Some(items) => items
+            .iter_mut()
+            .for_each(|r| scim::protocol::project(r, attributes, excluded)),
+        None => scim::protocol::project(&mut body, attributes, excluded),
+    }
+    body
+}
+
+/// A `POST .search` body as query parameters.
+fn search_query(body: &Value) -> Result<HashMap<String, String>, ScimError> {
+    let Value::Object(map) = body else {
+        return Err(ScimError::new(
+            400,
+            Some("invalidSyntax"),
+            "a SearchRequest is a JSON object",
+        ));
+    };
+    let mut query = HashMap::new();
+    for (k, v) in map {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Array(items) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => continue,
+        };
+        query.insert(k.clone(), text);
+    }
+    Ok(query)
+}
+
 /// False when `excludedAttributes` names `members` (or `attributes` leaves it out).
 fn wants_members(query: &HashMap<String, String>) -> bool {
     let listed = |name: &str| {
@@ -266,7 +323,50 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
                 .scim
                 .list_users(tenant, &base, filter, start, count)
                 .await?;
-            Ok(scim_reply(200, &list))
+            Ok(scim_reply(
+                200,
+                &projected(list, &projection(request.query)),
+            ))
+        }
+        (&Method::POST, [".search"] | ["Users", ".search"] | ["Groups", ".search"]) => {
+            let query = search_query(&parse_body(body)?)?;
+            let filter = query.get("filter").map(String::as_str);
+            let start = number(&query, "startIndex", 1)?;
+            let count = number(&query, "count", MAX_RESULTS)?;
+            let list = match parts.first() {
+                Some(&"Groups") => {
+                    app.scim
+                        .list_groups(tenant, &base, filter, start, count, wants_members(&query))
+                        .await?
+                }
+                Some(&"Users") => {
+                    app.scim
+                        .list_users(tenant, &base, filter, start, count)
+                        .await?
+                }
+                // the root searches every resource type: users, then groups
+                _ => {
+                    let users = app
+                        .scim
+                        .list_users(tenant, &base, filter, 1, usize::MAX)
+                        .await?;
+                    let groups = app
+                        .scim
+                        .list_groups(tenant, &base, filter, 1, usize::MAX, wants_members(&query))
+                        .await?;
+                    let mut all: Vec<Value> =
+                        users["Resources"].as_array().cloned().unwrap_or_default();
+                    all.extend(groups["Resources"].as_array().cloned().unwrap_or_default());
+                    let total = all.len();
+                    let page: Vec<Value> = all
+                        .into_iter()
+                        .skip(start.max(1) - 1)
+                        .take(count.min(MAX_RESULTS))
+                        .collect();
+                    scim::protocol::list_response(page, total, start.max(1))
+                }
+            };
+            Ok(scim_reply(200, &projected(list, &projection(&query))))
         }
         (&Method::POST, ["Users"]) => {
             let user = app
@@ -275,10 +375,13 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
                 .await?;
             Ok(scim_reply(201, &user))
         }
-        (&Method::GET, ["Users", id]) => Ok(scim_reply(
-            200,
-            &app.scim.get_user(tenant, &base, id).await?,
-        )),
+        (&Method::GET, ["Users", id]) => {
+            let user = app.scim.get_user(tenant, &base, id).await?;
+            Ok(scim_reply(
+                200,
+                &projected(user, &projection(request.query)),
+            ))
+        }
         (&Method::PUT, ["Users", id]) => {
             let user = app
                 .scim
@@ -317,7 +420,10 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
                     wants_members(request.query),
                 )
                 .await?;
-            Ok(scim_reply(200, &list))
+            Ok(scim_reply(
+                200,
+                &projected(list, &projection(request.query)),
+            ))
         }
         (&Method::POST, ["Groups"]) => Ok(scim_reply(
             201,
@@ -325,12 +431,16 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
                 .create_group(tenant, &base, &parse_body(body)?)
                 .await?,
         )),
-        (&Method::GET, ["Groups", id]) => Ok(scim_reply(
-            200,
-            &app.scim
+        (&Method::GET, ["Groups", id]) => {
+            let group = app
+                .scim
                 .get_group(tenant, &base, id, wants_members(request.query))
-                .await?,
-        )),
+                .await?;
+            Ok(scim_reply(
+                200,
+                &projected(group, &projection(request.query)),
+            ))
+        }
         (&Method::PUT, ["Groups", id]) => {
             let group = app
                 .scim

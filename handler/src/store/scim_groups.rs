@@ -39,14 +39,14 @@ pub trait ScimGroupStore: Send + Sync {
         tenant: Uuid,
         previous: &StoredResource,
     ) -> Result<WriteOutcome, StoreError>;
-    /// Member ids of a group.
-    async fn members(&self, tenant: Uuid, group: Uuid) -> Result<Vec<String>, StoreError>;
-    /// Adds members (idempotent).
+    /// Members of a group: `{"value", "display"?, "type"?}`.
+    async fn members(&self, tenant: Uuid, group: Uuid) -> Result<Vec<Value>, StoreError>;
+    /// Adds members given as `{"value", "display"?, "type"?}` (idempotent).
     async fn add_members(
         &self,
         tenant: Uuid,
         group: Uuid,
-        members: &[String],
+        members: &[Value],
     ) -> Result<(), StoreError>;
     /// Removes the given members (absent ones ignored).
     async fn remove_members(
@@ -237,7 +237,12 @@ impl ScimGroupStore for TableScimGroupStore {
         tenant: Uuid,
         previous: &StoredResource,
     ) -> Result<WriteOutcome, StoreError> {
-        let members = self.members(tenant, previous.id).await?;
+        let members: Vec<String> = self
+            .members(tenant, previous.id)
+            .await?
+            .iter()
+            .filter_map(|m| m.get("value").and_then(Value::as_str).map(str::to_string))
+            .collect();
         let ops = [
             Operation::Delete {
                 partition_key: tenant.to_string(),
@@ -258,17 +263,26 @@ impl ScimGroupStore for TableScimGroupStore {
         Ok(WriteOutcome::Written(previous.clone()))
     }
 
-    async fn members(&self, tenant: Uuid, group: Uuid) -> Result<Vec<String>, StoreError> {
-        let query = Query {
-            select: Some(vec!["Value".into()]),
-            ..Query::partition(&members_partition(tenant, group))
-        };
-        Ok(self
+    async fn members(&self, tenant: Uuid, group: Uuid) -> Result<Vec<Value>, StoreError> {
+        let rows = self
             .table
-            .query_all(query)
-            .await?
+            .query_all(Query::partition(&members_partition(tenant, group)))
+            .await?;
+        Ok(rows
             .iter()
-            .filter_map(|e| e.get_str("Value").map(str::to_string))
+            .filter_map(|e| {
+                let mut member = serde_json::Map::new();
+                member.insert(
+                    "value".into(),
+                    Value::String(e.get_str("Value")?.to_string()),
+                );
+                for (property, name) in [("Display", "display"), ("Type", "type")] {
+                    if let Some(v) = e.get_str(property) {
+                        member.insert(name.into(), Value::String(v.to_string()));
+                    }
+                }
+                Some(Value::Object(member))
+            })
             .collect())
     }
 
@@ -276,17 +290,24 @@ impl ScimGroupStore for TableScimGroupStore {
         &self,
         tenant: Uuid,
         group: Uuid,
-        members: &[String],
+        members: &[Value],
     ) -> Result<(), StoreError> {
         let mut ops = Vec::new();
         let mut reverse = Vec::new();
         for member in members {
-            ops.push(Operation::UpsertReplace(
-                Entity::new(members_partition(tenant, group), key::encode(member))
-                    .with("Value", member.as_str()),
-            ));
+            let Some(id) = member.get("value").and_then(Value::as_str) else {
+                continue;
+            };
+            let mut row =
+                Entity::new(members_partition(tenant, group), key::encode(id)).with("Value", id);
+            for (name, property) in [("display", "Display"), ("type", "Type")] {
+                if let Some(v) = member.get(name).and_then(Value::as_str) {
+                    row.set(property, v);
+                }
+            }
+            ops.push(Operation::UpsertReplace(row));
             reverse.push(Operation::UpsertReplace(
-                Entity::new(reverse_partition(tenant, member), group.to_string())
+                Entity::new(reverse_partition(tenant, id), group.to_string())
                     .with("Group", group.to_string()),
             ));
         }
