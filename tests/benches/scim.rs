@@ -1,0 +1,154 @@
+//! SCIM with 10,000 users in Azurite: Entra's match query and a create/PATCH mix, with wrk
+//! on loopback against the release handler.
+//!
+//! cargo build --release -p handler && cargo bench -p system-tests --bench scim
+//! (SCIM_USERS=10000 WRK_CONNECTIONS=8 WRK_SECONDS=10 to change the load)
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let users = env_or("SCIM_USERS", 10_000);
+    let connections = env_or("WRK_CONNECTIONS", 8);
+    let seconds = env_or("WRK_SECONDS", 10);
+    let binary = std::env::var_os("HANDLER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler"));
+    assert!(binary.exists(), "{} not found: cargo build --release -p handler", binary.display());
+    let data = std::env::temp_dir().join(format!("scim-bench-{}", std::process::id()));
+    let env: Vec<(&str, String)> = vec![
+        ("AzureWebJobsStorage", Azurite::shared().connection_string()),
+        ("STORAGE_TABLE_PREFIX", unique_table("sb")),
+        ("ENTRA_CLIENT_ID", "6e74172b-be56-4843-9ff4-e66a39bb12e3".into()),
+        ("ENTRA_ADMIN_TENANT_ID", "72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+        ("ENTRA_DEV_AUTH", "true".into()),
+        ("LOCAL_DATA_DIR", data.display().to_string()),
+        ("LOG_LEVEL", "warn".into()),
+    ];
+    let bin = binary.to_str().unwrap();
+    let (_, admin) = run_to_exit(bin, &["dev-token", "admin"], &env);
+    let admin = admin.trim().to_string();
+    let handler = HandlerProcess::start(bin, &["host"], &env);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tenant = uuid::Uuid::new_v4();
+    let (token, base, ids, seed_rate) = runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let root = handler.base_url();
+        http.post(format!("{root}/api/v1/tenants"))
+            .bearer_auth(&admin)
+            .json(&json!({"tenant_id": tenant, "display_name": "Bench"}))
+            .send()
+            .await
+            .unwrap();
+        let answer: Value = http
+            .post(format!("{root}/api/v1/tenants/{tenant}/scim/token"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = answer["token"].as_str().unwrap().to_string();
+        let base = answer["tenant_url"].as_str().unwrap().to_string();
+        // seed with 16 concurrent creators
+        let started = std::time::Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (http, token, base, next) = (http.clone(), token.clone(), base.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= users {
+                        return ids;
+                    }
+                    let body = json!({
+                        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                        "userName": format!("user{i}@contoso.com"), "externalId": format!("ext{i}"), "active": true,
+                        "emails": [{"primary": true, "type": "work", "value": format!("user{i}@contoso.com")}],
+                        "name": {"givenName": "User", "familyName": format!("{i}")},
+                    });
+                    let r = http.post(format!("{base}/Users")).bearer_auth(&token).json(&body).send().await.unwrap();
+                    assert_eq!(r.status(), 201);
+                    ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+                }
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.extend(t.await.unwrap());
+        }
+        let rate = users as f64 / started.elapsed().as_secs_f64();
+        (token, base, ids, rate)
+    });
+    println!("seeded {users} users through POST /Users at {seed_rate:.0} users/s (16 concurrent clients)");
+
+    let dir = std::env::temp_dir().join(format!("scim-bench-lua-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ids.txt"), ids.join("\n")).unwrap();
+    let path = url::Url::parse(&base).unwrap().path().to_string();
+    std::fs::write(
+        dir.join("match.lua"),
+        format!(
+            r#"local n = {users}
+request = function()
+  local i = math.random(0, n - 1)
+  local filter = "userName%20eq%20%22user" .. i .. "%40contoso.com%22"
+  return wrk.format("GET", "{path}/Users?filter=" .. filter, {{["Authorization"] = "Bearer {token}"}})
+end
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mix.lua"),
+        format!(
+            r#"local ids = {{}}
+for line in io.lines("{ids}") do ids[#ids + 1] = line end
+local counter = 0
+local tag = tostring(math.random(1, 1000000000))
+request = function()
+  counter = counter + 1
+  local headers = {{["Authorization"] = "Bearer {token}", ["Content-Type"] = "application/scim+json"}}
+  if counter % 2 == 0 then
+    local body = '{{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"userName":"new' .. tag .. '-' .. counter .. '@contoso.com","active":true}}'
+    return wrk.format("POST", "{path}/Users", headers, body)
+  else
+    local id = ids[math.random(1, #ids)]
+    local body = '{{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{{"op":"Replace","path":"name.familyName","value":"x' .. counter .. '"}}]}}'
+    return wrk.format("PATCH", "{path}/Users/" .. id, headers, body)
+  end
+end
+"#,
+            ids = dir.join("ids.txt").display()
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{}", handler.port);
+    for (name, script) in [("match query (userName eq, random user)", "match.lua"), ("create/PATCH mix (50/50)", "mix.lua")] {
+        let args = [
+            "-t2".to_string(),
+            format!("-c{connections}"),
+            format!("-d{seconds}s"),
+            "--latency".to_string(),
+            "-s".to_string(),
+            dir.join(script).display().to_string(),
+            url.clone(),
+        ];
+        println!("== {name}\n$ wrk {}", args.join(" "));
+        let out = Command::new("wrk").args(&args).output().expect("wrk runs (apt-get install wrk)");
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&data).ok();
+}
