@@ -116,6 +116,8 @@ end
             r#"local ids = {{}}
 for line in io.lines("{ids}") do ids[#ids + 1] = line end
 local counter = 0
+-- each wrk thread has its own Lua state: seed it from the state's own address
+math.randomseed(os.time() + (tonumber(tostring({{}}):match("0x(%x+)"), 16) or 0))
 local tag = tostring(math.random(1, 1000000000))
 request = function()
   counter = counter + 1
