@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -21,14 +24,26 @@ fn main() {
     let seconds = env_or("WRK_SECONDS", 10);
     let binary = std::env::var_os("HANDLER_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler"));
-    assert!(binary.exists(), "{} not found: cargo build --release -p handler", binary.display());
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler")
+        });
+    assert!(
+        binary.exists(),
+        "{} not found: cargo build --release -p handler",
+        binary.display()
+    );
     let data = std::env::temp_dir().join(format!("scim-bench-{}", std::process::id()));
     let env: Vec<(&str, String)> = vec![
         ("AzureWebJobsStorage", Azurite::shared().connection_string()),
         ("STORAGE_TABLE_PREFIX", unique_table("sb")),
-        ("ENTRA_CLIENT_ID", "6e74172b-be56-4843-9ff4-e66a39bb12e3".into()),
-        ("ENTRA_ADMIN_TENANT_ID", "72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+        (
+            "ENTRA_CLIENT_ID",
+            "6e74172b-be56-4843-9ff4-e66a39bb12e3".into(),
+        ),
+        (
+            "ENTRA_ADMIN_TENANT_ID",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+        ),
         ("ENTRA_DEV_AUTH", "true".into()),
         ("LOCAL_DATA_DIR", data.display().to_string()),
         ("LOG_LEVEL", "warn".into()),
@@ -37,7 +52,11 @@ fn main() {
     let (_, admin) = run_to_exit(bin, &["dev-token", "admin"], &env);
     let admin = admin.trim().to_string();
     let handler = HandlerProcess::start(bin, &["host"], &env);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let tenant = uuid::Uuid::new_v4();
     let (token, base, ids, seed_rate) = runtime.block_on(async {
         let http = reqwest::Client::new();
@@ -91,7 +110,9 @@ fn main() {
         let rate = users as f64 / started.elapsed().as_secs_f64();
         (token, base, ids, rate)
     });
-    println!("seeded {users} users through POST /Users at {seed_rate:.0} users/s (16 concurrent clients)");
+    println!(
+        "seeded {users} users through POST /Users at {seed_rate:.0} users/s (16 concurrent clients)"
+    );
 
     let dir = std::env::temp_dir().join(format!("scim-bench-lua-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -137,7 +158,10 @@ end
     )
     .unwrap();
     let url = format!("http://127.0.0.1:{}", handler.port);
-    for (name, script) in [("match query (userName eq, random user)", "match.lua"), ("create/PATCH mix (50/50)", "mix.lua")] {
+    for (name, script) in [
+        ("match query (userName eq, random user)", "match.lua"),
+        ("create/PATCH mix (50/50)", "mix.lua"),
+    ] {
         let args = [
             "-t2".to_string(),
             format!("-c{connections}"),
@@ -148,7 +172,10 @@ end
             url.clone(),
         ];
         println!("== {name}\n$ wrk {}", args.join(" "));
-        let out = Command::new("wrk").args(&args).output().expect("wrk runs (apt-get install wrk)");
+        let out = Command::new("wrk")
+            .args(&args)
+            .output()
+            .expect("wrk runs (apt-get install wrk)");
         println!("{}", String::from_utf8_lossy(&out.stdout));
     }
     std::fs::remove_dir_all(&dir).ok();
