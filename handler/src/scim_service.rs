@@ -187,57 +187,26 @@ impl ScimService {
         start: usize,
         count: usize,
     ) -> Result<Value, ScimError> {
-        let filter = filter
-            .map(|f| {
-                Filter::parse(f)
-                    .map_err(|e| ScimError::new(400, Some("invalidFilter"), e.to_string()))
-            })
-            .transpose()?;
+        let filter = parse_filter(filter)?;
         // equality on userName, externalId or id is an index lookup; the rest a scan
-        let candidates: Vec<StoredResource> = match filter.as_ref().and_then(Filter::equality) {
-            Some((path, value))
-                if path.uri.is_none()
-                    && path.sub.is_none()
-                    && path.attr.eq_ignore_ascii_case("userName") =>
-            {
-                self.users
-                    .by_user_name(tenant, value)
-                    .await?
-                    .into_iter()
-                    .collect()
+        let candidates: Vec<StoredResource> = if let Some(name) = equality_on(&filter, "userName") {
+            self.users
+                .by_user_name(tenant, name)
+                .await?
+                .into_iter()
+                .collect()
+        } else if let Some(external) = equality_on(&filter, "externalId") {
+            self.users.by_external_id(tenant, external).await?
+        } else if let Some(id) = equality_on(&filter, "id") {
+            match Uuid::try_parse(id) {
+                Ok(id) => self.users.get(tenant, id).await?.into_iter().collect(),
+                Err(_) => Vec::new(),
             }
-            Some((path, value))
-                if path.uri.is_none()
-                    && path.sub.is_none()
-                    && path.attr.eq_ignore_ascii_case("externalId") =>
-            {
-                self.users.by_external_id(tenant, value).await?
-            }
-            Some((path, value))
-                if path.uri.is_none()
-                    && path.sub.is_none()
-                    && path.attr.eq_ignore_ascii_case("id") =>
-            {
-                match Uuid::try_parse(value) {
-                    Ok(id) => self.users.get(tenant, id).await?.into_iter().collect(),
-                    Err(_) => Vec::new(),
-                }
-            }
-            _ => self.users.all(tenant).await?,
+        } else {
+            self.users.all(tenant).await?
         };
-        let mut matching: Vec<StoredResource> = candidates
-            .into_iter()
-            .filter(|r| filter.as_ref().is_none_or(|f| f.matches(&r.data)))
-            .collect();
-        matching.sort_by_key(|r| r.id);
-        let total = matching.len();
-        let start = start.max(1);
-        let page: Vec<Value> = matching
-            .iter()
-            .skip(start - 1)
-            .take(count.min(MAX_RESULTS))
-            .map(|r| present(r, base))
-            .collect();
+        let (page, total, start) = select_page(candidates, &filter, start, count);
+        let page = page.iter().map(|r| present(r, base)).collect();
         Ok(scim::protocol::list_response(page, total, start))
     }
 
@@ -397,45 +366,25 @@ impl ScimService {
         count: usize,
         with_members: bool,
     ) -> Result<Value, ScimError> {
-        let filter = filter
-            .map(|f| {
-                Filter::parse(f)
-                    .map_err(|e| ScimError::new(400, Some("invalidFilter"), e.to_string()))
-            })
-            .transpose()?;
-        let candidates: Vec<StoredResource> = match filter.as_ref().and_then(Filter::equality) {
-            Some((path, value))
-                if path.uri.is_none()
-                    && path.sub.is_none()
-                    && path.attr.eq_ignore_ascii_case("displayName") =>
-            {
+        let filter = parse_filter(filter)?;
+        let candidates: Vec<StoredResource> =
+            if let Some(name) = equality_on(&filter, "displayName") {
                 self.groups
-                    .by_name(tenant, value)
+                    .by_name(tenant, name)
                     .await?
                     .into_iter()
                     .collect()
-            }
-            Some((path, value))
-                if path.uri.is_none()
-                    && path.sub.is_none()
-                    && path.attr.eq_ignore_ascii_case("id") =>
-            {
-                match Uuid::try_parse(value) {
+            } else if let Some(id) = equality_on(&filter, "id") {
+                match Uuid::try_parse(id) {
                     Ok(id) => self.groups.get(tenant, id).await?.into_iter().collect(),
                     Err(_) => Vec::new(),
                 }
-            }
-            _ => self.groups.all(tenant).await?,
-        };
-        let mut matching: Vec<StoredResource> = candidates
-            .into_iter()
-            .filter(|r| filter.as_ref().is_none_or(|f| f.matches(&r.data)))
-            .collect();
-        matching.sort_by_key(|r| r.id);
-        let total = matching.len();
-        let start = start.max(1);
+            } else {
+                self.groups.all(tenant).await?
+            };
+        let (selected, total, start) = select_page(candidates, &filter, start, count);
         let mut page = Vec::new();
-        for group in matching.iter().skip(start - 1).take(count.min(MAX_RESULTS)) {
+        for group in &selected {
             let members = if with_members {
                 Some(self.groups.members(tenant, group.id).await?)
             } else {
@@ -713,6 +662,44 @@ fn present_group(stored: &StoredResource, base: &str, members: Option<&[Value]>)
         data["members"] = Value::Array(members.to_vec());
     }
     data
+}
+
+/// Parses a `filter` query parameter; a bad one is 400 `invalidFilter`.
+fn parse_filter(filter: Option<&str>) -> Result<Option<Filter>, ScimError> {
+    filter
+        .map(|f| {
+            Filter::parse(f).map_err(|e| ScimError::new(400, Some("invalidFilter"), e.to_string()))
+        })
+        .transpose()
+}
+
+/// The value when the whole filter is `attr eq "value"` on a core attribute `attr`.
+fn equality_on<'a>(filter: &'a Option<Filter>, attr: &str) -> Option<&'a str> {
+    let (path, value) = filter.as_ref()?.equality()?;
+    (path.uri.is_none() && path.sub.is_none() && path.attr.eq_ignore_ascii_case(attr))
+        .then_some(value)
+}
+
+/// The candidates that match, in a stable order, cut to one page (1-based start).
+fn select_page(
+    candidates: Vec<StoredResource>,
+    filter: &Option<Filter>,
+    start: usize,
+    count: usize,
+) -> (Vec<StoredResource>, usize, usize) {
+    let mut matching: Vec<StoredResource> = candidates
+        .into_iter()
+        .filter(|r| filter.as_ref().is_none_or(|f| f.matches(&r.data)))
+        .collect();
+    matching.sort_by_key(|r| r.id);
+    let total = matching.len();
+    let start = start.max(1);
+    let page = matching
+        .into_iter()
+        .skip(start - 1)
+        .take(count.min(MAX_RESULTS))
+        .collect();
+    (page, total, start)
 }
 
 fn timestamp(t: OffsetDateTime) -> String {

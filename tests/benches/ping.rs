@@ -5,37 +5,20 @@
 //! cargo build --release -p handler && cargo bench -p system-tests --bench ping
 //! (PING_DISTINCT_TOKENS=5000 WRK_CONNECTIONS=32 WRK_SECONDS=10 to change the load)
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::json;
 use system_tests::fake_entra::{self, FakeEntra};
-use system_tests::{Azurite, HandlerProcess, unique_table};
+use system_tests::{Azurite, HandlerProcess, env_or, release_handler, unique_table};
 
 const CLIENT_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
 const ADMIN_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let distinct = env_or("PING_DISTINCT_TOKENS", 5000);
     let connections = env_or("WRK_CONNECTIONS", 32);
     let seconds = env_or("WRK_SECONDS", 10);
-    let binary = std::env::var_os("HANDLER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler")
-        });
-    assert!(
-        binary.exists(),
-        "{} not found: cargo build --release -p handler",
-        binary.display()
-    );
+    let binary = release_handler();
     assert!(
         Command::new("wrk").arg("--version").output().is_ok(),
         "wrk is needed: apt-get install wrk"

@@ -4,34 +4,17 @@
 //! cargo build --release -p handler && cargo bench -p system-tests --bench scim
 //! (SCIM_USERS=10000 WRK_CONNECTIONS=8 WRK_SECONDS=10 to change the load)
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use system_tests::{Azurite, HandlerProcess, env_or, release_handler, run_to_exit, unique_table};
 
 fn main() {
     let users = env_or("SCIM_USERS", 10_000);
     let connections = env_or("WRK_CONNECTIONS", 8);
     let seconds = env_or("WRK_SECONDS", 10);
-    let binary = std::env::var_os("HANDLER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler")
-        });
-    assert!(
-        binary.exists(),
-        "{} not found: cargo build --release -p handler",
-        binary.display()
-    );
+    let binary = release_handler();
     let data = std::env::temp_dir().join(format!("scim-bench-{}", std::process::id()));
     let env: Vec<(&str, String)> = vec![
         ("AzureWebJobsStorage", Azurite::shared().connection_string()),

@@ -13,14 +13,6 @@ use system_tests::{Azurite, free_port};
 
 const RUNS: usize = 30;
 
-fn handler_binary() -> PathBuf {
-    std::env::var_os("HANDLER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler")
-        })
-}
-
 fn spawn_handler(binary: &PathBuf, port: u16, storage: &str) -> Child {
     Command::new(binary)
         .arg("host")
@@ -65,7 +57,7 @@ fn report(name: &str, mut samples: Vec<Duration>) {
 }
 
 fn main() {
-    let binary = handler_binary();
+    let binary = system_tests::release_handler();
     assert!(
         binary.exists(),
         "{} not found: run cargo build --release -p handler",

@@ -140,6 +140,28 @@ pub fn scim2_cli() -> PathBuf {
         .clone()
 }
 
+/// The release `handler` for benchmarks: `HANDLER_BIN`, else `target/release/handler`,
+/// which must have been built (`cargo build --release -p handler`).
+pub fn release_handler() -> PathBuf {
+    let binary = std::env::var_os("HANDLER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler"));
+    assert!(
+        binary.exists(),
+        "{} not found: cargo build --release -p handler",
+        binary.display()
+    );
+    binary
+}
+
+/// A numeric knob of a benchmark, from the environment.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A table name no other test uses.
 pub fn unique_table(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

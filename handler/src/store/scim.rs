@@ -115,18 +115,7 @@ impl TableScimUserStore {
     }
 
     fn read(e: &Entity) -> Result<StoredResource, StoreError> {
-        let id = e
-            .get_str("UserId")
-            .and_then(|i| Uuid::try_parse(i).ok())
-            .ok_or_else(|| StoreError::Corrupt("SCIM row without UserId".into()))?;
-        let data = serde_json::from_str(e.get_str("Data").unwrap_or_default())
-            .map_err(|err| StoreError::Corrupt(format!("SCIM data: {err}")))?;
-        Ok(StoredResource {
-            id,
-            data,
-            version: e.get_i64("Version").unwrap_or(1),
-            etag: e.etag.clone().unwrap_or_else(|| ETag("*".into())),
-        })
+        read_resource(e, "UserId")
     }
 
     /// The operations that write a user and every index row it needs.
@@ -142,17 +131,30 @@ impl TableScimUserStore {
     }
 }
 
-fn outcome_of(e: TableError) -> Result<Option<WriteOutcome>, StoreError> {
+/// Reads a resource row (user or group) whose id is in the property `id_property`.
+pub(super) fn read_resource(e: &Entity, id_property: &str) -> Result<StoredResource, StoreError> {
+    let id = e
+        .get_str(id_property)
+        .and_then(|i| Uuid::try_parse(i).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("SCIM row without {id_property}")))?;
+    let data = serde_json::from_str(e.get_str("Data").unwrap_or_default())
+        .map_err(|err| StoreError::Corrupt(format!("SCIM data: {err}")))?;
+    Ok(StoredResource {
+        id,
+        data,
+        version: e.get_i64("Version").unwrap_or(1),
+        etag: e.etag.clone().unwrap_or_else(|| ETag("*".into())),
+    })
+}
+
+/// What a failed transaction means for a resource write.
+pub(super) fn outcome_of(e: TableError) -> Result<WriteOutcome, StoreError> {
     match e {
-        TableError::Batch { source, .. } if source.is_conflict() => {
-            Ok(Some(WriteOutcome::Duplicate))
-        }
+        TableError::Batch { source, .. } if source.is_conflict() => Ok(WriteOutcome::Duplicate),
         TableError::Batch { source, .. } if source.is_precondition_failed() => {
-            Ok(Some(WriteOutcome::Changed))
+            Ok(WriteOutcome::Changed)
         }
-        TableError::Batch { source, .. } if source.is_not_found() => {
-            Ok(Some(WriteOutcome::Missing))
-        }
+        TableError::Batch { source, .. } if source.is_not_found() => Ok(WriteOutcome::Missing),
         other => Err(other.into()),
     }
 }
@@ -178,7 +180,7 @@ impl ScimUserStore for TableScimUserStore {
                 version: 1,
                 etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
             })),
-            Err(e) => outcome_of(e)?.ok_or_else(|| StoreError::Corrupt("unreachable".into())),
+            Err(e) => outcome_of(e),
         }
     }
 
@@ -295,7 +297,7 @@ impl ScimUserStore for TableScimUserStore {
                 version,
                 etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
             })),
-            Err(e) => outcome_of(e)?.ok_or_else(|| StoreError::Corrupt("unreachable".into())),
+            Err(e) => outcome_of(e),
         }
     }
 
@@ -326,7 +328,7 @@ impl ScimUserStore for TableScimUserStore {
         }
         match self.table.transact(&ops).await {
             Ok(_) => Ok(WriteOutcome::Written(previous.clone())),
-            Err(e) => outcome_of(e)?.ok_or_else(|| StoreError::Corrupt("unreachable".into())),
+            Err(e) => outcome_of(e),
         }
     }
 }

@@ -7,13 +7,11 @@
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tables::{
-    ETag, Entity, Error as TableError, IfMatch, Operation, Query, Table, Value as TableValue, key,
-};
+use tables::{ETag, Entity, IfMatch, Operation, Query, Table, Value as TableValue, key};
 use uuid::Uuid;
 
 use super::StoreError;
-use super::scim::{StoredResource, WriteOutcome};
+use super::scim::{StoredResource, WriteOutcome, outcome_of, read_resource};
 
 /// Stores SCIM groups and their members.
 #[async_trait]
@@ -100,29 +98,7 @@ impl TableScimGroupStore {
     }
 
     fn read(e: &Entity) -> Result<StoredResource, StoreError> {
-        let id = e
-            .get_str("GroupId")
-            .and_then(|i| Uuid::try_parse(i).ok())
-            .ok_or_else(|| StoreError::Corrupt("SCIM group row without GroupId".into()))?;
-        let data = serde_json::from_str(e.get_str("Data").unwrap_or_default())
-            .map_err(|err| StoreError::Corrupt(format!("SCIM group data: {err}")))?;
-        Ok(StoredResource {
-            id,
-            data,
-            version: e.get_i64("Version").unwrap_or(1),
-            etag: e.etag.clone().unwrap_or_else(|| ETag("*".into())),
-        })
-    }
-}
-
-fn outcome_of(e: TableError) -> Result<WriteOutcome, StoreError> {
-    match e {
-        TableError::Batch { source, .. } if source.is_conflict() => Ok(WriteOutcome::Duplicate),
-        TableError::Batch { source, .. } if source.is_precondition_failed() => {
-            Ok(WriteOutcome::Changed)
-        }
-        TableError::Batch { source, .. } if source.is_not_found() => Ok(WriteOutcome::Missing),
-        other => Err(other.into()),
+        read_resource(e, "GroupId")
     }
 }
 
