@@ -50,6 +50,39 @@ impl TableTenantStore {
         TableTenantStore { table }
     }
 
+    /// Reads a tenant, changes it and writes it back under its ETag, reading again when
+    /// another writer came first; `None` when it does not exist.
+    async fn modify(
+        &self,
+        tenant_id: Uuid,
+        change: impl Fn(Tenant) -> Tenant,
+    ) -> Result<Option<Tenant>, StoreError> {
+        for _ in 0..3 {
+            let Some(existing) = self
+                .table
+                .try_get(PARTITION, &tenant_id.to_string())
+                .await?
+            else {
+                return Ok(None);
+            };
+            let tenant = change(Self::from_entity(&existing)?);
+            let etag = existing
+                .etag
+                .clone()
+                .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
+            match self
+                .table
+                .replace(&Self::to_entity(&tenant), IfMatch::ETag(etag))
+                .await
+            {
+                Ok(_) => return Ok(Some(tenant)),
+                Err(e) if e.is_precondition_failed() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
     fn to_entity(t: &Tenant) -> Entity {
         let mut e = Entity::new(PARTITION, t.tenant_id.to_string())
             .with("DisplayName", t.display_name.as_str())
@@ -190,33 +223,11 @@ impl TenantStore for TableTenantStore {
         tenant_id: Uuid,
         app_client_id: Option<Uuid>,
     ) -> Result<Option<Tenant>, StoreError> {
-        for _ in 0..3 {
-            let Some(existing) = self
-                .table
-                .try_get(PARTITION, &tenant_id.to_string())
-                .await?
-            else {
-                return Ok(None);
-            };
-            let tenant = Tenant {
-                app_client_id,
-                ..Self::from_entity(&existing)?
-            };
-            let etag = existing
-                .etag
-                .clone()
-                .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
-            match self
-                .table
-                .replace(&Self::to_entity(&tenant), IfMatch::ETag(etag))
-                .await
-            {
-                Ok(_) => return Ok(Some(tenant)),
-                Err(e) if e.is_precondition_failed() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Contended)
+        self.modify(tenant_id, |tenant| Tenant {
+            app_client_id,
+            ..tenant
+        })
+        .await
     }
 
     async fn set_status(
@@ -225,32 +236,12 @@ impl TenantStore for TableTenantStore {
         status: TenantStatus,
         at: OffsetDateTime,
     ) -> Result<Option<Tenant>, StoreError> {
-        for _ in 0..3 {
-            let Some(existing) = self
-                .table
-                .try_get(PARTITION, &tenant_id.to_string())
-                .await?
-            else {
-                return Ok(None);
-            };
-            let mut tenant = Self::from_entity(&existing)?;
-            tenant.status = status;
+        self.modify(tenant_id, |mut tenant| {
             tenant.offboarded_at =
                 (status == TenantStatus::Offboarded).then_some(tenant.offboarded_at.unwrap_or(at));
-            let etag = existing
-                .etag
-                .clone()
-                .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
-            match self
-                .table
-                .replace(&Self::to_entity(&tenant), IfMatch::ETag(etag))
-                .await
-            {
-                Ok(_) => return Ok(Some(tenant)),
-                Err(e) if e.is_precondition_failed() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Contended)
+            tenant.status = status;
+            tenant
+        })
+        .await
     }
 }
