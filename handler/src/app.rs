@@ -114,6 +114,7 @@ impl App {
                 scim_table.clone(),
             )),
             scim_table,
+            settings.public_base_url.as_str(),
         );
         let credentials = Arc::new(AppCredentials::new(
             vault,

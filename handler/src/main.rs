@@ -11,6 +11,7 @@ mod domain;
 mod functions;
 mod onboarding;
 mod routes;
+mod scim_admin;
 mod scim_service;
 mod startup;
 mod store;

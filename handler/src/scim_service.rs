@@ -58,13 +58,18 @@ pub const MAX_RESULTS: usize = 200;
 
 /// The service.
 pub struct ScimService {
-    users: Arc<dyn ScimUserStore>,
-    groups: Arc<dyn ScimGroupStore>,
-    tokens: Table,
+    pub(crate) users: Arc<dyn ScimUserStore>,
+    pub(crate) groups: Arc<dyn ScimGroupStore>,
+    /// The SCIM table: token, settings and invitation rows in each tenant's partition.
+    pub(crate) tokens: Table,
     token_cache: Arc<TtlCache<Uuid, Option<String>>>,
+    pub(crate) settings_cache: Arc<TtlCache<Uuid, crate::scim_admin::ScimSettings>>,
+    /// Where activation links point.
+    pub(crate) public_base_url: String,
 }
 
-fn hash(token: &str) -> String {
+/// SHA-256, hex: how tokens and activation codes are kept.
+pub(crate) fn hash(token: &str) -> String {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
         .as_ref()
         .iter()
@@ -75,17 +80,25 @@ fn hash(token: &str) -> String {
 const TOKEN_ROW: &str = "scim-token";
 
 impl ScimService {
-    /// Over a user store and the table that keeps token hashes (one row per tenant).
+    /// Over the user and group stores and the table that keeps token hashes, settings and
+    /// invitations; activation links point at `public_base_url`.
     pub fn new(
         users: Arc<dyn ScimUserStore>,
         groups: Arc<dyn ScimGroupStore>,
         tokens: Table,
+        public_base_url: &str,
     ) -> ScimService {
         ScimService {
             users,
             groups,
             tokens,
             token_cache: TtlCache::new(Duration::from_secs(10), Duration::from_secs(25), 100_000),
+            settings_cache: TtlCache::new(
+                Duration::from_secs(10),
+                Duration::from_secs(25),
+                100_000,
+            ),
+            public_base_url: public_base_url.to_string(),
         }
     }
 
@@ -152,7 +165,13 @@ impl ScimService {
         data["id"] = json!(id.to_string());
         data["meta"] = json!({"resourceType": "User", "created": now, "lastModified": now});
         let user_name = data["userName"].as_str().unwrap_or_default().to_string();
-        match self.users.create(tenant, id, &user_name, &data).await? {
+        // users arrive Staged, or Invited with their invitation when the tenant says so
+        let (admin, invitation) = self.admin_for_new_user(tenant, id, &data).await?;
+        match self
+            .users
+            .create(tenant, id, &user_name, &data, &admin, invitation)
+            .await?
+        {
             WriteOutcome::Written(stored) => Ok(present(&stored, base)),
             WriteOutcome::Duplicate => Err(ScimError::new(
                 409,
@@ -283,7 +302,11 @@ impl ScimService {
     ) -> Result<(), ScimError> {
         let current = self.find(tenant, id).await?;
         check_if_match(&current, if_match)?;
-        match self.users.delete(tenant, &current).await? {
+        // a pending invitation dies with its user
+        let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
+            .into_iter()
+            .collect();
+        match self.users.delete(tenant, &current, extra).await? {
             WriteOutcome::Written(_) => {
                 // a deleted user leaves every group it was in
                 self.groups

@@ -11,6 +11,7 @@ pub mod health;
 pub mod housekeeping;
 pub mod ping;
 pub mod scim;
+pub mod scim_admin;
 pub mod tenants;
 pub mod validate_token;
 
@@ -40,6 +41,55 @@ pub enum Handler {
 /// Every function the handler implements. Each must have `functions/<Name>/function.json`
 /// and vice versa (checked by a test).
 pub const FUNCTIONS: &[(&str, Handler)] = &[
+    (
+        "ScimSettings",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/scim/settings",
+        },
+    ),
+    (
+        "ScimDirectoryUsers",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/scim/users/{user_id?}",
+        },
+    ),
+    (
+        "ScimUserSettings",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/scim/users/{user_id}/settings",
+        },
+    ),
+    (
+        "ScimUserInvitation",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/scim/users/{user_id}/invitation",
+        },
+    ),
+    (
+        "ScimGroupSettings",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/scim/groups/{group_id}/settings",
+        },
+    ),
+    (
+        "ScimInvitations",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/scim/invitations/{invitation_id?}",
+        },
+    ),
+    (
+        "ScimInvitationSent",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/scim/invitations/{invitation_id}/sent",
+        },
+    ),
+    (
+        "InvitationRedeem",
+        Handler::Http {
+            route: "v1/invitations/redeem",
+        },
+    ),
+    ("Activate", Handler::Http { route: "activate" }),
     (
         "ScimGroups",
         Handler::Http {

@@ -23,10 +23,44 @@ pub fn escape(text: &str) -> String {
 
 /// A page with a title and paragraphs (plain text, escaped here).
 pub fn page(status: StatusCode, title: &str, paragraphs: &[String]) -> Response {
-    let body: String = paragraphs
+    document(status, title, &paragraphs_html(paragraphs))
+}
+
+/// A page with paragraphs and a form that posts `fields` (hidden) to `action` on a click.
+pub fn form(
+    title: &str,
+    paragraphs: &[String],
+    action: &str,
+    fields: &[(&str, &str)],
+    button: &str,
+) -> Response {
+    let hidden: String = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect();
+    let body = format!(
+        "{}<form method=\"post\" action=\"{}\">{hidden}<button type=\"submit\">{}</button></form>\n",
+        paragraphs_html(paragraphs),
+        escape(action),
+        escape(button),
+    );
+    document(StatusCode::OK, title, &body)
+}
+
+fn paragraphs_html(paragraphs: &[String]) -> String {
+    paragraphs
         .iter()
         .map(|p| format!("<p>{}</p>\n", escape(p)))
-        .collect();
+        .collect()
+}
+
+fn document(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
          <title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;line-height:1.5}}</style>\
@@ -40,9 +74,12 @@ pub fn page(status: StatusCode, title: &str, paragraphs: &[String]) -> Response 
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    // forms may only post back here; nothing loads from anywhere
     headers.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     response

@@ -144,6 +144,8 @@ pub fn table(
         .unify()
         .or(crate::functions::scim::routes(app.clone()))
         .unify()
+        .or(crate::functions::scim_admin::routes(app.clone()))
+        .unify()
         .or(crate::functions::tenants::routes(app.clone()))
         .unify()
         .or(crate::functions::employees::routes(app.clone()))

@@ -20,6 +20,9 @@ pub struct StoredResource {
     pub data: Value,
     pub version: i64,
     pub etag: ETag,
+    /// What the product keeps beside the SCIM resource (status, setting overrides, the
+    /// current invitation): an object, never shown to SCIM clients.
+    pub admin: Value,
 }
 
 /// What a write found.
@@ -42,6 +45,8 @@ pub trait ScimUserStore: Send + Sync {
         id: Uuid,
         user_name: &str,
         data: &Value,
+        admin: &Value,
+        extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError>;
     async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError>;
     async fn by_user_name(
@@ -62,10 +67,21 @@ pub trait ScimUserStore: Send + Sync {
         previous: &StoredResource,
         data: &Value,
     ) -> Result<WriteOutcome, StoreError>;
+    /// Changes only the product's state of `previous` (as read), with `extra` operations
+    /// on rows of the tenant's partition in the same transaction.
+    async fn set_admin(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        admin: &Value,
+        extra: Vec<Operation>,
+    ) -> Result<WriteOutcome, StoreError>;
+    /// Deletes `previous` (as read), with `extra` operations in the same transaction.
     async fn delete(
         &self,
         tenant: Uuid,
         previous: &StoredResource,
+        extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError>;
 }
 
@@ -105,29 +121,105 @@ impl TableScimUserStore {
         TableScimUserStore { table }
     }
 
-    fn row(tenant: Uuid, row_key: String, id: Uuid, data: &Value, version: i64) -> Entity {
-        Entity::new(tenant.to_string(), row_key)
-            .with("UserId", id.to_string())
-            .with("Data", data.to_string())
-            .with("Version", version)
-            // one directory per tenant: SCIM-provisioned users are tagged as such
-            .with("Source", "scim")
+    fn row(tenant: Uuid, row_key: String, id: Uuid, user: &Written) -> Entity {
+        with_admin(
+            Entity::new(tenant.to_string(), row_key)
+                .with("UserId", id.to_string())
+                .with("Data", user.data.to_string())
+                .with("Version", user.version)
+                // one directory per tenant: SCIM-provisioned users are tagged as such
+                .with("Source", "scim"),
+            user.admin,
+        )
     }
 
     fn read(e: &Entity) -> Result<StoredResource, StoreError> {
         read_resource(e, "UserId")
     }
 
-    /// The operations that write a user and every index row it needs.
-    fn rows(tenant: Uuid, id: Uuid, data: &Value, version: i64) -> Vec<Entity> {
+    /// The user row and every index row it needs (each a full copy).
+    fn rows(tenant: Uuid, id: Uuid, user: &Written) -> Vec<Entity> {
         let mut rows = vec![
-            Self::row(tenant, user_key(id), id, data, version),
-            Self::row(tenant, user_name_key(user_name_of(data)), id, data, version),
+            Self::row(tenant, user_key(id), id, user),
+            Self::row(tenant, user_name_key(user_name_of(user.data)), id, user),
         ];
-        if let Some(ext) = external_of(data) {
-            rows.push(Self::row(tenant, external_key(ext, id), id, data, version));
+        if let Some(ext) = external_of(user.data) {
+            rows.push(Self::row(tenant, external_key(ext, id), id, user));
         }
         rows
+    }
+
+    /// Rewrites `previous` as `user` in one transaction (the user row only as it was
+    /// read), moving index rows whose keys change, plus `extra`.
+    async fn rewrite(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        user: Written<'_>,
+        extra: Vec<Operation>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let partition = tenant.to_string();
+        let old_name = user_name_key(user_name_of(&previous.data));
+        let mut ops = Vec::new();
+        for (i, row) in Self::rows(tenant, previous.id, &user)
+            .into_iter()
+            .enumerate()
+        {
+            if i == 0 {
+                // concurrent writers lose the race cleanly
+                ops.push(Operation::Replace(
+                    row,
+                    IfMatch::ETag(previous.etag.clone()),
+                ));
+            } else if row.row_key.starts_with("username-") && row.row_key != old_name {
+                // a new userName must not be anyone else's
+                ops.push(Operation::Insert(row));
+            } else {
+                ops.push(Operation::UpsertReplace(row));
+            }
+        }
+        if old_name != user_name_key(user_name_of(user.data)) {
+            ops.push(Operation::Delete {
+                partition_key: partition.clone(),
+                row_key: old_name,
+                if_match: IfMatch::Any,
+            });
+        }
+        if let Some(old_ext) = external_of(&previous.data)
+            && external_of(user.data) != Some(old_ext)
+        {
+            ops.push(Operation::Delete {
+                partition_key: partition,
+                row_key: external_key(old_ext, previous.id),
+                if_match: IfMatch::Any,
+            });
+        }
+        ops.extend(extra);
+        match self.table.transact(&ops).await {
+            Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
+                id: previous.id,
+                data: user.data.clone(),
+                version: user.version,
+                etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
+                admin: user.admin.clone(),
+            })),
+            Err(e) => outcome_of(e),
+        }
+    }
+}
+
+/// What a row of a resource holds.
+pub(super) struct Written<'a> {
+    pub data: &'a Value,
+    pub version: i64,
+    pub admin: &'a Value,
+}
+
+/// Adds the product's state to a resource row (when there is any).
+pub(super) fn with_admin(row: Entity, admin: &Value) -> Entity {
+    match admin.as_object() {
+        Some(map) if !map.is_empty() => row.with("Admin", admin.to_string()),
+        _ => row,
     }
 }
 
@@ -139,11 +231,17 @@ pub(super) fn read_resource(e: &Entity, id_property: &str) -> Result<StoredResou
         .ok_or_else(|| StoreError::Corrupt(format!("SCIM row without {id_property}")))?;
     let data = serde_json::from_str(e.get_str("Data").unwrap_or_default())
         .map_err(|err| StoreError::Corrupt(format!("SCIM data: {err}")))?;
+    let admin = match e.get_str("Admin") {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|err| StoreError::Corrupt(format!("SCIM admin state: {err}")))?,
+        None => Value::Object(Default::default()),
+    };
     Ok(StoredResource {
         id,
         data,
         version: e.get_i64("Version").unwrap_or(1),
         etag: e.etag.clone().unwrap_or_else(|| ETag("*".into())),
+        admin,
     })
 }
 
@@ -167,10 +265,18 @@ impl ScimUserStore for TableScimUserStore {
         id: Uuid,
         user_name: &str,
         data: &Value,
+        admin: &Value,
+        extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError> {
         debug_assert_eq!(user_name, user_name_of(data));
-        let ops: Vec<Operation> = Self::rows(tenant, id, data, 1)
+        let user = Written {
+            data,
+            version: 1,
+            admin,
+        };
+        let ops: Vec<Operation> = Self::rows(tenant, id, &user)
             .into_iter()
+            .chain(extra)
             .map(Operation::Insert)
             .collect();
         match self.table.transact(&ops).await {
@@ -179,6 +285,7 @@ impl ScimUserStore for TableScimUserStore {
                 data: data.clone(),
                 version: 1,
                 etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
+                admin: admin.clone(),
             })),
             Err(e) => outcome_of(e),
         }
@@ -251,60 +358,34 @@ impl ScimUserStore for TableScimUserStore {
         previous: &StoredResource,
         data: &Value,
     ) -> Result<WriteOutcome, StoreError> {
-        let version = previous.version + 1;
-        let partition = tenant.to_string();
-        let mut ops = Vec::new();
-        for (i, row) in Self::rows(tenant, previous.id, data, version)
-            .into_iter()
-            .enumerate()
-        {
-            if i == 0 {
-                // the user row only as it was read: concurrent writers lose the race cleanly
-                ops.push(Operation::Replace(
-                    row,
-                    IfMatch::ETag(previous.etag.clone()),
-                ));
-            } else if row.row_key == user_name_key(user_name_of(&previous.data)) {
-                ops.push(Operation::UpsertReplace(row));
-            } else if row.row_key.starts_with("username-") {
-                // a new userName must not be anyone else's
-                ops.push(Operation::Insert(row));
-            } else {
-                ops.push(Operation::UpsertReplace(row));
-            }
-        }
-        let old_name = user_name_key(user_name_of(&previous.data));
-        if old_name != user_name_key(user_name_of(data)) {
-            ops.push(Operation::Delete {
-                partition_key: partition.clone(),
-                row_key: old_name,
-                if_match: IfMatch::Any,
-            });
-        }
-        if let Some(old_ext) = external_of(&previous.data)
-            && external_of(data) != Some(old_ext)
-        {
-            ops.push(Operation::Delete {
-                partition_key: partition,
-                row_key: external_key(old_ext, previous.id),
-                if_match: IfMatch::Any,
-            });
-        }
-        match self.table.transact(&ops).await {
-            Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
-                id: previous.id,
-                data: data.clone(),
-                version,
-                etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
-            })),
-            Err(e) => outcome_of(e),
-        }
+        let user = Written {
+            data,
+            version: previous.version + 1,
+            admin: &previous.admin,
+        };
+        self.rewrite(tenant, previous, user, Vec::new()).await
+    }
+
+    async fn set_admin(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        admin: &Value,
+        extra: Vec<Operation>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let user = Written {
+            data: &previous.data,
+            version: previous.version,
+            admin,
+        };
+        self.rewrite(tenant, previous, user, extra).await
     }
 
     async fn delete(
         &self,
         tenant: Uuid,
         previous: &StoredResource,
+        extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError> {
         let partition = tenant.to_string();
         let mut ops = vec![
@@ -326,6 +407,7 @@ impl ScimUserStore for TableScimUserStore {
                 if_match: IfMatch::Any,
             });
         }
+        ops.extend(extra);
         match self.table.transact(&ops).await {
             Ok(_) => Ok(WriteOutcome::Written(previous.clone())),
             Err(e) => outcome_of(e),

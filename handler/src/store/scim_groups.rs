@@ -11,7 +11,7 @@ use tables::{ETag, Entity, IfMatch, Operation, Query, Table, Value as TableValue
 use uuid::Uuid;
 
 use super::StoreError;
-use super::scim::{StoredResource, WriteOutcome, outcome_of, read_resource};
+use super::scim::{StoredResource, WriteOutcome, Written, outcome_of, read_resource, with_admin};
 
 /// Stores SCIM groups and their members.
 #[async_trait]
@@ -31,6 +31,13 @@ pub trait ScimGroupStore: Send + Sync {
         tenant: Uuid,
         previous: &StoredResource,
         data: &Value,
+    ) -> Result<WriteOutcome, StoreError>;
+    /// Changes only the product's state of `previous` (as read).
+    async fn set_admin(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        admin: &Value,
     ) -> Result<WriteOutcome, StoreError>;
     async fn delete(
         &self,
@@ -90,11 +97,53 @@ impl TableScimGroupStore {
         TableScimGroupStore { table }
     }
 
-    fn row(tenant: Uuid, row_key: String, id: Uuid, data: &Value, version: i64) -> Entity {
-        Entity::new(tenant.to_string(), row_key)
-            .with("GroupId", id.to_string())
-            .with("Data", data.to_string())
-            .with("Version", version)
+    fn row(tenant: Uuid, row_key: String, id: Uuid, group: &Written) -> Entity {
+        with_admin(
+            Entity::new(tenant.to_string(), row_key)
+                .with("GroupId", id.to_string())
+                .with("Data", group.data.to_string())
+                .with("Version", group.version),
+            group.admin,
+        )
+    }
+
+    /// Rewrites `previous` as `group` (the group row only as it was read), moving the name
+    /// row when the name changes.
+    async fn rewrite(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        group: Written<'_>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let mut ops = vec![Operation::Replace(
+            Self::row(tenant, group_key(previous.id), previous.id, &group),
+            IfMatch::ETag(previous.etag.clone()),
+        )];
+        let (old, new) = (
+            name_key(name_of(&previous.data)),
+            name_key(name_of(group.data)),
+        );
+        let name_row = Self::row(tenant, new.clone(), previous.id, &group);
+        if old == new {
+            ops.push(Operation::UpsertReplace(name_row));
+        } else {
+            ops.push(Operation::Insert(name_row));
+            ops.push(Operation::Delete {
+                partition_key: tenant.to_string(),
+                row_key: old,
+                if_match: IfMatch::Any,
+            });
+        }
+        match self.table.transact(&ops).await {
+            Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
+                id: previous.id,
+                data: group.data.clone(),
+                version: group.version,
+                etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
+                admin: group.admin.clone(),
+            })),
+            Err(e) => outcome_of(e),
+        }
     }
 
     fn read(e: &Entity) -> Result<StoredResource, StoreError> {
@@ -110,9 +159,15 @@ impl ScimGroupStore for TableScimGroupStore {
         id: Uuid,
         data: &Value,
     ) -> Result<WriteOutcome, StoreError> {
+        let admin = Value::Object(Default::default());
+        let group = Written {
+            data,
+            version: 1,
+            admin: &admin,
+        };
         let ops = [
-            Operation::Insert(Self::row(tenant, group_key(id), id, data, 1)),
-            Operation::Insert(Self::row(tenant, name_key(name_of(data)), id, data, 1)),
+            Operation::Insert(Self::row(tenant, group_key(id), id, &group)),
+            Operation::Insert(Self::row(tenant, name_key(name_of(data)), id, &group)),
         ];
         match self.table.transact(&ops).await {
             Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
@@ -120,6 +175,7 @@ impl ScimGroupStore for TableScimGroupStore {
                 data: data.clone(),
                 version: 1,
                 etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
+                admin,
             })),
             Err(e) => outcome_of(e),
         }
@@ -169,43 +225,26 @@ impl ScimGroupStore for TableScimGroupStore {
         previous: &StoredResource,
         data: &Value,
     ) -> Result<WriteOutcome, StoreError> {
-        let version = previous.version + 1;
-        let mut ops = vec![Operation::Replace(
-            Self::row(tenant, group_key(previous.id), previous.id, data, version),
-            IfMatch::ETag(previous.etag.clone()),
-        )];
-        let (old, new) = (name_key(name_of(&previous.data)), name_key(name_of(data)));
-        if old == new {
-            ops.push(Operation::UpsertReplace(Self::row(
-                tenant,
-                new,
-                previous.id,
-                data,
-                version,
-            )));
-        } else {
-            ops.push(Operation::Insert(Self::row(
-                tenant,
-                new,
-                previous.id,
-                data,
-                version,
-            )));
-            ops.push(Operation::Delete {
-                partition_key: tenant.to_string(),
-                row_key: old,
-                if_match: IfMatch::Any,
-            });
-        }
-        match self.table.transact(&ops).await {
-            Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
-                id: previous.id,
-                data: data.clone(),
-                version,
-                etag: etags[0].clone().unwrap_or_else(|| ETag("*".into())),
-            })),
-            Err(e) => outcome_of(e),
-        }
+        let group = Written {
+            data,
+            version: previous.version + 1,
+            admin: &previous.admin,
+        };
+        self.rewrite(tenant, previous, group).await
+    }
+
+    async fn set_admin(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        admin: &Value,
+    ) -> Result<WriteOutcome, StoreError> {
+        let group = Written {
+            data: &previous.data,
+            version: previous.version,
+            admin,
+        };
+        self.rewrite(tenant, previous, group).await
     }
 
     async fn delete(

@@ -1,0 +1,350 @@
+//! The product's side of provisioning, for administrators (Entra app role
+//! `Integration.Manage`), under `/api/v1/tenants/{tenant_id}/scim/`:
+//!
+//! - `settings` (GET, PUT): the tenant's SCIM settings (`ScimSettings`);
+//! - `users`, `users/{id}` (GET): provisioned users with status and settings
+//!   (`ScimDirectoryUsers`); `users/{id}/settings` (GET, PUT) overrides
+//!   (`ScimUserSettings`); `users/{id}/invitation` (POST) invites now (`ScimUserInvitation`);
+//! - `groups/{id}/settings` (GET, PUT): group overrides (`ScimGroupSettings`);
+//! - `invitations` (GET), `invitations/{id}` (DELETE): the outbox (`ScimInvitations`);
+//!   `invitations/{id}/sent` (POST): the mailer took it (`ScimInvitationSent`).
+//!
+//! And the redemption of an invitation: `POST /api/v1/invitations/redeem` for the product's
+//! back end (`InvitationRedeem`), `GET/POST /api/activate` for the user's browser
+//! (`Activate`: GET only shows a button, so mail scanners that fetch links burn nothing).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use warp::Reply as _;
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, filters::BoxedFilter};
+
+use crate::app::App;
+use crate::auth;
+use crate::domain::TenantStatus;
+use crate::routes::html;
+use crate::routes::{
+    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json, segment,
+};
+use crate::scim_admin::{Overrides, ScimSettings, UserStatus};
+use crate::scim_service::ScimError;
+
+impl From<ScimError> for ApiError {
+    fn from(e: ScimError) -> ApiError {
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = e.scim_type.unwrap_or(match e.status {
+            400 => "invalid_request",
+            404 => "not_found",
+            409 => "conflict",
+            410 => "gone",
+            412 => "precondition_failed",
+            _ => "temporarily_unavailable",
+        });
+        ApiError::new(status, code, e.detail)
+    }
+}
+
+/// The routes.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let query = warp::query::<HashMap<String, String>>()
+        .or(warp::any().map(HashMap::new))
+        .unify();
+    let a = app.clone();
+    let admin = warp::path!("api" / "v1" / "tenants" / String / "scim" / ..)
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(query)
+        .and(warp::header::optional::<String>("authorization"))
+        .and(body(MAX_JSON_BODY))
+        .then(
+            move |tenant: String,
+                  tail: warp::path::Tail,
+                  method: Method,
+                  query: HashMap<String, String>,
+                  authorization: Option<String>,
+                  body: Result<Bytes, ApiError>| {
+                let app = a.clone();
+                async move {
+                    let request = AdminRequest {
+                        tenant: &tenant,
+                        tail: tail.as_str(),
+                        method: &method,
+                        query: &query,
+                        authorization: authorization.as_deref(),
+                    };
+                    answer(match body {
+                        Ok(body) => handle(&app, request, &body).await,
+                        Err(e) => Err(e),
+                    })
+                }
+            },
+        );
+    let a = app.clone();
+    let redeem = warp::path!("api" / "v1" / "invitations" / "redeem")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(body(MAX_JSON_BODY))
+        .then(
+            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
+                let app = a.clone();
+                async move {
+                    answer(match body {
+                        Ok(body) => redeem(&app, authorization.as_deref(), &body).await,
+                        Err(e) => Err(e),
+                    })
+                }
+            },
+        );
+    let a = app.clone();
+    let show = warp::path!("api" / "activate")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(move |query: HashMap<String, String>| {
+            let app = a.clone();
+            async move { activation_page(&app, query.get("code").map(String::as_str)).await }
+        });
+    let confirm = warp::path!("api" / "activate")
+        .and(warp::post())
+        .and(body(4096))
+        .then(move |body: Result<Bytes, ApiError>| {
+            let app = app.clone();
+            async move {
+                let code = body.ok().and_then(|b| {
+                    url::form_urlencoded::parse(&b)
+                        .find(|(k, _)| k == "code")
+                        .map(|(_, v)| v.into_owned())
+                });
+                activate(&app, code.as_deref()).await
+            }
+        });
+    admin
+        .or(redeem)
+        .unify()
+        .or(show)
+        .unify()
+        .or(confirm)
+        .unify()
+        .boxed()
+}
+
+struct AdminRequest<'a> {
+    tenant: &'a str,
+    tail: &'a str,
+    method: &'a Method,
+    query: &'a HashMap<String, String>,
+    authorization: Option<&'a str>,
+}
+
+fn ok(body: &serde_json::Value) -> Result<Response, ApiError> {
+    Ok(json_reply(StatusCode::OK, body))
+}
+
+fn no_content() -> Result<Response, ApiError> {
+    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+}
+
+fn method_not_allowed(allowed: &str) -> Result<Response, ApiError> {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("use {allowed}"),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverridesBody {
+    settings: Overrides,
+}
+
+async fn handle(app: &App, request: AdminRequest<'_>, body: &[u8]) -> Result<Response, ApiError> {
+    let parts: Vec<String> = request
+        .tail
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(segment)
+        .collect::<Result<_, _>>()?;
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    // the Secret Token has its own function (ScimToken)
+    if parts.first() == Some(&"token") {
+        return Err(ApiError::not_found("no such route"));
+    }
+    auth::admin(app, request.authorization).await?;
+    let tenant_id = guid_segment(request.tenant, "tenant_id")?;
+    let tenant = app
+        .access
+        .tenants
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))?;
+    let writable = || {
+        if tenant.status == TenantStatus::Offboarded {
+            Err(ApiError::conflict("the tenant is offboarded"))
+        } else {
+            Ok(())
+        }
+    };
+    let scim = &app.scim;
+    let method = request.method;
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["settings"]) => ok(&json!(scim.settings(tenant_id).await?)),
+        (&Method::PUT, ["settings"]) => {
+            writable()?;
+            let settings: ScimSettings = parse_json(body)?;
+            settings.validate().map_err(ApiError::bad_request)?;
+            scim.put_settings(tenant_id, &settings).await?;
+            tracing::info!(%tenant_id, ?settings, "SCIM settings changed");
+            ok(&json!(settings))
+        }
+        (_, ["settings"]) => method_not_allowed("GET or PUT"),
+        (&Method::GET, ["users"]) => {
+            let status = match request.query.get("status") {
+                None => None,
+                Some(s) => Some(UserStatus::parse(s).ok_or_else(|| {
+                    ApiError::bad_request("status must be Staged, Invited or Active")
+                })?),
+            };
+            let users = scim.admin_users(tenant_id, status).await?;
+            ok(&json!({ "users": users }))
+        }
+        (&Method::GET, ["users", id]) => {
+            let id = guid_segment(id, "user id")?;
+            ok(&scim.admin_user(tenant_id, id).await?)
+        }
+        (_, ["users"] | ["users", _]) => method_not_allowed("GET"),
+        (&Method::GET, ["users", id, "settings"]) => {
+            let id = guid_segment(id, "user id")?;
+            ok(&scim.admin_user(tenant_id, id).await?)
+        }
+        (&Method::PUT, ["users", id, "settings"]) => {
+            writable()?;
+            let id = guid_segment(id, "user id")?;
+            let body: OverridesBody = parse_json(body)?;
+            ok(&scim
+                .set_user_overrides(tenant_id, id, body.settings)
+                .await?)
+        }
+        (_, ["users", _, "settings"]) => method_not_allowed("GET or PUT"),
+        (&Method::POST, ["users", id, "invitation"]) => {
+            writable()?;
+            let id = guid_segment(id, "user id")?;
+            let invitation = scim.invite(tenant_id, id).await?;
+            tracing::info!(%tenant_id, user = %id, "invitation created");
+            Ok(json_reply(StatusCode::CREATED, &invitation))
+        }
+        (_, ["users", _, "invitation"]) => method_not_allowed("POST"),
+        (&Method::GET, ["groups", id, "settings"]) => {
+            let id = guid_segment(id, "group id")?;
+            ok(&scim.set_group_overrides(tenant_id, id, None).await?)
+        }
+        (&Method::PUT, ["groups", id, "settings"]) => {
+            writable()?;
+            let id = guid_segment(id, "group id")?;
+            let body: OverridesBody = parse_json(body)?;
+            ok(&scim
+                .set_group_overrides(tenant_id, id, Some(body.settings))
+                .await?)
+        }
+        (_, ["groups", _, "settings"]) => method_not_allowed("GET or PUT"),
+        (&Method::GET, ["invitations"]) => {
+            let state = request.query.get("state").map(String::as_str);
+            if let Some(s) = state
+                && !["pending", "sent", "redeemed", "revoked", "expired"].contains(&s)
+            {
+                return Err(ApiError::bad_request(
+                    "state must be pending, sent, redeemed, revoked or expired",
+                ));
+            }
+            ok(&json!({ "invitations": scim.invitations(tenant_id, state).await? }))
+        }
+        (_, ["invitations"]) => method_not_allowed("GET"),
+        (&Method::DELETE, ["invitations", id]) => {
+            let id = guid_segment(id, "invitation id")?;
+            scim.revoke_invitation(tenant_id, id).await?;
+            no_content()
+        }
+        (_, ["invitations", _]) => method_not_allowed("DELETE"),
+        (&Method::POST, ["invitations", id, "sent"]) => {
+            let id = guid_segment(id, "invitation id")?;
+            ok(&scim.mark_sent(tenant_id, id).await?)
+        }
+        (_, ["invitations", _, "sent"]) => method_not_allowed("POST"),
+        _ => Err(ApiError::not_found("no such route")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemBody {
+    code: String,
+}
+
+async fn redeem(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
+    auth::admin(app, authorization).await?;
+    let body: RedeemBody = parse_json(body)?;
+    let redeemed = app.scim.redeem(&body.code, false).await?;
+    tracing::info!(tenant_id = %redeemed.tenant, user = %redeemed.user, "invitation redeemed");
+    ok(&json!({
+        "tenant_id": redeemed.tenant,
+        "user_id": redeemed.user,
+        "user_name": redeemed.user_name,
+        "status": UserStatus::Active.as_str(),
+    }))
+}
+
+fn refusal(e: &ScimError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let title = match e.status {
+        503 => "Please try again",
+        _ => "This link cannot be used",
+    };
+    html::page(status, title, std::slice::from_ref(&e.detail))
+}
+
+/// GET: checks the code and shows the button that redeems it.
+async fn activation_page(app: &App, code: Option<&str>) -> Response {
+    let Some(code) = code else {
+        return html::page(
+            StatusCode::BAD_REQUEST,
+            "This link is incomplete",
+            &["Open the whole link from your invitation e-mail.".into()],
+        );
+    };
+    match app.scim.redeem(code, true).await {
+        Ok(found) => html::form(
+            "Activate your account",
+            &[format!("Activate the account {}?", found.user_name)],
+            "/api/activate",
+            &[("code", code)],
+            "Activate",
+        ),
+        Err(e) => refusal(&e),
+    }
+}
+
+/// POST: redeems the code once.
+async fn activate(app: &App, code: Option<&str>) -> Response {
+    let Some(code) = code else {
+        return html::page(
+            StatusCode::BAD_REQUEST,
+            "This link is incomplete",
+            &["Open the whole link from your invitation e-mail.".into()],
+        );
+    };
+    match app.scim.redeem(code, false).await {
+        Ok(done) => {
+            tracing::info!(tenant_id = %done.tenant, user = %done.user, "invitation redeemed");
+            html::page(
+                StatusCode::OK,
+                "Your account is active",
+                &[format!("{} can now sign in.", done.user_name)],
+            )
+        }
+        Err(e) => refusal(&e),
+    }
+}

@@ -1,0 +1,171 @@
+//! The SCIM test harness: the built handler on Azurite with a registered tenant and its
+//! Secret Token, and the request shapes Entra sends.
+#![allow(dead_code)] // each test file uses its own part
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
+use uuid::Uuid;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_handler");
+pub const SCIM: &str = "application/scim+json; charset=utf-8";
+
+pub struct Scim {
+    pub handler: HandlerProcess,
+    pub http: reqwest::Client,
+    pub admin: String,
+    pub tenant: Uuid,
+    pub token: String,
+    pub base: String,
+    /// STORAGE_TABLE_PREFIX: the handler's tables are `<prefix>ScimResources` and so on.
+    pub prefix: String,
+    data: std::path::PathBuf,
+}
+
+impl Drop for Scim {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.data).ok();
+    }
+}
+
+impl Scim {
+    pub async fn start() -> Scim {
+        let data = std::env::temp_dir().join(format!("scim-{}", Uuid::new_v4()));
+        let prefix = unique_table("s");
+        let env: Vec<(&str, String)> = vec![
+            ("AzureWebJobsStorage", Azurite::shared().connection_string()),
+            ("STORAGE_TABLE_PREFIX", prefix.clone()),
+            (
+                "ENTRA_CLIENT_ID",
+                "6e74172b-be56-4843-9ff4-e66a39bb12e3".into(),
+            ),
+            (
+                "ENTRA_ADMIN_TENANT_ID",
+                "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            ),
+            ("ENTRA_DEV_AUTH", "true".into()),
+            ("LOCAL_DATA_DIR", data.display().to_string()),
+        ];
+        let (_, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
+        let handler = HandlerProcess::start(BIN, &["serve"], &env);
+        let http = reqwest::Client::new();
+        let admin = admin.trim().to_string();
+        let tenant = Uuid::new_v4();
+        let r = http
+            .post(format!("{}/api/v1/tenants", handler.base_url()))
+            .bearer_auth(&admin)
+            .json(&json!({"tenant_id": tenant, "display_name": "Contoso"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = http
+            .post(format!(
+                "{}/api/v1/tenants/{tenant}/scim/token",
+                handler.base_url()
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let answer: Value = r.json().await.unwrap();
+        let base = answer["tenant_url"].as_str().unwrap().to_string();
+        assert_eq!(base, format!("{}/api/scim/{tenant}/v2", handler.base_url()));
+        Scim {
+            token: answer["token"].as_str().unwrap().to_string(),
+            handler,
+            http,
+            admin,
+            tenant,
+            base,
+            prefix,
+            data,
+        }
+    }
+
+    /// An admin API call under `/api/v1/tenants/{tenant}/scim/`.
+    pub async fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let url = format!(
+            "{}/api/v1/tenants/{}/scim/{path}",
+            self.handler.base_url(),
+            self.tenant
+        );
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(&self.admin);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_with(method, path, body, &self.token).await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: &str,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.header("content-type", SCIM).body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            },
+        )
+    }
+}
+
+pub fn entra_user(user_name: &str, external_id: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+        "externalId": external_id,
+        "userName": user_name,
+        "active": true,
+        "emails": [{"primary": true, "type": "work", "value": user_name}],
+        "meta": {"resourceType": "User"},
+        "name": {"formatted": "Ada Lovelace", "familyName": "Lovelace", "givenName": "Ada"},
+        "roles": [],
+    })
+}
+
+pub fn filter(expression: &str) -> String {
+    format!("/Users?filter={}", percent_encode(expression))
+}
+
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
