@@ -293,34 +293,53 @@ impl ScimService {
         }
     }
 
-    /// Deletes a user.
+    /// Deletes a user and its memberships: one read (the user with its groups), one
+    /// transaction, and one request per group it was still in.
     pub async fn delete_user(
         &self,
         tenant: Uuid,
         id: &str,
         if_match: Option<&str>,
     ) -> Result<(), ScimError> {
-        let current = self.find(tenant, id).await?;
-        check_if_match(&current, if_match)?;
-        // a pending invitation dies with its user
-        let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
-            .into_iter()
-            .collect();
-        match self.users.delete(tenant, &current, extra).await? {
-            WriteOutcome::Written(_) => {
-                // a deleted user leaves every group it was in
-                self.groups
-                    .leave_all(tenant, &current.id.to_string())
-                    .await?;
-                Ok(())
+        let not_found = || ScimError::new(404, None, format!("User {id} not found"));
+        let user_id = Uuid::try_parse(id).map_err(|_| not_found())?;
+        for _ in 0..4 {
+            let (current, groups) = self
+                .users
+                .get_with_groups(tenant, user_id)
+                .await?
+                .ok_or_else(not_found)?;
+            check_if_match(&current, if_match)?;
+            // a pending invitation dies with its user
+            let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
+                .into_iter()
+                .collect();
+            match self.users.delete(tenant, &current, &groups, extra).await? {
+                WriteOutcome::Written(_) => {
+                    // a deleted user leaves every group it was in
+                    self.groups
+                        .forget_member(tenant, current.id, &groups)
+                        .await?;
+                    return Ok(());
+                }
+                // a membership or the user changed meanwhile: read again, unless the client
+                // asked for the version it had
+                WriteOutcome::Missing => continue,
+                WriteOutcome::Changed if if_match.is_none() => continue,
+                _ => {
+                    return Err(ScimError::new(
+                        412,
+                        None,
+                        "the user changed since it was read",
+                    ));
+                }
             }
-            WriteOutcome::Missing => Err(ScimError::new(404, None, format!("User {id} not found"))),
-            _ => Err(ScimError::new(
-                412,
-                None,
-                "the user changed since it was read",
-            )),
         }
+        Err(ScimError::new(
+            409,
+            None,
+            "the user kept changing; try again",
+        ))
     }
 }
 
@@ -823,3 +842,6 @@ fn present(stored: &StoredResource, base: &str) -> Value {
     data["meta"]["location"] = json!(format!("{base}/Users/{}", stored.id));
     data
 }
+
+#[cfg(test)]
+mod table_requests;

@@ -49,6 +49,12 @@ pub trait ScimUserStore: Send + Sync {
         extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError>;
     async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError>;
+    /// A user and the groups it is a member of, in one request.
+    async fn get_with_groups(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+    ) -> Result<Option<(StoredResource, Vec<Uuid>)>, StoreError>;
     async fn by_user_name(
         &self,
         tenant: Uuid,
@@ -76,11 +82,13 @@ pub trait ScimUserStore: Send + Sync {
         admin: &Value,
         extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError>;
-    /// Deletes `previous` (as read), with `extra` operations in the same transaction.
+    /// Deletes `previous` (as read) and its membership rows for `groups`, with `extra`
+    /// operations in the same transaction.
     async fn delete(
         &self,
         tenant: Uuid,
         previous: &StoredResource,
+        groups: &[Uuid],
         extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError>;
 }
@@ -97,6 +105,21 @@ fn user_key(id: Uuid) -> String {
 /// userName compares case-insensitively: the index key is lowercased (and encoded).
 fn user_name_key(user_name: &str) -> String {
     format!("username-{}", key::encode(&user_name.to_lowercase()))
+}
+
+/// A membership row beside its user: `user-<id>.g.<group>` sorts right after `user-<id>`
+/// (and before `user-<id>/`), so one range query reads a user with its groups.
+pub(super) fn membership_key(member: &str, group: Uuid) -> String {
+    let member = match Uuid::try_parse(member) {
+        Ok(id) => id.to_string(),
+        Err(_) => key::encode(member),
+    };
+    format!("user-{member}.g.{group}")
+}
+
+fn group_of_membership(row_key: &str) -> Option<Uuid> {
+    let (_, group) = row_key.split_once(".g.")?;
+    Uuid::try_parse(group).ok()
 }
 
 fn external_key(external_id: &str, id: Uuid) -> String {
@@ -300,6 +323,28 @@ impl ScimUserStore for TableScimUserStore {
             .transpose()
     }
 
+    async fn get_with_groups(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+    ) -> Result<Option<(StoredResource, Vec<Uuid>)>, StoreError> {
+        let query = Query::filter(format!(
+            "PartitionKey eq {} and RowKey ge {} and RowKey lt {}",
+            TableValue::from(tenant.to_string()).filter_literal(),
+            TableValue::from(user_key(id)).filter_literal(),
+            TableValue::from(format!("{}/", user_key(id))).filter_literal()
+        ));
+        let rows = self.table.query_all(query).await?;
+        let Some(user) = rows.iter().find(|r| r.row_key == user_key(id)) else {
+            return Ok(None);
+        };
+        let groups = rows
+            .iter()
+            .filter_map(|r| group_of_membership(&r.row_key))
+            .collect();
+        Ok(Some((Self::read(user)?, groups)))
+    }
+
     async fn by_user_name(
         &self,
         tenant: Uuid,
@@ -348,6 +393,8 @@ impl ScimUserStore for TableScimUserStore {
             .query_all(query)
             .await?
             .iter()
+            // membership rows sit between the user rows
+            .filter(|row| !row.row_key.contains(".g."))
             .map(Self::read)
             .collect()
     }
@@ -385,9 +432,25 @@ impl ScimUserStore for TableScimUserStore {
         &self,
         tenant: Uuid,
         previous: &StoredResource,
+        groups: &[Uuid],
         extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError> {
         let partition = tenant.to_string();
+        let mut memberships: Vec<Operation> = groups
+            .iter()
+            .map(|group| Operation::Delete {
+                partition_key: partition.clone(),
+                row_key: membership_key(&previous.id.to_string(), *group),
+                if_match: IfMatch::Any,
+            })
+            .collect();
+        // a transaction holds 100 operations: a user in very many groups leaves the
+        // surplus first (harmless if the deletion then fails: the group rows still list it)
+        let room = tables::batch::MAX_OPERATIONS - 4 - extra.len();
+        if memberships.len() > room {
+            let surplus = memberships.split_off(room);
+            self.table.transact_chunked(surplus).await?;
+        }
         let mut ops = vec![
             Operation::Delete {
                 partition_key: partition.clone(),
@@ -408,6 +471,7 @@ impl ScimUserStore for TableScimUserStore {
             });
         }
         ops.extend(extra);
+        ops.extend(memberships);
         match self.table.transact(&ops).await {
             Ok(_) => Ok(WriteOutcome::Written(previous.clone())),
             Err(e) => outcome_of(e),

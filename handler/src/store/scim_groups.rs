@@ -2,8 +2,11 @@
 //! holds the group without members; a `groupname-<lowercased displayName>` row makes names
 //! unique (same transaction). Members live in their own partition per group
 //! (`<tenant>_g_<group>`, one row per member), so a group of 50,000 members never nears
-//! the 1 MiB entity limit and `excludedAttributes=members` never reads them; a reverse
-//! partition per user (`<tenant>_u_<user>`) lets a deleted user leave all its groups.
+//! the 1 MiB entity limit and `excludedAttributes=members` never reads them. Each membership
+//! also has a row beside its user in the tenant's partition (`user-<id>.g.<group>`, see
+//! [`membership_key`]), so reading a user for deletion finds its groups in the same request
+//! and the deletion removes those rows in the same transaction; adding or removing N
+//! members costs about 2N/100 batch requests.
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -11,7 +14,9 @@ use tables::{ETag, Entity, IfMatch, Operation, Query, Table, Value as TableValue
 use uuid::Uuid;
 
 use super::StoreError;
-use super::scim::{StoredResource, WriteOutcome, Written, outcome_of, read_resource, with_admin};
+use super::scim::{
+    StoredResource, WriteOutcome, Written, membership_key, outcome_of, read_resource, with_admin,
+};
 
 /// Stores SCIM groups and their members.
 #[async_trait]
@@ -60,8 +65,14 @@ pub trait ScimGroupStore: Send + Sync {
         group: Uuid,
         members: &[String],
     ) -> Result<(), StoreError>;
-    /// Removes a member from every group it is in (the member was deleted).
-    async fn leave_all(&self, tenant: Uuid, member: &str) -> Result<usize, StoreError>;
+    /// Removes a deleted user's member rows from `groups` (its own membership rows went
+    /// with the user).
+    async fn forget_member(
+        &self,
+        tenant: Uuid,
+        member: Uuid,
+        groups: &[Uuid],
+    ) -> Result<(), StoreError>;
 }
 
 /// [`ScimGroupStore`] on a table.
@@ -87,8 +98,51 @@ fn members_partition(tenant: Uuid, group: Uuid) -> String {
     format!("{tenant}_g_{group}")
 }
 
-fn reverse_partition(tenant: Uuid, member: &str) -> String {
-    format!("{tenant}_u_{}", key::encode(member))
+/// Deletes rows, a batch per partition and 100 rows where it can; a batch that fails
+/// because a row is already gone is redone row by row (absent rows are fine).
+async fn delete_rows(table: &Table, rows: Vec<(String, String)>) -> Result<(), StoreError> {
+    let ops: Vec<Operation> = rows
+        .into_iter()
+        .map(|(partition_key, row_key)| Operation::Delete {
+            partition_key,
+            row_key,
+            if_match: IfMatch::Any,
+        })
+        .collect();
+    let mut by_partition: std::collections::BTreeMap<String, Vec<Operation>> = Default::default();
+    for op in ops {
+        if let Operation::Delete { partition_key, .. } = &op {
+            by_partition
+                .entry(partition_key.clone())
+                .or_default()
+                .push(op);
+        }
+    }
+    for ops in by_partition.into_values() {
+        for chunk in ops.chunks(tables::batch::MAX_OPERATIONS) {
+            match table.transact(chunk).await {
+                Ok(_) => {}
+                Err(tables::Error::Batch { source, .. }) if source.is_not_found() => {
+                    for op in chunk {
+                        if let Operation::Delete {
+                            partition_key,
+                            row_key,
+                            ..
+                        } = op
+                        {
+                            match table.delete(partition_key, row_key, IfMatch::Any).await {
+                                Ok(()) => {}
+                                Err(e) if e.is_not_found() => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 impl TableScimGroupStore {
@@ -308,11 +362,15 @@ impl ScimGroupStore for TableScimGroupStore {
         members: &[Value],
     ) -> Result<(), StoreError> {
         let mut ops = Vec::new();
-        let mut reverse = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for member in members {
             let Some(id) = member.get("value").and_then(Value::as_str) else {
                 continue;
             };
+            // one row per member: a batch may not name a row twice
+            if !seen.insert(id) {
+                continue;
+            }
             let mut row =
                 Entity::new(members_partition(tenant, group), key::encode(id)).with("Value", id);
             for (name, property) in [("display", "Display"), ("type", "Type")] {
@@ -321,13 +379,12 @@ impl ScimGroupStore for TableScimGroupStore {
                 }
             }
             ops.push(Operation::UpsertReplace(row));
-            reverse.push(Operation::UpsertReplace(
-                Entity::new(reverse_partition(tenant, id), group.to_string())
+            ops.push(Operation::UpsertReplace(
+                Entity::new(tenant.to_string(), membership_key(id, group))
                     .with("Group", group.to_string()),
             ));
         }
         self.table.transact_chunked(ops).await?;
-        self.table.transact_chunked(reverse).await?;
         Ok(())
     }
 
@@ -337,33 +394,32 @@ impl ScimGroupStore for TableScimGroupStore {
         group: Uuid,
         members: &[String],
     ) -> Result<(), StoreError> {
-        for member in members {
-            for (partition, row) in [
-                (members_partition(tenant, group), key::encode(member)),
-                (reverse_partition(tenant, member), group.to_string()),
-            ] {
-                match self.table.delete(&partition, &row, IfMatch::Any).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+        let mut unique: Vec<&String> = members.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let mut rows = Vec::new();
+        for member in unique {
+            rows.push((members_partition(tenant, group), key::encode(member)));
+            rows.push((tenant.to_string(), membership_key(member, group)));
         }
-        Ok(())
+        delete_rows(&self.table, rows).await
     }
 
-    async fn leave_all(&self, tenant: Uuid, member: &str) -> Result<usize, StoreError> {
-        let groups: Vec<Uuid> = self
-            .table
-            .query_all(Query::partition(&reverse_partition(tenant, member)))
-            .await?
+    async fn forget_member(
+        &self,
+        tenant: Uuid,
+        member: Uuid,
+        groups: &[Uuid],
+    ) -> Result<(), StoreError> {
+        let rows = groups
             .iter()
-            .filter_map(|e| Uuid::try_parse(&e.row_key).ok())
+            .map(|group| {
+                (
+                    members_partition(tenant, *group),
+                    key::encode(&member.to_string()),
+                )
+            })
             .collect();
-        for group in &groups {
-            self.remove_members(tenant, *group, &[member.to_string()])
-                .await?;
-        }
-        Ok(groups.len())
+        delete_rows(&self.table, rows).await
     }
 }

@@ -1,0 +1,156 @@
+//! How many Table Storage requests each SCIM operation makes, counted by the table client
+//! against Azurite: Entra's match query 1, create 1, PATCH 2, delete 2 (plus one per group
+//! the user is still in), group member changes about 2 per 100 members.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use system_tests::{Azurite, unique_table};
+use uuid::Uuid;
+
+use super::ScimService;
+use crate::store::scim::TableScimUserStore;
+use crate::store::scim_groups::TableScimGroupStore;
+
+const BASE: &str = "http://127.0.0.1/api/scim/t/v2";
+
+fn user(name: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": name, "externalId": name, "active": true,
+        "emails": [{"primary": true, "type": "work", "value": name}],
+    })
+}
+
+fn patch(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+#[tokio::test]
+async fn scim_operations_make_the_documented_number_of_table_requests() {
+    let client = Azurite::shared().client();
+    let table = client.table(unique_table("rq"));
+    table.create_if_not_exists().await.unwrap();
+    let service = ScimService::new(
+        Arc::new(TableScimUserStore::new(table.clone())),
+        Arc::new(TableScimGroupStore::new(table.clone())),
+        table,
+        "http://127.0.0.1",
+    );
+    let tenant = Uuid::new_v4();
+    // the tenant's settings are read once and cached
+    service.settings(tenant).await.unwrap();
+
+    let counted = || client.request_count();
+    let before = counted();
+    let created = service
+        .create_user(tenant, BASE, &user("ada@contoso.com"))
+        .await
+        .unwrap();
+    assert_eq!(counted() - before, 1, "create");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let before = counted();
+    let found = service
+        .list_users(
+            tenant,
+            BASE,
+            Some("userName eq \"ADA@contoso.com\""),
+            1,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found["totalResults"], 1);
+    assert_eq!(counted() - before, 1, "match by userName");
+    let before = counted();
+    service
+        .list_users(
+            tenant,
+            BASE,
+            Some("externalId eq \"ada@contoso.com\""),
+            1,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted() - before, 1, "match by externalId");
+
+    let before = counted();
+    service
+        .patch_user(
+            tenant,
+            BASE,
+            &id,
+            &patch(json!([{"op": "Replace", "path": "displayName", "value": "Ada"}])),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted() - before, 2, "PATCH");
+
+    let before = counted();
+    service.delete_user(tenant, &id, None).await.unwrap();
+    assert_eq!(counted() - before, 2, "delete");
+
+    // members: 250 added to a new group, then one member in it deleted
+    let mut ids = Vec::new();
+    for i in 0..250 {
+        let u = service
+            .create_user(tenant, BASE, &user(&format!("u{i}@contoso.com")))
+            .await
+            .unwrap();
+        ids.push(u["id"].as_str().unwrap().to_string());
+    }
+    let group = service
+        .create_group(
+            tenant,
+            BASE,
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "All"}),
+        )
+        .await
+        .unwrap();
+    let group_id = group["id"].as_str().unwrap().to_string();
+    let members: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    let before = counted();
+    service
+        .patch_group(
+            tenant,
+            &group_id,
+            &patch(json!([{"op": "Add", "path": "members", "value": members}])),
+            None,
+        )
+        .await
+        .unwrap();
+    // one read of the group, 3 batches of member rows, 3 of membership rows
+    let added = counted() - before;
+    assert!(added <= 7, "adding 250 members took {added} requests");
+
+    let before = counted();
+    service.delete_user(tenant, &ids[0], None).await.unwrap();
+    assert_eq!(counted() - before, 3, "delete of a user in one group");
+    let listed = service
+        .get_group(tenant, BASE, &group_id, true)
+        .await
+        .unwrap();
+    assert_eq!(listed["members"].as_array().unwrap().len(), 249);
+
+    let before = counted();
+    let doomed: Vec<Value> = ids[1..101].iter().map(|id| json!({"value": id})).collect();
+    service
+        .patch_group(
+            tenant,
+            &group_id,
+            &patch(json!([{"op": "Remove", "path": "members", "value": doomed}])),
+            None,
+        )
+        .await
+        .unwrap();
+    let removed = counted() - before;
+    assert!(removed <= 4, "removing 100 members took {removed} requests");
+    let listed = service
+        .get_group(tenant, BASE, &group_id, true)
+        .await
+        .unwrap();
+    assert_eq!(listed["members"].as_array().unwrap().len(), 149);
+}
