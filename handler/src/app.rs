@@ -115,6 +115,7 @@ impl App {
             )),
             scim_table,
             settings.public_base_url.as_str(),
+            settings.scim_read_cache,
         );
         let credentials = Arc::new(AppCredentials::new(
             vault,

@@ -73,6 +73,8 @@ pub struct Settings {
     pub public_base_url: Url,
     /// `CONSENT_CONFIRM_SECONDS`: how long a consent callback waits for Microsoft to confirm.
     pub consent_confirm: std::time::Duration,
+    /// `SCIM_READ_CACHE_SECONDS`: how long SCIM GETs may serve a user this instance read.
+    pub scim_read_cache: std::time::Duration,
     /// `KEY_VAULT_URI` (and `KEY_VAULT_CLIENT_ID`): Azure Key Vault; unset means the local vault.
     pub key_vault: Option<KeyVaultSettings>,
 }
@@ -251,6 +253,17 @@ impl Settings {
                     problem("CONSENT_CONFIRM_SECONDS", format!("{raw:?}: 0-120 seconds"))
                 })?,
         };
+        let scim_read_cache = match get("SCIM_READ_CACHE_SECONDS") {
+            None => std::time::Duration::from_secs(5),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s <= 60)
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| {
+                    problem("SCIM_READ_CACHE_SECONDS", format!("{raw:?}: 0-60 seconds"))
+                })?,
+        };
         Ok(Settings {
             port,
             storage,
@@ -262,6 +275,7 @@ impl Settings {
             local_data_dir,
             public_base_url,
             consent_confirm,
+            scim_read_cache,
             key_vault,
         })
     }

@@ -66,6 +66,37 @@ pub struct ScimService {
     pub(crate) settings_cache: Arc<TtlCache<Uuid, crate::scim_admin::ScimSettings>>,
     /// Where activation links point.
     pub(crate) public_base_url: String,
+    /// Users as SCIM GETs read them (by id and by lowercased userName), briefly; `None`
+    /// when `SCIM_READ_CACHE_SECONDS` is 0. Writes always read the store.
+    read_cache: Option<Arc<TtlCache<ReadKey, StoredResource>>>,
+}
+
+/// What the read cache is keyed by: (tenant, user id) or (tenant, lowercased userName).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ReadKey {
+    Id(Uuid, Uuid),
+    Name(Uuid, String),
+}
+
+/// Why a cached read found nothing: absent users are not cached.
+enum Miss {
+    Absent,
+    Store(StoreError),
+}
+
+impl From<StoreError> for Miss {
+    fn from(e: StoreError) -> Miss {
+        Miss::Store(e)
+    }
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Miss::Absent => f.write_str("the user is gone"),
+            Miss::Store(e) => e.fmt(f),
+        }
+    }
 }
 
 /// SHA-256, hex: how tokens and activation codes are kept.
@@ -87,6 +118,7 @@ impl ScimService {
         groups: Arc<dyn ScimGroupStore>,
         tokens: Table,
         public_base_url: &str,
+        read_cache: Duration,
     ) -> ScimService {
         ScimService {
             users,
@@ -99,6 +131,45 @@ impl ScimService {
                 100_000,
             ),
             public_base_url: public_base_url.to_string(),
+            read_cache: (!read_cache.is_zero())
+                .then(|| TtlCache::new(read_cache, read_cache, 50_000)),
+        }
+    }
+
+    /// A user by id or lowercased userName, from the read cache when it has it.
+    async fn read_user(&self, key: ReadKey) -> Result<Option<StoredResource>, StoreError> {
+        let users = self.users.clone();
+        let load = {
+            let key = key.clone();
+            move || async move {
+                let found = match key {
+                    ReadKey::Id(tenant, id) => users.get(tenant, id).await?,
+                    ReadKey::Name(tenant, name) => users.by_user_name(tenant, &name).await?,
+                };
+                found.ok_or(Miss::Absent)
+            }
+        };
+        let result = match &self.read_cache {
+            Some(cache) => cache.get_or_load(key, load).await,
+            None => load().await,
+        };
+        match result {
+            Ok(user) => Ok(Some(user)),
+            Err(Miss::Absent) => Ok(None),
+            Err(Miss::Store(e)) => Err(e),
+        }
+    }
+
+    /// Drops a user from the read cache on this instance (after a write, whatever its
+    /// outcome), by id and by each userName it had or has.
+    fn forget(&self, tenant: Uuid, id: Uuid, names: &[&Value]) {
+        if let Some(cache) = &self.read_cache {
+            cache.invalidate(&ReadKey::Id(tenant, id));
+            for data in names {
+                if let Some(name) = data.get("userName").and_then(Value::as_str) {
+                    cache.invalidate(&ReadKey::Name(tenant, name.to_lowercase()));
+                }
+            }
         }
     }
 
@@ -167,11 +238,13 @@ impl ScimService {
         let user_name = data["userName"].as_str().unwrap_or_default().to_string();
         // users arrive Staged, or Invited with their invitation when the tenant says so
         let (admin, invitation) = self.admin_for_new_user(tenant, id, &data).await?;
-        match self
+        let created = self
             .users
             .create(tenant, id, &user_name, &data, &admin, invitation)
-            .await?
-        {
+            .await;
+        // a read that raced this create must not be cached
+        self.forget(tenant, id, &[&data]);
+        match created? {
             WriteOutcome::Written(stored) => Ok(present(&stored, base)),
             WriteOutcome::Duplicate => Err(ScimError::new(
                 409,
@@ -188,7 +261,13 @@ impl ScimService {
 
     /// One user.
     pub async fn get_user(&self, tenant: Uuid, base: &str, id: &str) -> Result<Value, ScimError> {
-        Ok(present(&self.find(tenant, id).await?, base))
+        let not_found = || ScimError::new(404, None, format!("User {id} not found"));
+        let uuid = Uuid::try_parse(id).map_err(|_| not_found())?;
+        let user = self
+            .read_user(ReadKey::Id(tenant, uuid))
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(present(&user, base))
     }
 
     async fn find(&self, tenant: Uuid, id: &str) -> Result<StoredResource, ScimError> {
@@ -209,8 +288,7 @@ impl ScimService {
         let filter = parse_filter(filter)?;
         // equality on userName, externalId or id is an index lookup; the rest a scan
         let candidates: Vec<StoredResource> = if let Some(name) = equality_on(&filter, "userName") {
-            self.users
-                .by_user_name(tenant, name)
+            self.read_user(ReadKey::Name(tenant, name.to_lowercase()))
                 .await?
                 .into_iter()
                 .collect()
@@ -218,7 +296,11 @@ impl ScimService {
             self.users.by_external_id(tenant, external).await?
         } else if let Some(id) = equality_on(&filter, "id") {
             match Uuid::try_parse(id) {
-                Ok(id) => self.users.get(tenant, id).await?.into_iter().collect(),
+                Ok(id) => self
+                    .read_user(ReadKey::Id(tenant, id))
+                    .await?
+                    .into_iter()
+                    .collect(),
                 Err(_) => Vec::new(),
             }
         } else {
@@ -247,7 +329,9 @@ impl ScimService {
             patch::apply(&mut data, &ops)
                 .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
             let data = finish_update(&current, data)?;
-            match self.users.replace(tenant, &current, &data).await? {
+            let written = self.users.replace(tenant, &current, &data).await;
+            self.forget(tenant, current.id, &[&current.data, &data]);
+            match written? {
                 WriteOutcome::Written(stored) => return Ok(present(&stored, base)),
                 WriteOutcome::Duplicate => {
                     return Err(ScimError::new(
@@ -278,7 +362,9 @@ impl ScimService {
         let current = self.find(tenant, id).await?;
         check_if_match(&current, if_match)?;
         let data = finish_update(&current, clean_user(body)?)?;
-        match self.users.replace(tenant, &current, &data).await? {
+        let written = self.users.replace(tenant, &current, &data).await;
+        self.forget(tenant, current.id, &[&current.data, &data]);
+        match written? {
             WriteOutcome::Written(stored) => Ok(present(&stored, base)),
             WriteOutcome::Duplicate => Err(ScimError::new(
                 409,
@@ -314,7 +400,9 @@ impl ScimService {
             let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
                 .into_iter()
                 .collect();
-            match self.users.delete(tenant, &current, &groups, extra).await? {
+            let deleted = self.users.delete(tenant, &current, &groups, extra).await;
+            self.forget(tenant, current.id, &[&current.data]);
+            match deleted? {
                 WriteOutcome::Written(_) => {
                     // a deleted user leaves every group it was in
                     self.groups

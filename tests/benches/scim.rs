@@ -2,7 +2,8 @@
 //! on loopback against the release handler.
 //!
 //! cargo build --release -p handler && cargo bench -p system-tests --bench scim
-//! (SCIM_USERS=10000 WRK_CONNECTIONS=8 WRK_SECONDS=10 to change the load)
+//! (SCIM_USERS=10000 WRK_CONNECTIONS=8 WRK_SECONDS=10 to change the load;
+//! SCIM_READ_CACHE_SECONDS=0 to measure every read against Azurite)
 
 use std::process::Command;
 use std::sync::Arc;
@@ -30,6 +31,10 @@ fn main() {
         ("ENTRA_DEV_AUTH", "true".into()),
         ("LOCAL_DATA_DIR", data.display().to_string()),
         ("LOG_LEVEL", "warn".into()),
+        (
+            "SCIM_READ_CACHE_SECONDS",
+            env_or("SCIM_READ_CACHE_SECONDS", 5).to_string(),
+        ),
     ];
     let bin = binary.to_str().unwrap();
     let (_, admin) = run_to_exit(bin, &["dev-token", "admin"], &env);

@@ -36,6 +36,7 @@ async fn scim_operations_make_the_documented_number_of_table_requests() {
         Arc::new(TableScimGroupStore::new(table.clone())),
         table,
         "http://127.0.0.1",
+        std::time::Duration::ZERO,
     );
     let tenant = Uuid::new_v4();
     // the tenant's settings are read once and cached
@@ -153,4 +154,89 @@ async fn scim_operations_make_the_documented_number_of_table_requests() {
         .await
         .unwrap();
     assert_eq!(listed["members"].as_array().unwrap().len(), 149);
+}
+
+#[tokio::test]
+async fn the_read_cache_serves_repeated_gets_and_never_hides_this_instances_writes() {
+    let client = Azurite::shared().client();
+    let table = client.table(unique_table("rc"));
+    table.create_if_not_exists().await.unwrap();
+    let service = ScimService::new(
+        Arc::new(TableScimUserStore::new(table.clone())),
+        Arc::new(TableScimGroupStore::new(table.clone())),
+        table,
+        "http://127.0.0.1",
+        std::time::Duration::from_secs(30),
+    );
+    let tenant = Uuid::new_v4();
+    let by_name = |name: &str| format!("userName eq \"{name}\"");
+    let counted = || client.request_count();
+
+    // an absent user is not remembered: it can be created and found at once
+    let found = service
+        .list_users(tenant, BASE, Some(&by_name("bob@contoso.com")), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(found["totalResults"], 0);
+    let created = service
+        .create_user(tenant, BASE, &user("bob@contoso.com"))
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let found = service
+        .list_users(tenant, BASE, Some(&by_name("bob@contoso.com")), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(found["totalResults"], 1);
+
+    // the same match again, and by id: no Table request
+    let before = counted();
+    for _ in 0..3 {
+        service
+            .list_users(tenant, BASE, Some(&by_name("BOB@contoso.com")), 1, 10)
+            .await
+            .unwrap();
+    }
+    service.get_user(tenant, BASE, &id).await.unwrap();
+    service.get_user(tenant, BASE, &id).await.unwrap();
+    assert_eq!(
+        counted() - before,
+        1,
+        "the match above cached the name; only the first read by id loads"
+    );
+
+    // a rename on this instance is seen at once under both names
+    service
+        .patch_user(
+            tenant,
+            BASE,
+            &id,
+            &patch(json!([{"op": "Replace", "path": "userName", "value": "robert@contoso.com"}])),
+            None,
+        )
+        .await
+        .unwrap();
+    let old = service
+        .list_users(tenant, BASE, Some(&by_name("bob@contoso.com")), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(old["totalResults"], 0);
+    let new = service.get_user(tenant, BASE, &id).await.unwrap();
+    assert_eq!(new["userName"], "robert@contoso.com");
+
+    // and a delete
+    service.delete_user(tenant, &id, None).await.unwrap();
+    assert_eq!(
+        service
+            .get_user(tenant, BASE, &id)
+            .await
+            .unwrap_err()
+            .status,
+        404
+    );
+    let gone = service
+        .list_users(tenant, BASE, Some(&by_name("robert@contoso.com")), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(gone["totalResults"], 0);
 }
