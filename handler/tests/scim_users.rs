@@ -527,3 +527,103 @@ async fn scim2_tester_reports_every_check_successful() {
     );
     assert!(successes >= 100, "only {successes} checks ran:\n{report}");
 }
+
+#[tokio::test]
+async fn the_root_search_pages_users_then_groups_as_one_list() {
+    let s = Scim::start().await;
+    for i in 0..3 {
+        let (status, _) = s
+            .call(
+                "POST",
+                "/Users",
+                Some(entra_user(&format!("p{i}@contoso.com"), &format!("p{i}"))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    for name in ["Alpha", "Beta"] {
+        let (status, _) = s
+            .call(
+                "POST",
+                "/Groups",
+                Some(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let search = |start: usize, count: usize| {
+        json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+               "startIndex": start, "count": count})
+    };
+    let mut seen = Vec::new();
+    for start in [1, 3, 5] {
+        let (status, page) = s.call("POST", "/.search", Some(search(start, 2))).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["totalResults"], 5);
+        assert_eq!(page["startIndex"], start);
+        for r in page["Resources"].as_array().unwrap() {
+            seen.push(r["meta"]["resourceType"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen, ["User", "User", "User", "Group", "Group"]);
+    let (_, past) = s.call("POST", "/.search", Some(search(9, 2))).await;
+    assert_eq!(past["totalResults"], 5);
+    assert_eq!(past["Resources"].as_array().map_or(0, Vec::len), 0);
+}
+
+fn fuzz_corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/scim/fuzz/corpus")
+        .join(target);
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_fuzzing_corpus_over_http_gets_answers_or_400s_never_a_failure() {
+    let s = Scim::start().await;
+    let (_, user) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("fuzz@contoso.com", "fuzz")),
+        )
+        .await;
+    let id = user["id"].as_str().unwrap().to_string();
+    let mut rejected = 0;
+    for input in fuzz_corpus("filter") {
+        let Ok(text) = String::from_utf8(input) else {
+            continue;
+        };
+        let (status, body) = s.call("GET", &filter(&text), None).await;
+        match status {
+            StatusCode::OK => assert!(body["totalResults"].is_u64(), "{text:?}: {body}"),
+            StatusCode::BAD_REQUEST => {
+                assert_eq!(body["scimType"], "invalidFilter", "{text:?}: {body}");
+                rejected += 1;
+            }
+            other => panic!("{text:?}: {other} {body}"),
+        }
+    }
+    assert!(rejected > 0);
+    for input in fuzz_corpus("patch_request") {
+        let body: Value = match serde_json::from_slice(&input) {
+            Ok(body) => body,
+            Err(_) => continue,
+        };
+        let (status, answer) = s
+            .call("PATCH", &format!("/Users/{id}"), Some(body.clone()))
+            .await;
+        assert!(
+            status.is_success()
+                || status == StatusCode::BAD_REQUEST
+                || status == StatusCode::CONFLICT,
+            "{body}: {status} {answer}"
+        );
+        if status == StatusCode::BAD_REQUEST {
+            assert!(answer["scimType"].is_string(), "{body}: {answer}");
+        }
+    }
+}

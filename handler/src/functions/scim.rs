@@ -344,26 +344,32 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
                         .list_users(tenant, &base, filter, start, count)
                         .await?
                 }
-                // the root searches every resource type: users, then groups
+                // the root searches every resource type: users, then groups, paged as
+                // one list
                 _ => {
+                    let (start, count) = (start.max(1), count.min(MAX_RESULTS));
                     let users = app
                         .scim
-                        .list_users(tenant, &base, filter, 1, usize::MAX)
+                        .list_users(tenant, &base, filter, start, count)
                         .await?;
+                    let users_total = users["totalResults"].as_u64().unwrap_or(0) as usize;
+                    let mut page: Vec<Value> =
+                        users["Resources"].as_array().cloned().unwrap_or_default();
+                    let group_start = start.saturating_sub(users_total).max(1);
                     let groups = app
                         .scim
-                        .list_groups(tenant, &base, filter, 1, usize::MAX, wants_members(&query))
+                        .list_groups(
+                            tenant,
+                            &base,
+                            filter,
+                            group_start,
+                            count - page.len(),
+                            wants_members(&query),
+                        )
                         .await?;
-                    let mut all: Vec<Value> =
-                        users["Resources"].as_array().cloned().unwrap_or_default();
-                    all.extend(groups["Resources"].as_array().cloned().unwrap_or_default());
-                    let total = all.len();
-                    let page: Vec<Value> = all
-                        .into_iter()
-                        .skip(start.max(1) - 1)
-                        .take(count.min(MAX_RESULTS))
-                        .collect();
-                    scim::protocol::list_response(page, total, start.max(1))
+                    let groups_total = groups["totalResults"].as_u64().unwrap_or(0) as usize;
+                    page.extend(groups["Resources"].as_array().cloned().unwrap_or_default());
+                    scim::protocol::list_response(page, users_total + groups_total, start)
                 }
             };
             Ok(scim_reply(200, &projected(list, &projection(&query))))
