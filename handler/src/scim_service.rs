@@ -235,6 +235,7 @@ impl ScimService {
         let now = timestamp(OffsetDateTime::now_utc());
         data["id"] = json!(id.to_string());
         data["meta"] = json!({"resourceType": "User", "created": now, "lastModified": now});
+        fits(&data)?;
         let user_name = data["userName"].as_str().unwrap_or_default().to_string();
         // users arrive Staged, or Invited with their invitation when the tenant says so
         let (admin, invitation) = self.admin_for_new_user(tenant, id, &data).await?;
@@ -444,6 +445,7 @@ impl ScimService {
         let now = timestamp(OffsetDateTime::now_utc());
         data["id"] = json!(id.to_string());
         data["meta"] = json!({"resourceType": "Group", "created": now, "lastModified": now});
+        fits(&data)?;
         let name = data["displayName"].as_str().unwrap_or_default().to_string();
         match self.groups.create(tenant, id, &data).await? {
             WriteOutcome::Written(stored) => {
@@ -544,13 +546,20 @@ impl ScimService {
                     p.attr.uri.is_none() && p.attr.attr.eq_ignore_ascii_case("members")
                 })
             });
+        // every member list is checked before anything is written
+        let member_ops: Vec<(patch::PatchOp, Vec<Value>)> = member_ops
+            .into_iter()
+            .map(|op| {
+                let listed = member_objects(op.value.as_ref())?;
+                Ok((op, listed))
+            })
+            .collect::<Result<_, ScimError>>()?;
         if !other_ops.is_empty() {
             self.patch_group_attributes(tenant, &group, &other_ops)
                 .await?;
         }
-        for op in member_ops {
+        for (op, listed) in member_ops {
             let path = op.path.as_ref().expect("partitioned on having a path");
-            let listed = member_objects(op.value.as_ref());
             match (op.op, &path.filter) {
                 (patch::OpKind::Add, _) => {
                     self.groups.add_members(tenant, group.id, &listed).await?
@@ -702,30 +711,62 @@ impl ScimService {
 
 /// Members from `[{"value": id, "display"?, "type"?}, ...]`, a single object, or bare
 /// strings, as `{"value", "display"?, "type"?}` objects (`$ref` and the rest dropped).
-fn member_objects(value: Option<&Value>) -> Vec<Value> {
-    let one = |v: &Value| -> Option<Value> {
+/// Longest member `value` in bytes (ids are 36) and `display` or `type` in characters.
+const MAX_MEMBER_VALUE: usize = 256;
+const MAX_MEMBER_TEXT: usize = 1024;
+
+/// The members a body names, as `{"value", "display"?, "type"?}`; entries without a value
+/// are skipped, oversized ones refused.
+fn member_objects(value: Option<&Value>) -> Result<Vec<Value>, ScimError> {
+    let too_long = |what: &str, max: usize| {
+        ScimError::new(
+            400,
+            Some("invalidValue"),
+            format!("a member's {what} is longer than {max} characters"),
+        )
+    };
+    let one = |v: &Value| -> Result<Option<Value>, ScimError> {
         let (id, source) = match v {
-            Value::Object(o) => (o.get("value").and_then(Value::as_str)?.to_string(), Some(o)),
+            Value::Object(o) => match o.get("value").and_then(Value::as_str) {
+                Some(id) => (id.to_string(), Some(o)),
+                None => return Ok(None),
+            },
             Value::String(s) => (s.clone(), None),
-            _ => return None,
+            _ => return Ok(None),
         };
         if id.is_empty() {
-            return None;
+            return Ok(None);
+        }
+        // in bytes: the value becomes part of a Table key (1 KiB at most, escapes triple)
+        if id.len() > MAX_MEMBER_VALUE {
+            return Err(ScimError::new(
+                400,
+                Some("invalidValue"),
+                format!("a member's value is longer than {MAX_MEMBER_VALUE} bytes"),
+            ));
         }
         let mut member = serde_json::Map::new();
         member.insert("value".into(), json!(id));
         for name in ["display", "type"] {
             if let Some(v) = source.and_then(|o| o.get(name)).and_then(Value::as_str) {
+                if v.chars().count() > MAX_MEMBER_TEXT {
+                    return Err(too_long(name, MAX_MEMBER_TEXT));
+                }
                 member.insert(name.into(), json!(v));
             }
         }
-        Some(Value::Object(member))
+        Ok(Some(Value::Object(member)))
     };
-    match value {
-        Some(Value::Array(items)) => items.iter().filter_map(one).collect(),
-        Some(other) => one(other).into_iter().collect(),
+    let items: Vec<&Value> = match value {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(other) => vec![other],
         None => Vec::new(),
+    };
+    let mut members = Vec::new();
+    for item in items {
+        members.extend(one(item)?);
     }
+    Ok(members)
 }
 
 /// The ids of member objects.
@@ -756,7 +797,7 @@ fn clean_group(body: &Value) -> Result<(Value, Vec<Value>), ScimError> {
             "displayName is required",
         ));
     }
-    let members = member_objects(data.get("members"));
+    let members = member_objects(data.get("members"))?;
     data.remove("members");
     data.remove("id");
     data.remove("meta");
@@ -781,6 +822,7 @@ fn finish_group_update(current: &StoredResource, mut data: Value) -> Result<Valu
             "displayName is required",
         ));
     }
+    fits(&data)?;
     Ok(data)
 }
 
@@ -869,7 +911,44 @@ fn finish_update(current: &StoredResource, mut data: Value) -> Result<Value, Sci
             "userName is required",
         ));
     }
+    fits(&data)?;
     Ok(data)
+}
+
+/// The most a stored resource may hold, in UTF-16 code units: Table Storage keeps a string
+/// property up to 64 KiB, and the resource is one (group members are stored apart).
+pub const MAX_RESOURCE_UNITS: usize = 32_000;
+
+/// Longest `userName`, `externalId` and group `displayName`, in bytes: each is part of a
+/// Table key (1 KiB at most, escapes triple).
+pub const MAX_KEYED_VALUE: usize = 256;
+
+/// Refuses a resource too large to store, before anything is written.
+fn fits(data: &Value) -> Result<(), ScimError> {
+    for attr in ["userName", "externalId", "displayName"] {
+        let keyed = attr != "displayName" || data.get("userName").is_none();
+        if let Some(text) = data.get(attr).and_then(Value::as_str)
+            && keyed
+            && text.len() > MAX_KEYED_VALUE
+        {
+            return Err(ScimError::new(
+                400,
+                Some("invalidValue"),
+                format!("{attr} is longer than {MAX_KEYED_VALUE} bytes"),
+            ));
+        }
+    }
+    let units = data.to_string().encode_utf16().count();
+    if units > MAX_RESOURCE_UNITS {
+        return Err(ScimError::new(
+            400,
+            Some("invalidValue"),
+            format!(
+                "the resource would be {units} characters long; at most {MAX_RESOURCE_UNITS} are kept"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a create/replace body: an object with a userName; string booleans fixed.

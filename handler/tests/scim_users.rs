@@ -627,3 +627,153 @@ async fn the_fuzzing_corpus_over_http_gets_answers_or_400s_never_a_failure() {
         }
     }
 }
+
+#[tokio::test]
+async fn manager_arrives_in_both_forms_and_clears_with_null_or_empty() {
+    let s = Scim::start().await;
+    const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let (_, boss) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("boss@contoso.com", "boss")),
+        )
+        .await;
+    let (_, ada) = s
+        .call("POST", "/Users", Some(entra_user("ada@contoso.com", "ada")))
+        .await;
+    let (boss, ada) = (boss["id"].as_str().unwrap(), ada["id"].as_str().unwrap());
+    let path = format!("/Users/{ada}");
+    let forms = [
+        json!({"op": "Add", "path": format!("{ENTERPRISE}:manager"), "value": boss}),
+        json!({"op": "Add", "path": "manager", "value": [{"$ref": null, "value": boss}]}),
+    ];
+    for form in forms {
+        let (status, user) = s.call("PATCH", &path, Some(patch_op(json!([form])))).await;
+        assert_eq!(status, StatusCode::OK, "{user}");
+        assert_eq!(
+            user[ENTERPRISE]["manager"],
+            json!({"value": boss}),
+            "{form}"
+        );
+        let (_, read) = s.call("GET", &path, None).await;
+        assert_eq!(read[ENTERPRISE]["manager"], json!({"value": boss}));
+    }
+    for clear in [json!(null), json!("")] {
+        s.call(
+            "PATCH",
+            &path,
+            Some(patch_op(
+                json!([{"op": "Add", "path": "manager", "value": [{"value": boss}]}]),
+            )),
+        )
+        .await;
+        let (status, user) = s
+            .call(
+                "PATCH",
+                &path,
+                Some(patch_op(json!([{"op": "Replace", "path": format!("{ENTERPRISE}:manager"), "value": clear}]))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            user[ENTERPRISE].get("manager").is_none_or(Value::is_null),
+            "{clear}: {user}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_resource_too_large_to_store_is_a_400_and_changes_nothing() {
+    let s = Scim::start().await;
+    let mut big = entra_user("big@contoso.com", "big");
+    big["displayName"] = json!("x".repeat(40_000));
+    let (status, error) = s.call("POST", "/Users", Some(big)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["scimType"], "invalidValue");
+    let (_, found) = s
+        .call("GET", &filter("userName eq \"big@contoso.com\""), None)
+        .await;
+    assert_eq!(found["totalResults"], 0);
+
+    let (_, user) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("small@contoso.com", "small")),
+        )
+        .await;
+    let path = format!("/Users/{}", user["id"].as_str().unwrap());
+    let grow =
+        patch_op(json!([{"op": "Replace", "path": "displayName", "value": "y".repeat(40_000)}]));
+    let (status, error) = s.call("PATCH", &path, Some(grow)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let (_, read) = s.call("GET", &path, None).await;
+    assert_eq!(read["meta"]["version"], user["meta"]["version"]);
+}
+
+#[tokio::test]
+async fn oversized_members_are_refused_before_anything_is_written() {
+    let s = Scim::start().await;
+    let (_, group) = s
+        .call("POST", "/Groups", Some(json!({"displayName": "Ops"})))
+        .await;
+    let path = format!("/Groups/{}", group["id"].as_str().unwrap());
+    for member in [
+        json!({"value": "v".repeat(300)}),
+        json!({"value": "ok", "display": "d".repeat(2000)}),
+    ] {
+        let body = patch_op(json!([
+            {"op": "Replace", "path": "displayName", "value": "Renamed"},
+            {"op": "Add", "path": "members", "value": [{"value": "fine"}, member]},
+        ]));
+        let (status, error) = s.call("PATCH", &path, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        assert_eq!(error["scimType"], "invalidValue");
+        let (_, read) = s.call("GET", &path, None).await;
+        assert_eq!(read["displayName"], "Ops", "nothing was written");
+        assert_eq!(read["members"], json!([]));
+    }
+    let (status, _) = s
+        .call(
+            "POST",
+            "/Groups",
+            Some(json!({"displayName": "Big", "members": [{"value": "w".repeat(300)}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn overlong_names_are_a_400_not_a_storage_failure() {
+    let s = Scim::start().await;
+    let long = format!("{}@contoso.com", "n".repeat(1100));
+    let (status, error) = s.call("POST", "/Users", Some(entra_user(&long, "x"))).await;
+    assert_eq!(
+        (status, error["scimType"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalidValue"))
+    );
+    let (status, _) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("ok@contoso.com", &"e".repeat(1100))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = s
+        .call(
+            "POST",
+            "/Groups",
+            Some(json!({"displayName": "g".repeat(1100)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, found) = s
+        .call("GET", &filter(&format!("userName eq \"{long}\"")), None)
+        .await;
+    assert_eq!(
+        (status, found["totalResults"].clone()),
+        (StatusCode::OK, json!(0))
+    );
+}
