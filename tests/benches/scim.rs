@@ -166,6 +166,109 @@ end
             .expect("wrk runs (apt-get install wrk)");
         println!("{}", String::from_utf8_lossy(&out.stdout));
     }
+
+    // one group of SCIM_GROUP_MEMBERS members, added the way Entra does: PATCH after PATCH
+    let group_members = env_or("SCIM_GROUP_MEMBERS", 50_000);
+    if group_members > 0 {
+        runtime.block_on(large_group(&token, &base, &ids, group_members));
+    }
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&data).ok();
+}
+
+async fn large_group(token: &str, base: &str, users: &[String], size: usize) {
+    let http = reqwest::Client::new();
+    let patch = |ops: Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    let group: Value = http
+        .post(format!("{base}/Groups"))
+        .bearer_auth(token)
+        .json(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Everyone"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{base}/Groups/{}", group["id"].as_str().unwrap());
+    // the seeded users first, then made-up ids up to the size
+    let members: Vec<String> = users
+        .iter()
+        .cloned()
+        .chain((0..).map(|_| uuid::Uuid::new_v4().to_string()))
+        .take(size)
+        .collect();
+    let started = std::time::Instant::now();
+    for chunk in members.chunks(2_000) {
+        let value: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
+        let r = http
+            .patch(&url)
+            .bearer_auth(token)
+            .json(&patch(
+                json!([{"op": "Add", "path": "members", "value": value}]),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let added = started.elapsed();
+    println!(
+        "== group of {size} members\nadded in PATCHes of 2,000: {:.1} s ({:.0} members/s)",
+        added.as_secs_f64(),
+        size as f64 / added.as_secs_f64()
+    );
+    for (what, query) in [
+        ("GET without members", "?excludedAttributes=members"),
+        ("GET with members", ""),
+    ] {
+        let started = std::time::Instant::now();
+        let body = http
+            .get(format!("{url}{query}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let listed = serde_json::from_slice::<Value>(&body).unwrap()["members"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!(
+            "{what}: {:.1} ms, {} bytes, {listed} members",
+            started.elapsed().as_secs_f64() * 1000.0,
+            body.len()
+        );
+    }
+    let started = std::time::Instant::now();
+    let r = http
+        .delete(format!("{base}/Users/{}", users[0]))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    println!(
+        "DELETE of a member user: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let value: Vec<Value> = members[1..1_001]
+        .iter()
+        .map(|id| json!({"value": id}))
+        .collect();
+    let started = std::time::Instant::now();
+    let r = http
+        .patch(&url)
+        .bearer_auth(token)
+        .json(&patch(
+            json!([{"op": "Remove", "path": "members", "value": value}]),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    println!(
+        "PATCH removing 1,000 members: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
 }
