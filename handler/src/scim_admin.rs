@@ -184,6 +184,11 @@ fn new_code(tenant: Uuid, invitation: Uuid) -> String {
     format!("inv_{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// The tenant an activation code belongs to, when it is one.
+pub fn code_tenant(code: &str) -> Option<Uuid> {
+    parse_code(code).map(|(tenant, _)| tenant)
+}
+
 fn parse_code(code: &str) -> Option<(Uuid, Uuid)> {
     let bytes = URL_SAFE_NO_PAD
         .decode(code.trim().strip_prefix("inv_")?)
@@ -263,7 +268,8 @@ impl ScimService {
         data: &Value,
     ) -> Result<(Value, Vec<Entity>), StoreError> {
         let settings = self.settings(tenant).await?;
-        if !settings.automatic_invitation {
+        // a user disabled in the directory is not invited (the manual invite refuses too)
+        if !settings.automatic_invitation || data["active"] == json!(false) {
             return Ok((json!({"status": UserStatus::Staged.as_str()}), Vec::new()));
         }
         let (invitation, row) = self.invitation_row(tenant, id, data, &settings);
@@ -485,6 +491,16 @@ impl ScimService {
                 format!("the invitation is {}", state.as_str()),
             ));
         }
+        if row
+            .get_datetime("ExpiresAt")
+            .is_none_or(|t| t <= OffsetDateTime::now_utc())
+        {
+            return Err(ScimError::new(
+                409,
+                Some("not_pending"),
+                "the invitation has expired; invite the user again",
+            ));
+        }
         let etag = row.etag.clone().unwrap_or_else(|| tables::ETag("*".into()));
         row.properties.remove("Link");
         row.set("State", InvitationState::Sent.as_str());
@@ -502,36 +518,45 @@ impl ScimService {
 
     /// Revokes an invitation that was not redeemed; the user goes back to Staged.
     pub async fn revoke_invitation(&self, tenant: Uuid, id: Uuid) -> Result<(), ScimError> {
-        let (row, state) = self.invitation(tenant, id).await?;
-        if matches!(state, InvitationState::Redeemed | InvitationState::Revoked) {
-            return Err(ScimError::new(
-                409,
-                Some("not_pending"),
-                format!("the invitation is {}", state.as_str()),
-            ));
-        }
-        let user_id = row
-            .get_str("UserId")
-            .and_then(|u| Uuid::try_parse(u).ok())
-            .ok_or_else(|| StoreError::Corrupt("invitation without UserId".into()))?;
         for _ in 0..8 {
+            // the invitation as it is now, changed only if it stays so (a redemption that
+            // lands first wins, and this answers 409)
+            let (row, state) = self.invitation(tenant, id).await?;
+            if matches!(state, InvitationState::Redeemed | InvitationState::Revoked) {
+                return Err(ScimError::new(
+                    409,
+                    Some("not_pending"),
+                    format!("the invitation is {}", state.as_str()),
+                ));
+            }
+            let user_id = row
+                .get_str("UserId")
+                .and_then(|u| Uuid::try_parse(u).ok())
+                .ok_or_else(|| StoreError::Corrupt("invitation without UserId".into()))?;
+            let etag = row.etag.clone().unwrap_or_else(|| tables::ETag("*".into()));
+            let revoke = Operation::Merge(revoked_row(tenant, id), IfMatch::ETag(etag));
             let Some(user) = self.users.get(tenant, user_id).await? else {
                 // the user is gone: only the invitation is left to revoke
-                self.tokens
-                    .upsert_merge(&revoked_row(tenant, id))
-                    .await
-                    .map_err(StoreError::from)?;
-                return Ok(());
+                match self.tokens.transact(std::slice::from_ref(&revoke)).await {
+                    Ok(_) => return Ok(()),
+                    Err(tables::Error::Batch { source, .. }) if source.is_precondition_failed() => {
+                        continue;
+                    }
+                    Err(e) => return Err(StoreError::from(e).into()),
+                }
             };
             let mut admin = user.admin.clone();
-            let extra = vec![Operation::UpsertMerge(revoked_row(tenant, id))];
             if admin["invitation"] == json!(id.to_string()) {
                 admin["status"] = json!(UserStatus::Staged.as_str());
                 if let Some(map) = admin.as_object_mut() {
                     map.remove("invitation");
                 }
             }
-            match self.users.set_admin(tenant, &user, &admin, extra).await? {
+            match self
+                .users
+                .set_admin(tenant, &user, &admin, vec![revoke])
+                .await?
+            {
                 WriteOutcome::Written(_) => return Ok(()),
                 _ => continue,
             }
@@ -539,7 +564,7 @@ impl ScimService {
         Err(ScimError::new(
             409,
             None,
-            "the user kept changing; try again",
+            "the invitation kept changing; try again",
         ))
     }
 

@@ -78,6 +78,22 @@ enum ReadKey {
     Name(Uuid, String),
 }
 
+/// Invalidates read-cache keys when dropped.
+struct Forget {
+    cache: Option<Arc<TtlCache<ReadKey, StoredResource>>>,
+    keys: Vec<ReadKey>,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Some(cache) = &self.cache {
+            for key in &self.keys {
+                cache.invalidate(key);
+            }
+        }
+    }
+}
+
 /// Why a cached read found nothing: absent users are not cached.
 enum Miss {
     Absent,
@@ -160,16 +176,19 @@ impl ScimService {
         }
     }
 
-    /// Drops a user from the read cache on this instance (after a write, whatever its
-    /// outcome), by id and by each userName it had or has.
-    fn forget(&self, tenant: Uuid, id: Uuid, names: &[&Value]) {
-        if let Some(cache) = &self.read_cache {
-            cache.invalidate(&ReadKey::Id(tenant, id));
-            for data in names {
-                if let Some(name) = data.get("userName").and_then(Value::as_str) {
-                    cache.invalidate(&ReadKey::Name(tenant, name.to_lowercase()));
-                }
+    /// Drops a user from the read cache on this instance when the guard goes: after a
+    /// write, whatever its outcome, even when the request is abandoned mid-write. By id and
+    /// by each userName it had or has.
+    fn forget_on_drop(&self, tenant: Uuid, id: Uuid, names: &[&Value]) -> Forget {
+        let mut keys = vec![ReadKey::Id(tenant, id)];
+        for data in names {
+            if let Some(name) = data.get("userName").and_then(Value::as_str) {
+                keys.push(ReadKey::Name(tenant, name.to_lowercase()));
             }
+        }
+        Forget {
+            cache: self.read_cache.clone(),
+            keys,
         }
     }
 
@@ -235,17 +254,17 @@ impl ScimService {
         let now = timestamp(OffsetDateTime::now_utc());
         data["id"] = json!(id.to_string());
         data["meta"] = json!({"resourceType": "User", "created": now, "lastModified": now});
-        fits(&data)?;
+        fits(&data, USER_KEYS)?;
         let user_name = data["userName"].as_str().unwrap_or_default().to_string();
         // users arrive Staged, or Invited with their invitation when the tenant says so
         let (admin, invitation) = self.admin_for_new_user(tenant, id, &data).await?;
-        let created = self
+        // a read that raced this create must not be cached
+        let _forget = self.forget_on_drop(tenant, id, &[&data]);
+        match self
             .users
             .create(tenant, id, &user_name, &data, &admin, invitation)
-            .await;
-        // a read that raced this create must not be cached
-        self.forget(tenant, id, &[&data]);
-        match created? {
+            .await?
+        {
             WriteOutcome::Written(stored) => Ok(present(&stored, base)),
             WriteOutcome::Duplicate => Err(ScimError::new(
                 409,
@@ -330,9 +349,8 @@ impl ScimService {
             patch::apply(&mut data, &ops)
                 .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
             let data = finish_update(&current, data)?;
-            let written = self.users.replace(tenant, &current, &data).await;
-            self.forget(tenant, current.id, &[&current.data, &data]);
-            match written? {
+            let _forget = self.forget_on_drop(tenant, current.id, &[&current.data, &data]);
+            match self.users.replace(tenant, &current, &data).await? {
                 WriteOutcome::Written(stored) => return Ok(present(&stored, base)),
                 WriteOutcome::Duplicate => {
                     return Err(ScimError::new(
@@ -351,7 +369,7 @@ impl ScimService {
         ))
     }
 
-    /// Replaces a user (PUT).
+    /// Replaces a user (PUT); without If-Match, a concurrent change is read again.
     pub async fn replace_user(
         &self,
         tenant: Uuid,
@@ -360,24 +378,36 @@ impl ScimService {
         body: &Value,
         if_match: Option<&str>,
     ) -> Result<Value, ScimError> {
-        let current = self.find(tenant, id).await?;
-        check_if_match(&current, if_match)?;
-        let data = finish_update(&current, clean_user(body)?)?;
-        let written = self.users.replace(tenant, &current, &data).await;
-        self.forget(tenant, current.id, &[&current.data, &data]);
-        match written? {
-            WriteOutcome::Written(stored) => Ok(present(&stored, base)),
-            WriteOutcome::Duplicate => Err(ScimError::new(
-                409,
-                Some("uniqueness"),
-                "that userName is already taken",
-            )),
-            _ => Err(ScimError::new(
-                412,
-                None,
-                "the user changed since it was read",
-            )),
+        let body = clean_user(body)?;
+        for _ in 0..8 {
+            let current = self.find(tenant, id).await?;
+            check_if_match(&current, if_match)?;
+            let data = finish_update(&current, body.clone())?;
+            let _forget = self.forget_on_drop(tenant, current.id, &[&current.data, &data]);
+            match self.users.replace(tenant, &current, &data).await? {
+                WriteOutcome::Written(stored) => return Ok(present(&stored, base)),
+                WriteOutcome::Duplicate => {
+                    return Err(ScimError::new(
+                        409,
+                        Some("uniqueness"),
+                        "that userName is already taken",
+                    ));
+                }
+                WriteOutcome::Changed | WriteOutcome::Missing if if_match.is_none() => continue,
+                _ => {
+                    return Err(ScimError::new(
+                        412,
+                        None,
+                        "the user changed since it was read",
+                    ));
+                }
+            }
         }
+        Err(ScimError::new(
+            409,
+            None,
+            "the user kept changing; try again",
+        ))
     }
 
     /// Deletes a user and its memberships: one read (the user with its groups), one
@@ -401,16 +431,14 @@ impl ScimService {
             let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
                 .into_iter()
                 .collect();
-            let deleted = self.users.delete(tenant, &current, &groups, extra).await;
-            self.forget(tenant, current.id, &[&current.data]);
-            match deleted? {
-                WriteOutcome::Written(_) => {
-                    // a deleted user leaves every group it was in
-                    self.groups
-                        .forget_member(tenant, current.id, &groups)
-                        .await?;
-                    return Ok(());
-                }
+            // a deleted user leaves every group it was in: the groups' rows go first (a
+            // retry finds the user's membership rows and clears them again)
+            self.groups
+                .forget_member(tenant, current.id, &groups)
+                .await?;
+            let _forget = self.forget_on_drop(tenant, current.id, &[&current.data]);
+            match self.users.delete(tenant, &current, &groups, extra).await? {
+                WriteOutcome::Written(_) => return Ok(()),
                 // a membership or the user changed meanwhile: read again, unless the client
                 // asked for the version it had
                 WriteOutcome::Missing => continue,
@@ -445,7 +473,7 @@ impl ScimService {
         let now = timestamp(OffsetDateTime::now_utc());
         data["id"] = json!(id.to_string());
         data["meta"] = json!({"resourceType": "Group", "created": now, "lastModified": now});
-        fits(&data)?;
+        fits(&data, GROUP_KEYS)?;
         let name = data["displayName"].as_str().unwrap_or_default().to_string();
         match self.groups.create(tenant, id, &data).await? {
             WriteOutcome::Written(stored) => {
@@ -737,6 +765,11 @@ fn member_objects(value: Option<&Value>) -> Result<Vec<Value>, ScimError> {
         if id.is_empty() {
             return Ok(None);
         }
+        // one spelling per user id, so a member is one row whatever case it came in
+        let id = match Uuid::try_parse(&id) {
+            Ok(uuid) => uuid.to_string(),
+            Err(_) => id,
+        };
         // in bytes: the value becomes part of a Table key (1 KiB at most, escapes triple)
         if id.len() > MAX_MEMBER_VALUE {
             return Err(ScimError::new(
@@ -822,7 +855,7 @@ fn finish_group_update(current: &StoredResource, mut data: Value) -> Result<Valu
             "displayName is required",
         ));
     }
-    fits(&data)?;
+    fits(&data, GROUP_KEYS)?;
     Ok(data)
 }
 
@@ -911,7 +944,7 @@ fn finish_update(current: &StoredResource, mut data: Value) -> Result<Value, Sci
             "userName is required",
         ));
     }
-    fits(&data)?;
+    fits(&data, USER_KEYS)?;
     Ok(data)
 }
 
@@ -923,12 +956,15 @@ pub const MAX_RESOURCE_UNITS: usize = 32_000;
 /// Table key (1 KiB at most, escapes triple).
 pub const MAX_KEYED_VALUE: usize = 256;
 
-/// Refuses a resource too large to store, before anything is written.
-fn fits(data: &Value) -> Result<(), ScimError> {
-    for attr in ["userName", "externalId", "displayName"] {
-        let keyed = attr != "displayName" || data.get("userName").is_none();
-        if let Some(text) = data.get(attr).and_then(Value::as_str)
-            && keyed
+/// The attributes of each resource type that become Table keys.
+const USER_KEYS: &[&str] = &["userName", "externalId"];
+const GROUP_KEYS: &[&str] = &["displayName"];
+
+/// Refuses a resource too large to store, or with a keyed attribute too long, before
+/// anything is written.
+fn fits(data: &Value, keyed: &[&str]) -> Result<(), ScimError> {
+    for attr in keyed {
+        if let Some(text) = data.get(*attr).and_then(Value::as_str)
             && text.len() > MAX_KEYED_VALUE
         {
             return Err(ScimError::new(

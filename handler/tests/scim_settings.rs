@@ -522,3 +522,69 @@ async fn users_and_groups_override_the_tenant_settings_and_keep_them_through_sci
     let (status, _) = s.admin_call("GET", "users/not-a-guid", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn an_offboarded_tenants_links_stop_working_and_its_settings_are_read_only() {
+    let s = Scim::start().await;
+    let id = create_user(&s, "leaving@contoso.com").await;
+    let (_, invitation) = s
+        .admin_call("POST", &format!("users/{id}/invitation"), None)
+        .await;
+    let code = code_of(&invitation);
+    let r = s
+        .http
+        .delete(format!(
+            "{}/api/v1/tenants/{}",
+            s.handler.base_url(),
+            s.tenant
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, error) = redeem(&s, &code).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(error["error"], "tenant_offboarded");
+    let r = s
+        .http
+        .get(format!("{}/api/activate?code={code}", s.handler.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::GONE);
+    let (status, _) = s.admin_call("GET", "settings", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .admin_call(
+            "PUT",
+            "settings",
+            Some(serde_json::from_str(SETTINGS_ON).unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn a_revocation_racing_a_redemption_never_both_succeed() {
+    let s = Scim::start().await;
+    for round in 0..8 {
+        let id = create_user(&s, &format!("race{round}@contoso.com")).await;
+        let (_, invitation) = s
+            .admin_call("POST", &format!("users/{id}/invitation"), None)
+            .await;
+        let code = code_of(&invitation);
+        let invitation_id = invitation["id"].as_str().unwrap().to_string();
+        let revoke_path = format!("invitations/{invitation_id}");
+        let ((redeemed, _), (revoked, _)) = tokio::join!(
+            redeem(&s, &code),
+            s.admin_call("DELETE", &revoke_path, None)
+        );
+        let (_, user) = s.admin_call("GET", &format!("users/{id}"), None).await;
+        match (redeemed, revoked) {
+            (StatusCode::OK, StatusCode::CONFLICT) => assert_eq!(user["status"], "Active"),
+            (StatusCode::GONE, StatusCode::NO_CONTENT) => assert_eq!(user["status"], "Staged"),
+            other => panic!("round {round}: {other:?} {user}"),
+        }
+    }
+}

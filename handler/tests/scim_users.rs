@@ -777,3 +777,54 @@ async fn overlong_names_are_a_400_not_a_storage_failure() {
         (StatusCode::OK, json!(0))
     );
 }
+
+#[tokio::test]
+async fn deleted_users_leave_every_group_whatever_the_member_spelling() {
+    let s = Scim::start().await;
+    let (_, user) = s
+        .call("POST", "/Users", Some(entra_user("m@contoso.com", "m")))
+        .await;
+    let id = user["id"].as_str().unwrap().to_string();
+    // 120 groups: more than one Table transaction can clear at once
+    let mut groups = Vec::new();
+    for i in 0..120 {
+        let (status, group) = s
+            .call(
+                "POST",
+                "/Groups",
+                Some(json!({"displayName": format!("g{i}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let gid = group["id"].as_str().unwrap().to_string();
+        // the same id twice, in two spellings, and a non-UUID member whose value starts
+        // with the user's id
+        let members = if i == 0 {
+            json!([{"value": id}, {"value": id.to_uppercase()}, {"value": format!("{id}-x")}])
+        } else {
+            json!([{"value": id}])
+        };
+        let (status, error) = s
+            .call(
+                "PATCH",
+                &format!("/Groups/{gid}"),
+                Some(patch_op(
+                    json!([{"op": "Add", "path": "members", "value": members}]),
+                )),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{error}");
+        groups.push(gid);
+    }
+    let (_, first) = s.call("GET", &format!("/Groups/{}", groups[0]), None).await;
+    assert_eq!(member_values(&first).len(), 2, "{first}");
+
+    let (status, error) = s.call("DELETE", &format!("/Users/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{error}");
+    for gid in &groups {
+        let (_, group) = s.call("GET", &format!("/Groups/{gid}"), None).await;
+        assert!(!member_values(&group).contains(&id), "{gid}: {group}");
+    }
+    let (_, first) = s.call("GET", &format!("/Groups/{}", groups[0]), None).await;
+    assert_eq!(member_values(&first), vec![format!("{id}-x")]);
+}

@@ -284,9 +284,31 @@ struct RedeemBody {
     code: String,
 }
 
+/// An offboarded tenant's invitations no longer work.
+async fn tenant_allows(app: &App, code: &str) -> Result<(), ScimError> {
+    let Some(tenant) = crate::scim_admin::code_tenant(code) else {
+        return Ok(()); // redeem says what is wrong with it
+    };
+    match app.access.tenants.get(tenant).await {
+        Ok(Some(t)) if t.status != TenantStatus::Offboarded => Ok(()),
+        Ok(Some(_)) => Err(ScimError::new(
+            410,
+            Some("tenant_offboarded"),
+            "the organisation no longer uses this service",
+        )),
+        Ok(None) => Err(ScimError::new(
+            404,
+            Some("unknown_code"),
+            "no such invitation",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn redeem(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
     auth::admin(app, authorization).await?;
     let body: RedeemBody = parse_json(body)?;
+    tenant_allows(app, &body.code).await?;
     let redeemed = app.scim.redeem(&body.code, false).await?;
     tracing::info!(tenant_id = %redeemed.tenant, user = %redeemed.user, "invitation redeemed");
     ok(&json!({
@@ -315,7 +337,11 @@ async fn activation_page(app: &App, code: Option<&str>) -> Response {
             &["Open the whole link from your invitation e-mail.".into()],
         );
     };
-    match app.scim.redeem(code, true).await {
+    let checked = match tenant_allows(app, code).await {
+        Ok(()) => app.scim.redeem(code, true).await,
+        Err(e) => Err(e),
+    };
+    match checked {
         Ok(found) => html::form(
             "Activate your account",
             &[format!("Activate the account {}?", found.user_name)],
@@ -336,7 +362,11 @@ async fn activate(app: &App, code: Option<&str>) -> Response {
             &["Open the whole link from your invitation e-mail.".into()],
         );
     };
-    match app.scim.redeem(code, false).await {
+    let redeemed = match tenant_allows(app, code).await {
+        Ok(()) => app.scim.redeem(code, false).await,
+        Err(e) => Err(e),
+    };
+    match redeemed {
         Ok(done) => {
             tracing::info!(tenant_id = %done.tenant, user = %done.user, "invitation redeemed");
             html::page(

@@ -117,8 +117,10 @@ pub(super) fn membership_key(member: &str, group: Uuid) -> String {
     format!("user-{member}.g.{group}")
 }
 
-fn group_of_membership(row_key: &str) -> Option<Uuid> {
-    let (_, group) = row_key.split_once(".g.")?;
+/// The group a membership row of `user` names; rows of other members whose keys merely
+/// start like this user's (non-UUID member values) are not this user's.
+fn group_of_membership(user: Uuid, row_key: &str) -> Option<Uuid> {
+    let group = row_key.strip_prefix(&format!("{}.g.", user_key(user)))?;
     Uuid::try_parse(group).ok()
 }
 
@@ -231,6 +233,52 @@ impl TableScimUserStore {
     }
 }
 
+/// Deletes rows, a batch per partition (in the order partitions first appear) and 100 rows
+/// where it can; a batch that fails because a row is already gone is redone row by row
+/// (absent rows are fine).
+pub(super) async fn delete_rows(
+    table: &Table,
+    rows: Vec<(String, String)>,
+) -> Result<(), StoreError> {
+    let mut by_partition: Vec<(String, Vec<Operation>)> = Vec::new();
+    for (partition_key, row_key) in rows {
+        let op = Operation::Delete {
+            partition_key: partition_key.clone(),
+            row_key,
+            if_match: IfMatch::Any,
+        };
+        match by_partition.iter_mut().find(|(p, _)| *p == partition_key) {
+            Some((_, ops)) => ops.push(op),
+            None => by_partition.push((partition_key, vec![op])),
+        }
+    }
+    for (_, ops) in by_partition {
+        for chunk in ops.chunks(tables::batch::MAX_OPERATIONS) {
+            match table.transact(chunk).await {
+                Ok(_) => {}
+                Err(TableError::Batch { source, .. }) if source.is_not_found() => {
+                    for op in chunk {
+                        if let Operation::Delete {
+                            partition_key,
+                            row_key,
+                            ..
+                        } = op
+                        {
+                            match table.delete(partition_key, row_key, IfMatch::Any).await {
+                                Ok(()) => {}
+                                Err(e) if e.is_not_found() => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a row of a resource holds.
 pub(super) struct Written<'a> {
     pub data: &'a Value,
@@ -340,7 +388,7 @@ impl ScimUserStore for TableScimUserStore {
         };
         let groups = rows
             .iter()
-            .filter_map(|r| group_of_membership(&r.row_key))
+            .filter_map(|r| group_of_membership(id, &r.row_key))
             .collect();
         Ok(Some((Self::read(user)?, groups)))
     }
@@ -444,13 +492,20 @@ impl ScimUserStore for TableScimUserStore {
                 if_match: IfMatch::Any,
             })
             .collect();
-        // a transaction holds 100 operations: a user in very many groups leaves the
-        // surplus first (harmless if the deletion then fails: the group rows still list it)
+        // a transaction holds 100 operations: a user in very many groups has the surplus
+        // membership rows removed once the deletion has committed
         let room = tables::batch::MAX_OPERATIONS - 4 - extra.len();
-        if memberships.len() > room {
-            let surplus = memberships.split_off(room);
-            self.table.transact_chunked(surplus).await?;
-        }
+        let surplus: Vec<(String, String)> = groups
+            .iter()
+            .skip(room)
+            .map(|group| {
+                (
+                    partition.clone(),
+                    membership_key(&previous.id.to_string(), *group),
+                )
+            })
+            .collect();
+        memberships.truncate(room);
         let mut ops = vec![
             Operation::Delete {
                 partition_key: partition.clone(),
@@ -473,7 +528,13 @@ impl ScimUserStore for TableScimUserStore {
         ops.extend(extra);
         ops.extend(memberships);
         match self.table.transact(&ops).await {
-            Ok(_) => Ok(WriteOutcome::Written(previous.clone())),
+            Ok(_) => {
+                // left behind, these rows only name a user that no longer exists
+                if let Err(e) = delete_rows(&self.table, surplus).await {
+                    tracing::warn!(error = %e, "surplus membership rows of a deleted user stay");
+                }
+                Ok(WriteOutcome::Written(previous.clone()))
+            }
             Err(e) => outcome_of(e),
         }
     }

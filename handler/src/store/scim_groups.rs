@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::scim::{
-    StoredResource, WriteOutcome, Written, membership_key, outcome_of, read_resource, with_admin,
+    StoredResource, WriteOutcome, Written, delete_rows, membership_key, outcome_of, read_resource,
+    with_admin,
 };
 
 /// Stores SCIM groups and their members.
@@ -96,53 +97,6 @@ fn name_of(data: &Value) -> &str {
 
 fn members_partition(tenant: Uuid, group: Uuid) -> String {
     format!("{tenant}_g_{group}")
-}
-
-/// Deletes rows, a batch per partition and 100 rows where it can; a batch that fails
-/// because a row is already gone is redone row by row (absent rows are fine).
-async fn delete_rows(table: &Table, rows: Vec<(String, String)>) -> Result<(), StoreError> {
-    let ops: Vec<Operation> = rows
-        .into_iter()
-        .map(|(partition_key, row_key)| Operation::Delete {
-            partition_key,
-            row_key,
-            if_match: IfMatch::Any,
-        })
-        .collect();
-    let mut by_partition: std::collections::BTreeMap<String, Vec<Operation>> = Default::default();
-    for op in ops {
-        if let Operation::Delete { partition_key, .. } = &op {
-            by_partition
-                .entry(partition_key.clone())
-                .or_default()
-                .push(op);
-        }
-    }
-    for ops in by_partition.into_values() {
-        for chunk in ops.chunks(tables::batch::MAX_OPERATIONS) {
-            match table.transact(chunk).await {
-                Ok(_) => {}
-                Err(tables::Error::Batch { source, .. }) if source.is_not_found() => {
-                    for op in chunk {
-                        if let Operation::Delete {
-                            partition_key,
-                            row_key,
-                            ..
-                        } = op
-                        {
-                            match table.delete(partition_key, row_key, IfMatch::Any).await {
-                                Ok(()) => {}
-                                Err(e) if e.is_not_found() => {}
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
 }
 
 impl TableScimGroupStore {
@@ -397,11 +351,17 @@ impl ScimGroupStore for TableScimGroupStore {
         let mut unique: Vec<&String> = members.iter().collect();
         unique.sort();
         unique.dedup();
-        let mut rows = Vec::new();
-        for member in unique {
-            rows.push((members_partition(tenant, group), key::encode(member)));
-            rows.push((tenant.to_string(), membership_key(member, group)));
-        }
+        // the group's rows first: if the second half fails, a later delete of the user
+        // still finds its membership rows and clears the rest
+        let mut rows: Vec<(String, String)> = unique
+            .iter()
+            .map(|member| (members_partition(tenant, group), key::encode(member)))
+            .collect();
+        rows.extend(
+            unique
+                .iter()
+                .map(|member| (tenant.to_string(), membership_key(member, group))),
+        );
         delete_rows(&self.table, rows).await
     }
 
