@@ -18,7 +18,7 @@ use tables::{Entity, IfMatch, Operation, Query, Value as TableValue};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::scim_service::{ScimError, ScimService, hash};
+use crate::scim_service::{ScimError, ScimService, hash, kept_changing};
 use crate::store::StoreError;
 use crate::store::scim::{StoredResource, WriteOutcome};
 
@@ -368,11 +368,7 @@ impl ScimService {
                 _ => continue,
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the user kept changing; try again",
-        ))
+        Err(kept_changing("user"))
     }
 
     /// Sets a group's overrides; answers the group's view.
@@ -397,11 +393,7 @@ impl ScimService {
                 _ => continue,
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the group kept changing; try again",
-        ))
+        Err(kept_changing("group"))
     }
 
     /// Invites a user now (a new invitation replaces any earlier one, which stops working).
@@ -435,11 +427,7 @@ impl ScimService {
                 _ => continue,
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the user kept changing; try again",
-        ))
+        Err(kept_changing("user"))
     }
 
     /// The tenant's invitations, newest first; `state` filters (pending, sent, redeemed,
@@ -561,11 +549,7 @@ impl ScimService {
                 _ => continue,
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the invitation kept changing; try again",
-        ))
+        Err(kept_changing("invitation"))
     }
 
     /// Redeems an activation code once: the invitation becomes `redeemed` and its user
@@ -650,11 +634,7 @@ impl ScimService {
                 _ => continue,
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the invitation kept changing; try again",
-        ))
+        Err(kept_changing("invitation"))
     }
 }
 

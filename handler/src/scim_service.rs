@@ -362,11 +362,7 @@ impl ScimService {
                 WriteOutcome::Changed | WriteOutcome::Missing => continue,
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the user kept changing; try again",
-        ))
+        Err(kept_changing("user"))
     }
 
     /// Replaces a user (PUT); without If-Match, a concurrent change is read again.
@@ -395,19 +391,11 @@ impl ScimService {
                 }
                 WriteOutcome::Changed | WriteOutcome::Missing if if_match.is_none() => continue,
                 _ => {
-                    return Err(ScimError::new(
-                        412,
-                        None,
-                        "the user changed since it was read",
-                    ));
+                    return Err(changed_since_read("user"));
                 }
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the user kept changing; try again",
-        ))
+        Err(kept_changing("user"))
     }
 
     /// Deletes a user and its memberships: one read (the user with its groups), one
@@ -444,19 +432,11 @@ impl ScimService {
                 WriteOutcome::Missing => continue,
                 WriteOutcome::Changed if if_match.is_none() => continue,
                 _ => {
-                    return Err(ScimError::new(
-                        412,
-                        None,
-                        "the user changed since it was read",
-                    ));
+                    return Err(changed_since_read("user"));
                 }
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the user kept changing; try again",
-        ))
+        Err(kept_changing("user"))
     }
 }
 
@@ -654,11 +634,7 @@ impl ScimService {
                 }
             }
         }
-        Err(ScimError::new(
-            409,
-            None,
-            "the group kept changing; try again",
-        ))
+        Err(kept_changing("group"))
     }
 
     /// Replaces a group (PUT), members included.
@@ -684,11 +660,7 @@ impl ScimService {
                 ));
             }
             _ => {
-                return Err(ScimError::new(
-                    412,
-                    None,
-                    "the group changed since it was read",
-                ));
+                return Err(changed_since_read("group"));
             }
         };
         let existing = ids(&self.groups.members(tenant, current.id).await?);
@@ -728,11 +700,7 @@ impl ScimService {
             WriteOutcome::Missing => {
                 Err(ScimError::new(404, None, format!("Group {id} not found")))
             }
-            _ => Err(ScimError::new(
-                412,
-                None,
-                "the group changed since it was read",
-            )),
+            _ => Err(changed_since_read("group")),
         }
     }
 }
@@ -905,6 +873,16 @@ fn select_page(
         .take(count.min(MAX_RESULTS))
         .collect();
     (page, total, start)
+}
+
+/// 412: the client's If-Match no longer holds.
+fn changed_since_read(what: &str) -> ScimError {
+    ScimError::new(412, None, format!("the {what} changed since it was read"))
+}
+
+/// 409: concurrent writers kept winning the race; the client may retry.
+pub(crate) fn kept_changing(what: &str) -> ScimError {
+    ScimError::new(409, None, format!("the {what} kept changing; try again"))
 }
 
 fn timestamp(t: OffsetDateTime) -> String {

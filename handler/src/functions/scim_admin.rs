@@ -328,14 +328,18 @@ fn refusal(e: &ScimError) -> Response {
     html::page(status, title, std::slice::from_ref(&e.detail))
 }
 
+fn incomplete_link() -> Response {
+    html::page(
+        StatusCode::BAD_REQUEST,
+        "This link is incomplete",
+        &["Open the whole link from your invitation e-mail.".into()],
+    )
+}
+
 /// GET: checks the code and shows the button that redeems it.
 async fn activation_page(app: &App, code: Option<&str>) -> Response {
     let Some(code) = code else {
-        return html::page(
-            StatusCode::BAD_REQUEST,
-            "This link is incomplete",
-            &["Open the whole link from your invitation e-mail.".into()],
-        );
+        return incomplete_link();
     };
     let checked = match tenant_allows(app, code).await {
         Ok(()) => app.scim.redeem(code, true).await,
@@ -356,11 +360,7 @@ async fn activation_page(app: &App, code: Option<&str>) -> Response {
 /// POST: redeems the code once.
 async fn activate(app: &App, code: Option<&str>) -> Response {
     let Some(code) = code else {
-        return html::page(
-            StatusCode::BAD_REQUEST,
-            "This link is incomplete",
-            &["Open the whole link from your invitation e-mail.".into()],
-        );
+        return incomplete_link();
     };
     let redeemed = match tenant_allows(app, code).await {
         Ok(()) => app.scim.redeem(code, false).await,

@@ -3,9 +3,11 @@
 //! the user is still in), group member changes about 2 per 100 members.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use system_tests::{Azurite, unique_table};
+use tables::TableServiceClient;
 use uuid::Uuid;
 
 use super::ScimService;
@@ -22,22 +24,28 @@ fn user(name: &str) -> Value {
     })
 }
 
-fn patch(operations: Value) -> Value {
-    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
-}
-
-#[tokio::test]
-async fn scim_operations_make_the_documented_number_of_table_requests() {
+/// A service on a fresh table in the shared Azurite, and the client whose requests count.
+async fn service(prefix: &str, read_cache: Duration) -> (TableServiceClient, ScimService) {
     let client = Azurite::shared().client();
-    let table = client.table(unique_table("rq"));
+    let table = client.table(unique_table(prefix));
     table.create_if_not_exists().await.unwrap();
     let service = ScimService::new(
         Arc::new(TableScimUserStore::new(table.clone())),
         Arc::new(TableScimGroupStore::new(table.clone())),
         table,
         "http://127.0.0.1",
-        std::time::Duration::ZERO,
+        read_cache,
     );
+    (client, service)
+}
+
+fn patch(operations: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations})
+}
+
+#[tokio::test]
+async fn scim_operations_make_the_documented_number_of_table_requests() {
+    let (client, service) = service("rq", Duration::ZERO).await;
     let tenant = Uuid::new_v4();
     // the tenant's settings are read once and cached
     service.settings(tenant).await.unwrap();
@@ -158,16 +166,7 @@ async fn scim_operations_make_the_documented_number_of_table_requests() {
 
 #[tokio::test]
 async fn the_read_cache_serves_repeated_gets_and_never_hides_this_instances_writes() {
-    let client = Azurite::shared().client();
-    let table = client.table(unique_table("rc"));
-    table.create_if_not_exists().await.unwrap();
-    let service = ScimService::new(
-        Arc::new(TableScimUserStore::new(table.clone())),
-        Arc::new(TableScimGroupStore::new(table.clone())),
-        table,
-        "http://127.0.0.1",
-        std::time::Duration::from_secs(30),
-    );
+    let (client, service) = service("rc", Duration::from_secs(30)).await;
     let tenant = Uuid::new_v4();
     let by_name = |name: &str| format!("userName eq \"{name}\"");
     let counted = || client.request_count();
