@@ -716,4 +716,29 @@ mod tests {
             settings(&[("AzureWebJobsStorage", "AccountName=a;AccountKey=s3cr3t!!")]).unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
+
+    #[test]
+    fn every_sample_setting_is_documented_and_read_by_the_handler() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let sample: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("local.settings.sample.json")).unwrap(),
+        )
+        .unwrap();
+        let docs = std::fs::read_to_string(root.join("docs/settings.md")).unwrap();
+        let source = include_str!("config.rs");
+        for name in sample["Values"].as_object().unwrap().keys() {
+            let quoted = format!("`{name}`");
+            assert!(
+                docs.lines()
+                    .any(|l| l.starts_with('|') && l.contains(&quoted)),
+                "{name} is in local.settings.sample.json but not in docs/settings.md"
+            );
+            if name != "FUNCTIONS_WORKER_RUNTIME" {
+                assert!(
+                    source.contains(&format!("\"{name}\"")),
+                    "{name} is in the sample but the handler never reads it"
+                );
+            }
+        }
+    }
 }
