@@ -146,6 +146,16 @@ async fn users_arrive_staged_and_automatic_invitation_fills_the_outbox() {
         Some(serde_json::from_str(SETTINGS_ON).unwrap()),
     )
     .await;
+    // a user provisioned disabled is not invited, even with automatic invitation on
+    let mut disabled = entra_user("disabled@contoso.com", "disabled");
+    disabled["active"] = json!("False");
+    let (status, created) = s.call("POST", "/Users", Some(disabled)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let disabled_id = created["id"].as_str().unwrap().to_string();
+    let (_, user) = s
+        .admin_call("GET", &format!("users/{disabled_id}"), None)
+        .await;
+    assert_eq!(user["status"], "Staged");
     let invited = create_user(&s, "invited@contoso.com").await;
     let (_, user) = s.admin_call("GET", &format!("users/{invited}"), None).await;
     assert_eq!(user["status"], "Invited");
@@ -166,13 +176,16 @@ async fn users_arrive_staged_and_automatic_invitation_fills_the_outbox() {
 
     // listing by status
     let (_, staged_only) = s.admin_call("GET", "users?status=Staged", None).await;
-    let ids: Vec<&str> = staged_only["users"]
+    let mut ids: Vec<&str> = staged_only["users"]
         .as_array()
         .unwrap()
         .iter()
         .map(|u| u["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, vec![staged.as_str()]);
+    ids.sort();
+    let mut expected = vec![staged.as_str(), disabled_id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
     let (status, _) = s.admin_call("GET", "users?status=Happy", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
