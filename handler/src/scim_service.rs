@@ -250,11 +250,7 @@ impl ScimService {
         body: &Value,
     ) -> Result<Value, ScimError> {
         let mut data = clean_user(body)?;
-        let id = Uuid::new_v4();
-        let now = timestamp(OffsetDateTime::now_utc());
-        data["id"] = json!(id.to_string());
-        data["meta"] = json!({"resourceType": "User", "created": now, "lastModified": now});
-        fits(&data, USER_KEYS)?;
+        let id = stamp_new(&mut data, "User", USER_KEYS)?;
         let user_name = data["userName"].as_str().unwrap_or_default().to_string();
         // users arrive Staged, or Invited with their invitation when the tenant says so
         let (admin, invitation) = self.admin_for_new_user(tenant, id, &data).await?;
@@ -449,11 +445,7 @@ impl ScimService {
         body: &Value,
     ) -> Result<Value, ScimError> {
         let (mut data, members) = clean_group(body)?;
-        let id = Uuid::new_v4();
-        let now = timestamp(OffsetDateTime::now_utc());
-        data["id"] = json!(id.to_string());
-        data["meta"] = json!({"resourceType": "Group", "created": now, "lastModified": now});
-        fits(&data, GROUP_KEYS)?;
+        let id = stamp_new(&mut data, "Group", GROUP_KEYS)?;
         let name = data["displayName"].as_str().unwrap_or_default().to_string();
         match self.groups.create(tenant, id, &data).await? {
             WriteOutcome::Written(stored) => {
@@ -807,24 +799,8 @@ fn clean_group(body: &Value) -> Result<(Value, Vec<Value>), ScimError> {
     Ok((Value::Object(data), members))
 }
 
-fn finish_group_update(current: &StoredResource, mut data: Value) -> Result<Value, ScimError> {
-    data["id"] = current.data["id"].clone();
-    let mut meta = current.data["meta"].clone();
-    meta["lastModified"] = json!(timestamp(OffsetDateTime::now_utc()));
-    data["meta"] = meta;
-    if data
-        .get("displayName")
-        .and_then(Value::as_str)
-        .is_none_or(|n| n.trim().is_empty())
-    {
-        return Err(ScimError::new(
-            400,
-            Some("invalidValue"),
-            "displayName is required",
-        ));
-    }
-    fits(&data, GROUP_KEYS)?;
-    Ok(data)
+fn finish_group_update(current: &StoredResource, data: Value) -> Result<Value, ScimError> {
+    finish(current, data, "displayName", GROUP_KEYS)
 }
 
 fn present_group(stored: &StoredResource, base: &str, members: Option<&[Value]>) -> Value {
@@ -906,24 +882,45 @@ fn check_if_match(current: &StoredResource, if_match: Option<&str>) -> Result<()
 }
 
 /// Carries id and meta over an update, and checks the result is still a valid user.
-fn finish_update(current: &StoredResource, mut data: Value) -> Result<Value, ScimError> {
+fn finish_update(current: &StoredResource, data: Value) -> Result<Value, ScimError> {
+    finish(current, data, "userName", USER_KEYS)
+}
+
+/// Carries id and meta over an update; the `required` attribute must still be there and
+/// the resource must still fit.
+fn finish(
+    current: &StoredResource,
+    mut data: Value,
+    required: &str,
+    keys: &[&str],
+) -> Result<Value, ScimError> {
     data["id"] = current.data["id"].clone();
     let mut meta = current.data["meta"].clone();
     meta["lastModified"] = json!(timestamp(OffsetDateTime::now_utc()));
     data["meta"] = meta;
     if data
-        .get("userName")
+        .get(required)
         .and_then(Value::as_str)
-        .is_none_or(|u| u.trim().is_empty())
+        .is_none_or(|v| v.trim().is_empty())
     {
         return Err(ScimError::new(
             400,
             Some("invalidValue"),
-            "userName is required",
+            format!("{required} is required"),
         ));
     }
-    fits(&data, USER_KEYS)?;
+    fits(&data, keys)?;
     Ok(data)
+}
+
+/// Gives a new resource its id and meta, and checks it fits; answers the id.
+fn stamp_new(data: &mut Value, resource_type: &str, keys: &[&str]) -> Result<Uuid, ScimError> {
+    let id = Uuid::new_v4();
+    let now = timestamp(OffsetDateTime::now_utc());
+    data["id"] = json!(id.to_string());
+    data["meta"] = json!({"resourceType": resource_type, "created": now, "lastModified": now});
+    fits(data, keys)?;
+    Ok(id)
 }
 
 /// The most a stored resource may hold, in UTF-16 code units: Table Storage keeps a string

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use warp::Reply as _;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, filters::BoxedFilter};
@@ -16,7 +15,9 @@ use crate::app::App;
 use crate::auth;
 use crate::domain::ActivationLink;
 use crate::onboarding::MAX_LINK_MINUTES;
-use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json};
+use crate::routes::{
+    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
+};
 
 /// The routes (listed before the tenant routes, whose `{tenant_id}` would match too).
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
@@ -117,5 +118,5 @@ async fn revoke(app: &App, authorization: Option<&str>, id: &str) -> Result<Resp
     if !app.onboarding.revoke_link(id).await? {
         return Err(ApiError::not_found(format!("no activation link {id}")));
     }
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+    Ok(no_content())
 }

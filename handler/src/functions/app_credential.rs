@@ -17,7 +17,9 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::app::App;
 use crate::app_credentials::{CertificateExport, CredentialNames};
 use crate::auth;
-use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json};
+use crate::routes::{
+    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
+};
 
 /// The routes.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
@@ -276,5 +278,5 @@ async fn delete_tenant(
     let tenant = registered(app, tenant).await?;
     app.access.tenants.set_app(tenant.tenant_id, None).await?;
     app.access.invalidate_tenant(tenant.tenant_id);
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+    Ok(no_content())
 }

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use warp::Reply as _;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, filters::BoxedFilter};
@@ -16,7 +15,8 @@ use crate::app::App;
 use crate::auth;
 use crate::domain::{Employee, Position, check_positions, parse_employee_id};
 use crate::routes::{
-    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json, segment,
+    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
+    segment,
 };
 
 /// The routes.
@@ -169,5 +169,5 @@ async fn delete(
     };
     app.access.employees.delete(tenant_id, &employee_id).await?;
     app.access.invalidate_employee(tenant_id, record.object_id);
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+    Ok(no_content())
 }

@@ -16,7 +16,9 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::app::App;
 use crate::auth;
 use crate::domain::{Grant, Principal, TenantStatus, parse_scopes};
-use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json};
+use crate::routes::{
+    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
+};
 
 /// The routes.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
@@ -275,7 +277,5 @@ async fn delete(app: &App, authorization: Option<&str>, id: &str) -> Result<Resp
     app.access.grants.delete(id).await?;
     app.access.invalidate_grants(grant.tenant_id);
     tracing::info!(grant_id = %id, tenant_id = %grant.tenant_id, "grant deleted");
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+    Ok(no_content())
 }
-
-use warp::Reply as _;

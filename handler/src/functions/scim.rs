@@ -14,7 +14,7 @@ use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::auth::{self, bearer};
-use crate::routes::{ApiError, answer, body, guid_segment, json_reply, segment};
+use crate::routes::{ApiError, answer, body, guid_segment, json_reply, no_content, segment};
 use crate::scim_service::{MAX_RESULTS, ScimError};
 
 /// Largest SCIM request body (Entra's are a few KiB).
@@ -135,7 +135,7 @@ async fn token(
             if !app.scim.revoke_token(tenant_id).await? {
                 return Err(ApiError::not_found("the tenant has no SCIM token"));
             }
-            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+            Ok(no_content())
         }
         _ => Err(ApiError::bad_request(
             "use POST to generate a token, DELETE to revoke it",
@@ -253,6 +253,19 @@ fn number(query: &HashMap<String, String>, name: &str, default: usize) -> Result
     }
 }
 
+/// A list request's `filter` (name in any case), `startIndex` and `count`.
+fn listing(query: &HashMap<String, String>) -> Result<(Option<&str>, usize, usize), ScimError> {
+    let filter = query
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("filter"))
+        .map(|(_, v)| v.as_str());
+    Ok((
+        filter,
+        number(query, "startIndex", 1)?,
+        number(query, "count", MAX_RESULTS)?,
+    ))
+}
+
 async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Response, ScimError> {
     use warp::http::Method;
     let not_found = || ScimError::new(404, None, "no such SCIM resource");
@@ -312,13 +325,7 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
             "discovery endpoints are read-only",
         )),
         (&Method::GET, ["Users"]) => {
-            let filter = request
-                .query
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("filter"))
-                .map(|(_, v)| v.as_str());
-            let start = number(request.query, "startIndex", 1)?;
-            let count = number(request.query, "count", MAX_RESULTS)?;
+            let (filter, start, count) = listing(request.query)?;
             let list = app
                 .scim
                 .list_users(tenant, &base, filter, start, count)
@@ -330,9 +337,7 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
         }
         (&Method::POST, [".search"] | ["Users", ".search"] | ["Groups", ".search"]) => {
             let query = search_query(&parse_body(body)?)?;
-            let filter = query.get("filter").map(String::as_str);
-            let start = number(&query, "startIndex", 1)?;
-            let count = number(&query, "count", MAX_RESULTS)?;
+            let (filter, start, count) = listing(&query)?;
             let list = match parts.first() {
                 Some(&"Groups") => {
                     app.scim
@@ -404,17 +409,11 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
         }
         (&Method::DELETE, ["Users", id]) => {
             app.scim.delete_user(tenant, id, request.if_match).await?;
-            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+            Ok(no_content())
         }
         (_, ["Users", ..]) => Err(ScimError::new(405, None, "method not allowed on Users")),
         (&Method::GET, ["Groups"]) => {
-            let filter = request
-                .query
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("filter"))
-                .map(|(_, v)| v.as_str());
-            let start = number(request.query, "startIndex", 1)?;
-            let count = number(request.query, "count", MAX_RESULTS)?;
+            let (filter, start, count) = listing(request.query)?;
             let list = app
                 .scim
                 .list_groups(
@@ -458,11 +457,11 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
             app.scim
                 .patch_group(tenant, id, &parse_body(body)?, request.if_match)
                 .await?;
-            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+            Ok(no_content())
         }
         (&Method::DELETE, ["Groups", id]) => {
             app.scim.delete_group(tenant, id, request.if_match).await?;
-            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
+            Ok(no_content())
         }
         (_, ["Groups", ..]) => Err(ScimError::new(405, None, "method not allowed on Groups")),
         _ => Err(not_found()),

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
-use warp::Reply as _;
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, filters::BoxedFilter};
@@ -29,7 +28,8 @@ use crate::auth;
 use crate::domain::TenantStatus;
 use crate::routes::html;
 use crate::routes::{
-    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json, segment,
+    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
+    segment,
 };
 use crate::scim_admin::{Overrides, ScimSettings, UserStatus};
 use crate::scim_service::ScimError;
@@ -142,10 +142,6 @@ struct AdminRequest<'a> {
 
 fn ok(body: &serde_json::Value) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, body))
-}
-
-fn no_content() -> Result<Response, ApiError> {
-    Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
 fn method_not_allowed(allowed: &str) -> Result<Response, ApiError> {
@@ -266,7 +262,7 @@ async fn handle(app: &App, request: AdminRequest<'_>, body: &[u8]) -> Result<Res
         (&Method::DELETE, ["invitations", id]) => {
             let id = guid_segment(id, "invitation id")?;
             scim.revoke_invitation(tenant_id, id).await?;
-            no_content()
+            Ok(no_content())
         }
         (_, ["invitations", _]) => method_not_allowed("DELETE"),
         (&Method::POST, ["invitations", id, "sent"]) => {

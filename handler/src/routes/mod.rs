@@ -88,6 +88,11 @@ pub fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response 
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
+/// 204 No Content.
+pub fn no_content() -> Response {
+    warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
+}
+
 /// The answer of a handler that may fail.
 pub fn answer(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_response)
