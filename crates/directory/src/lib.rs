@@ -1,0 +1,96 @@
+//! One directory per tenant: the users, groups and direct memberships that SCIM
+//! provisioning and Microsoft Graph sync both write, with the store trait and its Table
+//! Storage implementation.
+//!
+//! A user that arrives both ways is one record: matched on the Entra object id where it is
+//! known, otherwise on the UPN (SCIM's userName), case-insensitively. Every record says
+//! which sources it came from. Counters (users, active, groups, memberships) are changed in
+//! the same transaction as the rows they count, so statistics never need a scan.
+
+mod layout;
+mod model;
+mod search;
+mod table;
+
+pub use model::{
+    Change, Counters, Field, Group, GroupChange, ListFilter, MemberChange, Membership, Page,
+    Sources, User, UserChange, UserFields, Writer,
+};
+pub use table::{Applied, ApplyMode, TableDirectory};
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// Why a directory operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// Storage could not be reached, or answered with an error.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] tables::Error),
+    /// The input cannot be stored (a key too long, a property too large).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// A stored row could not be read back.
+    #[error("stored directory data is unreadable: {0}")]
+    Corrupt(String),
+    /// Rows kept changing under concurrent writers; the caller may try again.
+    #[error("the directory changed concurrently; try again")]
+    Contended,
+}
+
+impl From<tables::Error> for DirectoryError {
+    fn from(e: tables::Error) -> DirectoryError {
+        match e {
+            tables::Error::Invalid(m) => DirectoryError::Invalid(m),
+            tables::Error::Batch { source, .. } if matches!(*source, tables::Error::Invalid(_)) => {
+                DirectoryError::Invalid(source.to_string())
+            }
+            other => DirectoryError::Unavailable(other),
+        }
+    }
+}
+
+/// The directory, as the rest of the service sees it.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    /// Applies a page of user changes from one writer, idempotently: a change applied twice
+    /// (a page replayed after a crash, an object that repeats) leaves the same state.
+    async fn apply_users(
+        &self,
+        tenant: Uuid,
+        writer: Writer,
+        changes: Vec<UserChange>,
+        mode: ApplyMode,
+    ) -> Result<Applied, DirectoryError>;
+    /// Applies a page of group changes (records and direct members), idempotently.
+    async fn apply_groups(
+        &self,
+        tenant: Uuid,
+        writer: Writer,
+        changes: Vec<GroupChange>,
+        mode: ApplyMode,
+    ) -> Result<Applied, DirectoryError>;
+    /// After a full round numbered `round`: marks every Graph user it did not see as
+    /// deleted in Entra, and removes Graph groups and memberships it did not see.
+    async fn sweep(&self, tenant: Uuid, round: i64) -> Result<Applied, DirectoryError>;
+    /// One user by local id.
+    async fn user(&self, tenant: Uuid, id: Uuid) -> Result<Option<User>, DirectoryError>;
+    /// One user by Entra object id.
+    async fn user_by_entra_id(
+        &self,
+        tenant: Uuid,
+        entra_id: Uuid,
+    ) -> Result<Option<User>, DirectoryError>;
+    /// One user by UPN, case-insensitively.
+    async fn user_by_upn(&self, tenant: Uuid, upn: &str) -> Result<Option<User>, DirectoryError>;
+    /// The direct groups of a user.
+    async fn groups_of(&self, tenant: Uuid, user: Uuid) -> Result<Vec<Group>, DirectoryError>;
+    /// A page of users: filtered, searched by prefix, from a cursor.
+    async fn list_users(
+        &self,
+        tenant: Uuid,
+        filter: &ListFilter,
+    ) -> Result<Page<User>, DirectoryError>;
+    /// The tenant's counters, summed over every writer.
+    async fn counters(&self, tenant: Uuid) -> Result<Counters, DirectoryError>;
+}

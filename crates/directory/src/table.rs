@@ -1,0 +1,1455 @@
+//! [`Directory`] on Table Storage: one partition per tenant, laid out by [`crate::layout`].
+//!
+//! Writes are entity group transactions of at most 100 operations. Each transaction carries
+//! the writer's counter row, conditioned on its ETag, so counters change exactly when the
+//! rows they count change, even when a page is replayed after a crash. A user's record and
+//! its index rows always change in one transaction.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use futures::{StreamExt as _, TryStreamExt as _, stream};
+use tables::{ETag, Entity, Error as TableError, IfMatch, Operation, Query, Table};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::model::{
+    Counters, Field, Group, GroupChange, ListFilter, MemberChange, Page, Sources, User, UserChange,
+    UserFields, Writer,
+};
+use crate::{Directory, DirectoryError, layout, search};
+
+/// How a page of changes finds what already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Read every row a change touches first (incremental rounds, SCIM).
+    Read,
+    /// Assume none exists yet (a first full round into an empty directory): insert without
+    /// reading, and fall back to reading the page on the first conflict.
+    Optimistic,
+}
+
+/// What a page of changes did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    pub members_added: u64,
+    pub members_removed: u64,
+    /// Entities written (inserted, replaced, merged or deleted), counters included.
+    pub entities: u64,
+    pub transactions: u64,
+}
+
+impl Applied {
+    /// Adds another page's figures.
+    pub fn add(&mut self, o: &Applied) {
+        self.created += o.created;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.deleted += o.deleted;
+        self.members_added += o.members_added;
+        self.members_removed += o.members_removed;
+        self.entities += o.entities;
+        self.transactions += o.transactions;
+    }
+
+    /// Objects changed in any way.
+    pub fn changes(&self) -> u64 {
+        self.created + self.updated + self.deleted + self.members_added + self.members_removed
+    }
+}
+
+const MAX_OPERATIONS: usize = 100;
+const READ_CONCURRENCY: usize = 32;
+const ATTEMPTS: usize = 6;
+
+/// [`Directory`] on a table.
+#[derive(Clone)]
+pub struct TableDirectory {
+    table: Table,
+}
+
+/// Operations that must commit together, and what they count for.
+#[derive(Default)]
+struct OpGroup {
+    ops: Vec<Operation>,
+    delta: Counters,
+    applied: Applied,
+}
+
+/// Every slice of one group in a page: its name (if reported), member changes, round, and
+/// whether it was removed.
+type FoldedGroup = (Option<Field<String>>, Vec<MemberChange>, i64, bool);
+
+/// The writer's counter row as read: where a transaction's counter update goes.
+struct CounterRow {
+    key: String,
+    values: Counters,
+    etag: Option<ETag>,
+}
+
+enum Failure {
+    /// Rows changed under us (409, 412, 404 in a transaction): read again and redo.
+    Conflict,
+    Fatal(DirectoryError),
+}
+
+impl From<DirectoryError> for Failure {
+    fn from(e: DirectoryError) -> Failure {
+        Failure::Fatal(e)
+    }
+}
+
+impl From<TableError> for Failure {
+    fn from(e: TableError) -> Failure {
+        match &e {
+            TableError::Batch { source, .. }
+                if source.is_conflict()
+                    || source.is_precondition_failed()
+                    || source.is_not_found() =>
+            {
+                Failure::Conflict
+            }
+            _ if e.is_conflict() || e.is_precondition_failed() => Failure::Conflict,
+            _ => Failure::Fatal(e.into()),
+        }
+    }
+}
+
+fn corrupt(row: &str, what: &str) -> DirectoryError {
+    DirectoryError::Corrupt(format!("{row}: {what}"))
+}
+
+fn opt_uuid(e: &Entity, name: &str) -> Result<Option<Uuid>, DirectoryError> {
+    e.get_str(name)
+        .map(|s| Uuid::try_parse(s).map_err(|_| corrupt(&e.row_key, name)))
+        .transpose()
+}
+
+fn opt_string(e: &Entity, name: &str) -> Option<String> {
+    e.get_str(name).map(str::to_string)
+}
+
+fn user_entity(tenant: &str, u: &User) -> Entity {
+    let mut e = Entity::new(tenant, layout::user(u.id))
+        .with("Upn", u.upn.as_str())
+        .with("Enabled", u.enabled)
+        .with("Active", u.is_active())
+        .with("FromGraph", u.sources.graph)
+        .with("FromScim", u.sources.scim)
+        .with("SeenRound", u.seen_round)
+        .with("UpdatedAt", u.updated_at);
+    if let Some(id) = u.entra_id {
+        e.set("EntraId", id.to_string());
+    }
+    for (name, value) in [
+        ("Name", &u.name),
+        ("Email", &u.email),
+        ("GivenName", &u.given_name),
+        ("Surname", &u.surname),
+        ("JobTitle", &u.job_title),
+        ("Department", &u.department),
+        ("EmployeeId", &u.employee_id),
+    ] {
+        if let Some(v) = value {
+            e.set(name, v.as_str());
+        }
+    }
+    if let Some(t) = u.entra_last_sync {
+        e.set("EntraLastSync", t);
+    }
+    if let Some(t) = u.deleted_in_entra_at {
+        e.set("DeletedInEntraAt", t);
+    }
+    e
+}
+
+fn user_from(e: &Entity) -> Result<User, DirectoryError> {
+    let id = e
+        .row_key
+        .strip_prefix(layout::USER)
+        .and_then(|s| Uuid::try_parse(s).ok())
+        .ok_or_else(|| corrupt(&e.row_key, "not a user row"))?;
+    Ok(User {
+        id,
+        entra_id: opt_uuid(e, "EntraId")?,
+        upn: e
+            .get_str("Upn")
+            .ok_or_else(|| corrupt(&e.row_key, "Upn"))?
+            .to_string(),
+        name: opt_string(e, "Name"),
+        email: opt_string(e, "Email"),
+        given_name: opt_string(e, "GivenName"),
+        surname: opt_string(e, "Surname"),
+        job_title: opt_string(e, "JobTitle"),
+        department: opt_string(e, "Department"),
+        employee_id: opt_string(e, "EmployeeId"),
+        enabled: e.get_bool("Enabled").unwrap_or(true),
+        sources: Sources {
+            scim: e.get_bool("FromScim").unwrap_or(false),
+            graph: e.get_bool("FromGraph").unwrap_or(false),
+        },
+        entra_last_sync: e.get_datetime("EntraLastSync"),
+        deleted_in_entra_at: e.get_datetime("DeletedInEntraAt"),
+        seen_round: e.get_i64("SeenRound").unwrap_or(0),
+        updated_at: e
+            .get_datetime("UpdatedAt")
+            .ok_or_else(|| corrupt(&e.row_key, "UpdatedAt"))?,
+    })
+}
+
+fn group_entity(tenant: &str, g: &Group) -> Entity {
+    let mut e = Entity::new(tenant, layout::group(g.id))
+        .with("FromGraph", g.sources.graph)
+        .with("FromScim", g.sources.scim)
+        .with("SeenRound", g.seen_round)
+        .with("UpdatedAt", g.updated_at);
+    if let Some(id) = g.entra_id {
+        e.set("EntraId", id.to_string());
+    }
+    if let Some(name) = &g.name {
+        e.set("Name", name.as_str());
+    }
+    e
+}
+
+fn group_from(e: &Entity) -> Result<Group, DirectoryError> {
+    let id = e
+        .row_key
+        .strip_prefix(layout::GROUP)
+        .and_then(|s| Uuid::try_parse(s).ok())
+        .ok_or_else(|| corrupt(&e.row_key, "not a group row"))?;
+    Ok(Group {
+        id,
+        entra_id: opt_uuid(e, "EntraId")?,
+        name: opt_string(e, "Name"),
+        sources: Sources {
+            scim: e.get_bool("FromScim").unwrap_or(false),
+            graph: e.get_bool("FromGraph").unwrap_or(false),
+        },
+        seen_round: e.get_i64("SeenRound").unwrap_or(0),
+        updated_at: e
+            .get_datetime("UpdatedAt")
+            .ok_or_else(|| corrupt(&e.row_key, "UpdatedAt"))?,
+    })
+}
+
+fn counters_from(e: &Entity) -> Counters {
+    let n = |name| e.get_i64(name).unwrap_or(0);
+    Counters {
+        users: n("Users"),
+        active_users: n("ActiveUsers"),
+        scim_users: n("ScimUsers"),
+        groups: n("Groups"),
+        memberships: n("Memberships"),
+    }
+}
+
+fn counters_entity(tenant: &str, key: &str, c: &Counters) -> Entity {
+    Entity::new(tenant, key)
+        .with("Users", c.users)
+        .with("ActiveUsers", c.active_users)
+        .with("ScimUsers", c.scim_users)
+        .with("Groups", c.groups)
+        .with("Memberships", c.memberships)
+}
+
+fn delete(tenant: &str, row_key: String, if_match: IfMatch) -> Operation {
+    Operation::Delete {
+        partition_key: tenant.to_string(),
+        row_key,
+        if_match,
+    }
+}
+
+/// What a user counts for.
+fn user_counts(u: &User) -> Counters {
+    Counters {
+        users: 1,
+        active_users: i64::from(u.is_active()),
+        scim_users: i64::from(u.sources.scim),
+        ..Counters::default()
+    }
+}
+
+fn difference(new: &Counters, old: &Counters) -> Counters {
+    Counters {
+        users: new.users - old.users,
+        active_users: new.active_users - old.active_users,
+        scim_users: new.scim_users - old.scim_users,
+        groups: new.groups - old.groups,
+        memberships: new.memberships - old.memberships,
+    }
+}
+
+/// Equal but for the times a write stamps.
+fn same_user(a: &User, b: &User) -> bool {
+    let mut b = b.clone();
+    b.updated_at = a.updated_at;
+    b.entra_last_sync = a.entra_last_sync;
+    *a == b
+}
+
+/// Applies reported fields to a user.
+fn apply_fields(u: &mut User, f: &UserFields) {
+    if let Field::Set(upn) = &f.upn {
+        u.upn = upn.clone();
+    }
+    u.name = f.name.apply(u.name.take());
+    u.email = f.email.apply(u.email.take());
+    u.given_name = f.given_name.apply(u.given_name.take());
+    u.surname = f.surname.apply(u.surname.take());
+    u.job_title = f.job_title.apply(u.job_title.take());
+    u.department = f.department.apply(u.department.take());
+    u.employee_id = f.employee_id.apply(u.employee_id.take());
+    if let Some(enabled) = f.enabled {
+        u.enabled = enabled;
+    }
+}
+
+fn new_user(id: Uuid, now: OffsetDateTime) -> User {
+    User {
+        id,
+        entra_id: None,
+        upn: id.to_string(),
+        name: None,
+        email: None,
+        given_name: None,
+        surname: None,
+        job_title: None,
+        department: None,
+        employee_id: None,
+        enabled: true,
+        sources: Sources::default(),
+        entra_last_sync: None,
+        deleted_in_entra_at: None,
+        seen_round: 0,
+        updated_at: now,
+    }
+}
+
+/// The state after a change, from the state before it.
+fn next_state(current: Option<User>, change: &UserChange, now: OffsetDateTime) -> Option<User> {
+    match change {
+        UserChange::Graph {
+            entra_id,
+            fields,
+            round,
+        } => {
+            let mut u = current.unwrap_or_else(|| new_user(*entra_id, now));
+            apply_fields(&mut u, fields);
+            u.entra_id = Some(*entra_id);
+            u.sources.graph = true;
+            // returned by delta without @removed: it exists (restored if it was deleted)
+            u.deleted_in_entra_at = None;
+            u.entra_last_sync = Some(now);
+            u.seen_round = *round;
+            Some(u)
+        }
+        UserChange::GraphSoftDeleted { round, .. } => {
+            let mut u = current?;
+            u.deleted_in_entra_at.get_or_insert(now);
+            u.entra_last_sync = Some(now);
+            u.seen_round = *round;
+            Some(u)
+        }
+        UserChange::GraphDeleted { .. } => {
+            let mut u = current?;
+            if u.sources.scim {
+                // still provisioned over SCIM: keep the record, no longer backed by Graph
+                u.sources.graph = false;
+                u.deleted_in_entra_at.get_or_insert(now);
+                Some(u)
+            } else {
+                None
+            }
+        }
+        UserChange::Scim { id, fields } => {
+            let mut u = current.unwrap_or_else(|| new_user(*id, now));
+            apply_fields(&mut u, fields);
+            u.sources.scim = true;
+            Some(u)
+        }
+        UserChange::ScimDeleted { .. } => {
+            let mut u = current?;
+            if u.sources.graph {
+                u.sources.scim = false;
+                Some(u)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// How a change names its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum UserKey {
+    Entra(Uuid),
+    Local(Uuid),
+}
+
+fn key_of(change: &UserChange) -> UserKey {
+    match change {
+        UserChange::Graph { entra_id, .. }
+        | UserChange::GraphSoftDeleted { entra_id, .. }
+        | UserChange::GraphDeleted { entra_id } => UserKey::Entra(*entra_id),
+        UserChange::Scim { id, .. } | UserChange::ScimDeleted { id } => UserKey::Local(*id),
+    }
+}
+
+fn upn_of(change: &UserChange) -> Option<&str> {
+    match change {
+        UserChange::Graph { fields, .. } | UserChange::Scim { fields, .. } => match &fields.upn {
+            Field::Set(upn) => Some(upn),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The index rows a user has: its Entra-id row (when its id is another) and search rows.
+fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
+    let mut rows = Vec::new();
+    if let Some(entra) = u.entra_id.filter(|e| *e != u.id) {
+        rows.push(Entity::new(tenant, layout::entra_index(entra)).with("Id", u.id.to_string()));
+    }
+    let terms = search::terms(u);
+    let upn = layout::term(&u.upn);
+    let joined = terms.join("\n");
+    for term in &terms {
+        rows.push(
+            Entity::new(tenant, layout::search(term, u.id))
+                .with("Id", u.id.to_string())
+                .with("Term", term.as_str())
+                .with("Terms", joined.as_str())
+                .with("IsUpn", *term == upn),
+        );
+    }
+    rows
+}
+
+impl TableDirectory {
+    /// The directory in `table`.
+    pub fn new(table: Table) -> TableDirectory {
+        TableDirectory { table }
+    }
+
+    /// The table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    async fn get(&self, tenant: &str, row_key: &str) -> Result<Option<Entity>, DirectoryError> {
+        Ok(self.table.try_get(tenant, row_key).await?)
+    }
+
+    async fn read_user(
+        &self,
+        tenant: &str,
+        id: Uuid,
+    ) -> Result<Option<(User, ETag)>, DirectoryError> {
+        match self.get(tenant, &layout::user(id)).await? {
+            Some(e) => {
+                let etag = e
+                    .etag
+                    .clone()
+                    .ok_or_else(|| corrupt(&e.row_key, "no ETag"))?;
+                Ok(Some((user_from(&e)?, etag)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// All rows of a range, pages streamed; `select` limits the properties read.
+    fn range<'a>(
+        &'a self,
+        tenant: &str,
+        range: (String, String),
+        extra: &[String],
+        select: Option<&[&str]>,
+    ) -> impl futures::Stream<Item = Result<Vec<Entity>, DirectoryError>> + Send + 'a {
+        let query = Query {
+            filter: Some(layout::range_filter(tenant, range, extra)),
+            select: select.map(|s| s.iter().map(|f| f.to_string()).collect()),
+            page_size: Some(1000),
+            limit: None,
+        };
+        self.table
+            .query(query)
+            .map_ok(|page| page.entities)
+            .map_err(DirectoryError::from)
+    }
+
+    async fn read_counters(
+        &self,
+        tenant: &str,
+        writer: Writer,
+    ) -> Result<(Counters, CounterRow), DirectoryError> {
+        let own_key = match writer {
+            Writer::Graph => layout::counter_graph(),
+            Writer::Scim => layout::counter_scim(
+                (Uuid::new_v4().as_u128() % u128::from(layout::SCIM_COUNTER_SHARDS)) as u32,
+            ),
+        };
+        let rows: Vec<Vec<Entity>> = self
+            .range(tenant, layout::prefix_range(layout::COUNTER), &[], None)
+            .try_collect()
+            .await?;
+        let mut total = Counters::default();
+        let mut own = CounterRow {
+            key: own_key,
+            values: Counters::default(),
+            etag: None,
+        };
+        for row in rows.iter().flatten() {
+            let values = counters_from(row);
+            total.add(&values);
+            if row.row_key == own.key {
+                own.values = values;
+                own.etag = row.etag.clone();
+            }
+        }
+        Ok((total, own))
+    }
+
+    /// Commits op groups in order, packed into transactions, each with the counter row.
+    async fn commit(
+        &self,
+        tenant: &str,
+        groups: Vec<OpGroup>,
+        counter: &mut CounterRow,
+        applied: &mut Applied,
+    ) -> Result<(), Failure> {
+        let mut pending: Vec<OpGroup> = Vec::new();
+        let mut size = 0;
+        for group in groups {
+            if group.ops.is_empty() && group.delta.is_zero() {
+                applied.add(&group.applied);
+                continue;
+            }
+            if size + group.ops.len() + 1 > MAX_OPERATIONS && !pending.is_empty() {
+                self.commit_one(tenant, std::mem::take(&mut pending), counter, applied)
+                    .await?;
+                size = 0;
+            }
+            size += group.ops.len();
+            pending.push(group);
+        }
+        if !pending.is_empty() {
+            self.commit_one(tenant, pending, counter, applied).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit_one(
+        &self,
+        tenant: &str,
+        groups: Vec<OpGroup>,
+        counter: &mut CounterRow,
+        applied: &mut Applied,
+    ) -> Result<(), Failure> {
+        let mut ops = Vec::new();
+        let mut delta = Counters::default();
+        let mut done = Applied::default();
+        for g in groups {
+            ops.extend(g.ops);
+            delta.add(&g.delta);
+            done.add(&g.applied);
+        }
+        let mut values = counter.values;
+        let counted = !delta.is_zero();
+        if counted {
+            values.add(&delta);
+            let row = counters_entity(tenant, &counter.key, &values);
+            ops.push(match &counter.etag {
+                Some(etag) => Operation::Merge(row, IfMatch::ETag(etag.clone())),
+                None => Operation::Insert(row),
+            });
+        }
+        if ops.is_empty() {
+            applied.add(&done);
+            return Ok(());
+        }
+        let etags = self.table.transact(&ops).await?;
+        if counted {
+            counter.values = values;
+            counter.etag = etags.last().cloned().flatten();
+        }
+        done.entities += ops.len() as u64;
+        done.transactions += 1;
+        applied.add(&done);
+        Ok(())
+    }
+
+    /// Finds the record each user change applies to.
+    async fn resolve_users(
+        &self,
+        tenant: &str,
+        changes: &[UserChange],
+        lookups: bool,
+    ) -> Result<HashMap<UserKey, Option<(User, ETag)>>, DirectoryError> {
+        let mut keys: Vec<(UserKey, Option<String>)> = Vec::new();
+        for change in changes {
+            let key = key_of(change);
+            match keys.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, upn)) => {
+                    if upn.is_none() {
+                        *upn = upn_of(change).map(str::to_string);
+                    }
+                }
+                None => keys.push((key, upn_of(change).map(str::to_string))),
+            }
+        }
+        let found: Vec<(UserKey, Option<(User, ETag)>)> = stream::iter(keys)
+            .map(|(key, upn)| async move {
+                let found = self.find_user(tenant, key, upn.as_deref(), lookups).await?;
+                Ok::<_, DirectoryError>((key, found))
+            })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        // two keys that found one record (a UPN match): the first keeps it
+        let mut taken = std::collections::HashSet::new();
+        Ok(found
+            .into_iter()
+            .map(|(key, f)| match f {
+                Some((u, e)) if taken.insert(u.id) => (key, Some((u, e))),
+                Some(_) => (key, None),
+                None => (key, None),
+            })
+            .collect())
+    }
+
+    async fn find_user(
+        &self,
+        tenant: &str,
+        key: UserKey,
+        upn: Option<&str>,
+        lookups: bool,
+    ) -> Result<Option<(User, ETag)>, DirectoryError> {
+        match key {
+            UserKey::Entra(oid) => {
+                if let Some(found) = self.read_user(tenant, oid).await? {
+                    return Ok(Some(found));
+                }
+                if !lookups {
+                    return Ok(None);
+                }
+                if let Some(row) = self.get(tenant, &layout::entra_index(oid)).await? {
+                    let id = opt_uuid(&row, "Id")?.ok_or_else(|| corrupt(&row.row_key, "Id"))?;
+                    if let Some(found) = self.read_user(tenant, id).await? {
+                        return Ok(Some(found));
+                    }
+                }
+                // a user provisioned over SCIM first, not yet tied to Entra
+                let Some(upn) = upn else { return Ok(None) };
+                Ok(self
+                    .by_upn(tenant, upn)
+                    .await?
+                    .into_iter()
+                    .find(|(u, _)| u.entra_id.is_none() && u.sources.scim))
+            }
+            UserKey::Local(id) => {
+                if let Some(found) = self.read_user(tenant, id).await? {
+                    return Ok(Some(found));
+                }
+                let Some(upn) = upn else { return Ok(None) };
+                // a user Graph sync found first
+                Ok(self
+                    .by_upn(tenant, upn)
+                    .await?
+                    .into_iter()
+                    .find(|(u, _)| u.sources.graph && !u.sources.scim))
+            }
+        }
+    }
+
+    /// Every user whose UPN is `upn`, case-insensitively.
+    async fn by_upn(&self, tenant: &str, upn: &str) -> Result<Vec<(User, ETag)>, DirectoryError> {
+        let term = layout::term(upn);
+        if term.len() > 512 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Vec<Entity>> = self
+            .range(
+                tenant,
+                layout::search_exact(&term),
+                &[],
+                Some(&["Id", "Term", "IsUpn"]),
+            )
+            .try_collect()
+            .await?;
+        let mut users = Vec::new();
+        for row in rows.iter().flatten() {
+            if row.get_str("Term") != Some(term.as_str()) || row.get_bool("IsUpn") != Some(true) {
+                continue;
+            }
+            if let Some(id) = opt_uuid(row, "Id")?
+                && let Some(found) = self.read_user(tenant, id).await?
+            {
+                users.push(found);
+            }
+        }
+        Ok(users)
+    }
+
+    async fn try_apply_users(
+        &self,
+        tenant: &str,
+        writer: Writer,
+        changes: &[UserChange],
+        mode: ApplyMode,
+        applied: &mut Applied,
+    ) -> Result<(), Failure> {
+        let (totals, mut counter) = self.read_counters(tenant, writer).await?;
+        // a SCIM user may be the same person: only reading can tell
+        let lookups = totals.scim_users > 0 || writer == Writer::Scim;
+        let mode = if lookups { ApplyMode::Read } else { mode };
+        let mut existing = match mode {
+            ApplyMode::Read => self.resolve_users(tenant, changes, lookups).await?,
+            ApplyMode::Optimistic => HashMap::new(),
+        };
+        let now = OffsetDateTime::now_utc();
+        // fold every change of one user, in order
+        let mut order: Vec<UserKey> = Vec::new();
+        let mut state: HashMap<UserKey, Option<User>> = HashMap::new();
+        for change in changes {
+            let key = key_of(change);
+            let current = match state.remove(&key) {
+                Some(s) => s,
+                None => {
+                    order.push(key);
+                    existing.get(&key).cloned().flatten().map(|(u, _)| u)
+                }
+            };
+            state.insert(key, next_state(current, change, now));
+        }
+        let mut groups = Vec::new();
+        for key in order {
+            let before = existing.remove(&key).flatten();
+            let after = state.remove(&key).flatten();
+            groups.extend(self.user_ops(tenant, before, after).await?);
+        }
+        self.commit(tenant, groups, &mut counter, applied).await
+    }
+
+    /// The writes that take a user from `before` to `after`.
+    async fn user_ops(
+        &self,
+        tenant: &str,
+        before: Option<(User, ETag)>,
+        after: Option<User>,
+    ) -> Result<Vec<OpGroup>, DirectoryError> {
+        let mut out = Vec::new();
+        let mut group = OpGroup::default();
+        let old_rows = before
+            .as_ref()
+            .map(|(u, _)| index_rows(tenant, u))
+            .unwrap_or_default();
+        let new_rows = after
+            .as_ref()
+            .map(|u| index_rows(tenant, u))
+            .unwrap_or_default();
+        match (&before, &after) {
+            (None, None) => return Ok(out),
+            (None, Some(u)) => {
+                group.ops.push(Operation::Insert(user_entity(tenant, u)));
+                group.delta = user_counts(u);
+                group.applied.created = 1;
+            }
+            (Some((old, etag)), Some(u)) => {
+                if same_user(old, u) {
+                    group.applied.unchanged = 1;
+                    out.push(group);
+                    return Ok(out);
+                }
+                group.ops.push(Operation::Replace(
+                    user_entity(tenant, u),
+                    IfMatch::ETag(etag.clone()),
+                ));
+                group.delta = difference(&user_counts(u), &user_counts(old));
+                group.applied.updated = 1;
+            }
+            (Some((old, etag)), None) => {
+                // its memberships go first, in transactions of their own; the record last,
+                // so a replay after a crash finds it and finishes the job
+                out.extend(self.membership_removals(tenant, old.id).await?);
+                group.ops.push(delete(
+                    tenant,
+                    layout::user(old.id),
+                    IfMatch::ETag(etag.clone()),
+                ));
+                group.delta = difference(&Counters::default(), &user_counts(old));
+                group.applied.deleted = 1;
+            }
+        }
+        let new_keys: Vec<&str> = new_rows.iter().map(|r| r.row_key.as_str()).collect();
+        for old in &old_rows {
+            if !new_keys.contains(&old.row_key.as_str()) {
+                group
+                    .ops
+                    .push(delete(tenant, old.row_key.clone(), IfMatch::Any));
+            }
+        }
+        for row in new_rows {
+            let unchanged = old_rows
+                .iter()
+                .any(|o| o.row_key == row.row_key && o.properties == row.properties);
+            if !unchanged {
+                group.ops.push(Operation::UpsertReplace(row));
+            }
+        }
+        out.push(group);
+        Ok(out)
+    }
+
+    /// Deletes of every membership of a user, both sides, in pairs.
+    async fn membership_removals(
+        &self,
+        tenant: &str,
+        user: Uuid,
+    ) -> Result<Vec<OpGroup>, DirectoryError> {
+        let rows: Vec<Vec<Entity>> = self
+            .range(tenant, layout::groups_of(user), &[], Some(&["Group"]))
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for row in rows.iter().flatten() {
+            let group = opt_uuid(row, "Group")?.ok_or_else(|| corrupt(&row.row_key, "Group"))?;
+            out.push(OpGroup {
+                ops: vec![
+                    delete(tenant, layout::group_member(group, user), IfMatch::Any),
+                    delete(tenant, row.row_key.clone(), IfMatch::Any),
+                ],
+                delta: Counters {
+                    memberships: -1,
+                    ..Counters::default()
+                },
+                applied: Applied {
+                    members_removed: 1,
+                    ..Applied::default()
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// The local id of the user an Entra object id names (itself when not known).
+    async fn local_id(
+        &self,
+        tenant: &str,
+        entra_id: Uuid,
+        lookups: bool,
+    ) -> Result<Uuid, DirectoryError> {
+        if !lookups || self.get(tenant, &layout::user(entra_id)).await?.is_some() {
+            return Ok(entra_id);
+        }
+        match self.get(tenant, &layout::entra_index(entra_id)).await? {
+            Some(row) => Ok(opt_uuid(&row, "Id")?.unwrap_or(entra_id)),
+            None => Ok(entra_id),
+        }
+    }
+
+    async fn try_apply_groups(
+        &self,
+        tenant: &str,
+        writer: Writer,
+        changes: &[GroupChange],
+        mode: ApplyMode,
+        applied: &mut Applied,
+    ) -> Result<(), Failure> {
+        let (totals, mut counter) = self.read_counters(tenant, writer).await?;
+        let lookups = totals.scim_users > 0;
+        let now = OffsetDateTime::now_utc();
+        // fold the slices of each group, in order
+        let mut order: Vec<Uuid> = Vec::new();
+        let mut folded: HashMap<Uuid, FoldedGroup> = HashMap::new();
+        for change in changes {
+            match change {
+                GroupChange::Graph {
+                    entra_id,
+                    name,
+                    members,
+                    round,
+                } => {
+                    let entry = folded.entry(*entra_id).or_insert_with(|| {
+                        order.push(*entra_id);
+                        (None, Vec::new(), *round, false)
+                    });
+                    if *name != Field::Keep {
+                        entry.0 = Some(name.clone());
+                    }
+                    entry.1.extend(members.iter().copied());
+                    entry.2 = *round;
+                    entry.3 = false;
+                }
+                GroupChange::GraphDeleted { entra_id } => {
+                    let entry = folded.entry(*entra_id).or_insert_with(|| {
+                        order.push(*entra_id);
+                        (None, Vec::new(), 0, true)
+                    });
+                    entry.1.clear();
+                    entry.3 = true;
+                }
+            }
+        }
+        let existing: HashMap<Uuid, Option<(Group, ETag)>> = match mode {
+            ApplyMode::Optimistic => HashMap::new(),
+            ApplyMode::Read => {
+                stream::iter(order.clone())
+                    .map(|id| async move {
+                        let found = match self.get(tenant, &layout::group(id)).await? {
+                            Some(e) => {
+                                let etag = e
+                                    .etag
+                                    .clone()
+                                    .ok_or_else(|| corrupt(&e.row_key, "no ETag"))?;
+                                Some((group_from(&e)?, etag))
+                            }
+                            None => None,
+                        };
+                        Ok::<_, DirectoryError>((id, found))
+                    })
+                    .buffer_unordered(READ_CONCURRENCY)
+                    .try_collect()
+                    .await?
+            }
+        };
+        let mut groups = Vec::new();
+        for id in order {
+            let (name, members, round, deleted) = folded.remove(&id).expect("folded");
+            let before = existing.get(&id).cloned().flatten();
+            if deleted {
+                if let Some((old, etag)) = before {
+                    groups.extend(self.group_removal(tenant, &old, etag).await?);
+                }
+                continue;
+            }
+            let mut record = OpGroup::default();
+            let mut after = before.as_ref().map(|(g, _)| g.clone()).unwrap_or(Group {
+                id,
+                entra_id: Some(id),
+                name: None,
+                sources: Sources::default(),
+                seen_round: 0,
+                updated_at: now,
+            });
+            if let Some(name) = name {
+                after.name = name.apply(after.name.take());
+            }
+            after.sources.graph = true;
+            after.seen_round = round;
+            match &before {
+                None => {
+                    record
+                        .ops
+                        .push(Operation::Insert(group_entity(tenant, &after)));
+                    record.delta.groups = 1;
+                    record.applied.created = 1;
+                }
+                Some((old, etag)) => {
+                    let mut compare = after.clone();
+                    compare.updated_at = old.updated_at;
+                    if compare == *old {
+                        record.applied.unchanged = 1;
+                    } else {
+                        after.updated_at = now;
+                        record.ops.push(Operation::Replace(
+                            group_entity(tenant, &after),
+                            IfMatch::ETag(etag.clone()),
+                        ));
+                        record.applied.updated = 1;
+                    }
+                }
+            }
+            groups.push(record);
+            // members of a group that did not exist cannot exist: its record commits
+            // before any of them, and a removal deletes them before the record
+            let group_existed = before.is_some();
+            groups.extend(
+                self.member_ops(tenant, id, &members, round, group_existed, lookups)
+                    .await?,
+            );
+        }
+        self.commit(tenant, groups, &mut counter, applied).await
+    }
+
+    async fn member_ops(
+        &self,
+        tenant: &str,
+        group: Uuid,
+        members: &[MemberChange],
+        round: i64,
+        group_existed: bool,
+        lookups: bool,
+    ) -> Result<Vec<OpGroup>, DirectoryError> {
+        // the last change of each member wins
+        let mut order: Vec<Uuid> = Vec::new();
+        let mut last: HashMap<Uuid, bool> = HashMap::new();
+        for m in members {
+            if last.insert(m.entra_id, m.removed).is_none() {
+                order.push(m.entra_id);
+            }
+        }
+        let resolved: Vec<(Uuid, Uuid, Option<Entity>)> = stream::iter(order)
+            .map(|entra_id| async move {
+                let user = self.local_id(tenant, entra_id, lookups).await?;
+                let row = if group_existed {
+                    self.get(tenant, &layout::group_member(group, user)).await?
+                } else {
+                    None
+                };
+                Ok::<_, DirectoryError>((entra_id, user, row))
+            })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for (entra_id, user, row) in resolved {
+            let removed = last[&entra_id];
+            let mut g = OpGroup::default();
+            match (row, removed) {
+                (None, false) => {
+                    let member = Entity::new(tenant, layout::group_member(group, user))
+                        .with("User", user.to_string())
+                        .with("EntraId", entra_id.to_string())
+                        .with("FromGraph", true)
+                        .with("SeenRound", round);
+                    let side = Entity::new(tenant, layout::user_group(user, group))
+                        .with("Group", group.to_string());
+                    g.ops = vec![Operation::Insert(member), Operation::Insert(side)];
+                    g.delta.memberships = 1;
+                    g.applied.members_added = 1;
+                }
+                (Some(row), false) => {
+                    if row.get_i64("SeenRound") != Some(round) {
+                        let seen =
+                            Entity::new(tenant, row.row_key.clone()).with("SeenRound", round);
+                        g.ops = vec![Operation::Merge(seen, IfMatch::Any)];
+                    }
+                }
+                (Some(_), true) => {
+                    g.ops = vec![
+                        delete(tenant, layout::group_member(group, user), IfMatch::Any),
+                        delete(tenant, layout::user_group(user, group), IfMatch::Any),
+                    ];
+                    g.delta.memberships = -1;
+                    g.applied.members_removed = 1;
+                }
+                (None, true) => continue,
+            }
+            out.push(g);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a group's memberships, then its record.
+    async fn group_removal(
+        &self,
+        tenant: &str,
+        group: &Group,
+        etag: ETag,
+    ) -> Result<Vec<OpGroup>, DirectoryError> {
+        let rows: Vec<Vec<Entity>> = self
+            .range(tenant, layout::members_of(group.id), &[], Some(&["User"]))
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for row in rows.iter().flatten() {
+            let user = opt_uuid(row, "User")?.ok_or_else(|| corrupt(&row.row_key, "User"))?;
+            out.push(OpGroup {
+                ops: vec![
+                    delete(tenant, row.row_key.clone(), IfMatch::Any),
+                    delete(tenant, layout::user_group(user, group.id), IfMatch::Any),
+                ],
+                delta: Counters {
+                    memberships: -1,
+                    ..Counters::default()
+                },
+                applied: Applied {
+                    members_removed: 1,
+                    ..Applied::default()
+                },
+            });
+        }
+        out.push(OpGroup {
+            ops: vec![delete(tenant, layout::group(group.id), IfMatch::ETag(etag))],
+            delta: Counters {
+                groups: -1,
+                ..Counters::default()
+            },
+            applied: Applied {
+                deleted: 1,
+                ..Applied::default()
+            },
+        });
+        Ok(out)
+    }
+
+    async fn list_all(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        per_page: usize,
+    ) -> Result<Page<User>, DirectoryError> {
+        let mut conditions = Vec::new();
+        if let Some(active) = filter.active {
+            conditions.push(format!("Active eq {active}"));
+        }
+        if let Some(since) = filter.synced_since {
+            conditions.push(format!(
+                "EntraLastSync ge {}",
+                tables::Value::DateTime(since).filter_literal()
+            ));
+        }
+        let range = layout::prefix_range(layout::USER);
+        if let Some(cursor) = &filter.cursor {
+            let after = search::decode_cursor(cursor, layout::USER)
+                .ok_or_else(|| DirectoryError::Invalid("the cursor is not one of ours".into()))?;
+            conditions.push(format!(
+                "RowKey gt {}",
+                tables::Value::from(after.as_str()).filter_literal()
+            ));
+        }
+        let query = Query {
+            filter: Some(layout::range_filter(tenant, range, &conditions)),
+            select: None,
+            page_size: Some((per_page + 1) as u32),
+            limit: Some(per_page + 1),
+        };
+        let rows = self.table.query_all(query).await?;
+        let more = rows.len() > per_page;
+        let items = rows
+            .iter()
+            .take(per_page)
+            .map(user_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if more {
+            items
+                .last()
+                .map(|u| search::encode_cursor(&layout::user(u.id)))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn list_search(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        query_text: &str,
+        per_page: usize,
+    ) -> Result<Page<User>, DirectoryError> {
+        let query_term = layout::term(query_text);
+        let (from, to) = layout::search_prefix(&query_term);
+        // rows strictly after the last one a previous page used
+        let mut after: Option<String> = match &filter.cursor {
+            Some(cursor) => Some(search::decode_cursor(cursor, &from).ok_or_else(|| {
+                DirectoryError::Invalid("the cursor is not one of this search".into())
+            })?),
+            None => None,
+        };
+        let mut items: Vec<User> = Vec::new();
+        let mut last_key: Option<String> = None;
+        let mut more = false;
+        let batch = ((per_page + 1) * 2).min(1000);
+        'pages: loop {
+            let extra: Vec<String> = after
+                .iter()
+                .map(|k| {
+                    format!(
+                        "RowKey gt {}",
+                        tables::Value::from(k.as_str()).filter_literal()
+                    )
+                })
+                .collect();
+            let query = Query {
+                filter: Some(layout::range_filter(
+                    tenant,
+                    (from.clone(), to.clone()),
+                    &extra,
+                )),
+                select: Some(vec!["Id".into(), "Term".into(), "Terms".into()]),
+                page_size: Some(batch as u32),
+                limit: Some(batch),
+            };
+            let rows = self.table.query_all(query).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let full = rows.len() >= batch;
+            let candidates: Vec<(String, Uuid)> = rows
+                .iter()
+                .filter_map(|row| {
+                    let term = row.get_str("Term")?;
+                    let terms: Vec<String> = row
+                        .get_str("Terms")?
+                        .split('\n')
+                        .map(str::to_string)
+                        .collect();
+                    let id = Uuid::try_parse(row.get_str("Id")?).ok()?;
+                    search::shown_under(term, &terms, &query_term)
+                        .then(|| (row.row_key.clone(), id))
+                })
+                .collect();
+            let users: Vec<(String, Option<User>)> = stream::iter(candidates)
+                .map(|(key, id)| async move {
+                    Ok::<_, DirectoryError>((
+                        key,
+                        self.read_user(tenant, id).await?.map(|(u, _)| u),
+                    ))
+                })
+                .buffered(READ_CONCURRENCY)
+                .try_collect()
+                .await?;
+            for (key, user) in users {
+                let Some(user) = user else { continue };
+                let wanted = filter.active.is_none_or(|a| user.is_active() == a)
+                    && filter
+                        .synced_since
+                        .is_none_or(|s| user.entra_last_sync.is_some_and(|t| t >= s));
+                if !wanted {
+                    last_key = Some(key);
+                    continue;
+                }
+                if items.len() == per_page {
+                    more = true;
+                    break 'pages;
+                }
+                items.push(user);
+                last_key = Some(key);
+            }
+            if !full {
+                break;
+            }
+            after = rows.last().map(|r| r.row_key.clone());
+        }
+        let next_cursor = if more {
+            last_key.map(|k| search::encode_cursor(&k))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
+
+#[async_trait]
+impl Directory for TableDirectory {
+    async fn apply_users(
+        &self,
+        tenant: Uuid,
+        writer: Writer,
+        changes: Vec<UserChange>,
+        mode: ApplyMode,
+    ) -> Result<Applied, DirectoryError> {
+        let tenant = tenant.to_string();
+        let mut applied = Applied::default();
+        let mut mode = mode;
+        for _ in 0..ATTEMPTS {
+            match self
+                .try_apply_users(&tenant, writer, &changes, mode, &mut applied)
+                .await
+            {
+                Ok(()) => return Ok(applied),
+                Err(Failure::Conflict) => mode = ApplyMode::Read,
+                Err(Failure::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(DirectoryError::Contended)
+    }
+
+    async fn apply_groups(
+        &self,
+        tenant: Uuid,
+        writer: Writer,
+        changes: Vec<GroupChange>,
+        mode: ApplyMode,
+    ) -> Result<Applied, DirectoryError> {
+        let tenant = tenant.to_string();
+        let mut applied = Applied::default();
+        let mut mode = mode;
+        for _ in 0..ATTEMPTS {
+            match self
+                .try_apply_groups(&tenant, writer, &changes, mode, &mut applied)
+                .await
+            {
+                Ok(()) => return Ok(applied),
+                Err(Failure::Conflict) => mode = ApplyMode::Read,
+                Err(Failure::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(DirectoryError::Contended)
+    }
+
+    async fn sweep(&self, tenant: Uuid, round: i64) -> Result<Applied, DirectoryError> {
+        let pk = tenant.to_string();
+        let unseen = vec![
+            "FromGraph eq true".to_string(),
+            format!(
+                "SeenRound lt {}",
+                tables::Value::Int64(round).filter_literal()
+            ),
+        ];
+        let mut applied = Applied::default();
+        // groups first (their members go with them), then memberships of groups still there
+        let mut pages = std::pin::pin!(self.range(
+            &pk,
+            layout::prefix_range(layout::GROUP),
+            &unseen,
+            Some(&["EntraId"])
+        ));
+        while let Some(rows) = pages.try_next().await? {
+            let changes = rows
+                .iter()
+                .filter_map(|r| opt_uuid(r, "EntraId").ok().flatten())
+                .map(|entra_id| GroupChange::GraphDeleted { entra_id })
+                .collect();
+            applied.add(
+                &self
+                    .apply_groups(tenant, Writer::Graph, changes, ApplyMode::Read)
+                    .await?,
+            );
+        }
+        let mut pages = std::pin::pin!(self.range(
+            &pk,
+            layout::prefix_range("gm-"),
+            &unseen,
+            Some(&["EntraId"])
+        ));
+        while let Some(rows) = pages.try_next().await? {
+            let mut changes = Vec::new();
+            for row in &rows {
+                let group = row
+                    .row_key
+                    .strip_prefix("gm-")
+                    .and_then(|k| k.split('.').next())
+                    .and_then(|g| Uuid::try_parse(g).ok())
+                    .ok_or_else(|| corrupt(&row.row_key, "not a membership row"))?;
+                let entra_id =
+                    opt_uuid(row, "EntraId")?.ok_or_else(|| corrupt(&row.row_key, "EntraId"))?;
+                changes.push(GroupChange::Graph {
+                    entra_id: group,
+                    name: Field::Keep,
+                    members: vec![MemberChange {
+                        entra_id,
+                        removed: true,
+                    }],
+                    round,
+                });
+            }
+            applied.add(
+                &self
+                    .apply_groups(tenant, Writer::Graph, changes, ApplyMode::Read)
+                    .await?,
+            );
+        }
+        let mut pages = std::pin::pin!(self.range(
+            &pk,
+            layout::prefix_range(layout::USER),
+            &unseen,
+            Some(&["EntraId"])
+        ));
+        while let Some(rows) = pages.try_next().await? {
+            let changes = rows
+                .iter()
+                .filter_map(|r| opt_uuid(r, "EntraId").ok().flatten())
+                .map(|entra_id| UserChange::GraphSoftDeleted { entra_id, round })
+                .collect();
+            applied.add(
+                &self
+                    .apply_users(tenant, Writer::Graph, changes, ApplyMode::Read)
+                    .await?,
+            );
+        }
+        Ok(applied)
+    }
+
+    async fn user(&self, tenant: Uuid, id: Uuid) -> Result<Option<User>, DirectoryError> {
+        Ok(self
+            .read_user(&tenant.to_string(), id)
+            .await?
+            .map(|(u, _)| u))
+    }
+
+    async fn user_by_entra_id(
+        &self,
+        tenant: Uuid,
+        entra_id: Uuid,
+    ) -> Result<Option<User>, DirectoryError> {
+        let pk = tenant.to_string();
+        if let Some((u, _)) = self.read_user(&pk, entra_id).await?
+            && u.entra_id == Some(entra_id)
+        {
+            return Ok(Some(u));
+        }
+        let Some(row) = self.get(&pk, &layout::entra_index(entra_id)).await? else {
+            return Ok(None);
+        };
+        let Some(id) = opt_uuid(&row, "Id")? else {
+            return Ok(None);
+        };
+        Ok(self.read_user(&pk, id).await?.map(|(u, _)| u))
+    }
+
+    async fn user_by_upn(&self, tenant: Uuid, upn: &str) -> Result<Option<User>, DirectoryError> {
+        let mut found = self.by_upn(&tenant.to_string(), upn).await?;
+        // a UPN reused after a deletion: the active holder first
+        found.sort_by_key(|(u, _)| !u.is_active());
+        Ok(found.into_iter().next().map(|(u, _)| u))
+    }
+
+    async fn groups_of(&self, tenant: Uuid, user: Uuid) -> Result<Vec<Group>, DirectoryError> {
+        let pk = tenant.to_string();
+        let rows: Vec<Vec<Entity>> = self
+            .range(&pk, layout::groups_of(user), &[], Some(&["Group"]))
+            .try_collect()
+            .await?;
+        let ids: Vec<Uuid> = rows
+            .iter()
+            .flatten()
+            .filter_map(|r| opt_uuid(r, "Group").ok().flatten())
+            .collect();
+        let pk = &pk;
+        let groups: Vec<Option<Group>> = stream::iter(ids)
+            .map(|id| async move {
+                match self.get(pk, &layout::group(id)).await? {
+                    Some(e) => Ok::<_, DirectoryError>(Some(group_from(&e)?)),
+                    None => Ok(None),
+                }
+            })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(groups.into_iter().flatten().collect())
+    }
+
+    async fn list_users(
+        &self,
+        tenant: Uuid,
+        filter: &ListFilter,
+    ) -> Result<Page<User>, DirectoryError> {
+        let per_page = filter.per_page.clamp(1, 100);
+        let pk = tenant.to_string();
+        match filter
+            .search
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(q) => self.list_search(&pk, filter, q, per_page).await,
+            None => self.list_all(&pk, filter, per_page).await,
+        }
+    }
+
+    async fn counters(&self, tenant: Uuid) -> Result<Counters, DirectoryError> {
+        Ok(self
+            .read_counters(&tenant.to_string(), Writer::Graph)
+            .await?
+            .0)
+    }
+}

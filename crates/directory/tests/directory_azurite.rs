@@ -1,0 +1,513 @@
+//! The directory against a real Azurite: idempotent pages, counters kept at write time,
+//! soft and hard deletes, restores, memberships, mark and sweep, search and paging, and
+//! one record for a user that arrives over SCIM and from Graph.
+
+use directory::{
+    ApplyMode, Directory, Field, GroupChange, ListFilter, MemberChange, TableDirectory, UserChange,
+    UserFields, Writer,
+};
+use system_tests::{Azurite, unique_table};
+use uuid::Uuid;
+
+async fn directory() -> TableDirectory {
+    let table = Azurite::shared().client().table(unique_table("dir"));
+    table.create_if_not_exists().await.unwrap();
+    TableDirectory::new(table)
+}
+
+fn graph_user(id: Uuid, upn: &str, name: &str, enabled: bool, round: i64) -> UserChange {
+    UserChange::Graph {
+        entra_id: id,
+        fields: UserFields {
+            upn: Field::Set(upn.into()),
+            name: Field::Set(name.into()),
+            email: Field::Set(upn.into()),
+            given_name: Field::Set(name.split(' ').next().unwrap().into()),
+            enabled: Some(enabled),
+            ..UserFields::default()
+        },
+        round,
+    }
+}
+
+fn search(q: &str, per_page: usize, cursor: Option<String>) -> ListFilter {
+    ListFilter {
+        search: Some(q.into()),
+        per_page,
+        cursor,
+        ..ListFilter::default()
+    }
+}
+
+#[tokio::test]
+async fn a_page_applied_twice_counts_once() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let users: Vec<(Uuid, String)> = (0..150)
+        .map(|i| (Uuid::new_v4(), format!("user{i:03}@contoso.com")))
+        .collect();
+    let page: Vec<UserChange> = users
+        .iter()
+        .enumerate()
+        .map(|(i, (id, upn))| graph_user(*id, upn, &format!("User {i:03}"), i % 10 != 0, 1))
+        .collect();
+    let first = dir
+        .apply_users(tenant, Writer::Graph, page.clone(), ApplyMode::Optimistic)
+        .await
+        .unwrap();
+    assert_eq!(first.created, 150);
+    // the same page again, as after a crash before the checkpoint: optimistic inserts
+    // conflict, the page is read and nothing changes
+    let again = dir
+        .apply_users(tenant, Writer::Graph, page, ApplyMode::Optimistic)
+        .await
+        .unwrap();
+    assert_eq!((again.created, again.unchanged), (0, 150));
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!(
+        (c.users, c.active_users, c.inactive_users()),
+        (150, 135, 15)
+    );
+    let u = dir.user(tenant, users[3].0).await.unwrap().unwrap();
+    assert_eq!(u.entra_id, Some(users[3].0));
+    assert_eq!(u.upn, "user003@contoso.com");
+    assert!(u.sources.graph && !u.sources.scim);
+    assert!(u.entra_last_sync.is_some());
+}
+
+#[tokio::test]
+async fn partial_updates_keep_what_graph_did_not_send() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let id = Uuid::new_v4();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(id, "ann@contoso.com", "Ann Lee", true, 1)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let change = UserChange::Graph {
+        entra_id: id,
+        fields: UserFields {
+            job_title: Field::Set("Engineer".into()),
+            given_name: Field::Clear,
+            ..UserFields::default()
+        },
+        round: 2,
+    };
+    let a = dir
+        .apply_users(tenant, Writer::Graph, vec![change], ApplyMode::Read)
+        .await
+        .unwrap();
+    assert_eq!(a.updated, 1);
+    let u = dir.user(tenant, id).await.unwrap().unwrap();
+    assert_eq!(u.name.as_deref(), Some("Ann Lee"));
+    assert_eq!(u.job_title.as_deref(), Some("Engineer"));
+    assert_eq!(u.given_name, None);
+}
+
+#[tokio::test]
+async fn soft_delete_restore_and_hard_delete() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let id = Uuid::new_v4();
+    let group = Uuid::new_v4();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(id, "bob@contoso.com", "Bob", true, 1)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    dir.apply_groups(
+        tenant,
+        Writer::Graph,
+        vec![GroupChange::Graph {
+            entra_id: group,
+            name: Field::Set("Sales".into()),
+            members: vec![MemberChange {
+                entra_id: id,
+                removed: false,
+            }],
+            round: 1,
+        }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![UserChange::GraphSoftDeleted {
+            entra_id: id,
+            round: 2,
+        }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let u = dir.user(tenant, id).await.unwrap().unwrap();
+    assert!(u.deleted_in_entra_at.is_some() && !u.is_active());
+    assert_eq!(dir.counters(tenant).await.unwrap().active_users, 0);
+    // restored from the recycle bin: delta returns it again, without @removed
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(id, "bob@contoso.com", "Bob", true, 3)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let u = dir.user(tenant, id).await.unwrap().unwrap();
+    assert!(u.deleted_in_entra_at.is_none() && u.is_active());
+    assert_eq!(
+        dir.groups_of(tenant, id).await.unwrap()[0].name.as_deref(),
+        Some("Sales")
+    );
+    let a = dir
+        .apply_users(
+            tenant,
+            Writer::Graph,
+            vec![UserChange::GraphDeleted { entra_id: id }],
+            ApplyMode::Read,
+        )
+        .await
+        .unwrap();
+    assert_eq!((a.deleted, a.members_removed), (1, 1));
+    assert!(dir.user(tenant, id).await.unwrap().is_none());
+    assert!(
+        dir.user_by_upn(tenant, "BOB@contoso.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!((c.users, c.groups, c.memberships), (0, 1, 0));
+}
+
+#[tokio::test]
+async fn a_group_spanning_pages_and_member_removal() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let group = Uuid::new_v4();
+    let members: Vec<Uuid> = (0..260).map(|_| Uuid::new_v4()).collect();
+    for (i, slice) in members.chunks(100).enumerate() {
+        let change = GroupChange::Graph {
+            entra_id: group,
+            name: if i == 0 {
+                Field::Set("Everyone".into())
+            } else {
+                Field::Keep
+            },
+            members: slice
+                .iter()
+                .map(|m| MemberChange {
+                    entra_id: *m,
+                    removed: false,
+                })
+                .collect(),
+            round: 1,
+        };
+        dir.apply_groups(tenant, Writer::Graph, vec![change], ApplyMode::Read)
+            .await
+            .unwrap();
+    }
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!((c.groups, c.memberships), (1, 260));
+    let removed = GroupChange::Graph {
+        entra_id: group,
+        name: Field::Keep,
+        members: vec![
+            MemberChange {
+                entra_id: members[5],
+                removed: true,
+            },
+            // removing a member twice, or one never added, changes nothing more
+            MemberChange {
+                entra_id: members[5],
+                removed: true,
+            },
+            MemberChange {
+                entra_id: Uuid::new_v4(),
+                removed: true,
+            },
+        ],
+        round: 2,
+    };
+    let a = dir
+        .apply_groups(tenant, Writer::Graph, vec![removed], ApplyMode::Read)
+        .await
+        .unwrap();
+    assert_eq!(a.members_removed, 1);
+    assert_eq!(dir.counters(tenant).await.unwrap().memberships, 259);
+    assert!(dir.groups_of(tenant, members[5]).await.unwrap().is_empty());
+    let a = dir
+        .apply_groups(
+            tenant,
+            Writer::Graph,
+            vec![GroupChange::GraphDeleted { entra_id: group }],
+            ApplyMode::Read,
+        )
+        .await
+        .unwrap();
+    assert_eq!((a.deleted, a.members_removed), (1, 259));
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!((c.groups, c.memberships), (0, 0));
+}
+
+#[tokio::test]
+async fn sweep_after_a_full_round_marks_only_what_it_did_not_see() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let (kept, gone) = (Uuid::new_v4(), Uuid::new_v4());
+    let (g_kept, g_gone) = (Uuid::new_v4(), Uuid::new_v4());
+    let users = vec![
+        graph_user(kept, "kept@contoso.com", "Kept", true, 1),
+        graph_user(gone, "gone@contoso.com", "Gone", true, 1),
+    ];
+    dir.apply_users(tenant, Writer::Graph, users, ApplyMode::Read)
+        .await
+        .unwrap();
+    let member = |id| MemberChange {
+        entra_id: id,
+        removed: false,
+    };
+    let groups = vec![
+        GroupChange::Graph {
+            entra_id: g_kept,
+            name: Field::Set("Kept".into()),
+            members: vec![member(kept), member(gone)],
+            round: 1,
+        },
+        GroupChange::Graph {
+            entra_id: g_gone,
+            name: Field::Set("Gone".into()),
+            members: vec![member(kept)],
+            round: 1,
+        },
+    ];
+    dir.apply_groups(tenant, Writer::Graph, groups, ApplyMode::Read)
+        .await
+        .unwrap();
+    // a full round 2 (after 410 Gone) sees only `kept`, in `g_kept` alone
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(kept, "kept@contoso.com", "Kept", true, 2)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    dir.apply_groups(
+        tenant,
+        Writer::Graph,
+        vec![GroupChange::Graph {
+            entra_id: g_kept,
+            name: Field::Keep,
+            members: vec![member(kept)],
+            round: 2,
+        }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    // nothing flapped while the round ran
+    assert!(dir.user(tenant, gone).await.unwrap().unwrap().is_active());
+    dir.sweep(tenant, 2).await.unwrap();
+    let g = dir.user(tenant, gone).await.unwrap().unwrap();
+    assert!(!g.is_active() && g.deleted_in_entra_at.is_some());
+    assert!(dir.user(tenant, kept).await.unwrap().unwrap().is_active());
+    let kept_groups: Vec<Uuid> = dir
+        .groups_of(tenant, kept)
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.id)
+        .collect();
+    assert_eq!(kept_groups, vec![g_kept]);
+    assert!(dir.groups_of(tenant, gone).await.unwrap().is_empty());
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!(
+        (c.users, c.active_users, c.groups, c.memberships),
+        (2, 1, 1, 1)
+    );
+    // a second sweep finds nothing left to do
+    assert_eq!(dir.sweep(tenant, 2).await.unwrap().changes(), 0);
+}
+
+#[tokio::test]
+async fn search_by_prefix_of_name_email_or_upn_pages_without_repeats() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let mut page = Vec::new();
+    for i in 0..40 {
+        page.push(graph_user(
+            Uuid::new_v4(),
+            &format!("alex.{i:02}@contoso.com"),
+            &format!("Alex Number{i:02}"),
+            true,
+            1,
+        ));
+    }
+    page.push(graph_user(
+        Uuid::new_v4(),
+        "zoe@contoso.com",
+        "Alexandra Zoe",
+        true,
+        1,
+    ));
+    page.push(graph_user(
+        Uuid::new_v4(),
+        "sam#EXT#@fabrikam.com",
+        "Sam",
+        false,
+        1,
+    ));
+    dir.apply_users(tenant, Writer::Graph, page, ApplyMode::Optimistic)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = dir
+            .list_users(tenant, &search("ALEX", 15, cursor))
+            .await
+            .unwrap();
+        assert!(p.items.len() <= 15);
+        seen.extend(p.items.iter().map(|u| u.id));
+        cursor = p.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    // every "alex." user once (matching on UPN, e-mail and name), and Alexandra by name
+    let distinct: std::collections::HashSet<_> = seen.iter().collect();
+    assert_eq!((seen.len(), distinct.len()), (41, 41));
+    let p = dir
+        .list_users(tenant, &search("sam#ext", 15, None))
+        .await
+        .unwrap();
+    assert_eq!(p.items.len(), 1);
+    let active = ListFilter {
+        search: Some("sam".into()),
+        active: Some(true),
+        per_page: 15,
+        ..ListFilter::default()
+    };
+    assert!(
+        dir.list_users(tenant, &active)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // without a search: every user, paged by id
+    let mut all = 0;
+    let mut cursor = None;
+    loop {
+        let p = dir
+            .list_users(
+                tenant,
+                &ListFilter {
+                    per_page: 10,
+                    cursor,
+                    ..ListFilter::default()
+                },
+            )
+            .await
+            .unwrap();
+        all += p.items.len();
+        cursor = p.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(all, 42);
+    let bad = ListFilter {
+        per_page: 10,
+        cursor: Some("bm90LW91cnM".into()),
+        ..ListFilter::default()
+    };
+    assert!(matches!(
+        dir.list_users(tenant, &bad).await,
+        Err(directory::DirectoryError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_scim_user_and_its_graph_user_are_one_record() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let scim_id = Uuid::new_v4();
+    let entra_id = Uuid::new_v4();
+    let scim = UserChange::Scim {
+        id: scim_id,
+        fields: UserFields {
+            upn: Field::Set("Dana@Contoso.com".into()),
+            name: Field::Set("Dana".into()),
+            enabled: Some(true),
+            ..UserFields::default()
+        },
+    };
+    dir.apply_users(tenant, Writer::Scim, vec![scim], ApplyMode::Read)
+        .await
+        .unwrap();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(
+            entra_id,
+            "dana@contoso.com",
+            "Dana Scully",
+            true,
+            1,
+        )],
+        ApplyMode::Optimistic,
+    )
+    .await
+    .unwrap();
+    let u = dir
+        .user_by_entra_id(tenant, entra_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.id, scim_id);
+    assert!(u.sources.scim && u.sources.graph);
+    assert_eq!(u.name.as_deref(), Some("Dana Scully"));
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!((c.users, c.scim_users), (1, 1));
+    // a membership named by the Entra id lands on the local record
+    let group = Uuid::new_v4();
+    dir.apply_groups(
+        tenant,
+        Writer::Graph,
+        vec![GroupChange::Graph {
+            entra_id: group,
+            name: Field::Set("Ops".into()),
+            members: vec![MemberChange {
+                entra_id,
+                removed: false,
+            }],
+            round: 1,
+        }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    assert_eq!(dir.groups_of(tenant, scim_id).await.unwrap().len(), 1);
+    // deprovisioned over SCIM: still in Entra, so the record stays
+    dir.apply_users(
+        tenant,
+        Writer::Scim,
+        vec![UserChange::ScimDeleted { id: scim_id }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let u = dir.user(tenant, scim_id).await.unwrap().unwrap();
+    assert!(!u.sources.scim && u.sources.graph);
+    assert_eq!(dir.counters(tenant).await.unwrap().scim_users, 0);
+}
