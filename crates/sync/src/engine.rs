@@ -1,0 +1,408 @@
+//! One sync round of one tenant, under its lease, checkpointed after every page.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use directory::{Applied, ApplyMode, Directory, Writer};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::schedule::Schedule;
+use crate::state::{LastRound, Lease, Phase, SyncStateStore};
+use crate::{DirectorySource, Next, SourceError, SyncError};
+
+/// How a round runs.
+#[derive(Debug, Clone)]
+pub struct RoundOptions {
+    /// This instance's name in the lease.
+    pub owner: String,
+    /// How long a lease lasts unless renewed (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// How long to wait for a lease another instance holds before giving the round up to
+    /// it (a dead holder's lease expires within `lease_ttl`).
+    pub lease_wait: Duration,
+    /// Start a round even when none is due (an admin asked for one).
+    pub force: bool,
+    /// Read everything and sweep what was not seen.
+    pub full: bool,
+    pub schedule: Schedule,
+    /// After a refusal (consent revoked), the next attempt waits this long.
+    pub refused_backoff: Duration,
+    /// When Graph throttles without a Retry-After.
+    pub throttled_backoff: Duration,
+}
+
+/// How a round ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Read to the deltaLinks and applied.
+    Completed,
+    /// Another instance holds the lease and is alive: the round is its.
+    Busy,
+    /// Nothing to do: the tenant's round for this slot already ran.
+    NotDue,
+    /// Graph throttled: the checkpoint is kept and the round resumes after `retry_at`.
+    Throttled { retry_at: OffsetDateTime },
+    /// The tenant refused access; skipped until it works again.
+    AccessRevoked { reason: String },
+    /// A transient failure: the checkpoint is kept; retry later (the queue does).
+    Failed { reason: String },
+}
+
+impl Outcome {
+    /// The stored name of a finished round's outcome.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Completed => "success",
+            Outcome::Busy => "busy",
+            Outcome::NotDue => "not_due",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::AccessRevoked { .. } => "access_revoked",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// What a round did.
+#[derive(Debug, Clone)]
+pub struct RoundReport {
+    pub outcome: Outcome,
+    pub round: i64,
+    pub full: bool,
+    /// Pages read by this run (a resumed round counts only its own).
+    pub pages: i64,
+    pub applied: Applied,
+    pub elapsed: Duration,
+}
+
+fn after(now: OffsetDateTime, d: Duration) -> OffsetDateTime {
+    now + time::Duration::try_from(d).unwrap_or(time::Duration::MINUTE)
+}
+
+/// Keeps a lease alive in the background while a round runs.
+struct Renewal {
+    lease: Arc<Mutex<Lease>>,
+    lost: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Renewal {
+    fn start(states: Arc<dyn SyncStateStore>, lease: Lease) -> Renewal {
+        let every = lease.ttl / 3;
+        let lease = Arc::new(Mutex::new(lease));
+        let lost = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (lease, lost) = (lease.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let mut held = lease.lock().await;
+                    match states.save(&mut held).await {
+                        Ok(()) => {}
+                        Err(SyncError::LeaseLost) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        // storage hiccup: the next renewal (or checkpoint) tries again
+                        Err(e) => tracing::warn!(error = %e, "sync lease renewal failed"),
+                    }
+                }
+            })
+        };
+        Renewal { lease, lost, task }
+    }
+
+    async fn stop(self) -> Result<Lease, SyncError> {
+        self.task.abort();
+        let _ = self.task.await;
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(SyncError::LeaseLost);
+        }
+        Arc::try_unwrap(self.lease)
+            .map(Mutex::into_inner)
+            .map_err(|_| SyncError::LeaseLost)
+    }
+}
+
+/// Runs (or resumes) the tenant's round. Storage failures are errors, so the caller fails
+/// its invocation and the queue retries from the checkpoint; Graph's answers are outcomes.
+pub async fn run_round(
+    tenant: Uuid,
+    source: &dyn DirectorySource,
+    directory: &dyn Directory,
+    states: Arc<dyn SyncStateStore>,
+    options: &RoundOptions,
+) -> Result<RoundReport, SyncError> {
+    let clock = Instant::now();
+    let Some(mut lease) = acquire(tenant, &*states, options).await? else {
+        return Ok(RoundReport {
+            outcome: Outcome::Busy,
+            round: 0,
+            full: false,
+            pages: 0,
+            applied: Applied::default(),
+            elapsed: clock.elapsed(),
+        });
+    };
+    let now = OffsetDateTime::now_utc();
+    if lease.state.phase == Phase::Idle {
+        let (_, requests) = states.get(tenant).await?;
+        let full_requested = requests
+            .full_requested_at
+            .is_some_and(|at| lease.state.last_full_started.is_none_or(|last| at > last));
+        if !options.force && !full_requested && !options.schedule.still_due(&lease.state, now) {
+            let round = lease.state.round;
+            states.release(lease).await?;
+            return Ok(RoundReport {
+                outcome: Outcome::NotDue,
+                round,
+                full: false,
+                pages: 0,
+                applied: Applied::default(),
+                elapsed: clock.elapsed(),
+            });
+        }
+        let s = &mut lease.state;
+        s.round += 1;
+        s.full =
+            options.full || full_requested || s.users_delta.is_none() || s.groups_delta.is_none();
+        s.optimistic = false;
+        if s.full {
+            let c = directory.counters(tenant).await?;
+            s.optimistic = c.users == 0 && c.groups == 0;
+            s.last_full_started = Some(now);
+        }
+        s.users_link = if s.full { None } else { s.users_delta.clone() };
+        s.groups_link = if s.full { None } else { s.groups_delta.clone() };
+        s.users_delta_next = None;
+        s.groups_delta_next = None;
+        s.phase = Phase::Users;
+        s.round_started = Some(now);
+        s.pages = 0;
+        s.changes = 0;
+        s.next_attempt_at = None;
+        states.save(&mut lease).await?;
+        tracing::info!(%tenant, round = lease.state.round, full = lease.state.full, "sync round started");
+    } else {
+        tracing::info!(%tenant, round = lease.state.round, phase = lease.state.phase.as_str(), "sync round resumed at its checkpoint");
+    }
+    let renewal = Renewal::start(states.clone(), lease);
+    let result = pages(tenant, source, directory, &*states, &renewal, options).await;
+    let mut lease = renewal.stop().await?;
+    let (outcome, pages, applied) = result?;
+    let now = OffsetDateTime::now_utc();
+    let s = &mut lease.state;
+    let finished = |s: &mut crate::state::SyncState, outcome: &Outcome| {
+        s.last = Some(LastRound {
+            round: s.round,
+            started: s.round_started.unwrap_or(now),
+            finished: now,
+            outcome: outcome.name().to_string(),
+            full: s.full,
+            pages: s.pages,
+            changes: s.changes,
+        });
+    };
+    match &outcome {
+        Outcome::Completed => {
+            s.users_delta = s.users_delta_next.take();
+            s.groups_delta = s.groups_delta_next.take();
+            s.users_link = None;
+            s.groups_link = None;
+            s.phase = Phase::Idle;
+            s.last_success_started = s.round_started;
+            s.error = None;
+            s.next_attempt_at = None;
+            finished(s, &outcome);
+            tracing::info!(%tenant, round = s.round, pages = s.pages, changes = s.changes, "sync round completed");
+        }
+        Outcome::Throttled { retry_at } => {
+            s.next_attempt_at = Some(*retry_at);
+            s.error = Some("Graph is throttling this tenant's requests".into());
+            tracing::warn!(%tenant, round = s.round, "sync round throttled; resumes after Retry-After");
+        }
+        Outcome::AccessRevoked { reason } => {
+            // abandoned: the next round starts again from the last complete deltaLinks
+            s.phase = Phase::Idle;
+            s.users_link = None;
+            s.groups_link = None;
+            s.error = Some(reason.clone());
+            s.next_attempt_at = Some(after(now, options.refused_backoff));
+            finished(s, &outcome);
+            tracing::warn!(%tenant, round = s.round, reason = %reason, "sync refused by the tenant; skipped until it works again");
+        }
+        Outcome::Failed { reason } => {
+            s.error = Some(reason.clone());
+            tracing::warn!(%tenant, round = s.round, reason = %reason, "sync round failed; resumes from its checkpoint");
+        }
+        Outcome::Busy | Outcome::NotDue => {}
+    }
+    let report = RoundReport {
+        outcome,
+        round: lease.state.round,
+        full: lease.state.full,
+        pages,
+        applied,
+        elapsed: clock.elapsed(),
+    };
+    states.release(lease).await?;
+    Ok(report)
+}
+
+/// Takes the lease, waiting a while for one another instance holds: if that instance
+/// died, its lease expires and this one resumes the round.
+async fn acquire(
+    tenant: Uuid,
+    states: &dyn SyncStateStore,
+    options: &RoundOptions,
+) -> Result<Option<Lease>, SyncError> {
+    let deadline = Instant::now() + options.lease_wait;
+    loop {
+        if let Some(lease) = states
+            .acquire(tenant, &options.owner, options.lease_ttl)
+            .await?
+        {
+            return Ok(Some(lease));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(500).min(options.lease_ttl / 4)).await;
+    }
+}
+
+/// Reads and applies pages until the round completes or Graph stops it.
+async fn pages(
+    tenant: Uuid,
+    source: &dyn DirectorySource,
+    directory: &dyn Directory,
+    states: &dyn SyncStateStore,
+    renewal: &Renewal,
+    options: &RoundOptions,
+) -> Result<(Outcome, i64, Applied), SyncError> {
+    let mut applied = Applied::default();
+    let mut pages = 0;
+    let mut resyncs = 0;
+    loop {
+        if renewal.lost.load(Ordering::SeqCst) {
+            return Err(SyncError::LeaseLost);
+        }
+        let (phase, round, link, mode) = {
+            let held = renewal.lease.lock().await;
+            let s = &held.state;
+            let mode = if s.optimistic {
+                ApplyMode::Optimistic
+            } else {
+                ApplyMode::Read
+            };
+            let link = match s.phase {
+                Phase::Users => s.users_link.clone(),
+                Phase::Groups => s.groups_link.clone(),
+                _ => None,
+            };
+            (s.phase, s.round, link, mode)
+        };
+        let step = match phase {
+            Phase::Users => match source.users(link.as_deref(), round).await {
+                Ok(page) => {
+                    let n = directory
+                        .apply_users(tenant, Writer::Graph, page.items, mode)
+                        .await?;
+                    Ok((n, page.next))
+                }
+                Err(e) => Err(e),
+            },
+            Phase::Groups => match source.groups(link.as_deref(), round).await {
+                Ok(page) => {
+                    let n = directory
+                        .apply_groups(tenant, Writer::Graph, page.items, mode)
+                        .await?;
+                    Ok((n, page.next))
+                }
+                Err(e) => Err(e),
+            },
+            Phase::Sweep => {
+                let n = directory.sweep(tenant, round).await?;
+                applied.add(&n);
+                let mut held = renewal.lease.lock().await;
+                held.state.changes += n.changes() as i64;
+                held.state.phase = Phase::Idle;
+                states.save(&mut held).await?;
+                return Ok((Outcome::Completed, pages, applied));
+            }
+            Phase::Idle => return Ok((Outcome::Completed, pages, applied)),
+        };
+        let now = OffsetDateTime::now_utc();
+        match step {
+            Ok((n, next)) => {
+                applied.add(&n);
+                pages += 1;
+                let mut held = renewal.lease.lock().await;
+                let s = &mut held.state;
+                s.pages += 1;
+                s.changes += n.changes() as i64;
+                match (phase, next) {
+                    (Phase::Users, Next::More(l)) => s.users_link = Some(l),
+                    (Phase::Users, Next::Done(d)) => {
+                        s.users_delta_next = Some(d);
+                        s.phase = Phase::Groups;
+                    }
+                    (Phase::Groups, Next::More(l)) => s.groups_link = Some(l),
+                    (Phase::Groups, Next::Done(d)) => {
+                        s.groups_delta_next = Some(d);
+                        s.phase = if s.full { Phase::Sweep } else { Phase::Idle };
+                    }
+                    _ => {}
+                }
+                let done = s.phase == Phase::Idle;
+                // the checkpoint: this page is committed, the next starts here
+                states.save(&mut held).await?;
+                if done {
+                    return Ok((Outcome::Completed, pages, applied));
+                }
+            }
+            Err(SourceError::ResyncRequired(why)) => {
+                resyncs += 1;
+                if resyncs > 2 {
+                    return Ok((
+                        Outcome::Failed {
+                            reason: format!("Graph kept asking for a resync: {why}"),
+                        },
+                        pages,
+                        applied,
+                    ));
+                }
+                tracing::warn!(%tenant, reason = %why, "delta state gone; running a full round");
+                let mut held = renewal.lease.lock().await;
+                let s = &mut held.state;
+                s.full = true;
+                s.optimistic = false;
+                s.users_link = None;
+                s.groups_link = None;
+                s.users_delta_next = None;
+                s.groups_delta_next = None;
+                s.phase = Phase::Users;
+                s.last_full_started = Some(now);
+                states.save(&mut held).await?;
+            }
+            Err(SourceError::Throttled(retry_after)) => {
+                let wait = retry_after.unwrap_or(options.throttled_backoff);
+                return Ok((
+                    Outcome::Throttled {
+                        retry_at: after(now, wait),
+                    },
+                    pages,
+                    applied,
+                ));
+            }
+            Err(SourceError::AccessRevoked(reason)) => {
+                return Ok((Outcome::AccessRevoked { reason }, pages, applied));
+            }
+            Err(SourceError::Transient(reason)) => {
+                return Ok((Outcome::Failed { reason }, pages, applied));
+            }
+        }
+    }
+}

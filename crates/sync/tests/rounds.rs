@@ -1,0 +1,427 @@
+//! Rounds against a real Azurite with a scripted source: checkpoints, resume after a
+//! failure, one round for two racing instances, throttling, resync with mark and sweep,
+//! and a refused tenant.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use directory::{
+    Directory, Field, GroupChange, MemberChange, TableDirectory, UserChange, UserFields,
+};
+use sync::{
+    DirectorySource, Next, Outcome, Phase, RoundOptions, Schedule, SourceError, SourcePage,
+    SyncStateStore, TableSyncStates, run_round,
+};
+use system_tests::{Azurite, unique_table};
+use uuid::Uuid;
+
+/// What the scripted source answers for a link (None: the start of a full round).
+type Script = Vec<(Option<&'static str>, Result<(Vec<Uuid>, Next), SourceError>)>;
+/// A page of users: the ids, or the error.
+type UserAnswer = Result<(Vec<Uuid>, Next), SourceError>;
+/// A page of groups, or the error.
+type GroupAnswer = Result<(Groups, Next), SourceError>;
+/// Groups with their members.
+type Groups = Vec<(Uuid, Vec<Uuid>)>;
+/// A scripted groups page: the link it expects, the groups, where it goes next.
+type GroupScript = Vec<(Option<&'static str>, Groups, Next)>;
+
+struct Scripted {
+    users: Mutex<VecDeque<(Option<String>, UserAnswer)>>,
+    groups: Mutex<VecDeque<(Option<String>, GroupAnswer)>>,
+    asked: Mutex<Vec<Option<String>>>,
+    delay: Duration,
+}
+
+impl Scripted {
+    fn new(users: Script, groups: GroupScript) -> Scripted {
+        Scripted {
+            users: Mutex::new(
+                users
+                    .into_iter()
+                    .map(|(l, r)| (l.map(str::to_string), r))
+                    .collect(),
+            ),
+            groups: Mutex::new(
+                groups
+                    .into_iter()
+                    .map(|(l, g, n)| (l.map(str::to_string), Ok((g, n))))
+                    .collect(),
+            ),
+            asked: Mutex::new(Vec::new()),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+fn user(id: Uuid, round: i64) -> UserChange {
+    UserChange::Graph {
+        entra_id: id,
+        fields: UserFields {
+            upn: Field::Set(format!("{id}@contoso.com")),
+            name: Field::Set(format!("User {id}")),
+            enabled: Some(true),
+            ..UserFields::default()
+        },
+        round,
+    }
+}
+
+#[async_trait]
+impl DirectorySource for Scripted {
+    async fn users(
+        &self,
+        link: Option<&str>,
+        round: i64,
+    ) -> Result<SourcePage<UserChange>, SourceError> {
+        tokio::time::sleep(self.delay).await;
+        self.asked.lock().unwrap().push(link.map(str::to_string));
+        let (expected, answer) = self
+            .users
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a scripted users page");
+        assert_eq!(
+            expected.as_deref(),
+            link,
+            "the round asked for the wrong link"
+        );
+        let (ids, next) = answer?;
+        Ok(SourcePage {
+            items: ids.into_iter().map(|id| user(id, round)).collect(),
+            next,
+        })
+    }
+
+    async fn groups(
+        &self,
+        link: Option<&str>,
+        round: i64,
+    ) -> Result<SourcePage<GroupChange>, SourceError> {
+        let (expected, answer) = self
+            .groups
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a scripted groups page");
+        assert_eq!(
+            expected.as_deref(),
+            link,
+            "the round asked for the wrong groups link"
+        );
+        let (groups, next) = answer?;
+        Ok(SourcePage {
+            items: groups
+                .into_iter()
+                .map(|(g, members)| GroupChange::Graph {
+                    entra_id: g,
+                    name: Field::Set("Team".into()),
+                    members: members
+                        .into_iter()
+                        .map(|m| MemberChange {
+                            entra_id: m,
+                            removed: false,
+                        })
+                        .collect(),
+                    round,
+                })
+                .collect(),
+            next,
+        })
+    }
+}
+
+struct World {
+    directory: TableDirectory,
+    states: Arc<TableSyncStates>,
+}
+
+async fn world() -> World {
+    let client = Azurite::shared().client();
+    let dir = client.table(unique_table("dir"));
+    let states = client.table(unique_table("sync"));
+    dir.create_if_not_exists().await.unwrap();
+    states.create_if_not_exists().await.unwrap();
+    World {
+        directory: TableDirectory::new(dir),
+        states: Arc::new(TableSyncStates::new(states)),
+    }
+}
+
+fn options(owner: &str) -> RoundOptions {
+    RoundOptions {
+        owner: owner.into(),
+        lease_ttl: Duration::from_secs(3),
+        lease_wait: Duration::from_secs(4),
+        force: false,
+        full: false,
+        schedule: Schedule {
+            interval: Duration::from_secs(45 * 60),
+            requeue_after: Duration::from_secs(600),
+        },
+        refused_backoff: Duration::from_secs(45 * 60),
+        throttled_backoff: Duration::from_secs(60),
+    }
+}
+
+fn ids(n: usize) -> Vec<Uuid> {
+    (0..n).map(|_| Uuid::new_v4()).collect()
+}
+
+#[tokio::test]
+async fn a_failed_round_resumes_at_its_checkpoint_and_loses_nothing() {
+    let w = world().await;
+    let tenant = Uuid::new_v4();
+    let (a, b, c) = (ids(3), ids(3), ids(3));
+    let source = Scripted::new(
+        vec![
+            (None, Ok((a.clone(), Next::More("p2".into())))),
+            (Some("p2"), Ok((b.clone(), Next::More("p3".into())))),
+            (
+                Some("p3"),
+                Err(SourceError::Transient("503 after retries".into())),
+            ),
+            // the second run starts where the first stopped, not at the start
+            (Some("p3"), Ok((c.clone(), Next::Done("d1".into())))),
+        ],
+        vec![(
+            None,
+            vec![(Uuid::new_v4(), a.clone())],
+            Next::Done("gd1".into()),
+        )],
+    );
+    let states: Arc<dyn SyncStateStore> = w.states.clone();
+    let first = run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states.clone(),
+        &options("one"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(first.outcome, Outcome::Failed { .. }),
+        "{:?}",
+        first.outcome
+    );
+    let (state, _) = states.get(tenant).await.unwrap();
+    assert_eq!(
+        (state.phase, state.users_link.as_deref()),
+        (Phase::Users, Some("p3"))
+    );
+    assert!(!state.is_running(time::OffsetDateTime::now_utc()));
+    let second = run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states.clone(),
+        &options("two"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.outcome, Outcome::Completed);
+    let c_ = w.directory.counters(tenant).await.unwrap();
+    assert_eq!((c_.users, c_.groups, c_.memberships), (9, 1, 3));
+    let (state, _) = states.get(tenant).await.unwrap();
+    assert_eq!(state.phase, Phase::Idle);
+    assert_eq!(state.users_delta.as_deref(), Some("d1"));
+    assert_eq!(state.groups_delta.as_deref(), Some("gd1"));
+    assert_eq!(state.last.as_ref().unwrap().outcome, "success");
+    // not due again in this slot: a repeated message does nothing
+    let again = run_round(tenant, &source, &w.directory, states, &options("three"))
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, Outcome::NotDue);
+}
+
+#[tokio::test]
+async fn two_instances_racing_for_one_tenant_run_one_round() {
+    let w = world().await;
+    let tenant = Uuid::new_v4();
+    let users = ids(2);
+    let mut source = Scripted::new(
+        vec![(None, Ok((users.clone(), Next::Done("d1".into()))))],
+        vec![(None, vec![], Next::Done("gd1".into()))],
+    );
+    source.delay = Duration::from_millis(300);
+    let states: Arc<dyn SyncStateStore> = w.states.clone();
+    let (o1, o2) = (options("one"), options("two"));
+    let (one, two) = tokio::join!(
+        run_round(tenant, &source, &w.directory, states.clone(), &o1),
+        run_round(tenant, &source, &w.directory, states.clone(), &o2),
+    );
+    let outcomes = [one.unwrap().outcome, two.unwrap().outcome];
+    assert!(outcomes.contains(&Outcome::Completed), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&Outcome::NotDue) || outcomes.contains(&Outcome::Busy),
+        "{outcomes:?}"
+    );
+    // the source's script had one page: a second round would have panicked on it
+    assert_eq!(source.asked.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn throttling_keeps_the_checkpoint_and_waits_for_retry_after() {
+    let w = world().await;
+    let tenant = Uuid::new_v4();
+    let source = Scripted::new(
+        vec![
+            (None, Ok((ids(2), Next::More("p2".into())))),
+            (
+                Some("p2"),
+                Err(SourceError::Throttled(Some(Duration::from_secs(120)))),
+            ),
+        ],
+        vec![],
+    );
+    let states: Arc<dyn SyncStateStore> = w.states.clone();
+    let before = time::OffsetDateTime::now_utc();
+    let r = run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states.clone(),
+        &options("one"),
+    )
+    .await
+    .unwrap();
+    let Outcome::Throttled { retry_at } = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(retry_at >= before + time::Duration::seconds(120));
+    let (state, requests) = states.get(tenant).await.unwrap();
+    assert_eq!(state.users_link.as_deref(), Some("p2"));
+    let sched = options("x").schedule;
+    assert_eq!(
+        sched.due(&state, &requests, time::OffsetDateTime::now_utc()),
+        None
+    );
+    assert!(
+        sched
+            .due(&state, &requests, retry_at + time::Duration::SECOND)
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_resync_runs_a_full_round_and_sweeps_what_it_did_not_see() {
+    let w = world().await;
+    let tenant = Uuid::new_v4();
+    let (kept, gone) = (ids(2), ids(2));
+    let all: Vec<Uuid> = kept.iter().chain(&gone).copied().collect();
+    let source = Scripted::new(
+        vec![
+            (None, Ok((all, Next::Done("d1".into())))),
+            (
+                Some("d1"),
+                Err(SourceError::ResyncRequired("410 Gone".into())),
+            ),
+            (None, Ok((kept.clone(), Next::Done("d2".into())))),
+        ],
+        vec![
+            (None, vec![], Next::Done("gd1".into())),
+            (None, vec![], Next::Done("gd2".into())),
+        ],
+    );
+    let states: Arc<dyn SyncStateStore> = w.states.clone();
+    run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states.clone(),
+        &options("one"),
+    )
+    .await
+    .unwrap();
+    let mut forced = options("one");
+    forced.force = true;
+    let r = run_round(tenant, &source, &w.directory, states.clone(), &forced)
+        .await
+        .unwrap();
+    assert_eq!((r.outcome, r.full), (Outcome::Completed, true));
+    for id in &gone {
+        let u = w.directory.user(tenant, *id).await.unwrap().unwrap();
+        assert!(u.deleted_in_entra_at.is_some() && !u.is_active());
+    }
+    for id in &kept {
+        assert!(
+            w.directory
+                .user(tenant, *id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_active()
+        );
+    }
+    assert_eq!(w.directory.counters(tenant).await.unwrap().active_users, 2);
+}
+
+#[tokio::test]
+async fn a_refused_tenant_is_marked_and_skipped_until_its_next_slot() {
+    let w = world().await;
+    let tenant = Uuid::new_v4();
+    let source = Scripted::new(
+        vec![(
+            None,
+            Err(SourceError::AccessRevoked(
+                "AADSTS7000112: application is disabled".into(),
+            )),
+        )],
+        vec![],
+    );
+    let states: Arc<dyn SyncStateStore> = w.states.clone();
+    let r = run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states.clone(),
+        &options("one"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(r.outcome, Outcome::AccessRevoked { .. }));
+    let (state, requests) = states.get(tenant).await.unwrap();
+    assert!(state.error.as_deref().unwrap().contains("7000112"));
+    assert_eq!(state.phase, Phase::Idle);
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(options("x").schedule.due(&state, &requests, now), None);
+    assert!(state.next_attempt_at.unwrap() > now + time::Duration::minutes(44));
+}
+
+#[tokio::test]
+async fn a_lease_left_by_a_dead_instance_expires() {
+    let w = world().await;
+    let tenant = Uuid::new_v4();
+    // a holder that never renews: it "died" right after taking the lease
+    let held = w
+        .states
+        .acquire(tenant, "dead", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(held.is_some());
+    assert!(
+        w.states
+            .acquire(tenant, "alive", Duration::from_secs(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(
+        w.states
+            .acquire(tenant, "alive", Duration::from_secs(2))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // the dead instance cannot write over the new holder
+    let mut stale = held.unwrap();
+    assert!(matches!(
+        w.states.save(&mut stale).await,
+        Err(sync::SyncError::LeaseLost)
+    ));
+}
