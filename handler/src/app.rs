@@ -53,6 +53,16 @@ pub struct App {
     pub credentials: Arc<AppCredentials>,
     pub scim: crate::scim_service::ScimService,
     pub public_base_url: url::Url,
+    pub tenants: Arc<dyn crate::store::TenantStore>,
+    /// Users, groups and memberships per tenant, written by SCIM and Graph sync.
+    pub directory: Arc<directory::TableDirectory>,
+    pub sync: SyncService,
+}
+
+/// Directory sync's state and schedule.
+pub struct SyncService {
+    pub states: Arc<dyn sync::SyncStateStore>,
+    pub schedule: sync::Schedule,
 }
 
 impl App {
@@ -131,8 +141,18 @@ impl App {
             settings.public_base_url.clone(),
             settings.consent_confirm,
         );
+        let directory = Arc::new(directory::TableDirectory::new(
+            tables.table(table_names.directory()),
+        ));
+        let sync = SyncService {
+            states: Arc::new(sync::TableSyncStates::new(tables.table(table_names.sync()))),
+            schedule: sync::Schedule {
+                interval: settings.sync_interval,
+                requeue_after: Duration::from_secs(10 * 60),
+            },
+        };
         let access = AccessControl::new(
-            tenants,
+            tenants.clone(),
             Arc::new(TableGrantStore::new(tables.table(table_names.grants()))),
             Arc::new(TableEmployeeStore::new(
                 tables.table(table_names.employees()),
@@ -152,6 +172,9 @@ impl App {
             credentials,
             scim,
             public_base_url: settings.public_base_url.clone(),
+            tenants,
+            directory,
+            sync,
         }
     }
 

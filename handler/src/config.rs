@@ -77,6 +77,8 @@ pub struct Settings {
     pub scim_read_cache: std::time::Duration,
     /// `KEY_VAULT_URI` (and `KEY_VAULT_CLIENT_ID`): Azure Key Vault; unset means the local vault.
     pub key_vault: Option<KeyVaultSettings>,
+    /// `SYNC_INTERVAL_MINUTES`: how often each tenant's directory is synced from Graph.
+    pub sync_interval: std::time::Duration,
 }
 
 /// Where Key Vault is and which managed identity reaches it.
@@ -264,6 +266,17 @@ impl Settings {
                     problem("SCIM_READ_CACHE_SECONDS", format!("{raw:?}: 0-60 seconds"))
                 })?,
         };
+        let sync_interval = match get("SYNC_INTERVAL_MINUTES") {
+            None => std::time::Duration::from_secs(45 * 60),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|m| (5..=1440).contains(m))
+                .map(|m| std::time::Duration::from_secs(m * 60))
+                .ok_or_else(|| {
+                    problem("SYNC_INTERVAL_MINUTES", format!("{raw:?}: 5-1440 minutes"))
+                })?,
+        };
         Ok(Settings {
             port,
             storage,
@@ -277,6 +290,7 @@ impl Settings {
             consent_confirm,
             scim_read_cache,
             key_vault,
+            sync_interval,
         })
     }
 

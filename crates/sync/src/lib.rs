@@ -15,7 +15,7 @@ mod state;
 
 pub use engine::{Outcome, RoundOptions, RoundReport, run_round};
 pub use schedule::{Schedule, SyncRequest};
-pub use state::{Lease, Phase, SyncState, SyncStateStore, TableSyncStates};
+pub use state::{LastRound, Lease, Phase, Requests, SyncState, SyncStateStore, TableSyncStates};
 
 use std::time::Duration;
 

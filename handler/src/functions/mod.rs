@@ -5,6 +5,7 @@
 pub mod activation_links;
 pub mod app_credential;
 pub mod consent;
+pub mod directory;
 pub mod employees;
 pub mod grants;
 pub mod health;
@@ -151,6 +152,24 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         },
     ),
     ("Health", Handler::Http { route: "health" }),
+    (
+        "EntraUsers",
+        Handler::Http {
+            route: "v1/entra-id/users/{user_id?}",
+        },
+    ),
+    (
+        "EntraStatistics",
+        Handler::Http {
+            route: "v1/entra-id/statistics",
+        },
+    ),
+    (
+        "EntraHealth",
+        Handler::Http {
+            route: "v1/entra-id/health",
+        },
+    ),
     ("Housekeeping", Handler::Invoked(housekeeping::invoke)),
     ("Ping", Handler::Http { route: "ping" }),
     (

@@ -93,6 +93,18 @@ impl ApiError {
     }
 }
 
+impl From<directory::DirectoryError> for ApiError {
+    fn from(e: directory::DirectoryError) -> ApiError {
+        use directory::DirectoryError as E;
+        match e {
+            E::Invalid(message) => ApiError::bad_request(message),
+            E::Contended => ApiError::conflict("the directory changed concurrently; try again"),
+            E::Unavailable(e) => ApiError::unavailable(e),
+            E::Corrupt(e) => ApiError::internal(e),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {

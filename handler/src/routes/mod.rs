@@ -4,6 +4,7 @@
 mod error;
 pub mod html;
 mod invoke;
+pub mod router;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub fn body(
         .then(move |length: Option<u64>, stream| collect_body(length, stream, max))
 }
 
-async fn collect_body<S, B>(
+pub(crate) async fn collect_body<S, B>(
     length: Option<u64>,
     stream: S,
     max: usize,
@@ -158,6 +159,8 @@ pub fn table(
         .or(crate::functions::grants::routes(app.clone()))
         .unify()
         .or(crate::functions::validate_token::routes(app.clone()))
+        .unify()
+        .or(router::serve(app.clone(), crate::functions::directory::ROUTES))
         .unify();
 
     health

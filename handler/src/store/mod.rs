@@ -113,6 +113,16 @@ impl TableNames {
         format!("{}ScimResources", self.prefix)
     }
 
+    /// The directory: users, groups and memberships, one partition per tenant.
+    pub fn directory(&self) -> String {
+        format!("{}Directory", self.prefix)
+    }
+
+    /// Directory sync state and leases.
+    pub fn sync(&self) -> String {
+        format!("{}Sync", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -122,6 +132,8 @@ impl TableNames {
             self.employees(),
             self.links(),
             self.scim(),
+            self.directory(),
+            self.sync(),
         ]
     }
 }
