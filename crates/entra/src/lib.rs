@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod cloud;
 pub mod credentials;
+pub mod delta;
 pub mod dev;
 pub mod graph;
 pub mod jwks;
