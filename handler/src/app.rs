@@ -54,15 +54,21 @@ pub struct App {
     pub scim: crate::scim_service::ScimService,
     pub public_base_url: url::Url,
     pub tenants: Arc<dyn crate::store::TenantStore>,
+    /// The Graph client (one HTTP client, token cache and retry policy for every call).
+    pub graph: Arc<entra::graph::GraphClient>,
     /// Users, groups and memberships per tenant, written by SCIM and Graph sync.
     pub directory: Arc<directory::TableDirectory>,
     pub sync: SyncService,
 }
 
-/// Directory sync's state and schedule.
+/// Directory sync's state, schedule and queue.
 pub struct SyncService {
     pub states: Arc<dyn sync::SyncStateStore>,
     pub schedule: sync::Schedule,
+    /// This instance's name in leases.
+    pub instance: String,
+    /// How long a lease lasts unless renewed.
+    pub lease_ttl: Duration,
 }
 
 impl App {
@@ -150,6 +156,8 @@ impl App {
                 interval: settings.sync_interval,
                 requeue_after: Duration::from_secs(10 * 60),
             },
+            instance: format!("{}-{}", std::process::id(), Uuid::new_v4()),
+            lease_ttl: Duration::from_secs(60),
         };
         let access = AccessControl::new(
             tenants.clone(),
@@ -173,6 +181,7 @@ impl App {
             scim,
             public_base_url: settings.public_base_url.clone(),
             tenants,
+            graph,
             directory,
             sync,
         }

@@ -192,6 +192,12 @@ impl Onboarding {
         )
     }
 
+    /// The app registration that reads a tenant's directory: its own app in customer-owned
+    /// mode, else the service's app in its cloud; None without a usable credential.
+    pub async fn registration(&self, tenant: &Tenant) -> Option<AppRegistration> {
+        self.app(tenant.cloud, Some(tenant)).await
+    }
+
     /// The app that confirms a tenant: its own app registration when the tenant named one
     /// (customer-owned mode), else the service's app in the tenant's cloud.
     async fn app(&self, cloud: Cloud, tenant: Option<&Tenant>) -> Option<AppRegistration> {

@@ -10,6 +10,7 @@
 //! instances never sync one tenant at once, and a lease left by a dead instance expires.
 
 mod engine;
+pub mod graph;
 mod schedule;
 mod state;
 

@@ -13,6 +13,7 @@ pub mod housekeeping;
 pub mod ping;
 pub mod scim;
 pub mod scim_admin;
+pub mod sync;
 pub mod tenants;
 pub mod validate_token;
 
@@ -152,6 +153,26 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         },
     ),
     ("Health", Handler::Http { route: "health" }),
+    ("DirectorySync", Handler::Invoked(sync::invoke_timer)),
+    ("SyncTenant", Handler::Invoked(sync::invoke_queue)),
+    (
+        "TenantSync",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/sync",
+        },
+    ),
+    (
+        "EntraSyncUser",
+        Handler::Http {
+            route: "v1/entra-id/sync-user",
+        },
+    ),
+    (
+        "EntraBulkSyncUsers",
+        Handler::Http {
+            route: "v1/entra-id/bulk-sync-users",
+        },
+    ),
     (
         "EntraUsers",
         Handler::Http {

@@ -161,6 +161,8 @@ pub fn table(
         .or(crate::functions::validate_token::routes(app.clone()))
         .unify()
         .or(router::serve(app.clone(), crate::functions::directory::ROUTES))
+        .unify()
+        .or(router::serve(app.clone(), crate::functions::sync::ROUTES))
         .unify();
 
     health

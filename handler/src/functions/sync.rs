@@ -1,0 +1,501 @@
+//! Directory sync: the `DirectorySync` timer queues the tenants that are due, the
+//! queue-triggered `SyncTenant` runs one tenant's round, `TenantSync` shows and queues
+//! rounds, and `EntraSyncUser`/`EntraBulkSyncUsers` sync users on demand.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use directory::{ApplyMode, Directory as _, Writer};
+use futures::future::BoxFuture;
+use host::{InvocationRequest, InvocationResponse, InvokeError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sync::{Outcome, RoundOptions, SyncStateStore as _};
+use time::OffsetDateTime;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::directory::{sync_json, tenant_for, user_with_groups};
+use crate::app::App;
+use crate::auth;
+use crate::domain::TenantStatus;
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply};
+
+/// The routes.
+pub const ROUTES: &[Route] = &[
+    route!(GET "/api/v1/tenants/{tenant_id}/sync" => status),
+    route!(POST "/api/v1/tenants/{tenant_id}/sync" => queue_round),
+    route!(POST "/api/v1/entra-id/sync-user" => sync_user),
+    route!(POST "/api/v1/entra-id/bulk-sync-users" => bulk_sync_users),
+];
+
+/// The queue `SyncTenant` is triggered by (see functions/SyncTenant/function.json).
+pub const QUEUE: &str = "sync-tenants";
+/// Most UPNs one bulk request may name.
+const MAX_BULK: usize = 50;
+
+/// `DirectorySync`'s entry point.
+pub fn invoke_timer(
+    app: &App,
+    request: InvocationRequest,
+) -> BoxFuture<'_, Result<InvocationResponse, InvokeError>> {
+    Box::pin(queue_due(app, request))
+}
+
+/// `SyncTenant`'s entry point.
+pub fn invoke_queue(
+    app: &App,
+    request: InvocationRequest,
+) -> BoxFuture<'_, Result<InvocationResponse, InvokeError>> {
+    Box::pin(run_tenant(app, request))
+}
+
+fn failed(message: impl Into<String>) -> InvokeError {
+    InvokeError::Failed {
+        message: message.into(),
+        logs: Vec::new(),
+    }
+}
+
+async fn queue_due(
+    app: &App,
+    request: InvocationRequest,
+) -> Result<InvocationResponse, InvokeError> {
+    request
+        .timer("timer")
+        .map_err(|e| InvokeError::BadPayload(e.0))?;
+    let now = OffsetDateTime::now_utc();
+    let tenants = app
+        .tenants
+        .list()
+        .await
+        .map_err(|e| failed(format!("tenant registry unavailable: {e}")))?;
+    let states = app
+        .sync
+        .states
+        .all()
+        .await
+        .map_err(|e| failed(format!("sync state unavailable: {e}")))?;
+    let mut response = InvocationResponse::new();
+    let mut queued = 0;
+    for tenant in tenants.iter().filter(|t| t.status == TenantStatus::Active) {
+        let (state, requests) = states
+            .iter()
+            .find(|(s, _)| s.tenant == tenant.tenant_id)
+            .cloned()
+            .unwrap_or_else(|| (sync::SyncState::new(tenant.tenant_id), Default::default()));
+        let Some(why) = app.sync.schedule.due(&state, &requests, now) else {
+            continue;
+        };
+        app.sync
+            .states
+            .request(tenant.tenant_id, now, false)
+            .await
+            .map_err(|e| failed(format!("sync state unavailable: {e}")))?;
+        let mut message = serde_json::Map::new();
+        message.insert("tenant_id".into(), json!(tenant.tenant_id));
+        message.insert(
+            "reason".into(),
+            json!(match why {
+                sync::SyncRequest::Due => "due",
+                sync::SyncRequest::Resume => "resume",
+            }),
+        );
+        response.queue("outMsg", message);
+        queued += 1;
+    }
+    response.log(format!("directory sync: queued {queued} tenants"));
+    Ok(response)
+}
+
+/// A `sync-tenants` message.
+#[derive(Deserialize)]
+struct SyncMessage {
+    tenant_id: Uuid,
+    /// Asked for by an admin: run even when not due.
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    full: bool,
+}
+
+async fn run_tenant(
+    app: &App,
+    request: InvocationRequest,
+) -> Result<InvocationResponse, InvokeError> {
+    let trigger = request
+        .queue_trigger("msg")
+        .map_err(|e| InvokeError::BadPayload(e.0))?;
+    let message: SyncMessage = serde_json::from_value(trigger.message.clone())
+        .map_err(|e| InvokeError::BadPayload(format!("a sync-tenants message: {e}")))?;
+    let mut response = InvocationResponse::new();
+    let tenant = app
+        .tenants
+        .get(message.tenant_id)
+        .await
+        .map_err(|e| failed(format!("tenant registry unavailable: {e}")))?;
+    let Some(tenant) = tenant.filter(|t| t.status == TenantStatus::Active) else {
+        response.log(format!("tenant {} is not active: not synced", message.tenant_id));
+        return Ok(response);
+    };
+    let Some(app_registration) = app.onboarding.registration(&tenant).await else {
+        return Err(failed(
+            "no app credential for the tenant's cloud (vault unavailable or not configured)",
+        ));
+    };
+    let source = sync::graph::GraphSource {
+        client: app.graph.clone(),
+        app: app_registration,
+        tenant: tenant.tenant_id,
+    };
+    let options = RoundOptions {
+        owner: app.sync.instance.clone(),
+        lease_ttl: app.sync.lease_ttl,
+        lease_wait: app.sync.lease_ttl + Duration::from_secs(10),
+        force: message.force,
+        full: message.full,
+        schedule: app.sync.schedule,
+        refused_backoff: app.sync.schedule.interval,
+        throttled_backoff: Duration::from_secs(60),
+    };
+    let report = sync::run_round(
+        tenant.tenant_id,
+        &source,
+        &*app.directory,
+        app.sync.states.clone(),
+        &options,
+    )
+    .await
+    .map_err(|e| failed(format!("sync of {}: {e}", tenant.tenant_id)))?;
+    response.log(format!(
+        "sync of {}: round {} {} ({} pages, {} changes, {} entities, {:.1} s)",
+        tenant.tenant_id,
+        report.round,
+        report.outcome.name(),
+        report.pages,
+        report.applied.changes(),
+        report.applied.entities,
+        report.elapsed.as_secs_f64()
+    ));
+    match report.outcome {
+        // the checkpoint is kept: the queue's retry (or the next tick) resumes from it
+        Outcome::Failed { reason } => Err(InvokeError::Failed {
+            message: reason,
+            logs: response.logs.clone(),
+        }),
+        _ => Ok(response),
+    }
+}
+
+fn tenant_param(req: &Request) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(req.param("tenant_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))
+}
+
+async fn status(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = tenant_param(req)?;
+    if app.tenants.get(tenant).await?.is_none() {
+        return Err(ApiError::not_found(format!("no tenant {tenant}")));
+    }
+    let (state, requests) = app
+        .sync
+        .states
+        .get(tenant)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(json_reply(StatusCode::OK, &sync_json(app, &state, &requests)))
+}
+
+async fn queue_round(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = tenant_param(req)?;
+    let full = match req.query_param("full")?.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("full must be true or false")),
+    };
+    match app.tenants.get(tenant).await? {
+        Some(t) if t.status == TenantStatus::Active => {}
+        Some(_) => return Err(ApiError::conflict(format!("tenant {tenant} is not active"))),
+        None => return Err(ApiError::not_found(format!("no tenant {tenant}"))),
+    }
+    let now = OffsetDateTime::now_utc();
+    let (state, _) = app
+        .sync
+        .states
+        .get(tenant)
+        .await
+        .map_err(ApiError::unavailable)?;
+    if state.is_running(now) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "sync_running",
+            format!("a round of tenant {tenant} is running"),
+        ));
+    }
+    app.sync
+        .states
+        .request(tenant, now, full)
+        .await
+        .map_err(ApiError::unavailable)?;
+    app.sync
+        .queue
+        .send_json(&json!({"tenant_id": tenant, "force": true, "full": full}))
+        .await
+        .map_err(ApiError::unavailable)?;
+    let (state, requests) = app
+        .sync
+        .states
+        .get(tenant)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(json_reply(
+        StatusCode::ACCEPTED,
+        &sync_json(app, &state, &requests),
+    ))
+}
+
+/// A UPN as Entra allows it: one `@`, a local part and a dotted domain, no white space,
+/// at most 113 characters. Guests (`#EXT#`), a leading `$` and apostrophes are fine.
+fn check_upn(upn: &str) -> Result<&str, String> {
+    let upn = upn.trim();
+    let Some((local, domain)) = upn.split_once('@') else {
+        return Err(format!("{upn:?} is not a user principal name (no @)"));
+    };
+    if local.is_empty()
+        || domain.is_empty()
+        || domain.contains('@')
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || upn.chars().any(|c| c.is_whitespace() || c.is_control())
+        || upn.chars().count() > 113
+    {
+        return Err(format!("{upn:?} is not a user principal name"));
+    }
+    Ok(upn)
+}
+
+fn invalid_upn(message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_upn", message)
+}
+
+/// The tenant's Graph access, for on-demand reads.
+async fn graph_for(
+    app: &App,
+    tenant: Uuid,
+) -> Result<entra::credentials::AppRegistration, ApiError> {
+    let record = app
+        .tenants
+        .get(tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant}")))?;
+    app.onboarding
+        .registration(&record)
+        .await
+        .ok_or_else(|| ApiError::unavailable("no app credential for the tenant's cloud"))
+}
+
+fn graph_error(e: entra::graph::GraphError) -> ApiError {
+    use entra::graph::GraphErrorClass as C;
+    match e.class() {
+        C::NotFound => ApiError::not_found("Microsoft Graph does not know that user"),
+        C::AccessRevoked { reason } => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "tenant_access_refused",
+            format!("the tenant refused access to Microsoft Graph: {reason}"),
+        ),
+        C::Throttled { .. } | C::Transient | C::ResyncRequired => ApiError::unavailable(e),
+        C::Rejected => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "graph_rejected",
+            format!("Microsoft Graph refused the request: {e}"),
+        ),
+    }
+}
+
+/// The round a change made now belongs to, for mark and sweep.
+async fn current_round(app: &App, tenant: Uuid) -> Result<i64, ApiError> {
+    let (state, _) = app
+        .sync
+        .states
+        .get(tenant)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(state.round)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncUserBody {
+    user_principal_name: String,
+    tenant_id: Option<String>,
+}
+
+async fn sync_user(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let body: SyncUserBody = req.json()?;
+    let upn = check_upn(&body.user_principal_name).map_err(invalid_upn)?;
+    let named = req.query_param("tenant_id")?.or(body.tenant_id);
+    let tenant = tenant_for(app, named.as_deref()).await?;
+    let registration = graph_for(app, tenant).await?;
+    let found = app
+        .graph
+        .user_record(&registration, &tenant.to_string(), upn)
+        .await
+        .map_err(graph_error)?;
+    let round = current_round(app, tenant).await?;
+    let change = sync::graph::user_change(&found, round)
+        .ok_or_else(|| ApiError::unavailable("Graph answered a user without an object id"))?;
+    let entra_id = Uuid::try_parse(&found.id).expect("checked by user_change");
+    app.directory
+        .apply_users(tenant, Writer::Graph, vec![change], ApplyMode::Read)
+        .await?;
+    let user = app
+        .directory
+        .user_by_entra_id(tenant, entra_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("a synced user could not be read back"))?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &user_with_groups(app, tenant, &user).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    user_principal_names: Vec<String>,
+    tenant_id: Option<String>,
+}
+
+async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let body: BulkBody = req.json()?;
+    if body.user_principal_names.is_empty() || body.user_principal_names.len() > MAX_BULK {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("user_principal_names takes 1 to {MAX_BULK} names"),
+        ));
+    }
+    let named = req.query_param("tenant_id")?.or(body.tenant_id);
+    let tenant = tenant_for(app, named.as_deref()).await?;
+    // each UPN answered once, case-insensitively, in the order first given
+    let mut seen = HashSet::new();
+    let names: Vec<String> = body
+        .user_principal_names
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| seen.insert(n.to_lowercase()))
+        .collect();
+    let (valid, invalid): (Vec<&String>, Vec<&String>) =
+        names.iter().partition(|n| check_upn(n).is_ok());
+    let mut results: Vec<(String, Result<Value, Value>)> = invalid
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                Err(json!({"error": "invalid_upn", "message": check_upn(n).unwrap_err()})),
+            )
+        })
+        .collect();
+    if !valid.is_empty() {
+        let registration = graph_for(app, tenant).await?;
+        let wanted: Vec<String> = valid.iter().map(|n| n.to_string()).collect();
+        let found = app
+            .graph
+            .users_by_upn(&registration, &tenant.to_string(), &wanted)
+            .await;
+        let round = current_round(app, tenant).await?;
+        let mut changes = Vec::new();
+        let mut synced = Vec::new();
+        for (upn, result) in found {
+            match result {
+                Ok(u) => match (sync::graph::user_change(&u, round), Uuid::try_parse(&u.id)) {
+                    (Some(change), Ok(id)) => {
+                        changes.push(change);
+                        synced.push((upn, id));
+                    }
+                    _ => results.push((
+                        upn,
+                        Err(json!({"error": "graph_rejected", "message": "Graph answered a user without an object id"})),
+                    )),
+                },
+                Err(e) => {
+                    let e = graph_error(e);
+                    results.push((upn, Err(json!({"error": e.code, "message": e.message}))));
+                }
+            }
+        }
+        if !changes.is_empty() {
+            app.directory
+                .apply_users(tenant, Writer::Graph, changes, ApplyMode::Read)
+                .await?;
+        }
+        for (upn, id) in synced {
+            let user = app.directory.user_by_entra_id(tenant, id).await?;
+            results.push(match user {
+                Some(u) => (upn, Ok(user_with_groups(app, tenant, &u).await?)),
+                None => (
+                    upn,
+                    Err(json!({"error": "internal_error", "message": "a synced user could not be read back"})),
+                ),
+            });
+        }
+    }
+    // in the order given
+    results.sort_by_key(|(upn, _)| names.iter().position(|n| n == upn));
+    let successful = results.iter().filter(|(_, r)| r.is_ok()).count();
+    let rows: Vec<Value> = results
+        .into_iter()
+        .map(|(upn, r)| match r {
+            Ok(user) => json!({"user_principal_name": upn, "status": "success", "user": user}),
+            Err(error) => json!({"user_principal_name": upn, "status": "failed", "error": error}),
+        })
+        .collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({
+            "tenant_id": tenant,
+            "total": rows.len(),
+            "successful": successful,
+            "failed": rows.len() - successful,
+            "results": rows,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_upn;
+
+    #[test]
+    fn upns_entra_allows_pass_and_malformed_ones_do_not() {
+        for ok in [
+            "alice@contoso.com",
+            "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+            "$admin@contoso.com",
+            "o'brien@contoso.com",
+        ] {
+            assert!(check_upn(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "alice",
+            "@contoso.com",
+            "alice@",
+            "alice@contoso",
+            "a b@contoso.com",
+            "a@b@contoso.com",
+            "alice@.com",
+        ] {
+            assert!(check_upn(bad).is_err(), "{bad}");
+        }
+        assert!(check_upn(&format!("{}@contoso.com", "a".repeat(110))).is_err());
+    }
+}
