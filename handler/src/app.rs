@@ -24,7 +24,7 @@ pub const TOKEN_LEEWAY: Duration = Duration::from_secs(60);
 pub enum Mode {
     /// Under the Functions host: the host fires timers and moves queue messages.
     Host,
-    /// On its own: the handler fires timers and delivers queue outputs itself.
+    /// On its own: the handler fires timers and listens to Storage queues itself.
     Standalone,
 }
 

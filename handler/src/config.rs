@@ -77,6 +77,9 @@ pub struct Settings {
     pub scim_read_cache: std::time::Duration,
     /// `KEY_VAULT_URI` (and `KEY_VAULT_CLIENT_ID`): Azure Key Vault; unset means the local vault.
     pub key_vault: Option<KeyVaultSettings>,
+    /// `QUEUE_VISIBILITY_SECONDS` and `QUEUE_MAX_POLLING_SECONDS`: how `handler serve`
+    /// listens to Storage queues (under the Functions host, the host does).
+    pub queues: host::QueueSettings,
 }
 
 /// Where Key Vault is and which managed identity reaches it.
@@ -264,6 +267,39 @@ impl Settings {
                     problem("SCIM_READ_CACHE_SECONDS", format!("{raw:?}: 0-60 seconds"))
                 })?,
         };
+        let queue_visibility = match get("QUEUE_VISIBILITY_SECONDS") {
+            None => std::time::Duration::from_secs(60),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (3..=600).contains(s))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| {
+                    problem(
+                        "QUEUE_VISIBILITY_SECONDS",
+                        format!("{raw:?}: 3-600 seconds"),
+                    )
+                })?,
+        };
+        let queue_max_polling = match get("QUEUE_MAX_POLLING_SECONDS") {
+            None => std::time::Duration::from_secs(2),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=60).contains(s))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| {
+                    problem(
+                        "QUEUE_MAX_POLLING_SECONDS",
+                        format!("{raw:?}: 1-60 seconds"),
+                    )
+                })?,
+        };
+        let queues = host::QueueSettings {
+            visibility: queue_visibility,
+            max_polling_interval: queue_max_polling,
+            ..host::QueueSettings::default()
+        };
         Ok(Settings {
             port,
             storage,
@@ -277,6 +313,7 @@ impl Settings {
             consent_confirm,
             scim_read_cache,
             key_vault,
+            queues,
         })
     }
 
@@ -620,6 +657,12 @@ mod tests {
         assert!(
             matches!(s.storage, StorageSettings::ConnectionString(ref a) if a.name == "devstoreaccount1")
         );
+        assert_eq!(s.queues.visibility, std::time::Duration::from_secs(60));
+        assert_eq!(s.queues.max_dequeue_count, host::MAX_DEQUEUE_COUNT);
+        assert_eq!(
+            s.queues.max_polling_interval,
+            std::time::Duration::from_secs(2)
+        );
     }
 
     #[test]
@@ -702,6 +745,16 @@ mod tests {
                 ],
                 "AzureWebJobsStorage__credential",
                 "managedidentity",
+            ),
+            (
+                vec![dev, ("QUEUE_VISIBILITY_SECONDS", "2")],
+                "QUEUE_VISIBILITY_SECONDS",
+                "3-600",
+            ),
+            (
+                vec![dev, ("QUEUE_MAX_POLLING_SECONDS", "0")],
+                "QUEUE_MAX_POLLING_SECONDS",
+                "1-60",
             ),
         ] {
             let err = settings(&pairs).unwrap_err();
