@@ -368,7 +368,7 @@ mod runtime {
         let calls = invoker.calls();
         for pair in calls.windows(2) {
             assert!(
-                pair[1].2 - pair[0].2 >= Duration::from_millis(800),
+                pair[1].2 - pair[0].2 >= Duration::from_millis(500),
                 "a failed message waits out its hold before it is retried"
             );
         }
