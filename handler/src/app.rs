@@ -24,7 +24,7 @@ pub const TOKEN_LEEWAY: Duration = Duration::from_secs(60);
 pub enum Mode {
     /// Under the Functions host: the host fires timers and moves queue messages.
     Host,
-    /// On its own: the handler fires timers and delivers queue outputs itself.
+    /// On its own: the handler fires timers and listens to Storage queues itself.
     Standalone,
 }
 
@@ -69,6 +69,8 @@ pub struct SyncService {
     pub instance: String,
     /// How long a lease lasts unless renewed.
     pub lease_ttl: Duration,
+    /// Where rounds are queued (`sync-tenants`); None without a queue service.
+    pub queue: Option<queues::Queue>,
 }
 
 impl App {
@@ -80,6 +82,7 @@ impl App {
         tables: tables::TableServiceClient,
         dev_key: Option<Arc<entra::jwks::SigningKey>>,
         vault: Arc<dyn vault::Vault>,
+        sync_queue: Option<queues::Queue>,
     ) -> App {
         let table_names = crate::store::TableNames::new(&settings.table_prefix);
         let run_log = Arc::new(TableRunLog::new(tables.table(table_names.runs())));
@@ -157,7 +160,8 @@ impl App {
                 requeue_after: Duration::from_secs(10 * 60),
             },
             instance: format!("{}-{}", std::process::id(), Uuid::new_v4()),
-            lease_ttl: Duration::from_secs(60),
+            lease_ttl: settings.sync_lease,
+            queue: sync_queue,
         };
         let access = AccessControl::new(
             tenants.clone(),

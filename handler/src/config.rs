@@ -79,6 +79,12 @@ pub struct Settings {
     pub key_vault: Option<KeyVaultSettings>,
     /// `SYNC_INTERVAL_MINUTES`: how often each tenant's directory is synced from Graph.
     pub sync_interval: std::time::Duration,
+    /// `SYNC_LEASE_SECONDS`: how long a tenant's sync lease lasts unless renewed; a round
+    /// of an instance that died resumes elsewhere after it.
+    pub sync_lease: std::time::Duration,
+    /// `QUEUE_VISIBILITY_SECONDS` and `QUEUE_MAX_POLLING_SECONDS`: how `handler serve`
+    /// listens to Storage queues (under the Functions host, the host does).
+    pub queues: host::QueueSettings,
 }
 
 /// Where Key Vault is and which managed identity reaches it.
@@ -277,6 +283,48 @@ impl Settings {
                     problem("SYNC_INTERVAL_MINUTES", format!("{raw:?}: 5-1440 minutes"))
                 })?,
         };
+        let queue_visibility = match get("QUEUE_VISIBILITY_SECONDS") {
+            None => std::time::Duration::from_secs(60),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (3..=600).contains(s))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| {
+                    problem(
+                        "QUEUE_VISIBILITY_SECONDS",
+                        format!("{raw:?}: 3-600 seconds"),
+                    )
+                })?,
+        };
+        let queue_max_polling = match get("QUEUE_MAX_POLLING_SECONDS") {
+            None => std::time::Duration::from_secs(2),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=60).contains(s))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| {
+                    problem(
+                        "QUEUE_MAX_POLLING_SECONDS",
+                        format!("{raw:?}: 1-60 seconds"),
+                    )
+                })?,
+        };
+        let queues = host::QueueSettings {
+            visibility: queue_visibility,
+            max_polling_interval: queue_max_polling,
+            ..host::QueueSettings::default()
+        };
+        let sync_lease = match get("SYNC_LEASE_SECONDS") {
+            None => std::time::Duration::from_secs(60),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (3..=600).contains(s))
+                .map(std::time::Duration::from_secs)
+                .ok_or_else(|| problem("SYNC_LEASE_SECONDS", format!("{raw:?}: 3-600 seconds")))?,
+        };
         Ok(Settings {
             port,
             storage,
@@ -291,6 +339,8 @@ impl Settings {
             scim_read_cache,
             key_vault,
             sync_interval,
+            sync_lease,
+            queues,
         })
     }
 
@@ -634,6 +684,12 @@ mod tests {
         assert!(
             matches!(s.storage, StorageSettings::ConnectionString(ref a) if a.name == "devstoreaccount1")
         );
+        assert_eq!(s.queues.visibility, std::time::Duration::from_secs(60));
+        assert_eq!(s.queues.max_dequeue_count, host::MAX_DEQUEUE_COUNT);
+        assert_eq!(
+            s.queues.max_polling_interval,
+            std::time::Duration::from_secs(2)
+        );
     }
 
     #[test]
@@ -716,6 +772,16 @@ mod tests {
                 ],
                 "AzureWebJobsStorage__credential",
                 "managedidentity",
+            ),
+            (
+                vec![dev, ("QUEUE_VISIBILITY_SECONDS", "2")],
+                "QUEUE_VISIBILITY_SECONDS",
+                "3-600",
+            ),
+            (
+                vec![dev, ("QUEUE_MAX_POLLING_SECONDS", "0")],
+                "QUEUE_MAX_POLLING_SECONDS",
+                "1-60",
             ),
         ] {
             let err = settings(&pairs).unwrap_err();

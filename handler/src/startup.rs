@@ -24,6 +24,10 @@ pub enum StartError {
     Functions(#[from] host::DefinitionError),
     #[error("table storage client: {0}")]
     Tables(#[from] tables::Error),
+    #[error("queue storage: {0}")]
+    Queues(#[from] queues::Error),
+    #[error("standalone runtime: {0}")]
+    Standalone(#[from] host::StartError),
     #[error("development signing key: {0}")]
     DevKey(String),
 }
@@ -42,7 +46,17 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
         .map_err(|source| StartError::Bind { addr, source })?;
 
     let catalog = Arc::new(functions::catalog()?);
-    let tables = tables::TableServiceClient::new(settings.storage_account()?)?;
+    let storage = settings.storage_account()?;
+    let tables = tables::TableServiceClient::new(storage.clone())?;
+    // Queues need a queue endpoint; only `handler serve` with queue functions insists on one.
+    let queues = match queues::Queues::new(&storage) {
+        Ok(queues) => Some(queues),
+        Err(e) if mode == Mode::Standalone && catalog.queue_use().is_some() => return Err(e.into()),
+        Err(e) => {
+            tracing::debug!(error = %e, "no queue service");
+            None
+        }
+    };
     let dev_key = if settings.entra.dev_auth {
         let signer = entra::dev::DevSigner::load_or_create(&dev_key_path(&settings))
             .map_err(StartError::DevKey)?;
@@ -55,13 +69,20 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
         None
     };
     let vault = settings.vault()?;
-    let app = Arc::new(App::new(mode, &settings, tables, dev_key, vault));
+    let sync_queue = queues
+        .as_ref()
+        .and_then(|q| q.queue(functions::sync::QUEUE).ok());
+    let app = Arc::new(App::new(
+        mode, &settings, tables, dev_key, vault, sync_queue,
+    ));
     let invocations = match mode {
         Mode::Host => Invocations::Host(Dispatcher::new(app.clone())),
+        // real Storage queues, so that any number of `handler serve` share the work
         Mode::Standalone => Invocations::Standalone(host::Standalone::start(
             catalog.clone(),
             Arc::new(Dispatcher::new(app.clone())),
-        )),
+            queues.map(|q| (q, settings.queues.clone())),
+        )?),
     };
     tracing::info!(%addr, mode = mode.as_str(), version = app.version, functions = catalog.iter().count(), "listening");
 

@@ -1,4 +1,4 @@
-//! Test tooling shared by the integration suites: a real Azurite started once per test
+//! Test tooling shared by the integration suites: a real Azurite (Table and Queue) started once per test
 //! process on free loopback ports, and the built `handler` run as a child process.
 
 use std::io::{BufRead, BufReader, Read};
@@ -14,9 +14,10 @@ pub mod fake_entra;
 pub mod fake_graph;
 pub mod fake_key_vault;
 
-/// Azurite's table service, shared by every test of one test binary.
+/// Azurite's table and queue services, shared by every test of one test binary.
 pub struct Azurite {
     pub table_port: u16,
+    pub queue_port: u16,
 }
 
 /// Where the pinned Azurite package lives (`tests/azurite`, with its lockfile).
@@ -24,34 +25,56 @@ pub fn azurite_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("azurite")
 }
 
+/// One Azurite service: its entry point and the flags naming its host and port.
+struct Service {
+    main: &'static str,
+    host_flag: &'static str,
+    port_flag: &'static str,
+    reuse_env: &'static str,
+}
+
+const TABLE: Service = Service {
+    main: "node_modules/azurite/dist/src/table/main.js",
+    host_flag: "--tableHost",
+    port_flag: "--tablePort",
+    reuse_env: "AZURITE_TABLE_PORT",
+};
+
+const QUEUE: Service = Service {
+    main: "node_modules/azurite/dist/src/queue/main.js",
+    host_flag: "--queueHost",
+    port_flag: "--queuePort",
+    reuse_env: "AZURITE_QUEUE_PORT",
+};
+
 impl Azurite {
-    /// The shared instance: `AZURITE_TABLE_PORT` when the runner started one, otherwise
-    /// one started here (installing the pinned package with `npm ci` if needed).
+    /// The shared instance. Each service is the one on `AZURITE_TABLE_PORT` /
+    /// `AZURITE_QUEUE_PORT` when the runner started it, otherwise one started here
+    /// (installing the pinned package with `npm ci` if needed); both start at once.
     pub fn shared() -> &'static Azurite {
         static SHARED: OnceLock<Azurite> = OnceLock::new();
         SHARED.get_or_init(|| {
-            if let Some(port) = std::env::var("AZURITE_TABLE_PORT")
-                .ok()
-                .and_then(|p| p.parse().ok())
-            {
-                wait_for_port(port, Duration::from_secs(30))
-                    .expect("AZURITE_TABLE_PORT is not accepting connections");
-                return Azurite { table_port: port };
+            let table = Azurite::reuse_or_spawn(&TABLE);
+            let queue = Azurite::reuse_or_spawn(&QUEUE);
+            Azurite {
+                table_port: Azurite::ready(&TABLE, table),
+                queue_port: Azurite::ready(&QUEUE, queue),
             }
-            Azurite::start()
         })
     }
 
-    fn start() -> Azurite {
+    /// The port of a service: reused from the environment, or a child started on a free one.
+    fn reuse_or_spawn(service: &Service) -> u16 {
+        if let Some(port) = std::env::var(service.reuse_env)
+            .ok()
+            .and_then(|p| p.parse().ok())
+        {
+            return port;
+        }
         let dir = azurite_dir();
-        let bin = dir.join("node_modules/azurite/dist/src/table/main.js");
+        let bin = dir.join(service.main);
         if !bin.exists() {
-            let status = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund", "--silent"])
-                .current_dir(&dir)
-                .status()
-                .expect("npm is needed to install Azurite");
-            assert!(status.success(), "npm ci in {} failed", dir.display());
+            install_azurite(&dir);
         }
         let port = free_port();
         let workspace = std::env::temp_dir().join(format!("azurite-{}-{port}", std::process::id()));
@@ -59,7 +82,12 @@ impl Azurite {
         let mut command = Command::new("node");
         command
             .arg(&bin)
-            .args(["--tableHost", "127.0.0.1", "--tablePort", &port.to_string()])
+            .args([
+                service.host_flag,
+                "127.0.0.1",
+                service.port_flag,
+                &port.to_string(),
+            ])
             .args([
                 "--inMemoryPersistence",
                 "--disableTelemetry",
@@ -70,16 +98,24 @@ impl Azurite {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         spawn_owned(command);
-        wait_for_port(port, Duration::from_secs(60))
-            .expect("Azurite did not start listening within 60 s");
-        Azurite { table_port: port }
+        port
+    }
+
+    fn ready(service: &Service, port: u16) -> u16 {
+        wait_for_port(port, Duration::from_secs(60)).unwrap_or_else(|e| {
+            panic!(
+                "Azurite ({}, {}) is not accepting connections: {e}",
+                service.main, service.reuse_env
+            )
+        });
+        port
     }
 
     /// The storage account as the handler's `AzureWebJobsStorage` would name it.
     pub fn connection_string(&self) -> String {
         format!(
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};TableEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
-            DEV_KEY, self.table_port
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};TableEndpoint=http://127.0.0.1:{}/devstoreaccount1;QueueEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
+            DEV_KEY, self.table_port, self.queue_port
         )
     }
 
@@ -93,6 +129,26 @@ impl Azurite {
     pub fn client(&self) -> tables::TableServiceClient {
         tables::TableServiceClient::new(self.account()).expect("a table client")
     }
+
+    /// The queue service of this Azurite.
+    pub fn queues(&self) -> queues::Queues {
+        queues::Queues::new(&self.account()).expect("a queue client")
+    }
+}
+
+/// `npm ci` of the pinned package, once per process even when two services need it.
+fn install_azurite(dir: &Path) {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _once = INSTALL.lock().expect("install lock");
+    if dir.join(TABLE.main).exists() && dir.join(QUEUE.main).exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--silent"])
+        .current_dir(dir)
+        .status()
+        .expect("npm is needed to install Azurite");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
 /// Azurite's public development key (documented by Microsoft; not a secret).

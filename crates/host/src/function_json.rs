@@ -190,6 +190,19 @@ impl Catalog {
         self.functions.values()
     }
 
+    /// The first function that triggers on or writes to a Storage queue, with that queue:
+    /// `None` means the app needs no queue service.
+    pub fn queue_use(&self) -> Option<(&str, &str)> {
+        self.functions.values().find_map(|f| match &f.trigger {
+            Trigger::Queue { queue, .. } => Some((f.name.as_str(), queue.as_str())),
+            _ => f
+                .queue_outputs
+                .values()
+                .next()
+                .map(|q| (f.name.as_str(), q.as_str())),
+        })
+    }
+
     /// The functions triggered by messages on `queue`.
     pub fn queue_consumers<'a>(
         &'a self,

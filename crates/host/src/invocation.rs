@@ -60,6 +60,32 @@ impl InvocationRequest {
         TimerInfo::from_value(value)
     }
 
+    /// The queue trigger under `binding` with its metadata, read leniently (see [`QueueTrigger`]).
+    pub fn queue_trigger(&self, binding: &str) -> Result<QueueTrigger, PayloadError> {
+        let raw = self
+            .data
+            .get(binding)
+            .ok_or_else(|| PayloadError(format!("no `{binding}` queue message in Data")))?;
+        let text = |name: &str| self.metadata.get(name).and_then(metadata_string);
+        let stamp = |name: &str| text(name).as_deref().and_then(parse_timestamp);
+        let dequeue_count = match text("DequeueCount") {
+            None => 1,
+            Some(n) => n
+                .trim()
+                .parse()
+                .map_err(|_| PayloadError(format!("`DequeueCount` {n:?} is not a count")))?,
+        };
+        Ok(QueueTrigger {
+            message: unwrap_json_strings(raw.clone()),
+            id: text("Id").unwrap_or_default(),
+            dequeue_count,
+            insertion_time: stamp("InsertionTime"),
+            expiration_time: stamp("ExpirationTime"),
+            next_visible_time: stamp("NextVisibleTime"),
+            pop_receipt: text("PopReceipt").unwrap_or_default(),
+        })
+    }
+
     /// The host's clock at invocation (`Metadata.sys.UtcNow`), when it parses.
     pub fn utc_now(&self) -> Option<OffsetDateTime> {
         self.metadata
@@ -67,6 +93,84 @@ impl InvocationRequest {
             .and_then(|s| s.get("UtcNow"))
             .and_then(Value::as_str)
             .and_then(parse_timestamp)
+    }
+}
+
+/// A queue trigger's message and metadata.
+///
+/// The Functions host's HTTP worker writes every non-object value with
+/// `JsonConvert.SerializeObject` before putting it in the body, so a queue message's text,
+/// and the string metadata (`Id`, `PopReceipt`, timestamps), arrive as JSON strings that hold
+/// a JSON-quoted string, and `DequeueCount` as a string of digits (see
+/// `ScriptInvocationContextExtensions.GetHttpScriptInvocationContextValue` in
+/// azure-functions-host). The standalone runtime sends the same shape; reading accepts it and
+/// the plain one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueTrigger {
+    /// The message: its JSON value, or a string when the text is not JSON.
+    pub message: Value,
+    pub id: String,
+    /// Receipts of this message so far, this one included (1 on the first attempt).
+    pub dequeue_count: u32,
+    pub insertion_time: Option<OffsetDateTime>,
+    pub expiration_time: Option<OffsetDateTime>,
+    pub next_visible_time: Option<OffsetDateTime>,
+    pub pop_receipt: String,
+}
+
+impl QueueTrigger {
+    /// The invocation body the host sends for this message to a function whose trigger
+    /// binding is `binding`: `text` is the message's decoded text (sent as is, whatever
+    /// `self.message` says), `sys` the `Metadata.sys` object.
+    pub fn host_body(&self, binding: &str, text: &str, sys: Value) -> Value {
+        let metadata = self;
+        let quoted = |s: &str| Value::String(Value::String(s.to_string()).to_string());
+        let stamp = |t: Option<OffsetDateTime>| t.map(|t| quoted(&format_timestamp(t)));
+        let mut meta = Map::new();
+        meta.insert(
+            "DequeueCount".into(),
+            Value::String(metadata.dequeue_count.to_string()),
+        );
+        meta.insert("Id".into(), quoted(&metadata.id));
+        for (name, value) in [
+            ("InsertionTime", stamp(metadata.insertion_time)),
+            ("ExpirationTime", stamp(metadata.expiration_time)),
+            ("NextVisibleTime", stamp(metadata.next_visible_time)),
+        ] {
+            if let Some(v) = value {
+                meta.insert(name.into(), v);
+            }
+        }
+        meta.insert("PopReceipt".into(), quoted(&metadata.pop_receipt));
+        meta.insert("sys".into(), sys);
+        serde_json::json!({ "Data": { binding: quoted(text) }, "Metadata": meta })
+    }
+}
+
+/// Removes the host's extra layers of JSON-string quoting from a value.
+fn unwrap_json_strings(mut value: Value) -> Value {
+    // two layers are what the host adds; a third guards a message that is itself quoted text
+    for _ in 0..3 {
+        match value {
+            Value::String(ref s) => match serde_json::from_str::<Value>(s) {
+                Ok(inner) => value = inner,
+                Err(_) => return value,
+            },
+            other => return other,
+        }
+    }
+    value
+}
+
+/// A metadata string, with the host's JSON quoting removed.
+fn metadata_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::String(inner)) => Some(inner),
+            _ => Some(s.clone()),
+        },
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
@@ -318,6 +422,100 @@ mod tests {
         assert!(json["ReturnValue"].is_null());
         assert_eq!(res.queued("work").len(), 2);
         assert!(res.queued("other").is_empty());
+    }
+
+    /// A queue invocation as azure-functions-host's HTTP worker serializes it: the trigger
+    /// value and string metadata JSON-quoted once more, the dequeue count as digits.
+    const HOST_QUEUE: &str = r#"{"Data":{"msg":"\"{\\\"tenant_id\\\":\\\"t1\\\"}\""},
+ "Metadata":{"DequeueCount":"3","Id":"\"800ae4b3-bdd2-4c08-badd-f08e5a34b865\"",
+  "InsertionTime":"\"2026-11-24T10:00:00+00:00\"","ExpirationTime":"2026-12-01T10:00:00+00:00",
+  "NextVisibleTime":"\"2026-11-24T10:01:00+00:00\"","PopReceipt":"\"AgAAAAMAAAAAAAAAAgtnj8x+1QE=\"",
+  "sys":{"MethodName":"SyncTenant","UtcNow":"2026-11-24T10:00:00.5Z","RandGuid":"0f8fad5b-d9cb-469f-a165-70867728950e"}}}"#;
+
+    #[test]
+    fn a_host_queue_invocation_reads_through_the_extra_quoting() {
+        let req = InvocationRequest::from_slice(HOST_QUEUE.as_bytes()).unwrap();
+        assert_eq!(
+            req.data["msg"],
+            Value::String(r#""{\"tenant_id\":\"t1\"}""#.into()),
+            "the fixture has the host's two layers"
+        );
+        let q = req.queue_trigger("msg").unwrap();
+        assert_eq!(q.message, serde_json::json!({"tenant_id": "t1"}));
+        assert_eq!(q.dequeue_count, 3);
+        assert_eq!(q.id, "800ae4b3-bdd2-4c08-badd-f08e5a34b865");
+        assert_eq!(q.pop_receipt, "AgAAAAMAAAAAAAAAAgtnj8x+1QE=");
+        assert_eq!(q.insertion_time, Some(datetime!(2026-11-24 10:00:00 UTC)));
+        assert_eq!(q.expiration_time, Some(datetime!(2026-12-01 10:00:00 UTC)));
+        assert_eq!(
+            q.next_visible_time,
+            Some(datetime!(2026-11-24 10:01:00 UTC))
+        );
+    }
+
+    #[test]
+    fn plain_queue_invocations_and_text_messages_read_too() {
+        let plain = br#"{"Data":{"msg":{"tenant_id":"t1"}},"Metadata":{"DequeueCount":1,"Id":"a","PopReceipt":"p"}}"#;
+        let q = InvocationRequest::from_slice(plain)
+            .unwrap()
+            .queue_trigger("msg")
+            .unwrap();
+        assert_eq!(q.message["tenant_id"], "t1");
+        assert_eq!((q.dequeue_count, q.id.as_str()), (1, "a"));
+        let text = br#"{"Data":{"msg":"\"hello world\""}}"#;
+        let q = InvocationRequest::from_slice(text)
+            .unwrap()
+            .queue_trigger("msg")
+            .unwrap();
+        assert_eq!(q.message, Value::String("hello world".into()));
+        let missing = InvocationRequest::from_slice(b"{}").unwrap();
+        assert!(
+            missing
+                .queue_trigger("msg")
+                .unwrap_err()
+                .0
+                .contains("no `msg`")
+        );
+        let bad = br#"{"Data":{"msg":"x"},"Metadata":{"DequeueCount":"many"}}"#;
+        assert!(
+            InvocationRequest::from_slice(bad)
+                .unwrap()
+                .queue_trigger("msg")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_standalone_queue_body_is_the_host_shape_and_reads_back() {
+        let trigger = QueueTrigger {
+            message: Value::Null,
+            id: "id-1".into(),
+            dequeue_count: 2,
+            insertion_time: Some(datetime!(2026-11-24 10:00:00 UTC)),
+            expiration_time: Some(datetime!(2026-12-01 10:00:00 UTC)),
+            next_visible_time: Some(datetime!(2026-11-24 10:01:00 UTC)),
+            pop_receipt: "AgAA+/x==".into(),
+        };
+        let body = trigger.host_body(
+            "msg",
+            r#"{"tenant_id":"t1"}"#,
+            serde_json::json!({"MethodName": "SyncTenant"}),
+        );
+        let fixture: Value = serde_json::from_str(HOST_QUEUE).unwrap();
+        assert_eq!(body["Data"]["msg"], fixture["Data"]["msg"]);
+        assert_eq!(body["Metadata"]["DequeueCount"], "2");
+        assert_eq!(body["Metadata"]["Id"], "\"id-1\"");
+        let back = InvocationRequest::from_value(body)
+            .unwrap()
+            .queue_trigger("msg")
+            .unwrap();
+        assert_eq!(
+            back,
+            QueueTrigger {
+                message: serde_json::json!({"tenant_id": "t1"}),
+                ..trigger
+            }
+        );
     }
 
     #[test]

@@ -1,19 +1,22 @@
-//! Running without the Functions host: timers fire from their NCRONTAB schedules and
-//! queue outputs reach their queue-triggered functions in process. Both go through the
-//! same invocation payloads, and the same [`Invoker`], as a host invocation.
+//! Running without the Functions host: timers fire from their NCRONTAB schedules, and
+//! queue-triggered functions listen to real Storage queues (see [`crate::storage_queues`]).
+//! Queue outputs of every function are written to their Storage queue, so a timer in one
+//! process fans out to queue listeners in any number of processes. Everything goes through
+//! the same invocation payloads, and the same [`Invoker`], as a host invocation.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
 use tracing::Instrument as _;
 
 use crate::function_json::{Catalog, Trigger};
 use crate::invocation::{InvocationRequest, InvocationResponse, TimerInfo, format_timestamp};
+use crate::storage_queues::{QueueRuntime, QueueSettings};
 
 /// The future an [`Invoker`] returns.
 pub type InvokeFuture<'a> =
@@ -39,78 +42,125 @@ pub enum InvokeError {
     Failed { message: String, logs: Vec<String> },
 }
 
-/// Most attempts for a queue message before it is given up as poison (the host's default).
-pub const MAX_DEQUEUE_COUNT: u32 = 5;
-/// Queue messages processed at once (the host's default batch size).
-const QUEUE_CONCURRENCY: usize = 16;
-
-struct QueuedMessage {
-    queue: String,
-    body: Value,
-    id: String,
-    inserted: OffsetDateTime,
+/// Why the standalone runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A function triggers on or writes to a queue, and no queue service was given.
+    #[error("function {function} uses queue {queue}, but no queue service is configured")]
+    NoQueueService { function: String, queue: String },
+    /// A queue name the catalog uses cannot be a Storage queue (a poison queue name too long).
+    #[error("queue {queue}: {source}")]
+    Queue {
+        queue: String,
+        #[source]
+        source: queues::Error,
+    },
 }
 
-/// The standalone runtime: owns the timer tasks and the in-process queue.
+/// The standalone runtime: owns the timer tasks and the queue listeners.
 pub struct Standalone {
     catalog: Arc<Catalog>,
     invoker: Arc<dyn Invoker>,
-    queue: mpsc::UnboundedSender<QueuedMessage>,
+    pub(crate) queues: Option<Arc<QueueRuntime>>,
+    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl Standalone {
-    /// Starts timers for every timer function and the queue worker. Must run inside tokio.
-    pub fn start(catalog: Arc<Catalog>, invoker: Arc<dyn Invoker>) -> Arc<Standalone> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Starts timers for every timer function and a queue listener for every
+    /// queue-triggered one, and creates the queues. Must run inside tokio. `queues` may be
+    /// `None` only when no function uses a queue.
+    pub fn start(
+        catalog: Arc<Catalog>,
+        invoker: Arc<dyn Invoker>,
+        queues: Option<(queues::Queues, QueueSettings)>,
+    ) -> Result<Arc<Standalone>, StartError> {
+        let queues = match queues {
+            Some((queues, settings)) => Some(Arc::new(
+                QueueRuntime::new(&catalog, queues, settings).map_err(|source| {
+                    let queue = match &source {
+                        queues::Error::InvalidName(name) => name.clone(),
+                        _ => String::new(),
+                    };
+                    StartError::Queue { queue, source }
+                })?,
+            )),
+            None => {
+                if let Some((function, queue)) = catalog.queue_use() {
+                    return Err(StartError::NoQueueService {
+                        function: function.to_string(),
+                        queue: queue.to_string(),
+                    });
+                }
+                None
+            }
+        };
         let runtime = Arc::new(Standalone {
             catalog,
             invoker,
-            queue: tx,
+            queues,
+            tasks: Mutex::new(Vec::new()),
         });
+        let mut tasks = Vec::new();
+        if let Some(queues) = runtime.queues.clone() {
+            let catalog = runtime.catalog.clone();
+            tasks.push(
+                tokio::spawn(async move { queues.create_queues(&catalog).await }).abort_handle(),
+            );
+        }
         for function in runtime.catalog.iter() {
-            if let Trigger::Timer { .. } = function.trigger {
-                let run_on_startup = function
-                    .bindings
-                    .iter()
-                    .any(|b| b.kind == "timerTrigger" && b.run_on_startup == Some(true));
-                tokio::spawn(
-                    runtime
+            match &function.trigger {
+                Trigger::Timer { .. } => {
+                    let run_on_startup = function
+                        .bindings
+                        .iter()
+                        .any(|b| b.kind == "timerTrigger" && b.run_on_startup == Some(true));
+                    let task = runtime
                         .clone()
-                        .run_timer(function.name.clone(), run_on_startup),
-                );
+                        .run_timer(function.name.clone(), run_on_startup);
+                    tasks.push(tokio::spawn(task).abort_handle());
+                }
+                Trigger::Queue { binding, queue } => {
+                    let task = runtime.clone().listen(
+                        function.name.clone(),
+                        binding.clone(),
+                        queue.clone(),
+                    );
+                    tasks.push(tokio::spawn(task).abort_handle());
+                }
+                Trigger::Http { .. } => {}
             }
         }
-        tokio::spawn(runtime.clone().run_queue(rx));
-        runtime
+        *runtime.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        Ok(runtime)
     }
 
-    /// Invokes a function and delivers its queue outputs in process.
+    /// Invokes a function and writes its queue outputs to their queues. An output that
+    /// cannot be written fails the invocation, as it does under the host.
     pub async fn invoke(
         &self,
         function: &str,
         request: InvocationRequest,
     ) -> Result<InvocationResponse, InvokeError> {
         let response = self.invoker.invoke(function, request).await?;
-        self.deliver_outputs(function, &response);
+        if let Some(queues) = &self.queues {
+            queues
+                .deliver_outputs(&self.catalog, function, &response)
+                .await?;
+        }
         Ok(response)
     }
 
-    /// Sends each queue output binding's messages to the functions triggered by that queue.
-    pub fn deliver_outputs(&self, function: &str, response: &InvocationResponse) {
-        let Some(definition) = self.catalog.get(function) else {
-            return;
-        };
-        for (binding, queue) in &definition.queue_outputs {
-            for body in response.queued(binding) {
-                let message = QueuedMessage {
-                    queue: queue.clone(),
-                    body,
-                    id: uuid_v4(),
-                    inserted: OffsetDateTime::now_utc(),
-                };
-                // the receiver lives as long as the runtime
-                self.queue.send(message).ok();
-            }
+    /// Stops every timer and queue listener at once, abandoning the messages in flight as a
+    /// killed process would: they are neither deleted nor renewed, and reappear when their
+    /// hold runs out.
+    pub fn abort(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
         }
     }
 
@@ -173,79 +223,10 @@ impl Standalone {
             Err(e) => tracing::error!(function = %name, error = %e, "timer run failed"),
         }
     }
-
-    async fn run_queue(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<QueuedMessage>) {
-        let slots = Arc::new(Semaphore::new(QUEUE_CONCURRENCY));
-        while let Some(message) = rx.recv().await {
-            let consumers: Vec<(String, String)> = self
-                .catalog
-                .queue_consumers(&message.queue)
-                .filter_map(|f| match &f.trigger {
-                    Trigger::Queue { binding, .. } => Some((f.name.clone(), binding.clone())),
-                    _ => None,
-                })
-                .collect();
-            if consumers.is_empty() {
-                tracing::warn!(queue = %message.queue, "no function consumes this queue; message dropped");
-                continue;
-            }
-            let message = Arc::new(message);
-            for (function, binding) in consumers {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let runtime = self.clone();
-                let message = message.clone();
-                tokio::spawn(async move {
-                    runtime.consume(&function, &binding, &message).await;
-                    drop(permit);
-                });
-            }
-        }
-    }
-
-    async fn consume(&self, function: &str, binding: &str, message: &QueuedMessage) {
-        for dequeue_count in 1..=MAX_DEQUEUE_COUNT {
-            let now = OffsetDateTime::now_utc();
-            let mut metadata = Map::new();
-            metadata.insert("DequeueCount".into(), json!(dequeue_count));
-            metadata.insert("Id".into(), json!(message.id));
-            metadata.insert(
-                "InsertionTime".into(),
-                json!(format_timestamp(message.inserted)),
-            );
-            metadata.insert(
-                "ExpirationTime".into(),
-                json!(format_timestamp(message.inserted + time::Duration::days(7))),
-            );
-            metadata.insert(
-                "NextVisibleTime".into(),
-                json!(format_timestamp(now + time::Duration::minutes(10))),
-            );
-            metadata.insert("PopReceipt".into(), json!(uuid_v4()));
-            metadata.insert("sys".into(), sys_metadata(function));
-            let body = json!({ "Data": { binding: message.body }, "Metadata": metadata });
-            let span = tracing::info_span!("invocation", function, invocation_id = %uuid_v4(), dequeue_count);
-            let outcome = match InvocationRequest::from_value(body) {
-                Ok(request) => self.invoke(function, request).instrument(span).await,
-                Err(e) => Err(InvokeError::BadPayload(e.0)),
-            };
-            match outcome {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(function, queue = %message.queue, dequeue_count, error = %e, "queue message failed");
-                    if dequeue_count < MAX_DEQUEUE_COUNT {
-                        tokio::time::sleep(Duration::from_millis(250 << dequeue_count)).await;
-                    }
-                }
-            }
-        }
-        tracing::error!(function, queue = %message.queue, id = %message.id, "queue message given up after {MAX_DEQUEUE_COUNT} attempts (poison)");
-    }
 }
 
 /// `Metadata.sys` as the host sends it.
-fn sys_metadata(function: &str) -> Value {
+pub(crate) fn sys_metadata(function: &str) -> Value {
     json!({
         "MethodName": function,
         "UtcNow": format_timestamp(OffsetDateTime::now_utc()),
@@ -254,7 +235,7 @@ fn sys_metadata(function: &str) -> Value {
 }
 
 /// A random GUID string, without pulling a UUID crate into the protocol crate.
-fn uuid_v4() -> String {
+pub(crate) fn uuid_v4() -> String {
     let mut bytes = [0u8; 16];
     for chunk in bytes.chunks_mut(8) {
         chunk.copy_from_slice(&random_u64().to_le_bytes());
@@ -272,7 +253,7 @@ fn uuid_v4() -> String {
     )
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the OS; these ids need uniqueness, not secrecy.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -283,12 +264,10 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     #[derive(Default)]
     struct Recorder {
         calls: Mutex<Vec<(String, InvocationRequest)>>,
-        fail_times: Mutex<u32>,
     }
 
     impl Invoker for Recorder {
@@ -298,108 +277,55 @@ mod tests {
                     .lock()
                     .unwrap()
                     .push((function.to_string(), request));
-                match function {
-                    "Tick" => {
-                        let mut res = InvocationResponse::new();
-                        let mut m = Map::new();
-                        m.insert("tenant".into(), json!("t1"));
-                        res.queue("work", m);
-                        Ok(res)
-                    }
-                    "Work" => {
-                        let mut fails = self.fail_times.lock().unwrap();
-                        if *fails > 0 {
-                            *fails -= 1;
-                            return Err(InvokeError::Failed {
-                                message: "flaky".into(),
-                                logs: vec![],
-                            });
-                        }
-                        Ok(InvocationResponse::new())
-                    }
-                    other => Err(InvokeError::UnknownFunction(other.into())),
-                }
+                Ok(InvocationResponse::new())
             })
         }
     }
 
-    fn catalog() -> Arc<Catalog> {
-        Arc::new(
-            Catalog::from_sources([
-                (
-                    "Tick",
-                    r#"{"bindings":[{"name":"timer","type":"timerTrigger","direction":"in","schedule":"* * * * * *"},
-                        {"type":"queue","direction":"out","name":"work","queueName":"tenant-work"}]}"#,
-                ),
-                (
-                    "Work",
-                    r#"{"bindings":[{"name":"msg","type":"queueTrigger","direction":"in","queueName":"tenant-work"}]}"#,
-                ),
-            ])
-            .unwrap(),
-        )
-    }
-
-    async fn wait_for(recorder: &Recorder, what: impl Fn(&[(String, InvocationRequest)]) -> bool) {
-        for _ in 0..400 {
-            if what(&recorder.calls.lock().unwrap()) {
-                return;
+    #[tokio::test]
+    async fn a_timer_fires_with_the_host_payload() {
+        let catalog = Catalog::from_sources([(
+            "Tick",
+            r#"{"bindings":[{"name":"timer","type":"timerTrigger","direction":"in","schedule":"* * * * * *"}]}"#,
+        )])
+        .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let runtime = Standalone::start(Arc::new(catalog), recorder.clone(), None).unwrap();
+        for _ in 0..300 {
+            if !recorder.calls.lock().unwrap().is_empty() {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!(
-            "timed out; calls: {:?}",
-            recorder
-                .calls
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|c| &c.0)
-                .collect::<Vec<_>>()
-        );
-    }
-
-    #[tokio::test]
-    async fn timer_fires_with_the_host_payload_and_its_queue_output_reaches_the_consumer() {
-        let recorder = Arc::new(Recorder::default());
-        let _runtime = Standalone::start(catalog(), recorder.clone());
-        wait_for(&recorder, |calls| calls.iter().any(|c| c.0 == "Work")).await;
+        runtime.abort();
         let calls = recorder.calls.lock().unwrap();
-        let (_, tick) = calls.iter().find(|c| c.0 == "Tick").unwrap();
+        let (name, tick) = calls.first().expect("the timer fired within 3 s");
+        assert_eq!(name, "Tick");
         let timer = tick.timer("timer").unwrap();
         assert!(timer.next.is_some());
         assert_eq!(tick.metadata["sys"]["MethodName"], "Tick");
         assert!(tick.utc_now().is_some());
-        let (_, work) = calls.iter().find(|c| c.0 == "Work").unwrap();
-        assert_eq!(work.data["msg"], json!({"tenant": "t1"}));
-        assert_eq!(work.metadata["DequeueCount"], 1);
-        assert_eq!(work.metadata["sys"]["MethodName"], "Work");
     }
 
-    #[tokio::test]
-    async fn a_failing_queue_message_is_retried_with_a_growing_dequeue_count() {
-        let recorder = Arc::new(Recorder::default());
-        *recorder.fail_times.lock().unwrap() = 2;
-        let runtime = Standalone {
-            catalog: catalog(),
-            invoker: recorder.clone(),
-            queue: mpsc::unbounded_channel().0,
-        };
-        let message = QueuedMessage {
-            queue: "tenant-work".into(),
-            body: json!({"n": 1}),
-            id: uuid_v4(),
-            inserted: OffsetDateTime::now_utc(),
-        };
-        runtime.consume("Work", "msg", &message).await;
-        let counts: Vec<Value> = recorder
-            .calls
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.1.metadata["DequeueCount"].clone())
-            .collect();
-        assert_eq!(counts, [json!(1), json!(2), json!(3)]);
+    #[test]
+    fn a_catalog_that_uses_queues_needs_a_queue_service() {
+        let catalog = Catalog::from_sources([(
+            "Tick",
+            r#"{"bindings":[{"name":"timer","type":"timerTrigger","direction":"in","schedule":"0 0 * * * *"},
+                {"type":"queue","direction":"out","name":"work","queueName":"tenant-work"}]}"#,
+        )])
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(async {
+                Standalone::start(Arc::new(catalog), Arc::new(Recorder::default()), None)
+            })
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("tenant-work"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use host::{InvocationRequest, InvocationResponse, InvokeError};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sync::{Outcome, RoundOptions, SyncStateStore as _};
+use sync::{Outcome, RoundOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use warp::http::StatusCode;
@@ -242,8 +242,12 @@ async fn queue_round(app: &App, req: &Request) -> Result<Response, ApiError> {
         .request(tenant, now, full)
         .await
         .map_err(ApiError::unavailable)?;
-    app.sync
+    let queue = app
+        .sync
         .queue
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("no queue service is configured"))?;
+    queue
         .send_json(&json!({"tenant_id": tenant, "force": true, "full": full}))
         .await
         .map_err(ApiError::unavailable)?;

@@ -12,7 +12,7 @@ use super::json_error;
 use crate::functions::Dispatcher;
 
 /// Where invocations go: straight to the functions under the host, or through the
-/// standalone runtime (which also delivers queue outputs in process).
+/// standalone runtime (which also writes queue outputs to their Storage queues).
 pub enum Invocations {
     Host(Dispatcher),
     Standalone(Arc<Standalone>),
