@@ -14,15 +14,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tables::{Entity, IfMatch, Operation, Query, Value as TableValue};
+use tables::{Entity, IfMatch, Operation};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::scim_service::{ScimError, ScimService, hash, kept_changing};
 use crate::store::StoreError;
 use crate::store::scim::{StoredResource, WriteOutcome};
-
-const SETTINGS_ROW: &str = "scim-settings";
+use crate::store::scim_keys as keys;
 
 /// Hours an invitation stays valid unless the tenant's settings say otherwise.
 pub const DEFAULT_INVITATION_HOURS: u32 = 168;
@@ -170,10 +169,6 @@ impl InvitationState {
     }
 }
 
-fn invitation_key(id: Uuid) -> String {
-    format!("invite-{id}")
-}
-
 /// The activation code: the tenant and invitation (to find the row with one read) and 32
 /// random bytes; only its SHA-256 is kept once the mailer has taken the link.
 fn new_code(tenant: Uuid, invitation: Uuid) -> String {
@@ -226,7 +221,7 @@ impl ScimService {
             .get_or_load(tenant, move || async move {
                 Ok::<_, StoreError>(
                     table
-                        .try_get(&tenant.to_string(), SETTINGS_ROW)
+                        .try_get(&keys::partition(tenant), keys::SETTINGS)
                         .await?
                         .as_ref()
                         .map(ScimSettings::from_row)
@@ -242,7 +237,7 @@ impl ScimService {
         tenant: Uuid,
         settings: &ScimSettings,
     ) -> Result<(), StoreError> {
-        let row = Entity::new(tenant.to_string(), SETTINGS_ROW)
+        let row = Entity::new(keys::partition(tenant), keys::SETTINGS)
             .with("AutomaticInvitation", settings.automatic_invitation)
             .with("RequireMobileAuthUsers", settings.require_mobile_auth_users)
             .with(
@@ -294,7 +289,7 @@ impl ScimService {
             "{}/api/activate?code={code}",
             self.public_base_url.trim_end_matches('/')
         );
-        let mut row = Entity::new(tenant.to_string(), invitation_key(id))
+        let mut row = Entity::new(keys::partition(tenant), keys::invitation(id))
             .with("InvitationId", id.to_string())
             .with("UserId", user.to_string())
             .with(
@@ -437,10 +432,7 @@ impl ScimService {
         tenant: Uuid,
         state: Option<&str>,
     ) -> Result<Vec<Value>, ScimError> {
-        let query = Query::filter(format!(
-            "PartitionKey eq {} and RowKey ge 'invite-' and RowKey lt 'invite.'",
-            TableValue::from(tenant.to_string()).filter_literal()
-        ));
+        let query = keys::invitations().query(&keys::partition(tenant));
         let mut rows: Vec<Value> = self
             .tokens
             .query_all(query)
@@ -461,7 +453,7 @@ impl ScimService {
     ) -> Result<(Entity, InvitationState), ScimError> {
         let row = self
             .tokens
-            .try_get(&tenant.to_string(), &invitation_key(id))
+            .try_get(&keys::partition(tenant), &keys::invitation(id))
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| ScimError::new(404, None, format!("invitation {id} not found")))?;
@@ -649,7 +641,7 @@ pub(crate) fn revoke_previous(tenant: Uuid, admin: &Value) -> Option<Operation> 
 
 fn revoked_row(tenant: Uuid, id: Uuid) -> Entity {
     // merged, so the row keeps its history; the link is blanked (a merge cannot drop it)
-    Entity::new(tenant.to_string(), invitation_key(id))
+    Entity::new(keys::partition(tenant), keys::invitation(id))
         .with("State", InvitationState::Revoked.as_str())
         .with("Link", "")
         .with("RevokedAt", OffsetDateTime::now_utc())

@@ -2,6 +2,7 @@
 //! Translates between SCIM resources and the user store; the protocol pieces (filters,
 //! PATCH) come from the `scim` crate, the HTTP shape from `functions::scim`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use crate::cache::TtlCache;
 use crate::store::StoreError;
 use crate::store::scim::{ScimUserStore, StoredResource, WriteOutcome};
-use crate::store::scim_groups::ScimGroupStore;
+use crate::store::scim_groups::{MemberChanges, ScimGroupStore};
 
 /// A SCIM failure: HTTP status, `scimType`, detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +125,7 @@ pub(crate) fn hash(token: &str) -> String {
         .collect()
 }
 
-const TOKEN_ROW: &str = "scim-token";
+const TOKEN_ROW: &str = crate::store::scim_keys::TOKEN;
 
 impl ScimService {
     /// Over the user and group stores and the table that keeps token hashes, settings and
@@ -394,8 +395,9 @@ impl ScimService {
         Err(kept_changing("user"))
     }
 
-    /// Deletes a user and its memberships: one read (the user with its groups), one
-    /// transaction, and one request per group it was still in.
+    /// Deletes a user and its memberships: one read (the user with its groups) and one
+    /// transaction, conditional on the user, that takes the user and both rows of each
+    /// membership (a user in very many groups has the rest removed after it).
     pub async fn delete_user(
         &self,
         tenant: Uuid,
@@ -405,26 +407,21 @@ impl ScimService {
         let not_found = || ScimError::new(404, None, format!("User {id} not found"));
         let user_id = Uuid::try_parse(id).map_err(|_| not_found())?;
         for _ in 0..4 {
-            let (current, groups) = self
-                .users
-                .get_with_groups(tenant, user_id)
-                .await?
-                .ok_or_else(not_found)?;
+            let Some((current, groups)) = self.users.get_with_groups(tenant, user_id).await? else {
+                // a deletion interrupted after its commit: the retry finishes it
+                self.users.finish_deletion(tenant, user_id).await?;
+                return Err(not_found());
+            };
             check_if_match(&current, if_match)?;
             // a pending invitation dies with its user
             let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
                 .into_iter()
                 .collect();
-            // a deleted user leaves every group it was in: the groups' rows go first (a
-            // retry finds the user's membership rows and clears them again)
-            self.groups
-                .forget_member(tenant, current.id, &groups)
-                .await?;
             let _forget = self.forget_on_drop(tenant, current.id, &[&current.data]);
             match self.users.delete(tenant, &current, &groups, extra).await? {
                 WriteOutcome::Written(_) => return Ok(()),
-                // a membership or the user changed meanwhile: read again, unless the client
-                // asked for the version it had
+                // the user changed meanwhile: read again, unless the client asked for the
+                // version it had
                 WriteOutcome::Missing => continue,
                 WriteOutcome::Changed if if_match.is_none() => continue,
                 _ => {
@@ -433,6 +430,13 @@ impl ScimService {
             }
         }
         Err(kept_changing("user"))
+    }
+
+    /// Finishes the tenant's user and group deletions that stopped between their commit
+    /// and the end of their membership cleanup (Housekeeping calls this); answers how many.
+    pub async fn finish_deletions(&self, tenant: Uuid) -> Result<usize, StoreError> {
+        Ok(self.users.finish_deletions(tenant).await?
+            + self.groups.finish_deletions(tenant).await?)
     }
 }
 
@@ -447,11 +451,8 @@ impl ScimService {
         let (mut data, members) = clean_group(body)?;
         let id = stamp_new(&mut data, "Group", GROUP_KEYS)?;
         let name = data["displayName"].as_str().unwrap_or_default().to_string();
-        match self.groups.create(tenant, id, &data).await? {
-            WriteOutcome::Written(stored) => {
-                self.groups.add_members(tenant, id, &members).await?;
-                Ok(present_group(&stored, base, Some(&members)))
-            }
+        match self.groups.create(tenant, id, &data, &members).await? {
+            WriteOutcome::Written(stored) => Ok(present_group(&stored, base, Some(&members))),
             WriteOutcome::Duplicate => Err(ScimError::new(
                 409,
                 Some("uniqueness"),
@@ -527,8 +528,10 @@ impl ScimService {
         Ok(scim::protocol::list_response(page, total, start))
     }
 
-    /// Applies a PATCH to a group: member operations go to member rows (several per
-    /// request, both remove dialects), the rest to the group itself.
+    /// Applies a PATCH to a group: member operations (every spelling: a `members` path
+    /// with or without a filter, or a `members` key in a pathless value) go to member rows,
+    /// the rest to the group itself, and the group's version goes up either way. Retried
+    /// on concurrent changes unless the client sent If-Match.
     pub async fn patch_group(
         &self,
         tenant: Uuid,
@@ -538,81 +541,36 @@ impl ScimService {
     ) -> Result<(), ScimError> {
         let ops = patch::parse_request(body)
             .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
-        let group = self.find_group(tenant, id).await?;
-        check_if_match(&group, if_match)?;
-        let (member_ops, other_ops): (Vec<patch::PatchOp>, Vec<patch::PatchOp>) =
-            ops.into_iter().partition(|op| {
-                op.path.as_ref().is_some_and(|p| {
-                    p.attr.uri.is_none() && p.attr.attr.eq_ignore_ascii_case("members")
-                })
-            });
+        let (member_ops, other_ops) =
+            patch::split_attribute(ops, "members", scim::protocol::GROUP_SCHEMA);
         // every member list is checked before anything is written
-        let member_ops: Vec<(patch::PatchOp, Vec<Value>)> = member_ops
-            .into_iter()
-            .map(|op| {
-                let listed = member_objects(op.value.as_ref())?;
-                Ok((op, listed))
-            })
-            .collect::<Result<_, ScimError>>()?;
-        if !other_ops.is_empty() {
-            self.patch_group_attributes(tenant, &group, &other_ops)
-                .await?;
+        for op in &member_ops {
+            member_objects(op.value.as_ref())?;
         }
-        for (op, listed) in member_ops {
-            let path = op.path.as_ref().expect("partitioned on having a path");
-            match (op.op, &path.filter) {
-                (patch::OpKind::Add, _) => {
-                    self.groups.add_members(tenant, group.id, &listed).await?
-                }
-                (patch::OpKind::Replace, _) => {
-                    let current = ids(&self.groups.members(tenant, group.id).await?);
-                    self.groups
-                        .remove_members(tenant, group.id, &current)
-                        .await?;
-                    self.groups.add_members(tenant, group.id, &listed).await?;
-                }
-                (patch::OpKind::Remove, Some(filter)) => {
-                    let current = self.groups.members(tenant, group.id).await?;
-                    let doomed: Vec<Value> =
-                        current.into_iter().filter(|m| filter.matches(m)).collect();
-                    let doomed = ids(&doomed);
-                    self.groups
-                        .remove_members(tenant, group.id, &doomed)
-                        .await?;
-                }
-                (patch::OpKind::Remove, None) if op.value.is_some() => {
-                    // Entra's older dialect: remove only the members listed
-                    self.groups
-                        .remove_members(tenant, group.id, &ids(&listed))
-                        .await?;
-                }
-                (patch::OpKind::Remove, None) => {
-                    let current = ids(&self.groups.members(tenant, group.id).await?);
-                    self.groups
-                        .remove_members(tenant, group.id, &current)
-                        .await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn patch_group_attributes(
-        &self,
-        tenant: Uuid,
-        first: &StoredResource,
-        ops: &[patch::PatchOp],
-    ) -> Result<(), ScimError> {
-        let mut current = first.clone();
+        // plain adds and listed removes need not know who is in the group already
+        let needs_members = !member_ops.iter().all(is_member_delta);
         for _ in 0..8 {
+            let current = self.find_group(tenant, id).await?;
+            check_if_match(&current, if_match)?;
             let mut data = current.data.clone();
-            patch::apply(&mut data, ops)
+            patch::apply(&mut data, &other_ops)
                 .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
             if let Some(obj) = data.as_object_mut() {
                 obj.remove("members");
             }
             let data = finish_group_update(&current, data)?;
-            match self.groups.replace(tenant, &current, &data).await? {
+            let changes = if needs_members {
+                let existing = self.groups.members(tenant, current.id).await?;
+                let wanted = apply_member_ops(existing.clone(), &member_ops)?;
+                member_diff(&existing, &wanted)
+            } else {
+                member_delta(&member_ops)?
+            };
+            match self
+                .groups
+                .update(tenant, &current, &data, &changes)
+                .await?
+            {
                 WriteOutcome::Written(_) => return Ok(()),
                 WriteOutcome::Duplicate => {
                     return Err(ScimError::new(
@@ -621,9 +579,10 @@ impl ScimService {
                         "that displayName is already taken",
                     ));
                 }
-                WriteOutcome::Changed | WriteOutcome::Missing => {
-                    current = self.find_group(tenant, &first.id.to_string()).await?;
-                }
+                // gone meanwhile: the next read answers 404
+                WriteOutcome::Missing => continue,
+                WriteOutcome::Changed if if_match.is_none() => continue,
+                WriteOutcome::Changed => return Err(changed_since_read("group")),
             }
         }
         Err(kept_changing("group"))
@@ -638,62 +597,172 @@ impl ScimService {
         body: &Value,
         if_match: Option<&str>,
     ) -> Result<Value, ScimError> {
-        let current = self.find_group(tenant, id).await?;
-        check_if_match(&current, if_match)?;
-        let (data, members) = clean_group(body)?;
-        let data = finish_group_update(&current, data)?;
-        let stored = match self.groups.replace(tenant, &current, &data).await? {
-            WriteOutcome::Written(stored) => stored,
-            WriteOutcome::Duplicate => {
-                return Err(ScimError::new(
-                    409,
-                    Some("uniqueness"),
-                    "that displayName is already taken",
-                ));
+        let (body, members) = clean_group(body)?;
+        for _ in 0..8 {
+            let current = self.find_group(tenant, id).await?;
+            check_if_match(&current, if_match)?;
+            let data = finish_group_update(&current, body.clone())?;
+            // read after the group: a member change since fails the write below
+            let existing = self.groups.members(tenant, current.id).await?;
+            let changes = member_diff(&existing, &members);
+            match self
+                .groups
+                .update(tenant, &current, &data, &changes)
+                .await?
+            {
+                WriteOutcome::Written(stored) => {
+                    return Ok(present_group(&stored, base, Some(&members)));
+                }
+                WriteOutcome::Duplicate => {
+                    return Err(ScimError::new(
+                        409,
+                        Some("uniqueness"),
+                        "that displayName is already taken",
+                    ));
+                }
+                WriteOutcome::Missing => continue,
+                WriteOutcome::Changed if if_match.is_none() => continue,
+                WriteOutcome::Changed => return Err(changed_since_read("group")),
             }
-            _ => {
-                return Err(changed_since_read("group"));
-            }
-        };
-        let existing = ids(&self.groups.members(tenant, current.id).await?);
-        let wanted = ids(&members);
-        let gone: Vec<String> = existing
-            .iter()
-            .filter(|m| !wanted.contains(m))
-            .cloned()
-            .collect();
-        let new: Vec<Value> = members
-            .iter()
-            .filter(|m| {
-                m.get("value")
-                    .and_then(Value::as_str)
-                    .is_some_and(|id| !existing.iter().any(|e| e == id))
-            })
-            .cloned()
-            .collect();
-        self.groups
-            .remove_members(tenant, current.id, &gone)
-            .await?;
-        self.groups.add_members(tenant, current.id, &new).await?;
-        Ok(present_group(&stored, base, Some(&members)))
+        }
+        Err(kept_changing("group"))
     }
 
-    /// Deletes a group and its member rows.
+    /// Deletes a group and its member rows (with both rows of each membership).
     pub async fn delete_group(
         &self,
         tenant: Uuid,
         id: &str,
         if_match: Option<&str>,
     ) -> Result<(), ScimError> {
-        let group = self.find_group(tenant, id).await?;
-        check_if_match(&group, if_match)?;
-        match self.groups.delete(tenant, &group).await? {
-            WriteOutcome::Written(_) => Ok(()),
-            WriteOutcome::Missing => {
-                Err(ScimError::new(404, None, format!("Group {id} not found")))
+        let not_found = || ScimError::new(404, None, format!("Group {id} not found"));
+        let group_id = Uuid::try_parse(id).map_err(|_| not_found())?;
+        // members written meanwhile change the group: read it again (a large group leaves
+        // a tombstone at once, so only a small one can lose this race)
+        for _ in 0..8 {
+            let Some(group) = self.groups.get(tenant, group_id).await? else {
+                // a deletion interrupted after its commit: the retry finishes it
+                self.groups.finish_deletion(tenant, group_id).await?;
+                return Err(not_found());
+            };
+            check_if_match(&group, if_match)?;
+            match self.groups.delete(tenant, &group).await? {
+                WriteOutcome::Written(_) => return Ok(()),
+                WriteOutcome::Missing => continue,
+                WriteOutcome::Changed if if_match.is_none() => continue,
+                _ => return Err(changed_since_read("group")),
             }
-            _ => Err(changed_since_read("group")),
         }
+        Err(kept_changing("group"))
+    }
+}
+
+/// True for a member operation whose effect does not depend on the current members: an add
+/// of listed members, or Entra's older remove of listed members.
+fn is_member_delta(op: &patch::PatchOp) -> bool {
+    let plain = op
+        .path
+        .as_ref()
+        .is_some_and(|p| p.filter.is_none() && p.sub.is_none() && p.attr.sub.is_none());
+    plain
+        && match op.op {
+            patch::OpKind::Add => true,
+            patch::OpKind::Remove => op.value.as_ref().is_some_and(|v| !v.is_null()),
+            patch::OpKind::Replace => false,
+        }
+}
+
+/// A member's value.
+fn value_of(member: &Value) -> &str {
+    member["value"].as_str().unwrap_or_default()
+}
+
+/// What a sequence of [`is_member_delta`] operations changes, in order (a member added
+/// and then removed is removed, and the other way round).
+fn member_delta(ops: &[patch::PatchOp]) -> Result<MemberChanges, ScimError> {
+    // the last word on each value, in the order values first appear
+    let mut last: HashMap<String, Option<Value>> = HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for op in ops {
+        for member in member_objects(op.value.as_ref())? {
+            let value = value_of(&member).to_string();
+            if !last.contains_key(&value) {
+                order.push(value.clone());
+            }
+            let word = (op.op != patch::OpKind::Remove).then_some(member);
+            last.insert(value, word);
+        }
+    }
+    let mut changes = MemberChanges::default();
+    for value in order {
+        match last.remove(&value).flatten() {
+            Some(member) => changes.upsert.push(member),
+            None => changes.remove.push(value),
+        }
+    }
+    Ok(changes)
+}
+
+/// The members after `ops`, applied in order to `members`: delta operations as
+/// [`member_delta`] reads them, the rest by the PATCH engine on the member list.
+fn apply_member_ops(
+    mut members: Vec<Value>,
+    ops: &[patch::PatchOp],
+) -> Result<Vec<Value>, ScimError> {
+    for op in ops {
+        if is_member_delta(op) {
+            let changes = member_delta(std::slice::from_ref(op))?;
+            let touched: HashSet<&str> = changes
+                .remove
+                .iter()
+                .map(String::as_str)
+                .chain(changes.upsert.iter().map(value_of))
+                .collect();
+            members.retain(|m| !touched.contains(value_of(m)));
+            members.extend(changes.upsert.iter().cloned());
+        } else {
+            let mut resource = json!({ "members": members });
+            patch::apply(&mut resource, std::slice::from_ref(op))
+                .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
+            members = unique_members(member_objects(resource.get("members"))?);
+        }
+    }
+    Ok(members)
+}
+
+/// Members with one entry per value, where it first appears, as last given.
+fn unique_members(members: Vec<Value>) -> Vec<Value> {
+    let mut at: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<Value> = Vec::new();
+    for member in members {
+        match at.get(value_of(&member)) {
+            Some(&i) => out[i] = member,
+            None => {
+                at.insert(value_of(&member).to_string(), out.len());
+                out.push(member);
+            }
+        }
+    }
+    out
+}
+
+/// The changes that turn `existing` members into `wanted`.
+fn member_diff(existing: &[Value], wanted: &[Value]) -> MemberChanges {
+    let wanted = unique_members(wanted.to_vec());
+    let had: HashMap<&str, &Value> = existing.iter().map(|m| (value_of(m), m)).collect();
+    let keep: HashSet<&str> = wanted.iter().map(value_of).collect();
+    MemberChanges {
+        remove: existing
+            .iter()
+            .map(value_of)
+            .filter(|value| !keep.contains(value))
+            .map(str::to_string)
+            .collect(),
+        upsert: wanted
+            .iter()
+            .filter(|m| had.get(value_of(m)).copied() != Some(*m))
+            .cloned()
+            .collect(),
     }
 }
 
@@ -762,14 +831,6 @@ fn member_objects(value: Option<&Value>) -> Result<Vec<Value>, ScimError> {
     Ok(members)
 }
 
-/// The ids of member objects.
-fn ids(members: &[Value]) -> Vec<String> {
-    members
-        .iter()
-        .filter_map(|m| m.get("value").and_then(Value::as_str).map(str::to_string))
-        .collect()
-}
-
 fn clean_group(body: &Value) -> Result<(Value, Vec<Value>), ScimError> {
     let Value::Object(map) = body else {
         return Err(ScimError::new(
@@ -790,7 +851,7 @@ fn clean_group(body: &Value) -> Result<(Value, Vec<Value>), ScimError> {
             "displayName is required",
         ));
     }
-    let members = member_objects(data.get("members"))?;
+    let members = unique_members(member_objects(data.get("members"))?);
     data.remove("members");
     data.remove("id");
     data.remove("meta");

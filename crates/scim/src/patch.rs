@@ -132,6 +132,71 @@ pub fn parse_request(body: &Value) -> Result<Vec<PatchOp>, PatchError> {
         .collect()
 }
 
+/// True when `path` names the core attribute `attr` of the resource type whose schema is
+/// `schema` (plainly or URN-prefixed), whatever filter or sub-attribute follows.
+fn names_attribute(path: &PatchPath, attr: &str, schema: &str) -> bool {
+    path.attr.attr.eq_ignore_ascii_case(attr)
+        && path
+            .attr
+            .uri
+            .as_deref()
+            .is_none_or(|uri| uri.eq_ignore_ascii_case(schema))
+}
+
+/// Separates the operations on one attribute stored apart from the resource (a group's
+/// `members`) from the rest, keeping each side's order. Besides operations whose path names
+/// the attribute, a pathless add or replace may carry it as a key of its value
+/// (`{"op":"add","value":{"members":[...]}}`): that key becomes an operation of its own,
+/// with the attribute as its path, and the other keys stay behind. The first list has a
+/// path on every operation.
+pub fn split_attribute(
+    ops: Vec<PatchOp>,
+    attr: &str,
+    schema: &str,
+) -> (Vec<PatchOp>, Vec<PatchOp>) {
+    let mut on_attr = Vec::new();
+    let mut rest = Vec::new();
+    for PatchOp { op, path, value } in ops {
+        match (path, value) {
+            (Some(path), value) if names_attribute(&path, attr, schema) => on_attr.push(PatchOp {
+                op,
+                path: Some(path),
+                value,
+            }),
+            (None, Some(Value::Object(values))) => {
+                let mut others = Map::new();
+                for (key, value) in values {
+                    match PatchPath::parse(&key) {
+                        Ok(path)
+                            if path.filter.is_none()
+                                && path.attr.sub.is_none()
+                                && names_attribute(&path, attr, schema) =>
+                        {
+                            on_attr.push(PatchOp {
+                                op,
+                                path: Some(path),
+                                value: Some(value),
+                            })
+                        }
+                        _ => {
+                            others.insert(key, value);
+                        }
+                    }
+                }
+                if !others.is_empty() {
+                    rest.push(PatchOp {
+                        op,
+                        path: None,
+                        value: Some(Value::Object(others)),
+                    });
+                }
+            }
+            (path, value) => rest.push(PatchOp { op, path, value }),
+        }
+    }
+    (on_attr, rest)
+}
+
 /// Applies operations in order to a resource. On error the resource may be partly changed:
 /// apply to a copy and keep it only on success.
 pub fn apply(resource: &mut Value, ops: &[PatchOp]) -> Result<(), PatchError> {
@@ -834,6 +899,52 @@ mod tests {
         )
         .unwrap();
         assert!(u.get("userName").is_none());
+    }
+
+    #[test]
+    fn member_operations_are_split_out_whatever_their_spelling() {
+        let ops = parse_request(&json!({"schemas": [PATCH_OP_SCHEMA], "Operations": [
+            {"op": "add", "value": {"members": [{"value": "a"}], "displayName": "x"}},
+            {"op": "replace", "value": {"Members": [{"value": "b"}]}},
+            {"op": "Replace", "path": "members", "value": [{"value": "c"}]},
+            {"op": "remove", "path": "members[value eq \"c\"]"},
+            {"op": "add", "path": "urn:ietf:params:scim:schemas:core:2.0:Group:members", "value": [{"value": "d"}]},
+            {"op": "add", "value": {"urn:ietf:params:scim:schemas:core:2.0:Group:members": [{"value": "e"}]}},
+            {"op": "replace", "path": "displayName", "value": "y"},
+            {"op": "add", "path": "urn:example:other:members", "value": "z"},
+        ]}))
+        .unwrap();
+        let (members, rest) = split_attribute(
+            ops,
+            "members",
+            "urn:ietf:params:scim:schemas:core:2.0:Group",
+        );
+        let kinds: Vec<(OpKind, bool)> = members
+            .iter()
+            .map(|op| (op.op, op.path.as_ref().unwrap().filter.is_some()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (OpKind::Add, false),
+                (OpKind::Replace, false),
+                (OpKind::Replace, false),
+                (OpKind::Remove, true),
+                (OpKind::Add, false),
+                (OpKind::Add, false),
+            ]
+        );
+        assert_eq!(members[0].value, Some(json!([{"value": "a"}])));
+        assert_eq!(members[5].value, Some(json!([{"value": "e"}])));
+        // what is left keeps its order: the rest of the first value, the rename, the rest
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[0].value, Some(json!({"displayName": "x"})));
+        assert!(rest[0].path.is_none());
+        assert_eq!(rest[1].value, Some(json!("y")));
+        assert_eq!(
+            rest[2].path.as_ref().unwrap().attr.uri.as_deref(),
+            Some("urn:example:other")
+        );
     }
 
     #[test]

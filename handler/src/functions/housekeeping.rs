@@ -6,7 +6,7 @@ use host::{InvocationRequest, InvocationResponse, InvokeError};
 use time::OffsetDateTime;
 
 use crate::app::App;
-use crate::store::{RunOutcome, RunRecord};
+use crate::store::{RunOutcome, RunRecord, StoreError};
 
 /// The function's name, as in `functions/Housekeeping`.
 pub const NAME: &str = "Housekeeping";
@@ -34,14 +34,15 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     let cutoff = started_at - time::Duration::days(RUN_HISTORY_DAYS);
     let purged = app.run_log.purge_history(NAME, cutoff).await;
     let confirmed = app.onboarding.confirm_pending().await;
-    let (outcome, summary) = match (&purged, &confirmed) {
-        (Ok(purged), Ok(confirmed)) => (
+    let finished = finish_scim_deletions(app).await;
+    let (outcome, summary) = match (&purged, &confirmed, &finished) {
+        (Ok(purged), Ok(confirmed), Ok(finished)) => (
             RunOutcome::Succeeded,
             format!(
-                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {confirmed} pending tenants"
+                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {confirmed} pending tenants; finished {finished} SCIM deletions"
             ),
         ),
-        (Err(e), _) | (_, Err(e)) => (
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => (
             RunOutcome::Failed(e.to_string()),
             "housekeeping work failed".to_string(),
         ),
@@ -66,5 +67,26 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
             message: format!("housekeeping could not record its run: {e}"),
             logs: response.logs,
         }),
+    }
+}
+
+/// Finishes the SCIM deletions (users, groups) that stopped after their commit but before
+/// their membership rows were all gone, in every tenant's partition.
+async fn finish_scim_deletions(app: &App) -> Result<usize, StoreError> {
+    let mut finished = 0;
+    let mut failed = None;
+    for tenant in app.access.tenants.list().await? {
+        // one tenant's failure does not keep the others waiting
+        match app.scim.finish_deletions(tenant.tenant_id).await {
+            Ok(n) => finished += n,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.tenant_id, error = %e, "SCIM deletions stay unfinished");
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        None => Ok(finished),
+        Some(e) => Err(e),
     }
 }

@@ -1,6 +1,7 @@
 //! How many Table Storage requests each SCIM operation makes, counted by the table client
-//! against Azurite: Entra's match query 1, create 1, PATCH 2, delete 2 (plus one per group
-//! the user is still in), group member changes about 2 per 100 members.
+//! against Azurite: Entra's match query 1, create 1, PATCH 2, delete 2 (its memberships go
+//! in the same transaction), group member changes a read and one transaction per 49
+//! members, a group delete 3.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,13 +132,18 @@ async fn scim_operations_make_the_documented_number_of_table_requests() {
         )
         .await
         .unwrap();
-    // one read of the group, 3 batches of member rows, 3 of membership rows
+    // one read of the group, 6 transactions of 49 members (both rows of each) with the
+    // group row
     let added = counted() - before;
     assert!(added <= 7, "adding 250 members took {added} requests");
 
     let before = counted();
     service.delete_user(tenant, &ids[0], None).await.unwrap();
-    assert_eq!(counted() - before, 3, "delete of a user in one group");
+    assert_eq!(
+        counted() - before,
+        2,
+        "delete of a user in one group: its memberships go in the same transaction"
+    );
     let listed = service
         .get_group(tenant, BASE, &group_id, true)
         .await
@@ -162,6 +168,35 @@ async fn scim_operations_make_the_documented_number_of_table_requests() {
         .await
         .unwrap();
     assert_eq!(listed["members"].as_array().unwrap().len(), 149);
+
+    // Entra's newer dialect: the same read and one transaction
+    let before = counted();
+    service
+        .patch_group(
+            tenant,
+            &group_id,
+            &patch(json!([{"op": "add", "value": {"members": [{"value": ids[0]}]}}])),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted() - before, 2, "pathless member add");
+
+    // a group of up to 49 members: read it, read its members, one transaction
+    let small = service
+        .create_group(
+            tenant,
+            BASE,
+            &json!({"displayName": "Few", "members": members[..40].to_vec()}),
+        )
+        .await
+        .unwrap();
+    let before = counted();
+    service
+        .delete_group(tenant, small["id"].as_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(counted() - before, 3, "delete of a group of 40 members");
 }
 
 #[tokio::test]

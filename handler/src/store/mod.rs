@@ -7,6 +7,7 @@ pub mod links;
 pub mod runs;
 pub mod scim;
 pub mod scim_groups;
+pub mod scim_keys;
 pub mod tenants;
 
 pub use employees::{EmployeeStore, TableEmployeeStore};

@@ -1,17 +1,18 @@
-//! SCIM users on Table Storage, one partition per tenant. A user row (`user-<id>`) holds the
-//! resource; a `username-<lowercased userName>` row holds a copy and makes userName unique
-//! (written in the same transaction, so two concurrent creates give one success and one
-//! conflict); `userext-<externalId>-<id>` rows hold copies for externalId matches. Entra's
-//! match query is then one point read; create, PATCH and delete are two requests at most.
+//! SCIM users on Table Storage, in the tenant's partition (the key layout is
+//! [`super::scim_keys`]'s). A user row holds the resource; a userName row holds a copy and
+//! makes userName unique (written in the same transaction, so two concurrent creates give
+//! one success and one conflict); externalId rows hold copies for externalId matches.
+//! Entra's match query is then one point read; create, PATCH and delete are two requests
+//! at most (a user in more groups than one transaction can clear takes more, see
+//! [`ScimUserStore::delete`]).
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tables::{
-    ETag, Entity, Error as TableError, IfMatch, Operation, Query, Table, Value as TableValue, key,
-};
+use tables::{ETag, Entity, Error as TableError, IfMatch, Operation, Table, key};
 use uuid::Uuid;
 
 use super::StoreError;
+use super::scim_keys as keys;
 
 /// A stored SCIM resource: its JSON, version, and the storage ETag to change it with.
 #[derive(Debug, Clone)]
@@ -82,8 +83,11 @@ pub trait ScimUserStore: Send + Sync {
         admin: &Value,
         extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError>;
-    /// Deletes `previous` (as read) and its membership rows for `groups`, with `extra`
-    /// operations in the same transaction.
+    /// Deletes `previous` (as read) with `extra` operations and its memberships of
+    /// `groups` (both rows of each) in one transaction, conditional on the user row. When
+    /// the memberships do not all fit, the transaction also leaves a tombstone and the rest
+    /// go after it has committed; a crash between leaves the tombstone for
+    /// [`ScimUserStore::finish_deletion`] (a later DELETE, or Housekeeping).
     async fn delete(
         &self,
         tenant: Uuid,
@@ -91,41 +95,15 @@ pub trait ScimUserStore: Send + Sync {
         groups: &[Uuid],
         extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError>;
+    /// Finishes the deletion of user `id` if its tombstone is there; true when it was.
+    async fn finish_deletion(&self, tenant: Uuid, id: Uuid) -> Result<bool, StoreError>;
+    /// Finishes every user deletion of the tenant left half-done; answers how many.
+    async fn finish_deletions(&self, tenant: Uuid) -> Result<usize, StoreError>;
 }
 
 /// [`ScimUserStore`] on a table.
 pub struct TableScimUserStore {
     table: Table,
-}
-
-fn user_key(id: Uuid) -> String {
-    format!("user-{id}")
-}
-
-/// userName compares case-insensitively: the index key is lowercased (and encoded).
-fn user_name_key(user_name: &str) -> String {
-    format!("username-{}", key::encode(&user_name.to_lowercase()))
-}
-
-/// A membership row beside its user: `user-<id>.g.<group>` sorts right after `user-<id>`
-/// (and before `user-<id>/`), so one range query reads a user with its groups.
-pub(super) fn membership_key(member: &str, group: Uuid) -> String {
-    let member = match Uuid::try_parse(member) {
-        Ok(id) => id.to_string(),
-        Err(_) => key::encode(member),
-    };
-    format!("user-{member}.g.{group}")
-}
-
-/// The group a membership row of `user` names; rows of other members whose keys merely
-/// start like this user's (non-UUID member values) are not this user's.
-fn group_of_membership(user: Uuid, row_key: &str) -> Option<Uuid> {
-    let group = row_key.strip_prefix(&format!("{}.g.", user_key(user)))?;
-    Uuid::try_parse(group).ok()
-}
-
-fn external_key(external_id: &str, id: Uuid) -> String {
-    format!("userext-{}-{id}", key::encode(external_id))
 }
 
 fn external_of(data: &Value) -> Option<&str> {
@@ -148,7 +126,7 @@ impl TableScimUserStore {
 
     fn row(tenant: Uuid, row_key: String, id: Uuid, user: &Written) -> Entity {
         with_admin(
-            Entity::new(tenant.to_string(), row_key)
+            Entity::new(keys::partition(tenant), row_key)
                 .with("UserId", id.to_string())
                 .with("Data", user.data.to_string())
                 .with("Version", user.version)
@@ -165,13 +143,35 @@ impl TableScimUserStore {
     /// The user row and every index row it needs (each a full copy).
     fn rows(tenant: Uuid, id: Uuid, user: &Written) -> Vec<Entity> {
         let mut rows = vec![
-            Self::row(tenant, user_key(id), id, user),
-            Self::row(tenant, user_name_key(user_name_of(user.data)), id, user),
+            Self::row(tenant, keys::user(id), id, user),
+            Self::row(tenant, keys::user_name(user_name_of(user.data)), id, user),
         ];
         if let Some(ext) = external_of(user.data) {
-            rows.push(Self::row(tenant, external_key(ext, id), id, user));
+            rows.push(Self::row(tenant, keys::user_external(ext, id), id, user));
         }
         rows
+    }
+
+    /// Removes the memberships a deleted user left, then its tombstone. The user row went
+    /// in the tombstone's transaction, so what the range holds now are those memberships.
+    async fn finish_tombstoned(&self, tenant: Uuid, id: Uuid) -> Result<(), StoreError> {
+        let partition = keys::partition(tenant);
+        let rows = self
+            .table
+            .query_all(keys::user_with_memberships(id).query(&partition))
+            .await?;
+        let member = id.to_string();
+        let doomed = rows
+            .iter()
+            .filter_map(|r| keys::group_of_membership(id, &r.row_key))
+            .flat_map(|group| keys::membership_rows(group, &member))
+            .collect();
+        let done = Operation::Delete {
+            partition_key: partition.clone(),
+            row_key: keys::deleted_user(id),
+            if_match: IfMatch::Any,
+        };
+        delete_rows(&self.table, &partition, doomed, Some(done)).await
     }
 
     /// Rewrites `previous` as `user` in one transaction (the user row only as it was
@@ -183,8 +183,8 @@ impl TableScimUserStore {
         user: Written<'_>,
         extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError> {
-        let partition = tenant.to_string();
-        let old_name = user_name_key(user_name_of(&previous.data));
+        let partition = keys::partition(tenant);
+        let old_name = keys::user_name(user_name_of(&previous.data));
         let mut ops = Vec::new();
         for (i, row) in Self::rows(tenant, previous.id, &user)
             .into_iter()
@@ -196,14 +196,14 @@ impl TableScimUserStore {
                     row,
                     IfMatch::ETag(previous.etag.clone()),
                 ));
-            } else if row.row_key.starts_with("username-") && row.row_key != old_name {
+            } else if keys::is_user_name(&row.row_key) && row.row_key != old_name {
                 // a new userName must not be anyone else's
                 ops.push(Operation::Insert(row));
             } else {
                 ops.push(Operation::UpsertReplace(row));
             }
         }
-        if old_name != user_name_key(user_name_of(user.data)) {
+        if old_name != keys::user_name(user_name_of(user.data)) {
             ops.push(Operation::Delete {
                 partition_key: partition.clone(),
                 row_key: old_name,
@@ -215,7 +215,7 @@ impl TableScimUserStore {
         {
             ops.push(Operation::Delete {
                 partition_key: partition,
-                row_key: external_key(old_ext, previous.id),
+                row_key: keys::user_external(old_ext, previous.id),
                 if_match: IfMatch::Any,
             });
         }
@@ -233,50 +233,94 @@ impl TableScimUserStore {
     }
 }
 
-/// Deletes rows, a batch per partition (in the order partitions first appear) and 100 rows
-/// where it can; a batch that fails because a row is already gone is redone row by row
-/// (absent rows are fine).
+/// True for a delete that any version of its row satisfies, and that an absent row
+/// satisfies too.
+fn deletes_any(op: &Operation) -> bool {
+    matches!(
+        op,
+        Operation::Delete {
+            if_match: IfMatch::Any,
+            ..
+        }
+    )
+}
+
+/// Runs one transaction in which an unconditional delete may find its row gone already
+/// (a concurrent cleanup took it): that delete is dropped and the rest run again, so only
+/// the conditional operations decide the outcome. The ETags answered are those of the
+/// operations that ran; the first is the first operation's unless that was such a delete.
+pub(super) async fn transact_tolerant(
+    table: &Table,
+    ops: &[Operation],
+) -> Result<Vec<Option<ETag>>, TableError> {
+    let mut ops = ops.to_vec();
+    loop {
+        match table.transact(&ops).await {
+            Err(TableError::Batch { index, source })
+                if source.is_not_found() && ops.get(index).is_some_and(deletes_any) =>
+            {
+                ops.remove(index);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Deletes rows of one partition (absent ones are fine), 100 to a transaction; `last`
+/// (a tombstone's delete) goes in the final transaction, once every row is gone.
 pub(super) async fn delete_rows(
     table: &Table,
-    rows: Vec<(String, String)>,
+    partition: &str,
+    rows: Vec<String>,
+    last: Option<Operation>,
 ) -> Result<(), StoreError> {
-    let mut by_partition: Vec<(String, Vec<Operation>)> = Vec::new();
-    for (partition_key, row_key) in rows {
-        let op = Operation::Delete {
-            partition_key: partition_key.clone(),
+    let mut ops: Vec<Operation> = rows
+        .into_iter()
+        .map(|row_key| Operation::Delete {
+            partition_key: partition.to_string(),
             row_key,
             if_match: IfMatch::Any,
-        };
-        match by_partition.iter_mut().find(|(p, _)| *p == partition_key) {
-            Some((_, ops)) => ops.push(op),
-            None => by_partition.push((partition_key, vec![op])),
-        }
-    }
-    for (_, ops) in by_partition {
-        for chunk in ops.chunks(tables::batch::MAX_OPERATIONS) {
-            match table.transact(chunk).await {
-                Ok(_) => {}
-                Err(TableError::Batch { source, .. }) if source.is_not_found() => {
-                    for op in chunk {
-                        if let Operation::Delete {
-                            partition_key,
-                            row_key,
-                            ..
-                        } = op
-                        {
-                            match table.delete(partition_key, row_key, IfMatch::Any).await {
-                                Ok(()) => {}
-                                Err(e) if e.is_not_found() => {}
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        })
+        .collect();
+    // a transaction may not name a row twice
+    let mut seen = std::collections::HashSet::new();
+    ops.retain(|op| match op {
+        Operation::Delete { row_key, .. } => seen.insert(row_key.clone()),
+        _ => true,
+    });
+    ops.extend(last);
+    for chunk in ops.chunks(tables::batch::MAX_OPERATIONS) {
+        transact_tolerant(table, chunk).await?;
     }
     Ok(())
+}
+
+/// The deletes of both rows of a membership.
+pub(super) fn membership_deletes(tenant: Uuid, group: Uuid, member: &str) -> [Operation; 2] {
+    keys::membership_rows(group, member).map(|row_key| Operation::Delete {
+        partition_key: keys::partition(tenant),
+        row_key,
+        if_match: IfMatch::Any,
+    })
+}
+
+/// A tombstone: the row that says a deletion's cleanup is under way.
+pub(super) fn tombstone(tenant: Uuid, row_key: String) -> Entity {
+    Entity::new(keys::partition(tenant), row_key).with("DeletedAt", time::OffsetDateTime::now_utc())
+}
+
+/// The ids the tenant's tombstones in `range` name.
+pub(super) async fn tombstones(
+    table: &Table,
+    tenant: Uuid,
+    range: &keys::KeyRange,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(table
+        .query_all(range.query(&keys::partition(tenant)))
+        .await?
+        .iter()
+        .filter_map(|row| keys::tombstone_id(range, &row.row_key))
+        .collect())
 }
 
 /// What a row of a resource holds.
@@ -364,7 +408,7 @@ impl ScimUserStore for TableScimUserStore {
 
     async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError> {
         self.table
-            .try_get(&tenant.to_string(), &user_key(id))
+            .try_get(&keys::partition(tenant), &keys::user(id))
             .await?
             .as_ref()
             .map(Self::read)
@@ -376,19 +420,14 @@ impl ScimUserStore for TableScimUserStore {
         tenant: Uuid,
         id: Uuid,
     ) -> Result<Option<(StoredResource, Vec<Uuid>)>, StoreError> {
-        let query = Query::filter(format!(
-            "PartitionKey eq {} and RowKey ge {} and RowKey lt {}",
-            TableValue::from(tenant.to_string()).filter_literal(),
-            TableValue::from(user_key(id)).filter_literal(),
-            TableValue::from(format!("{}/", user_key(id))).filter_literal()
-        ));
+        let query = keys::user_with_memberships(id).query(&keys::partition(tenant));
         let rows = self.table.query_all(query).await?;
-        let Some(user) = rows.iter().find(|r| r.row_key == user_key(id)) else {
+        let Some(user) = rows.iter().find(|r| r.row_key == keys::user(id)) else {
             return Ok(None);
         };
         let groups = rows
             .iter()
-            .filter_map(|r| group_of_membership(id, &r.row_key))
+            .filter_map(|r| keys::group_of_membership(id, &r.row_key))
             .collect();
         Ok(Some((Self::read(user)?, groups)))
     }
@@ -398,12 +437,12 @@ impl ScimUserStore for TableScimUserStore {
         tenant: Uuid,
         user_name: &str,
     ) -> Result<Option<StoredResource>, StoreError> {
-        match key::validate("RowKey", &user_name_key(user_name)) {
+        match key::validate("RowKey", &keys::user_name(user_name)) {
             Ok(()) => {}
             Err(_) => return Ok(None), // longer than any stored key: nobody has it
         }
         self.table
-            .try_get(&tenant.to_string(), &user_name_key(user_name))
+            .try_get(&keys::partition(tenant), &keys::user_name(user_name))
             .await?
             .as_ref()
             .map(Self::read)
@@ -415,15 +454,7 @@ impl ScimUserStore for TableScimUserStore {
         tenant: Uuid,
         external_id: &str,
     ) -> Result<Vec<StoredResource>, StoreError> {
-        let prefix = format!("userext-{}-", key::encode(external_id));
-        // the next prefix: '-' + 1 == '.'
-        let end = format!("userext-{}.", key::encode(external_id));
-        let query = Query::filter(format!(
-            "PartitionKey eq {} and RowKey gt {} and RowKey lt {}",
-            TableValue::from(tenant.to_string()).filter_literal(),
-            TableValue::from(prefix).filter_literal(),
-            TableValue::from(end).filter_literal()
-        ));
+        let query = keys::users_by_external(external_id).query(&keys::partition(tenant));
         self.table
             .query_all(query)
             .await?
@@ -433,16 +464,12 @@ impl ScimUserStore for TableScimUserStore {
     }
 
     async fn all(&self, tenant: Uuid) -> Result<Vec<StoredResource>, StoreError> {
-        let query = Query::filter(format!(
-            "PartitionKey eq {} and RowKey ge 'user-' and RowKey lt 'user.'",
-            TableValue::from(tenant.to_string()).filter_literal()
-        ));
         self.table
-            .query_all(query)
+            .query_all(keys::users().query(&keys::partition(tenant)))
             .await?
             .iter()
             // membership rows sit between the user rows
-            .filter(|row| !row.row_key.contains(".g."))
+            .filter(|row| !keys::is_membership(&row.row_key))
             .map(Self::read)
             .collect()
     }
@@ -483,59 +510,143 @@ impl ScimUserStore for TableScimUserStore {
         groups: &[Uuid],
         extra: Vec<Operation>,
     ) -> Result<WriteOutcome, StoreError> {
-        let partition = tenant.to_string();
-        let mut memberships: Vec<Operation> = groups
-            .iter()
-            .map(|group| Operation::Delete {
-                partition_key: partition.clone(),
-                row_key: membership_key(&previous.id.to_string(), *group),
-                if_match: IfMatch::Any,
-            })
-            .collect();
-        // a transaction holds 100 operations: a user in very many groups has the surplus
-        // membership rows removed once the deletion has committed
-        let room = tables::batch::MAX_OPERATIONS - 4 - extra.len();
-        let surplus: Vec<(String, String)> = groups
-            .iter()
-            .skip(room)
-            .map(|group| {
-                (
-                    partition.clone(),
-                    membership_key(&previous.id.to_string(), *group),
-                )
-            })
-            .collect();
-        memberships.truncate(room);
+        let partition = keys::partition(tenant);
         let mut ops = vec![
             Operation::Delete {
                 partition_key: partition.clone(),
-                row_key: user_key(previous.id),
+                row_key: keys::user(previous.id),
                 if_match: IfMatch::ETag(previous.etag.clone()),
             },
             Operation::Delete {
                 partition_key: partition.clone(),
-                row_key: user_name_key(user_name_of(&previous.data)),
+                row_key: keys::user_name(user_name_of(&previous.data)),
                 if_match: IfMatch::Any,
             },
         ];
         if let Some(ext) = external_of(&previous.data) {
             ops.push(Operation::Delete {
-                partition_key: partition,
-                row_key: external_key(ext, previous.id),
+                partition_key: partition.clone(),
+                row_key: keys::user_external(ext, previous.id),
                 if_match: IfMatch::Any,
             });
         }
         ops.extend(extra);
+        let member = previous.id.to_string();
+        let mut memberships: Vec<Operation> = groups
+            .iter()
+            .flat_map(|group| membership_deletes(tenant, *group, &member))
+            .collect();
+        // a transaction holds 100 operations: a user in very many groups leaves a
+        // tombstone, and the memberships that do not fit go once the deletion has committed
+        let room = tables::batch::MAX_OPERATIONS - ops.len();
+        let later = if memberships.len() > room {
+            ops.push(Operation::UpsertReplace(tombstone(
+                tenant,
+                keys::deleted_user(previous.id),
+            )));
+            memberships.split_off((room - 1) / 2 * 2)
+        } else {
+            Vec::new()
+        };
         ops.extend(memberships);
-        match self.table.transact(&ops).await {
-            Ok(_) => {
-                // left behind, these rows only name a user that no longer exists
-                if let Err(e) = delete_rows(&self.table, surplus).await {
-                    tracing::warn!(error = %e, "surplus membership rows of a deleted user stay");
-                }
-                Ok(WriteOutcome::Written(previous.clone()))
-            }
-            Err(e) => outcome_of(e),
+        if let Err(e) = transact_tolerant(&self.table, &ops).await {
+            return outcome_of(e);
         }
+        if !later.is_empty() {
+            let rows = later
+                .into_iter()
+                .filter_map(|op| match op {
+                    Operation::Delete { row_key, .. } => Some(row_key),
+                    _ => None,
+                })
+                .collect();
+            let done = Operation::Delete {
+                partition_key: partition.clone(),
+                row_key: keys::deleted_user(previous.id),
+                if_match: IfMatch::Any,
+            };
+            if let Err(e) = delete_rows(&self.table, &partition, rows, Some(done)).await {
+                // the user is gone; its tombstone has the rest finished later
+                tracing::warn!(error = %e, user = %previous.id, "a deleted user's memberships are left to housekeeping");
+            }
+        }
+        Ok(WriteOutcome::Written(previous.clone()))
+    }
+
+    async fn finish_deletion(&self, tenant: Uuid, id: Uuid) -> Result<bool, StoreError> {
+        let partition = keys::partition(tenant);
+        if self
+            .table
+            .try_get(&partition, &keys::deleted_user(id))
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        self.finish_tombstoned(tenant, id).await?;
+        Ok(true)
+    }
+
+    async fn finish_deletions(&self, tenant: Uuid) -> Result<usize, StoreError> {
+        let ids = tombstones(&self.table, tenant, &keys::deleted_users()).await?;
+        for id in &ids {
+            self.finish_tombstoned(tenant, *id).await?;
+        }
+        Ok(ids.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deletes_of_rows_already_gone_are_skipped_but_a_stale_etag_still_fails_in_azurite() {
+        let table = system_tests::Azurite::shared()
+            .client()
+            .table(system_tests::unique_table("tol"));
+        table.create_if_not_exists().await.unwrap();
+        let etag = table
+            .insert(&Entity::new("p", "a").with("n", 1))
+            .await
+            .unwrap();
+        table.insert(&Entity::new("p", "c")).await.unwrap();
+        let delete = |row: &str| Operation::Delete {
+            partition_key: "p".into(),
+            row_key: row.into(),
+            if_match: IfMatch::Any,
+        };
+        // b and d were never there: the service names the failing operation, which goes
+        let ops = [
+            Operation::Replace(
+                Entity::new("p", "a").with("n", 2),
+                IfMatch::ETag(etag.clone()),
+            ),
+            delete("b"),
+            delete("c"),
+            delete("d"),
+        ];
+        transact_tolerant(&table, &ops).await.unwrap();
+        assert_eq!(table.get("p", "a").await.unwrap().get_i64("n"), Some(2));
+        assert!(table.try_get("p", "c").await.unwrap().is_none());
+        // the conditional operation still decides
+        table.insert(&Entity::new("p", "e")).await.unwrap();
+        let stale = [
+            delete("e"),
+            Operation::Replace(Entity::new("p", "a").with("n", 3), IfMatch::ETag(etag)),
+        ];
+        let error = transact_tolerant(&table, &stale).await.unwrap_err();
+        assert!(error.is_precondition_failed(), "{error}");
+        assert!(table.try_get("p", "e").await.unwrap().is_some());
+        // so does a conditional delete of a row that is gone
+        let gone = [Operation::Delete {
+            partition_key: "p".into(),
+            row_key: "c".into(),
+            if_match: IfMatch::ETag(ETag("W/\"datetime'2020-01-01T00%3A00%3A00Z'\"".into())),
+        }];
+        assert!(matches!(
+            outcome_of(transact_tolerant(&table, &gone).await.unwrap_err()),
+            Ok(WriteOutcome::Missing)
+        ));
     }
 }

@@ -120,10 +120,36 @@ impl Scim {
         body: Option<Value>,
         token: &str,
     ) -> (StatusCode, Value) {
+        self.send(method, path, body, token, None).await
+    }
+
+    /// A SCIM call carrying `If-Match`.
+    pub async fn call_if_match(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        if_match: &str,
+    ) -> (StatusCode, Value) {
+        self.send(method, path, body, &self.token, Some(if_match))
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: &str,
+        if_match: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.base))
             .bearer_auth(token);
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
         if let Some(body) = body {
             request = request.header("content-type", SCIM).body(body.to_string());
         }
@@ -138,6 +164,38 @@ impl Scim {
                 serde_json::from_str(&text).unwrap()
             },
         )
+    }
+}
+
+impl Scim {
+    /// The handler's SCIM table, read and written directly in Azurite.
+    pub fn scim_table(&self) -> tables::Table {
+        Azurite::shared()
+            .client()
+            .table(format!("{}ScimResources", self.prefix))
+    }
+
+    /// Runs the Housekeeping timer function once, as the Functions host would; answers
+    /// its log lines.
+    pub async fn housekeeping(&self) -> Vec<String> {
+        let timer = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}"#;
+        let response = self
+            .http
+            .post(format!("{}/Housekeeping", self.handler.base_url()))
+            .header("content-type", "application/json")
+            .body(timer)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer["Logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap_or_default().to_string())
+            .collect()
     }
 }
 
