@@ -65,7 +65,7 @@ pub enum GraphError {
     /// was longer than [`GraphPolicy::max_retry_after`], or the attempts or the budget ran
     /// out. `retry_after` is Graph's last `Retry-After` when it sent one: do not call
     /// again before it has passed.
-    #[error("throttled by Graph (retry after {retry_after:?})")]
+    #[error("throttled by Graph{}", .retry_after.map(|d| format!(", retry after {} s", d.as_secs())).unwrap_or_default())]
     Throttled { retry_after: Option<Duration> },
     /// The delta state is gone: `410 Gone` (Graph then names the initial query in
     /// `Location`), or an error code `syncStateNotFound` (expired token, 7 days for
@@ -193,8 +193,20 @@ pub fn user_path(id_or_upn: &str) -> String {
     }
 }
 
+/// A `Retry-After` value: delay-seconds, or an HTTP-date (IMF-fixdate) turned into the
+/// time left until then, so that neither form is retried early.
 fn seconds(v: &str) -> Option<Duration> {
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let v = v.trim();
+    if let Ok(n) = v.parse::<u64>() {
+        return Some(Duration::from_secs(n));
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(v, &format)
+        .ok()?
+        .assume_utc();
+    Some(Duration::try_from(at - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO))
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -722,6 +734,82 @@ impl GraphClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        assert_eq!(seconds(" 7 "), Some(Duration::from_secs(7)));
+        let format = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        );
+        let later = (time::OffsetDateTime::now_utc() + time::Duration::seconds(30))
+            .format(&format)
+            .unwrap();
+        let wait = seconds(&later).unwrap();
+        assert!(
+            wait > Duration::from_secs(28) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert_eq!(
+            seconds("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date gone by: no wait"
+        );
+        assert_eq!(seconds("soon"), None);
+    }
+
+    #[test]
+    fn resync_codes_are_found_in_inner_errors() {
+        assert!(needs_resync(
+            &json!({"error": {"code": "syncStateNotFound", "message": "x"}})
+        ));
+        assert!(needs_resync(
+            &json!({"error": {"code": "BadRequest", "innerError": {"code": "resyncRequired"}}})
+        ));
+        assert!(!needs_resync(
+            &json!({"error": {"code": "Request_BadRequest"}})
+        ));
+    }
+
+    #[test]
+    fn errors_are_classified_for_a_sync_engine() {
+        use GraphErrorClass as C;
+        let revoked = |e: GraphError| matches!(e.class(), C::AccessRevoked { .. });
+        assert!(revoked(GraphError::Forbidden(
+            "Authorization_RequestDenied".into()
+        )));
+        assert!(revoked(GraphError::Unauthorized("x".into())));
+        assert!(revoked(GraphError::Token(TokenError::ConsentMissing(
+            "AADSTS700016".into()
+        ))));
+        assert!(revoked(GraphError::Token(TokenError::InvalidClient(
+            "AADSTS7000222".into()
+        ))));
+        assert_eq!(
+            GraphError::Token(TokenError::Unavailable("down".into())).class(),
+            C::Transient
+        );
+        assert_eq!(
+            GraphError::Token(TokenError::Refused(
+                "temporarily_unavailable: AADSTS50001".into()
+            ))
+            .class(),
+            C::Transient
+        );
+        assert_eq!(
+            GraphError::Unavailable("HTTP 502".into()).class(),
+            C::Transient
+        );
+        assert_eq!(
+            GraphError::ResyncRequired("410".into()).class(),
+            C::ResyncRequired
+        );
+        assert_eq!(GraphError::NotFound("x".into()).class(), C::NotFound);
+        let throttled = GraphError::Throttled {
+            retry_after: Some(Duration::from_secs(9)),
+        };
+        assert_eq!(throttled.to_string(), "throttled by Graph, retry after 9 s");
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(9)));
+    }
 
     #[test]
     fn user_paths_encode_guest_and_dollar_upns() {

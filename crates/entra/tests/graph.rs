@@ -312,3 +312,50 @@ async fn batch_sends_twenty_at_a_time_and_retries_throttled_items() {
         "20, then the last 5 with the throttled item riding along"
     );
 }
+
+#[tokio::test]
+async fn a_retry_after_longer_than_the_policy_waits_is_never_cut_short() {
+    let s = setup().await;
+    let graph = GraphClient::new(
+        Endpoints::new(Some(&s.fake.login_url), Some(&s.fake.graph_url)).unwrap(),
+        s.tokens.clone(),
+        GraphPolicy {
+            max_retry_after: Duration::from_secs(1),
+            total_budget: Duration::from_secs(60),
+            initial_backoff: Duration::from_millis(50),
+            ..GraphPolicy::default()
+        },
+    );
+    let calls = |fake: &FakeMicrosoft, suffix: &str| {
+        fake.graph_calls()
+            .iter()
+            .filter(|c| c.ends_with(suffix))
+            .count()
+    };
+    // Graph asks for 3 s; the policy waits at most 1 s: give up, do not retry at 1 s
+    s.fake.fail_next(429, 1, Some(3));
+    let err = graph.organization(&s.app, TENANT).await.unwrap_err();
+    assert!(err.to_string().contains("throttled"), "{err}");
+    assert_eq!(calls(&s.fake, "/organization"), 1, "retried early");
+
+    // the same for one item of a $batch
+    s.fake.add_user(
+        TENANT,
+        json!({"id": Uuid::new_v4(), "userPrincipalName": "ada@contoso.com"}),
+    );
+    s.fake.throttle_batch_item("/users/ada@contoso.com", 1, 3);
+    let responses = graph
+        .batch(
+            &s.app,
+            TENANT,
+            &[BatchRequest {
+                method: "GET".into(),
+                url: "/users/ada@contoso.com".into(),
+                body: None,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(responses[0].status, 429, "answered as throttled");
+    assert_eq!(calls(&s.fake, "/$batch"), 1, "item retried early");
+}
