@@ -179,12 +179,18 @@ mod tests {
             removed: Some(Removed::Changed),
             ..DeltaUser::default()
         };
-        assert!(matches!(user_change(&soft, 3), Some(UserChange::GraphSoftDeleted { .. })));
+        assert!(matches!(
+            user_change(&soft, 3),
+            Some(UserChange::GraphSoftDeleted { .. })
+        ));
         let hard = DeltaUser {
             removed: Some(Removed::Deleted),
             ..soft
         };
-        assert!(matches!(user_change(&hard, 3), Some(UserChange::GraphDeleted { .. })));
+        assert!(matches!(
+            user_change(&hard, 3),
+            Some(UserChange::GraphDeleted { .. })
+        ));
         let bad = DeltaUser {
             id: "not-a-guid".into(),
             ..DeltaUser::default()

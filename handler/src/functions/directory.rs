@@ -109,7 +109,9 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
     match value {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(ApiError::bad_request(format!("{name} must be true or false"))),
+        _ => Err(ApiError::bad_request(format!(
+            "{name} must be true or false"
+        ))),
     }
 }
 
@@ -241,7 +243,9 @@ fn round_json(state: &sync::SyncState) -> Value {
 /// A tenant's sync status: idle, queued or running, with the running round's progress.
 pub fn sync_json(app: &App, state: &sync::SyncState, requests: &sync::Requests) -> Value {
     let now = OffsetDateTime::now_utc();
-    let started = state.round_started.or(state.last.as_ref().map(|l| l.started));
+    let started = state
+        .round_started
+        .or(state.last.as_ref().map(|l| l.started));
     let status = if state.is_running(now) {
         "running"
     } else if requests
@@ -297,7 +301,8 @@ async fn statistics(app: &App, req: &Request) -> Result<Response, ApiError> {
             .unwrap_or_else(|| (sync::SyncState::new(tenant.tenant_id), Default::default()));
         let mut row = sync_json(app, &state, &requests);
         row["display_name"] = json!(tenant.display_name);
-        row["users"] = json!({"total": c.users, "active": c.active_users, "inactive": c.inactive_users()});
+        row["users"] =
+            json!({"total": c.users, "active": c.active_users, "inactive": c.inactive_users()});
         row["groups"] = json!(c.groups);
         row["memberships"] = json!(c.memberships);
         rows.push(row);

@@ -138,7 +138,10 @@ async fn run_tenant(
         .await
         .map_err(|e| failed(format!("tenant registry unavailable: {e}")))?;
     let Some(tenant) = tenant.filter(|t| t.status == TenantStatus::Active) else {
-        response.log(format!("tenant {} is not active: not synced", message.tenant_id));
+        response.log(format!(
+            "tenant {} is not active: not synced",
+            message.tenant_id
+        ));
         return Ok(response);
     };
     let Some(app_registration) = app.onboarding.registration(&tenant).await else {
@@ -207,7 +210,10 @@ async fn status(app: &App, req: &Request) -> Result<Response, ApiError> {
         .get(tenant)
         .await
         .map_err(ApiError::unavailable)?;
-    Ok(json_reply(StatusCode::OK, &sync_json(app, &state, &requests)))
+    Ok(json_reply(
+        StatusCode::OK,
+        &sync_json(app, &state, &requests),
+    ))
 }
 
 async fn queue_round(app: &App, req: &Request) -> Result<Response, ApiError> {

@@ -160,7 +160,10 @@ pub fn table(
         .unify()
         .or(crate::functions::validate_token::routes(app.clone()))
         .unify()
-        .or(router::serve(app.clone(), crate::functions::directory::ROUTES))
+        .or(router::serve(
+            app.clone(),
+            crate::functions::directory::ROUTES,
+        ))
         .unify()
         .or(router::serve(app.clone(), crate::functions::sync::ROUTES))
         .unify();

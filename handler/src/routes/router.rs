@@ -129,49 +129,47 @@ fn matches(template: &'static str, path: &str) -> Option<Vec<(&'static str, Stri
 pub fn serve(app: Arc<App>, routes: &'static [Route]) -> BoxedFilter<(Response,)> {
     let find = warp::method()
         .and(warp::path::full())
-        .and_then(move |method: Method, path: warp::path::FullPath| async move {
-            for route in routes {
-                if route.method == method
-                    && let Some(params) = matches(route.path, path.as_str())
-                {
-                    return Ok((route, params));
+        .and_then(
+            move |method: Method, path: warp::path::FullPath| async move {
+                for route in routes {
+                    if route.method == method
+                        && let Some(params) = matches(route.path, path.as_str())
+                    {
+                        return Ok((route, params));
+                    }
                 }
-            }
-            Err::<_, Rejection>(warp::reject::not_found())
-        })
+                Err::<_, Rejection>(warp::reject::not_found())
+            },
+        )
         .untuple_one();
-    find.and(
-        warp::query::raw()
-            .or(warp::any().map(String::new))
-            .unify(),
-    )
-    .and(warp::header::headers_cloned())
-    .and(warp::header::optional::<u64>("content-length"))
-    .and(warp::body::stream())
-    .then(
-        move |route: &'static Route,
-              params,
-              query: String,
-              headers: HeaderMap,
-              length: Option<u64>,
-              stream| {
-            let app = app.clone();
-            async move {
-                let body = match super::collect_body(length, stream, route.max_body).await {
-                    Ok(b) => b,
-                    Err(e) => return e.into_response(),
-                };
-                let request = Request {
-                    params,
-                    query,
-                    headers,
-                    body,
-                };
-                answer((route.handler)(&app, &request).await)
-            }
-        },
-    )
-    .boxed()
+    find.and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(
+            move |route: &'static Route,
+                  params,
+                  query: String,
+                  headers: HeaderMap,
+                  length: Option<u64>,
+                  stream| {
+                let app = app.clone();
+                async move {
+                    let body = match super::collect_body(length, stream, route.max_body).await {
+                        Ok(b) => b,
+                        Err(e) => return e.into_response(),
+                    };
+                    let request = Request {
+                        params,
+                        query,
+                        headers,
+                        body,
+                    };
+                    answer((route.handler)(&app, &request).await)
+                }
+            },
+        )
+        .boxed()
 }
 
 #[cfg(test)]
@@ -187,7 +185,10 @@ mod tests {
         assert_eq!(matches("/api/v1/users/{id}", "/api/v1/users"), None);
         assert_eq!(matches("/api/v1/users/{id}", "/api/v1/users/"), None);
         assert_eq!(matches("/api/v1/users/{id}", "/api/v1/users/1/x"), None);
-        assert_eq!(matches("/api/v1/users/{id?}", "/api/v1/users"), Some(vec![]));
+        assert_eq!(
+            matches("/api/v1/users/{id?}", "/api/v1/users"),
+            Some(vec![])
+        );
         assert_eq!(
             matches("/api/v1/users/{id?}", "/api/v1/users/7"),
             Some(vec![("id", "7".to_string())])
@@ -195,4 +196,3 @@ mod tests {
         assert_eq!(matches("/api/v1/users", "/api/v1/groups"), None);
     }
 }
-
