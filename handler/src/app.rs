@@ -130,6 +130,7 @@ impl App {
             credentials.clone(),
             settings.public_base_url.clone(),
             settings.consent_confirm,
+            settings.consent_pending,
         );
         let access = AccessControl::new(
             tenants,

@@ -1,5 +1,6 @@
-//! `Housekeeping`: a timer every 15 minutes that trims old records and records its run.
-//! Later capabilities add their purge work here.
+//! `Housekeeping`: a timer every 15 minutes that trims old records, confirms pending
+//! consents (dropping those never confirmed within `CONSENT_PENDING_MINUTES`) and records
+//! its run. Later capabilities add their purge work here.
 
 use futures::future::BoxFuture;
 use host::{InvocationRequest, InvocationResponse, InvokeError};
@@ -33,12 +34,19 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
 
     let cutoff = started_at - time::Duration::days(RUN_HISTORY_DAYS);
     let purged = app.run_log.purge_history(NAME, cutoff).await;
-    let confirmed = app.onboarding.confirm_pending().await;
-    let (outcome, summary) = match (&purged, &confirmed) {
-        (Ok(purged), Ok(confirmed)) => (
+    let pending = app.onboarding.confirm_pending().await;
+    if let Ok(pending) = &pending {
+        // this instance sees the new status at once, others within access::HARD_TTL
+        for tenant_id in &pending.changed {
+            app.access.invalidate_tenant(*tenant_id);
+        }
+    }
+    let (outcome, summary) = match (&purged, &pending) {
+        (Ok(purged), Ok(pending)) => (
             RunOutcome::Succeeded,
             format!(
-                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {confirmed} pending tenants"
+                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {} pending tenants; dropped {} pending tenants not confirmed within CONSENT_PENDING_MINUTES",
+                pending.confirmed, pending.dropped
             ),
         ),
         (Err(e), _) | (_, Err(e)) => (
