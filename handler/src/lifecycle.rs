@@ -1,5 +1,6 @@
 //! A tenant's lifecycle across capabilities: offboarding as one idempotent procedure, and
-//! issuing the tenant's SCIM Secret Token so that no token outlives an offboarding.
+//! giving a tenant access (a grant, its SCIM Secret Token) so that none outlives an
+//! offboarding that races it.
 //!
 //! Offboarding writes the status first: from then on every capability refuses the tenant
 //! (the Connector API and SCIM authentication both require `active`). Then each
@@ -13,7 +14,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::access::AccessControl;
-use crate::domain::{Tenant, TenantStatus};
+use crate::domain::{Grant, Tenant, TenantStatus};
 use crate::scim_service::ScimService;
 use crate::store::StoreError;
 
@@ -154,38 +155,64 @@ impl<'a> Offboarding<'a> {
     }
 }
 
-/// Why a SCIM Secret Token was not issued.
+/// Why a tenant was not given access.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenRefusal {
+pub enum AccessRefusal {
     #[error("tenant {0} is not registered")]
     NotRegistered(Uuid),
-    #[error("the tenant is offboarded")]
-    Offboarded,
+    #[error("tenant {0} is offboarded")]
+    Offboarded(Uuid),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// Refuses an unregistered or offboarded tenant, reading the store itself rather than the
+/// cache: an offboarding on another instance counts too.
+async fn may_get_access(access: &AccessControl, tenant_id: Uuid) -> Result<(), AccessRefusal> {
+    match access.tenants.get(tenant_id).await? {
+        None => Err(AccessRefusal::NotRegistered(tenant_id)),
+        Some(t) if t.status == TenantStatus::Offboarded => {
+            Err(AccessRefusal::Offboarded(tenant_id))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+// Giving access is check, write, check again: an offboarding that revoked the tenant's
+// grants or token before this write landed would miss it, so when the second check finds
+// the tenant offboarded (or gone) what was written is revoked here. Either the
+// offboarding's revocation comes after this write, or the second check sees its status
+// (written before it revokes anything).
+
 /// Issues a tenant's SCIM Secret Token (the previous one stops working), unless the tenant
-/// is unregistered or offboarded. The registry is read again after the token is written:
-/// an offboarding that revoked the tenant's token before this write landed would miss
-/// this one, so it is revoked here and the caller told the tenant is offboarded. Either
-/// the offboarding's revocation comes after this write, or this read sees its status.
+/// is unregistered or offboarded, also when an offboarding lands meanwhile.
 pub async fn issue_scim_token(
     access: &AccessControl,
     scim: &ScimService,
     tenant_id: Uuid,
-) -> Result<String, TokenRefusal> {
-    // the store itself, not the cache: an offboarding on another instance counts too
-    let usable = |tenant: Option<Tenant>| match tenant {
-        None => Err(TokenRefusal::NotRegistered(tenant_id)),
-        Some(t) if t.status == TenantStatus::Offboarded => Err(TokenRefusal::Offboarded),
-        Some(_) => Ok(()),
-    };
-    usable(access.tenants.get(tenant_id).await?)?;
+) -> Result<String, AccessRefusal> {
+    may_get_access(access, tenant_id).await?;
     let token = scim.new_token(tenant_id).await?;
-    if let Err(refusal) = usable(access.tenants.get(tenant_id).await?) {
+    if let Err(refusal) = may_get_access(access, tenant_id).await {
         scim.revoke_token(tenant_id).await?;
         return Err(refusal);
     }
     Ok(token)
+}
+
+/// Creates an access grant, unless its tenant is unregistered or offboarded, also when an
+/// offboarding lands meanwhile; this instance forgets the tenant's cached grants.
+pub async fn create_grant(access: &AccessControl, grant: &Grant) -> Result<(), AccessRefusal> {
+    may_get_access(access, grant.tenant_id).await?;
+    access.grants.create(grant).await?;
+    access.invalidate_grants(grant.tenant_id);
+    if let Err(refusal) = may_get_access(access, grant.tenant_id).await {
+        access
+            .grants
+            .revoke_all(grant.tenant_id, OffsetDateTime::now_utc())
+            .await?;
+        access.invalidate_grants(grant.tenant_id);
+        return Err(refusal);
+    }
+    Ok(())
 }

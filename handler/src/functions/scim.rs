@@ -14,7 +14,7 @@ use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::auth::{self, bearer};
-use crate::lifecycle::{self, TokenRefusal};
+use crate::lifecycle::{self, AccessRefusal};
 use crate::routes::{ApiError, answer, body, guid_segment, json_reply, no_content, segment};
 use crate::scim_service::{MAX_RESULTS, ScimError};
 
@@ -115,9 +115,9 @@ async fn token(
             let token = lifecycle::issue_scim_token(&app.access, &app.scim, tenant_id)
                 .await
                 .map_err(|refusal| match refusal {
-                    TokenRefusal::NotRegistered(_) => ApiError::not_found(refusal.to_string()),
-                    TokenRefusal::Offboarded => ApiError::conflict(refusal.to_string()),
-                    TokenRefusal::Store(e) => e.into(),
+                    AccessRefusal::NotRegistered(_) => ApiError::not_found(refusal.to_string()),
+                    AccessRefusal::Offboarded(_) => ApiError::conflict(refusal.to_string()),
+                    AccessRefusal::Store(e) => e.into(),
                 })?;
             let tenant_url = format!(
                 "{}/api/scim/{tenant_id}/v2",
