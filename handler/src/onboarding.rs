@@ -66,8 +66,9 @@ pub enum ConsentOutcome {
     /// Microsoft refuses the tenant, or our app in it: nothing recorded, the link released;
     /// the reason is for the administrator.
     Rejected(String),
-    /// Microsoft refused our own credential or request: nothing recorded, the link
-    /// released, logged at error level; the administrator is asked to try again later.
+    /// Microsoft refused our own credential or request (logged at error level), or the
+    /// vault holding our credential could not be read: nothing recorded, the link
+    /// released; the administrator is asked to try again later.
     TryLater,
     /// The service has no credential to confirm tenants with.
     NotConfigured,
@@ -220,33 +221,28 @@ impl Onboarding {
 
     /// The app that confirms a tenant: its own app registration when the tenant named one
     /// (customer-owned mode), else the service's app in the tenant's cloud.
-    async fn app(&self, cloud: Cloud, tenant: Option<&Tenant>) -> Option<AppRegistration> {
+    /// `Ok(None)` when no credential is configured; `Err` when the vault could not be
+    /// read (a passing outage, not a missing configuration).
+    async fn app(
+        &self,
+        cloud: Cloud,
+        tenant: Option<&Tenant>,
+    ) -> Result<Option<AppRegistration>, vault::VaultError> {
         if let Some(own) = tenant.and_then(|t| t.app_client_id) {
             let names = CredentialNames::tenant(tenant.expect("checked above").tenant_id);
-            return match self.credentials.certificate_credential(&names).await {
-                Ok(Some(credential)) => Some(AppRegistration {
-                    cloud,
-                    client_id: own,
-                    credential,
-                }),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "vault unavailable for a tenant's own app credential");
-                    None
-                }
-            };
-        }
-        match self.credentials.service_credential(cloud).await {
-            Ok(credential) => Some(AppRegistration {
+            let credential = self.credentials.certificate_credential(&names).await?;
+            return Ok(credential.map(|credential| AppRegistration {
                 cloud,
-                client_id: self.entra.client_id_in(cloud),
-                credential: credential?,
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "vault unavailable for the app credential");
-                None
-            }
+                client_id: own,
+                credential,
+            }));
         }
+        let credential = self.credentials.service_credential(cloud).await?;
+        Ok(credential.map(|credential| AppRegistration {
+            cloud,
+            client_id: self.entra.client_id_in(cloud),
+            credential,
+        }))
     }
 
     /// Handles Microsoft's redirect back: `error` first, then `state`, then the tenant.
@@ -270,8 +266,14 @@ impl Onboarding {
                 "the callback did not name a tenant id".into(),
             ));
         };
-        let Some(app) = self.app(link.cloud, None).await else {
-            return Ok(ConsentOutcome::NotConfigured);
+        let app = match self.app(link.cloud, None).await {
+            Ok(Some(app)) => app,
+            Ok(None) => return Ok(ConsentOutcome::NotConfigured),
+            Err(e) => {
+                // nothing claimed yet: the link stays usable
+                tracing::warn!(error = %e, "consent callback: the vault is unavailable for the app credential");
+                return Ok(ConsentOutcome::TryLater);
+            }
         };
         // exactly one of many concurrent callbacks gets past this point
         let Some(claimed) = self
@@ -425,8 +427,12 @@ impl Onboarding {
                 continue;
             }
             let last_attempt = match self.app(tenant.cloud, Some(&tenant)).await {
-                None => "no app credential to confirm it with".to_string(),
-                Some(app) => match self
+                Ok(None) => "no app credential to confirm it with".to_string(),
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant.tenant_id, error = %e, "the vault is unavailable for the app credential");
+                    format!("the vault was unavailable ({e})")
+                }
+                Ok(Some(app)) => match self
                     .graph
                     .organization(&app, &tenant.tenant_id.to_string())
                     .await
@@ -577,9 +583,10 @@ impl Failure {
             GraphError::Token(TokenError::AppDisabled(why)) => Failure::Refused(format!(
                 "This service's application is disabled in your organization ({why}). An administrator can enable it again (Microsoft Entra admin center: Enterprise applications, this application, Properties, \"Enabled for users to sign in\")."
             )),
-            GraphError::Token(TokenError::InvalidClient(_) | TokenError::Refused(_)) => {
-                Failure::OurSide
-            }
+            // our credential or token request refused, or Graph refusing our request itself
+            // (a 4xx other than 401/403/404/429, which look like propagation or throttling)
+            GraphError::Token(TokenError::InvalidClient(_) | TokenError::Refused(_))
+            | GraphError::Rejected { .. } => Failure::OurSide,
             // AADSTS700016 and the like, Microsoft unreachable, Graph not seeing the consent
             // (403/401/404) or failing: what propagation and outages look like
             _ => Failure::NotYet,

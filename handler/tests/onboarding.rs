@@ -888,3 +888,28 @@ async fn a_pending_tenants_scim_token_is_refused_until_the_tenant_is_confirmed()
     assert!(housekeeping(&w).await.contains("confirmed 1"));
     assert_eq!(get().await.unwrap().status(), StatusCode::OK, "active now");
 }
+
+#[tokio::test]
+async fn graph_refusing_our_request_is_our_side_not_propagation() {
+    let w = World::start(&[("CONSENT_CONFIRM_SECONDS", "5")]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Strict Corp", "strict.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    let link = w.new_link(json!({})).await;
+    let state = w.state_of(&link).await;
+    // the token is issued, but Graph answers /organization with a plain 400
+    w.fake.fail_next(400, 1, None);
+    let started = std::time::Instant::now();
+    let (status, page) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+    assert!(page.contains("try again later"), "{page}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "not waited on as propagation"
+    );
+    assert_eq!(status_of(&w, &tenant).await, StatusCode::NOT_FOUND);
+    assert_eq!(w.links().await[0]["state"], "pending");
+    let (status, page) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::OK, "the released link works: {page}");
+}
