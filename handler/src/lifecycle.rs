@@ -178,11 +178,24 @@ async fn may_get_access(access: &AccessControl, tenant_id: Uuid) -> Result<(), A
     }
 }
 
-// Giving access is check, write, check again: an offboarding that revoked the tenant's
-// grants or token before this write landed would miss it, so when the second check finds
-// the tenant offboarded (or gone) what was written is revoked here. Either the
-// offboarding's revocation comes after this write, or the second check sees its status
-// (written before it revokes anything).
+/// The check after a write that gave access: `Ok` when the tenant may keep it, the refusal
+/// when an offboarding (or a drop) landed meanwhile and what was written must be taken
+/// back, `Err` when the registry could not be read (then nothing is taken back: the
+/// status checks at use refuse an offboarded tenant anyway).
+///
+/// Giving access is check, write, check again: an offboarding that revoked the tenant's
+/// grants or token before this write landed would miss it. Either the offboarding's
+/// revocation comes after this write, or this check sees its status, which it writes
+/// before it revokes anything.
+async fn still_may_get_access(
+    access: &AccessControl,
+    tenant_id: Uuid,
+) -> Result<Result<(), AccessRefusal>, StoreError> {
+    match may_get_access(access, tenant_id).await {
+        Err(AccessRefusal::Store(e)) => Err(e),
+        outcome => Ok(outcome),
+    }
+}
 
 /// Issues a tenant's SCIM Secret Token (the previous one stops working), unless the tenant
 /// is unregistered or offboarded, also when an offboarding lands meanwhile.
@@ -193,7 +206,7 @@ pub async fn issue_scim_token(
 ) -> Result<String, AccessRefusal> {
     may_get_access(access, tenant_id).await?;
     let token = scim.new_token(tenant_id).await?;
-    if let Err(refusal) = may_get_access(access, tenant_id).await {
+    if let Err(refusal) = still_may_get_access(access, tenant_id).await? {
         scim.revoke_token(tenant_id).await?;
         return Err(refusal);
     }
@@ -206,7 +219,7 @@ pub async fn create_grant(access: &AccessControl, grant: &Grant) -> Result<(), A
     may_get_access(access, grant.tenant_id).await?;
     access.grants.create(grant).await?;
     access.invalidate_grants(grant.tenant_id);
-    if let Err(refusal) = may_get_access(access, grant.tenant_id).await {
+    if let Err(refusal) = still_may_get_access(access, grant.tenant_id).await? {
         access
             .grants
             .revoke_all(grant.tenant_id, OffsetDateTime::now_utc())
