@@ -939,6 +939,39 @@ async fn offboarded_tenant_scim_token_is_refused_even_after_a_racing_token_creat
             );
         }
     }
+
+    // The worst interleaving (a create that checked the status before the offboarding
+    // and wrote after it revoked the token) needs the create to stall between its read and
+    // its write, which an idle machine rarely does; play its outcome every run: the token
+    // row written back after the offboarding.
+    let tenant = w.register("global").await;
+    let (_, token) = w.scim_token(tenant).await;
+    let token = token.unwrap();
+    let scim_table = Azurite::shared()
+        .client()
+        .table(format!("{}ScimResources", w.prefix()));
+    let row = scim_table
+        .get(&tenant.to_string(), "scim-token")
+        .await
+        .unwrap();
+    let (status, _) = w
+        .admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        scim_table
+            .try_get(&tenant.to_string(), "scim-token")
+            .await
+            .unwrap()
+            .is_none(),
+        "offboarding revoked the token"
+    );
+    scim_table.upsert_replace(&row).await.unwrap();
+    assert_eq!(
+        w.scim_read_and_write(tenant, &token).await,
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED),
+        "a token written after the offboarding is refused"
+    );
 }
 
 #[tokio::test]
