@@ -18,8 +18,9 @@ use crate::store::{EmployeeStore, GrantStore, StoreError, TenantStore};
 
 /// Cached decisions are served fresh up to this age...
 const SOFT_TTL: Duration = Duration::from_secs(10);
-/// ...and never past this one (other instances see revocations within it).
-const HARD_TTL: Duration = Duration::from_secs(25);
+/// ...and never past this one (other instances see revocations within it, an offboarding
+/// included).
+pub const HARD_TTL: Duration = Duration::from_secs(25);
 /// Last use is written at most this often per grant and instance.
 pub const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(300);
 

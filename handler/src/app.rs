@@ -149,6 +149,7 @@ impl App {
             credentials.clone(),
             settings.public_base_url.clone(),
             settings.consent_confirm,
+            settings.consent_pending,
         );
         let directory = Arc::new(directory::TableDirectory::new(
             tables.table(table_names.directory()),

@@ -73,6 +73,9 @@ pub struct Settings {
     pub public_base_url: Url,
     /// `CONSENT_CONFIRM_SECONDS`: how long a consent callback waits for Microsoft to confirm.
     pub consent_confirm: std::time::Duration,
+    /// `CONSENT_PENDING_MINUTES`: how long housekeeping keeps trying to confirm a pending
+    /// tenant before dropping it.
+    pub consent_pending: std::time::Duration,
     /// `SCIM_READ_CACHE_SECONDS`: how long SCIM GETs may serve a user this instance read.
     pub scim_read_cache: std::time::Duration,
     /// `KEY_VAULT_URI` (and `KEY_VAULT_CLIENT_ID`): Azure Key Vault; unset means the local vault.
@@ -261,6 +264,20 @@ impl Settings {
                     problem("CONSENT_CONFIRM_SECONDS", format!("{raw:?}: 0-120 seconds"))
                 })?,
         };
+        let consent_pending = match get("CONSENT_PENDING_MINUTES") {
+            None => std::time::Duration::from_secs(1440 * 60),
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|m| *m <= 10080)
+                .map(|m| std::time::Duration::from_secs(m * 60))
+                .ok_or_else(|| {
+                    problem(
+                        "CONSENT_PENDING_MINUTES",
+                        format!("{raw:?}: 0-10080 minutes (7 days)"),
+                    )
+                })?,
+        };
         let scim_read_cache = match get("SCIM_READ_CACHE_SECONDS") {
             None => std::time::Duration::from_secs(5),
             Some(raw) => raw
@@ -336,6 +353,7 @@ impl Settings {
             local_data_dir,
             public_base_url,
             consent_confirm,
+            consent_pending,
             scim_read_cache,
             key_vault,
             sync_interval,

@@ -66,6 +66,8 @@ pub enum LinkState {
     Used,
     Expired,
     Revoked,
+    /// Used by a consent that was never confirmed: the pending tenant was dropped.
+    Failed,
 }
 
 impl LinkState {
@@ -76,6 +78,7 @@ impl LinkState {
             LinkState::Used => "used",
             LinkState::Expired => "expired",
             LinkState::Revoked => "revoked",
+            LinkState::Failed => "failed",
         }
     }
 }
@@ -94,6 +97,10 @@ pub struct ActivationLink {
     pub revoked_at: Option<OffsetDateTime>,
     /// The tenant that used the link.
     pub tenant_id: Option<Uuid>,
+    /// When the consent made with the link was given up on, and why (the record kept of
+    /// a pending tenant that was dropped).
+    pub failed_at: Option<OffsetDateTime>,
+    pub failure_reason: Option<String>,
 }
 
 impl ActivationLink {
@@ -101,6 +108,8 @@ impl ActivationLink {
     pub fn state(&self, now: OffsetDateTime) -> LinkState {
         if self.revoked_at.is_some() {
             LinkState::Revoked
+        } else if self.failed_at.is_some() {
+            LinkState::Failed
         } else if self.used_at.is_some() {
             LinkState::Used
         } else if now >= self.expires_at {

@@ -9,6 +9,7 @@ mod config;
 mod dev_token;
 mod domain;
 mod functions;
+mod lifecycle;
 mod onboarding;
 mod routes;
 mod scim_admin;

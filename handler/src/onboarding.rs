@@ -2,6 +2,14 @@
 //! the redirect to Microsoft's admin-consent page; and the callback, which never trusts the
 //! `tenant` parameter alone but proves it with a client-credentials token and
 //! `GET /organization`, waiting (bounded) for consent to propagate.
+//!
+//! Microsoft's answers fall in three classes (see [`Failure`]): propagation (the app not
+//! found in the directory yet, Microsoft unreachable) is waited for and may leave the
+//! tenant `pending`; a refusal of the tenant or of our app in it writes nothing and
+//! releases the link, the page saying why; our own credential or request refused writes
+//! nothing, releases the link, asks to try again later and is logged at error level. A
+//! `pending` tenant housekeeping cannot confirm within `CONSENT_PENDING_MINUTES` is
+//! dropped, its link marked failed with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +30,11 @@ use crate::config::EntraSettings;
 use crate::domain::{ActivationLink, LinkState, Tenant, TenantStatus};
 use crate::store::{LinkStore, StoreError, TenantStore};
 
+/// A link claimed this long ago whose tenant is not registered was used by a callback
+/// that never finished (or by a dropped pending tenant): it is marked failed. Longer than
+/// any callback runs (`CONSENT_CONFIRM_SECONDS` is at most 120).
+const ORPHANED_LINK_MINUTES: i64 = 15;
+
 /// Longest a link may live.
 pub const MAX_LINK_MINUTES: i64 = 7 * 24 * 60;
 
@@ -33,6 +46,8 @@ pub enum LinkProblem {
     Expired,
     Used,
     Revoked,
+    /// Used by a consent that was never confirmed.
+    Failed,
 }
 
 /// How a consent callback ended.
@@ -48,8 +63,13 @@ pub enum ConsentOutcome {
         description: String,
     },
     Link(LinkProblem),
-    /// The `tenant` parameter is not a tenant Microsoft would give our app a token for.
+    /// Microsoft refuses the tenant, or our app in it: nothing recorded, the link released;
+    /// the reason is for the administrator.
     Rejected(String),
+    /// Microsoft refused our own credential or request (logged at error level), or the
+    /// vault holding our credential could not be read: nothing recorded, the link
+    /// released; the administrator is asked to try again later.
+    TryLater,
     /// The service has no credential to confirm tenants with.
     NotConfigured,
 }
@@ -64,6 +84,8 @@ pub struct Onboarding {
     credentials: Arc<AppCredentials>,
     public_base_url: Url,
     confirm_budget: Duration,
+    /// `CONSENT_PENDING_MINUTES`: how long a pending tenant waits for confirmation.
+    pending_minutes: i64,
 }
 
 /// A new link's secret and its stored hash.
@@ -99,6 +121,7 @@ impl Onboarding {
         credentials: Arc<AppCredentials>,
         public_base_url: Url,
         confirm_budget: Duration,
+        pending_limit: Duration,
     ) -> Onboarding {
         Onboarding {
             links,
@@ -109,6 +132,7 @@ impl Onboarding {
             credentials,
             public_base_url,
             confirm_budget,
+            pending_minutes: i64::try_from(pending_limit.as_secs() / 60).unwrap_or(i64::MAX),
         }
     }
 
@@ -136,6 +160,8 @@ impl Onboarding {
             used_at: None,
             revoked_at: None,
             tenant_id: None,
+            failed_at: None,
+            failure_reason: None,
         };
         self.links.create(&link).await?;
         let url = self.public(&format!("/api/consent/start?link={}.{secret}", link.id));
@@ -176,6 +202,7 @@ impl Onboarding {
             LinkState::Used => Err(LinkProblem::Used),
             LinkState::Expired => Err(LinkProblem::Expired),
             LinkState::Revoked => Err(LinkProblem::Revoked),
+            LinkState::Failed => Err(LinkProblem::Failed),
         })
     }
 
@@ -193,40 +220,38 @@ impl Onboarding {
     }
 
     /// The app registration that reads a tenant's directory: its own app in customer-owned
-    /// mode, else the service's app in its cloud; None without a usable credential.
-    pub async fn registration(&self, tenant: &Tenant) -> Option<AppRegistration> {
+    /// mode, else the service's app in its cloud; None when no credential is configured.
+    pub async fn registration(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Option<AppRegistration>, vault::VaultError> {
         self.app(tenant.cloud, Some(tenant)).await
     }
 
     /// The app that confirms a tenant: its own app registration when the tenant named one
     /// (customer-owned mode), else the service's app in the tenant's cloud.
-    async fn app(&self, cloud: Cloud, tenant: Option<&Tenant>) -> Option<AppRegistration> {
+    /// `Ok(None)` when no credential is configured; `Err` when the vault could not be
+    /// read (a passing outage, not a missing configuration).
+    async fn app(
+        &self,
+        cloud: Cloud,
+        tenant: Option<&Tenant>,
+    ) -> Result<Option<AppRegistration>, vault::VaultError> {
         if let Some(own) = tenant.and_then(|t| t.app_client_id) {
             let names = CredentialNames::tenant(tenant.expect("checked above").tenant_id);
-            return match self.credentials.certificate_credential(&names).await {
-                Ok(Some(credential)) => Some(AppRegistration {
-                    cloud,
-                    client_id: own,
-                    credential,
-                }),
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "vault unavailable for a tenant's own app credential");
-                    None
-                }
-            };
-        }
-        match self.credentials.service_credential(cloud).await {
-            Ok(credential) => Some(AppRegistration {
+            let credential = self.credentials.certificate_credential(&names).await?;
+            return Ok(credential.map(|credential| AppRegistration {
                 cloud,
-                client_id: self.entra.client_id_in(cloud),
-                credential: credential?,
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "vault unavailable for the app credential");
-                None
-            }
+                client_id: own,
+                credential,
+            }));
         }
+        let credential = self.credentials.service_credential(cloud).await?;
+        Ok(credential.map(|credential| AppRegistration {
+            cloud,
+            client_id: self.entra.client_id_in(cloud),
+            credential,
+        }))
     }
 
     /// Handles Microsoft's redirect back: `error` first, then `state`, then the tenant.
@@ -250,8 +275,14 @@ impl Onboarding {
                 "the callback did not name a tenant id".into(),
             ));
         };
-        let Some(app) = self.app(link.cloud, None).await else {
-            return Ok(ConsentOutcome::NotConfigured);
+        let app = match self.app(link.cloud, None).await {
+            Ok(Some(app)) => app,
+            Ok(None) => return Ok(ConsentOutcome::NotConfigured),
+            Err(e) => {
+                // nothing claimed yet: the link stays usable
+                tracing::warn!(error = %e, "consent callback: the vault is unavailable for the app credential");
+                return Ok(ConsentOutcome::TryLater);
+            }
         };
         // exactly one of many concurrent callbacks gets past this point
         let Some(claimed) = self
@@ -268,10 +299,14 @@ impl Onboarding {
                 TenantStatus::Pending,
                 format!("Tenant {tenant_id} (awaiting confirmation)"),
             ),
-            Confirmation::Rejected(why) => {
+            Confirmation::Refused(why) => {
                 // the link was not used up by a tenant Microsoft does not confirm
                 self.links.release(&link, claimed).await?;
                 return Ok(ConsentOutcome::Rejected(why));
+            }
+            Confirmation::OurSide => {
+                self.links.release(&link, claimed).await?;
+                return Ok(ConsentOutcome::TryLater);
             }
         };
         match self
@@ -346,77 +381,237 @@ impl Onboarding {
                         name
                     });
                 }
-                Err(GraphError::Token(TokenError::TenantNotFound(why))) => {
-                    return Confirmation::Rejected(why);
-                }
-                Err(GraphError::Token(TokenError::InvalidClient(why))) => {
+                Err(GraphError::Token(TokenError::InvalidClient(why)))
+                    if matches!(app.credential, AppCredential::Certificate { .. }) =>
+                {
                     // a certificate not uploaded yet (or just rotated): use the secret if any
-                    if matches!(app.credential, AppCredential::Certificate { .. })
-                        && let Ok(Some(secret)) = self.credentials.secret_credential().await
-                    {
+                    if let Ok(Some(secret)) = self.credentials.secret_credential().await {
                         tracing::warn!(error = %why, "certificate credential refused; falling back to the client secret");
                         app.credential = secret;
                         continue;
                     }
-                    tracing::error!(error = %why, "the service's own app credential was refused");
-                    return Confirmation::Rejected(
-                        "this service could not authenticate to Microsoft".into(),
+                    log_our_side(
+                        tenant_id,
+                        &GraphError::Token(TokenError::InvalidClient(why)),
                     );
+                    return Confirmation::OurSide;
                 }
-                Err(e) => {
-                    // consent still propagating (or Microsoft unreachable): wait, bounded
-                    tracing::info!(%tenant_id, error = %e, "tenant not confirmed yet");
-                    if tokio::time::Instant::now() + delay > deadline {
-                        return Confirmation::NotYet;
+                Err(e) => match Failure::of(&e) {
+                    Failure::Refused(why) => {
+                        tracing::info!(%tenant_id, error = %e, "Microsoft refused the consented tenant");
+                        return Confirmation::Refused(why);
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+                    Failure::OurSide => {
+                        log_our_side(tenant_id, &e);
+                        return Confirmation::OurSide;
+                    }
+                    Failure::NotYet => {
+                        // consent still propagating (or Microsoft unreachable): wait, bounded
+                        tracing::info!(%tenant_id, error = %e, "tenant not confirmed yet");
+                        if tokio::time::Instant::now() + delay > deadline {
+                            return Confirmation::NotYet;
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                },
             }
         }
     }
 
-    /// Confirms tenants whose consent is pending (called by housekeeping); returns how many
-    /// became active.
-    pub async fn confirm_pending(&self) -> Result<usize, StoreError> {
-        let mut confirmed = 0;
-        for tenant in self.tenants.list().await? {
+    /// Confirms tenants whose consent is pending (called by housekeeping). One that cannot
+    /// be confirmed within `CONSENT_PENDING_MINUTES` of its latest consent is dropped from
+    /// the registry: the links it used are marked failed with the reason (the record kept
+    /// of it) and a warning is logged. Links claimed long ago whose tenant is not
+    /// registered are marked failed too, so that no link stays used by nothing.
+    pub async fn confirm_pending(&self) -> Result<PendingReport, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let cutoff = now - time::Duration::minutes(self.pending_minutes);
+        let mut report = PendingReport::default();
+        let tenants = self.tenants.list().await?;
+        let mut registered: std::collections::HashSet<Uuid> =
+            tenants.iter().map(|t| t.tenant_id).collect();
+        for tenant in tenants {
             if tenant.status != TenantStatus::Pending || tenant.added_by != "admin_consent" {
                 continue;
             }
-            let Some(app) = self.app(tenant.cloud, Some(&tenant)).await else {
-                continue;
-            };
-            if let Ok(org) = self
-                .graph
-                .organization(&app, &tenant.tenant_id.to_string())
-                .await
-            {
-                let name = org["displayName"]
-                    .as_str()
-                    .unwrap_or(&tenant.display_name)
-                    .to_string();
-                let active = Tenant {
-                    display_name: name,
-                    status: TenantStatus::Active,
-                    ..tenant.clone()
-                };
-                match self.tenants.record_consent(&active).await {
-                    Ok(_) => confirmed += 1,
-                    // offboarded meanwhile: leave it so
-                    Err(StoreError::Conflict(_)) => {}
-                    Err(e) => return Err(e),
+            let last_attempt = match self.app(tenant.cloud, Some(&tenant)).await {
+                Ok(None) => "no app credential to confirm it with".to_string(),
+                Err(e) => {
+                    tracing::warn!(tenant_id = %tenant.tenant_id, error = %e, "the vault is unavailable for the app credential");
+                    format!("the vault was unavailable ({e})")
                 }
+                Ok(Some(app)) => match self
+                    .graph
+                    .organization(&app, &tenant.tenant_id.to_string())
+                    .await
+                {
+                    Ok(org) => {
+                        let name = org["displayName"]
+                            .as_str()
+                            .unwrap_or(&tenant.display_name)
+                            .to_string();
+                        let active = Tenant {
+                            display_name: name,
+                            status: TenantStatus::Active,
+                            ..tenant.clone()
+                        };
+                        match self.tenants.record_consent(&active).await {
+                            Ok(_) => {
+                                report.confirmed += 1;
+                                report.changed.push(tenant.tenant_id);
+                            }
+                            // offboarded meanwhile: leave it so
+                            Err(StoreError::Conflict(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        if let Failure::OurSide = Failure::of(&e) {
+                            // logged; the tenant still waits its time out
+                            log_our_side(tenant.tenant_id, &e);
+                        }
+                        e.to_string()
+                    }
+                },
+            };
+            if tenant.consented_at.unwrap_or(tenant.created_at) >= cutoff {
+                continue; // still within CONSENT_PENDING_MINUTES
+            }
+            let reason = format!(
+                "consent not confirmed by Microsoft within {} minutes (CONSENT_PENDING_MINUTES); last attempt: {last_attempt}",
+                self.pending_minutes
+            );
+            if self.drop_unconfirmed(&tenant, &reason, cutoff, now).await? {
+                registered.remove(&tenant.tenant_id);
+                report.dropped += 1;
+                report.changed.push(tenant.tenant_id);
             }
         }
-        Ok(confirmed)
+        self.fail_orphaned_links(&registered, now).await?;
+        Ok(report)
     }
+
+    /// Drops a pending tenant (unless a confirmation or a newer consent landed first) and
+    /// marks the links it used failed; false when it was kept.
+    async fn drop_unconfirmed(
+        &self,
+        tenant: &Tenant,
+        reason: &str,
+        cutoff: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let Some(dropped) = self
+            .tenants
+            .remove_unconfirmed(tenant.tenant_id, cutoff)
+            .await?
+        else {
+            return Ok(false);
+        };
+        tracing::warn!(
+            tenant_id = %dropped.tenant_id,
+            consented_at = ?dropped.consented_at,
+            reason,
+            "pending tenant dropped from the registry: its consent was never confirmed"
+        );
+        for link in self.links.list().await? {
+            if link.tenant_id == Some(dropped.tenant_id)
+                && link.used_at.is_some()
+                && link.failed_at.is_none()
+            {
+                self.links.fail(link.id, reason, now).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Marks failed the links claimed over [`ORPHANED_LINK_MINUTES`] ago whose tenant is
+    /// not registered: a callback that never recorded its tenant, or a drop whose link
+    /// marking did not finish.
+    async fn fail_orphaned_links(
+        &self,
+        registered: &std::collections::HashSet<Uuid>,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let before = now - time::Duration::minutes(ORPHANED_LINK_MINUTES);
+        for link in self.links.list().await? {
+            let orphaned = link.state(now) == LinkState::Used
+                && link.used_at.is_some_and(|at| at < before)
+                && link.tenant_id.is_none_or(|t| !registered.contains(&t));
+            if orphaned {
+                let reason = "the consent made with this link recorded no tenant (the callback did not finish, or its pending tenant was dropped)";
+                tracing::warn!(link_id = %link.id, tenant_id = ?link.tenant_id, reason, "activation link marked failed");
+                self.links.fail(link.id, reason, now).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What housekeeping did with pending tenants.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PendingReport {
+    /// Confirmed by Microsoft: now active.
+    pub confirmed: usize,
+    /// Not confirmed within `CONSENT_PENDING_MINUTES`: dropped, their links failed.
+    pub dropped: usize,
+    /// The tenants whose registry entry changed (whose cached status is now wrong).
+    pub changed: Vec<Uuid>,
 }
 
 enum Confirmation {
     Confirmed(String),
+    /// Not confirmed within the budget: consent still propagating, or Microsoft unreachable.
     NotYet,
-    Rejected(String),
+    /// Microsoft refuses the tenant or our app in it; why, for the administrator.
+    Refused(String),
+    /// Microsoft refused our own credential or request.
+    OurSide,
+}
+
+/// What a failed confirmation attempt means, by Microsoft's answer.
+enum Failure {
+    /// Consent still propagating (the app not found in the directory yet: AADSTS700016),
+    /// Graph not seeing the consent yet, or Microsoft unreachable: try again.
+    NotYet,
+    /// The tenant does not exist (AADSTS90002, AADSTS900023), or its administrator
+    /// disabled our app (AADSTS7000112): why, for the administrator.
+    Refused(String),
+    /// Our credential (AADSTS7000215, AADSTS700027, ...) or request refused: nothing the
+    /// customer can change.
+    OurSide,
+}
+
+impl Failure {
+    fn of(e: &GraphError) -> Failure {
+        match e {
+            GraphError::Token(TokenError::TenantNotFound(why)) => Failure::Refused(format!(
+                "Microsoft does not know this organization in this cloud ({why})."
+            )),
+            GraphError::Token(TokenError::AppDisabled(why)) => Failure::Refused(format!(
+                "This service's application is disabled in your organization ({why}). An administrator can enable it again (Microsoft Entra admin center: Enterprise applications, this application, Properties, \"Enabled for users to sign in\")."
+            )),
+            // our credential or token request refused, or Graph refusing our request itself
+            // (a 4xx other than 401/403/404/429, which look like propagation or throttling)
+            GraphError::Token(TokenError::InvalidClient(_) | TokenError::Refused(_))
+            | GraphError::Rejected { .. } => Failure::OurSide,
+            // AADSTS700016 and the like, Microsoft unreachable, Graph not seeing the consent
+            // (403/401/404) or failing: what propagation and outages look like
+            _ => Failure::NotYet,
+        }
+    }
+}
+
+/// Logs, loudly, that Microsoft refused our own credential or request: an operator must
+/// fix the app registration or its credential. Microsoft's error names codes and ids, never
+/// the credential.
+fn log_our_side(tenant_id: Uuid, e: &GraphError) {
+    tracing::error!(
+        %tenant_id,
+        error = %e,
+        "Microsoft refused this service's own app credential or request while confirming a consent: check the app registration, its certificate and ENTRA_CLIENT_SECRET"
+    );
 }
 
 #[cfg(test)]

@@ -222,8 +222,17 @@ impl ScimService {
         Ok(gone)
     }
 
-    /// Checks a bearer token against the tenant's, in constant time.
-    pub async fn authenticate(&self, tenant: Uuid, token: Option<&str>) -> Result<(), ScimError> {
+    /// Checks a bearer token against the tenant's, in constant time, then that the tenant
+    /// is active (a pending or offboarded tenant's token is refused like a wrong one). The
+    /// status comes from the registry's cache: an offboarding shows at once on the
+    /// instance that made it, on others within [`crate::access::HARD_TTL`]. Only a caller
+    /// holding the tenant's token gets as far as the registry.
+    pub async fn authenticate(
+        &self,
+        tenant: Uuid,
+        token: Option<&str>,
+        registry: &crate::access::AccessControl,
+    ) -> Result<(), ScimError> {
         let unauthorized = || ScimError::new(401, None, "a valid Secret Token is required");
         let token = token.ok_or_else(unauthorized)?;
         let table = self.tokens.clone();
@@ -240,7 +249,19 @@ impl ScimService {
             .await?;
         let stored = stored.ok_or_else(unauthorized)?;
         verify_slices_are_equal(hash(token).as_bytes(), stored.as_bytes())
-            .map_err(|_| unauthorized())
+            .map_err(|_| unauthorized())?;
+        let active = registry
+            .tenant(tenant)
+            .await?
+            .is_some_and(|t| t.status == crate::domain::TenantStatus::Active);
+        if !active {
+            return Err(ScimError::new(
+                401,
+                None,
+                "the tenant is not active in this service",
+            ));
+        }
+        Ok(())
     }
 
     /// Creates a user from a SCIM body.

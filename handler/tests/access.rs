@@ -839,3 +839,211 @@ async fn deleting_an_old_revoked_grant_keeps_the_new_grant_unique() {
         .await;
     assert!(kept["revoked_at"].is_string(), "{kept}");
 }
+
+impl World {
+    /// The storage table prefix the handler runs with.
+    fn prefix(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| *k == "STORAGE_TABLE_PREFIX")
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    }
+
+    /// A new SCIM Secret Token for a tenant: (status, token).
+    async fn scim_token(&self, tenant: Uuid) -> (StatusCode, Option<String>) {
+        let (status, body) = self
+            .admin(
+                "POST",
+                &format!("/api/v1/tenants/{tenant}/scim/token"),
+                None,
+            )
+            .await;
+        (status, body["token"].as_str().map(str::to_string))
+    }
+
+    /// `GET /Users` and `POST /Users` on a tenant's SCIM endpoint with a token.
+    async fn scim_read_and_write(&self, tenant: Uuid, token: &str) -> (StatusCode, StatusCode) {
+        let base = format!("{}/api/scim/{tenant}/v2", self.handler.base_url());
+        let read = self
+            .http
+            .get(format!("{base}/Users"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let user = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "externalId": Uuid::new_v4().to_string(),
+            "userName": format!("{}@contoso.com", Uuid::new_v4().simple()),
+            "active": true,
+        });
+        let write = self
+            .http
+            .post(format!("{base}/Users"))
+            .bearer_auth(token)
+            .header("content-type", "application/scim+json")
+            .body(user.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        (read, write)
+    }
+}
+
+#[tokio::test]
+async fn offboarded_tenant_scim_token_is_refused_even_after_a_racing_token_create() {
+    let world = World::start().await;
+    let w = &world;
+    for round in 0..6 {
+        let tenant = w.register("global").await;
+        let (status, first) = w.scim_token(tenant).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let mut tokens = vec![first.unwrap()];
+        assert_eq!(
+            w.scim_read_and_write(tenant, &tokens[0]).await,
+            (StatusCode::OK, StatusCode::CREATED),
+            "the token works while the tenant is active"
+        );
+        // token creations spread over the offboarding's whole duration
+        let creates = futures::future::join_all((0..12u64).map(|i| async move {
+            tokio::time::sleep(Duration::from_millis(i * 3)).await;
+            w.scim_token(tenant).await
+        }));
+        let offboard = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            w.admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+                .await
+        };
+        let (created, (status, body)) = tokio::join!(creates, offboard);
+        assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        for (status, token) in created {
+            assert!(
+                [StatusCode::CREATED, StatusCode::CONFLICT].contains(&status),
+                "round {round}: {status}"
+            );
+            tokens.extend(token);
+        }
+        assert_eq!(
+            w.scim_token(tenant).await.0,
+            StatusCode::CONFLICT,
+            "no token for an offboarded tenant"
+        );
+        for token in &tokens {
+            assert_eq!(
+                w.scim_read_and_write(tenant, token).await,
+                (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED),
+                "round {round}: a token the offboarded tenant got still works"
+            );
+        }
+    }
+
+    // The worst interleaving (a create that checked the status before the offboarding
+    // and wrote after it revoked the token) needs the create to stall between its read and
+    // its write, which an idle machine rarely does; play its outcome every run: the token
+    // row written back after the offboarding.
+    let tenant = w.register("global").await;
+    let (_, token) = w.scim_token(tenant).await;
+    let token = token.unwrap();
+    let scim_table = Azurite::shared()
+        .client()
+        .table(format!("{}ScimResources", w.prefix()));
+    let row = scim_table
+        .get(&tenant.to_string(), "scim-token")
+        .await
+        .unwrap();
+    let (status, _) = w
+        .admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        scim_table
+            .try_get(&tenant.to_string(), "scim-token")
+            .await
+            .unwrap()
+            .is_none(),
+        "offboarding revoked the token"
+    );
+    scim_table.upsert_replace(&row).await.unwrap();
+    assert_eq!(
+        w.scim_read_and_write(tenant, &token).await,
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED),
+        "a token written after the offboarding is refused"
+    );
+}
+
+#[tokio::test]
+async fn offboarding_that_fails_half_way_refuses_the_tenant_and_a_retry_completes_it() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let app = Uuid::new_v4();
+    let grant = w
+        .grant(json!({"tenant_id": tenant, "kind": "service_principal", "client_id": app, "scopes": ["records.read"]}))
+        .await;
+    let (_, token) = w.scim_token(tenant).await;
+    let token = token.unwrap();
+    // a grant row this version cannot read makes revoking the tenant's grants fail
+    let grants = Azurite::shared()
+        .client()
+        .table(format!("{}Grants", w.prefix()));
+    let broken = tables::Entity::new(tenant.to_string(), format!("grant-{}", Uuid::new_v4()))
+        .with("Kind", "service_principal");
+    grants.insert(&broken).await.unwrap();
+
+    let (status, body) = w
+        .admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert!(!status.is_success(), "a step failed: {status} {body}");
+    let (_, record) = w
+        .admin("GET", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(record["status"], "offboarded", "the status came first");
+    assert_eq!(
+        w.scim_read_and_write(tenant, &token).await,
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED),
+        "the SCIM token is refused though the grants step failed"
+    );
+    let ping = w.app_token(tenant, app, Uuid::new_v4());
+    assert_eq!(w.ping(&ping).await.0, StatusCode::FORBIDDEN);
+
+    // the fault is repaired; offboarding again completes what was left undone
+    grants
+        .delete(&broken.partition_key, &broken.row_key, tables::IfMatch::Any)
+        .await
+        .unwrap();
+    let (status, body) = w
+        .admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "offboarded");
+    assert_eq!(body["revoked_grants"], 1, "{body}");
+    let (_, kept) = w
+        .admin(
+            "GET",
+            &format!("/api/v1/access/grants/{}", grant["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(kept["revoked_at"].is_string(), "{kept}");
+    // and once more: nothing left to do, still a success
+    let (status, body) = w
+        .admin("DELETE", &format!("/api/v1/tenants/{tenant}"), None)
+        .await;
+    assert_eq!(
+        (status, body["revoked_grants"].clone()),
+        (StatusCode::OK, json!(0))
+    );
+    // the SCIM token was revoked, not merely refused: registering again does not revive it
+    w.admin(
+        "POST",
+        "/api/v1/tenants",
+        Some(json!({"tenant_id": tenant, "display_name": "Back again"})),
+    )
+    .await;
+    assert_eq!(
+        w.scim_read_and_write(tenant, &token).await,
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
+}

@@ -698,3 +698,218 @@ async fn a_certificate_not_yet_uploaded_falls_back_to_the_client_secret() {
         "then the secret"
     );
 }
+
+/// Runs the Housekeeping timer as the Functions host would; its log lines.
+async fn housekeeping(w: &World) -> String {
+    let timer = r#"{"Data":{"timer":{"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}"#;
+    let response = w
+        .http
+        .post(w.url("/Housekeeping"))
+        .body(timer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    answer["Logs"].to_string()
+}
+
+async fn status_of(w: &World, tenant: &str) -> StatusCode {
+    w.http
+        .get(w.url(&format!("/api/v1/tenants/{tenant}")))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn an_application_disabled_in_the_tenant_is_a_refusal_that_writes_nothing_and_releases_the_link()
+ {
+    let w = World::start(&[]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Switched Off Corp", "off.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    // an administrator consented, then disabled the enterprise application
+    w.fake.set_app_enabled(&tenant, CLIENT_ID, false);
+    let link = w.new_link(json!({})).await;
+    let state = w.state_of(&link).await;
+    let started = std::time::Instant::now();
+    let (status, page) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        page.contains("disabled") && page.contains("AADSTS7000112"),
+        "the page says why: {page}"
+    );
+    assert!(page.contains("can still be used"), "{page}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "a refusal is not waited on as if it were propagation"
+    );
+    assert_eq!(
+        status_of(&w, &tenant).await,
+        StatusCode::NOT_FOUND,
+        "nothing written"
+    );
+    assert_eq!(
+        w.links().await[0]["state"],
+        "pending",
+        "the link is released"
+    );
+
+    // enabled again: the same link onboards the tenant
+    w.fake.set_app_enabled(&tenant, CLIENT_ID, true);
+    let (status, page) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(w.tenant(&tenant).await["status"], "active");
+}
+
+#[tokio::test]
+async fn our_own_credential_refused_writes_nothing_releases_the_link_and_says_try_again_later() {
+    // the handler holds a secret the app registration does not know: AADSTS7000215
+    let wrong = "not-the-registered-secret";
+    let w = World::start(&[("ENTRA_CLIENT_SECRET", wrong)]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Patient Corp", "patient.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    let link = w.new_link(json!({})).await;
+    let (status, page) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+    assert!(page.contains("try again later"), "{page}");
+    assert!(
+        !page.contains("AADSTS7000215") && !page.contains("secret"),
+        "our configuration is not the customer's business: {page}"
+    );
+    assert_eq!(status_of(&w, &tenant).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        w.links().await[0]["state"],
+        "pending",
+        "the link is released"
+    );
+    let output = w.handler.output();
+    let line = output
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("AADSTS7000215"))
+        .unwrap_or_else(|| panic!("logged at error level: {output}"));
+    assert!(!output.contains(wrong), "no secret in the logs: {line}");
+}
+
+#[tokio::test]
+async fn a_consent_never_confirmed_is_dropped_after_consent_pending_minutes_and_its_link_failed() {
+    let w = World::start(&[
+        ("CONSENT_CONFIRM_SECONDS", "1"),
+        ("CONSENT_PENDING_MINUTES", "0"),
+    ])
+    .await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Never Corp", "never.onmicrosoft.com");
+    // consent never reaches the tenant (AADSTS700016 on every token request)
+    w.fake.consent(&tenant, CLIENT_ID, u32::MAX);
+    let link = w.new_link(json!({})).await;
+    let (status, page) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{page}");
+    assert_eq!(w.tenant(&tenant).await["status"], "pending");
+    assert_eq!(w.links().await[0]["state"], "used");
+
+    let logs = housekeeping(&w).await;
+    assert!(logs.contains("dropped 1"), "{logs}");
+    assert_eq!(
+        status_of(&w, &tenant).await,
+        StatusCode::NOT_FOUND,
+        "dropped from the registry"
+    );
+    let links = w.links().await;
+    assert_eq!(links[0]["state"], "failed", "{links:?}");
+    assert_eq!(links[0]["tenant_id"], tenant.as_str());
+    assert!(links[0]["failed_at"].is_string(), "{links:?}");
+    let reason = links[0]["failure_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not confirmed") && reason.contains("AADSTS700016"),
+        "{reason}"
+    );
+    assert!(
+        w.handler
+            .output()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&tenant) && l.contains("dropped")),
+        "a warning records the drop"
+    );
+    let again = housekeeping(&w).await;
+    assert!(again.contains("dropped 0"), "{again}");
+}
+
+#[tokio::test]
+async fn a_pending_consent_within_consent_pending_minutes_is_kept() {
+    let w = World::start(&[("CONSENT_CONFIRM_SECONDS", "1")]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Slow Corp", "slow.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, u32::MAX);
+    let link = w.new_link(json!({})).await;
+    let (status, _) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let logs = housekeeping(&w).await;
+    assert!(logs.contains("dropped 0"), "{logs}");
+    assert_eq!(w.tenant(&tenant).await["status"], "pending");
+    assert_eq!(w.links().await[0]["state"], "used");
+}
+
+#[tokio::test]
+async fn a_pending_tenants_scim_token_is_refused_until_the_tenant_is_confirmed() {
+    let w = World::start(&[("CONSENT_CONFIRM_SECONDS", "1")]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Later Corp", "later.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, u32::MAX);
+    let link = w.new_link(json!({})).await;
+    let (status, _) = call(&w, success(&tenant, &w.state_of(&link).await)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, issued) = admin_json(
+        &w,
+        "POST",
+        &format!("/api/v1/tenants/{tenant}/scim/token"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let users = format!("{}/Users", issued["tenant_url"].as_str().unwrap());
+    let token = issued["token"].as_str().unwrap().to_string();
+    let get = || w.http.get(users.as_str()).bearer_auth(&token).send();
+    assert_eq!(
+        get().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "a pending tenant is not active"
+    );
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    assert!(housekeeping(&w).await.contains("confirmed 1"));
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK, "active now");
+}
+
+#[tokio::test]
+async fn graph_refusing_our_request_is_our_side_not_propagation() {
+    let w = World::start(&[("CONSENT_CONFIRM_SECONDS", "5")]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Strict Corp", "strict.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    let link = w.new_link(json!({})).await;
+    let state = w.state_of(&link).await;
+    // the token is issued, but Graph answers /organization with a plain 400
+    w.fake.fail_next(400, 1, None);
+    let started = std::time::Instant::now();
+    let (status, page) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+    assert!(page.contains("try again later"), "{page}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "not waited on as propagation"
+    );
+    assert_eq!(status_of(&w, &tenant).await, StatusCode::NOT_FOUND);
+    assert_eq!(w.links().await[0]["state"], "pending");
+    let (status, page) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::OK, "the released link works: {page}");
+}

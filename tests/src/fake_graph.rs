@@ -135,6 +135,8 @@ struct Tenant {
     revoked: HashSet<String>,
     /// clients whose permission was removed: Graph answers 403
     unpermitted: HashSet<String>,
+    /// client ids whose service principal an administrator disabled in the tenant
+    disabled: HashSet<String>,
     dir: Directory,
 }
 
@@ -250,13 +252,23 @@ fn with_header(mut response: Response, name: &'static str, value: &str) -> Respo
     response
 }
 
+/// A token-endpoint error as Microsoft's identity platform answers it: the OAuth `error`,
+/// `error_description` starting with the AADSTS code and ending with trace, correlation
+/// and time lines, the numeric `error_codes`, and the same ids again as fields.
 fn aad_error(status: u16, error: &str, code: &str, text: &str) -> Response {
+    let trace = uuid::Uuid::new_v4();
+    let correlation = uuid::Uuid::new_v4();
+    let timestamp = "2026-11-26 00:00:00Z";
     json_response(
         status,
         json!({
             "error": error,
-            "error_description": format!("{code}: {text}\r\nTrace ID: 0000\r\nCorrelation ID: 0000\r\nTimestamp: 2026-11-26 00:00:00Z"),
+            "error_description": format!("{code}: {text}\r\nTrace ID: {trace}\r\nCorrelation ID: {correlation}\r\nTimestamp: {timestamp}"),
             "error_codes": [code.trim_start_matches("AADSTS").parse::<u64>().unwrap_or(0)],
+            "timestamp": timestamp,
+            "trace_id": trace,
+            "correlation_id": correlation,
+            "error_uri": format!("https://login.microsoftonline.com/error?code={}", code.trim_start_matches("AADSTS")),
         }),
     )
 }
@@ -361,6 +373,19 @@ impl FakeMicrosoft {
             t.consented.insert(client_id.into(), delay);
             t.revoked.remove(client_id);
             t.unpermitted.remove(client_id);
+        }
+    }
+
+    /// Disables or enables `client_id`'s service principal in the tenant (an administrator
+    /// switching the enterprise application off or on); while disabled, token requests get
+    /// AADSTS7000112.
+    pub fn set_app_enabled(&self, tenant_id: &str, client_id: &str, enabled: bool) {
+        if let Some(t) = self.state.lock().unwrap().tenants.get_mut(tenant_id) {
+            if enabled {
+                t.disabled.remove(client_id);
+            } else {
+                t.disabled.insert(client_id.into());
+            }
         }
     }
 
@@ -642,6 +667,21 @@ fn issue_token(state: &Mutex<State>, tenant: &str, form: HashMap<String, String>
             "Application with identifier was not found in the directory.",
         );
     };
+    let identifier_is_valid = uuid::Uuid::try_parse(tenant).is_ok()
+        || (tenant.contains('.')
+            && tenant.split('.').all(|label| {
+                !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }));
+    if !identifier_is_valid {
+        return aad_error(
+            400,
+            "invalid_request",
+            "AADSTS900023",
+            &format!(
+                "Specified tenant identifier '{tenant}' is neither a valid DNS name, nor a valid external domain."
+            ),
+        );
+    }
     let Some(tenant_id) = s
         .tenants
         .iter()
@@ -689,6 +729,14 @@ fn issue_token(state: &Mutex<State>, tenant: &str, form: HashMap<String, String>
         }
     }
     let tenant_entry = s.tenants.get_mut(&tenant_id).unwrap();
+    if tenant_entry.disabled.contains(&client_id) {
+        return aad_error(
+            400,
+            "unauthorized_client",
+            "AADSTS7000112",
+            &format!("Application '{client_id}'(entra-connector) is disabled."),
+        );
+    }
     match tenant_entry.consented.get_mut(&client_id) {
         None => {
             return aad_error(

@@ -67,44 +67,63 @@ pub fn thumbprint_s256(certificate_der: &[u8]) -> String {
     ))
 }
 
-/// What went wrong getting a token.
+/// What went wrong getting a token, by what the caller should do about it. The class
+/// comes from Microsoft's AADSTS code (`error_codes`, else the description's first word),
+/// then from the OAuth `error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// The tenant does not exist (or is in another cloud).
+    /// The tenant does not exist, is in another cloud, or the identifier is not one
+    /// (AADSTS90002, AADSTS900023): a definite refusal.
     #[error("tenant not found: {0}")]
     TenantNotFound(String),
-    /// The app is not consented in the tenant (or not found there).
+    /// The app is not (yet) consented in the tenant (AADSTS700016, AADSTS65001,
+    /// AADSTS650051); right after an admin consent this is what propagation looks like.
     #[error("the app is not consented in the tenant: {0}")]
     ConsentMissing(String),
-    /// The credential was refused (wrong secret, unknown certificate, bad assertion).
+    /// The tenant's administrator disabled the app's service principal (AADSTS7000112):
+    /// a refusal until they enable it again.
+    #[error("the app is disabled in the tenant: {0}")]
+    AppDisabled(String),
+    /// Our credential was refused (invalid or expired secret, unknown certificate, bad
+    /// assertion signature: AADSTS7000215, AADSTS7000222, AADSTS700027, ...): our own
+    /// configuration, not the tenant's doing.
     #[error("the app's credential was refused: {0}")]
     InvalidClient(String),
     /// Any other refusal from the token endpoint.
     #[error("token request refused: {0}")]
     Refused(String),
-    /// The token endpoint could not be reached or answered garbage.
+    /// The token endpoint could not be reached, answered garbage, or said it is
+    /// temporarily unavailable.
     #[error("token endpoint unavailable: {0}")]
     Unavailable(String),
 }
 
 impl TokenError {
-    fn from_aad(error: &str, description: &str) -> TokenError {
-        // the AADSTS code is the first word of the description
-        let code = description.split(':').next().unwrap_or_default();
+    /// Types a token-endpoint error answer: the OAuth `error`, Microsoft's `error_codes`
+    /// and `error_description` (whose first word is the AADSTS code).
+    fn from_aad(error: &str, codes: &[u64], description: &str) -> TokenError {
+        let code = codes.first().copied().or_else(|| {
+            description
+                .split(':')
+                .next()
+                .and_then(|c| c.trim().strip_prefix("AADSTS"))
+                .and_then(|c| c.parse().ok())
+        });
         let detail = format!(
             "{error}: {}",
-            description.lines().next().unwrap_or_default()
+            description.lines().next().unwrap_or_default().trim()
         );
         match code {
-            "AADSTS90002" | "AADSTS90023" | "AADSTS900023" | "AADSTS50020" => {
-                TokenError::TenantNotFound(detail)
-            }
-            "AADSTS700016" | "AADSTS65001" | "AADSTS650051" | "AADSTS7000112" => {
-                TokenError::ConsentMissing(detail)
+            Some(90002 | 90023 | 900023 | 50020) => TokenError::TenantNotFound(detail),
+            Some(700016 | 65001 | 650051) => TokenError::ConsentMissing(detail),
+            Some(7000112) => TokenError::AppDisabled(detail),
+            Some(7000215 | 7000222 | 700027 | 700024 | 7000218 | 50012) => {
+                TokenError::InvalidClient(detail)
             }
             _ if error == "invalid_client" || error == "unauthorized_client" => {
                 TokenError::InvalidClient(detail)
             }
+            _ if error == "temporarily_unavailable" => TokenError::Unavailable(detail),
             _ => TokenError::Refused(detail),
         }
     }
@@ -135,6 +154,8 @@ struct ErrorResponse {
     error: String,
     #[serde(default)]
     error_description: String,
+    #[serde(default)]
+    error_codes: Vec<u64>,
 }
 
 type CacheKey = (Cloud, String, Uuid, String);
@@ -336,9 +357,11 @@ impl TokenProvider {
             });
         }
         match serde_json::from_slice::<ErrorResponse>(&bytes) {
-            Ok(e) if status.is_client_error() => {
-                Err(TokenError::from_aad(&e.error, &e.error_description))
-            }
+            Ok(e) if status.is_client_error() => Err(TokenError::from_aad(
+                &e.error,
+                &e.error_codes,
+                &e.error_description,
+            )),
             _ => Err(TokenError::Unavailable(format!(
                 "token endpoint answered {}",
                 status.as_u16()
@@ -378,28 +401,99 @@ mod tests {
 
     #[test]
     fn aad_errors_are_typed_by_their_code() {
+        let typed = |error: &str, codes: &[u64], description: &str| {
+            TokenError::from_aad(error, codes, description)
+        };
         assert!(matches!(
-            TokenError::from_aad("invalid_request", "AADSTS90002: Tenant 'x' not found."),
+            typed(
+                "invalid_request",
+                &[90002],
+                "AADSTS90002: Tenant 'x' not found."
+            ),
             TokenError::TenantNotFound(_)
         ));
         assert!(matches!(
-            TokenError::from_aad(
+            typed(
+                "invalid_request",
+                &[900023],
+                "AADSTS900023: Specified tenant identifier 'x y' is neither a valid DNS name, nor a valid external domain."
+            ),
+            TokenError::TenantNotFound(_)
+        ));
+        assert!(matches!(
+            typed(
                 "unauthorized_client",
+                &[700016],
                 "AADSTS700016: Application with identifier 'y' was not found in the directory 'z'."
             ),
             TokenError::ConsentMissing(_)
         ));
         assert!(matches!(
-            TokenError::from_aad(
-                "invalid_client",
-                "AADSTS7000215: Invalid client secret provided."
+            typed(
+                "unauthorized_client",
+                &[7000112],
+                "AADSTS7000112: Application 'y'(Connector) is disabled."
             ),
-            TokenError::InvalidClient(_)
+            TokenError::AppDisabled(_)
+        ));
+        for (code, description) in [
+            (7000215, "AADSTS7000215: Invalid client secret provided."),
+            (
+                700027,
+                "AADSTS700027: Client assertion failed signature validation.",
+            ),
+            (
+                7000222,
+                "AADSTS7000222: The provided client secret keys are expired.",
+            ),
+        ] {
+            assert!(
+                matches!(
+                    typed("invalid_client", &[code], description),
+                    TokenError::InvalidClient(_)
+                ),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            typed("temporarily_unavailable", &[], "AADSTS50001: x"),
+            TokenError::Unavailable(_)
         ));
         assert!(matches!(
-            TokenError::from_aad("temporarily_unavailable", "AADSTS50001: x"),
+            typed(
+                "invalid_scope",
+                &[70011],
+                "AADSTS70011: The scope is not valid."
+            ),
             TokenError::Refused(_)
         ));
+    }
+
+    #[test]
+    fn the_code_comes_from_error_codes_else_from_the_description() {
+        assert!(matches!(
+            TokenError::from_aad(
+                "unauthorized_client",
+                &[],
+                "AADSTS7000112: Application 'y'(Connector) is disabled.\r\nTrace ID: 1"
+            ),
+            TokenError::AppDisabled(_)
+        ));
+        // the numeric list wins over a description that names another code first
+        assert!(matches!(
+            TokenError::from_aad("unauthorized_client", &[7000112], "something else"),
+            TokenError::AppDisabled(_)
+        ));
+        let detail = TokenError::from_aad(
+            "invalid_client",
+            &[7000215],
+            "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: 1\r\nCorrelation ID: 2",
+        )
+        .to_string();
+        assert!(
+            detail.ends_with("invalid_client: AADSTS7000215: Invalid client secret provided."),
+            "only the first line: {detail}"
+        );
     }
 
     #[test]

@@ -127,6 +127,7 @@ impl GraphError {
                     GraphErrorClass::Transient
                 }
                 TokenError::TenantNotFound(_)
+                | TokenError::AppDisabled(_)
                 | TokenError::ConsentMissing(_)
                 | TokenError::InvalidClient(_)
                 | TokenError::Refused(_) => GraphErrorClass::AccessRevoked {

@@ -122,6 +122,16 @@ async fn token_endpoint_refusals_are_typed() {
         .await
         .unwrap_err();
     assert!(matches!(err, TokenError::ConsentMissing(_)), "{err:?}");
+    s.fake
+        .consent(&other_tenant, &s.app.client_id.to_string(), 0);
+    s.fake
+        .set_app_enabled(&other_tenant, &s.app.client_id.to_string(), false);
+    let err = s
+        .tokens
+        .graph_token(&s.app, &other_tenant)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TokenError::AppDisabled(_)), "{err:?}");
     assert!(matches!(
         s.tokens.graph_token(&s.app, "../evil").await,
         Err(TokenError::TenantNotFound(_))

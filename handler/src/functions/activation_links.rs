@@ -75,6 +75,8 @@ fn link_json(link: &ActivationLink) -> Value {
         "used_at": link.used_at.map(host::invocation::format_timestamp),
         "revoked_at": link.revoked_at.map(host::invocation::format_timestamp),
         "tenant_id": link.tenant_id,
+        "failed_at": link.failed_at.map(host::invocation::format_timestamp),
+        "failure_reason": link.failure_reason,
     })
 }
 

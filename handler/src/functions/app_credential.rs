@@ -231,11 +231,19 @@ async fn create_tenant(
         )
         .await
         .map_err(vault_error)?;
-    app.access
+    // the tenant may have gone since it was read (a pending tenant dropped by housekeeping)
+    let switched = app
+        .access
         .tenants
         .set_app(tenant.tenant_id, Some(client_id))
         .await?;
     app.access.invalidate_tenant(tenant.tenant_id);
+    if switched.is_none() {
+        return Err(ApiError::not_found(format!(
+            "tenant {} is not registered",
+            tenant.tenant_id
+        )));
+    }
     tracing::info!(tenant_id = %tenant.tenant_id, %client_id, "tenant switched to its own app registration");
     let extra = json!({"tenant_id": tenant.tenant_id, "client_id": client_id, "cloud": tenant.cloud.as_str()});
     Ok(export_reply(
@@ -275,8 +283,13 @@ async fn delete_tenant(
     tenant: &str,
 ) -> Result<Response, ApiError> {
     auth::admin(app, authorization).await?;
-    let tenant = registered(app, tenant).await?;
-    app.access.tenants.set_app(tenant.tenant_id, None).await?;
-    app.access.invalidate_tenant(tenant.tenant_id);
+    let tenant_id = guid_segment(tenant, "tenant_id")?;
+    let switched = app.access.tenants.set_app(tenant_id, None).await?;
+    app.access.invalidate_tenant(tenant_id);
+    if switched.is_none() {
+        return Err(ApiError::not_found(format!(
+            "tenant {tenant_id} is not registered"
+        )));
+    }
     Ok(no_content())
 }

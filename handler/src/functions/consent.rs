@@ -59,6 +59,11 @@ fn link_page(problem: LinkProblem) -> Response {
             "This link was revoked",
             "Ask your contact to generate a new link.",
         ),
+        LinkProblem::Failed => (
+            StatusCode::GONE,
+            "This link can no longer be used",
+            "Microsoft never confirmed the consent given with it. Ask your contact to generate a new link.",
+        ),
     };
     page(status, title, &[text.to_string()])
 }
@@ -153,6 +158,14 @@ async fn callback(app: &App, params: &HashMap<String, String>) -> Response {
             &[
                 why,
                 "The activation link can still be used: open it again to retry.".to_string(),
+            ],
+        ),
+        ConsentOutcome::TryLater => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again later",
+            &[
+                "This service could not confirm your organization because of a problem on our side, not yours. It has been reported to the people who run it.".to_string(),
+                "Nothing was recorded, and the activation link can still be used: open it again later.".to_string(),
             ],
         ),
         ConsentOutcome::NotConfigured => {

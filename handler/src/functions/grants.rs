@@ -15,7 +15,8 @@ use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::auth;
-use crate::domain::{Grant, Principal, TenantStatus, parse_scopes};
+use crate::domain::{Grant, Principal, parse_scopes};
+use crate::lifecycle::{self, AccessRefusal};
 use crate::routes::{
     ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
 };
@@ -159,15 +160,6 @@ async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
         }
     };
     let scopes = parse_scopes(&new.scopes, &app.connector_scopes).map_err(ApiError::bad_request)?;
-    let tenant =
-        app.access.tenants.get(tenant_id).await?.ok_or_else(|| {
-            ApiError::bad_request(format!("tenant {tenant_id} is not registered"))
-        })?;
-    if tenant.status == TenantStatus::Offboarded {
-        return Err(ApiError::conflict(format!(
-            "tenant {tenant_id} is offboarded"
-        )));
-    }
     let now = OffsetDateTime::now_utc();
     let grant = Grant {
         id: Uuid::new_v4(),
@@ -179,25 +171,13 @@ async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
         last_used_at: None,
         revoked_at: None,
     };
-    app.access.grants.create(&grant).await?;
-    app.access.invalidate_grants(tenant_id);
-    // an offboarding that listed the tenant's grants before this one landed would miss it
-    if app
-        .access
-        .tenants
-        .get(tenant_id)
-        .await?
-        .is_none_or(|t| t.status == TenantStatus::Offboarded)
-    {
-        app.access
-            .grants
-            .revoke_all(tenant_id, OffsetDateTime::now_utc())
-            .await?;
-        app.access.invalidate_grants(tenant_id);
-        return Err(ApiError::conflict(format!(
-            "tenant {tenant_id} was offboarded"
-        )));
-    }
+    lifecycle::create_grant(&app.access, &grant)
+        .await
+        .map_err(|refusal| match refusal {
+            AccessRefusal::NotRegistered(_) => ApiError::bad_request(refusal.to_string()),
+            AccessRefusal::Offboarded(_) => ApiError::conflict(refusal.to_string()),
+            AccessRefusal::Store(e) => e.into(),
+        })?;
     tracing::info!(grant_id = %grant.id, %tenant_id, kind = grant.principal.kind(), "grant created");
     Ok(json_reply(StatusCode::CREATED, &grant_json(&grant)))
 }

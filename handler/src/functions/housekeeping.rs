@@ -1,5 +1,6 @@
-//! `Housekeeping`: a timer every 15 minutes that trims old records and records its run.
-//! Later capabilities add their purge work here.
+//! `Housekeeping`: a timer every 15 minutes that trims old records, confirms pending
+//! consents (dropping those never confirmed within `CONSENT_PENDING_MINUTES`) and records
+//! its run. Later capabilities add their purge work here.
 
 use futures::future::BoxFuture;
 use host::{InvocationRequest, InvocationResponse, InvokeError};
@@ -33,13 +34,20 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
 
     let cutoff = started_at - time::Duration::days(RUN_HISTORY_DAYS);
     let purged = app.run_log.purge_history(NAME, cutoff).await;
-    let confirmed = app.onboarding.confirm_pending().await;
+    let pending = app.onboarding.confirm_pending().await;
+    if let Ok(pending) = &pending {
+        // this instance sees the new status at once, others within access::HARD_TTL
+        for tenant_id in &pending.changed {
+            app.access.invalidate_tenant(*tenant_id);
+        }
+    }
     let finished = finish_scim_deletions(app).await;
-    let (outcome, summary) = match (&purged, &confirmed, &finished) {
-        (Ok(purged), Ok(confirmed), Ok(finished)) => (
+    let (outcome, summary) = match (&purged, &pending, &finished) {
+        (Ok(purged), Ok(pending), Ok(finished)) => (
             RunOutcome::Succeeded,
             format!(
-                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {confirmed} pending tenants; finished {finished} SCIM deletions"
+                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {} pending tenants; dropped {} pending tenants not confirmed within CONSENT_PENDING_MINUTES; finished {finished} SCIM deletions",
+                pending.confirmed, pending.dropped
             ),
         ),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => (

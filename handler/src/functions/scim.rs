@@ -14,6 +14,7 @@ use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::auth::{self, bearer};
+use crate::lifecycle::{self, AccessRefusal};
 use crate::routes::{ApiError, answer, body, guid_segment, json_reply, no_content, segment};
 use crate::scim_service::{MAX_RESULTS, ScimError};
 
@@ -109,18 +110,15 @@ async fn token(
 ) -> Result<Response, ApiError> {
     auth::admin(app, authorization).await?;
     let tenant_id = guid_segment(tenant, "tenant_id")?;
-    let tenant = app
-        .access
-        .tenants
-        .get(tenant_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))?;
     match method {
         warp::http::Method::POST => {
-            if tenant.status == crate::domain::TenantStatus::Offboarded {
-                return Err(ApiError::conflict("the tenant is offboarded"));
-            }
-            let token = app.scim.new_token(tenant_id).await?;
+            let token = lifecycle::issue_scim_token(&app.access, &app.scim, tenant_id)
+                .await
+                .map_err(|refusal| match refusal {
+                    AccessRefusal::NotRegistered(_) => ApiError::not_found(refusal.to_string()),
+                    AccessRefusal::Offboarded(_) => ApiError::conflict(refusal.to_string()),
+                    AccessRefusal::Store(e) => e.into(),
+                })?;
             let tenant_url = format!(
                 "{}/api/scim/{tenant_id}/v2",
                 app.public_base_url.as_str().trim_end_matches('/')
@@ -132,6 +130,11 @@ async fn token(
             ))
         }
         warp::http::Method::DELETE => {
+            if app.access.tenants.get(tenant_id).await?.is_none() {
+                return Err(ApiError::not_found(format!(
+                    "tenant {tenant_id} is not registered"
+                )));
+            }
             if !app.scim.revoke_token(tenant_id).await? {
                 return Err(ApiError::not_found("the tenant has no SCIM token"));
             }
@@ -274,7 +277,7 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
         .and_then(|t| uuid::Uuid::try_parse(&t).ok())
         .ok_or_else(not_found)?;
     app.scim
-        .authenticate(tenant, bearer(request.authorization))
+        .authenticate(tenant, bearer(request.authorization), &app.access)
         .await?;
     let base = format!(
         "{}/api/scim/{tenant}/v2",

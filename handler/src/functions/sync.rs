@@ -144,10 +144,14 @@ async fn run_tenant(
         ));
         return Ok(response);
     };
-    let Some(app_registration) = app.onboarding.registration(&tenant).await else {
-        return Err(failed(
-            "no app credential for the tenant's cloud (vault unavailable or not configured)",
-        ));
+    let app_registration = match app.onboarding.registration(&tenant).await {
+        Ok(Some(registration)) => registration,
+        Ok(None) => {
+            return Err(failed(
+                "no app credential is configured for the tenant's cloud",
+            ));
+        }
+        Err(e) => return Err(failed(format!("the vault is unavailable: {e}"))),
     };
     let source = sync::graph::GraphSource {
         client: app.graph.clone(),
@@ -304,10 +308,15 @@ async fn graph_for(
         .get(tenant)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant}")))?;
-    app.onboarding
-        .registration(&record)
-        .await
-        .ok_or_else(|| ApiError::unavailable("no app credential for the tenant's cloud"))
+    match app.onboarding.registration(&record).await {
+        Ok(Some(registration)) => Ok(registration),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "no app credential is configured for the tenant's cloud",
+        )),
+        Err(e) => Err(ApiError::unavailable(e)),
+    }
 }
 
 fn graph_error(e: entra::graph::GraphError) -> ApiError {

@@ -1,6 +1,7 @@
 //! `Tenants`: the tenant registry, for admins. `POST/GET /api/v1/tenants`,
-//! `GET/DELETE /api/v1/tenants/{tenant_id}` (DELETE offboards: tokens refused, grants
-//! revoked, data kept for audit).
+//! `GET/DELETE /api/v1/tenants/{tenant_id}` (DELETE offboards, see [`crate::lifecycle`]:
+//! tokens refused, grants and the SCIM token revoked, data kept for audit; a retry
+//! completes what a failed attempt left undone).
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::app::App;
 use crate::auth;
 use crate::domain::{Tenant, TenantStatus};
+use crate::lifecycle::{OffboardError, Offboarding};
 use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json};
 
 /// The routes.
@@ -145,21 +147,30 @@ async fn get(app: &App, authorization: Option<&str>, id: &str) -> Result<Respons
 async fn offboard(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
     auth::admin(app, authorization).await?;
     let tenant_id = guid_segment(id, "tenant_id")?;
-    let now = OffsetDateTime::now_utc();
-    let tenant = app
-        .access
-        .tenants
-        .set_status(tenant_id, TenantStatus::Offboarded, now)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))?;
-    // refuse the tenant's tokens on this instance at once, before revoking grants
-    app.access.invalidate_tenant(tenant_id);
-    let revoked = app.access.grants.revoke_all(tenant_id, now).await?;
-    // its SCIM Secret Token stops working too
-    app.scim.revoke_token(tenant_id).await?;
-    app.access.invalidate_tenant(tenant_id);
-    tracing::info!(%tenant_id, revoked, "tenant offboarded");
-    let mut body = tenant_json(&tenant);
-    body["revoked_grants"] = json!(revoked);
-    Ok(json_reply(StatusCode::OK, &body))
+    match Offboarding::new(&app.access, &app.scim)
+        .run(tenant_id)
+        .await
+    {
+        Ok(done) => {
+            let mut body = tenant_json(&done.tenant);
+            body["revoked_grants"] = json!(done.count("grants"));
+            body["revoked_scim_token"] = json!(done.count("scim_token") > 0);
+            Ok(json_reply(StatusCode::OK, &body))
+        }
+        Err(OffboardError::NotRegistered(_)) => Err(ApiError::not_found(format!(
+            "tenant {tenant_id} is not registered"
+        ))),
+        Err(OffboardError::Status(e)) => Err(e.into()),
+        Err(OffboardError::Incomplete { failed, .. }) => {
+            let steps: Vec<&str> = failed.iter().map(|(name, _)| *name).collect();
+            // the status of the first failure (503 unavailable, 500 unreadable data, ...)
+            let (_, first) = failed.into_iter().next().expect("at least one failed step");
+            let mut error = ApiError::from(first);
+            error.message = format!(
+                "tenant {tenant_id} is offboarded and refused everywhere, but these steps did not complete: {}; DELETE it again to complete them",
+                steps.join(", ")
+            );
+            Err(error)
+        }
+    }
 }

@@ -32,6 +32,9 @@ pub trait LinkStore: Send + Sync {
     async fn release(&self, link: &ActivationLink, etag: ETag) -> Result<(), StoreError>;
     /// Revokes a link; false when it does not exist.
     async fn revoke(&self, id: Uuid, at: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Marks a used link failed with the reason (its consent was given up on); false when
+    /// it does not exist.
+    async fn fail(&self, id: Uuid, reason: &str, at: OffsetDateTime) -> Result<bool, StoreError>;
 }
 
 const PARTITION: &str = "link";
@@ -62,6 +65,12 @@ impl TableLinkStore {
         if let Some(t) = l.tenant_id {
             e.set("TenantId", t.to_string());
         }
+        if let Some(at) = l.failed_at {
+            e.set("FailedAt", at);
+        }
+        if let Some(reason) = &l.failure_reason {
+            e.set("FailureReason", reason.as_str());
+        }
         e
     }
 
@@ -77,6 +86,8 @@ impl TableLinkStore {
             used_at: e.get_datetime("UsedAt"),
             revoked_at: e.get_datetime("RevokedAt"),
             tenant_id: e.get_str("TenantId").and_then(|t| Uuid::try_parse(t).ok()),
+            failed_at: e.get_datetime("FailedAt"),
+            failure_reason: e.get_str("FailureReason").map(str::to_string),
         })
     }
 }
@@ -147,6 +158,19 @@ impl LinkStore for TableLinkStore {
 
     async fn revoke(&self, id: Uuid, at: OffsetDateTime) -> Result<bool, StoreError> {
         let update = Entity::new(PARTITION, id.to_string()).with("RevokedAt", at);
+        match self.table.merge(&update, IfMatch::Any).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn fail(&self, id: Uuid, reason: &str, at: OffsetDateTime) -> Result<bool, StoreError> {
+        // a property holds at most 32K characters; reasons are short, but never fail on one
+        let reason: String = reason.chars().take(1000).collect();
+        let update = Entity::new(PARTITION, id.to_string())
+            .with("FailedAt", at)
+            .with("FailureReason", reason.as_str());
         match self.table.merge(&update, IfMatch::Any).await {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),

@@ -35,6 +35,14 @@ pub trait TenantStore: Send + Sync {
         status: TenantStatus,
         at: OffsetDateTime,
     ) -> Result<Option<Tenant>, StoreError>;
+    /// Removes a tenant that is still `pending` with its latest consent before
+    /// `consented_before`, decided on the row as it is deleted (a confirmation or a newer
+    /// consent that lands first keeps it); the removed tenant, or `None`.
+    async fn remove_unconfirmed(
+        &self,
+        tenant_id: Uuid,
+        consented_before: OffsetDateTime,
+    ) -> Result<Option<Tenant>, StoreError>;
 }
 
 const PARTITION: &str = "tenant";
@@ -243,5 +251,39 @@ impl TenantStore for TableTenantStore {
             tenant
         })
         .await
+    }
+
+    async fn remove_unconfirmed(
+        &self,
+        tenant_id: Uuid,
+        consented_before: OffsetDateTime,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let key = tenant_id.to_string();
+        for _ in 0..3 {
+            let Some(existing) = self.table.try_get(PARTITION, &key).await? else {
+                return Ok(None);
+            };
+            let tenant = Self::from_entity(&existing)?;
+            if tenant.status != TenantStatus::Pending
+                || tenant.consented_at.unwrap_or(tenant.created_at) >= consented_before
+            {
+                return Ok(None);
+            }
+            let etag = existing
+                .etag
+                .clone()
+                .ok_or_else(|| StoreError::Corrupt("read without ETag".into()))?;
+            match self
+                .table
+                .delete(PARTITION, &key, IfMatch::ETag(etag))
+                .await
+            {
+                Ok(()) => return Ok(Some(tenant)),
+                Err(e) if e.is_precondition_failed() => continue,
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contended)
     }
 }
