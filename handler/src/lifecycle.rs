@@ -60,6 +60,25 @@ impl OffboardingStep for RevokeScimToken<'_> {
     }
 }
 
+/// Stops the tenant's directory sync: its checkpoint and deltaLinks are forgotten, so no
+/// round resumes for it (a running one loses its lease at its next checkpoint) and a
+/// tenant registered again starts with a full round. The directory itself is kept.
+struct StopSync<'a>(&'a dyn sync::SyncStateStore);
+
+#[async_trait]
+impl OffboardingStep for StopSync<'_> {
+    fn name(&self) -> &'static str {
+        "sync"
+    }
+
+    async fn run(&self, tenant_id: Uuid, _at: OffsetDateTime) -> Result<usize, StoreError> {
+        self.0.forget(tenant_id).await.map_err(|e| match e {
+            sync::SyncError::State(e) => StoreError::from(e),
+            other => StoreError::Corrupt(other.to_string()),
+        })
+    }
+}
+
 /// What one offboarding run did.
 #[derive(Debug)]
 pub struct Offboarded {
@@ -107,12 +126,17 @@ impl<'a> Offboarding<'a> {
     /// Every capability's step, in order. A capability that gives a tenant something to
     /// take back adds its step here: directory sync (stop the tenant's runs and drop its
     /// delta links), certificates (retire the tenant's own app credential), ...
-    pub fn new(access: &'a AccessControl, scim: &'a ScimService) -> Offboarding<'a> {
+    pub fn new(
+        access: &'a AccessControl,
+        scim: &'a ScimService,
+        sync: &'a dyn sync::SyncStateStore,
+    ) -> Offboarding<'a> {
         Offboarding {
             access,
             steps: vec![
                 Box::new(RevokeGrants(access)),
                 Box::new(RevokeScimToken(scim)),
+                Box::new(StopSync(sync)),
             ],
         }
     }

@@ -452,6 +452,22 @@ async fn resync_throttling_and_revoked_consent_are_handled() {
         .unwrap();
     assert_eq!(health["status"], "degraded");
     assert!(!health.to_string().contains(&t), "no tenant ids in health");
+
+    // offboarding stops the tenant's sync: its state is forgotten, no round can be queued
+    let r = w
+        .http
+        .delete(format!("{}/api/v1/tenants/{t}", w.base()))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let s = w.status().await;
+    assert!(s["last_round"].is_null(), "{s}");
+    let r = w
+        .post(&format!("/api/v1/tenants/{t}/sync"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
 }
 
 #[tokio::test]

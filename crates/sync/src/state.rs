@@ -167,6 +167,8 @@ pub trait SyncStateStore: Send + Sync {
     async fn release(&self, lease: Lease) -> Result<(), SyncError>;
     /// Records that a round was queued (and whether a full one was asked for).
     async fn request(&self, tenant: Uuid, at: OffsetDateTime, full: bool) -> Result<(), SyncError>;
+    /// Forgets a tenant's state and requests (offboarding); how many rows it removed.
+    async fn forget(&self, tenant: Uuid) -> Result<usize, SyncError>;
 }
 
 /// [`SyncStateStore`] on a table.
@@ -406,5 +408,17 @@ impl SyncStateStore for TableSyncStates {
         }
         self.table.upsert_merge(&e).await?;
         Ok(())
+    }
+
+    async fn forget(&self, tenant: Uuid) -> Result<usize, SyncError> {
+        let mut removed = 0;
+        for key in [state_key(tenant), request_key(tenant)] {
+            match self.table.delete(PARTITION, &key, IfMatch::Any).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
     }
 }

@@ -147,7 +147,7 @@ async fn get(app: &App, authorization: Option<&str>, id: &str) -> Result<Respons
 async fn offboard(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
     auth::admin(app, authorization).await?;
     let tenant_id = guid_segment(id, "tenant_id")?;
-    match Offboarding::new(&app.access, &app.scim)
+    match Offboarding::new(&app.access, &app.scim, &*app.sync.states)
         .run(tenant_id)
         .await
     {
