@@ -124,6 +124,9 @@ impl App {
             entra::graph::GraphPolicy::default(),
             http,
         ));
+        let directory = Arc::new(directory::TableDirectory::new(
+            tables.table(table_names.directory()),
+        ));
         let scim_table = tables.table(table_names.scim());
         let scim = crate::scim_service::ScimService::new(
             Arc::new(crate::store::scim::TableScimUserStore::new(
@@ -135,7 +138,8 @@ impl App {
             scim_table,
             settings.public_base_url.as_str(),
             settings.scim_read_cache,
-        );
+        )
+        .with_directory(directory.clone());
         let credentials = Arc::new(AppCredentials::new(
             vault,
             settings.entra.client_secret.as_ref().map(|s| s.0.clone()),
@@ -151,9 +155,6 @@ impl App {
             settings.consent_confirm,
             settings.consent_pending,
         );
-        let directory = Arc::new(directory::TableDirectory::new(
-            tables.table(table_names.directory()),
-        ));
         let sync = SyncService {
             states: Arc::new(sync::TableSyncStates::new(tables.table(table_names.sync()))),
             schedule: sync::Schedule {

@@ -70,6 +70,8 @@ pub struct ScimService {
     /// Users as SCIM GETs read them (by id and by lowercased userName), briefly; `None`
     /// when `SCIM_READ_CACHE_SECONDS` is 0. Writes always read the store.
     read_cache: Option<Arc<TtlCache<ReadKey, StoredResource>>>,
+    /// The tenant directories SCIM users are applied to (see `directory`).
+    directory: Option<Arc<dyn directory::Directory>>,
 }
 
 /// What the read cache is keyed by: (tenant, user id) or (tenant, lowercased userName).
@@ -150,7 +152,14 @@ impl ScimService {
             public_base_url: public_base_url.to_string(),
             read_cache: (!read_cache.is_zero())
                 .then(|| TtlCache::new(read_cache, read_cache, 50_000)),
+            directory: None,
         }
+    }
+
+    /// Applies every SCIM user write to `directory` as well.
+    pub fn with_directory(mut self, directory: Arc<dyn directory::Directory>) -> ScimService {
+        self.directory = Some(directory);
+        self
     }
 
     /// A user by id or lowercased userName, from the read cache when it has it.
@@ -283,7 +292,10 @@ impl ScimService {
             .create(tenant, id, &user_name, &data, &admin, invitation)
             .await?
         {
-            WriteOutcome::Written(stored) => Ok(present(&stored, base)),
+            WriteOutcome::Written(stored) => {
+                self.mirror(tenant, &stored).await?;
+                Ok(present(&stored, base))
+            }
             WriteOutcome::Duplicate => Err(ScimError::new(
                 409,
                 Some("uniqueness"),
@@ -369,7 +381,10 @@ impl ScimService {
             let data = finish_update(&current, data)?;
             let _forget = self.forget_on_drop(tenant, current.id, &[&current.data, &data]);
             match self.users.replace(tenant, &current, &data).await? {
-                WriteOutcome::Written(stored) => return Ok(present(&stored, base)),
+                WriteOutcome::Written(stored) => {
+                    self.mirror(tenant, &stored).await?;
+                    return Ok(present(&stored, base));
+                }
                 WriteOutcome::Duplicate => {
                     return Err(ScimError::new(
                         409,
@@ -399,7 +414,10 @@ impl ScimService {
             let data = finish_update(&current, body.clone())?;
             let _forget = self.forget_on_drop(tenant, current.id, &[&current.data, &data]);
             match self.users.replace(tenant, &current, &data).await? {
-                WriteOutcome::Written(stored) => return Ok(present(&stored, base)),
+                WriteOutcome::Written(stored) => {
+                    self.mirror(tenant, &stored).await?;
+                    return Ok(present(&stored, base));
+                }
                 WriteOutcome::Duplicate => {
                     return Err(ScimError::new(
                         409,
@@ -431,6 +449,7 @@ impl ScimService {
             let Some((current, groups)) = self.users.get_with_groups(tenant, user_id).await? else {
                 // a deletion interrupted after its commit: the retry finishes it
                 self.users.finish_deletion(tenant, user_id).await?;
+                self.mirror_delete(tenant, user_id).await?;
                 return Err(not_found());
             };
             check_if_match(&current, if_match)?;
@@ -440,7 +459,10 @@ impl ScimService {
                 .collect();
             let _forget = self.forget_on_drop(tenant, current.id, &[&current.data]);
             match self.users.delete(tenant, &current, &groups, extra).await? {
-                WriteOutcome::Written(_) => return Ok(()),
+                WriteOutcome::Written(_) => {
+                    self.mirror_delete(tenant, user_id).await?;
+                    return Ok(());
+                }
                 // the user changed meanwhile: read again, unless the client asked for the
                 // version it had
                 WriteOutcome::Missing => continue,
@@ -1103,5 +1125,6 @@ fn present(stored: &StoredResource, base: &str) -> Value {
     data
 }
 
+mod mirror;
 #[cfg(test)]
 mod table_requests;

@@ -691,3 +691,66 @@ async fn directory_endpoints_refuse_bad_input_clearly() {
     let health: Value = health.json().await.unwrap();
     assert_eq!(health["storage"], "reachable");
 }
+
+#[tokio::test]
+async fn a_user_provisioned_over_scim_and_read_from_graph_is_one_record() {
+    let w = World::start().await;
+    let t = w.tenant.clone();
+    let r = w
+        .post(&format!("/api/v1/tenants/{t}/scim/token"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let token: Value = r.json().await.unwrap();
+    let scim = token["tenant_url"].as_str().unwrap().to_string();
+    let secret = token["token"].as_str().unwrap().to_string();
+    let created: Value = w
+        .http
+        .post(format!("{scim}/Users"))
+        .bearer_auth(&secret)
+        .header("content-type", "application/scim+json")
+        .json(&json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "Pat@contoso.com", "active": true, "displayName": "Pat",
+            "emails": [{"primary": true, "type": "work", "value": "pat@contoso.com"}],
+            "externalId": "pat",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scim_id = created["id"].as_str().unwrap().to_string();
+    let listed = w.json("/api/v1/entra-id/users?search=pat").await;
+    assert_eq!(ids_of(&listed), vec![scim_id.clone()]);
+    assert_eq!(listed["users"][0]["sources"], json!(["scim"]));
+    assert!(listed["users"][0]["entra_id"].is_null());
+
+    let entra_id = w.fake.add_user(
+        &t,
+        json!({"userPrincipalName": "pat@contoso.com", "displayName": "Pat Jones", "accountEnabled": true, "jobTitle": "Buyer"}),
+    );
+    w.sync(false).await;
+    let listed = w.json("/api/v1/entra-id/users?search=pat").await;
+    assert_eq!(
+        ids_of(&listed),
+        vec![scim_id.clone()],
+        "one record: {listed}"
+    );
+    let u = &listed["users"][0];
+    assert_eq!(u["sources"], json!(["graph", "scim"]));
+    assert_eq!(u["entra_id"], entra_id.as_str());
+    assert_eq!(u["job_title"], "Buyer");
+    assert_eq!(w.stats().await["users"]["total"], 1);
+
+    let r = w
+        .http
+        .delete(format!("{scim}/Users/{scim_id}"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let u: Value = w.user(&scim_id).await.json().await.unwrap();
+    assert_eq!(u["sources"], json!(["graph"]), "still in Entra: {u}");
+}

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `u-<id>` | a user record |
 //! | `o-<entra id>` | the local id of a user whose id is not its Entra object id |
+//! | `x-<scim id>` | the local id of a user whose id is not its SCIM id |
 //! | `s-<term>\|<id>` | a search term of a user (lowercased UPN, e-mail, name) |
 //! | `g-<id>` | a group record |
 //! | `gm-<group>.<user>` | a direct membership, group side |
@@ -26,6 +27,10 @@ pub fn user(id: Uuid) -> String {
 
 pub fn entra_index(entra_id: Uuid) -> String {
     format!("o-{entra_id}")
+}
+
+pub fn scim_index(scim_id: Uuid) -> String {
+    format!("x-{scim_id}")
 }
 
 pub fn group(id: Uuid) -> String {

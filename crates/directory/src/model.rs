@@ -111,6 +111,8 @@ pub struct User {
     /// for users first provisioned over SCIM.
     pub id: Uuid,
     pub entra_id: Option<Uuid>,
+    /// The SCIM resource id, when Entra provisioned the user over SCIM.
+    pub scim_id: Option<Uuid>,
     /// The UPN (SCIM's userName).
     pub upn: String,
     pub name: Option<String>,

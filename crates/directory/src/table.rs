@@ -145,6 +145,9 @@ fn user_entity(tenant: &str, u: &User) -> Entity {
     if let Some(id) = u.entra_id {
         e.set("EntraId", id.to_string());
     }
+    if let Some(id) = u.scim_id {
+        e.set("ScimId", id.to_string());
+    }
     for (name, value) in [
         ("Name", &u.name),
         ("Email", &u.email),
@@ -176,6 +179,7 @@ fn user_from(e: &Entity) -> Result<User, DirectoryError> {
     Ok(User {
         id,
         entra_id: opt_uuid(e, "EntraId")?,
+        scim_id: opt_uuid(e, "ScimId")?,
         upn: e
             .get_str("Upn")
             .ok_or_else(|| corrupt(&e.row_key, "Upn"))?
@@ -314,6 +318,7 @@ fn new_user(id: Uuid, now: OffsetDateTime) -> User {
     User {
         id,
         entra_id: None,
+        scim_id: None,
         upn: id.to_string(),
         name: None,
         email: None,
@@ -371,12 +376,14 @@ fn next_state(current: Option<User>, change: &UserChange, now: OffsetDateTime) -
             let mut u = current.unwrap_or_else(|| new_user(*id, now));
             apply_fields(&mut u, fields);
             u.sources.scim = true;
+            u.scim_id = Some(*id);
             Some(u)
         }
         UserChange::ScimDeleted { .. } => {
             let mut u = current?;
             if u.sources.graph {
                 u.sources.scim = false;
+                u.scim_id = None;
                 Some(u)
             } else {
                 None
@@ -416,6 +423,9 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
     let mut rows = Vec::new();
     if let Some(entra) = u.entra_id.filter(|e| *e != u.id) {
         rows.push(Entity::new(tenant, layout::entra_index(entra)).with("Id", u.id.to_string()));
+    }
+    if let Some(scim) = u.scim_id.filter(|s| *s != u.id) {
+        rows.push(Entity::new(tenant, layout::scim_index(scim)).with("Id", u.id.to_string()));
     }
     let terms = search::terms(u);
     let upn = layout::term(&u.upn);
@@ -495,6 +505,19 @@ impl TableDirectory {
                 (Uuid::new_v4().as_u128() % u128::from(layout::SCIM_COUNTER_SHARDS)) as u32,
             ),
         };
+        if writer == Writer::Scim {
+            // SCIM always reads before writing, so it needs no totals: its own row will do
+            let row = self.get(tenant, &own_key).await?;
+            let values = row.as_ref().map(counters_from).unwrap_or_default();
+            return Ok((
+                values,
+                CounterRow {
+                    key: own_key,
+                    values,
+                    etag: row.and_then(|r| r.etag),
+                },
+            ));
+        }
         let rows: Vec<Vec<Entity>> = self
             .range(tenant, layout::prefix_range(layout::COUNTER), &[], None)
             .try_collect()
@@ -656,6 +679,13 @@ impl TableDirectory {
             UserKey::Local(id) => {
                 if let Some(found) = self.read_user(tenant, id).await? {
                     return Ok(Some(found));
+                }
+                // provisioned over SCIM after Graph sync found the user: one record
+                if let Some(row) = self.get(tenant, &layout::scim_index(id)).await? {
+                    let local = opt_uuid(&row, "Id")?.ok_or_else(|| corrupt(&row.row_key, "Id"))?;
+                    if let Some(found) = self.read_user(tenant, local).await? {
+                        return Ok(Some(found));
+                    }
                 }
                 let Some(upn) = upn else { return Ok(None) };
                 // a user Graph sync found first

@@ -511,3 +511,57 @@ async fn a_scim_user_and_its_graph_user_are_one_record() {
     assert!(!u.sources.scim && u.sources.graph);
     assert_eq!(dir.counters(tenant).await.unwrap().scim_users, 0);
 }
+
+#[tokio::test]
+async fn a_graph_user_later_provisioned_over_scim_stays_one_record() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let entra_id = Uuid::new_v4();
+    let scim_id = Uuid::new_v4();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(entra_id, "eve@contoso.com", "Eve", true, 1)],
+        ApplyMode::Optimistic,
+    )
+    .await
+    .unwrap();
+    let scim = |name: &str| UserChange::Scim {
+        id: scim_id,
+        fields: UserFields {
+            upn: Field::Set("EVE@contoso.com".into()),
+            name: Field::Set(name.into()),
+            enabled: Some(true),
+            ..UserFields::default()
+        },
+    };
+    for name in ["Eve A", "Eve B"] {
+        dir.apply_users(tenant, Writer::Scim, vec![scim(name)], ApplyMode::Read)
+            .await
+            .unwrap();
+    }
+    let u = dir.user(tenant, entra_id).await.unwrap().unwrap();
+    assert_eq!(
+        (u.scim_id, u.name.as_deref()),
+        (Some(scim_id), Some("Eve B"))
+    );
+    assert!(u.sources.graph && u.sources.scim);
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!((c.users, c.scim_users), (1, 1));
+    dir.apply_users(
+        tenant,
+        Writer::Scim,
+        vec![UserChange::ScimDeleted { id: scim_id }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let u = dir.user(tenant, entra_id).await.unwrap().unwrap();
+    assert!(u.sources.graph && !u.sources.scim && u.scim_id.is_none());
+    // provisioned again later: found by UPN again, still one record
+    dir.apply_users(tenant, Writer::Scim, vec![scim("Eve C")], ApplyMode::Read)
+        .await
+        .unwrap();
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!((c.users, c.scim_users), (1, 1));
+}
