@@ -346,6 +346,23 @@ impl HandlerProcess {
         process
     }
 
+    /// The process id (to read its memory use from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in KiB; None where /proc has no answer.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     /// The base URL, `http://127.0.0.1:port`.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

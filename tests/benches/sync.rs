@@ -1,0 +1,250 @@
+//! Directory sync at scale: Azurite's raw batch ceiling measured first, then a full round
+//! of SYNC_USERS users (default 100,000) and 2,000 groups from the Graph stand-in into
+//! Azurite through the release handler, an incremental round of 1,000 changes, and the
+//! directory search at that size.
+//!
+//! cargo build --release -p handler && cargo bench -p system-tests --bench sync
+//! (SYNC_USERS=10000 SYNC_GROUPS=200 SYNC_MEMBERS=50 to change the size)
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use system_tests::fake_graph::{FakeMicrosoft, user_id};
+use system_tests::{Azurite, HandlerProcess, env_or, release_handler, run_to_exit, unique_table};
+use tables::{Entity, Operation};
+
+const CLIENT_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+const SECRET: &str = "bench-secret";
+
+/// 100-entity batch upserts of user-sized rows into one partition, one batch at a time
+/// (as a round writes) and four at a time.
+async fn raw_ceiling(entities: usize) -> (f64, f64) {
+    let table = Azurite::shared().client().table(unique_table("raw"));
+    table.create_if_not_exists().await.unwrap();
+    let row = |p: &str, i: usize| {
+        Entity::new(p, format!("u-{:032x}", i))
+            .with("Upn", format!("user{i}@contoso.com"))
+            .with("Name", format!("User {i}"))
+            .with("Email", format!("user{i}@contoso.com"))
+            .with("GivenName", format!("Given{i}"))
+            .with("Surname", format!("Surname{i}"))
+            .with("JobTitle", "Engineer")
+            .with("Department", "Department 1")
+            .with("EmployeeId", format!("E{i:07}"))
+            .with("Active", true)
+            .with("SeenRound", 1i64)
+    };
+    let batches = |p: String| {
+        (0..entities / 100)
+            .map(|b| {
+                (0..100)
+                    .map(|k| Operation::UpsertReplace(row(&p, b * 100 + k)))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    for ops in batches("seq".into()) {
+        table.transact(&ops).await.unwrap();
+    }
+    let sequential = entities as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let table = table.clone();
+        let mine: Vec<Vec<Operation>> = batches(format!("par{w}"))
+            .into_iter()
+            .take(entities / 400)
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for ops in mine {
+                table.transact(&ops).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let parallel = (entities / 400 * 400) as f64 / started.elapsed().as_secs_f64();
+    (sequential, parallel)
+}
+
+struct Bench {
+    handler: HandlerProcess,
+    http: reqwest::Client,
+    admin: String,
+    tenant: String,
+}
+
+impl Bench {
+    async fn sync(&self) -> (Value, Duration) {
+        let root = self.handler.base_url();
+        let before = self.status().await["last_round"]["round"]
+            .as_i64()
+            .unwrap_or(0);
+        let started = Instant::now();
+        let r = self
+            .http
+            .post(format!("{root}/api/v1/tenants/{}/sync", self.tenant))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        loop {
+            let s = self.status().await;
+            if s["last_round"]["round"].as_i64().unwrap_or(0) > before && s["status"] == "idle" {
+                return (s, started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn status(&self) -> Value {
+        self.http
+            .get(format!(
+                "{}/api/v1/tenants/{}/sync",
+                self.handler.base_url(),
+                self.tenant
+            ))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn p50(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let users = env_or("SYNC_USERS", 100_000);
+    let groups = env_or("SYNC_GROUPS", 2_000);
+    let members = env_or("SYNC_MEMBERS", 50);
+    let binary = release_handler();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (sequential, parallel) = raw_ceiling(20_000).await;
+        println!(
+            "Azurite raw ceiling: {sequential:.0} entities/s (100-entity batches, one at a time), {parallel:.0} entities/s (four at a time)"
+        );
+
+        let fake = FakeMicrosoft::start().await;
+        fake.register_secret_app(CLIENT_ID, SECRET);
+        let tenant = uuid::Uuid::new_v4().to_string();
+        fake.add_tenant(&tenant, "Bench", "contoso.com");
+        fake.consent(&tenant, CLIENT_ID, 0);
+        fake.populate(&tenant, users, groups, members);
+        let prefix = unique_table("sy");
+        let data = std::env::temp_dir().join(format!("sync-bench-{}", std::process::id()));
+        let env: Vec<(&str, String)> = vec![
+            ("AzureWebJobsStorage", Azurite::shared().connection_string()),
+            ("STORAGE_TABLE_PREFIX", prefix.clone()),
+            ("ENTRA_CLIENT_ID", CLIENT_ID.into()),
+            ("ENTRA_ADMIN_TENANT_ID", "72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
+            ("ENTRA_LOGIN_ENDPOINT", fake.login_url.clone()),
+            ("GRAPH_ENDPOINT", fake.graph_url.clone()),
+            ("ENTRA_CLIENT_SECRET", SECRET.into()),
+            ("ENTRA_DEV_AUTH", "true".into()),
+            ("LOCAL_DATA_DIR", data.display().to_string()),
+            ("LOG_LEVEL", "warn".into()),
+        ];
+        let bin = binary.to_str().unwrap();
+        let (_, admin) = run_to_exit(bin, &["dev-token", "admin"], &env);
+        let handler = HandlerProcess::start(bin, &["serve"], &env);
+        let b = Bench {
+            handler,
+            http: reqwest::Client::new(),
+            admin: admin.trim().to_string(),
+            tenant: tenant.clone(),
+        };
+        let r = b
+            .http
+            .post(format!("{}/api/v1/tenants", b.handler.base_url()))
+            .bearer_auth(&b.admin)
+            .json(&json!({"tenant_id": tenant, "display_name": "Bench"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let client = Azurite::shared().client();
+        let requests_before = client.request_count();
+        let (full, took) = b.sync().await;
+        let _ = requests_before;
+        assert_eq!(full["last_round"]["outcome"], "success", "{full}");
+        let secs = took.as_secs_f64();
+        // what the round left in the directory, counted by kind of row
+        let table = client.table(format!("{prefix}Directory"));
+        let rows = table
+            .query_all(tables::Query {
+                filter: Some(format!("PartitionKey eq '{tenant}'")),
+                select: Some(vec!["RowKey".into()]),
+                page_size: Some(1000),
+                limit: None,
+            })
+            .await
+            .unwrap();
+        let count = |p: &str| rows.iter().filter(|r| r.row_key.starts_with(p)).count();
+        let (user_rows, search_rows, memberships) = (count("u-"), count("s-"), count("gm-"));
+        let entities = rows.len();
+        println!(
+            "full round: {users} users, {groups} groups, {} memberships in {secs:.1} s: {:.0} users/s, {:.0} entities/s ({:.0}% of the one-at-a-time ceiling); {} pages",
+            memberships,
+            users as f64 / secs,
+            entities as f64 / secs,
+            100.0 * entities as f64 / secs / sequential,
+            full["last_round"]["pages"]
+        );
+        println!(
+            "rows per user: {:.2} (record {user_rows}, search {search_rows}); rows per membership: 2; {entities} rows in all",
+            (user_rows + search_rows) as f64 / user_rows as f64
+        );
+        if let Some(kib) = b.handler.peak_rss_kib() {
+            println!("handler peak RSS after the full round: {:.1} MiB", kib as f64 / 1024.0);
+        }
+
+        // 1,000 changes in Entra, then an incremental round
+        for i in 0..1000 {
+            fake.update_user(&tenant, &user_id(i * (users / 1000)), json!({"jobTitle": format!("Title {i}")}));
+        }
+        let (inc, took) = b.sync().await;
+        println!(
+            "incremental round of 1,000 changes: {:.2} s ({} pages, {} changes)",
+            took.as_secs_f64(),
+            inc["last_round"]["pages"],
+            inc["last_round"]["changes"]
+        );
+
+        // search at this size: prefixes of UPNs and names
+        let mut samples = Vec::new();
+        for i in 0..200 {
+            let q = format!("user{}", (i * 7919) % users);
+            let started = Instant::now();
+            let r = b
+                .http
+                .get(format!("{}/api/v1/entra-id/users?search={q}", b.handler.base_url()))
+                .bearer_auth(&b.admin)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let page: Value = r.json().await.unwrap();
+            assert!(!page["users"].as_array().unwrap().is_empty());
+            samples.push(started.elapsed());
+        }
+        println!("search first page at {users} users: p50 {:.1} ms", p50(samples).as_secs_f64() * 1000.0);
+        if let Some(kib) = b.handler.peak_rss_kib() {
+            println!("handler peak RSS at the end: {:.1} MiB", kib as f64 / 1024.0);
+        }
+        std::fs::remove_dir_all(&data).ok();
+    });
+}
