@@ -35,6 +35,19 @@ pub enum Refusal {
     Forbidden(&'static str),
     /// 503: storage or Microsoft could not be reached.
     Unavailable(String),
+    /// 500: stored data is unreadable or a request was malformed; no retry cures it.
+    Internal(String),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
+        match e {
+            StoreError::Unavailable(_) | StoreError::Contended => {
+                Refusal::Unavailable(e.to_string())
+            }
+            _ => Refusal::Internal(e.to_string()),
+        }
+    }
 }
 
 /// What an accepted call may do.
@@ -144,7 +157,7 @@ impl AccessControl {
         let tenant = self
             .tenant(validated.tenant_id)
             .await
-            .map_err(|e| Refusal::Unavailable(e.to_string()))?
+            .map_err(Refusal::from)?
             .ok_or(Refusal::InvalidToken(Rejection::UnknownTenant))?;
         if tenant.status != TenantStatus::Active {
             return Err(Refusal::Forbidden("tenant_inactive"));
@@ -153,7 +166,7 @@ impl AccessControl {
         let grants = self
             .tenant_grants(tenant.tenant_id)
             .await
-            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            .map_err(Refusal::from)?;
         let grant = grants
             .iter()
             .find(|g| g.revoked_at.is_none() && g.principal == principal)
@@ -162,7 +175,7 @@ impl AccessControl {
             let employee = self
                 .employee(tenant.tenant_id, object_id)
                 .await
-                .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+                .map_err(Refusal::from)?;
             let today = OffsetDateTime::now_utc().date();
             if !employee.is_some_and(|e| e.is_active_on(today)) {
                 return Err(Refusal::Forbidden("no_active_employment"));

@@ -41,14 +41,28 @@ impl ScimError {
     }
 }
 
+/// The one mapping of storage failures to SCIM answers: only unavailability is 503 (Entra
+/// retries those); bad input is 400 and our own faults are 500, which Entra does not retry.
 impl From<StoreError> for ScimError {
     fn from(e: StoreError) -> ScimError {
-        tracing::warn!(error = %e, "SCIM storage failure");
         match e {
             StoreError::Contended => {
                 ScimError::new(409, None, "the resource changed concurrently; try again")
             }
-            _ => ScimError::new(503, None, "storage is unavailable; try again"),
+            StoreError::Conflict(why) => ScimError::new(409, Some("uniqueness"), why),
+            StoreError::Invalid(why) => ScimError::new(
+                400,
+                Some("invalidValue"),
+                format!("a value is too long to store ({why})"),
+            ),
+            StoreError::Corrupt(_) | StoreError::Internal(_) => {
+                tracing::error!(error = %e, "SCIM storage fault");
+                ScimError::new(500, None, "an internal error occurred")
+            }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "SCIM storage unavailable");
+                ScimError::new(503, None, "storage is unavailable; try again")
+            }
         }
     }
 }

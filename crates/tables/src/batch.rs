@@ -238,7 +238,7 @@ impl Table {
             .to_string();
         let (body, boundary) = build_body(ops, &base, self.name());
         if body.len() > MAX_BODY_BYTES {
-            return Err(Error::Invalid(format!(
+            return Err(Error::TooLarge(format!(
                 "transaction body is {} bytes; at most {MAX_BODY_BYTES}",
                 body.len()
             )));
