@@ -12,14 +12,10 @@ use entra::{Cloud, Rejection, TenantLookup, ValidatedToken, Validator};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::cache::TtlCache;
+use crate::cache::{TtlCache, limits};
 use crate::domain::{Employee, Grant, Principal, Tenant, TenantStatus};
 use crate::store::{EmployeeStore, GrantStore, StoreError, TenantStore};
 
-/// Cached decisions are served fresh up to this age...
-const SOFT_TTL: Duration = Duration::from_secs(10);
-/// ...and never past this one (other instances see revocations within it).
-const HARD_TTL: Duration = Duration::from_secs(25);
 /// Last use is written at most this often per grant and instance.
 pub const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -81,9 +77,9 @@ impl AccessControl {
             tenants,
             grants,
             employees,
-            tenant_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 100_000),
-            grant_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 100_000),
-            employee_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 200_000),
+            tenant_cache: TtlCache::new(limits::TENANTS),
+            grant_cache: TtlCache::new(limits::GRANTS),
+            employee_cache: TtlCache::new(limits::EMPLOYEES),
             usage: UsageRecorder::default(),
         }
     }
@@ -188,6 +184,13 @@ impl AccessControl {
             scopes: grant.scopes.clone(),
             grant_id: grant.id,
         })
+    }
+
+    /// Drops expired cache entries (called by a background task every few seconds).
+    pub fn sweep_caches(&self) {
+        self.tenant_cache.sweep();
+        self.grant_cache.sweep();
+        self.employee_cache.sweep();
     }
 
     /// Writes pending last-use times (called by a background task every few seconds).

@@ -14,7 +14,7 @@ use tables::{Entity, IfMatch, Table};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::cache::TtlCache;
+use crate::cache::{TtlCache, json_bytes, limits};
 use crate::store::StoreError;
 use crate::store::scim::{ScimUserStore, StoredResource, WriteOutcome};
 use crate::store::scim_groups::ScimGroupStore;
@@ -154,15 +154,23 @@ impl ScimService {
             users,
             groups,
             tokens,
-            token_cache: TtlCache::new(Duration::from_secs(10), Duration::from_secs(25), 100_000),
-            settings_cache: TtlCache::new(
-                Duration::from_secs(10),
-                Duration::from_secs(25),
-                100_000,
-            ),
+            token_cache: TtlCache::new(limits::SCIM_TOKENS),
+            settings_cache: TtlCache::new(limits::SCIM_SETTINGS),
             public_base_url: public_base_url.to_string(),
-            read_cache: (!read_cache.is_zero())
-                .then(|| TtlCache::new(read_cache, read_cache, 50_000)),
+            read_cache: (!read_cache.is_zero()).then(|| {
+                TtlCache::weighed(limits::scim_reads(read_cache), |r: &StoredResource| {
+                    json_bytes(&r.data) + json_bytes(&r.admin)
+                })
+            }),
+        }
+    }
+
+    /// Drops expired cache entries (called by a background task every few seconds).
+    pub fn sweep_caches(&self) {
+        self.token_cache.sweep();
+        self.settings_cache.sweep();
+        if let Some(cache) = &self.read_cache {
+            cache.sweep();
         }
     }
 
@@ -316,7 +324,8 @@ impl ScimService {
         count: usize,
     ) -> Result<Value, ScimError> {
         let filter = parse_filter(filter)?;
-        // equality on userName, externalId or id is an index lookup; the rest a scan
+        // equality on userName, externalId or id is an index lookup; the rest a scan that
+        // keeps only the page asked for
         let candidates: Vec<StoredResource> = if let Some(name) = equality_on(&filter, "userName") {
             self.read_user(ReadKey::Name(tenant, name.to_lowercase()))
                 .await?
@@ -334,7 +343,17 @@ impl ScimService {
                 Err(_) => Vec::new(),
             }
         } else {
-            self.users.all(tenant).await?
+            let keep = filter.as_ref().map(|f| move |data: &Value| f.matches(data));
+            let keep = keep
+                .as_ref()
+                .map(|k| k as &(dyn for<'v> Fn(&'v Value) -> bool + Sync));
+            let start = start.max(1);
+            let (page, total) = self
+                .users
+                .page(tenant, keep, start, count.min(MAX_RESULTS))
+                .await?;
+            let page = page.iter().map(|r| present(r, base)).collect();
+            return Ok(scim::protocol::list_response(page, total, start));
         };
         let (page, total, start) = select_page(candidates, &filter, start, count);
         let page = page.iter().map(|r| present(r, base)).collect();

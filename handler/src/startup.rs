@@ -71,6 +71,8 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
         loop {
             tick.tick().await;
             usage.access.flush_usage().await;
+            usage.access.sweep_caches();
+            usage.scim.sweep_caches();
         }
     });
 
