@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use scim::{Filter, patch};
 use serde_json::{Value, json};
 use tables::{Entity, IfMatch, Table};
@@ -76,6 +74,8 @@ pub struct ScimService {
     pub(crate) groups: Arc<dyn ScimGroupStore>,
     /// The SCIM table: token, settings and invitation rows in each tenant's partition.
     pub(crate) tokens: Table,
+    /// MACs Secret Tokens, so forged ones are refused before any storage request.
+    token_key: secret_token::TokenKey,
     token_cache: Arc<TtlCache<Uuid, Option<String>>>,
     pub(crate) settings_cache: Arc<TtlCache<Uuid, crate::scim_admin::ScimSettings>>,
     /// Where activation links point.
@@ -153,6 +153,7 @@ impl ScimService {
         ScimService {
             users,
             groups,
+            token_key: secret_token::TokenKey::new(tokens.clone()),
             tokens,
             token_cache: TtlCache::new(limits::SCIM_TOKENS),
             settings_cache: TtlCache::new(limits::SCIM_SETTINGS),
@@ -217,9 +218,7 @@ impl ScimService {
     /// Generates a tenant's Secret Token; the previous one stops working at once. Only a
     /// hash is stored; the token is returned once.
     pub async fn new_token(&self, tenant: Uuid) -> Result<String, StoreError> {
-        let mut bytes = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut bytes).expect("the system random source works");
-        let token = format!("scim_{}", URL_SAFE_NO_PAD.encode(bytes));
+        let token = secret_token::mint(self.token_key.load().await?, tenant);
         let row = Entity::new(tenant.to_string(), TOKEN_ROW)
             .with("Hash", hash(&token))
             .with("CreatedAt", OffsetDateTime::now_utc());
@@ -243,10 +242,24 @@ impl ScimService {
         Ok(gone)
     }
 
-    /// Checks a bearer token against the tenant's, in constant time.
+    /// Loads the Secret Token key ahead of the first SCIM request (at start-up).
+    pub async fn load_token_key(&self) -> Result<(), StoreError> {
+        self.token_key.load().await.map(|_| ())
+    }
+
+    /// Checks a bearer token against the tenant's, in constant time. Its shape and MAC are
+    /// checked first: a token this service did not make for this tenant costs no storage.
     pub async fn authenticate(&self, tenant: Uuid, token: Option<&str>) -> Result<(), ScimError> {
         let unauthorized = || ScimError::new(401, None, "a valid Secret Token is required");
         let token = token.ok_or_else(unauthorized)?;
+        let body = secret_token::parse(token).ok_or_else(unauthorized)?;
+        let key = self.token_key.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "SCIM token key unavailable");
+            ScimError::new(503, None, "storage is unavailable; try again")
+        })?;
+        if !secret_token::made_for(key, tenant, &body) {
+            return Err(unauthorized());
+        }
         let table = self.tokens.clone();
         let stored = self
             .token_cache
@@ -1054,5 +1067,6 @@ fn present(stored: &StoredResource, base: &str) -> Value {
     data
 }
 
+mod secret_token;
 #[cfg(test)]
 mod table_requests;

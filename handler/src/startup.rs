@@ -81,6 +81,10 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
         if let Err(e) = setup.ensure_tables().await {
             tracing::warn!(error = %e, "tables not created at start-up; they are created on first write");
         }
+        // before the first SCIM request, so that no unauthenticated request waits for it
+        if let Err(e) = setup.scim.load_token_key().await {
+            tracing::warn!(error = %e, "the SCIM token key is not loaded yet; it is loaded on first use");
+        }
     });
 
     warp::serve(routes::table(app, Arc::new(invocations)))

@@ -241,6 +241,42 @@ async fn the_read_cache_serves_repeated_gets_and_never_hides_this_instances_writ
     assert_eq!(gone["totalResults"], 0);
 }
 
+#[tokio::test]
+async fn forged_and_malformed_secret_tokens_cost_no_table_request() {
+    let (client, service) = service("auth", Duration::ZERO).await;
+    let counted = || client.request_count();
+    // malformed tokens are refused on their shape alone, even before the key is loaded
+    let before = counted();
+    for bad in ["", "x", "scim_", "Bearer", &"scim_".repeat(20), "scim_!!!!"] {
+        let refused = service.authenticate(Uuid::new_v4(), Some(bad)).await;
+        assert_eq!(refused.unwrap_err().status, 401, "{bad:?}");
+    }
+    assert_eq!(counted() - before, 0, "malformed tokens");
+
+    let tenant = Uuid::new_v4();
+    let token = service.new_token(tenant).await.unwrap();
+    service.authenticate(tenant, Some(&token)).await.unwrap();
+
+    let before = counted();
+    for _ in 0..50 {
+        // a real token at a random tenant's URL, and well-formed tokens nobody issued
+        let elsewhere = service.authenticate(Uuid::new_v4(), Some(&token)).await;
+        assert_eq!(elsewhere.unwrap_err().status, 401);
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).unwrap();
+        let made_up = format!(
+            "scim_{}",
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+        );
+        for at in [Uuid::new_v4(), tenant] {
+            let refused = service.authenticate(at, Some(&made_up)).await;
+            assert_eq!(refused.unwrap_err().status, 401);
+        }
+    }
+    assert_eq!(counted() - before, 0, "forged tokens at random tenants");
+    service.authenticate(tenant, Some(&token)).await.unwrap();
+}
+
 /// The user store, recording the most users one call handed to the service.
 struct Held {
     inner: TableScimUserStore,
