@@ -259,6 +259,77 @@ impl UsageRecorder {
     }
 
     fn take_pending(&self) -> Vec<((Uuid, Uuid), OffsetDateTime)> {
+        // grants not used for an interval need no entry: without this the map would keep
+        // every grant ever used until the process ends
+        self.scheduled
+            .write()
+            .expect("usage lock")
+            .retain(|_, at| at.elapsed() < USAGE_WRITE_INTERVAL);
         self.pending.lock().expect("usage lock").drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use entra::{Endpoints, KeyCachePolicy, ValidatorConfig};
+    use serde_json::json;
+    use system_tests::fake_entra::{self, FakeEntra};
+    use system_tests::{Azurite, unique_table};
+
+    use super::*;
+    use crate::store::{TableEmployeeStore, TableGrantStore, TableTenantStore};
+
+    const CLIENT_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+
+    #[tokio::test]
+    async fn forged_tokens_for_random_tenants_cost_no_table_request() {
+        let stranger =
+            aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let fake = FakeEntra::start(fake_entra::GLOBAL).await;
+        let validator = Validator::new(ValidatorConfig {
+            audiences: vec![CLIENT_ID.into()],
+            leeway: Duration::from_secs(60),
+            keys: KeyCachePolicy::default(),
+            cache_capacity: 1000,
+            endpoints: Endpoints::new(Some(&fake.base_url), None).unwrap(),
+            dev_key: None,
+        });
+        let client = Azurite::shared().client();
+        let table = |prefix: &str| client.table(unique_table(prefix));
+        let access = AccessControl::new(
+            Arc::new(TableTenantStore::new(table("t"))),
+            Arc::new(TableGrantStore::new(table("g"))),
+            Arc::new(TableEmployeeStore::new(table("e"))),
+        );
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = |tid: &str| {
+            json!({
+                "aud": CLIENT_ID, "iss": fake.issuer(true, tid), "tid": tid, "ver": "2.0",
+                "iat": now, "nbf": now, "exp": now + 3600, "oid": Uuid::new_v4(),
+                "azp": Uuid::new_v4(), "scp": "records.read",
+            })
+        };
+        let kid = fake.first_kid();
+        let before = client.request_count();
+        for i in 0..50 {
+            let tid = Uuid::new_v4().to_string();
+            for kid in [format!("forged-{i}"), kid.clone()] {
+                let token = fake_entra::sign_with(&stranger, &kid, json!({}), &claims(&tid));
+                let refused = access.authorize(&validator, &token).await.unwrap_err();
+                assert!(matches!(refused, Refusal::InvalidToken(_)), "{refused:?}");
+            }
+        }
+        assert_eq!(client.request_count() - before, 0, "forged tokens");
+
+        // the counter counts: a token Microsoft signed costs the registry read
+        let tid = Uuid::new_v4().to_string();
+        let signed = fake.sign(&kid, json!({}), &claims(&tid));
+        assert_eq!(
+            access.authorize(&validator, &signed).await.unwrap_err(),
+            Refusal::InvalidToken(Rejection::UnknownTenant)
+        );
+        assert_eq!(client.request_count() - before, 1);
     }
 }
