@@ -12,15 +12,10 @@ use entra::{Cloud, Rejection, TenantLookup, ValidatedToken, Validator};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::cache::TtlCache;
+use crate::cache::{TtlCache, limits};
 use crate::domain::{Employee, Grant, Principal, Tenant, TenantStatus};
 use crate::store::{EmployeeStore, GrantStore, StoreError, TenantStore};
 
-/// Cached decisions are served fresh up to this age...
-const SOFT_TTL: Duration = Duration::from_secs(10);
-/// ...and never past this one (other instances see revocations within it, an offboarding
-/// included).
-pub const HARD_TTL: Duration = Duration::from_secs(25);
 /// Last use is written at most this often per grant and instance.
 pub const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -36,6 +31,19 @@ pub enum Refusal {
     Forbidden(&'static str),
     /// 503: storage or Microsoft could not be reached.
     Unavailable(String),
+    /// 500: stored data is unreadable or a request was malformed; no retry cures it.
+    Internal(String),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
+        match e {
+            StoreError::Unavailable(_) | StoreError::Contended => {
+                Refusal::Unavailable(e.to_string())
+            }
+            _ => Refusal::Internal(e.to_string()),
+        }
+    }
 }
 
 /// What an accepted call may do.
@@ -69,9 +77,9 @@ impl AccessControl {
             tenants,
             grants,
             employees,
-            tenant_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 100_000),
-            grant_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 100_000),
-            employee_cache: TtlCache::new(SOFT_TTL, HARD_TTL, 200_000),
+            tenant_cache: TtlCache::new(limits::TENANTS),
+            grant_cache: TtlCache::new(limits::GRANTS),
+            employee_cache: TtlCache::new(limits::EMPLOYEES),
             usage: UsageRecorder::default(),
         }
     }
@@ -145,7 +153,7 @@ impl AccessControl {
         let tenant = self
             .tenant(validated.tenant_id)
             .await
-            .map_err(|e| Refusal::Unavailable(e.to_string()))?
+            .map_err(Refusal::from)?
             .ok_or(Refusal::InvalidToken(Rejection::UnknownTenant))?;
         if tenant.status != TenantStatus::Active {
             return Err(Refusal::Forbidden("tenant_inactive"));
@@ -154,7 +162,7 @@ impl AccessControl {
         let grants = self
             .tenant_grants(tenant.tenant_id)
             .await
-            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            .map_err(Refusal::from)?;
         let grant = grants
             .iter()
             .find(|g| g.revoked_at.is_none() && g.principal == principal)
@@ -163,7 +171,7 @@ impl AccessControl {
             let employee = self
                 .employee(tenant.tenant_id, object_id)
                 .await
-                .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+                .map_err(Refusal::from)?;
             let today = OffsetDateTime::now_utc().date();
             if !employee.is_some_and(|e| e.is_active_on(today)) {
                 return Err(Refusal::Forbidden("no_active_employment"));
@@ -176,6 +184,13 @@ impl AccessControl {
             scopes: grant.scopes.clone(),
             grant_id: grant.id,
         })
+    }
+
+    /// Drops expired cache entries (called by a background task every few seconds).
+    pub fn sweep_caches(&self) {
+        self.tenant_cache.sweep();
+        self.grant_cache.sweep();
+        self.employee_cache.sweep();
     }
 
     /// Writes pending last-use times (called by a background task every few seconds).
@@ -244,6 +259,77 @@ impl UsageRecorder {
     }
 
     fn take_pending(&self) -> Vec<((Uuid, Uuid), OffsetDateTime)> {
+        // grants not used for an interval need no entry: without this the map would keep
+        // every grant ever used until the process ends
+        self.scheduled
+            .write()
+            .expect("usage lock")
+            .retain(|_, at| at.elapsed() < USAGE_WRITE_INTERVAL);
         self.pending.lock().expect("usage lock").drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use entra::{Endpoints, KeyCachePolicy, ValidatorConfig};
+    use serde_json::json;
+    use system_tests::fake_entra::{self, FakeEntra};
+    use system_tests::{Azurite, unique_table};
+
+    use super::*;
+    use crate::store::{TableEmployeeStore, TableGrantStore, TableTenantStore};
+
+    const CLIENT_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
+
+    #[tokio::test]
+    async fn forged_tokens_for_random_tenants_cost_no_table_request() {
+        let stranger =
+            aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let fake = FakeEntra::start(fake_entra::GLOBAL).await;
+        let validator = Validator::new(ValidatorConfig {
+            audiences: vec![CLIENT_ID.into()],
+            leeway: Duration::from_secs(60),
+            keys: KeyCachePolicy::default(),
+            cache_capacity: 1000,
+            endpoints: Endpoints::new(Some(&fake.base_url), None).unwrap(),
+            dev_key: None,
+        });
+        let client = Azurite::shared().client();
+        let table = |prefix: &str| client.table(unique_table(prefix));
+        let access = AccessControl::new(
+            Arc::new(TableTenantStore::new(table("t"))),
+            Arc::new(TableGrantStore::new(table("g"))),
+            Arc::new(TableEmployeeStore::new(table("e"))),
+        );
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = |tid: &str| {
+            json!({
+                "aud": CLIENT_ID, "iss": fake.issuer(true, tid), "tid": tid, "ver": "2.0",
+                "iat": now, "nbf": now, "exp": now + 3600, "oid": Uuid::new_v4(),
+                "azp": Uuid::new_v4(), "scp": "records.read",
+            })
+        };
+        let kid = fake.first_kid();
+        let before = client.request_count();
+        for i in 0..50 {
+            let tid = Uuid::new_v4().to_string();
+            for kid in [format!("forged-{i}"), kid.clone()] {
+                let token = fake_entra::sign_with(&stranger, &kid, json!({}), &claims(&tid));
+                let refused = access.authorize(&validator, &token).await.unwrap_err();
+                assert!(matches!(refused, Refusal::InvalidToken(_)), "{refused:?}");
+            }
+        }
+        assert_eq!(client.request_count() - before, 0, "forged tokens");
+
+        // the counter counts: a token Microsoft signed costs the registry read
+        let tid = Uuid::new_v4().to_string();
+        let signed = fake.sign(&kid, json!({}), &claims(&tid));
+        assert_eq!(
+            access.authorize(&validator, &signed).await.unwrap_err(),
+            Refusal::InvalidToken(Rejection::UnknownTenant)
+        );
+        assert_eq!(client.request_count() - before, 1);
     }
 }

@@ -105,7 +105,7 @@ impl App {
                 audiences,
                 leeway: TOKEN_LEEWAY,
                 keys: KeyCachePolicy::default(),
-                cache_capacity: 50_000,
+                cache_capacity: crate::cache::limits::VALIDATED_TOKENS,
                 endpoints: settings.entra.endpoints.clone(),
                 dev_key,
             },

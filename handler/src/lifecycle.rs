@@ -154,7 +154,7 @@ impl<'a> Offboarding<'a> {
             .map_err(OffboardError::Status)?
             .ok_or(OffboardError::NotRegistered(tenant_id))?;
         // refused on this instance at once; other instances' caches expire within
-        // access::HARD_TTL
+        // the tenants cache's hard age (cache::limits::TENANTS)
         self.access.invalidate_tenant(tenant_id);
         let mut done = Offboarded {
             tenant,

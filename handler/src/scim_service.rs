@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use scim::{Filter, patch};
 use serde_json::{Value, json};
 use tables::{Entity, IfMatch, Table};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::cache::TtlCache;
+use crate::cache::{TtlCache, json_bytes, limits};
 use crate::store::StoreError;
 use crate::store::scim::{ScimUserStore, StoredResource, WriteOutcome};
 use crate::store::scim_groups::{MemberChanges, ScimGroupStore};
@@ -42,14 +40,28 @@ impl ScimError {
     }
 }
 
+/// The one mapping of storage failures to SCIM answers: only unavailability is 503 (Entra
+/// retries those); bad input is 400 and our own faults are 500, which Entra does not retry.
 impl From<StoreError> for ScimError {
     fn from(e: StoreError) -> ScimError {
-        tracing::warn!(error = %e, "SCIM storage failure");
         match e {
             StoreError::Contended => {
                 ScimError::new(409, None, "the resource changed concurrently; try again")
             }
-            _ => ScimError::new(503, None, "storage is unavailable; try again"),
+            StoreError::Conflict(why) => ScimError::new(409, Some("uniqueness"), why),
+            StoreError::Invalid(why) => ScimError::new(
+                400,
+                Some("invalidValue"),
+                format!("a value is too long to store ({why})"),
+            ),
+            StoreError::Corrupt(_) | StoreError::Internal(_) => {
+                tracing::error!(error = %e, "SCIM storage fault");
+                ScimError::new(500, None, "an internal error occurred")
+            }
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "SCIM storage unavailable");
+                ScimError::new(503, None, "storage is unavailable; try again")
+            }
         }
     }
 }
@@ -63,6 +75,8 @@ pub struct ScimService {
     pub(crate) groups: Arc<dyn ScimGroupStore>,
     /// The SCIM table: token, settings and invitation rows in each tenant's partition.
     pub(crate) tokens: Table,
+    /// MACs Secret Tokens, so forged ones are refused before any storage request.
+    token_key: secret_token::TokenKey,
     token_cache: Arc<TtlCache<Uuid, Option<String>>>,
     pub(crate) settings_cache: Arc<TtlCache<Uuid, crate::scim_admin::ScimSettings>>,
     /// Where activation links point.
@@ -142,17 +156,26 @@ impl ScimService {
         ScimService {
             users,
             groups,
+            token_key: secret_token::TokenKey::new(tokens.clone()),
             tokens,
-            token_cache: TtlCache::new(Duration::from_secs(10), Duration::from_secs(25), 100_000),
-            settings_cache: TtlCache::new(
-                Duration::from_secs(10),
-                Duration::from_secs(25),
-                100_000,
-            ),
+            token_cache: TtlCache::new(limits::SCIM_TOKENS),
+            settings_cache: TtlCache::new(limits::SCIM_SETTINGS),
             public_base_url: public_base_url.to_string(),
-            read_cache: (!read_cache.is_zero())
-                .then(|| TtlCache::new(read_cache, read_cache, 50_000)),
+            read_cache: (!read_cache.is_zero()).then(|| {
+                TtlCache::weighed(limits::scim_reads(read_cache), |r: &StoredResource| {
+                    json_bytes(&r.data) + json_bytes(&r.admin)
+                })
+            }),
             directory: None,
+        }
+    }
+
+    /// Drops expired cache entries (called by a background task every few seconds).
+    pub fn sweep_caches(&self) {
+        self.token_cache.sweep();
+        self.settings_cache.sweep();
+        if let Some(cache) = &self.read_cache {
+            cache.sweep();
         }
     }
 
@@ -205,9 +228,7 @@ impl ScimService {
     /// Generates a tenant's Secret Token; the previous one stops working at once. Only a
     /// hash is stored; the token is returned once.
     pub async fn new_token(&self, tenant: Uuid) -> Result<String, StoreError> {
-        let mut bytes = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut bytes).expect("the system random source works");
-        let token = format!("scim_{}", URL_SAFE_NO_PAD.encode(bytes));
+        let token = secret_token::mint(self.token_key.load().await?, tenant);
         let row = Entity::new(tenant.to_string(), TOKEN_ROW)
             .with("Hash", hash(&token))
             .with("CreatedAt", OffsetDateTime::now_utc());
@@ -231,11 +252,17 @@ impl ScimService {
         Ok(gone)
     }
 
+    /// Loads the Secret Token key ahead of the first SCIM request (at start-up).
+    pub async fn load_token_key(&self) -> Result<(), StoreError> {
+        self.token_key.load().await.map(|_| ())
+    }
+
     /// Checks a bearer token against the tenant's, in constant time, then that the tenant
-    /// is active (a pending or offboarded tenant's token is refused like a wrong one). The
-    /// status comes from the registry's cache: an offboarding shows at once on the
-    /// instance that made it, on others within [`crate::access::HARD_TTL`]. Only a caller
-    /// holding the tenant's token gets as far as the registry.
+    /// is active (a pending or offboarded tenant's token is refused like a wrong one). Its
+    /// shape and MAC are checked first: a token this service did not make for this tenant
+    /// costs no storage. The status comes from the registry's cache: an offboarding shows
+    /// at once on the instance that made it, on others within
+    /// [`crate::cache::limits::TENANTS`]'s hard age.
     pub async fn authenticate(
         &self,
         tenant: Uuid,
@@ -244,6 +271,14 @@ impl ScimService {
     ) -> Result<(), ScimError> {
         let unauthorized = || ScimError::new(401, None, "a valid Secret Token is required");
         let token = token.ok_or_else(unauthorized)?;
+        let body = secret_token::parse(token).ok_or_else(unauthorized)?;
+        let key = self.token_key.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "SCIM token key unavailable");
+            ScimError::new(503, None, "storage is unavailable; try again")
+        })?;
+        if !secret_token::made_for(key, tenant, &body) {
+            return Err(unauthorized());
+        }
         let table = self.tokens.clone();
         let stored = self
             .token_cache
@@ -336,7 +371,8 @@ impl ScimService {
         count: usize,
     ) -> Result<Value, ScimError> {
         let filter = parse_filter(filter)?;
-        // equality on userName, externalId or id is an index lookup; the rest a scan
+        // equality on userName, externalId or id is an index lookup; the rest a scan that
+        // keeps only the page asked for
         let candidates: Vec<StoredResource> = if let Some(name) = equality_on(&filter, "userName") {
             self.read_user(ReadKey::Name(tenant, name.to_lowercase()))
                 .await?
@@ -354,7 +390,17 @@ impl ScimService {
                 Err(_) => Vec::new(),
             }
         } else {
-            self.users.all(tenant).await?
+            let keep = filter.as_ref().map(|f| move |data: &Value| f.matches(data));
+            let keep = keep
+                .as_ref()
+                .map(|k| k as &(dyn for<'v> Fn(&'v Value) -> bool + Sync));
+            let start = start.max(1);
+            let (page, total) = self
+                .users
+                .page(tenant, keep, start, count.min(MAX_RESULTS))
+                .await?;
+            let page = page.iter().map(|r| present(r, base)).collect();
+            return Ok(scim::protocol::list_response(page, total, start));
         };
         let (page, total, start) = select_page(candidates, &filter, start, count);
         let page = page.iter().map(|r| present(r, base)).collect();
@@ -1126,5 +1172,6 @@ fn present(stored: &StoredResource, base: &str) -> Value {
 }
 
 mod mirror;
+mod secret_token;
 #[cfg(test)]
 mod table_requests;

@@ -92,6 +92,8 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
         loop {
             tick.tick().await;
             usage.access.flush_usage().await;
+            usage.access.sweep_caches();
+            usage.scim.sweep_caches();
         }
     });
 
@@ -99,6 +101,10 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
     tokio::spawn(async move {
         if let Err(e) = setup.ensure_tables().await {
             tracing::warn!(error = %e, "tables not created at start-up; they are created on first write");
+        }
+        // before the first SCIM request, so that no unauthenticated request waits for it
+        if let Err(e) = setup.scim.load_token_key().await {
+            tracing::warn!(error = %e, "the SCIM token key is not loaded yet; it is loaded on first use");
         }
     });
 

@@ -1047,3 +1047,52 @@ async fn offboarding_that_fails_half_way_refuses_the_tenant_and_a_retry_complete
         (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
     );
 }
+
+#[tokio::test]
+async fn an_employee_id_too_long_to_store_is_a_400_and_a_corrupt_record_a_500() {
+    let w = World::start().await;
+    let tenant = w.register("global").await;
+    let user = Uuid::new_v4();
+    let record =
+        json!({"object_id": user, "positions": [{"title": "Clerk", "start": "2020-01-01"}]});
+    let long = format!("/api/v1/tenants/{tenant}/employees/{}", "e".repeat(1100));
+    let (status, body, _) = w
+        .call("PUT", &long, Some(&w.admin), Some(record.clone()))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{body}"
+    );
+    let (status, _, _) = w.call("GET", &long, Some(&w.admin), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // a record this service could not have written: its positions are not JSON
+    w.grant(
+        json!({"tenant_id": tenant, "kind": "user", "object_id": user, "scopes": ["records.read"]}),
+    )
+    .await;
+    let prefix = &w
+        .env
+        .iter()
+        .find(|(k, _)| *k == "STORAGE_TABLE_PREFIX")
+        .unwrap()
+        .1;
+    let table = Azurite::shared()
+        .client()
+        .table(format!("{prefix}Employees"));
+    table
+        .upsert_replace(
+            &tables::Entity::new(tenant.to_string(), format!("object-{user}"))
+                .with("EmployeeId", "E-1")
+                .with("ObjectId", user.to_string())
+                .with("Positions", "[{not json")
+                .with("UpdatedAt", time::OffsetDateTime::now_utc()),
+        )
+        .await
+        .unwrap();
+    let token = w.user_token(tenant, user, Uuid::new_v4());
+    let (status, body) = w.ping(&token).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"], "internal_error");
+}

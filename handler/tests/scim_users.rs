@@ -828,3 +828,31 @@ async fn deleted_users_leave_every_group_whatever_the_member_spelling() {
     let (_, first) = s.call("GET", &format!("/Groups/{}", groups[0]), None).await;
     assert_eq!(member_values(&first), vec![format!("{id}-x")]);
 }
+
+#[tokio::test]
+async fn a_corrupt_stored_user_is_a_500_not_a_503() {
+    let s = Scim::start().await;
+    let id = Uuid::new_v4();
+    // a row this service could not have written: its Data is not JSON
+    let table = system_tests::Azurite::shared()
+        .client()
+        .table(format!("{}ScimResources", s.prefix));
+    table
+        .upsert_replace(
+            &tables::Entity::new(s.tenant.to_string(), format!("user-{id}"))
+                .with("UserId", id.to_string())
+                .with("Data", "{not json")
+                .with("Version", 1i64),
+        )
+        .await
+        .unwrap();
+    let (status, error) = s.call("GET", &format!("/Users/{id}"), None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{error}");
+    assert_eq!(error["status"], "500");
+    let (status, _) = s.call("GET", "/Users", None).await;
+    assert_eq!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the listing reads it too"
+    );
+}

@@ -28,6 +28,37 @@ async fn first_write_creates_the_table_and_reads_of_a_missing_table_are_empty() 
 }
 
 #[tokio::test]
+async fn a_table_deleted_under_a_running_client_is_created_again_by_the_next_write() {
+    let client = Azurite::shared().client();
+    let t = client.table(unique_table("gone"));
+    t.create_if_not_exists().await.unwrap();
+    t.upsert_merge(&Entity::new("p", "a").with("v", 1))
+        .await
+        .unwrap();
+    // someone else deletes the table: this client still believes it exists
+    Azurite::shared()
+        .client()
+        .delete_table(t.name())
+        .await
+        .unwrap();
+    for (row, op) in [("b", "upsert"), ("c", "insert"), ("d", "transaction")] {
+        let entity = Entity::new("p", row).with("v", 2);
+        let written = match op {
+            "upsert" => t.upsert_replace(&entity).await.map(|_| ()),
+            "insert" => t.insert(&entity).await.map(|_| ()),
+            _ => t.transact(&[Operation::Insert(entity)]).await.map(|_| ()),
+        };
+        written.unwrap_or_else(|e| panic!("{op} after the table was deleted: {e}"));
+        assert_eq!(t.get("p", row).await.unwrap().get_i64("v"), Some(2));
+        Azurite::shared()
+            .client()
+            .delete_table(t.name())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
 async fn etag_concurrency_gives_typed_conflict_and_precondition_errors() {
     let t = table("etag");
     let first = t.insert(&Entity::new("p", "r").with("n", 1)).await.unwrap();

@@ -1,7 +1,7 @@
 //! A bounded cache of tokens already validated, keyed by the SHA-256 of the token (the
 //! token itself is never stored) and never used past the token's expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +25,12 @@ impl Hasher for DigestHasher {
     }
 }
 
-type Shard<V> = HashMap<[u8; 32], (i64, Arc<V>), BuildHasherDefault<DigestHasher>>;
+/// One shard: the entries, and their keys in insertion order, so that the oldest go
+/// first when the shard is full and each insert costs O(1) whatever the shard holds.
+struct Shard<V> {
+    entries: HashMap<[u8; 32], (i64, Arc<V>), BuildHasherDefault<DigestHasher>>,
+    order: VecDeque<[u8; 32]>,
+}
 
 /// The cache; `V` is what a successful validation produced.
 pub struct TokenCache<V> {
@@ -38,7 +43,12 @@ impl<V> TokenCache<V> {
     pub fn new(capacity: usize) -> TokenCache<V> {
         TokenCache {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: HashMap::default(),
+                        order: VecDeque::new(),
+                    })
+                })
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
@@ -56,38 +66,52 @@ impl<V> TokenCache<V> {
         &self.shards[key[31] as usize % SHARDS]
     }
 
-    /// The cached result, if present and `now` (unix seconds) is before its expiry.
+    /// The cached result, if present and `now` (unix seconds) is before its expiry; an
+    /// expired entry is dropped when seen.
     pub fn get(&self, key: &[u8; 32], now: i64) -> Option<Arc<V>> {
         let mut shard = self.shard(key).lock().expect("token cache lock");
-        match shard.get(key) {
+        match shard.entries.get(key) {
             Some((expires, value)) if now < *expires => Some(value.clone()),
             Some(_) => {
-                shard.remove(key);
+                shard.entries.remove(key);
                 None
             }
             None => None,
         }
     }
 
-    /// Remembers a result until `expires` (unix seconds). When full, expired entries go
-    /// first, then arbitrary ones.
+    /// Remembers a result until `expires` (unix seconds). Each insert also looks at the
+    /// oldest entries: expired ones are dropped, and when the shard is full the oldest goes.
     pub fn insert(&self, key: [u8; 32], expires: i64, value: Arc<V>, now: i64) {
-        let mut shard = self.shard(&key).lock().expect("token cache lock");
-        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
-            shard.retain(|_, (e, _)| *e > now);
-            if shard.len() >= self.per_shard
-                && let Some(victim) = shard.keys().next().copied()
-            {
-                shard.remove(&victim);
-            }
+        let mut guard = self.shard(&key).lock().expect("token cache lock");
+        let shard = &mut *guard;
+        if shard.entries.insert(key, (expires, value)).is_none() {
+            shard.order.push_back(key);
         }
-        shard.insert(key, (expires, value));
+        // keys of entries already gone (seen expired, or cleared) are skipped over here
+        let mut looked = 0;
+        while let Some(oldest) = shard.order.front().copied() {
+            let full =
+                shard.entries.len() > self.per_shard || shard.order.len() > 2 * self.per_shard;
+            let state = shard.entries.get(&oldest).map(|(e, _)| *e <= now);
+            match state {
+                None => {}
+                Some(expired) if full || (expired && looked < 2) => {
+                    shard.entries.remove(&oldest);
+                }
+                Some(_) => break,
+            }
+            shard.order.pop_front();
+            looked += 1;
+        }
     }
 
     /// Forgets everything (for example when a tenant is offboarded).
     pub fn clear(&self) {
         for shard in &self.shards {
-            shard.lock().expect("token cache lock").clear();
+            let mut shard = shard.lock().expect("token cache lock");
+            shard.entries.clear();
+            shard.order.clear();
         }
     }
 
@@ -95,7 +119,7 @@ impl<V> TokenCache<V> {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().expect("token cache lock").len())
+            .map(|s| s.lock().expect("token cache lock").entries.len())
             .sum()
     }
 
@@ -128,6 +152,28 @@ mod tests {
         assert!(cache.len() <= 32, "bounded: {}", cache.len());
         cache.clear();
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn expired_entries_are_reclaimed_by_later_inserts_without_being_read() {
+        let cache: TokenCache<u32> = TokenCache::new(16 * 1000);
+        for i in 0..1000 {
+            cache.insert(
+                TokenCache::<u32>::key(&format!("old{i}")),
+                100,
+                Arc::new(i),
+                0,
+            );
+        }
+        for i in 0..1000 {
+            cache.insert(
+                TokenCache::<u32>::key(&format!("new{i}")),
+                900,
+                Arc::new(i),
+                200,
+            );
+        }
+        assert_eq!(cache.len(), 1000, "only the live entries are left");
     }
 
     #[test]

@@ -113,11 +113,17 @@ impl Endpoints {
     }
 
     /// Points a URL named in served metadata (for example `jwks_uri`) at the override when
-    /// it names the cloud's own authority; other URLs must be https or loopback.
+    /// it names a cloud's own authority (with an override every cloud shares one key source,
+    /// whichever cloud's metadata it serves); other URLs must be https or loopback.
     pub fn rebase_login_url(&self, cloud: Cloud, url: &str) -> Result<String, String> {
-        let rebased = match url.strip_prefix(cloud.authority()) {
-            Some(rest) if self.login_override.is_some() => format!("{}{rest}", self.login(cloud)),
-            _ => url.to_string(),
+        let own = |c: Cloud| url.strip_prefix(c.authority());
+        let rest = match self.login_override {
+            Some(_) => own(cloud).or_else(|| Cloud::ALL.into_iter().find_map(own)),
+            None => None,
+        };
+        let rebased = match rest {
+            Some(rest) => format!("{}{rest}", self.login(cloud)),
+            None => url.to_string(),
         };
         checked_base(&rebased)?;
         Ok(rebased)

@@ -77,7 +77,18 @@ struct OpenIdConfiguration {
     jwks_uri: String,
 }
 
-/// The keys and issuer template of one (cloud, version).
+/// What a source's cached keys say about a `kid`, without fetching anything.
+pub enum Cached {
+    /// Nothing usable is cached: never fetched, or too old to trust.
+    NotLoaded,
+    /// The issuer template and the key with that `kid`.
+    Key(String, Arc<SigningKey>),
+    /// Keys are cached, none with that `kid`; the issuer template they sign for.
+    UnknownKid(String),
+}
+
+/// The keys and issuer template of one login authority and token version (clouds that share
+/// an authority share its source).
 pub struct KeySource {
     cloud: Cloud,
     version: TokenVersion,
@@ -118,6 +129,27 @@ impl KeySource {
 
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.current.read().expect("key snapshot lock").clone()
+    }
+
+    /// What the cached keys hold for `kid`; never waits for a fetch (old keys are refreshed
+    /// in the background, as on every use).
+    pub fn cached(self: &Arc<Self>, kid: &str) -> Cached {
+        let Some(snap) = self.snapshot() else {
+            return Cached::NotLoaded;
+        };
+        let age = snap.fetched_at.elapsed();
+        if age >= self.policy.max_age {
+            return Cached::NotLoaded;
+        }
+        if age > self.policy.refresh_interval {
+            let source = self.clone();
+            let generation = snap.generation;
+            tokio::spawn(async move { source.refresh(Some(generation)).await });
+        }
+        match snap.keys.get(kid) {
+            Some(key) => Cached::Key(snap.issuer_template.clone(), key.clone()),
+            None => Cached::UnknownKid(snap.issuer_template.clone()),
+        }
     }
 
     /// The issuer template (`https://.../{tenantid}/v2.0`) and the key for `kid`.

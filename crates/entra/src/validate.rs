@@ -2,6 +2,11 @@
 //! no key URLs from the token, `kid` looked up only in cached keys, `tid` a GUID of a known
 //! tenant, `iss` equal to the metadata's `{tenantid}` template for that tenant and to the
 //! signing key's own `issuer`, audience ours and never Graph's, `exp` and `nbf` required.
+//!
+//! The signature is checked before the tenant is looked up: the lookup may read storage,
+//! and nothing an unauthenticated caller sends may cost a storage request. So the key is
+//! first found among the clouds' cached keys, then (when no cache has it) fetched from the
+//! authorities whose issuer fits, each at most once per cooldown.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use crate::cache::TokenCache;
 use crate::cloud::{Cloud, Endpoints};
 use crate::jwks::SigningKey;
 use crate::jwt;
-use crate::keys::{KeyCachePolicy, KeyError, KeySource, TokenVersion};
+use crate::keys::{Cached, KeyCachePolicy, KeyError, KeySource, TokenVersion};
 
 /// Audiences of Microsoft Graph: such tokens are Graph's to validate, never ours.
 const GRAPH_AUDIENCES: &[&str] = &[
@@ -51,6 +56,8 @@ pub enum Rejection {
     BadClaim(&'static str),
     #[error("the token's tenant is not registered with this service")]
     UnknownTenant,
+    #[error("the token was not signed in the tenant's cloud")]
+    WrongCloud,
     #[error("issuer does not match the tenant's issuer")]
     IssuerMismatch,
     #[error("the signing key may not sign for this issuer")]
@@ -163,6 +170,8 @@ pub struct ValidatorConfig {
 /// The validator. One per process; cheap to share behind an `Arc`.
 pub struct Validator {
     config: ValidatorConfig,
+    /// Clouds with the same login authority (US Gov L4 and L5; every cloud under an
+    /// override) share one source, so their keys are fetched once.
     sources: HashMap<(Cloud, TokenVersion), Arc<KeySource>>,
     cache: TokenCache<ValidatedToken>,
 }
@@ -181,16 +190,21 @@ impl Validator {
     /// Every fetch still has the configured timeout.
     pub fn with_http(config: ValidatorConfig, http: reqwest::Client) -> Validator {
         let mut sources = HashMap::new();
+        let mut by_authority: HashMap<(String, TokenVersion), Arc<KeySource>> = HashMap::new();
         for cloud in Cloud::ALL {
             for version in [TokenVersion::V1, TokenVersion::V2] {
-                let source = KeySource::new(
-                    cloud,
-                    version,
-                    config.endpoints.clone(),
-                    http.clone(),
-                    config.keys.clone(),
-                );
-                sources.insert((cloud, version), Arc::new(source));
+                let source = by_authority
+                    .entry((config.endpoints.login(cloud), version))
+                    .or_insert_with(|| {
+                        Arc::new(KeySource::new(
+                            cloud,
+                            version,
+                            config.endpoints.clone(),
+                            http.clone(),
+                            config.keys.clone(),
+                        ))
+                    });
+                sources.insert((cloud, version), source.clone());
             }
         }
         Validator {
@@ -317,8 +331,20 @@ impl Validator {
                 tenant,
                 iss,
             );
+        let signed = Signed {
+            kid,
+            tenant,
+            iss,
+            input: signing_input,
+            signature: &parsed.signature,
+        };
+        // the signature first: only a token Microsoft (or the dev key) signed may cost the
+        // tenant lookup, which can read storage
         let cloud = match (&self.config.dev_key, is_dev_issuer) {
             (Some(dev_key), true) => {
+                if kid != dev_key.kid || !dev_key.verify(signing_input, &parsed.signature) {
+                    return Err(Rejection::BadSignature);
+                }
                 if tenants
                     .cloud_of(tenant_id)
                     .await
@@ -327,32 +353,23 @@ impl Validator {
                 {
                     return Err(Rejection::UnknownTenant);
                 }
-                if kid != dev_key.kid || !dev_key.verify(signing_input, &parsed.signature) {
-                    return Err(Rejection::BadSignature);
-                }
                 None
             }
             _ => {
+                let verified_by = self.verify_signature(version, &signed).await?;
                 let cloud = tenants
                     .cloud_of(tenant_id)
                     .await
                     .map_err(Rejection::Unavailable)?
                     .ok_or(Rejection::UnknownTenant)?;
-                let source = &self.sources[&(cloud, version)];
-                let (template, key) = source.lookup(kid).await.map_err(|e| match e {
-                    KeyError::UnknownKid => Rejection::UnknownKid,
-                    KeyError::Unavailable(why) => Rejection::Unavailable(why),
-                })?;
-                if !issuer_matches(&template, tenant, iss) {
-                    return Err(Rejection::IssuerMismatch);
-                }
-                if let Some(key_issuer) = &key.issuer
-                    && !issuer_matches(key_issuer, tenant, iss)
-                {
-                    return Err(Rejection::KeyIssuerMismatch);
-                }
-                if !key.verify(signing_input, &parsed.signature) {
-                    return Err(Rejection::BadSignature);
+                let own = &self.sources[&(cloud, version)];
+                if !Arc::ptr_eq(own, verified_by) {
+                    // tokens never cross clouds: the tenant's own cloud must have signed it
+                    let (template, key) = own.lookup(kid).await.map_err(|e| match e {
+                        KeyError::UnknownKid => Rejection::WrongCloud,
+                        KeyError::Unavailable(why) => Rejection::Unavailable(why),
+                    })?;
+                    signed.check(&template, &key)?;
                 }
                 Some(cloud)
             }
@@ -384,6 +401,92 @@ impl Validator {
             expires_at: exp,
             claims: parsed.claims,
         })
+    }
+}
+
+impl Validator {
+    /// The source whose key signed the token. Cached keys of every authority are tried
+    /// first; then the sources that could have issued `iss` and lack the `kid` (or have
+    /// nothing cached) fetch, each within its own cooldown, in cloud order.
+    async fn verify_signature(
+        &self,
+        version: TokenVersion,
+        signed: &Signed<'_>,
+    ) -> Result<&Arc<KeySource>, Rejection> {
+        let mut sources: Vec<&Arc<KeySource>> = Vec::with_capacity(Cloud::ALL.len());
+        for cloud in Cloud::ALL {
+            let source = &self.sources[&(cloud, version)];
+            if !sources.iter().any(|s| Arc::ptr_eq(s, source)) {
+                sources.push(source);
+            }
+        }
+        let mut refusal = None;
+        let mut to_fetch = Vec::new();
+        for source in sources {
+            match source.cached(signed.kid) {
+                Cached::Key(template, key) => match signed.check(&template, &key) {
+                    Ok(()) => return Ok(source),
+                    Err(r) => {
+                        refusal.get_or_insert(r);
+                    }
+                },
+                Cached::UnknownKid(template) => {
+                    if issuer_matches(&template, signed.tenant, signed.iss) {
+                        to_fetch.push(source);
+                    }
+                }
+                Cached::NotLoaded => to_fetch.push(source),
+            }
+        }
+        let mut unavailable = None;
+        for source in to_fetch {
+            match source.lookup(signed.kid).await {
+                Ok((template, key)) => match signed.check(&template, &key) {
+                    Ok(()) => return Ok(source),
+                    Err(r) => {
+                        refusal.get_or_insert(r);
+                    }
+                },
+                Err(KeyError::UnknownKid) => {}
+                Err(KeyError::Unavailable(why)) => {
+                    unavailable.get_or_insert(why);
+                }
+            }
+        }
+        // a source we could not reach may hold the key: that is our fault, not the token's
+        Err(match (unavailable, refusal) {
+            (Some(why), _) => Rejection::Unavailable(why),
+            (None, Some(refusal)) => refusal,
+            (None, None) => Rejection::UnknownKid,
+        })
+    }
+}
+
+/// What a signature check needs of a parsed token.
+struct Signed<'a> {
+    kid: &'a str,
+    /// The lowercase hyphenated `tid`.
+    tenant: &'a str,
+    iss: &'a str,
+    input: &'a [u8],
+    signature: &'a [u8],
+}
+
+impl Signed<'_> {
+    /// The key's issuer template and own `issuer` must fit `iss`, and the key must verify.
+    fn check(&self, template: &str, key: &SigningKey) -> Result<(), Rejection> {
+        if !issuer_matches(template, self.tenant, self.iss) {
+            return Err(Rejection::IssuerMismatch);
+        }
+        if let Some(key_issuer) = &key.issuer
+            && !issuer_matches(key_issuer, self.tenant, self.iss)
+        {
+            return Err(Rejection::KeyIssuerMismatch);
+        }
+        if !key.verify(self.input, self.signature) {
+            return Err(Rejection::BadSignature);
+        }
+        Ok(())
     }
 }
 

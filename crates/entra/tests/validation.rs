@@ -491,3 +491,66 @@ async fn a_cold_start_with_microsoft_down_fails_fast_with_one_fetch() {
         "one attempt, shared"
     );
 }
+
+/// Counts lookups: each one may be a storage read in the service.
+struct CountingTenants {
+    known: Tenants,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl TenantLookup for CountingTenants {
+    async fn cloud_of(&self, tenant_id: Uuid) -> Result<Option<Cloud>, String> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.known.cloud_of(tenant_id).await
+    }
+}
+
+#[tokio::test]
+async fn forged_tokens_are_refused_before_the_tenant_is_looked_up() {
+    let stranger =
+        aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let (fake, v) = setup(fake_entra::GLOBAL).await;
+    let tenants = CountingTenants {
+        known: tenants(Cloud::Global),
+        lookups: Default::default(),
+    };
+    let lookups = || tenants.lookups.load(std::sync::atomic::Ordering::SeqCst);
+    let kid = fake.first_kid();
+    for i in 0..50 {
+        let tid = Uuid::new_v4().to_string();
+        let claims = with(
+            v2_claims(&fake),
+            json!({"tid": tid, "iss": fake.issuer(true, &tid)}),
+        );
+        let unknown_kid =
+            fake_entra::sign_with(&stranger, &format!("forged-{i}"), json!({}), &claims);
+        assert_eq!(
+            v.validate(&unknown_kid, &tenants).await.unwrap_err(),
+            Rejection::UnknownKid
+        );
+        let real_kid = fake_entra::sign_with(&stranger, &kid, json!({}), &claims);
+        assert_eq!(
+            v.validate(&real_kid, &tenants).await.unwrap_err(),
+            Rejection::BadSignature
+        );
+    }
+    assert_eq!(lookups(), 0, "no forged token cost a tenant lookup");
+
+    // a token Microsoft signed is looked up: an unknown tenant is refused after that
+    let tid = Uuid::new_v4().to_string();
+    let signed = fake.sign(
+        &kid,
+        json!({}),
+        &with(
+            v2_claims(&fake),
+            json!({"tid": tid, "iss": fake.issuer(true, &tid)}),
+        ),
+    );
+    assert_eq!(
+        v.validate(&signed, &tenants).await.unwrap_err(),
+        Rejection::UnknownTenant
+    );
+    assert_eq!(lookups(), 1);
+}

@@ -238,7 +238,7 @@ impl Table {
             .to_string();
         let (body, boundary) = build_body(ops, &base, self.name());
         if body.len() > MAX_BODY_BYTES {
-            return Err(Error::Invalid(format!(
+            return Err(Error::TooLarge(format!(
                 "transaction body is {} bytes; at most {MAX_BODY_BYTES}",
                 body.len()
             )));
@@ -263,7 +263,9 @@ impl Table {
                 .unwrap_or(reqwest::StatusCode::BAD_REQUEST);
             let error = Error::from_response(status, failed.body.as_bytes());
             if !created && matches!(&error, Error::NotFound { code } if code == "TableNotFound") {
-                // first use of the table: create it and run the transaction again
+                // first use of the table, or it was deleted under us: create it and run
+                // the transaction again
+                self.client().forget_table(self.name());
                 self.create_if_not_exists().await?;
                 created = true;
                 continue;

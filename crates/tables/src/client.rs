@@ -196,15 +196,21 @@ impl TableServiceClient {
         Ok(())
     }
 
-    /// Deletes a table and everything in it. A missing table is not an error.
-    pub async fn delete_table(&self, name: &str) -> Result<(), Error> {
-        validate_table_name(name)?;
-        let resource = format!("Tables('{name}')");
+    /// Forgets that a table exists, so the next create sends its request: called whenever
+    /// the service answers `TableNotFound`, since the table may have been deleted under us.
+    pub(crate) fn forget_table(&self, name: &str) {
         self.inner
             .known_tables
             .lock()
             .expect("table set lock")
             .remove(name);
+    }
+
+    /// Deletes a table and everything in it. A missing table is not an error.
+    pub async fn delete_table(&self, name: &str) -> Result<(), Error> {
+        validate_table_name(name)?;
+        let resource = format!("Tables('{name}')");
+        self.forget_table(name);
         match self.send(Call::new(Method::DELETE, &resource)).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
@@ -561,6 +567,8 @@ impl Table {
     ) -> Result<ETag, Error> {
         let answer = match self.client.send(build()).await {
             Err(Error::NotFound { code }) if code == "TableNotFound" => {
+                // first use, or the table was deleted since this client created it
+                self.client.forget_table(&self.name);
                 self.create_if_not_exists().await?;
                 self.client.send(build()).await?
             }
@@ -608,6 +616,7 @@ impl Table {
         }
         let answer = match self.client.send(call).await {
             Err(Error::NotFound { code }) if code == "TableNotFound" => {
+                self.client.forget_table(&self.name);
                 return Ok(Page {
                     entities: Vec::new(),
                     continuation: None,

@@ -252,7 +252,7 @@ impl Entity {
         crate::key::validate("PartitionKey", &self.partition_key)?;
         crate::key::validate("RowKey", &self.row_key)?;
         if self.properties.len() > MAX_PROPERTIES {
-            return Err(Error::Invalid(format!(
+            return Err(Error::TooLarge(format!(
                 "{} properties; at most {MAX_PROPERTIES}",
                 self.properties.len()
             )));
@@ -267,12 +267,12 @@ impl Entity {
             }
             match value {
                 Value::String(s) if s.encode_utf16().count() > MAX_STRING_UTF16 => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::TooLarge(format!(
                         "property {name} is longer than 64 KiB"
                     )));
                 }
                 Value::Binary(b) if b.len() > MAX_BINARY_BYTES => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::TooLarge(format!(
                         "property {name} is larger than 64 KiB"
                     )));
                 }

@@ -34,9 +34,14 @@ pub enum Error {
     /// The request did not complete within its timeout.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
-    /// A key or entity that Table Storage would refuse, caught before sending.
+    /// A request Table Storage would refuse for its shape (a forbidden key character, a
+    /// reserved property name, a malformed transaction), caught before sending.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A key, property, entity or transaction larger than Table Storage accepts, caught
+    /// before sending: usually a value that came from outside is too long to store.
+    #[error("too large to store: {0}")]
+    TooLarge(String),
     /// A token for bearer authentication could not be obtained.
     #[error("authentication failed: {0}")]
     Auth(String),

@@ -61,7 +61,7 @@ pub fn decode(encoded: &str) -> Result<String, Error> {
 /// Checks a key before it is sent, so a bad key is a clear local error, not a service 400.
 pub fn validate(which: &str, key: &str) -> Result<(), Error> {
     if key.len() > MAX_KEY_BYTES {
-        return Err(Error::Invalid(format!(
+        return Err(Error::TooLarge(format!(
             "{which} is {} bytes; at most {MAX_KEY_BYTES}",
             key.len()
         )));

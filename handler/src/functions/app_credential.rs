@@ -126,8 +126,12 @@ fn cloud_of(raw: Option<&str>) -> Result<entra::Cloud, ApiError> {
         .map_err(|e: entra::cloud::UnknownCloud| ApiError::bad_request(format!("cloud: {e}")))
 }
 
+/// Only an unreachable vault is worth a retry; every other vault error is a fault here.
 fn vault_error(e: vault::VaultError) -> ApiError {
-    ApiError::unavailable(e)
+    match e {
+        vault::VaultError::Unavailable(_) => ApiError::unavailable(e),
+        _ => ApiError::internal(e),
+    }
 }
 
 /// JSON, or the PEM itself with `?format=pem`.

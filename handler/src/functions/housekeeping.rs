@@ -36,7 +36,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     let purged = app.run_log.purge_history(NAME, cutoff).await;
     let pending = app.onboarding.confirm_pending().await;
     if let Ok(pending) = &pending {
-        // this instance sees the new status at once, others within access::HARD_TTL
+        // this instance sees the new status at once, others within the tenants cache's hard age (cache::limits::TENANTS)
         for tenant_id in &pending.changed {
             app.access.invalidate_tenant(*tenant_id);
         }

@@ -40,6 +40,7 @@ async fn ping(app: &App, authorization: Option<&str>) -> Result<Response, ApiErr
             }
             Refusal::Forbidden(reason) => ApiError::forbidden(reason, refusal_message(reason)),
             Refusal::Unavailable(why) => ApiError::unavailable(why),
+            Refusal::Internal(why) => ApiError::internal(why),
         })?;
     let answer = PingAnswer {
         tenant_id: decision.tenant_id,

@@ -113,7 +113,11 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict("the record changed concurrently; try again")
             }
             StoreError::Unavailable(e) => ApiError::unavailable(e),
-            StoreError::Corrupt(e) => ApiError::internal(e),
+            StoreError::Invalid(why) => {
+                ApiError::bad_request(format!("a value is too long to store ({why})"))
+            }
+            StoreError::Corrupt(e) => ApiError::internal(format!("stored data is unreadable: {e}")),
+            StoreError::Internal(e) => ApiError::internal(e),
         }
     }
 }

@@ -12,7 +12,8 @@ use tables::TableServiceClient;
 use uuid::Uuid;
 
 use super::ScimService;
-use crate::store::scim::TableScimUserStore;
+use crate::store::StoreError;
+use crate::store::scim::{ScimUserStore, StoredResource, TableScimUserStore, WriteOutcome};
 use crate::store::scim_groups::TableScimGroupStore;
 
 const BASE: &str = "http://127.0.0.1/api/scim/t/v2";
@@ -273,4 +274,251 @@ async fn the_read_cache_serves_repeated_gets_and_never_hides_this_instances_writ
         .await
         .unwrap();
     assert_eq!(gone["totalResults"], 0);
+}
+
+/// A registry on Azurite holding one active tenant, for the status check after the token.
+async fn registry_with(tenant: Uuid) -> crate::access::AccessControl {
+    use crate::store::{TableEmployeeStore, TableGrantStore, TableTenantStore, TenantStore as _};
+    let client = Azurite::shared().client();
+    let tenants = TableTenantStore::new(client.table(unique_table("reg")));
+    tenants
+        .create(&crate::domain::Tenant {
+            tenant_id: tenant,
+            display_name: "Contoso".into(),
+            cloud: entra::Cloud::Global,
+            status: crate::domain::TenantStatus::Active,
+            added_by: "admin_api".into(),
+            created_at: time::OffsetDateTime::now_utc(),
+            consented_at: None,
+            offboarded_at: None,
+            app_client_id: None,
+        })
+        .await
+        .unwrap();
+    crate::access::AccessControl::new(
+        Arc::new(tenants),
+        Arc::new(TableGrantStore::new(client.table(unique_table("regg")))),
+        Arc::new(TableEmployeeStore::new(client.table(unique_table("rege")))),
+    )
+}
+
+#[tokio::test]
+async fn forged_and_malformed_secret_tokens_cost_no_table_request() {
+    let (client, service) = service("auth", Duration::ZERO).await;
+    let tenant = Uuid::new_v4();
+    let registry = registry_with(tenant).await;
+    let counted = || client.request_count();
+    // malformed tokens are refused on their shape alone, even before the key is loaded
+    let before = counted();
+    for bad in ["", "x", "scim_", "Bearer", &"scim_".repeat(20), "scim_!!!!"] {
+        let refused = service
+            .authenticate(Uuid::new_v4(), Some(bad), &registry)
+            .await;
+        assert_eq!(refused.unwrap_err().status, 401, "{bad:?}");
+    }
+    assert_eq!(counted() - before, 0, "malformed tokens");
+
+    let token = service.new_token(tenant).await.unwrap();
+    service
+        .authenticate(tenant, Some(&token), &registry)
+        .await
+        .unwrap();
+
+    let before = counted();
+    for _ in 0..50 {
+        // a real token at a random tenant's URL, and well-formed tokens nobody issued
+        let elsewhere = service
+            .authenticate(Uuid::new_v4(), Some(&token), &registry)
+            .await;
+        assert_eq!(elsewhere.unwrap_err().status, 401);
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).unwrap();
+        let made_up = format!(
+            "scim_{}",
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+        );
+        for at in [Uuid::new_v4(), tenant] {
+            let refused = service.authenticate(at, Some(&made_up), &registry).await;
+            assert_eq!(refused.unwrap_err().status, 401);
+        }
+    }
+    assert_eq!(counted() - before, 0, "forged tokens at random tenants");
+    service
+        .authenticate(tenant, Some(&token), &registry)
+        .await
+        .unwrap();
+}
+
+/// The user store, recording the most users one call handed to the service.
+struct Held {
+    inner: TableScimUserStore,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl Held {
+    fn note<T>(&self, users: usize, result: T) -> T {
+        self.most
+            .fetch_max(users, std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl ScimUserStore for Held {
+    async fn create(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+        user_name: &str,
+        data: &Value,
+        admin: &Value,
+        extra: Vec<tables::Entity>,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.inner
+            .create(tenant, id, user_name, data, admin, extra)
+            .await
+    }
+    async fn finish_deletion(&self, tenant: Uuid, id: Uuid) -> Result<bool, StoreError> {
+        self.inner.finish_deletion(tenant, id).await
+    }
+    async fn finish_deletions(&self, tenant: Uuid) -> Result<usize, StoreError> {
+        self.inner.finish_deletions(tenant).await
+    }
+    async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError> {
+        self.inner.get(tenant, id).await
+    }
+    async fn get_with_groups(
+        &self,
+        tenant: Uuid,
+        id: Uuid,
+    ) -> Result<Option<(StoredResource, Vec<Uuid>)>, StoreError> {
+        self.inner.get_with_groups(tenant, id).await
+    }
+    async fn by_user_name(
+        &self,
+        tenant: Uuid,
+        user_name: &str,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        self.inner.by_user_name(tenant, user_name).await
+    }
+    async fn by_external_id(
+        &self,
+        tenant: Uuid,
+        external_id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let found = self.inner.by_external_id(tenant, external_id).await?;
+        Ok(self.note(found.len(), found))
+    }
+    async fn all(&self, tenant: Uuid) -> Result<Vec<StoredResource>, StoreError> {
+        let all = self.inner.all(tenant).await?;
+        Ok(self.note(all.len(), all))
+    }
+    async fn page(
+        &self,
+        tenant: Uuid,
+        keep: Option<&(dyn for<'v> Fn(&'v Value) -> bool + Sync)>,
+        start: usize,
+        count: usize,
+    ) -> Result<(Vec<StoredResource>, usize), StoreError> {
+        let page = self.inner.page(tenant, keep, start, count).await?;
+        Ok(self.note(page.0.len(), page))
+    }
+    async fn replace(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        data: &Value,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.inner.replace(tenant, previous, data).await
+    }
+    async fn set_admin(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        admin: &Value,
+        extra: Vec<tables::Operation>,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.inner.set_admin(tenant, previous, admin, extra).await
+    }
+    async fn delete(
+        &self,
+        tenant: Uuid,
+        previous: &StoredResource,
+        groups: &[Uuid],
+        extra: Vec<tables::Operation>,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.inner.delete(tenant, previous, groups, extra).await
+    }
+}
+
+#[tokio::test]
+async fn an_unfiltered_listing_holds_one_page_and_counts_every_user() {
+    let client = Azurite::shared().client();
+    let table = client.table(unique_table("page"));
+    table.create_if_not_exists().await.unwrap();
+    let users = Arc::new(Held {
+        inner: TableScimUserStore::new(table.clone()),
+        most: Default::default(),
+    });
+    let service = ScimService::new(
+        users.clone(),
+        Arc::new(TableScimGroupStore::new(table.clone())),
+        table,
+        "http://127.0.0.1",
+        Duration::ZERO,
+    );
+    let tenant = Uuid::new_v4();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let u = service
+            .create_user(tenant, BASE, &user(&format!("p{i}@contoso.com")))
+            .await
+            .unwrap();
+        ids.push(u["id"].as_str().unwrap().to_string());
+    }
+    // members sit between user rows: they must neither count nor show
+    let group = service
+        .create_group(
+            tenant,
+            BASE,
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "G"}),
+        )
+        .await
+        .unwrap();
+    let members: Vec<Value> = ids.iter().map(|id| json!({"value": id})).collect();
+    service
+        .patch_group(
+            tenant,
+            group["id"].as_str().unwrap(),
+            &patch(json!([{"op": "Add", "path": "members", "value": members}])),
+            None,
+        )
+        .await
+        .unwrap();
+    ids.sort();
+
+    let held = || users.most.load(std::sync::atomic::Ordering::SeqCst);
+    let mut seen = Vec::new();
+    for start in [1, 8, 15, 22, 29] {
+        let list = service
+            .list_users(tenant, BASE, None, start, 7)
+            .await
+            .unwrap();
+        assert_eq!(list["totalResults"], 30);
+        assert_eq!(list["startIndex"], start);
+        for r in list["Resources"].as_array().unwrap() {
+            seen.push(r["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen, ids, "every user once, in id order");
+    assert!(held() <= 7, "the service held {} users at once", held());
+
+    // a filter the index cannot answer scans the same way
+    let list = service
+        .list_users(tenant, BASE, Some("userName sw \"p1\""), 2, 3)
+        .await
+        .unwrap();
+    assert_eq!(list["totalResults"], 11, "p1 and p10-p19");
+    assert_eq!(list["Resources"].as_array().unwrap().len(), 3);
+    assert!(held() <= 7);
 }

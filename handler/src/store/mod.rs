@@ -16,21 +16,50 @@ pub use links::{LinkStore, TableLinkStore};
 pub use runs::{RunLog, RunOutcome, RunRecord, TableRunLog};
 pub use tenants::{TableTenantStore, TenantStore};
 
-/// A storage failure, as the domain sees it.
+/// A storage failure, as the domain sees it. Which variant decides the answer (400, 500,
+/// 503): a retry cures only `Unavailable`, so nothing else may be reported as it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Storage could not be reached or answered with an error.
+    /// Storage could not be reached or answered with an error a retry may cure.
     #[error("storage unavailable: {0}")]
-    Unavailable(#[from] tables::Error),
+    Unavailable(tables::Error),
+    /// What the caller asked to store cannot be stored (a key or value too long).
+    #[error("the value cannot be stored: {0}")]
+    Invalid(String),
     /// Stored data could not be read back (written by an incompatible version?).
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// A request this service should never have built (a forbidden key character, a
+    /// malformed transaction): a defect here, which no retry cures.
+    #[error("storage request refused: {0}")]
+    Internal(String),
     /// A uniqueness rule would be broken; the message says which.
     #[error("{0}")]
     Conflict(String),
     /// The record kept changing under concurrent writers; try again.
     #[error("the record changed concurrently; try again")]
     Contended,
+}
+
+impl From<tables::Error> for StoreError {
+    fn from(e: tables::Error) -> StoreError {
+        use tables::Error as E;
+        let cause = match &e {
+            E::Batch { source, .. } => source.as_ref(),
+            other => other,
+        };
+        match cause {
+            E::TooLarge(why) => StoreError::Invalid(why.clone()),
+            // the service refused what it was asked to store (too large, out of range)
+            E::Rejected {
+                status: 400 | 413,
+                message,
+                ..
+            } => StoreError::Invalid(message.clone()),
+            E::Invalid(_) | E::Rejected { .. } => StoreError::Internal(e.to_string()),
+            _ => StoreError::Unavailable(e),
+        }
+    }
 }
 
 /// Reads a JSON property written by this service.
@@ -136,5 +165,61 @@ impl TableNames {
             self.directory(),
             self.sync(),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailability_is_reported_as_unavailable() {
+        use tables::Error as E;
+        let invalid = |e: E| matches!(StoreError::from(e), StoreError::Invalid(_));
+        assert!(invalid(E::TooLarge(
+            "RowKey is 1109 bytes; at most 1024".into()
+        )));
+        assert!(invalid(E::Rejected {
+            status: 400,
+            code: "PropertyValueTooLarge".into(),
+            message: "too large".into(),
+        }));
+        assert!(invalid(E::Batch {
+            index: 0,
+            source: Box::new(E::TooLarge("entity".into())),
+        }));
+        assert!(matches!(
+            StoreError::from(E::Invalid("a transaction spans one PartitionKey".into())),
+            StoreError::Internal(_)
+        ));
+        for down in [
+            E::Timeout(std::time::Duration::from_secs(1)),
+            E::Service {
+                status: 503,
+                code: "ServerBusy".into(),
+                message: String::new(),
+            },
+        ] {
+            assert!(matches!(StoreError::from(down), StoreError::Unavailable(_)));
+        }
+        let scim = |e: StoreError| {
+            let e = crate::scim_service::ScimError::from(e);
+            (e.status, e.scim_type)
+        };
+        assert_eq!(
+            scim(StoreError::Invalid("x".into())),
+            (400, Some("invalidValue"))
+        );
+        assert_eq!(scim(StoreError::Corrupt("x".into())).0, 500);
+        assert_eq!(scim(StoreError::Internal("x".into())).0, 500);
+        let api = |e: StoreError| crate::routes::ApiError::from(e).status.as_u16();
+        assert_eq!(api(StoreError::Invalid("x".into())), 400);
+        assert_eq!(api(StoreError::Corrupt("x".into())), 500);
+        assert_eq!(
+            api(StoreError::Unavailable(E::Timeout(
+                std::time::Duration::ZERO
+            ))),
+            503
+        );
     }
 }

@@ -8,7 +8,9 @@
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tables::{ETag, Entity, Error as TableError, IfMatch, Operation, Table, key};
+use tables::{
+    ETag, Entity, Error as TableError, IfMatch, Operation, Query, Table, Value as TableValue, key,
+};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -66,7 +68,19 @@ pub trait ScimUserStore: Send + Sync {
         tenant: Uuid,
         external_id: &str,
     ) -> Result<Vec<StoredResource>, StoreError>;
+    /// Every user of a tenant, at once (the admin API's listing, which is not paged).
     async fn all(&self, tenant: Uuid) -> Result<Vec<StoredResource>, StoreError>;
+    /// One page of a listing in id order: the users `keep` accepts (all when `None`) from
+    /// the `start`-th (1-based) on, at most `count`, and how many it accepts in all. The
+    /// partition is read a Table page at a time and only the page asked for is kept, so a
+    /// tenant of any size costs the memory of one page.
+    async fn page(
+        &self,
+        tenant: Uuid,
+        keep: Option<&(dyn for<'v> Fn(&'v Value) -> bool + Sync)>,
+        start: usize,
+        count: usize,
+    ) -> Result<(Vec<StoredResource>, usize), StoreError>;
     /// Replaces `previous` (as read) with `data`; keeps the index rows in step.
     async fn replace(
         &self,
@@ -472,6 +486,79 @@ impl ScimUserStore for TableScimUserStore {
             .filter(|row| !keys::is_membership(&row.row_key))
             .map(Self::read)
             .collect()
+    }
+
+    async fn page(
+        &self,
+        tenant: Uuid,
+        keep: Option<&(dyn for<'v> Fn(&'v Value) -> bool + Sync)>,
+        start: usize,
+        count: usize,
+    ) -> Result<(Vec<StoredResource>, usize), StoreError> {
+        use futures::TryStreamExt as _;
+        let start = start.max(1);
+        let users = |range: &str| {
+            Query::filter(format!(
+                "PartitionKey eq {} and {range}",
+                TableValue::from(tenant.to_string()).filter_literal()
+            ))
+        };
+        let all = "RowKey ge 'user-' and RowKey lt 'user.'";
+        // membership rows sit between the user rows
+        let is_user = |row: &Entity| !row.row_key.contains(".g.");
+        let mut page = Vec::new();
+        let mut total = 0;
+        match keep {
+            Some(keep) => {
+                let mut pages = std::pin::pin!(self.table.query(users(all)));
+                while let Some(rows) = pages.try_next().await? {
+                    for row in rows.entities.iter().filter(|r| is_user(r)) {
+                        let user = Self::read(row)?;
+                        if !keep(&user.data) {
+                            continue;
+                        }
+                        total += 1;
+                        if total >= start && page.len() < count {
+                            page.push(user);
+                        }
+                    }
+                }
+            }
+            None => {
+                // keys only to count and to find the page, then the page's rows
+                let keys_only = Query {
+                    select: Some(Vec::new()),
+                    ..users(all)
+                };
+                let (mut first, mut last) = (None, None);
+                let mut pages = std::pin::pin!(self.table.query(keys_only));
+                while let Some(rows) = pages.try_next().await? {
+                    for row in rows.entities.into_iter().filter(is_user) {
+                        total += 1;
+                        if total >= start && total < start + count {
+                            last = Some(row.row_key.clone());
+                            first.get_or_insert(row.row_key);
+                        }
+                    }
+                }
+                if let (Some(first), Some(last)) = (first, last) {
+                    let range = format!(
+                        "RowKey ge {} and RowKey le {}",
+                        TableValue::from(first).filter_literal(),
+                        TableValue::from(last).filter_literal()
+                    );
+                    let mut pages = std::pin::pin!(self.table.query(users(&range)));
+                    while let Some(rows) = pages.try_next().await? {
+                        for row in rows.entities.iter().filter(|r| is_user(r)) {
+                            if page.len() < count {
+                                page.push(Self::read(row)?);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok((page, total))
     }
 
     async fn replace(
