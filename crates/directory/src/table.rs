@@ -30,7 +30,7 @@ pub enum ApplyMode {
 }
 
 /// What a page of changes did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     pub created: u64,
     pub updated: u64,
@@ -41,6 +41,10 @@ pub struct Applied {
     /// Entities written (inserted, replaced, merged or deleted), counters included.
     pub entities: u64,
     pub transactions: u64,
+    /// Users the changes touched that are inactive (disabled or deleted) afterwards, even
+    /// when nothing changed: a page replayed after a crash names them again, so whatever
+    /// must follow a deactivation (revoking certificates) can be done idempotently.
+    pub inactive: Vec<Uuid>,
 }
 
 impl Applied {
@@ -54,6 +58,7 @@ impl Applied {
         self.members_removed += o.members_removed;
         self.entities += o.entities;
         self.transactions += o.transactions;
+        self.inactive.extend(o.inactive.iter().copied());
     }
 
     /// Objects changed in any way.
@@ -784,6 +789,11 @@ impl TableDirectory {
             .as_ref()
             .map(|u| index_rows(tenant, u))
             .unwrap_or_default();
+        match (&before, &after) {
+            (_, Some(u)) if !u.is_active() => group.applied.inactive.push(u.id),
+            (Some((old, _)), None) => group.applied.inactive.push(old.id),
+            _ => {}
+        }
         match (&before, &after) {
             (None, None) => return Ok(out),
             (None, Some(u)) => {

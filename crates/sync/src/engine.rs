@@ -13,6 +13,25 @@ use crate::schedule::Schedule;
 use crate::state::{LastRound, Lease, Phase, SyncStateStore};
 use crate::{DirectorySource, Next, SourceError, SyncError};
 
+/// What must follow the changes a round applies.
+#[async_trait::async_trait]
+pub trait RoundObserver: Send + Sync {
+    /// Users a page left inactive (disabled, soft- or hard-deleted), replays included.
+    /// Called before the page's checkpoint: a round that stops in between calls it again
+    /// for the same users, so it must be idempotent. An error stops the round (retried).
+    async fn users_inactive(&self, tenant: Uuid, users: &[Uuid]) -> Result<(), String>;
+}
+
+/// Nothing follows.
+pub struct NoObserver;
+
+#[async_trait::async_trait]
+impl RoundObserver for NoObserver {
+    async fn users_inactive(&self, _tenant: Uuid, _users: &[Uuid]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// How a round runs.
 #[derive(Debug, Clone)]
 pub struct RoundOptions {
@@ -134,6 +153,7 @@ pub async fn run_round(
     directory: &dyn Directory,
     states: Arc<dyn SyncStateStore>,
     options: &RoundOptions,
+    observer: &dyn RoundObserver,
 ) -> Result<RoundReport, SyncError> {
     let clock = Instant::now();
     let Some(mut lease) = acquire(tenant, &*states, options).await? else {
@@ -189,7 +209,10 @@ pub async fn run_round(
         tracing::info!(%tenant, round = lease.state.round, phase = lease.state.phase.as_str(), "sync round resumed at its checkpoint");
     }
     let renewal = Renewal::start(states.clone(), lease);
-    let result = pages(tenant, source, directory, &*states, &renewal, options).await;
+    let result = pages(
+        tenant, source, directory, &*states, &renewal, options, observer,
+    )
+    .await;
     let mut lease = renewal.stop().await?;
     let (outcome, pages, applied) = result?;
     let now = OffsetDateTime::now_utc();
@@ -281,6 +304,7 @@ async fn pages(
     states: &dyn SyncStateStore,
     renewal: &Renewal,
     options: &RoundOptions,
+    observer: &dyn RoundObserver,
 ) -> Result<(Outcome, i64, Applied), SyncError> {
     let mut applied = Applied::default();
     let mut pages = 0;
@@ -325,6 +349,11 @@ async fn pages(
             },
             Phase::Sweep => {
                 let n = directory.sweep(tenant, round).await?;
+                if !n.inactive.is_empty()
+                    && let Err(reason) = observer.users_inactive(tenant, &n.inactive).await
+                {
+                    return Ok((Outcome::Failed { reason }, pages, applied));
+                }
                 applied.add(&n);
                 let mut held = renewal.lease.lock().await;
                 held.state.changes += n.changes() as i64;
@@ -337,6 +366,11 @@ async fn pages(
         let now = OffsetDateTime::now_utc();
         match step {
             Ok((n, next)) => {
+                if !n.inactive.is_empty()
+                    && let Err(reason) = observer.users_inactive(tenant, &n.inactive).await
+                {
+                    return Ok((Outcome::Failed { reason }, pages, applied));
+                }
                 applied.add(&n);
                 pages += 1;
                 let mut held = renewal.lease.lock().await;

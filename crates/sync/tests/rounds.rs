@@ -134,6 +134,18 @@ impl DirectorySource for Scripted {
     }
 }
 
+/// Records the users a round reports inactive.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Uuid>>);
+
+#[async_trait]
+impl sync::RoundObserver for Recorder {
+    async fn users_inactive(&self, _tenant: Uuid, users: &[Uuid]) -> Result<(), String> {
+        self.0.lock().unwrap().extend_from_slice(users);
+        Ok(())
+    }
+}
+
 struct World {
     directory: TableDirectory,
     states: Arc<TableSyncStates>,
@@ -200,6 +212,7 @@ async fn a_failed_round_resumes_at_its_checkpoint_and_loses_nothing() {
         &w.directory,
         states.clone(),
         &options("one"),
+        &sync::NoObserver,
     )
     .await
     .unwrap();
@@ -220,6 +233,7 @@ async fn a_failed_round_resumes_at_its_checkpoint_and_loses_nothing() {
         &w.directory,
         states.clone(),
         &options("two"),
+        &sync::NoObserver,
     )
     .await
     .unwrap();
@@ -232,9 +246,16 @@ async fn a_failed_round_resumes_at_its_checkpoint_and_loses_nothing() {
     assert_eq!(state.groups_delta.as_deref(), Some("gd1"));
     assert_eq!(state.last.as_ref().unwrap().outcome, "success");
     // not due again in this slot: a repeated message does nothing
-    let again = run_round(tenant, &source, &w.directory, states, &options("three"))
-        .await
-        .unwrap();
+    let again = run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states,
+        &options("three"),
+        &sync::NoObserver,
+    )
+    .await
+    .unwrap();
     assert_eq!(again.outcome, Outcome::NotDue);
 }
 
@@ -251,8 +272,22 @@ async fn two_instances_racing_for_one_tenant_run_one_round() {
     let states: Arc<dyn SyncStateStore> = w.states.clone();
     let (o1, o2) = (options("one"), options("two"));
     let (one, two) = tokio::join!(
-        run_round(tenant, &source, &w.directory, states.clone(), &o1),
-        run_round(tenant, &source, &w.directory, states.clone(), &o2),
+        run_round(
+            tenant,
+            &source,
+            &w.directory,
+            states.clone(),
+            &o1,
+            &sync::NoObserver
+        ),
+        run_round(
+            tenant,
+            &source,
+            &w.directory,
+            states.clone(),
+            &o2,
+            &sync::NoObserver
+        ),
     );
     let outcomes = [one.unwrap().outcome, two.unwrap().outcome];
     assert!(outcomes.contains(&Outcome::Completed), "{outcomes:?}");
@@ -286,6 +321,7 @@ async fn throttling_keeps_the_checkpoint_and_waits_for_retry_after() {
         &w.directory,
         states.clone(),
         &options("one"),
+        &sync::NoObserver,
     )
     .await
     .unwrap();
@@ -334,14 +370,23 @@ async fn a_resync_runs_a_full_round_and_sweeps_what_it_did_not_see() {
         &w.directory,
         states.clone(),
         &options("one"),
+        &sync::NoObserver,
     )
     .await
     .unwrap();
     let mut forced = options("one");
     forced.force = true;
-    let r = run_round(tenant, &source, &w.directory, states.clone(), &forced)
-        .await
-        .unwrap();
+    let observer = Recorder::default();
+    let r = run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states.clone(),
+        &forced,
+        &observer,
+    )
+    .await
+    .unwrap();
     assert_eq!((r.outcome, r.full), (Outcome::Completed, true));
     for id in &gone {
         let u = w.directory.user(tenant, *id).await.unwrap().unwrap();
@@ -358,6 +403,12 @@ async fn a_resync_runs_a_full_round_and_sweeps_what_it_did_not_see() {
         );
     }
     assert_eq!(w.directory.counters(tenant).await.unwrap().active_users, 2);
+    // the users the sweep deactivated were reported, for what must follow (certificates)
+    let mut told = observer.0.lock().unwrap().clone();
+    told.sort();
+    let mut expected = gone.clone();
+    expected.sort();
+    assert_eq!(told, expected);
 }
 
 #[tokio::test]
@@ -380,6 +431,7 @@ async fn a_refused_tenant_is_marked_and_skipped_until_its_next_slot() {
         &w.directory,
         states.clone(),
         &options("one"),
+        &sync::NoObserver,
     )
     .await
     .unwrap();

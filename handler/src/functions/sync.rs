@@ -174,6 +174,7 @@ async fn run_tenant(
         &*app.directory,
         app.sync.states.clone(),
         &options,
+        &sync::NoObserver,
     )
     .await
     .map_err(|e| failed(format!("sync of {}: {e}", tenant.tenant_id)))?;
