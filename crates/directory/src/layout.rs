@@ -47,7 +47,8 @@ pub fn user_group(user: Uuid, group: Uuid) -> String {
 
 /// A search term as stored: lowercased, then made key-safe.
 pub fn term(raw: &str) -> String {
-    tables::key::encode(&raw.trim().to_lowercase())
+    // `|` ends a term in a search row's key: escaped like the characters keys forbid
+    tables::key::encode(&raw.trim().to_lowercase()).replace('|', "~7C")
 }
 
 pub fn search(term: &str, id: Uuid) -> String {
@@ -131,5 +132,6 @@ mod tests {
             term(" Alice#EXT#@Contoso.com "),
             "alice~23ext~23@contoso.com"
         );
+        assert_eq!(term("a|b"), "a~7Cb");
     }
 }

@@ -98,6 +98,9 @@ pub enum UserChange {
     GraphSoftDeleted { entra_id: Uuid, round: i64 },
     /// Graph's `@removed` with reason `deleted`: gone for good.
     GraphDeleted { entra_id: Uuid },
+    /// A Graph user a full round did not see (the mark and sweep after it): treated as
+    /// soft-deleted. Names the record by its local id, whatever its Entra id resolves to.
+    GraphUnseen { id: Uuid, round: i64 },
     /// A SCIM user written by Entra provisioning; `id` is its SCIM id.
     Scim { id: Uuid, fields: UserFields },
     /// A SCIM user deleted by Entra provisioning.

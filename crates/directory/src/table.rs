@@ -356,14 +356,17 @@ fn next_state(current: Option<User>, change: &UserChange, now: OffsetDateTime) -
             // returned by delta without @removed: it exists (restored if it was deleted)
             u.deleted_in_entra_at = None;
             u.entra_last_sync = Some(now);
-            u.seen_round = *round;
+            u.seen_round = u.seen_round.max(*round);
+            u.updated_at = now;
             Some(u)
         }
-        UserChange::GraphSoftDeleted { round, .. } => {
+        UserChange::GraphSoftDeleted { round, .. } | UserChange::GraphUnseen { round, .. } => {
             let mut u = current?;
             u.deleted_in_entra_at.get_or_insert(now);
             u.entra_last_sync = Some(now);
-            u.seen_round = *round;
+            // an on-demand write with an older round must not move it back (see sweep)
+            u.seen_round = u.seen_round.max(*round);
+            u.updated_at = now;
             Some(u)
         }
         UserChange::GraphDeleted { .. } => {
@@ -382,6 +385,7 @@ fn next_state(current: Option<User>, change: &UserChange, now: OffsetDateTime) -
             apply_fields(&mut u, fields);
             u.sources.scim = true;
             u.scim_id = Some(*id);
+            u.updated_at = now;
             Some(u)
         }
         UserChange::ScimDeleted { .. } => {
@@ -401,7 +405,10 @@ fn next_state(current: Option<User>, change: &UserChange, now: OffsetDateTime) -
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum UserKey {
     Entra(Uuid),
+    /// A SCIM id (the local id, or found through the SCIM-id index or the UPN).
     Local(Uuid),
+    /// A record's own local id, nothing else.
+    Record(Uuid),
 }
 
 fn key_of(change: &UserChange) -> UserKey {
@@ -410,6 +417,7 @@ fn key_of(change: &UserChange) -> UserKey {
         | UserChange::GraphSoftDeleted { entra_id, .. }
         | UserChange::GraphDeleted { entra_id } => UserKey::Entra(*entra_id),
         UserChange::Scim { id, .. } | UserChange::ScimDeleted { id } => UserKey::Local(*id),
+        UserChange::GraphUnseen { id, .. } => UserKey::Record(*id),
     }
 }
 
@@ -664,14 +672,16 @@ impl TableDirectory {
                 if let Some(found) = self.read_user(tenant, oid).await? {
                     return Ok(Some(found));
                 }
-                if !lookups {
-                    return Ok(None);
-                }
+                // linked to a SCIM-first record: checked whatever the counters say, since
+                // the link outlives the SCIM source
                 if let Some(row) = self.get(tenant, &layout::entra_index(oid)).await? {
                     let id = opt_uuid(&row, "Id")?.ok_or_else(|| corrupt(&row.row_key, "Id"))?;
                     if let Some(found) = self.read_user(tenant, id).await? {
                         return Ok(Some(found));
                     }
+                }
+                if !lookups {
+                    return Ok(None);
                 }
                 // a user provisioned over SCIM first, not yet tied to Entra
                 let Some(upn) = upn else { return Ok(None) };
@@ -681,6 +691,7 @@ impl TableDirectory {
                     .into_iter()
                     .find(|(u, _)| u.entra_id.is_none() && u.sources.scim))
             }
+            UserKey::Record(id) => self.read_user(tenant, id).await,
             UserKey::Local(id) => {
                 if let Some(found) = self.read_user(tenant, id).await? {
                     return Ok(Some(found));
@@ -746,7 +757,28 @@ impl TableDirectory {
         let mode = if lookups { ApplyMode::Read } else { mode };
         let mut existing = match mode {
             ApplyMode::Read => self.resolve_users(tenant, changes, lookups).await?,
-            ApplyMode::Optimistic => HashMap::new(),
+            // nothing to read for what is new; a removal must find what it removes (an
+            // object can be returned and removed within one first round)
+            ApplyMode::Optimistic => {
+                let removed: Vec<UserKey> = changes
+                    .iter()
+                    .filter(|c| {
+                        matches!(
+                            c,
+                            UserChange::GraphSoftDeleted { .. }
+                                | UserChange::GraphDeleted { .. }
+                                | UserChange::GraphUnseen { .. }
+                        )
+                    })
+                    .map(key_of)
+                    .collect();
+                let wanted: Vec<UserChange> = changes
+                    .iter()
+                    .filter(|c| removed.contains(&key_of(c)))
+                    .cloned()
+                    .collect();
+                self.resolve_users(tenant, &wanted, lookups).await?
+            }
         };
         let now = OffsetDateTime::now_utc();
         // fold every change of one user, in order
@@ -903,7 +935,9 @@ impl TableDirectory {
         applied: &mut Applied,
     ) -> Result<(), Failure> {
         let (totals, mut counter) = self.read_counters(tenant, writer).await?;
-        let lookups = totals.scim_users > 0;
+        // members named by Entra id may be linked to SCIM-first records (o- rows, which
+        // outlive the SCIM source): resolved whenever anything may exist
+        let lookups = totals.scim_users > 0 || mode == ApplyMode::Read;
         let now = OffsetDateTime::now_utc();
         // fold the slices of each group, in order
         let mut order: Vec<Uuid> = Vec::new();
@@ -937,10 +971,15 @@ impl TableDirectory {
                 }
             }
         }
-        let existing: HashMap<Uuid, Option<(Group, ETag)>> = match mode {
-            ApplyMode::Optimistic => HashMap::new(),
-            ApplyMode::Read => {
-                stream::iter(order.clone())
+        let to_read: Vec<Uuid> = match mode {
+            ApplyMode::Read => order.clone(),
+            // a removal must find what it removes, even in a first round
+            ApplyMode::Optimistic => order.iter().copied().filter(|id| folded[id].3).collect(),
+        };
+        let existing: HashMap<Uuid, Option<(Group, ETag)>> = match to_read.is_empty() {
+            true => HashMap::new(),
+            false => {
+                stream::iter(to_read)
                     .map(|id| async move {
                         let found = match self.get(tenant, &layout::group(id)).await? {
                             Some(e) => {
@@ -982,7 +1021,7 @@ impl TableDirectory {
                 after.name = name.apply(after.name.take());
             }
             after.sources.graph = true;
-            after.seen_round = round;
+            after.seen_round = after.seen_round.max(round);
             match &before {
                 None => {
                     record
@@ -1392,13 +1431,14 @@ impl Directory for TableDirectory {
             &pk,
             layout::prefix_range(layout::USER),
             &unseen,
-            Some(&["EntraId"])
+            Some(&["Upn"])
         ));
         while let Some(rows) = pages.try_next().await? {
             let changes = rows
                 .iter()
-                .filter_map(|r| opt_uuid(r, "EntraId").ok().flatten())
-                .map(|entra_id| UserChange::GraphSoftDeleted { entra_id, round })
+                .filter_map(|r| r.row_key.strip_prefix(layout::USER))
+                .filter_map(|id| Uuid::try_parse(id).ok())
+                .map(|id| UserChange::GraphUnseen { id, round })
                 .collect();
             applied.add(
                 &self

@@ -565,3 +565,138 @@ async fn a_graph_user_later_provisioned_over_scim_stays_one_record() {
     let c = dir.counters(tenant).await.unwrap();
     assert_eq!((c.users, c.scim_users), (1, 1));
 }
+
+#[tokio::test]
+async fn a_user_returned_then_removed_within_a_first_round_is_removed() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let (gone, soft) = (Uuid::new_v4(), Uuid::new_v4());
+    let page = vec![
+        graph_user(gone, "gone@contoso.com", "Gone", true, 1),
+        graph_user(soft, "soft@contoso.com", "Soft", true, 1),
+    ];
+    dir.apply_users(tenant, Writer::Graph, page, ApplyMode::Optimistic)
+        .await
+        .unwrap();
+    // a later page of the same first round removes them: read even in optimistic mode
+    let removals = vec![
+        UserChange::GraphDeleted { entra_id: gone },
+        UserChange::GraphSoftDeleted {
+            entra_id: soft,
+            round: 1,
+        },
+    ];
+    let a = dir
+        .apply_users(tenant, Writer::Graph, removals, ApplyMode::Optimistic)
+        .await
+        .unwrap();
+    assert_eq!((a.deleted, a.updated), (1, 1));
+    assert!(dir.user(tenant, gone).await.unwrap().is_none());
+    assert!(!dir.user(tenant, soft).await.unwrap().unwrap().is_active());
+    let mut inactive = a.inactive.clone();
+    inactive.sort();
+    let mut expected = vec![gone, soft];
+    expected.sort();
+    assert_eq!(inactive, expected, "both reported for what must follow");
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!((c.users, c.active_users), (1, 0));
+}
+
+#[tokio::test]
+async fn a_linked_user_stays_one_record_after_its_scim_source_goes() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let (scim_id, entra_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let scim = UserChange::Scim {
+        id: scim_id,
+        fields: UserFields {
+            upn: Field::Set("kim@contoso.com".into()),
+            enabled: Some(true),
+            ..UserFields::default()
+        },
+    };
+    dir.apply_users(tenant, Writer::Scim, vec![scim], ApplyMode::Read)
+        .await
+        .unwrap();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(entra_id, "kim@contoso.com", "Kim", true, 1)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    dir.apply_users(
+        tenant,
+        Writer::Scim,
+        vec![UserChange::ScimDeleted { id: scim_id }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    assert_eq!(dir.counters(tenant).await.unwrap().scim_users, 0);
+    // no SCIM users left, yet Graph's next change still finds the linked record
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(entra_id, "kim@contoso.com", "Kim Lee", true, 2)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!(c.users, 1, "no duplicate record");
+    assert_eq!(
+        dir.user(tenant, scim_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .name
+            .as_deref(),
+        Some("Kim Lee")
+    );
+    // a full round 3 that sees it: the sweep leaves it alone
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(entra_id, "kim@contoso.com", "Kim Lee", true, 3)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    dir.sweep(tenant, 3).await.unwrap();
+    assert!(
+        dir.user(tenant, scim_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active()
+    );
+}
+
+#[tokio::test]
+async fn an_older_round_never_moves_a_user_back_into_the_sweep() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let id = Uuid::new_v4();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(id, "lou@contoso.com", "Lou", true, 5)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    // an on-demand sync that read round 4 before round 5 started lands afterwards
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(id, "lou@contoso.com", "Lou Reed", true, 4)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    assert_eq!(dir.user(tenant, id).await.unwrap().unwrap().seen_round, 5);
+    dir.sweep(tenant, 5).await.unwrap();
+    assert!(dir.user(tenant, id).await.unwrap().unwrap().is_active());
+}

@@ -134,7 +134,11 @@ impl Renewal {
     }
 
     async fn stop(self) -> Result<Lease, SyncError> {
-        self.task.abort();
+        {
+            // never in the middle of a renewal: its write would land with our ETag unknown
+            let _held = self.lease.lock().await;
+            self.task.abort();
+        }
         let _ = self.task.await;
         if self.lost.load(Ordering::SeqCst) {
             return Err(SyncError::LeaseLost);
@@ -192,7 +196,6 @@ pub async fn run_round(
         if s.full {
             let c = directory.counters(tenant).await?;
             s.optimistic = c.users == 0 && c.groups == 0;
-            s.last_full_started = Some(now);
         }
         s.users_link = if s.full { None } else { s.users_delta.clone() };
         s.groups_link = if s.full { None } else { s.groups_delta.clone() };
@@ -206,6 +209,20 @@ pub async fn run_round(
         states.save(&mut lease).await?;
         tracing::info!(%tenant, round = lease.state.round, full = lease.state.full, "sync round started");
     } else {
+        // throttled: Graph said when to come back, whoever asks
+        if let Some(retry_at) = lease.state.next_attempt_at.filter(|t| *t > now) {
+            let round = lease.state.round;
+            let full = lease.state.full;
+            states.release(lease).await?;
+            return Ok(RoundReport {
+                outcome: Outcome::Throttled { retry_at },
+                round,
+                full,
+                pages: 0,
+                applied: Applied::default(),
+                elapsed: clock.elapsed(),
+            });
+        }
         tracing::info!(%tenant, round = lease.state.round, phase = lease.state.phase.as_str(), "sync round resumed at its checkpoint");
     }
     let renewal = Renewal::start(states.clone(), lease);
@@ -229,16 +246,8 @@ pub async fn run_round(
         });
     };
     match &outcome {
+        // recorded by the final checkpoint itself (see `complete`)
         Outcome::Completed => {
-            s.users_delta = s.users_delta_next.take();
-            s.groups_delta = s.groups_delta_next.take();
-            s.users_link = None;
-            s.groups_link = None;
-            s.phase = Phase::Idle;
-            s.last_success_started = s.round_started;
-            s.error = None;
-            s.next_attempt_at = None;
-            finished(s, &outcome);
             tracing::info!(%tenant, round = s.round, pages = s.pages, changes = s.changes, "sync round completed");
         }
         Outcome::Throttled { retry_at } => {
@@ -272,6 +281,58 @@ pub async fn run_round(
     };
     states.release(lease).await?;
     Ok(report)
+}
+
+/// A page of either collection.
+enum Fetched {
+    Users(crate::SourcePage<directory::UserChange>),
+    Groups(crate::SourcePage<directory::GroupChange>),
+}
+
+impl Fetched {
+    fn next(&self) -> &Next {
+        match self {
+            Fetched::Users(p) => &p.next,
+            Fetched::Groups(p) => &p.next,
+        }
+    }
+}
+
+async fn fetch(
+    source: &dyn DirectorySource,
+    phase: Phase,
+    link: Option<&str>,
+    round: i64,
+) -> Result<Fetched, SourceError> {
+    match phase {
+        Phase::Groups => source.groups(link, round).await.map(Fetched::Groups),
+        _ => source.users(link, round).await.map(Fetched::Users),
+    }
+}
+
+/// Records a completed round in the state its final checkpoint writes, so a stop right
+/// after it never loses the new deltaLinks.
+fn complete(s: &mut crate::state::SyncState, now: OffsetDateTime) {
+    s.users_delta = s.users_delta_next.take();
+    s.groups_delta = s.groups_delta_next.take();
+    s.users_link = None;
+    s.groups_link = None;
+    s.phase = Phase::Idle;
+    s.last_success_started = s.round_started;
+    if s.full {
+        s.last_full_started = s.round_started;
+    }
+    s.error = None;
+    s.next_attempt_at = None;
+    s.last = Some(LastRound {
+        round: s.round,
+        started: s.round_started.unwrap_or(now),
+        finished: now,
+        outcome: Outcome::Completed.name().to_string(),
+        full: s.full,
+        pages: s.pages,
+        changes: s.changes,
+    });
 }
 
 /// Takes the lease, waiting a while for one another instance holds: if that instance
@@ -309,8 +370,14 @@ async fn pages(
     let mut applied = Applied::default();
     let mut pages = 0;
     let mut resyncs = 0;
+    // the page after the last one applied, read while that one was written
+    let mut ahead: Option<Result<Fetched, SourceError>> = None;
     loop {
         if renewal.lost.load(Ordering::SeqCst) {
+            return Err(SyncError::LeaseLost);
+        }
+        // renewals failing (storage down): stop before the lease may be someone else's
+        if !renewal.lease.lock().await.holds_for(options.lease_ttl / 3) {
             return Err(SyncError::LeaseLost);
         }
         let (phase, round, link, mode) = {
@@ -329,24 +396,42 @@ async fn pages(
             (s.phase, s.round, link, mode)
         };
         let step = match phase {
-            Phase::Users => match source.users(link.as_deref(), round).await {
-                Ok(page) => {
-                    let n = directory
-                        .apply_users(tenant, Writer::Graph, page.items, mode)
-                        .await?;
-                    Ok((n, page.next))
+            Phase::Users | Phase::Groups => {
+                let fetched = match ahead.take() {
+                    Some(page) => page,
+                    None => fetch(source, phase, link.as_deref(), round).await,
+                };
+                match fetched {
+                    Ok(page) => {
+                        let next = page.next().clone();
+                        // the next page is read while this one is written
+                        let read_ahead = async {
+                            match &next {
+                                Next::More(l) => Some(fetch(source, phase, Some(l), round).await),
+                                Next::Done(_) => None,
+                            }
+                        };
+                        let write = async {
+                            match page {
+                                Fetched::Users(p) => {
+                                    directory
+                                        .apply_users(tenant, Writer::Graph, p.items, mode)
+                                        .await
+                                }
+                                Fetched::Groups(p) => {
+                                    directory
+                                        .apply_groups(tenant, Writer::Graph, p.items, mode)
+                                        .await
+                                }
+                            }
+                        };
+                        let (written, read) = tokio::join!(write, read_ahead);
+                        ahead = read;
+                        Ok((written?, next))
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
-            Phase::Groups => match source.groups(link.as_deref(), round).await {
-                Ok(page) => {
-                    let n = directory
-                        .apply_groups(tenant, Writer::Graph, page.items, mode)
-                        .await?;
-                    Ok((n, page.next))
-                }
-                Err(e) => Err(e),
-            },
+            }
             Phase::Sweep => {
                 let n = directory.sweep(tenant, round).await?;
                 if !n.inactive.is_empty()
@@ -357,7 +442,7 @@ async fn pages(
                 applied.add(&n);
                 let mut held = renewal.lease.lock().await;
                 held.state.changes += n.changes() as i64;
-                held.state.phase = Phase::Idle;
+                complete(&mut held.state, OffsetDateTime::now_utc());
                 states.save(&mut held).await?;
                 return Ok((Outcome::Completed, pages, applied));
             }
@@ -391,6 +476,9 @@ async fn pages(
                     _ => {}
                 }
                 let done = s.phase == Phase::Idle;
+                if done {
+                    complete(s, now);
+                }
                 // the checkpoint: this page is committed, the next starts here
                 states.save(&mut held).await?;
                 if done {
@@ -411,6 +499,8 @@ async fn pages(
                 tracing::warn!(%tenant, reason = %why, "delta state gone; running a full round");
                 let mut held = renewal.lease.lock().await;
                 let s = &mut held.state;
+                // a new round number: what the abandoned part touched is swept if unseen
+                s.round += 1;
                 s.full = true;
                 s.optimistic = false;
                 s.users_link = None;
@@ -418,7 +508,6 @@ async fn pages(
                 s.users_delta_next = None;
                 s.groups_delta_next = None;
                 s.phase = Phase::Users;
-                s.last_full_started = Some(now);
                 states.save(&mut held).await?;
             }
             Err(SourceError::Throttled(retry_after)) => {

@@ -143,6 +143,15 @@ pub struct Lease {
     pub(crate) owner: String,
     pub(crate) ttl: Duration,
     pub(crate) etag: ETag,
+    /// Until when this holder knows the lease is its own (the last successful write + ttl).
+    pub(crate) valid_until: std::time::Instant,
+}
+
+impl Lease {
+    /// The lease has at least `margin` left, as far as this holder knows.
+    pub fn holds_for(&self, margin: Duration) -> bool {
+        std::time::Instant::now() + margin < self.valid_until
+    }
 }
 
 /// Sync states and leases.
@@ -353,6 +362,7 @@ impl SyncStateStore for TableSyncStates {
         state.lease_owner = Some(owner.to_string());
         state.lease_until = Some(ttl_after(now, ttl));
         let entity = to_entity(&state);
+        let sent = std::time::Instant::now();
         let written = match etag {
             Some(etag) => self.table.replace(&entity, IfMatch::ETag(etag)).await,
             None => self.table.insert(&entity).await,
@@ -363,6 +373,7 @@ impl SyncStateStore for TableSyncStates {
                 owner: owner.to_string(),
                 ttl,
                 etag,
+                valid_until: sent + ttl,
             })),
             // another instance got there first
             Err(e) if e.is_precondition_failed() || e.is_conflict() => Ok(None),
@@ -373,6 +384,7 @@ impl SyncStateStore for TableSyncStates {
     async fn save(&self, lease: &mut Lease) -> Result<(), SyncError> {
         lease.state.lease_owner = Some(lease.owner.clone());
         lease.state.lease_until = Some(ttl_after(OffsetDateTime::now_utc(), lease.ttl));
+        let sent = std::time::Instant::now();
         match self
             .table
             .replace(&to_entity(&lease.state), IfMatch::ETag(lease.etag.clone()))
@@ -380,6 +392,7 @@ impl SyncStateStore for TableSyncStates {
         {
             Ok(etag) => {
                 lease.etag = etag;
+                lease.valid_until = sent + lease.ttl;
                 Ok(())
             }
             Err(e) if e.is_precondition_failed() || e.is_not_found() => Err(SyncError::LeaseLost),

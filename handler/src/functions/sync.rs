@@ -159,7 +159,8 @@ async fn run_tenant(
         tenant: tenant.tenant_id,
     };
     let options = RoundOptions {
-        owner: app.sync.instance.clone(),
+        // one owner per run: two runs in one process never share a lease
+        owner: format!("{}:{}", app.sync.instance, Uuid::new_v4()),
         lease_ttl: app.sync.lease_ttl,
         lease_wait: app.sync.lease_ttl + Duration::from_secs(10),
         force: message.force,
