@@ -651,6 +651,18 @@ async fn directory_endpoints_refuse_bad_input_clearly() {
         );
     }
     let r = w
+        .http
+        .delete(format!("{}/api/v1/entra-id/statistics", w.base()))
+        .bearer_auth(&w.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "a known path, another method"
+    );
+    let r = w
         .post(
             &format!("/api/v1/tenants/{}/sync?full=maybe", w.tenant),
             json!({}),

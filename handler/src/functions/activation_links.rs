@@ -1,60 +1,26 @@
 //! `ActivationLinks`: admin management of onboarding links.
 //! `POST/GET /api/v1/tenants/activation-links`, `DELETE /api/v1/tenants/activation-links/{id}`.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::auth;
 use crate::domain::ActivationLink;
 use crate::onboarding::MAX_LINK_MINUTES;
-use crate::routes::{
-    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
-};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply, no_content};
 
-/// The routes (listed before the tenant routes, whose `{tenant_id}` would match too).
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let auth = warp::header::optional::<String>("authorization");
-    let a = app.clone();
-    let create = warp::path!("api" / "v1" / "tenants" / "activation-links")
-        .and(warp::post())
-        .and(auth)
-        .and(body(MAX_JSON_BODY))
-        .then(
-            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
-                let app = a.clone();
-                async move {
-                    answer(match body {
-                        Ok(body) => create(&app, authorization.as_deref(), &body).await,
-                        Err(e) => Err(e),
-                    })
-                }
-            },
-        );
-    let a = app.clone();
-    let list = warp::path!("api" / "v1" / "tenants" / "activation-links")
-        .and(warp::get())
-        .and(auth)
-        .then(move |authorization: Option<String>| {
-            let app = a.clone();
-            async move { answer(list(&app, authorization.as_deref()).await) }
-        });
-    let revoke = warp::path!("api" / "v1" / "tenants" / "activation-links" / String)
-        .and(warp::delete())
-        .and(auth)
-        .then(move |id: String, authorization: Option<String>| {
-            let app = app.clone();
-            async move { answer(revoke(&app, authorization.as_deref(), &id).await) }
-        });
-    create.or(list).unify().or(revoke).unify().boxed()
-}
+/// The routes (served before the tenant routes, whose `{tenant_id}` would match too).
+pub const ROUTES: &[Route] = &[
+    route!(POST "/api/v1/tenants/activation-links" => create),
+    route!(GET "/api/v1/tenants/activation-links" => list),
+    route!(DELETE "/api/v1/tenants/activation-links/{link_id}" => revoke),
+];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -80,12 +46,12 @@ fn link_json(link: &ActivationLink) -> Value {
     })
 }
 
-async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let new: NewLink = if body.iter().all(u8::is_ascii_whitespace) {
+async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let new: NewLink = if req.body.iter().all(u8::is_ascii_whitespace) {
         NewLink::default()
     } else {
-        parse_json(body)?
+        req.json()?
     };
     let cloud =
         new.cloud.as_deref().unwrap_or("global").parse().map_err(
@@ -103,8 +69,8 @@ async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
     Ok(json_reply(StatusCode::CREATED, &body))
 }
 
-async fn list(app: &App, authorization: Option<&str>) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
+async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
     let mut links = app.onboarding.list_links().await?;
     links.sort_by_key(|l| l.created_at);
     let links: Vec<Value> = links.iter().map(link_json).collect();
@@ -114,9 +80,10 @@ async fn list(app: &App, authorization: Option<&str>) -> Result<Response, ApiErr
     ))
 }
 
-async fn revoke(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let id = guid_segment(id, "link id")?;
+async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let id = uuid::Uuid::try_parse(req.param("link_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("link id must be a GUID"))?;
     if !app.onboarding.revoke_link(id).await? {
         return Err(ApiError::not_found(format!("no activation link {id}")));
     }

@@ -1,72 +1,25 @@
 //! `TenantEmployees`: employee records that user access depends on.
 //! `PUT/GET/DELETE /api/v1/tenants/{tenant_id}/employees/{employee_id}`.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::auth;
 use crate::domain::{Employee, Position, check_positions, parse_employee_id};
-use crate::routes::{
-    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
-    segment,
-};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply, no_content};
 
 /// The routes.
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let auth = warp::header::optional::<String>("authorization");
-    let a = app.clone();
-    let put = warp::path!("api" / "v1" / "tenants" / String / "employees" / String)
-        .and(warp::put())
-        .and(auth)
-        .and(body(MAX_JSON_BODY))
-        .then(
-            move |tenant: String,
-                  employee: String,
-                  authorization: Option<String>,
-                  body: Result<Bytes, ApiError>| {
-                let app = a.clone();
-                async move {
-                    answer(match body {
-                        Ok(body) => {
-                            put(&app, authorization.as_deref(), &tenant, &employee, &body).await
-                        }
-                        Err(e) => Err(e),
-                    })
-                }
-            },
-        );
-    let a = app.clone();
-    let get = warp::path!("api" / "v1" / "tenants" / String / "employees" / String)
-        .and(warp::get())
-        .and(auth)
-        .then(
-            move |tenant: String, employee: String, authorization: Option<String>| {
-                let app = a.clone();
-                async move { answer(get(&app, authorization.as_deref(), &tenant, &employee).await) }
-            },
-        );
-    let delete =
-        warp::path!("api" / "v1" / "tenants" / String / "employees" / String)
-            .and(warp::delete())
-            .and(auth)
-            .then(
-                move |tenant: String, employee: String, authorization: Option<String>| {
-                    let app = app.clone();
-                    async move {
-                        answer(delete(&app, authorization.as_deref(), &tenant, &employee).await)
-                    }
-                },
-            );
-    put.or(get).unify().or(delete).unify().boxed()
-}
+pub const ROUTES: &[Route] = &[
+    route!(PUT "/api/v1/tenants/{tenant_id}/employees/{employee_id}" => put),
+    route!(GET "/api/v1/tenants/{tenant_id}/employees/{employee_id}" => get),
+    route!(DELETE "/api/v1/tenants/{tenant_id}/employees/{employee_id}" => delete),
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,8 +40,17 @@ fn employee_json(e: &Employee) -> Value {
     })
 }
 
-async fn registered_tenant(app: &App, raw: &str) -> Result<uuid::Uuid, ApiError> {
-    let tenant_id = guid_segment(raw, "tenant_id")?;
+fn tenant_param(req: &Request) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::try_parse(req.param("tenant_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))
+}
+
+fn employee_param(req: &Request) -> String {
+    req.param("employee_id").unwrap_or_default().to_string()
+}
+
+async fn registered_tenant(app: &App, req: &Request) -> Result<uuid::Uuid, ApiError> {
+    let tenant_id = tenant_param(req)?;
     app.access
         .tenants
         .get(tenant_id)
@@ -97,17 +59,11 @@ async fn registered_tenant(app: &App, raw: &str) -> Result<uuid::Uuid, ApiError>
     Ok(tenant_id)
 }
 
-async fn put(
-    app: &App,
-    authorization: Option<&str>,
-    tenant: &str,
-    employee: &str,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let tenant_id = registered_tenant(app, tenant).await?;
-    let employee_id = parse_employee_id(&segment(employee)?).map_err(ApiError::bad_request)?;
-    let record: EmployeeBody = parse_json(body)?;
+async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant_id = registered_tenant(app, req).await?;
+    let employee_id = parse_employee_id(&employee_param(req)).map_err(ApiError::bad_request)?;
+    let record: EmployeeBody = req.json()?;
     let object_id = uuid::Uuid::try_parse(&record.object_id)
         .map_err(|_| ApiError::bad_request("object_id must be a GUID"))?;
     check_positions(&record.positions).map_err(ApiError::bad_request)?;
@@ -133,15 +89,10 @@ async fn put(
     Ok(json_reply(status, &employee_json(&employee)))
 }
 
-async fn get(
-    app: &App,
-    authorization: Option<&str>,
-    tenant: &str,
-    employee: &str,
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let tenant_id = guid_segment(tenant, "tenant_id")?;
-    let employee_id = segment(employee)?;
+async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant_id = tenant_param(req)?;
+    let employee_id = employee_param(req);
     let record = app
         .access
         .employees
@@ -153,15 +104,10 @@ async fn get(
     Ok(json_reply(StatusCode::OK, &employee_json(&record)))
 }
 
-async fn delete(
-    app: &App,
-    authorization: Option<&str>,
-    tenant: &str,
-    employee: &str,
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let tenant_id = guid_segment(tenant, "tenant_id")?;
-    let employee_id = segment(employee)?;
+async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant_id = tenant_param(req)?;
+    let employee_id = employee_param(req);
     let Some(record) = app.access.employees.get(tenant_id, &employee_id).await? else {
         return Err(ApiError::not_found(format!(
             "no employee {employee_id:?} in tenant {tenant_id}"

@@ -1,94 +1,33 @@
 //! `AccessGrants`: which principals of which tenants may call the Connector API, with which
 //! scopes. `POST/GET /api/v1/access/grants`, `GET/PUT/DELETE /api/v1/access/grants/{id}`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::auth;
 use crate::domain::{Grant, Principal, parse_scopes};
 use crate::lifecycle::{self, AccessRefusal};
-use crate::routes::{
-    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
-};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply, no_content};
 
 /// The routes.
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let auth = warp::header::optional::<String>("authorization");
-    let a = app.clone();
-    let list = warp::path!("api" / "v1" / "access" / "grants")
-        .and(warp::get())
-        .and(auth)
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .then(move |authorization: Option<String>, query: String| {
-            let app = a.clone();
-            async move { answer(list(&app, authorization.as_deref(), &query).await) }
-        });
-    let a = app.clone();
-    let create = warp::path!("api" / "v1" / "access" / "grants")
-        .and(warp::post())
-        .and(auth)
-        .and(body(MAX_JSON_BODY))
-        .then(
-            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
-                let app = a.clone();
-                async move {
-                    answer(match body {
-                        Ok(body) => create(&app, authorization.as_deref(), &body).await,
-                        Err(e) => Err(e),
-                    })
-                }
-            },
-        );
-    let a = app.clone();
-    let get = warp::path!("api" / "v1" / "access" / "grants" / String)
-        .and(warp::get())
-        .and(auth)
-        .then(move |id: String, authorization: Option<String>| {
-            let app = a.clone();
-            async move { answer(get(&app, authorization.as_deref(), &id).await) }
-        });
-    let a = app.clone();
-    let update = warp::path!("api" / "v1" / "access" / "grants" / String)
-        .and(warp::put())
-        .and(auth)
-        .and(body(MAX_JSON_BODY))
-        .then(
-            move |id: String, authorization: Option<String>, body: Result<Bytes, ApiError>| {
-                let app = a.clone();
-                async move {
-                    answer(match body {
-                        Ok(body) => update(&app, authorization.as_deref(), &id, &body).await,
-                        Err(e) => Err(e),
-                    })
-                }
-            },
-        );
-    let delete = warp::path!("api" / "v1" / "access" / "grants" / String)
-        .and(warp::delete())
-        .and(auth)
-        .then(move |id: String, authorization: Option<String>| {
-            let app = app.clone();
-            async move { answer(delete(&app, authorization.as_deref(), &id).await) }
-        });
-    list.or(create)
-        .unify()
-        .or(get)
-        .unify()
-        .or(update)
-        .unify()
-        .or(delete)
-        .unify()
-        .boxed()
+pub const ROUTES: &[Route] = &[
+    route!(GET "/api/v1/access/grants" => list),
+    route!(POST "/api/v1/access/grants" => create),
+    route!(GET "/api/v1/access/grants/{grant_id}" => get),
+    route!(PUT "/api/v1/access/grants/{grant_id}" => update),
+    route!(DELETE "/api/v1/access/grants/{grant_id}" => delete),
+];
+
+fn grant_param(req: &Request) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(req.param("grant_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("grant id must be a GUID"))
 }
 
 /// A grant as the API shows it.
@@ -132,9 +71,9 @@ fn guid_field(value: &str, name: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(value).map_err(|_| ApiError::bad_request(format!("{name} must be a GUID")))
 }
 
-async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let new: NewGrant = parse_json(body)?;
+async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let new: NewGrant = req.json()?;
     let tenant_id = guid_field(&new.tenant_id, "tenant_id")?;
     let principal = match (new.kind.as_str(), &new.object_id, &new.client_id) {
         ("user", Some(oid), None) => Principal::User {
@@ -182,13 +121,11 @@ async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
     Ok(json_reply(StatusCode::CREATED, &grant_json(&grant)))
 }
 
-async fn list(app: &App, authorization: Option<&str>, query: &str) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let params: HashMap<String, String> = serde_urlencoded_pairs(query)
-        .map_err(|_| ApiError::bad_request("the query string is malformed"))?;
-    let tenant = params
-        .get("tenant_id")
-        .map(|t| guid_field(t, "tenant_id"))
+async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = req
+        .query_param("tenant_id")?
+        .map(|t| guid_field(&t, "tenant_id"))
         .transpose()?;
     let mut grants = app.access.grants.list(tenant).await?;
     grants.sort_by_key(|g| g.created_at);
@@ -196,25 +133,9 @@ async fn list(app: &App, authorization: Option<&str>, query: &str) -> Result<Res
     Ok(json_reply(StatusCode::OK, &json!({ "grants": grants })))
 }
 
-/// Splits `a=b&c=d` with percent-decoding (`+` is a space).
-fn serde_urlencoded_pairs(query: &str) -> Result<HashMap<String, String>, ()> {
-    let mut out = HashMap::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| ())
-        };
-        out.insert(decode(k)?, decode(v)?);
-    }
-    Ok(out)
-}
-
-async fn get(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let id = guid_segment(id, "grant id")?;
+async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let id = grant_param(req)?;
     let grant = app
         .access
         .grants
@@ -224,15 +145,10 @@ async fn get(app: &App, authorization: Option<&str>, id: &str) -> Result<Respons
     Ok(json_reply(StatusCode::OK, &grant_json(&grant)))
 }
 
-async fn update(
-    app: &App,
-    authorization: Option<&str>,
-    id: &str,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let id = guid_segment(id, "grant id")?;
-    let change: GrantUpdate = parse_json(body)?;
+async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let id = grant_param(req)?;
+    let change: GrantUpdate = req.json()?;
     let scopes =
         parse_scopes(&change.scopes, &app.connector_scopes).map_err(ApiError::bad_request)?;
     let grant = app
@@ -245,9 +161,9 @@ async fn update(
     Ok(json_reply(StatusCode::OK, &grant_json(&grant)))
 }
 
-async fn delete(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let id = guid_segment(id, "grant id")?;
+async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let id = grant_param(req)?;
     let grant = app
         .access
         .grants

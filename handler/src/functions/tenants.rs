@@ -3,71 +3,31 @@
 //! tokens refused, grants and the SCIM token revoked, data kept for audit; a retry
 //! completes what a failed attempt left undone).
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::auth;
 use crate::domain::{Tenant, TenantStatus};
 use crate::lifecycle::{OffboardError, Offboarding};
-use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, parse_json};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply};
 
 /// The routes.
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let auth = warp::header::optional::<String>("authorization");
-    let list_app = app.clone();
-    let list = warp::path!("api" / "v1" / "tenants")
-        .and(warp::get())
-        .and(auth)
-        .then(move |authorization: Option<String>| {
-            let app = list_app.clone();
-            async move { answer(list(&app, authorization.as_deref()).await) }
-        });
-    let create_app = app.clone();
-    let create = warp::path!("api" / "v1" / "tenants")
-        .and(warp::post())
-        .and(auth)
-        .and(body(MAX_JSON_BODY))
-        .then(
-            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
-                let app = create_app.clone();
-                async move {
-                    answer(match body {
-                        Ok(body) => create(&app, authorization.as_deref(), &body).await,
-                        Err(e) => Err(e),
-                    })
-                }
-            },
-        );
-    let get_app = app.clone();
-    let get = warp::path!("api" / "v1" / "tenants" / String)
-        .and(warp::get())
-        .and(auth)
-        .then(move |id: String, authorization: Option<String>| {
-            let app = get_app.clone();
-            async move { answer(get(&app, authorization.as_deref(), &id).await) }
-        });
-    let delete = warp::path!("api" / "v1" / "tenants" / String)
-        .and(warp::delete())
-        .and(auth)
-        .then(move |id: String, authorization: Option<String>| {
-            let app = app.clone();
-            async move { answer(offboard(&app, authorization.as_deref(), &id).await) }
-        });
-    list.or(create)
-        .unify()
-        .or(get)
-        .unify()
-        .or(delete)
-        .unify()
-        .boxed()
+pub const ROUTES: &[Route] = &[
+    route!(GET "/api/v1/tenants" => list),
+    route!(POST "/api/v1/tenants" => create),
+    route!(GET "/api/v1/tenants/{tenant_id}" => get),
+    route!(DELETE "/api/v1/tenants/{tenant_id}" => offboard),
+];
+
+fn tenant_param(req: &Request) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::try_parse(req.param("tenant_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))
 }
 
 /// A tenant as the API shows it.
@@ -94,9 +54,9 @@ struct NewTenant {
     cloud: Option<String>,
 }
 
-async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let new: NewTenant = parse_json(body)?;
+async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let new: NewTenant = req.json()?;
     let tenant_id = uuid::Uuid::try_parse(&new.tenant_id)
         .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))?;
     let display_name = new.display_name.trim().to_string();
@@ -124,17 +84,17 @@ async fn create(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
     Ok(json_reply(StatusCode::CREATED, &tenant_json(&created)))
 }
 
-async fn list(app: &App, authorization: Option<&str>) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
+async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
     let mut tenants = app.access.tenants.list().await?;
     tenants.sort_by_key(|t| t.created_at);
     let tenants: Vec<Value> = tenants.iter().map(tenant_json).collect();
     Ok(json_reply(StatusCode::OK, &json!({ "tenants": tenants })))
 }
 
-async fn get(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let tenant_id = guid_segment(id, "tenant_id")?;
+async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant_id = tenant_param(req)?;
     let tenant = app
         .access
         .tenants
@@ -144,9 +104,9 @@ async fn get(app: &App, authorization: Option<&str>, id: &str) -> Result<Respons
     Ok(json_reply(StatusCode::OK, &tenant_json(&tenant)))
 }
 
-async fn offboard(app: &App, authorization: Option<&str>, id: &str) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let tenant_id = guid_segment(id, "tenant_id")?;
+async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant_id = tenant_param(req)?;
     match Offboarding::new(&app.access, &app.scim, &*app.sync.states)
         .run(tenant_id)
         .await

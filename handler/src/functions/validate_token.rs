@@ -1,22 +1,20 @@
 //! `ValidateToken`: `POST /api/v1/entra-id/validate-token` (admin). Checks any token as
 //! the service would (a registered tenant's, or the operator's) and shows its identity claims.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use bytes::Bytes;
 use entra::{Cloud, TenantLookup};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, filters::BoxedFilter};
 
 use crate::access::RegistryLookup;
 use crate::app::App;
 use crate::auth;
-use crate::routes::{ApiError, MAX_JSON_BODY, answer, body, json_reply, parse_json};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply};
 
 /// Claims shown in the answer, when present.
 const SHOWN_CLAIMS: &[&str] = &[
@@ -24,28 +22,11 @@ const SHOWN_CLAIMS: &[&str] = &[
 ];
 
 /// The route.
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    warp::path!("api" / "v1" / "entra-id" / "validate-token")
-        .and(warp::post())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(body(MAX_JSON_BODY))
-        .then(
-            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
-                let app = app.clone();
-                async move {
-                    answer(match body {
-                        Ok(body) => validate(&app, authorization.as_deref(), &body).await,
-                        Err(e) => Err(e),
-                    })
-                }
-            },
-        )
-        .boxed()
-}
+pub const ROUTES: &[Route] = &[route!(POST "/api/v1/entra-id/validate-token" => validate)];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
+struct TokenBody {
     token: String,
 }
 
@@ -62,13 +43,9 @@ impl TenantLookup for KnownTenants<'_> {
     }
 }
 
-async fn validate(
-    app: &App,
-    authorization: Option<&str>,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let request: Request = parse_json(body)?;
+async fn validate(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let request: TokenBody = req.json()?;
     match app
         .validator
         .validate(request.token.trim(), &KnownTenants(app))

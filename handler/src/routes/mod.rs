@@ -142,7 +142,10 @@ pub fn table(
         );
 
     let api = crate::functions::ping::routes(app.clone())
-        .or(crate::functions::activation_links::routes(app.clone()))
+        .or(router::serve(
+            app.clone(),
+            crate::functions::activation_links::ROUTES,
+        ))
         .unify()
         .or(crate::functions::consent::routes(app.clone()))
         .unify()
@@ -152,13 +155,22 @@ pub fn table(
         .unify()
         .or(crate::functions::scim_admin::routes(app.clone()))
         .unify()
-        .or(crate::functions::tenants::routes(app.clone()))
+        .or(router::serve(
+            app.clone(),
+            crate::functions::tenants::ROUTES,
+        ))
         .unify()
-        .or(crate::functions::employees::routes(app.clone()))
+        .or(router::serve(
+            app.clone(),
+            crate::functions::employees::ROUTES,
+        ))
         .unify()
-        .or(crate::functions::grants::routes(app.clone()))
+        .or(router::serve(app.clone(), crate::functions::grants::ROUTES))
         .unify()
-        .or(crate::functions::validate_token::routes(app.clone()))
+        .or(router::serve(
+            app.clone(),
+            crate::functions::validate_token::ROUTES,
+        ))
         .unify()
         .or(router::serve(
             app.clone(),
@@ -214,7 +226,9 @@ fn rejected(rejection: warp::Rejection) -> Response {
             "payload_too_large",
             "the body is larger than this route accepts",
         )
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some()
+        || rejection.find::<router::WrongMethod>().is_some()
+    {
         json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

@@ -100,6 +100,12 @@ macro_rules! route {
     };
 }
 
+/// A path this table serves, with a method it does not.
+#[derive(Debug)]
+pub struct WrongMethod;
+
+impl warp::reject::Reject for WrongMethod {}
+
 /// Matches `path` against a template; the captured parameters on success.
 fn matches(template: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
     let mut params = Vec::new();
@@ -131,14 +137,21 @@ pub fn serve(app: Arc<App>, routes: &'static [Route]) -> BoxedFilter<(Response,)
         .and(warp::path::full())
         .and_then(
             move |method: Method, path: warp::path::FullPath| async move {
+                let mut path_known = false;
                 for route in routes {
-                    if route.method == method
-                        && let Some(params) = matches(route.path, path.as_str())
-                    {
-                        return Ok((route, params));
+                    if let Some(params) = matches(route.path, path.as_str()) {
+                        if route.method == method {
+                            return Ok((route, params));
+                        }
+                        path_known = true;
                     }
                 }
-                Err::<_, Rejection>(warp::reject::not_found())
+                // another table may still serve the method; if none does, this is a 405
+                Err::<_, Rejection>(if path_known {
+                    warp::reject::custom(WrongMethod)
+                } else {
+                    warp::reject::not_found()
+                })
             },
         )
         .untuple_one();
