@@ -21,6 +21,32 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// A whole number of `unit_secs`-second units within `range` (`default` when unset), as a
+/// duration; anything else names the setting and its range.
+fn duration_setting<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    name: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    unit_secs: u64,
+    unit: &str,
+) -> Result<std::time::Duration, ConfigError> {
+    let value = match get(name) {
+        None => default,
+        Some(raw) => raw
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                problem(
+                    name,
+                    format!("{raw:?}: {}-{} {unit}", range.start(), range.end()),
+                )
+            })?,
+    };
+    Ok(std::time::Duration::from_secs(value * unit_secs))
+}
+
 fn problem(name: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         name,
@@ -253,94 +279,22 @@ impl Settings {
                 })
             }
         };
-        let consent_confirm = match get("CONSENT_CONFIRM_SECONDS") {
-            None => std::time::Duration::from_secs(20),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|s| *s <= 120)
-                .map(std::time::Duration::from_secs)
-                .ok_or_else(|| {
-                    problem("CONSENT_CONFIRM_SECONDS", format!("{raw:?}: 0-120 seconds"))
-                })?,
-        };
-        let consent_pending = match get("CONSENT_PENDING_MINUTES") {
-            None => std::time::Duration::from_secs(1440 * 60),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|m| *m <= 10080)
-                .map(|m| std::time::Duration::from_secs(m * 60))
-                .ok_or_else(|| {
-                    problem(
-                        "CONSENT_PENDING_MINUTES",
-                        format!("{raw:?}: 0-10080 minutes (7 days)"),
-                    )
-                })?,
-        };
-        let scim_read_cache = match get("SCIM_READ_CACHE_SECONDS") {
-            None => std::time::Duration::from_secs(5),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|s| *s <= 60)
-                .map(std::time::Duration::from_secs)
-                .ok_or_else(|| {
-                    problem("SCIM_READ_CACHE_SECONDS", format!("{raw:?}: 0-60 seconds"))
-                })?,
-        };
-        let sync_interval = match get("SYNC_INTERVAL_MINUTES") {
-            None => std::time::Duration::from_secs(45 * 60),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|m| (5..=1440).contains(m))
-                .map(|m| std::time::Duration::from_secs(m * 60))
-                .ok_or_else(|| {
-                    problem("SYNC_INTERVAL_MINUTES", format!("{raw:?}: 5-1440 minutes"))
-                })?,
-        };
-        let queue_visibility = match get("QUEUE_VISIBILITY_SECONDS") {
-            None => std::time::Duration::from_secs(60),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|s| (3..=600).contains(s))
-                .map(std::time::Duration::from_secs)
-                .ok_or_else(|| {
-                    problem(
-                        "QUEUE_VISIBILITY_SECONDS",
-                        format!("{raw:?}: 3-600 seconds"),
-                    )
-                })?,
-        };
-        let queue_max_polling = match get("QUEUE_MAX_POLLING_SECONDS") {
-            None => std::time::Duration::from_secs(2),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|s| (1..=60).contains(s))
-                .map(std::time::Duration::from_secs)
-                .ok_or_else(|| {
-                    problem(
-                        "QUEUE_MAX_POLLING_SECONDS",
-                        format!("{raw:?}: 1-60 seconds"),
-                    )
-                })?,
-        };
+        let seconds =
+            |name, default, range| duration_setting(&get, name, default, range, 1, "seconds");
+        let minutes =
+            |name, default, range| duration_setting(&get, name, default, range, 60, "minutes");
+        let consent_confirm = seconds("CONSENT_CONFIRM_SECONDS", 20, 0..=120)?;
+        // at most 7 days
+        let consent_pending = minutes("CONSENT_PENDING_MINUTES", 1440, 0..=10080)?;
+        let scim_read_cache = seconds("SCIM_READ_CACHE_SECONDS", 5, 0..=60)?;
+        let sync_interval = minutes("SYNC_INTERVAL_MINUTES", 45, 5..=1440)?;
+        let sync_lease = seconds("SYNC_LEASE_SECONDS", 60, 3..=600)?;
+        let queue_visibility = seconds("QUEUE_VISIBILITY_SECONDS", 60, 3..=600)?;
+        let queue_max_polling = seconds("QUEUE_MAX_POLLING_SECONDS", 2, 1..=60)?;
         let queues = host::QueueSettings {
             visibility: queue_visibility,
             max_polling_interval: queue_max_polling,
             ..host::QueueSettings::default()
-        };
-        let sync_lease = match get("SYNC_LEASE_SECONDS") {
-            None => std::time::Duration::from_secs(60),
-            Some(raw) => raw
-                .parse::<u64>()
-                .ok()
-                .filter(|s| (3..=600).contains(s))
-                .map(std::time::Duration::from_secs)
-                .ok_or_else(|| problem("SYNC_LEASE_SECONDS", format!("{raw:?}: 3-600 seconds")))?,
         };
         Ok(Settings {
             port,
