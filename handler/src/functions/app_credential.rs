@@ -3,108 +3,36 @@
 //! app (per cloud); `POST/GET/DELETE /api/v1/tenants/{tenant_id}/credential-certificate` for
 //! a tenant that uses its own app registration (customer-owned application mode).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use warp::Reply as _;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::app_credentials::{CertificateExport, CredentialNames};
 use crate::auth;
-use crate::routes::{
-    ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
-};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply, no_content};
 
 /// The routes.
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let auth = warp::header::optional::<String>("authorization");
-    let query = warp::query::<HashMap<String, String>>()
-        .or(warp::any().map(HashMap::new))
-        .unify();
-    let a = app.clone();
-    let create_service = warp::path!("api" / "v1" / "app-credential" / "certificate")
-        .and(warp::post())
-        .and(auth)
-        .and(body(MAX_JSON_BODY))
-        .then(
-            move |authorization: Option<String>, body: Result<Bytes, ApiError>| {
-                let app = a.clone();
-                async move {
-                    answer(match body {
-                        Ok(body) => create_service(&app, authorization.as_deref(), &body).await,
-                        Err(e) => Err(e),
-                    })
-                }
-            },
-        );
-    let a = app.clone();
-    let get_service = warp::path!("api" / "v1" / "app-credential" / "certificate")
-        .and(warp::get())
-        .and(auth)
-        .and(query)
-        .then(
-            move |authorization: Option<String>, params: HashMap<String, String>| {
-                let app = a.clone();
-                async move { answer(get_service(&app, authorization.as_deref(), &params).await) }
-            },
-        );
-    let a = app.clone();
-    let create_tenant = warp::path!("api" / "v1" / "tenants" / String / "credential-certificate")
-        .and(warp::post())
-        .and(auth)
-        .and(body(MAX_JSON_BODY))
-        .then(
-            move |tenant: String, authorization: Option<String>, body: Result<Bytes, ApiError>| {
-                let app = a.clone();
-                async move {
-                    answer(match body {
-                        Ok(body) => {
-                            create_tenant(&app, authorization.as_deref(), &tenant, &body).await
-                        }
-                        Err(e) => Err(e),
-                    })
-                }
-            },
-        );
-    let a = app.clone();
-    let get_tenant =
-        warp::path!("api" / "v1" / "tenants" / String / "credential-certificate")
-            .and(warp::get())
-            .and(auth)
-            .and(query)
-            .then(
-                move |tenant: String,
-                      authorization: Option<String>,
-                      params: HashMap<String, String>| {
-                    let app = a.clone();
-                    async move {
-                        answer(get_tenant(&app, authorization.as_deref(), &tenant, &params).await)
-                    }
-                },
-            );
-    let delete_tenant = warp::path!("api" / "v1" / "tenants" / String / "credential-certificate")
-        .and(warp::delete())
-        .and(auth)
-        .then(move |tenant: String, authorization: Option<String>| {
-            let app = app.clone();
-            async move { answer(delete_tenant(&app, authorization.as_deref(), &tenant).await) }
-        });
-    create_service
-        .or(get_service)
-        .unify()
-        .or(create_tenant)
-        .unify()
-        .or(get_tenant)
-        .unify()
-        .or(delete_tenant)
-        .unify()
-        .boxed()
+pub const ROUTES: &[Route] = &[
+    route!(POST "/api/v1/app-credential/certificate" => create_service),
+    route!(GET "/api/v1/app-credential/certificate" => get_service),
+    route!(POST "/api/v1/tenants/{tenant_id}/credential-certificate" => create_tenant),
+    route!(GET "/api/v1/tenants/{tenant_id}/credential-certificate" => get_tenant),
+    route!(DELETE "/api/v1/tenants/{tenant_id}/credential-certificate" => delete_tenant),
+];
+
+fn tenant_param(req: &Request) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::try_parse(req.param("tenant_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))
+}
+
+/// `?format=pem` asks for the PEM itself.
+fn wants_pem(req: &Request) -> Result<bool, ApiError> {
+    Ok(req.query_param("format")?.as_deref() == Some("pem"))
 }
 
 #[derive(Deserialize, Default)]
@@ -139,9 +67,9 @@ fn export_reply(
     status: StatusCode,
     export: &CertificateExport,
     extra: serde_json::Value,
-    params: &HashMap<String, String>,
+    pem: bool,
 ) -> Response {
-    if params.get("format").map(String::as_str) == Some("pem") {
+    if pem {
         let mut response = warp::reply::with_status(export.pem(), status).into_response();
         response.headers_mut().insert(
             "content-type",
@@ -156,16 +84,12 @@ fn export_reply(
     json_reply(status, &body)
 }
 
-async fn create_service(
-    app: &App,
-    authorization: Option<&str>,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let request: CloudBody = if body.iter().all(u8::is_ascii_whitespace) {
+async fn create_service(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let request: CloudBody = if req.body.iter().all(u8::is_ascii_whitespace) {
         CloudBody::default()
     } else {
-        parse_json(body)?
+        req.json()?
     };
     let cloud = cloud_of(request.cloud.as_deref())?;
     let export = app
@@ -178,21 +102,12 @@ async fn create_service(
         .map_err(vault_error)?;
     tracing::info!(%cloud, thumbprint = %entra::credentials::thumbprint_s256(&export.der), "app credential certificate created");
     let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id_in(cloud)});
-    Ok(export_reply(
-        StatusCode::CREATED,
-        &export,
-        extra,
-        &HashMap::new(),
-    ))
+    Ok(export_reply(StatusCode::CREATED, &export, extra, false))
 }
 
-async fn get_service(
-    app: &App,
-    authorization: Option<&str>,
-    params: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let cloud = cloud_of(params.get("cloud").map(String::as_str))?;
+async fn get_service(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let cloud = cloud_of(req.query_param("cloud")?.as_deref())?;
     let export = app
         .credentials
         .export(&CredentialNames::service(cloud))
@@ -204,11 +119,16 @@ async fn get_service(
             ))
         })?;
     let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id_in(cloud)});
-    Ok(export_reply(StatusCode::OK, &export, extra, params))
+    Ok(export_reply(
+        StatusCode::OK,
+        &export,
+        extra,
+        wants_pem(req)?,
+    ))
 }
 
-async fn registered(app: &App, raw: &str) -> Result<crate::domain::Tenant, ApiError> {
-    let tenant_id = guid_segment(raw, "tenant_id")?;
+async fn registered(app: &App, req: &Request) -> Result<crate::domain::Tenant, ApiError> {
+    let tenant_id = tenant_param(req)?;
     app.access
         .tenants
         .get(tenant_id)
@@ -216,15 +136,10 @@ async fn registered(app: &App, raw: &str) -> Result<crate::domain::Tenant, ApiEr
         .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))
 }
 
-async fn create_tenant(
-    app: &App,
-    authorization: Option<&str>,
-    tenant: &str,
-    body: &[u8],
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let tenant = registered(app, tenant).await?;
-    let request: TenantAppBody = parse_json(body)?;
+async fn create_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let request: TenantAppBody = req.json()?;
     let client_id = uuid::Uuid::try_parse(&request.client_id)
         .map_err(|_| ApiError::bad_request("client_id must be a GUID"))?;
     let export = app
@@ -250,22 +165,12 @@ async fn create_tenant(
     }
     tracing::info!(tenant_id = %tenant.tenant_id, %client_id, "tenant switched to its own app registration");
     let extra = json!({"tenant_id": tenant.tenant_id, "client_id": client_id, "cloud": tenant.cloud.as_str()});
-    Ok(export_reply(
-        StatusCode::CREATED,
-        &export,
-        extra,
-        &HashMap::new(),
-    ))
+    Ok(export_reply(StatusCode::CREATED, &export, extra, false))
 }
 
-async fn get_tenant(
-    app: &App,
-    authorization: Option<&str>,
-    tenant: &str,
-    params: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let tenant = registered(app, tenant).await?;
+async fn get_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
     let Some(client_id) = tenant.app_client_id else {
         return Err(ApiError::not_found(
             "this tenant uses the service's app; POST a client_id to use its own",
@@ -278,16 +183,17 @@ async fn get_tenant(
         .map_err(vault_error)?
         .ok_or_else(|| ApiError::not_found("no certificate for this tenant's app"))?;
     let extra = json!({"tenant_id": tenant.tenant_id, "client_id": client_id, "cloud": tenant.cloud.as_str()});
-    Ok(export_reply(StatusCode::OK, &export, extra, params))
+    Ok(export_reply(
+        StatusCode::OK,
+        &export,
+        extra,
+        wants_pem(req)?,
+    ))
 }
 
-async fn delete_tenant(
-    app: &App,
-    authorization: Option<&str>,
-    tenant: &str,
-) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
-    let tenant_id = guid_segment(tenant, "tenant_id")?;
+async fn delete_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant_id = tenant_param(req)?;
     let switched = app.access.tenants.set_app(tenant_id, None).await?;
     app.access.invalidate_tenant(tenant_id);
     if switched.is_none() {

@@ -149,7 +149,10 @@ pub fn table(
         .unify()
         .or(crate::functions::consent::routes(app.clone()))
         .unify()
-        .or(crate::functions::app_credential::routes(app.clone()))
+        .or(router::serve(
+            app.clone(),
+            crate::functions::app_credential::ROUTES,
+        ))
         .unify()
         .or(crate::functions::scim::routes(app.clone()))
         .unify()
