@@ -497,20 +497,21 @@ impl ScimUserStore for TableScimUserStore {
     ) -> Result<(Vec<StoredResource>, usize), StoreError> {
         use futures::TryStreamExt as _;
         let start = start.max(1);
+        let partition = keys::partition(tenant);
         let users = |range: &str| {
             Query::filter(format!(
                 "PartitionKey eq {} and {range}",
-                TableValue::from(tenant.to_string()).filter_literal()
+                TableValue::from(partition.as_str()).filter_literal()
             ))
         };
-        let all = "RowKey ge 'user-' and RowKey lt 'user.'";
+        let every_user = keys::users().query(&partition);
         // membership rows sit between the user rows
-        let is_user = |row: &Entity| !row.row_key.contains(".g.");
+        let is_user = |row: &Entity| !keys::is_membership(&row.row_key);
         let mut page = Vec::new();
         let mut total = 0;
         match keep {
             Some(keep) => {
-                let mut pages = std::pin::pin!(self.table.query(users(all)));
+                let mut pages = std::pin::pin!(self.table.query(every_user.clone()));
                 while let Some(rows) = pages.try_next().await? {
                     for row in rows.entities.iter().filter(|r| is_user(r)) {
                         let user = Self::read(row)?;
@@ -528,7 +529,7 @@ impl ScimUserStore for TableScimUserStore {
                 // keys only to count and to find the page, then the page's rows
                 let keys_only = Query {
                     select: Some(Vec::new()),
-                    ..users(all)
+                    ..every_user.clone()
                 };
                 let (mut first, mut last) = (None, None);
                 let mut pages = std::pin::pin!(self.table.query(keys_only));
