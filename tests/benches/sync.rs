@@ -156,7 +156,8 @@ fn main() {
             ("ENTRA_CLIENT_SECRET", SECRET.into()),
             ("ENTRA_DEV_AUTH", "true".into()),
             ("LOCAL_DATA_DIR", data.display().to_string()),
-            ("LOG_LEVEL", "warn".into()),
+            // the round's summary line (Table requests) is logged at info
+            ("LOG_LEVEL", "warn,handler::functions::sync=info".into()),
         ];
         let bin = binary.to_str().unwrap();
         let (_, admin) = run_to_exit(bin, &["dev-token", "admin"], &env);
@@ -213,6 +214,19 @@ fn main() {
             "rows per user: {:.2} (record {user_rows}, search {search_rows}); rows per membership: 2; {entities} rows in all",
             (user_rows + search_rows) as f64 / user_rows as f64
         );
+        let requests = b
+            .handler
+            .output()
+            .lines()
+            .filter(|l| l.contains("success ("))
+            .filter_map(|l| l.split(" Table requests").next()?.rsplit(' ').next()?.parse::<f64>().ok())
+            .next();
+        if let Some(requests) = requests {
+            println!(
+                "Table requests in the full round: {requests:.0} ({:.0} per 1,000 users, groups included)",
+                requests * 1000.0 / users as f64
+            );
+        }
         if let Some(kib) = b.handler.peak_rss_kib() {
             println!("handler peak RSS after the full round: {:.1} MiB", kib as f64 / 1024.0);
         }

@@ -169,6 +169,8 @@ async fn run_tenant(
         refused_backoff: app.sync.schedule.interval,
         throttled_backoff: Duration::from_secs(60),
     };
+    // Table requests of this process while the round ran (benchmarks read it from the log)
+    let requests_before = app.tables.request_count();
     let report = sync::run_round(
         tenant.tenant_id,
         &source,
@@ -179,16 +181,20 @@ async fn run_tenant(
     )
     .await
     .map_err(|e| failed(format!("sync of {}: {e}", tenant.tenant_id)))?;
-    response.log(format!(
-        "sync of {}: round {} {} ({} pages, {} changes, {} entities, {:.1} s)",
+    let summary = format!(
+        "sync of {}: round {} {} ({} pages, {} changes, {} entities in {} transactions, {} Table requests, {:.1} s)",
         tenant.tenant_id,
         report.round,
         report.outcome.name(),
         report.pages,
         report.applied.changes(),
         report.applied.entities,
+        report.applied.transactions,
+        app.tables.request_count() - requests_before,
         report.elapsed.as_secs_f64()
-    ));
+    );
+    tracing::info!("{summary}");
+    response.log(summary);
     match report.outcome {
         // the checkpoint is kept: the queue's retry (or the next tick) resumes from it
         Outcome::Failed { reason } => Err(InvokeError::Failed {
