@@ -16,7 +16,6 @@ use uuid::Uuid;
 
 pub const USER: &str = "u-";
 pub const GROUP: &str = "g-";
-pub const COUNTER: &str = "c-";
 
 /// SCIM requests run concurrently: their counter deltas go to one of this many rows.
 pub const SCIM_COUNTER_SHARDS: u32 = 8;

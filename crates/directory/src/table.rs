@@ -531,8 +531,14 @@ impl TableDirectory {
                 },
             ));
         }
-        let rows: Vec<Vec<Entity>> = self
-            .range(tenant, layout::prefix_range(layout::COUNTER), &[], None)
+        // point reads of every counter row: a range query is a scan of the partition in
+        // Azurite, which made a 100,000-user round quadratic
+        let keys: Vec<String> = std::iter::once(layout::counter_graph())
+            .chain((0..layout::SCIM_COUNTER_SHARDS).map(layout::counter_scim))
+            .collect();
+        let rows: Vec<Option<Entity>> = stream::iter(keys)
+            .map(|key| async move { self.get(tenant, &key).await })
+            .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
         let mut total = Counters::default();
@@ -971,11 +977,9 @@ impl TableDirectory {
                 }
             }
         }
-        let to_read: Vec<Uuid> = match mode {
-            ApplyMode::Read => order.clone(),
-            // a removal must find what it removes, even in a first round
-            ApplyMode::Optimistic => order.iter().copied().filter(|id| folded[id].3).collect(),
-        };
+        // group records are read in every mode (one per group and page): a group spans
+        // pages, and a removal must find what it removes; members are read only in Read mode
+        let to_read: Vec<Uuid> = order.clone();
         let existing: HashMap<Uuid, Option<(Group, ETag)>> = match to_read.is_empty() {
             true => HashMap::new(),
             false => {
@@ -1047,10 +1051,12 @@ impl TableDirectory {
             }
             groups.push(record);
             // members of a group that did not exist cannot exist: its record commits
-            // before any of them, and a removal deletes them before the record
-            let group_existed = before.is_some();
+            // before any of them, and a removal deletes them before the record. In a first
+            // round into an empty directory, a later slice's members are new too (Graph
+            // sends each once a round; a replay conflicts and the page is read instead).
+            let read_members = before.is_some() && mode == ApplyMode::Read;
             groups.extend(
-                self.member_ops(tenant, id, &members, round, group_existed, lookups)
+                self.member_ops(tenant, id, &members, round, read_members, lookups)
                     .await?,
             );
         }
@@ -1063,7 +1069,7 @@ impl TableDirectory {
         group: Uuid,
         members: &[MemberChange],
         round: i64,
-        group_existed: bool,
+        read_members: bool,
         lookups: bool,
     ) -> Result<Vec<OpGroup>, DirectoryError> {
         // the last change of each member wins
@@ -1077,7 +1083,7 @@ impl TableDirectory {
         let resolved: Vec<(Uuid, Uuid, Option<Entity>)> = stream::iter(order)
             .map(|entra_id| async move {
                 let user = self.local_id(tenant, entra_id, lookups).await?;
-                let row = if group_existed {
+                let row = if read_members {
                     self.get(tenant, &layout::group_member(group, user)).await?
                 } else {
                     None
