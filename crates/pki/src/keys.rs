@@ -64,12 +64,15 @@ struct Pools {
     filling: HashMap<u32, bool>,
 }
 
-/// Pre-generated 3072- and 4096-bit keys. Each key is handed out once.
+/// Pre-generated 3072- and 4096-bit keys. Each key is handed out once. The pool starts
+/// filling on the first key taken (an instance that never issues never spends the CPU),
+/// or on [`KeyPool::start`].
 #[derive(Clone)]
 pub struct KeyPool {
     /// Keys kept ready per pooled size (0: no pool).
     target: usize,
     pools: Arc<Mutex<Pools>>,
+    started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Sizes worth pooling: smaller keys are made on request in well under 100 ms.
@@ -81,11 +84,15 @@ impl KeyPool {
         KeyPool {
             target,
             pools: Arc::default(),
+            started: Arc::default(),
         }
     }
 
-    /// Starts filling the pool in the background (needs a Tokio runtime).
+    /// Starts filling the pool in the background (needs a Tokio runtime); idempotent.
     pub fn start(&self) {
+        if self.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         for bits in POOLED {
             self.refill(bits);
         }
@@ -104,6 +111,7 @@ impl KeyPool {
     /// A key of `bits`: from the pool when one is ready, made now otherwise.
     pub async fn take(&self, bits: u32) -> Result<UserKey, PkiError> {
         size_of(bits)?;
+        self.start();
         if POOLED.contains(&bits) && self.target > 0 {
             let ready = self
                 .pools

@@ -844,6 +844,38 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// Revokes the active certificates of users a directory write left inactive (disabled
+    /// or deleted by Graph sync or SCIM), reason cessationOfOperation, recorded as revoked
+    /// by `trigger`. Idempotent: a replay finds nothing left to revoke.
+    pub async fn revoke_inactive_users(
+        &self,
+        tenant: Uuid,
+        users: &[Uuid],
+        trigger: &str,
+    ) -> Result<usize, PkiError> {
+        let mut users = users.to_vec();
+        users.sort();
+        users.dedup();
+        let mut revoked = 0;
+        // bounded filters: Table Storage caps the comparisons of one filter
+        for chunk in users.chunks(50) {
+            revoked += self
+                .revoke_all(
+                    tenant,
+                    Some(chunk),
+                    RevocationReason::CessationOfOperation,
+                    trigger,
+                )
+                .await?;
+        }
+        if revoked > 0 {
+            tracing::info!(%tenant, revoked, trigger, "certificates of inactive users revoked");
+        }
+        Ok(revoked)
+    }
+}
+
 fn rustls_der(der: &[u8]) -> rustls_pki_types::CertificateDer<'static> {
     rustls_pki_types::CertificateDer::from(der.to_vec())
 }

@@ -148,6 +148,7 @@ async fn offboard(app: &App, authorization: Option<&str>, id: &str) -> Result<Re
     auth::admin(app, authorization).await?;
     let tenant_id = guid_segment(id, "tenant_id")?;
     match Offboarding::new(&app.access, &app.scim, &*app.sync.states)
+        .with_certificates(&app.pki)
         .run(tenant_id)
         .await
     {
@@ -155,6 +156,7 @@ async fn offboard(app: &App, authorization: Option<&str>, id: &str) -> Result<Re
             let mut body = tenant_json(&done.tenant);
             body["revoked_grants"] = json!(done.count("grants"));
             body["revoked_scim_token"] = json!(done.count("scim_token") > 0);
+            body["revoked_certificates"] = json!(done.count("certificates"));
             Ok(json_reply(StatusCode::OK, &body))
         }
         Err(OffboardError::NotRegistered(_)) => Err(ApiError::not_found(format!(
