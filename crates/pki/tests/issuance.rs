@@ -608,3 +608,48 @@ async fn revoking_all_of_a_users_certificates_is_idempotent_and_recorded() {
     assert_eq!(parsed.iter_revoked_certificates().count(), 2);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn certificates_of_many_users_are_listed_in_one_call() {
+    let (pki, dir) = local_pki().await;
+    let tenant = Uuid::new_v4();
+    let holders: Vec<Holder> = (0..12).map(|_| holder(tenant)).collect();
+    for h in &holders {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut req = request(h.clone(), CertificateType::ClientAuth, None);
+        req.csr = Some(csr_of(&key));
+        pki.issue(req, "Contoso").await.unwrap();
+    }
+    let ids: Vec<Uuid> = holders.iter().map(|h| h.user_id).collect();
+    let listed = pki
+        .certificates(tenant, Some(&ids), Some(pki::CertificateStatus::Active))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 12);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn the_key_pool_fills_in_the_background_and_hands_each_key_out_once() {
+    let pool = KeyPool::new(1);
+    assert_eq!(pool.ready(4096), 0);
+    pool.start();
+    let started = std::time::Instant::now();
+    while pool.ready(4096) < 1 || pool.ready(3072) < 1 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "pool never filled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let took = std::time::Instant::now();
+    let a = pool.take(4096).await.unwrap();
+    assert!(
+        took.elapsed() < std::time::Duration::from_millis(100),
+        "{:?}",
+        took.elapsed()
+    );
+    assert_eq!(pool.ready(4096), 0, "handed out once");
+    let b = pool.take(4096).await.unwrap();
+    assert_ne!(a.public.bits, b.public.bits);
+}
