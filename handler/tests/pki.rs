@@ -492,3 +492,31 @@ async fn preconditions_are_refused_with_a_clear_4xx_and_nothing_is_written() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn offboarding_a_tenant_revokes_its_certificates_and_keeps_the_crl_published() {
+    let s = Scim::start().await;
+    let t = s.tenant;
+    let user = s.scim_user("ada@contoso.com").await;
+    let (status, issued) = s.provision(json!({"user_id": user, "csr": ec_csr()})).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let (status, gone) = s.api("DELETE", &format!("/api/v1/tenants/{t}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{gone}");
+    assert_eq!(gone["revoked_certificates"], 1);
+    let (status, again) = s.api("DELETE", &format!("/api/v1/tenants/{t}"), None).await;
+    assert_eq!(
+        (status, &again["revoked_certificates"]),
+        (StatusCode::OK, &json!(0))
+    );
+    let (status, _, crl) = s.published(t, "crl").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        crl_serials(&crl),
+        vec![
+            issued["certificate"]["serial"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        ]
+    );
+}
