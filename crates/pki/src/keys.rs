@@ -144,9 +144,14 @@ impl KeyPool {
         let pool = self.clone();
         tokio::spawn(async move {
             loop {
-                let missing = pool.ready(bits) < pool.target;
-                if !missing {
-                    break;
+                {
+                    // checked and cleared under the lock: a take between the two would
+                    // otherwise find `filling` still set and its refill would be lost
+                    let mut pools = pool.pools.lock().expect("pool lock");
+                    if pools.keys.get(&bits).map_or(0, VecDeque::len) >= pool.target {
+                        pools.filling.insert(bits, false);
+                        break;
+                    }
                 }
                 match generate_off_runtime(bits).await {
                     Ok(key) => pool
@@ -159,15 +164,15 @@ impl KeyPool {
                         .push_back(key),
                     Err(e) => {
                         tracing::warn!(error = %e, bits, "key pool refill failed");
+                        pool.pools
+                            .lock()
+                            .expect("pool lock")
+                            .filling
+                            .insert(bits, false);
                         break;
                     }
                 }
             }
-            pool.pools
-                .lock()
-                .expect("pool lock")
-                .filling
-                .insert(bits, false);
         });
     }
 }

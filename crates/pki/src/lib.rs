@@ -499,14 +499,24 @@ impl Pki {
         if OffsetDateTime::now_utc() - authority.crl_this_update < CRL_REFRESH_AFTER {
             return Ok(Some(authority.crl_der));
         }
-        Ok(Some(self.regenerate_crl(tenant).await?.crl_der))
+        // anonymous callers: one attempt each; a caller that loses the race to another
+        // answers the CRL the winner just published rather than signing again
+        match self.make_crl(tenant, 1).await {
+            Ok(fresh) => Ok(Some(fresh.crl_der)),
+            Err(PkiError::Contended) => Ok(self.authority(tenant).await?.map(|a| a.crl_der)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes the CRL again from every revoked, unexpired certificate, with the next number.
     /// The authority is read before the certificates, and written only if unchanged, so a
     /// CRL never drops a revocation another writer published.
     pub async fn regenerate_crl(&self, tenant: Uuid) -> Result<Authority, PkiError> {
-        for _ in 0..8 {
+        self.make_crl(tenant, 8).await
+    }
+
+    async fn make_crl(&self, tenant: Uuid, attempts: usize) -> Result<Authority, PkiError> {
+        for _ in 0..attempts {
             let (mut authority, etag) = self
                 .store
                 .authority(tenant)
