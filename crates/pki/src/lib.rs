@@ -446,13 +446,15 @@ impl Pki {
         Ok((a, false))
     }
 
+    /// The CA's public key, read from its certificate (no vault round trip per issuance;
+    /// the CA's vault key has one version, made for it alone).
     async fn ca_key(&self, authority: &Authority) -> Result<SubjectKey, PkiError> {
-        let public = self
-            .vault
-            .public_key(&authority.key_name)
-            .await?
-            .ok_or_else(|| vault::VaultError::NoSuchKey(authority.key_name.clone()))?;
-        Ok(x509::rsa_key(&public))
+        let (_, cert) = x509_parser::parse_x509_certificate(&authority.der)
+            .map_err(|e| PkiError::Internal(format!("the CA certificate is unreadable: {e}")))?;
+        Ok(SubjectKey {
+            bits: cert.public_key().subject_public_key.data.to_vec(),
+            algorithm: &rcgen::PKCS_RSA_SHA256,
+        })
     }
 
     async fn build_crl(
