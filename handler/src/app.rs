@@ -59,6 +59,9 @@ pub struct App {
     /// Users, groups and memberships per tenant, written by SCIM and Graph sync.
     pub directory: Arc<directory::TableDirectory>,
     pub sync: SyncService,
+    /// Each tenant's issuing CA (key in the vault), its certificates and CRL.
+    pub pki: Arc<pki::Pki>,
+    pub certificates: crate::config::CertificateSettings,
 }
 
 /// Directory sync's state, schedule and queue.
@@ -127,6 +130,14 @@ impl App {
         let directory = Arc::new(directory::TableDirectory::new(
             tables.table(table_names.directory()),
         ));
+        let pki = Arc::new(pki::Pki::new(
+            vault.clone(),
+            Arc::new(pki::TableCertificateStore::new(
+                tables.table(table_names.certificates()),
+            )),
+            settings.public_base_url.as_str(),
+            pki::KeyPool::new(settings.certificates.key_pool_size),
+        ));
         let scim_table = tables.table(table_names.scim());
         let scim = crate::scim_service::ScimService::new(
             Arc::new(crate::store::scim::TableScimUserStore::new(
@@ -139,7 +150,8 @@ impl App {
             settings.public_base_url.as_str(),
             settings.scim_read_cache,
         )
-        .with_directory(directory.clone());
+        .with_directory(directory.clone())
+        .with_certificates(pki.clone(), settings.certificates.revoke_on_disable);
         let credentials = Arc::new(AppCredentials::new(
             vault,
             settings.entra.client_secret.as_ref().map(|s| s.0.clone()),
@@ -190,6 +202,8 @@ impl App {
             graph,
             directory,
             sync,
+            pki,
+            certificates: settings.certificates,
         }
     }
 

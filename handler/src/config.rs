@@ -114,6 +114,22 @@ pub struct Settings {
     /// `QUEUE_VISIBILITY_SECONDS` and `QUEUE_MAX_POLLING_SECONDS`: how `handler serve`
     /// listens to Storage queues (under the Functions host, the host does).
     pub queues: host::QueueSettings,
+    /// `CERT_*`: certificate issuance for the tenants' users.
+    pub certificates: CertificateSettings,
+}
+
+/// How certificates are issued and revoked.
+#[derive(Debug, Clone, Copy)]
+pub struct CertificateSettings {
+    /// `CERT_DEFAULT_VALIDITY_DAYS`: validity when a request names none (1-3650).
+    pub default_validity_days: u32,
+    /// `CERT_DEFAULT_KEY_SIZE`: RSA size of server-made keys when a request names none.
+    pub default_key_size: u32,
+    /// `CERT_REVOKE_ON_DISABLE`: revoke a user's certificates when Graph sync or SCIM
+    /// disables or deletes the user.
+    pub revoke_on_disable: bool,
+    /// `CERT_KEY_POOL_SIZE`: 3072- and 4096-bit keys kept ready, per size (0-16).
+    pub key_pool_size: usize,
 }
 
 /// Where Key Vault is and which managed identity reaches it.
@@ -296,6 +312,7 @@ impl Settings {
             max_polling_interval: queue_max_polling,
             ..host::QueueSettings::default()
         };
+        let certificates = certificate_settings(&get)?;
         Ok(Settings {
             port,
             storage,
@@ -313,6 +330,7 @@ impl Settings {
             sync_interval,
             sync_lease,
             queues,
+            certificates,
         })
     }
 
@@ -466,6 +484,64 @@ fn connector_scopes(list: &str) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(scopes)
+}
+
+fn certificate_settings<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<CertificateSettings, ConfigError> {
+    let default_validity_days = match get("CERT_DEFAULT_VALIDITY_DAYS") {
+        None => 365,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|d| (1..=3650).contains(d))
+            .ok_or_else(|| {
+                problem(
+                    "CERT_DEFAULT_VALIDITY_DAYS",
+                    format!("{raw:?}: 1-3650 days"),
+                )
+            })?,
+    };
+    let default_key_size = match get("CERT_DEFAULT_KEY_SIZE") {
+        None => 2048,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|b| [2048, 3072, 4096].contains(b))
+            .ok_or_else(|| {
+                problem(
+                    "CERT_DEFAULT_KEY_SIZE",
+                    format!("{raw:?}: 2048, 3072 or 4096"),
+                )
+            })?,
+    };
+    let revoke_on_disable = match get("CERT_REVOKE_ON_DISABLE")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("true") | Some("1") => true,
+        Some("false") | Some("0") => false,
+        Some(other) => {
+            return Err(problem(
+                "CERT_REVOKE_ON_DISABLE",
+                format!("{other:?}; expected true or false"),
+            ));
+        }
+    };
+    let key_pool_size = match get("CERT_KEY_POOL_SIZE") {
+        None => 2,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 16)
+            .ok_or_else(|| problem("CERT_KEY_POOL_SIZE", format!("{raw:?}: 0-16 keys")))?,
+    };
+    Ok(CertificateSettings {
+        default_validity_days,
+        default_key_size,
+        revoke_on_disable,
+        key_pool_size,
+    })
 }
 
 const STORAGE: &str = "AzureWebJobsStorage";
@@ -727,6 +803,26 @@ mod tests {
                 "expected json",
             ),
             (vec![dev, ("LOG_LEVEL", "=,=")], "LOG_LEVEL", "not a level"),
+            (
+                vec![dev, ("CERT_DEFAULT_VALIDITY_DAYS", "3651")],
+                "CERT_DEFAULT_VALIDITY_DAYS",
+                "1-3650",
+            ),
+            (
+                vec![dev, ("CERT_DEFAULT_KEY_SIZE", "1024")],
+                "CERT_DEFAULT_KEY_SIZE",
+                "2048, 3072 or 4096",
+            ),
+            (
+                vec![dev, ("CERT_REVOKE_ON_DISABLE", "maybe")],
+                "CERT_REVOKE_ON_DISABLE",
+                "expected true",
+            ),
+            (
+                vec![dev, ("CERT_KEY_POOL_SIZE", "17")],
+                "CERT_KEY_POOL_SIZE",
+                "0-16",
+            ),
             (
                 vec![dev, ("STORAGE_TABLE_PREFIX", "a-b")],
                 "STORAGE_TABLE_PREFIX",

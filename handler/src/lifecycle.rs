@@ -79,6 +79,32 @@ impl OffboardingStep for StopSync<'_> {
     }
 }
 
+/// Revokes the tenant's active certificates (reason cessationOfOperation); the CA and its
+/// CRL stay published, so relying parties learn of the revocations.
+struct RevokeCertificates<'a>(&'a pki::Pki);
+
+#[async_trait]
+impl OffboardingStep for RevokeCertificates<'_> {
+    fn name(&self) -> &'static str {
+        "certificates"
+    }
+
+    async fn run(&self, tenant_id: Uuid, _at: OffsetDateTime) -> Result<usize, StoreError> {
+        self.0
+            .revoke_all(
+                tenant_id,
+                None,
+                pki::RevocationReason::CessationOfOperation,
+                "offboarding",
+            )
+            .await
+            .map_err(|e| match e {
+                pki::PkiError::Store(pki::StoreError::Unavailable(e)) => StoreError::Unavailable(e),
+                other => StoreError::Corrupt(other.to_string()),
+            })
+    }
+}
+
 /// What one offboarding run did.
 #[derive(Debug)]
 pub struct Offboarded {
@@ -139,6 +165,12 @@ impl<'a> Offboarding<'a> {
                 Box::new(StopSync(sync)),
             ],
         }
+    }
+
+    /// Adds the step that revokes the tenant's certificates.
+    pub fn with_certificates(mut self, pki: &'a pki::Pki) -> Offboarding<'a> {
+        self.steps.push(Box::new(RevokeCertificates(pki)));
+        self
     }
 
     /// Offboards a tenant, or completes an offboarding a failed step left undone. The

@@ -86,6 +86,8 @@ pub struct ScimService {
     read_cache: Option<Arc<TtlCache<ReadKey, StoredResource>>>,
     /// The tenant directories SCIM users are applied to (see `directory`).
     directory: Option<Arc<dyn directory::Directory>>,
+    /// Revokes the certificates of users a SCIM write leaves inactive (when enabled).
+    certificates: Option<(Arc<pki::Pki>, bool)>,
 }
 
 /// What the read cache is keyed by: (tenant, user id) or (tenant, lowercased userName).
@@ -167,6 +169,7 @@ impl ScimService {
                 })
             }),
             directory: None,
+            certificates: None,
         }
     }
 
@@ -182,6 +185,13 @@ impl ScimService {
     /// Applies every SCIM user write to `directory` as well.
     pub fn with_directory(mut self, directory: Arc<dyn directory::Directory>) -> ScimService {
         self.directory = Some(directory);
+        self
+    }
+
+    /// Revokes, through `pki`, the certificates of users a SCIM write leaves inactive
+    /// (disabled or deleted), when `revoke_on_disable`.
+    pub fn with_certificates(mut self, pki: Arc<pki::Pki>, revoke_on_disable: bool) -> ScimService {
+        self.certificates = Some((pki, revoke_on_disable));
         self
     }
 

@@ -766,3 +766,76 @@ async fn a_user_provisioned_over_scim_and_read_from_graph_is_one_record() {
     let u: Value = w.user(&scim_id).await.json().await.unwrap();
     assert_eq!(u["sources"], json!(["graph"]), "still in Entra: {u}");
 }
+
+#[tokio::test]
+async fn a_user_disabled_or_deleted_in_entra_has_its_certificates_revoked_by_the_next_round() {
+    let w = World::start().await;
+    let t = w.tenant.clone();
+    let ann = w.fake.add_user(
+        &t,
+        json!({"userPrincipalName": "ann@contoso.com", "displayName": "Ann", "accountEnabled": true}),
+    );
+    let bob = w.fake.add_user(
+        &t,
+        json!({"userPrincipalName": "bob@contoso.com", "displayName": "Bob", "accountEnabled": true}),
+    );
+    let s = w.sync(false).await;
+    assert_eq!(s["last_round"]["outcome"], "success", "{s}");
+    let mut serials = Vec::new();
+    for user in [&ann, &bob] {
+        let r = w
+            .post(
+                "/api/v1/entra-id/provision-certificate",
+                json!({"user_id": user}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let issued: Value = r.json().await.unwrap();
+        serials.push(
+            issued["certificate"]["serial"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    w.fake
+        .update_user(&t, &ann, json!({"accountEnabled": false}));
+    w.fake.soft_delete_user(&t, &bob);
+    let s = w.sync(false).await;
+    assert_eq!(s["last_round"]["outcome"], "success", "{s}");
+    for user in [&ann, &bob] {
+        let detail: Value = w.user(user).await.json().await.unwrap();
+        let certificates = detail["certificates"].as_array().unwrap();
+        assert_eq!(certificates.len(), 1, "{detail}");
+        assert_eq!(
+            (
+                certificates[0]["status"].as_str(),
+                certificates[0]["revocation_reason"].as_str(),
+                certificates[0]["revoked_by"].as_str()
+            ),
+            (
+                Some("revoked"),
+                Some("cessationOfOperation"),
+                Some("graph_sync")
+            ),
+            "{detail}"
+        );
+    }
+    let crl = w
+        .http
+        .get(format!("{}/api/v1/pki/{t}/crl", w.base()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(&crl).unwrap();
+    let mut listed: Vec<String> = crl
+        .iter_revoked_certificates()
+        .map(|r| pki::x509::hex(r.raw_serial()))
+        .collect();
+    listed.sort();
+    serials.sort();
+    assert_eq!(listed, serials);
+}

@@ -94,6 +94,31 @@ pub fn user_json(u: &User) -> Value {
     })
 }
 
+/// The kind of every certificate this service issues, as user listings name it.
+const CATEGORY: &str = "entra_user";
+
+/// A certificate as the API shows it (no key, ever).
+pub fn certificate_json(c: &pki::CertificateRecord) -> Value {
+    json!({
+        "id": c.id,
+        "type": CATEGORY,
+        "certificate_type": c.kind.as_str(),
+        "tenant_id": c.tenant,
+        "user_id": c.user_id,
+        "serial": c.serial,
+        "subject": c.subject,
+        "not_before": host::invocation::format_timestamp(c.not_before),
+        "not_after": host::invocation::format_timestamp(c.not_after),
+        "thumbprint_sha256": c.thumbprint,
+        "status": c.status.as_str(),
+        "key_source": c.key_source,
+        "revoked_at": time_json(c.revoked_at),
+        "revocation_reason": c.reason.map(|r| r.as_str()),
+        "revoked_by": c.revoked_by,
+        "pem": c.pem(),
+    })
+}
+
 /// A user with its direct groups.
 pub async fn user_with_groups(app: &App, tenant: Uuid, u: &User) -> Result<Value, ApiError> {
     let groups = app.directory.groups_of(tenant, u.id).await?;
@@ -188,13 +213,28 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
             }
             other => other.into(),
         })?;
+    let ids: Vec<Uuid> = page.items.iter().map(|u| u.id).collect();
+    let now = OffsetDateTime::now_utc();
+    let mut active: BTreeMap<Uuid, Vec<Value>> = BTreeMap::new();
+    for c in app
+        .pki
+        .certificates(tenant, Some(&ids), Some(pki::CertificateStatus::Active))
+        .await?
+        .iter()
+        .filter(|c| c.is_valid_at(now))
+    {
+        active
+            .entry(c.user_id)
+            .or_default()
+            .push(certificate_json(c));
+    }
     let users: Vec<Value> = page
         .items
         .iter()
         .map(|u| {
             let mut v = user_json(u);
-            // active certificates of type entra_user, once certificates exist
-            v["certificates"] = json!([]);
+            // active certificates of type entra_user (every certificate issued here is)
+            v["certificates"] = json!(active.remove(&u.id).unwrap_or_default());
             v
         })
         .collect();
@@ -220,7 +260,13 @@ async fn show(app: &App, req: &Request) -> Result<Response, ApiError> {
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user {id} in tenant {tenant}")))?;
     let mut value = user_with_groups(app, tenant, &user).await?;
-    value["certificates"] = json!([]);
+    value["certificates"] = app
+        .pki
+        .certificates(tenant, Some(&[user.id]), None)
+        .await?
+        .iter()
+        .map(certificate_json)
+        .collect();
     Ok(json_reply(StatusCode::OK, &value))
 }
 

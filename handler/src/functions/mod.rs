@@ -11,6 +11,7 @@ pub mod grants;
 pub mod health;
 pub mod housekeeping;
 pub mod ping;
+pub mod pki;
 pub mod scim;
 pub mod scim_admin;
 pub mod sync;
@@ -189,6 +190,30 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         "EntraHealth",
         Handler::Http {
             route: "v1/entra-id/health",
+        },
+    ),
+    (
+        "TenantPkiCa",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/pki/ca",
+        },
+    ),
+    (
+        "PkiPublished",
+        Handler::Http {
+            route: "v1/pki/{tenant_id}/{file}",
+        },
+    ),
+    (
+        "EntraProvisionCertificate",
+        Handler::Http {
+            route: "v1/entra-id/provision-certificate",
+        },
+    ),
+    (
+        "CertificateRevoke",
+        Handler::Http {
+            route: "v1/certificates/{certificate_id}/revoke",
         },
     ),
     ("Housekeeping", Handler::Invoked(housekeeping::invoke)),

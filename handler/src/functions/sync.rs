@@ -32,6 +32,27 @@ pub const ROUTES: &[Route] = &[
     route!(POST "/api/v1/entra-id/bulk-sync-users" => bulk_sync_users),
 ];
 
+/// Revokes the certificates of users a round leaves inactive, before the page's checkpoint
+/// (a round that stops in between names them again: revocation is idempotent).
+struct RevokeCertificates<'a> {
+    pki: &'a pki::Pki,
+    enabled: bool,
+}
+
+#[async_trait::async_trait]
+impl sync::RoundObserver for RevokeCertificates<'_> {
+    async fn users_inactive(&self, tenant: Uuid, users: &[Uuid]) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.pki
+            .revoke_inactive_users(tenant, users, "graph_sync")
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("revoking certificates of inactive users: {e}"))
+    }
+}
+
 /// The queue `SyncTenant` is triggered by (see functions/SyncTenant/function.json).
 pub const QUEUE: &str = "sync-tenants";
 /// Most UPNs one bulk request may name.
@@ -177,7 +198,10 @@ async fn run_tenant(
         &*app.directory,
         app.sync.states.clone(),
         &options,
-        &sync::NoObserver,
+        &RevokeCertificates {
+            pki: &app.pki,
+            enabled: app.certificates.revoke_on_disable,
+        },
     )
     .await
     .map_err(|e| failed(format!("sync of {}: {e}", tenant.tenant_id)))?;

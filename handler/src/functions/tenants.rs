@@ -108,6 +108,7 @@ async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant_id = tenant_param(req)?;
     match Offboarding::new(&app.access, &app.scim, &*app.sync.states)
+        .with_certificates(&app.pki)
         .run(tenant_id)
         .await
     {
@@ -115,6 +116,7 @@ async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
             let mut body = tenant_json(&done.tenant);
             body["revoked_grants"] = json!(done.count("grants"));
             body["revoked_scim_token"] = json!(done.count("scim_token") > 0);
+            body["revoked_certificates"] = json!(done.count("certificates"));
             Ok(json_reply(StatusCode::OK, &body))
         }
         Err(OffboardError::NotRegistered(_)) => Err(ApiError::not_found(format!(

@@ -181,6 +181,8 @@ pub fn table(
         ))
         .unify()
         .or(router::serve(app.clone(), crate::functions::sync::ROUTES))
+        .unify()
+        .or(router::serve(app.clone(), crate::functions::pki::ROUTES))
         .unify();
 
     health

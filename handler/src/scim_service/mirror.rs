@@ -80,11 +80,29 @@ impl ScimService {
             id: stored.id,
             fields: fields(&stored.data),
         };
-        directory
+        let applied = directory
             .apply_users(tenant, Writer::Scim, vec![change], ApplyMode::Read)
             .await
+            .map_err(failed)?;
+        self.revoke_inactive(tenant, &applied.inactive).await
+    }
+
+    /// Revokes the certificates of users the write left inactive. The directory reports
+    /// them again when Entra retries the request, so a failure here fails the request.
+    async fn revoke_inactive(&self, tenant: Uuid, users: &[Uuid]) -> Result<(), ScimError> {
+        let Some((pki, enabled)) = &self.certificates else {
+            return Ok(());
+        };
+        if !*enabled {
+            return Ok(());
+        }
+        pki.revoke_inactive_users(tenant, users, "scim")
+            .await
             .map(|_| ())
-            .map_err(failed)
+            .map_err(|e| {
+                tracing::warn!(error = %e, %tenant, "revoking an inactive user's certificates failed");
+                ScimError::new(503, None, "certificate revocation is unavailable; try again")
+            })
     }
 
     /// Applies a SCIM user's deletion to the directory.
@@ -92,7 +110,7 @@ impl ScimService {
         let Some(directory) = &self.directory else {
             return Ok(());
         };
-        directory
+        let applied = directory
             .apply_users(
                 tenant,
                 Writer::Scim,
@@ -100,8 +118,8 @@ impl ScimService {
                 ApplyMode::Read,
             )
             .await
-            .map(|_| ())
-            .map_err(failed)
+            .map_err(failed)?;
+        self.revoke_inactive(tenant, &applied.inactive).await
     }
 }
 

@@ -153,6 +153,11 @@ impl TableNames {
         format!("{}Sync", self.prefix)
     }
 
+    /// Issuing CAs, certificates and CRLs, one partition per tenant.
+    pub fn certificates(&self) -> String {
+        format!("{}Certificates", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -164,6 +169,7 @@ impl TableNames {
             self.scim(),
             self.directory(),
             self.sync(),
+            self.certificates(),
         ]
     }
 }

@@ -1,0 +1,299 @@
+//! Certificates for Entra users (`TenantPkiCa`, `PkiPublished`, `EntraProvisionCertificate`,
+//! `CertificateRevoke`): the tenant's CA, its published certificate and CRL, issuance to a
+//! directory user, revocation. The rules are in the `pki` crate; this module checks the
+//! user against the directory and shapes the answers.
+
+use base64::Engine as _;
+use directory::{Directory as _, User};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use crate::app::App;
+use crate::auth;
+use crate::functions::directory::{certificate_json, tenant_for, user_json};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply};
+
+/// The routes.
+pub const ROUTES: &[Route] = &[
+    route!(POST "/api/v1/tenants/{tenant_id}/pki/ca" => create_ca),
+    route!(GET "/api/v1/pki/{tenant_id}/ca.pem" => ca_pem),
+    route!(GET "/api/v1/pki/{tenant_id}/ca.crt" => ca_crt),
+    route!(GET "/api/v1/pki/{tenant_id}/crl" => crl),
+    route!(POST "/api/v1/entra-id/provision-certificate" => provision),
+    route!(POST "/api/v1/certificates/{certificate_id}/revoke" => revoke),
+];
+
+impl From<pki::PkiError> for ApiError {
+    fn from(e: pki::PkiError) -> ApiError {
+        match e {
+            pki::PkiError::Invalid(m) => ApiError::bad_request(m),
+            pki::PkiError::NotFound(m) => ApiError::not_found(m),
+            pki::PkiError::Store(pki::StoreError::Corrupt(m)) => ApiError::internal(m),
+            pki::PkiError::Internal(m) => ApiError::internal(m),
+            other => ApiError::unavailable(other),
+        }
+    }
+}
+
+fn time(t: time::OffsetDateTime) -> Value {
+    Value::String(host::invocation::format_timestamp(t))
+}
+
+fn tenant_segment(req: &Request) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(req.param("tenant_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))
+}
+
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn create_ca(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let named = tenant_segment(req)?.to_string();
+    let tenant_id = tenant_for(app, Some(&named)).await?;
+    let tenant = app
+        .tenants
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant_id}")))?;
+    let (authority, created) = app
+        .pki
+        .ensure_authority(tenant_id, &tenant.display_name)
+        .await?;
+    let info = authority.describe()?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_reply(
+        status,
+        &json!({
+            "tenant_id": tenant_id,
+            "subject": info.subject,
+            "serial": info.serial,
+            "not_before": time(info.not_before),
+            "not_after": time(info.not_after),
+            "thumbprint_sha256": info.thumbprint,
+            "crl_number": authority.crl_number,
+            "ca_url": app.pki.ca_url(tenant_id),
+            "crl_url": app.pki.crl_url(tenant_id),
+            "pem": authority.pem(),
+        }),
+    ))
+}
+
+/// A published file: anonymous, cacheable for a few minutes.
+fn published(content_type: &'static str, body: Vec<u8>, max_age: &'static str) -> Response {
+    let mut response = Response::new(body.into());
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static(content_type));
+    headers.insert("cache-control", HeaderValue::from_static(max_age));
+    response
+}
+
+async fn authority_of(app: &App, req: &Request) -> Result<pki::Authority, ApiError> {
+    let tenant = tenant_segment(req)?;
+    app.pki
+        .authority(tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant} has no certificate authority")))
+}
+
+async fn ca_pem(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let authority = authority_of(app, req).await?;
+    Ok(published(
+        "application/x-pem-file",
+        authority.pem().into_bytes(),
+        "public, max-age=300",
+    ))
+}
+
+async fn ca_crt(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let authority = authority_of(app, req).await?;
+    Ok(published(
+        "application/pkix-cert",
+        authority.der,
+        "public, max-age=300",
+    ))
+}
+
+async fn crl(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let tenant = tenant_segment(req)?;
+    let der = app.pki.crl(tenant).await?.ok_or_else(|| {
+        ApiError::not_found(format!("tenant {tenant} has no certificate authority"))
+    })?;
+    // short: a revocation must reach relying parties quickly
+    Ok(published("application/pkix-crl", der, "public, max-age=60"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionBody {
+    user_id: String,
+    certificate_type: Option<String>,
+    validity_days: Option<i64>,
+    key_size: Option<i64>,
+    csr: Option<String>,
+    key_format: Option<String>,
+    tenant_id: Option<String>,
+}
+
+/// The user a certificate may be issued to: in this tenant's directory, from Entra, active.
+async fn eligible_user(app: &App, tenant: Uuid, user_id: &str) -> Result<User, ApiError> {
+    let id =
+        Uuid::try_parse(user_id).map_err(|_| ApiError::bad_request("user_id must be a GUID"))?;
+    let user = app
+        .directory
+        .user(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user {id} in tenant {tenant}")))?;
+    if !(user.sources.graph || user.sources.scim) {
+        return Err(ApiError::conflict(format!(
+            "user {id} did not come from Entra (Graph sync or SCIM)"
+        )));
+    }
+    if !user.is_active() {
+        return Err(ApiError::conflict(format!(
+            "user {id} is not active (disabled or deleted in Entra)"
+        )));
+    }
+    Ok(user)
+}
+
+async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let body: ProvisionBody = req.json()?;
+    let named = match (req.query_param("tenant_id")?, &body.tenant_id) {
+        (Some(q), Some(b)) if !q.eq_ignore_ascii_case(b) => {
+            return Err(ApiError::bad_request(
+                "tenant_id differs between the query and the body",
+            ));
+        }
+        (q, b) => q.or_else(|| b.clone()),
+    };
+    let tenant_id = tenant_for(app, named.as_deref()).await?;
+    let kind = match body.certificate_type.as_deref() {
+        None => pki::CertificateType::ClientAuth,
+        Some(t) => pki::CertificateType::parse(t).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "certificate_type {t:?} is not offered: client_auth, email_protection or code_signing"
+            ))
+        })?,
+    };
+    let validity_days = match body.validity_days {
+        None => app.certificates.default_validity_days,
+        Some(d) => u32::try_from(d)
+            .ok()
+            .filter(|d| (1..=pki::MAX_VALIDITY_DAYS).contains(d))
+            .ok_or_else(|| ApiError::bad_request("validity_days must be 1 to 3650"))?,
+    };
+    let key_size = match body.key_size {
+        None => None,
+        Some(k) => Some(
+            u32::try_from(k)
+                .ok()
+                .filter(|k| pki::KEY_SIZES.contains(k))
+                .ok_or_else(|| ApiError::bad_request("key_size must be 2048, 3072 or 4096"))?,
+        ),
+    };
+    let key_format = match body.key_format.as_deref() {
+        None | Some("pkcs8") => pki::KeyFormat::Pkcs8,
+        Some("pkcs12") => pki::KeyFormat::Pkcs12,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "key_format {other:?} is not offered: pkcs8 or pkcs12"
+            )));
+        }
+    };
+    let csr = body.csr.filter(|c| !c.trim().is_empty());
+    let user = eligible_user(app, tenant_id, &body.user_id).await?;
+    let tenant = app
+        .tenants
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant_id}")))?;
+    let request = pki::IssueRequest {
+        holder: pki::Holder {
+            tenant: tenant_id,
+            user_id: user.id,
+            entra_id: user.entra_id,
+            upn: user.upn.clone(),
+            email: user.email.clone(),
+            name: user.name.clone(),
+        },
+        kind,
+        validity_days,
+        // a CSR brings its own key; without one, the default size applies
+        key_size: if csr.is_some() {
+            key_size
+        } else {
+            Some(key_size.unwrap_or(app.certificates.default_key_size))
+        },
+        csr,
+        key_format,
+    };
+    let issued = app.pki.issue(request, &tenant.display_name).await?;
+    let mut certificate = certificate_json(&issued.record);
+    certificate["chain"] = json!(issued.chain);
+    let private_key = match issued.private_key {
+        None => Value::Null,
+        Some(pki::PrivateKey::Pkcs8Pem(pem)) => json!({"format": "pkcs8", "pem": pem}),
+        Some(pki::PrivateKey::Pkcs12 { der, password }) => json!({
+            "format": "pkcs12",
+            "pkcs12": base64::engine::general_purpose::STANDARD.encode(der),
+            "password": password,
+        }),
+    };
+    let mut user_value = user_json(&user);
+    user_value["tenant_id"] = json!(tenant_id);
+    // the key is in this answer only: no cache may keep it
+    Ok(no_store(json_reply(
+        StatusCode::CREATED,
+        &json!({
+            "certificate": certificate,
+            "private_key": private_key,
+            "user": user_value,
+        }),
+    )))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    reason: Option<String>,
+    tenant_id: Option<String>,
+}
+
+async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let body: RevokeBody = if req.body.is_empty() {
+        RevokeBody::default()
+    } else {
+        req.json()?
+    };
+    let named = req.query_param("tenant_id")?.or(body.tenant_id);
+    let tenant = tenant_for(app, named.as_deref()).await?;
+    let id = Uuid::try_parse(req.param("certificate_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("certificate_id must be a GUID"))?;
+    let reason = match body.reason.as_deref() {
+        None => pki::RevocationReason::Unspecified,
+        Some(r) => pki::RevocationReason::parse(r).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "reason {r:?} is not an RFC 5280 reason: {}",
+                pki::RevocationReason::names().join(", ")
+            ))
+        })?,
+    };
+    let record = app.pki.revoke(tenant, id, reason, "admin").await?;
+    Ok(json_reply(StatusCode::OK, &certificate_json(&record)))
+}
