@@ -839,3 +839,49 @@ async fn a_user_disabled_or_deleted_in_entra_has_its_certificates_revoked_by_the
     serials.sort();
     assert_eq!(listed, serials);
 }
+
+#[tokio::test]
+async fn sync_user_of_a_user_disabled_in_entra_revokes_its_certificates_at_once() {
+    let w = World::start().await;
+    let t = w.tenant.clone();
+    let cy = w.fake.add_user(
+        &t,
+        json!({"userPrincipalName": "cy@contoso.com", "displayName": "Cy", "accountEnabled": true}),
+    );
+    let r = w
+        .post(
+            "/api/v1/entra-id/sync-user",
+            json!({"user_principal_name": "cy@contoso.com"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = w
+        .post(
+            "/api/v1/entra-id/provision-certificate",
+            json!({"user_id": cy}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    w.fake
+        .update_user(&t, &cy, json!({"accountEnabled": false}));
+    // no round: the on-demand sync sees the disable and revokes
+    let r = w
+        .post(
+            "/api/v1/entra-id/sync-user",
+            json!({"user_principal_name": "cy@contoso.com"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let detail: Value = w.user(&cy).await.json().await.unwrap();
+    let certificates = detail["certificates"].as_array().unwrap();
+    assert_eq!(certificates[0]["status"], "revoked", "{detail}");
+    assert_eq!(certificates[0]["revoked_by"], "graph_sync");
+    // and a disabled user gets no new certificate
+    let r = w
+        .post(
+            "/api/v1/entra-id/provision-certificate",
+            json!({"user_id": cy}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+}

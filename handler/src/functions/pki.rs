@@ -243,6 +243,26 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
         key_format,
     };
     let issued = app.pki.issue(request, &tenant.display_name).await?;
+    // a disable, delete or offboarding that ran while the certificate was made did not see
+    // it: check again now that it is stored, and take it back if so
+    let still_active = app
+        .directory
+        .user(tenant_id, user.id)
+        .await?
+        .is_some_and(|u| u.is_active())
+        && app
+            .tenants
+            .get(tenant_id)
+            .await?
+            .is_some_and(|t| t.status == crate::domain::TenantStatus::Active);
+    if !still_active {
+        app.pki
+            .revoke_inactive_users(tenant_id, &[user.id], "issuance_recheck")
+            .await?;
+        return Err(ApiError::conflict(
+            "the user or tenant stopped being active while the certificate was made; it was revoked",
+        ));
+    }
     let mut certificate = certificate_json(&issued.record);
     certificate["chain"] = json!(issued.chain);
     let private_key = match issued.private_key {

@@ -369,6 +369,19 @@ fn graph_error(e: entra::graph::GraphError) -> ApiError {
     }
 }
 
+/// An on-demand sync that finds users disabled or deleted revokes their certificates too,
+/// as a round would.
+async fn revoke_inactive(app: &App, tenant: Uuid, users: &[Uuid]) -> Result<(), ApiError> {
+    if users.is_empty() || !app.certificates.revoke_on_disable {
+        return Ok(());
+    }
+    app.pki
+        .revoke_inactive_users(tenant, users, "graph_sync")
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from)
+}
+
 /// The round a change made now belongs to, for mark and sweep.
 async fn current_round(app: &App, tenant: Uuid) -> Result<i64, ApiError> {
     let (state, _) = app
@@ -403,9 +416,11 @@ async fn sync_user(app: &App, req: &Request) -> Result<Response, ApiError> {
     let change = sync::graph::user_change(&found, round)
         .ok_or_else(|| ApiError::unavailable("Graph answered a user without an object id"))?;
     let entra_id = Uuid::try_parse(&found.id).expect("checked by user_change");
-    app.directory
+    let applied = app
+        .directory
         .apply_users(tenant, Writer::Graph, vec![change], ApplyMode::Read)
         .await?;
+    revoke_inactive(app, tenant, &applied.inactive).await?;
     let user = app
         .directory
         .user_by_entra_id(tenant, entra_id)
@@ -484,9 +499,11 @@ async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError>
             }
         }
         if !changes.is_empty() {
-            app.directory
+            let applied = app
+                .directory
                 .apply_users(tenant, Writer::Graph, changes, ApplyMode::Read)
                 .await?;
+            revoke_inactive(app, tenant, &applied.inactive).await?;
         }
         for (upn, id) in synced {
             let user = app.directory.user_by_entra_id(tenant, id).await?;
