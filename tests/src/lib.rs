@@ -196,10 +196,12 @@ pub fn scim2_cli() -> PathBuf {
         .clone()
 }
 
-/// The release `handler` for benchmarks: `HANDLER_BIN`, else `target/release/handler`,
-/// which must have been built (`cargo build --release -p handler`).
+/// The release `handler` for benchmarks: `HANDLER_BIN`, else `RELEASE_HANDLER` (the
+/// packaged binary tests/run builds), else `target/release/handler`, which must have been
+/// built (`cargo build --release -p handler`).
 pub fn release_handler() -> PathBuf {
     let binary = std::env::var_os("HANDLER_BIN")
+        .or_else(|| std::env::var_os("RELEASE_HANDLER"))
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/handler"));
     assert!(
