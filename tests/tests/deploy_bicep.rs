@@ -1,8 +1,9 @@
 //! The Bicep in infra/ checked against the code, since no Bicep compiler runs here: every
 //! setting the handler reads is set by the template or left out on purpose (docs/deploy.md),
 //! every app setting is one the handler or the Functions host reads, the roles assigned are
-//! exactly the least ones the code's calls need, modules and parameters line up, and the
-//! cloud table matches the handler's. What the handler reads and calls is found in its
+//! exactly the least ones the code's calls need, modules and parameters line up, the
+//! cloud table matches the handler's, and the packaged handler starts as in Azure with the
+//! settings the template writes. What the handler reads and calls is found in its
 //! source, so a setting or a vault call added later fails here until the template has it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -646,4 +647,115 @@ fn the_bicep_keeps_flex_consumption_and_identity_only_access() {
             .contains("ClientId=${identity.outputs.clientId};Authorization=AAD"),
         "Application Insights is reached with the identity"
     );
+}
+
+/// Stand-ins for what only a deployment knows (module outputs, the host name), on loopback
+/// so that whatever the handler reaches for stays on this machine.
+const DEPLOYMENT_STAND_INS: [(&str, &str); 8] = [
+    (
+        "identity.outputs.clientId",
+        "3f1c0a9e-2b7d-4c58-9e61-0d4b8a7c5e21",
+    ),
+    ("storage.outputs.blobEndpoint", "https://127.0.0.1:9/"),
+    ("storage.outputs.queueEndpoint", "https://127.0.0.1:9/"),
+    ("storage.outputs.tableEndpoint", "https://127.0.0.1:9/"),
+    ("keyVault.outputs.uri", "https://127.0.0.1:9/"),
+    (
+        "monitoring.outputs.connectionString",
+        "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/",
+    ),
+    ("publicUrl", "https://entracon-example.azurewebsites.net"),
+    (
+        "functionApp.outputs.defaultHostName",
+        "entracon-example.azurewebsites.net",
+    ),
+];
+
+/// The value of a parameter: main.parameters.json's, else its default in main.bicep.
+fn parameter_value(name: &str) -> Option<String> {
+    let example: serde_json::Value =
+        serde_json::from_str(&read("infra/main.parameters.json")).unwrap();
+    if let Some(v) = example["parameters"][name].get("value") {
+        return Some(match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    }
+    let main = read("infra/main.bicep");
+    let decl = Regex::new(&format!(r"(?m)^param {name} \w+ = (.+)$")).unwrap();
+    let default = decl.captures(&main)?[1].trim().to_string();
+    Some(
+        default
+            .strip_prefix('\'')
+            .and_then(|d| d.strip_suffix('\''))
+            .map_or(default.clone(), str::to_string),
+    )
+}
+
+/// Evaluates the few Bicep expression forms the app settings use: a string literal with
+/// `${...}` interpolations, `string(x)`, `x ? 'a' : 'b'`, a parameter or a stand-in.
+fn evaluate(expression: &str) -> String {
+    let e = expression.trim();
+    if let Some(inner) = e.strip_prefix("string(").and_then(|r| r.strip_suffix(')')) {
+        return evaluate(inner);
+    }
+    if let Some((condition, choices)) = e.split_once(" ? ") {
+        let (yes, no) = choices.split_once(" : ").expect("x ? a : b");
+        return if evaluate(condition) == "true" {
+            evaluate(yes)
+        } else {
+            evaluate(no)
+        };
+    }
+    if let Some(literal) = e.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+        let interpolation = Regex::new(r"\$\{([^}]+)\}").unwrap();
+        return interpolation
+            .replace_all(literal, |c: &regex::Captures| evaluate(&c[1]))
+            .into_owned();
+    }
+    if let Some((_, value)) = DEPLOYMENT_STAND_INS.iter().find(|(k, _)| *k == e) {
+        return value.to_string();
+    }
+    parameter_value(e).unwrap_or_else(|| {
+        panic!("{e}: not a parameter; give it a stand-in in DEPLOYMENT_STAND_INS")
+    })
+}
+
+#[tokio::test]
+async fn the_handler_starts_as_in_azure_with_the_app_settings_the_bicep_sets() {
+    let handler = root().join("dist/handler");
+    let binary = std::env::var_os("RELEASE_HANDLER")
+        .map(PathBuf::from)
+        .unwrap_or(handler);
+    assert!(
+        binary.exists(),
+        "{} not found: run infra/package.sh first (tests/run does)",
+        binary.display()
+    );
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let settings = bicep_app_settings();
+    for (name, expression) in &settings {
+        env.push((name.as_str(), evaluate(expression)));
+    }
+    // what Azure adds: the instance marker and the managed identity endpoint (here a
+    // closed loopback port), and login and Graph kept on loopback too
+    env.extend([
+        ("WEBSITE_INSTANCE_ID", "0123456789abcdef".to_string()),
+        (
+            "IDENTITY_ENDPOINT",
+            "http://127.0.0.1:9/msi/token".to_string(),
+        ),
+        ("IDENTITY_HEADER", "stand-in".to_string()),
+        ("ENTRA_LOGIN_ENDPOINT", "http://127.0.0.1:9".to_string()),
+        ("GRAPH_ENDPOINT", "http://127.0.0.1:9".to_string()),
+    ]);
+    let process = system_tests::HandlerProcess::start(&binary.display().to_string(), &[], &env);
+    let health = reqwest::get(format!("{}/api/health", process.base_url()))
+        .await
+        .unwrap();
+    // storage is a closed port here: the handler runs and says so
+    assert_eq!(health.status(), 503, "{}", process.output());
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["mode"], "host", "{body}");
+    assert_eq!(body["storage"]["reachable"], false, "{body}");
 }
