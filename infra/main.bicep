@@ -4,7 +4,7 @@
 // No secret is in any app setting. The guide is docs/deploy.md:
 //
 //   infra/package.sh
-//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json
+//   az deployment group create -g <rg> -f infra/main.bicep -p @infra/main.parameters.json
 //   az functionapp deployment source config-zip -g <rg> -n <functionAppName> --src dist.zip
 //
 // tests/tests/deploy_bicep.rs checks this file against the code (settings, roles, modules,
