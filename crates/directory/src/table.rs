@@ -845,7 +845,8 @@ impl TableDirectory {
                     out.push(group);
                     return Ok(out);
                 }
-                group.ops.push(Operation::Replace(
+                group.ops.push(Operation::update(
+                    &user_entity(tenant, old),
                     user_entity(tenant, u),
                     IfMatch::ETag(etag.clone()),
                 ));
@@ -1041,7 +1042,8 @@ impl TableDirectory {
                         record.applied.unchanged = 1;
                     } else {
                         after.updated_at = now;
-                        record.ops.push(Operation::Replace(
+                        record.ops.push(Operation::update(
+                            &group_entity(tenant, old),
                             group_entity(tenant, &after),
                             IfMatch::ETag(etag.clone()),
                         ));
