@@ -75,7 +75,16 @@ const ATTEMPTS: usize = 6;
 #[derive(Clone)]
 pub struct TableDirectory {
     table: Table,
+    /// The Graph writer's counter row per tenant as its last successful page left it, so
+    /// that the next page of a round does not read it again (its ETag guards any write
+    /// made meanwhile: a stale copy fails the page's transaction, which reads again).
+    graph_rows: std::sync::Arc<std::sync::Mutex<HashMap<String, CounterRow>>>,
+    /// Tenants whose Graph counter row is known to say `ScimSeen`: set once, never unset.
+    scim_marked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// Tenants whose rows are remembered at most (beyond, the memory starts afresh).
+const REMEMBERED_TENANTS: usize = 10_000;
 
 /// Operations that must commit together, and what they count for.
 #[derive(Default)]
@@ -90,10 +99,16 @@ struct OpGroup {
 type FoldedGroup = (Option<Field<String>>, Vec<MemberChange>, i64, bool);
 
 /// The writer's counter row as read: where a transaction's counter update goes.
+#[derive(Clone)]
 struct CounterRow {
     key: String,
     values: Counters,
     etag: Option<ETag>,
+    /// On the Graph row: whether a SCIM user was ever written to this directory (SCIM marks
+    /// it in the transaction of its first write, guarded by the row's ETag), so that Graph
+    /// pages know whether to look users up by UPN without reading SCIM's counter shards.
+    /// `None` on rows written before the mark existed.
+    scim_seen: Option<bool>,
 }
 
 enum Failure {
@@ -257,13 +272,17 @@ fn counters_from(e: &Entity) -> Counters {
     }
 }
 
-fn counters_entity(tenant: &str, key: &str, c: &Counters) -> Entity {
-    Entity::new(tenant, key)
+fn counters_entity(tenant: &str, row: &CounterRow, c: &Counters) -> Entity {
+    let mut e = Entity::new(tenant, row.key.as_str())
         .with("Users", c.users)
         .with("ActiveUsers", c.active_users)
         .with("ScimUsers", c.scim_users)
         .with("Groups", c.groups)
-        .with("Memberships", c.memberships)
+        .with("Memberships", c.memberships);
+    if let Some(seen) = row.scim_seen {
+        e.set("ScimSeen", seen);
+    }
+    e
 }
 
 fn delete(tenant: &str, row_key: String, if_match: IfMatch) -> Operation {
@@ -458,7 +477,11 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
 impl TableDirectory {
     /// The directory in `table`.
     pub fn new(table: Table) -> TableDirectory {
-        TableDirectory { table }
+        TableDirectory {
+            table,
+            graph_rows: Default::default(),
+            scim_marked: Default::default(),
+        }
     }
 
     /// The table.
@@ -507,32 +530,101 @@ impl TableDirectory {
             .map_err(DirectoryError::from)
     }
 
+    /// The writer's counter row and whether SCIM users may exist (then changes are looked
+    /// up by UPN too), plus, for SCIM, the write that marks the Graph row on its first write.
     async fn read_counters(
         &self,
         tenant: &str,
         writer: Writer,
-    ) -> Result<(Counters, CounterRow), DirectoryError> {
-        let own_key = match writer {
-            Writer::Graph => layout::counter_graph(),
-            Writer::Scim => layout::counter_scim(
-                (Uuid::new_v4().as_u128() % u128::from(layout::SCIM_COUNTER_SHARDS)) as u32,
-            ),
-        };
-        if writer == Writer::Scim {
-            // SCIM always reads before writing, so it needs no totals: its own row will do
-            let row = self.get(tenant, &own_key).await?;
-            let values = row.as_ref().map(counters_from).unwrap_or_default();
-            return Ok((
-                values,
-                CounterRow {
-                    key: own_key,
-                    values,
-                    etag: row.and_then(|r| r.etag),
-                },
-            ));
+    ) -> Result<(bool, CounterRow, Option<Operation>), DirectoryError> {
+        match writer {
+            Writer::Graph => {
+                let cached = self.graph_rows.lock().expect("graph rows").remove(tenant);
+                let row = match cached {
+                    Some(row) => row,
+                    None => {
+                        self.read_counter_row(tenant, layout::counter_graph())
+                            .await?
+                    }
+                };
+                let (seen, row) = match row.scim_seen {
+                    Some(seen) => (seen, row),
+                    // a row from before the mark: SCIM's shards say, and the next counter
+                    // write records it
+                    None => {
+                        let (total, mut row) = self.read_totals(tenant).await?;
+                        row.scim_seen = Some(total.scim_users > 0);
+                        (total.scim_users > 0, row)
+                    }
+                };
+                Ok((seen, row, None))
+            }
+            Writer::Scim => {
+                // SCIM always reads before writing, so it needs no totals: its own row will do
+                let shard =
+                    (Uuid::new_v4().as_u128() % u128::from(layout::SCIM_COUNTER_SHARDS)) as u32;
+                let own = self
+                    .read_counter_row(tenant, layout::counter_scim(shard))
+                    .await?;
+                let marked = self
+                    .scim_marked
+                    .lock()
+                    .expect("scim marked")
+                    .contains(tenant);
+                if marked {
+                    return Ok((true, own, None));
+                }
+                let mut graph = self
+                    .read_counter_row(tenant, layout::counter_graph())
+                    .await?;
+                if graph.scim_seen == Some(true) {
+                    self.remember_scim_mark(tenant);
+                    return Ok((true, own, None));
+                }
+                graph.scim_seen = Some(true);
+                let entity = counters_entity(tenant, &graph, &graph.values);
+                let mark = match graph.etag {
+                    Some(etag) => Operation::Merge(entity, IfMatch::ETag(etag)),
+                    None => Operation::Insert(entity),
+                };
+                Ok((true, own, Some(mark)))
+            }
         }
-        // point reads of every counter row: a range query is a scan of the partition in
-        // Azurite, which made a 100,000-user round quadratic
+    }
+
+    async fn read_counter_row(
+        &self,
+        tenant: &str,
+        key: String,
+    ) -> Result<CounterRow, DirectoryError> {
+        let row = self.get(tenant, &key).await?;
+        Ok(CounterRow {
+            key,
+            values: row.as_ref().map(counters_from).unwrap_or_default(),
+            scim_seen: row.as_ref().and_then(|r| r.get_bool("ScimSeen")),
+            etag: row.and_then(|r| r.etag),
+        })
+    }
+
+    fn remember_scim_mark(&self, tenant: &str) {
+        let mut marked = self.scim_marked.lock().expect("scim marked");
+        if marked.len() >= REMEMBERED_TENANTS {
+            marked.clear();
+        }
+        marked.insert(tenant.to_string());
+    }
+
+    fn remember_graph_row(&self, tenant: &str, row: CounterRow) {
+        let mut rows = self.graph_rows.lock().expect("graph rows");
+        if rows.len() >= REMEMBERED_TENANTS {
+            rows.clear();
+        }
+        rows.insert(tenant.to_string(), row);
+    }
+
+    /// Every counter row by point reads (a range query is a scan of the table in Azurite,
+    /// which made a 100,000-user round quadratic): the totals and the Graph row.
+    async fn read_totals(&self, tenant: &str) -> Result<(Counters, CounterRow), DirectoryError> {
         let keys: Vec<String> = std::iter::once(layout::counter_graph())
             .chain((0..layout::SCIM_COUNTER_SHARDS).map(layout::counter_scim))
             .collect();
@@ -542,20 +634,52 @@ impl TableDirectory {
             .try_collect()
             .await?;
         let mut total = Counters::default();
-        let mut own = CounterRow {
-            key: own_key,
+        let mut graph = CounterRow {
+            key: layout::counter_graph(),
             values: Counters::default(),
             etag: None,
+            scim_seen: None,
         };
         for row in rows.iter().flatten() {
             let values = counters_from(row);
             total.add(&values);
-            if row.row_key == own.key {
-                own.values = values;
-                own.etag = row.etag.clone();
+            if row.row_key == graph.key {
+                graph.values = values;
+                graph.etag = row.etag.clone();
+                graph.scim_seen = row.get_bool("ScimSeen");
             }
         }
-        Ok((total, own))
+        Ok((total, graph))
+    }
+
+    /// Commits a page's op groups (after SCIM's mark of the Graph row, when it has one to
+    /// make), then remembers what the next page can skip reading.
+    async fn commit_page(
+        &self,
+        tenant: &str,
+        writer: Writer,
+        mut groups: Vec<OpGroup>,
+        mut counter: CounterRow,
+        mark: Option<Operation>,
+        applied: &mut Applied,
+    ) -> Result<(), Failure> {
+        let marking = mark.is_some();
+        if let Some(mark) = mark {
+            groups.insert(
+                0,
+                OpGroup {
+                    ops: vec![mark],
+                    ..OpGroup::default()
+                },
+            );
+        }
+        self.commit(tenant, groups, &mut counter, applied).await?;
+        match writer {
+            Writer::Graph => self.remember_graph_row(tenant, counter),
+            Writer::Scim if marking => self.remember_scim_mark(tenant),
+            Writer::Scim => {}
+        }
+        Ok(())
     }
 
     /// Commits op groups in order, packed into transactions, each with the counter row.
@@ -606,7 +730,7 @@ impl TableDirectory {
         let counted = !delta.is_zero();
         if counted {
             values.add(&delta);
-            let row = counters_entity(tenant, &counter.key, &values);
+            let row = counters_entity(tenant, counter, &values);
             ops.push(match &counter.etag {
                 Some(etag) => Operation::Merge(row, IfMatch::ETag(etag.clone())),
                 None => Operation::Insert(row),
@@ -757,9 +881,9 @@ impl TableDirectory {
         mode: ApplyMode,
         applied: &mut Applied,
     ) -> Result<(), Failure> {
-        let (totals, mut counter) = self.read_counters(tenant, writer).await?;
+        let (scim_seen, counter, mark) = self.read_counters(tenant, writer).await?;
         // a SCIM user may be the same person: only reading can tell
-        let lookups = totals.scim_users > 0 || writer == Writer::Scim;
+        let lookups = scim_seen || writer == Writer::Scim;
         let mode = if lookups { ApplyMode::Read } else { mode };
         let mut existing = match mode {
             ApplyMode::Read => self.resolve_users(tenant, changes, lookups).await?,
@@ -807,7 +931,8 @@ impl TableDirectory {
             let after = state.remove(&key).flatten();
             groups.extend(self.user_ops(tenant, before, after).await?);
         }
-        self.commit(tenant, groups, &mut counter, applied).await
+        self.commit_page(tenant, writer, groups, counter, mark, applied)
+            .await
     }
 
     /// The writes that take a user from `before` to `after`.
@@ -845,7 +970,8 @@ impl TableDirectory {
                     out.push(group);
                     return Ok(out);
                 }
-                group.ops.push(Operation::Replace(
+                group.ops.push(Operation::update(
+                    &user_entity(tenant, old),
                     user_entity(tenant, u),
                     IfMatch::ETag(etag.clone()),
                 ));
@@ -940,10 +1066,10 @@ impl TableDirectory {
         mode: ApplyMode,
         applied: &mut Applied,
     ) -> Result<(), Failure> {
-        let (totals, mut counter) = self.read_counters(tenant, writer).await?;
+        let (scim_seen, counter, mark) = self.read_counters(tenant, writer).await?;
         // members named by Entra id may be linked to SCIM-first records (o- rows, which
         // outlive the SCIM source): resolved whenever anything may exist
-        let lookups = totals.scim_users > 0 || mode == ApplyMode::Read;
+        let lookups = scim_seen || mode == ApplyMode::Read;
         let now = OffsetDateTime::now_utc();
         // fold the slices of each group, in order
         let mut order: Vec<Uuid> = Vec::new();
@@ -1041,7 +1167,8 @@ impl TableDirectory {
                         record.applied.unchanged = 1;
                     } else {
                         after.updated_at = now;
-                        record.ops.push(Operation::Replace(
+                        record.ops.push(Operation::update(
+                            &group_entity(tenant, old),
                             group_entity(tenant, &after),
                             IfMatch::ETag(etag.clone()),
                         ));
@@ -1060,7 +1187,8 @@ impl TableDirectory {
                     .await?,
             );
         }
-        self.commit(tenant, groups, &mut counter, applied).await
+        self.commit_page(tenant, writer, groups, counter, mark, applied)
+            .await
     }
 
     async fn member_ops(
@@ -1533,9 +1661,6 @@ impl Directory for TableDirectory {
     }
 
     async fn counters(&self, tenant: Uuid) -> Result<Counters, DirectoryError> {
-        Ok(self
-            .read_counters(&tenant.to_string(), Writer::Graph)
-            .await?
-            .0)
+        Ok(self.read_totals(&tenant.to_string()).await?.0)
     }
 }

@@ -15,6 +15,11 @@ async fn directory() -> TableDirectory {
     TableDirectory::new(table)
 }
 
+/// A second instance on the same table: another process, with nothing remembered.
+fn another_instance(dir: &TableDirectory) -> TableDirectory {
+    TableDirectory::new(dir.table().clone())
+}
+
 fn graph_user(id: Uuid, upn: &str, name: &str, enabled: bool, round: i64) -> UserChange {
     UserChange::Graph {
         entra_id: id,
@@ -435,6 +440,72 @@ async fn search_by_prefix_of_name_email_or_upn_pages_without_repeats() {
         dir.list_users(tenant, &bad).await,
         Err(directory::DirectoryError::Invalid(_))
     ));
+}
+
+#[tokio::test]
+async fn a_scim_user_provisioned_by_another_instance_during_a_first_round_is_one_record() {
+    // the Graph writer remembers its counter row between pages of a round; a SCIM user
+    // written meanwhile by another process must still be found by UPN on the next page
+    let graph = directory().await;
+    let scim = another_instance(&graph);
+    let tenant = Uuid::new_v4();
+    graph
+        .apply_users(
+            tenant,
+            Writer::Graph,
+            vec![graph_user(
+                Uuid::new_v4(),
+                "ann@contoso.com",
+                "Ann",
+                true,
+                1,
+            )],
+            ApplyMode::Optimistic,
+        )
+        .await
+        .unwrap();
+    let scim_id = Uuid::new_v4();
+    scim.apply_users(
+        tenant,
+        Writer::Scim,
+        vec![UserChange::Scim {
+            id: scim_id,
+            fields: UserFields {
+                upn: Field::Set("eve@contoso.com".into()),
+                name: Field::Set("Eve".into()),
+                enabled: Some(true),
+                ..UserFields::default()
+            },
+        }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let entra_id = Uuid::new_v4();
+    graph
+        .apply_users(
+            tenant,
+            Writer::Graph,
+            vec![graph_user(
+                entra_id,
+                "eve@contoso.com",
+                "Eve Moneypenny",
+                true,
+                1,
+            )],
+            ApplyMode::Optimistic,
+        )
+        .await
+        .unwrap();
+    let u = graph
+        .user_by_entra_id(tenant, entra_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.id, scim_id, "one record for Eve");
+    assert!(u.sources.scim && u.sources.graph);
+    let c = graph.counters(tenant).await.unwrap();
+    assert_eq!((c.users, c.scim_users), (2, 1));
 }
 
 #[tokio::test]

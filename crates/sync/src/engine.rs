@@ -411,6 +411,11 @@ async fn pages(
                                 Next::Done(_) => None,
                             }
                         };
+                        let items = match &page {
+                            Fetched::Users(p) => p.items.len(),
+                            Fetched::Groups(p) => p.items.len(),
+                        };
+                        let started = Instant::now();
                         let write = async {
                             match page {
                                 Fetched::Users(p) => {
@@ -426,6 +431,13 @@ async fn pages(
                             }
                         };
                         let (written, read) = tokio::join!(write, read_ahead);
+                        tracing::debug!(
+                            %tenant,
+                            phase = phase.as_str(),
+                            items,
+                            ms = started.elapsed().as_millis() as u64,
+                            "sync page written (the next one read meanwhile)"
+                        );
                         ahead = read;
                         Ok((written?, next))
                     }

@@ -244,7 +244,18 @@ impl TableServiceClient {
             let out_of_budget = attempt >= options.max_attempts
                 || started.elapsed() + delay >= options.total_budget;
             if !retryable || out_of_budget {
-                return finish(outcome, options.attempt_timeout).await;
+                let answer = finish(outcome, options.attempt_timeout).await;
+                // per request, for finding where time goes: the table, never keys or bodies
+                // (row keys can hold user names)
+                tracing::trace!(
+                    method = %call.method,
+                    table = call.resource.split('(').next().unwrap_or_default(),
+                    query = call.query.iter().any(|(k, _)| *k == "$filter"),
+                    ok = answer.is_ok(),
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "table request"
+                );
+                return answer;
             }
             tracing::debug!(attempt, status = ?outcome.as_ref().map(|r| r.status().as_u16()).ok(), "table request retried");
             tokio::time::sleep(delay).await;
