@@ -65,7 +65,9 @@ fn link_json(link: &ActivationLink) -> Value {
     tag = "Onboarding",
     security(("entra_admin" = [])),
     request_body(content = Option<NewLink>, description = "Optional"),
-    responses((status = 201, description = "The link; `link` is shown only here", body = ActivationLinkBody))
+    responses((status = 201, description = "The link; `link` is shown only here", body = ActivationLinkBody, links(
+        ("RevokeLink" = (operation_id = "revokeActivationLink", parameters(("link_id" = "$response.body#/id"))))
+    )))
 )]
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;

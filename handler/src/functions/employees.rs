@@ -76,7 +76,7 @@ async fn registered_tenant(app: &App, req: &Request) -> Result<uuid::Uuid, ApiEr
     security(("entra_admin" = [])),
     params(
         ("tenant_id" = uuid::Uuid, Path),
-        ("employee_id" = String, Path, description = "Percent-encode `/`"),
+        ("employee_id" = String, Path, min_length = 1, max_length = 128, description = "1-128 printable characters; percent-encode `/`"),
     ),
     request_body = EmployeeBody,
     responses(
@@ -123,7 +123,7 @@ async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
     security(("entra_admin" = [])),
     params(
         ("tenant_id" = uuid::Uuid, Path),
-        ("employee_id" = String, Path, description = "Percent-encode `/`"),
+        ("employee_id" = String, Path, min_length = 1, max_length = 128, description = "1-128 printable characters; percent-encode `/`"),
     ),
     responses((status = 200, description = "The record", body = EmployeeRecord))
 )]
@@ -150,7 +150,7 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     security(("entra_admin" = [])),
     params(
         ("tenant_id" = uuid::Uuid, Path),
-        ("employee_id" = String, Path, description = "Percent-encode `/`"),
+        ("employee_id" = String, Path, min_length = 1, max_length = 128, description = "1-128 printable characters; percent-encode `/`"),
     ),
     responses((status = 204, description = "Deleted"))
 )]

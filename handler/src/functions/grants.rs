@@ -95,7 +95,11 @@ fn guid_field(value: &str, name: &str) -> Result<Uuid, ApiError> {
     security(("entra_admin" = [])),
     request_body = NewGrant,
     responses(
-        (status = 201, description = "The grant", body = GrantBody),
+        (status = 201, description = "The grant", body = GrantBody, links(
+            ("GetGrant" = (operation_id = "getGrant", parameters(("grant_id" = "$response.body#/id")))),
+            ("UpdateGrant" = (operation_id = "updateGrant", parameters(("grant_id" = "$response.body#/id")))),
+            ("DeleteGrant" = (operation_id = "deleteGrant", parameters(("grant_id" = "$response.body#/id"))))
+        )),
         (status = 409, description = "The principal has a grant in that tenant already (named), or the tenant is offboarded", body = ErrorBody),
     )
 )]

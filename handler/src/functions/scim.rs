@@ -533,7 +533,7 @@ mod operations {
         operation_id = "getScimResourceType",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("id" = String, Path)),
+        params(("tenant_id" = uuid::Uuid, Path), ("id" = String, Path, min_length = 1, max_length = 256)),
         responses(
             (status = 200, description = "The resource type", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
         )
@@ -557,7 +557,7 @@ mod operations {
         operation_id = "getScimSchema",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("id" = String, Path)),
+        params(("tenant_id" = uuid::Uuid, Path), ("id" = String, Path, min_length = 1, max_length = 256)),
         responses(
             (status = 200, description = "The schema", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
         )
@@ -584,7 +584,12 @@ mod operations {
         params(("tenant_id" = uuid::Uuid, Path)),
         request_body(content = crate::openapi::schemas::ScimResource, content_type = "application/scim+json"),
         responses(
-            (status = 201, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 201, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, links(
+                ("GetUser" = (operation_id = "getScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("ReplaceUser" = (operation_id = "replaceScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("PatchUser" = (operation_id = "patchScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("DeleteUser" = (operation_id = "deleteScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id"))))
+            )),
             (status = 409, description = "`uniqueness`: the userName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
         )
     )]
@@ -608,7 +613,7 @@ mod operations {
         operation_id = "getScimUser",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
         responses(
             (status = 200, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
         )
@@ -620,7 +625,7 @@ mod operations {
         operation_id = "replaceScimUser",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         request_body(content = crate::openapi::schemas::ScimResource, content_type = "application/scim+json"),
         responses(
             (status = 200, description = "The user, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
@@ -635,7 +640,7 @@ mod operations {
         operation_id = "patchScimUser",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         request_body(content = crate::openapi::schemas::ScimPatchOp, content_type = "application/scim+json"),
         responses(
             (status = 200, description = "The user, changed", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
@@ -650,7 +655,7 @@ mod operations {
         operation_id = "deleteScimUser",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         responses(
             (status = 204, description = "Deleted, with its memberships"),
             (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
@@ -678,7 +683,12 @@ mod operations {
         params(("tenant_id" = uuid::Uuid, Path)),
         request_body(content = crate::openapi::schemas::ScimResource, content_type = "application/scim+json"),
         responses(
-            (status = 201, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 201, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, links(
+                ("GetGroup" = (operation_id = "getScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
+                ("ReplaceGroup" = (operation_id = "replaceScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
+                ("PatchGroup" = (operation_id = "patchScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
+                ("DeleteGroup" = (operation_id = "deleteScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id"))))
+            )),
             (status = 409, description = "`uniqueness`: the displayName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
         )
     )]
@@ -702,7 +712,7 @@ mod operations {
         operation_id = "getScimGroup",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
         responses(
             (status = 200, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
         )
@@ -714,7 +724,7 @@ mod operations {
         operation_id = "replaceScimGroup",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         request_body(content = crate::openapi::schemas::ScimResource, content_type = "application/scim+json"),
         responses(
             (status = 200, description = "The group, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
@@ -729,7 +739,7 @@ mod operations {
         operation_id = "patchScimGroup",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         request_body(content = crate::openapi::schemas::ScimPatchOp, content_type = "application/scim+json"),
         responses(
             (status = 204, description = "Changed"),
@@ -744,7 +754,7 @@ mod operations {
         operation_id = "deleteScimGroup",
         tag = "SCIM",
         security(("scim_token" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         responses(
             (status = 204, description = "Deleted, with its member rows"),
             (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),

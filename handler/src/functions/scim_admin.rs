@@ -501,7 +501,10 @@ mod operations {
         security(("entra_admin" = [])),
         params(("tenant_id" = uuid::Uuid, Path), ("user_id" = uuid::Uuid, Path)),
         responses(
-            (status = 201, description = "The invitation (a single-use activation link)", body = crate::openapi::schemas::InvitationBody),
+            (status = 201, description = "The invitation (a single-use activation link)", body = crate::openapi::schemas::InvitationBody, links(
+                ("MarkSent" = (operation_id = "markInvitationSent", parameters(("tenant_id" = "$request.path.tenant_id"), ("invitation_id" = "$response.body#/id")))),
+                ("Revoke" = (operation_id = "revokeInvitation", parameters(("tenant_id" = "$request.path.tenant_id"), ("invitation_id" = "$response.body#/id"))))
+            )),
             (status = 409, description = "The tenant is offboarded, or the user cannot be invited (disabled, already active)", body = crate::openapi::schemas::ErrorBody),
         )
     )]

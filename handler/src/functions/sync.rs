@@ -381,8 +381,9 @@ fn graph_error(e: entra::graph::GraphError) -> ApiError {
     use entra::graph::GraphErrorClass as C;
     match e.class() {
         C::NotFound => ApiError::not_found("Microsoft Graph does not know that user"),
+        // the tenant's state (consent revoked, app disabled), not a fault here or at Graph
         C::AccessRevoked { reason } => ApiError::new(
-            StatusCode::BAD_GATEWAY,
+            StatusCode::CONFLICT,
             "tenant_access_refused",
             format!("the tenant refused access to Microsoft Graph: {reason}"),
         ),
@@ -441,9 +442,9 @@ struct SyncUserBody {
     responses(
         (status = 200, description = "The user as Graph has it now", body = crate::openapi::schemas::DirectoryUser),
         (status = 404, description = "Unknown tenant, or Graph does not know the UPN", body = crate::openapi::schemas::ErrorBody),
-        (status = 409, description = "The tenant is not active", body = crate::openapi::schemas::ErrorBody),
         (status = 422, description = "`invalid_upn`", body = crate::openapi::schemas::ErrorBody),
-        (status = 502, description = "The tenant refuses access", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant is not active, or `tenant_access_refused`: it refuses Graph access (consent revoked, app disabled)", body = crate::openapi::schemas::ErrorBody),
+        (status = 502, description = "`graph_rejected`: Microsoft Graph refused the request", body = crate::openapi::schemas::ErrorBody),
     )
 )]
 
@@ -502,9 +503,9 @@ struct BulkBody {
     responses(
         (status = 200, description = "Each name's outcome, in the order given", body = crate::openapi::schemas::BulkSyncAnswer),
         (status = 404, description = "Unknown tenant", body = crate::openapi::schemas::ErrorBody),
-        (status = 409, description = "The tenant is not active", body = crate::openapi::schemas::ErrorBody),
         (status = 422, description = "No names, or more than 50", body = crate::openapi::schemas::ErrorBody),
-        (status = 502, description = "The tenant refuses access", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant is not active, or `tenant_access_refused`: it refuses Graph access (consent revoked, app disabled)", body = crate::openapi::schemas::ErrorBody),
+        (status = 502, description = "`graph_rejected`: Microsoft Graph refused the request", body = crate::openapi::schemas::ErrorBody),
     )
 )]
 

@@ -165,11 +165,33 @@ pub fn document() -> OpenApi {
 
 /// The document as the file `docs/openapi.json` holds it.
 pub fn json() -> String {
-    let mut text = document()
-        .to_pretty_json()
-        .expect("the document serialises");
+    let mut value = serde_json::to_value(document()).expect("the document serialises");
+    link_field_names(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).expect("the document serialises");
     text.push('\n');
     text
+}
+
+/// utoipa 5.5 writes a Link Object's `operationId` as `operation_id`; OpenAPI names it
+/// `operationId`, so renamed here.
+fn link_field_names(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(links)) = map.get_mut("links") {
+                for link in links.values_mut() {
+                    if let Some(link) = link.as_object_mut()
+                        && let Some(id) = link.remove("operation_id")
+                    {
+                        link.insert("operationId".into(), id);
+                    }
+                }
+            }
+            map.values_mut().for_each(link_field_names);
+        }
+        Value::Array(items) => items.iter_mut().for_each(link_field_names),
+        _ => {}
+    }
 }
 
 struct SecuritySchemes;
