@@ -212,7 +212,8 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
 
     let examples = env_or("SCHEMATHESIS_EXAMPLES", 12);
     let tools = openapi_tools();
-    let report = world.data.join("schemathesis.xml");
+    // kept after the run: the JUnit report and the requests and answers (a VCR cassette)
+    let reports = repo().join("target/schemathesis");
     let output = Command::new(tools.join("schemathesis"))
         .arg("--config-file")
         .arg(repo().join("tests/openapi/schemathesis.toml"))
@@ -227,10 +228,8 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
         .args(["--seed", &env_or("SCHEMATHESIS_SEED", 1).to_string()])
         .args(["--workers", "2", "--no-color", "--request-timeout", "20"])
         .args(["--generation-database", "none"])
-        .arg("--report")
-        .arg("junit")
-        .arg("--report-junit-path")
-        .arg(&report)
+        .args(["--report", "junit,vcr", "--report-dir"])
+        .arg(&reports)
         .env("ST_ADMIN_TOKEN", &admin)
         .env("ST_SCIM_TOKEN", scim["token"].as_str().unwrap())
         .env("ST_CONNECTOR_TOKEN", &connector)
@@ -240,7 +239,8 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
         .output()
         .expect("schemathesis runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let log_path = std::env::temp_dir().join("schemathesis-last-run.txt");
+    std::fs::create_dir_all(&reports).ok();
+    let log_path = reports.join("output.txt");
     std::fs::write(&log_path, stdout.as_bytes()).ok();
     assert!(
         output.status.success(),

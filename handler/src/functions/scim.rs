@@ -582,7 +582,7 @@ mod operations {
         tag = "SCIM",
         security(("scim_token" = [])),
         params(("tenant_id" = uuid::Uuid, Path)),
-        request_body(content = crate::openapi::schemas::ScimResource, content_type = "application/scim+json"),
+        request_body(content = crate::openapi::schemas::ScimUserRequest, content_type = "application/scim+json"),
         responses(
             (status = 201, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, links(
                 ("GetUser" = (operation_id = "getScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
@@ -626,7 +626,7 @@ mod operations {
         tag = "SCIM",
         security(("scim_token" = [])),
         params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
-        request_body(content = crate::openapi::schemas::ScimResource, content_type = "application/scim+json"),
+        request_body(content = crate::openapi::schemas::ScimUserRequest, content_type = "application/scim+json"),
         responses(
             (status = 200, description = "The user, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
             (status = 409, description = "`uniqueness`: the userName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
@@ -681,7 +681,7 @@ mod operations {
         tag = "SCIM",
         security(("scim_token" = [])),
         params(("tenant_id" = uuid::Uuid, Path)),
-        request_body(content = crate::openapi::schemas::ScimResource, content_type = "application/scim+json"),
+        request_body(content = crate::openapi::schemas::ScimGroupRequest, content_type = "application/scim+json"),
         responses(
             (status = 201, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, links(
                 ("GetGroup" = (operation_id = "getScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
@@ -725,7 +725,7 @@ mod operations {
         tag = "SCIM",
         security(("scim_token" = [])),
         params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
-        request_body(content = crate::openapi::schemas::ScimResource, content_type = "application/scim+json"),
+        request_body(content = crate::openapi::schemas::ScimGroupRequest, content_type = "application/scim+json"),
         responses(
             (status = 200, description = "The group, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
             (status = 409, description = "`uniqueness`: the displayName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),

@@ -614,6 +614,72 @@ pub struct ScimResource {
     pub meta: Option<Value>,
 }
 
+/// A User to create or replace (RFC 7643 section 4.1; every attribute of `/Schemas` is
+/// taken, the enterprise extension included).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "bjensen@contoso.com", "externalId": "bjensen", "active": true, "displayName": "Barbara Jensen", "name": {"givenName": "Barbara", "familyName": "Jensen"}, "emails": [{"value": "bjensen@contoso.com", "type": "work", "primary": true}]}))]
+pub struct ScimUserRequest {
+    pub schemas: Vec<String>,
+    #[serde(rename = "userName")]
+    #[schema(min_length = 1)]
+    pub user_name: String,
+    #[serde(rename = "externalId")]
+    #[schema(nullable = false)]
+    pub external_id: Option<String>,
+    #[schema(nullable = false)]
+    pub active: Option<bool>,
+    #[serde(rename = "displayName")]
+    #[schema(nullable = false)]
+    pub display_name: Option<String>,
+    #[schema(nullable = false)]
+    pub name: Option<ScimName>,
+    #[schema(nullable = false)]
+    pub emails: Option<Vec<ScimEmail>>,
+}
+
+/// A user's name.
+#[derive(Serialize, ToSchema)]
+pub struct ScimName {
+    #[serde(rename = "givenName")]
+    #[schema(nullable = false)]
+    pub given_name: Option<String>,
+    #[serde(rename = "familyName")]
+    #[schema(nullable = false)]
+    pub family_name: Option<String>,
+}
+
+/// One e-mail address.
+#[derive(Serialize, ToSchema)]
+pub struct ScimEmail {
+    pub value: String,
+    #[serde(rename = "type")]
+    #[schema(nullable = false)]
+    pub kind: Option<String>,
+    #[schema(nullable = false)]
+    pub primary: Option<bool>,
+}
+
+/// A Group to create or replace (RFC 7643 section 4.2).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Sales", "externalId": "sales", "members": []}))]
+pub struct ScimGroupRequest {
+    pub schemas: Vec<String>,
+    #[serde(rename = "displayName")]
+    #[schema(min_length = 1)]
+    pub display_name: String,
+    #[serde(rename = "externalId")]
+    #[schema(nullable = false)]
+    pub external_id: Option<String>,
+    #[schema(nullable = false)]
+    pub members: Option<Vec<ScimMember>>,
+}
+
+/// A member of a group: a user's `id`.
+#[derive(Serialize, ToSchema)]
+pub struct ScimMember {
+    pub value: String,
+}
+
 /// A SCIM ListResponse (RFC 7644 section 3.4.2).
 #[derive(Serialize, ToSchema)]
 pub struct ScimListResponse {
@@ -641,6 +707,7 @@ pub struct ScimPatchOp {
 #[derive(Serialize, ToSchema)]
 pub struct ScimPatchOperation {
     /// `add`, `replace` or `remove`, in any case.
+    #[schema(pattern = "^([Aa][Dd][Dd]|[Rr][Ee][Pp][Ll][Aa][Cc][Ee]|[Rr][Ee][Mm][Oo][Vv][Ee])$")]
     pub op: String,
     #[schema(nullable = false)]
     pub path: Option<String>,
