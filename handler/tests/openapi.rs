@@ -210,6 +210,50 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{round}");
 
+    // a SCIM user and group, for the product's side of provisioning
+    let scim_token = scim["token"].as_str().unwrap().to_string();
+    let scim_base = format!("/api/scim/{tenant}/v2");
+    let (s, scim_user) = call(
+        &http,
+        &base,
+        &scim_token,
+        "POST",
+        &format!("{scim_base}/Users"),
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "provisioned@contoso.com", "active": true,
+               "emails": [{"value": "provisioned@contoso.com", "type": "work", "primary": true}]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{scim_user}");
+    let (s, scim_group) = call(
+        &http,
+        &base,
+        &scim_token,
+        "POST",
+        &format!("{scim_base}/Groups"),
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Provisioned"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{scim_group}");
+    // the round done, a user of the synced directory
+    let mut directory_user = None;
+    for _ in 0..100 {
+        let (_, page) = call(
+            &http,
+            &base,
+            &admin,
+            "GET",
+            &format!("/api/v1/entra-id/users?tenant_id={tenant}&search=user"),
+            Value::Null,
+        )
+        .await;
+        directory_user = page["users"][0]["id"].as_str().map(str::to_string);
+        if directory_user.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let directory_user = directory_user.expect("the first round synced users");
+
     let examples = env_or("SCHEMATHESIS_EXAMPLES", 12);
     let tools = openapi_tools();
     // kept after the run: the JUnit report and the requests and answers (a VCR cassette)
@@ -231,7 +275,10 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
         .args(["--report", "junit,vcr", "--report-dir"])
         .arg(&reports)
         .env("ST_ADMIN_TOKEN", &admin)
-        .env("ST_SCIM_TOKEN", scim["token"].as_str().unwrap())
+        .env("ST_SCIM_TOKEN", &scim_token)
+        .env("ST_SCIM_USER_ID", scim_user["id"].as_str().unwrap())
+        .env("ST_SCIM_GROUP_ID", scim_group["id"].as_str().unwrap())
+        .env("ST_DIRECTORY_USER_ID", &directory_user)
         .env("ST_CONNECTOR_TOKEN", &connector)
         .env("ST_TENANT_ID", tenant.to_string())
         .env("ST_SPARE_TENANT_ID", spare.to_string())
