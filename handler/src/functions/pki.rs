@@ -190,15 +190,18 @@ struct ProvisionBody {
     #[schema(format = Uuid)]
     user_id: String,
     /// `client_auth` (default), `email_protection` or `code_signing`.
+    #[schema(value_type = Option<crate::openapi::schemas::CertificateUse>)]
     certificate_type: Option<String>,
     /// 1-3650 (default `CERT_DEFAULT_VALIDITY_DAYS`).
     #[schema(minimum = 1, maximum = 3650)]
     validity_days: Option<i64>,
     /// 2048, 3072 or 4096 (default `CERT_DEFAULT_KEY_SIZE`).
+    #[schema(minimum = 2048, maximum = 4096, multiple_of = 1024)]
     key_size: Option<i64>,
     /// A PEM PKCS#10 request: only its public key is used.
     csr: Option<String>,
     /// `pkcs8` (default) or `pkcs12` (not with a CSR).
+    #[schema(value_type = Option<crate::openapi::schemas::KeyFormat>)]
     key_format: Option<String>,
     /// May be left out when exactly one tenant is active (or given in the query).
     #[schema(format = Uuid)]
@@ -363,6 +366,7 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
     /// An RFC 5280 reason name; `unspecified` by default.
+    #[schema(value_type = Option<crate::openapi::schemas::RevocationReasonName>)]
     reason: Option<String>,
     tenant_id: Option<String>,
 }

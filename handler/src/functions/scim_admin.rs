@@ -445,7 +445,7 @@ mod operations {
         operation_id = "listProvisionedUsers",
         tag = "SCIM admin",
         security(("entra_admin" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("status" = Option<String>, Query, description = "`Staged`, `Invited` or `Active`")),
+        params(("tenant_id" = uuid::Uuid, Path), ("status" = Option<crate::openapi::schemas::ProvisioningStatus>, Query)),
         responses(
             (status = 200, description = "Provisioned users", body = crate::openapi::schemas::ProvisionedUserList),
         )
@@ -544,7 +544,7 @@ mod operations {
         operation_id = "listInvitations",
         tag = "SCIM admin",
         security(("entra_admin" = [])),
-        params(("tenant_id" = uuid::Uuid, Path), ("state" = Option<String>, Query, description = "`pending`, `sent`, `redeemed`, `revoked` or `expired`")),
+        params(("tenant_id" = uuid::Uuid, Path), ("state" = Option<crate::openapi::schemas::InvitationState>, Query)),
         responses(
             (status = 200, description = "The outbox", body = crate::openapi::schemas::InvitationList),
         )

@@ -146,6 +146,14 @@ pub const MODULES: &[Module] = &[
         (name = "Directory", description = "Users synchronised from Microsoft Graph"),
         (name = "Certificates", description = "Per-tenant CAs and certificates for directory users"),
     ),
+    // the schemas only parameters name (utoipa collects those of bodies by itself)
+    components(schemas(
+        schemas::ErrorBody,
+        schemas::ScimErrorBody,
+        schemas::CloudName,
+        schemas::ProvisioningStatus,
+        schemas::InvitationState
+    )),
     modifiers(&SecuritySchemes, &CommonAnswers)
 )]
 struct Base;

@@ -53,6 +53,65 @@ pub enum TenantState {
     Offboarded,
 }
 
+/// What a certificate is for.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateUse {
+    ClientAuth,
+    EmailProtection,
+    CodeSigning,
+}
+
+/// How a private key made here is returned.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFormat {
+    Pkcs8,
+    Pkcs12,
+}
+
+/// An RFC 5280 revocation reason (case-insensitive; snake_case is taken too).
+#[derive(Serialize, ToSchema)]
+pub enum RevocationReasonName {
+    #[serde(rename = "unspecified")]
+    Unspecified,
+    #[serde(rename = "keyCompromise")]
+    KeyCompromise,
+    #[serde(rename = "cACompromise")]
+    CaCompromise,
+    #[serde(rename = "affiliationChanged")]
+    AffiliationChanged,
+    #[serde(rename = "superseded")]
+    Superseded,
+    #[serde(rename = "cessationOfOperation")]
+    CessationOfOperation,
+    #[serde(rename = "certificateHold")]
+    CertificateHold,
+    #[serde(rename = "privilegeWithdrawn")]
+    PrivilegeWithdrawn,
+    #[serde(rename = "aACompromise")]
+    AaCompromise,
+}
+
+/// Where a provisioned user is on the way to using the product (case-insensitive).
+#[derive(Serialize, ToSchema)]
+pub enum ProvisioningStatus {
+    Staged,
+    Invited,
+    Active,
+}
+
+/// An invitation's state.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InvitationState {
+    Pending,
+    Sent,
+    Redeemed,
+    Revoked,
+    Expired,
+}
+
 /// A registered tenant.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "display_name": "Contoso", "cloud": "global", "status": "active", "added_by": "admin_api", "created_at": "2026-01-01T00:00:00Z", "consented_at": null, "offboarded_at": null, "app_client_id": null}))]
