@@ -254,7 +254,7 @@ async fn schemathesis_finds_no_failure_in_any_operation() {
     }
     let directory_user = directory_user.expect("the first round synced users");
 
-    let examples = env_or("SCHEMATHESIS_EXAMPLES", 12);
+    let examples = env_or("SCHEMATHESIS_EXAMPLES", 25);
     let tools = openapi_tools();
     // kept after the run: the JUnit report and the requests and answers (a VCR cassette)
     let reports = repo().join("target/schemathesis");
