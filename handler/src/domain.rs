@@ -191,7 +191,7 @@ pub fn parse_scopes(requested: &[String], known: &[String]) -> Result<Vec<String
 }
 
 /// One position held by an employee.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Position {
     pub title: String,
@@ -202,6 +202,7 @@ pub struct Position {
         skip_serializing_if = "Option::is_none",
         with = "iso_date_opt"
     )]
+    #[schema(nullable = false)]
     pub end: Option<Date>,
 }
 

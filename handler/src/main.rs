@@ -11,6 +11,7 @@ mod domain;
 mod functions;
 mod lifecycle;
 mod onboarding;
+mod openapi;
 mod routes;
 mod scim_admin;
 mod scim_service;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 
 use app::Mode;
 
-const USAGE: &str = "usage: handler [serve | host | dev-token ... | version | help]
+const USAGE: &str = "usage: handler [serve | host | dev-token ... | openapi | version | help]
 
   (no command)  under the Functions host when FUNCTIONS_CUSTOMHANDLER_PORT is set,
                 otherwise the same as `serve`
@@ -30,6 +31,7 @@ const USAGE: &str = "usage: handler [serve | host | dev-token ... | version | he
                 and in-process delivery of queue outputs
   host          run for the Functions host (it fires timers and moves queue messages)
   dev-token     mint a development token (ENTRA_DEV_AUTH=true only; see handler dev-token --help)
+  openapi       print the OpenAPI 3.1 document (handler openapi > docs/openapi.json)
   version       print the version
 
 Settings come from the environment; see local.settings.sample.json and docs/settings.md.";
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some("dev-token") => return dev_token::run(&args[1..]),
+        Some("openapi") => return openapi::run(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -29,8 +29,9 @@ pub const DEFAULT_INVITATION_HOURS: u32 = 168;
 pub const MAX_INVITATION_HOURS: u32 = 720;
 
 /// A tenant's SCIM settings. Every field is required on PUT except the validity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"automatic_invitation": true, "require_mobile_auth_users": false, "require_mobile_auth_groups": false, "invitation_valid_hours": 168}))]
 pub struct ScimSettings {
     /// Users provisioned from now on get an invitation at once.
     pub automatic_invitation: bool,
@@ -40,6 +41,7 @@ pub struct ScimSettings {
     pub require_mobile_auth_groups: bool,
     /// How long an invitation's link works.
     #[serde(default = "default_hours")]
+    #[schema(minimum = 1, maximum = 720, required = false)]
     pub invitation_valid_hours: u32,
 }
 
@@ -90,7 +92,8 @@ impl ScimSettings {
 }
 
 /// A per-user or per-group override: `null` (or absent) inherits the tenant's setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A user's or group's own settings (null or absent: the tenant's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     #[serde(default)]

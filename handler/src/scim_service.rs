@@ -930,6 +930,21 @@ fn member_objects(value: Option<&Value>) -> Result<Vec<Value>, ScimError> {
     Ok(members)
 }
 
+/// RFC 7643's types of the common attributes: `schemas` a list of URIs, `externalId` a
+/// string (null, as Entra may send it, means none).
+fn check_types(data: &serde_json::Map<String, Value>) -> Result<(), ScimError> {
+    let invalid = |detail: &str| Err(ScimError::new(400, Some("invalidValue"), detail));
+    match data.get("schemas") {
+        None => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return invalid("schemas must be a list of schema URIs"),
+    }
+    match data.get("externalId") {
+        None | Some(Value::Null | Value::String(_)) => Ok(()),
+        Some(_) => invalid("externalId must be a string"),
+    }
+}
+
 fn clean_group(body: &Value) -> Result<(Value, Vec<Value>), ScimError> {
     let Value::Object(map) = body else {
         return Err(ScimError::new(
@@ -939,6 +954,7 @@ fn clean_group(body: &Value) -> Result<(Value, Vec<Value>), ScimError> {
         ));
     };
     let mut data = map.clone();
+    check_types(&data)?;
     if data
         .get("displayName")
         .and_then(Value::as_str)
@@ -1069,6 +1085,9 @@ fn finish(
             format!("{required} is required"),
         ));
     }
+    if let Some(map) = data.as_object() {
+        check_types(map)?;
+    }
     fits(&data, keys)?;
     Ok(data)
 }
@@ -1131,6 +1150,7 @@ fn clean_user(body: &Value) -> Result<Value, ScimError> {
             "the body must be a JSON object",
         ));
     };
+    check_types(map)?;
     let mut data = Value::Object(map.clone());
     let user_name = data
         .get("userName")

@@ -482,3 +482,37 @@ async fn a_deletion_interrupted_after_its_commit_is_finished_by_the_next_request
         "{logs:?}"
     );
 }
+
+// Found by Schemathesis: a group (or user) whose `schemas` held numbers, or whose
+// `externalId` was a boolean, was stored and echoed, an answer that breaks RFC 7643.
+#[tokio::test]
+async fn resources_whose_schemas_or_external_id_have_the_wrong_type_are_refused() {
+    let s = Scim::start().await;
+    let bad_groups = [
+        json!({"schemas": [934374, -332], "displayName": "Numbers"}),
+        json!({"schemas": "urn:ietf:params:scim:schemas:core:2.0:Group", "displayName": "Text"}),
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Flag", "externalId": true}),
+    ];
+    for body in bad_groups {
+        let (status, answer) = s.call("POST", "/Groups", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {answer}");
+        assert_eq!(answer["scimType"], "invalidValue", "{answer}");
+    }
+    let mut user = entra_user("typed@contoso.com", "typed");
+    user["externalId"] = json!(12);
+    let (status, answer) = s.call("POST", "/Users", Some(user)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let mut user = entra_user("typed@contoso.com", "typed");
+    user["schemas"] = json!([1]);
+    let (status, _) = s.call("POST", "/Users", Some(user)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // the right types still work, and Entra's null externalId means none
+    let (status, group) = s
+        .call(
+            "POST",
+            "/Groups",
+            Some(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Fine", "externalId": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+}

@@ -885,3 +885,37 @@ async fn sync_user_of_a_user_disabled_in_entra_revokes_its_certificates_at_once(
         .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
 }
+
+// Found by Schemathesis: a tenant whose consent is gone made sync-user answer 502, a
+// server error for what is the tenant's state, not a fault of this service or of Graph.
+#[tokio::test]
+async fn sync_user_of_a_tenant_that_refuses_access_is_a_conflict_not_a_server_error() {
+    let w = World::start().await;
+    let t = w.tenant.clone();
+    w.fake.add_user(
+        &t,
+        json!({"userPrincipalName": "adele@contoso.com", "displayName": "Adele", "accountEnabled": true}),
+    );
+    w.fake.revoke_consent(&t, CLIENT_ID);
+    let r = w
+        .post(
+            "/api/v1/entra-id/sync-user",
+            json!({"user_principal_name": "adele@contoso.com"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "tenant_access_refused", "{body}");
+    let r = w
+        .post(
+            "/api/v1/entra-id/bulk-sync-users",
+            json!({"user_principal_names": ["adele@contoso.com"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["results"][0]["error"]["error"], "tenant_access_refused",
+        "{body}"
+    );
+}

@@ -160,38 +160,81 @@ pub const DEV_KEY: &str =
 pub fn scim2_cli() -> PathBuf {
     static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
     INSTALLED
+        .get_or_init(|| python_venv("scim").join("scim2"))
+        .clone()
+}
+
+/// The `bin` folder of the venv with Schemathesis and openapi-spec-validator, installed
+/// from `tests/openapi/requirements.txt` into `tests/openapi/.venv` on first use.
+pub fn openapi_tools() -> PathBuf {
+    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+    INSTALLED.get_or_init(|| python_venv("openapi")).clone()
+}
+
+/// `tests/<dir>/.venv/bin`, with `tests/<dir>/requirements.txt` installed (again when the
+/// file changed since).
+fn python_venv(dir: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let venv = dir.join(".venv");
+    let bin = venv.join("bin");
+    let marker = venv.join("requirements.installed");
+    let requirements = dir.join("requirements.txt");
+    let wanted = std::fs::read(&requirements)
+        .unwrap_or_else(|_| panic!("{} is missing", requirements.display()));
+    if bin.join("python").exists()
+        && std::fs::read(&marker).ok().as_deref() == Some(wanted.as_slice())
+    {
+        return bin;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = Command::new(&python)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 is needed for the Python test tools");
+    assert!(
+        status.success(),
+        "python3 -m venv {} failed",
+        venv.display()
+    );
+    let status = Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements)
+        .status()
+        .expect("pip runs");
+    assert!(
+        status.success(),
+        "pip install -r {} failed",
+        requirements.display()
+    );
+    std::fs::write(&marker, &wanted).expect("write the install marker");
+    bin
+}
+
+/// The release `handler` the API tests attack: `RELEASE_HANDLER` when set, else
+/// `target/release/handler` built now (`cargo build --release -p handler`).
+pub fn release_handler_built() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
         .get_or_init(|| {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scim");
-            let venv = dir.join(".venv");
-            let bin = venv.join("bin/scim2");
-            let marker = venv.join("requirements.installed");
-            let wanted =
-                std::fs::read(dir.join("requirements.txt")).expect("tests/scim/requirements.txt");
-            if bin.exists() && std::fs::read(&marker).ok().as_deref() == Some(wanted.as_slice()) {
-                return bin;
+            if let Some(path) = std::env::var_os("RELEASE_HANDLER") {
+                let path = PathBuf::from(path);
+                assert!(
+                    path.exists(),
+                    "RELEASE_HANDLER {} does not exist",
+                    path.display()
+                );
+                return path;
             }
-            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-            let status = Command::new(&python)
-                .args(["-m", "venv"])
-                .arg(&venv)
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--release", "--quiet", "-p", "handler"])
+                .current_dir(&root)
                 .status()
-                .expect("python3 is needed for scim2-cli");
-            assert!(
-                status.success(),
-                "python3 -m venv {} failed",
-                venv.display()
-            );
-            let status = Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-                .arg(dir.join("requirements.txt"))
-                .status()
-                .expect("pip runs");
-            assert!(
-                status.success(),
-                "pip install -r tests/scim/requirements.txt failed"
-            );
-            std::fs::write(&marker, &wanted).expect("write the install marker");
-            bin
+                .expect("cargo runs");
+            assert!(status.success(), "cargo build --release -p handler failed");
+            root.join("target/release/handler")
         })
         .clone()
 }

@@ -133,7 +133,7 @@ impl Operation {
         }
         match entity {
             Some(e) => {
-                let body = e.to_json().to_string();
+                let body = crate::entity::wire_json(&e.to_json());
                 if method == "POST" {
                     out.push_str("Prefer: return-no-content\r\n");
                 }

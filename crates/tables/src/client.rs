@@ -103,9 +103,7 @@ impl<'a> Call<'a> {
 
     fn json(mut self, body: &serde_json::Value) -> Call<'a> {
         self.content_type = "application/json".into();
-        self.body = Some(Bytes::from(
-            serde_json::to_vec(body).expect("JSON values always serialize"),
-        ));
+        self.body = Some(Bytes::from(crate::entity::wire_json(body)));
         self
     }
 

@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::auth;
 use crate::domain::ActivationLink;
 use crate::onboarding::MAX_LINK_MINUTES;
+use crate::openapi::schemas::{ActivationLinkBody, ActivationLinkList};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
@@ -22,12 +23,23 @@ pub const ROUTES: &[Route] = &[
     route!(DELETE "/api/v1/tenants/activation-links/{link_id}" => revoke),
 ];
 
-#[derive(Deserialize, Default)]
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create, list, revoke))]
+pub struct Api;
+
+/// A link to make (the body may be empty: every field has a default).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"cloud": "global", "expires_in_minutes": 60}))]
 struct NewLink {
+    /// `global` (default), `usgov`, `usgovdod` or `china`.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::schemas::CloudName>)]
     cloud: Option<String>,
+    /// 1-10080, default 60.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10080)]
     expires_in_minutes: Option<i64>,
 }
 
@@ -46,6 +58,17 @@ fn link_json(link: &ActivationLink) -> Value {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/activation-links",
+    operation_id = "createActivationLink",
+    tag = "Onboarding",
+    security(("entra_admin" = [])),
+    request_body(content = Option<NewLink>, description = "Optional"),
+    responses((status = 201, description = "The link; `link` is shown only here", body = ActivationLinkBody, links(
+        ("RevokeLink" = (operation_id = "revokeActivationLink", parameters(("link_id" = "$response.body#/id"))))
+    )))
+)]
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let new: NewLink = if req.body.iter().all(u8::is_ascii_whitespace) {
@@ -69,6 +92,14 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::CREATED, &body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/activation-links",
+    operation_id = "listActivationLinks",
+    tag = "Onboarding",
+    security(("entra_admin" = [])),
+    responses((status = 200, description = "Every link, oldest first", body = ActivationLinkList))
+)]
 async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let mut links = app.onboarding.list_links().await?;
@@ -80,6 +111,15 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/activation-links/{link_id}",
+    operation_id = "revokeActivationLink",
+    tag = "Onboarding",
+    security(("entra_admin" = [])),
+    params(("link_id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "Revoked"))
+)]
 async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let id = uuid::Uuid::try_parse(req.param("link_id").unwrap_or_default())

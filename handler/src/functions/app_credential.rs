@@ -12,6 +12,7 @@ use warp::reply::Response;
 use crate::app::App;
 use crate::app_credentials::{CertificateExport, CredentialNames};
 use crate::auth;
+use crate::openapi::schemas::CredentialCertificate;
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
@@ -25,6 +26,11 @@ pub const ROUTES: &[Route] = &[
     route!(DELETE "/api/v1/tenants/{tenant_id}/credential-certificate" => delete_tenant),
 ];
 
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_service, get_service, create_tenant, get_tenant, delete_tenant))]
+pub struct Api;
+
 fn tenant_param(req: &Request) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::try_parse(req.param("tenant_id").unwrap_or_default())
         .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))
@@ -35,16 +41,20 @@ fn wants_pem(req: &Request) -> Result<bool, ApiError> {
     Ok(req.query_param("format")?.as_deref() == Some("pem"))
 }
 
-#[derive(Deserialize, Default)]
+/// Which cloud's app the certificate is for (the body may be empty: `global`).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CloudBody {
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::schemas::CloudName>)]
     cloud: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The tenant's own app registration.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TenantAppBody {
+    #[schema(format = Uuid)]
     client_id: String,
 }
 
@@ -84,6 +94,15 @@ fn export_reply(
     json_reply(status, &body)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/app-credential/certificate",
+    operation_id = "createServiceCertificate",
+    tag = "App credentials",
+    security(("entra_admin" = [])),
+    request_body(content = Option<CloudBody>, description = "Optional"),
+    responses((status = 201, description = "A new key in the vault and its self-signed certificate, to upload to the app registration", body = crate::openapi::schemas::CredentialCertificate))
+)]
 async fn create_service(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let request: CloudBody = if req.body.iter().all(u8::is_ascii_whitespace) {
@@ -105,6 +124,24 @@ async fn create_service(app: &App, req: &Request) -> Result<Response, ApiError> 
     Ok(export_reply(StatusCode::CREATED, &export, extra, false))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/app-credential/certificate",
+    operation_id = "getServiceCertificate",
+    tag = "App credentials",
+    security(("entra_admin" = [])),
+    params(
+        ("cloud" = Option<crate::openapi::schemas::CloudName>, Query),
+        ("format" = Option<String>, Query, description = "`pem`: the PEM itself (application/x-pem-file)"),
+    ),
+    responses(
+        (status = 200, description = "The certificate", content(
+            (CredentialCertificate = "application/json"),
+            (String = "application/x-pem-file"),
+        )),
+        (status = 404, description = "None created yet", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 async fn get_service(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let cloud = cloud_of(req.query_param("cloud")?.as_deref())?;
@@ -136,6 +173,16 @@ async fn registered(app: &App, req: &Request) -> Result<crate::domain::Tenant, A
         .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/credential-certificate",
+    operation_id = "createTenantCertificate",
+    tag = "App credentials",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    request_body = TenantAppBody,
+    responses((status = 201, description = "Customer-owned application mode: the tenant's Graph calls use its own app with this certificate", body = crate::openapi::schemas::CredentialCertificate))
+)]
 async fn create_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -168,6 +215,18 @@ async fn create_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(export_reply(StatusCode::CREATED, &export, extra, false))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/credential-certificate",
+    operation_id = "getTenantCertificate",
+    tag = "App credentials",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path), ("format" = Option<String>, Query, description = "`pem`: the PEM itself (application/x-pem-file)")),
+    responses((status = 200, description = "The certificate", content(
+            (CredentialCertificate = "application/json"),
+            (String = "application/x-pem-file"),
+        )),)
+)]
 async fn get_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -191,6 +250,15 @@ async fn get_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{tenant_id}/credential-certificate",
+    operation_id = "deleteTenantCertificate",
+    tag = "App credentials",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "Back to the service's app"))
+)]
 async fn delete_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant_id = tenant_param(req)?;

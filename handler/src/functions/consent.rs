@@ -3,38 +3,77 @@
 //! `GET /api/consent/callback`, which answers with a small HTML page.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use warp::Reply as _;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, filters::BoxedFilter};
 
 use crate::app::App;
 use crate::onboarding::{ConsentOutcome, LinkProblem};
+use crate::route;
+use crate::routes::ApiError;
 use crate::routes::html::page;
+use crate::routes::router::{Request, Route};
 
 /// The routes.
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let query = warp::query::<HashMap<String, String>>()
-        .or(warp::any().map(HashMap::new))
-        .unify();
-    let a = app.clone();
-    let start = warp::path!("api" / "consent" / "start")
-        .and(warp::get())
-        .and(query)
-        .then(move |params: HashMap<String, String>| {
-            let app = a.clone();
-            async move { start(&app, &params).await }
-        });
-    let callback = warp::path!("api" / "consent" / "callback")
-        .and(warp::get())
-        .and(query)
-        .then(move |params: HashMap<String, String>| {
-            let app = app.clone();
-            async move { callback(&app, &params).await }
-        });
-    start.or(callback).unify().boxed()
+pub const ROUTES: &[Route] = &[
+    route!(GET "/api/consent/start" => start_page),
+    route!(GET "/api/consent/callback" => callback_page),
+];
+
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(start_page, callback_page))]
+pub struct Api;
+
+/// The query's parameters (a name given twice keeps its last value).
+fn params(req: &Request) -> HashMap<String, String> {
+    req.query_pairs().into_iter().collect()
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/consent/start",
+    operation_id = "startConsent",
+    tag = "Onboarding",
+    security(()),
+    params(("link" = Option<String>, Query, description = "The activation link's `<id>.<secret>`")),
+    responses(
+        (status = 302, description = "To the cloud's admin consent page", headers(("location" = String, description = "Microsoft's /adminconsent URL"))),
+        (status = 400, description = "The link is not valid", content_type = "text/html", body = String),
+        (status = 409, description = "The link was already used", content_type = "text/html", body = String),
+        (status = 410, description = "The link expired, was revoked or failed", content_type = "text/html", body = String),
+        (status = 503, description = "Storage is unavailable; try again", content_type = "text/html", body = String),
+    )
+)]
+async fn start_page(app: &App, req: &Request) -> Result<Response, ApiError> {
+    Ok(start(app, &params(req)).await)
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/consent/callback",
+    operation_id = "completeConsent",
+    tag = "Onboarding",
+    security(()),
+    params(
+        ("state" = Option<String>, Query, description = "The activation link, as sent to Microsoft"),
+        ("tenant" = Option<String>, Query, description = "The consenting tenant (never trusted alone)"),
+        ("admin_consent" = Option<String>, Query, description = "`True` when consent was granted"),
+        ("error" = Option<String>, Query, description = "Microsoft's error when consent was not granted"),
+        ("error_description" = Option<String>, Query, description = "Microsoft's description of the error"),
+    ),
+    responses(
+        (status = 200, description = "The organization is connected", content_type = "text/html", body = String),
+        (status = 202, description = "Consent recorded; Microsoft has not confirmed it yet", content_type = "text/html", body = String),
+        (status = 400, description = "Consent declined, the link unusable, or the organization refused", content_type = "text/html", body = String),
+        (status = 409, description = "The link was already used", content_type = "text/html", body = String),
+        (status = 410, description = "The link expired, was revoked or failed", content_type = "text/html", body = String),
+        (status = 503, description = "A problem on the service's side; try again later", content_type = "text/html", body = String),
+    )
+)]
+async fn callback_page(app: &App, req: &Request) -> Result<Response, ApiError> {
+    Ok(callback(app, &params(req)).await)
 }
 
 fn link_page(problem: LinkProblem) -> Response {

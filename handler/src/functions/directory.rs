@@ -25,6 +25,11 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/entra-id/health" => health),
 ];
 
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, show, statistics, health))]
+pub struct Api;
+
 /// Users per page unless `per_page` says otherwise, and the most it may say.
 const DEFAULT_PER_PAGE: usize = 15;
 const MAX_PER_PAGE: usize = 100;
@@ -140,6 +145,26 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/entra-id/users",
+    operation_id = "listDirectoryUsers",
+    tag = "Directory",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = Option<uuid::Uuid>, Query, description = "The tenant; may be left out when exactly one tenant is active"),
+        ("active" = Option<bool>, Query),
+        ("recently_synced" = Option<String>, Query, description = "Synced within this many hours (1-8784; empty: 24)"),
+        ("search" = Option<String>, Query, description = "A case-insensitive prefix of the name, e-mail or UPN (at most 256 characters)"),
+        ("per_page" = Option<u32>, Query, minimum = 1, maximum = 100),
+        ("cursor" = Option<String>, Query, description = "A `next_cursor` of this listing"),
+    ),
+    responses(
+        (status = 200, description = "A page of users", body = crate::openapi::schemas::DirectoryUserPage),
+        (status = 404, description = "Unknown tenant (or no such resource in it)", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant is not active", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let known = [
@@ -249,6 +274,19 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/entra-id/users/{user_id}",
+    operation_id = "getDirectoryUser",
+    tag = "Directory",
+    security(("entra_admin" = [])),
+    params(("user_id" = uuid::Uuid, Path), ("tenant_id" = Option<uuid::Uuid>, Query, description = "The tenant; may be left out when exactly one tenant is active")),
+    responses(
+        (status = 200, description = "The user with its direct groups and all its certificates", body = crate::openapi::schemas::DirectoryUser),
+        (status = 404, description = "Unknown tenant (or no such resource in it)", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant is not active", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 async fn show(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = tenant_for(app, req.query_param("tenant_id")?.as_deref()).await?;
@@ -321,6 +359,14 @@ pub fn sync_json(app: &App, state: &sync::SyncState, requests: &sync::Requests) 
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/entra-id/statistics",
+    operation_id = "getDirectoryStatistics",
+    tag = "Directory",
+    security(("entra_admin" = [])),
+    responses((status = 200, description = "Counters kept at write time", body = crate::openapi::schemas::Statistics))
+)]
 async fn statistics(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenants = app.tenants.list().await?;
@@ -367,6 +413,17 @@ async fn statistics(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/entra-id/health",
+    operation_id = "getDirectoryHealth",
+    tag = "Directory",
+    security(()),
+    responses(
+        (status = 200, description = "`up`, or `degraded` when a tenant's last round did not succeed", body = crate::openapi::schemas::DirectoryHealth),
+        (status = 503, description = "Storage unreachable", body = crate::openapi::schemas::DirectoryHealth),
+    )
+)]
 async fn health(app: &App, _req: &Request) -> Result<Response, ApiError> {
     let (storage, outcomes) = match app.sync.states.all().await {
         Ok(states) => {

@@ -10,6 +10,7 @@ use warp::reply::Response;
 use crate::app::App;
 use crate::auth;
 use crate::domain::{Employee, Position, check_positions, parse_employee_id};
+use crate::openapi::schemas::{EmployeeRecord, ErrorBody};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
@@ -21,9 +22,17 @@ pub const ROUTES: &[Route] = &[
     route!(DELETE "/api/v1/tenants/{tenant_id}/employees/{employee_id}" => delete),
 ];
 
-#[derive(Deserialize)]
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(put, get, delete))]
+pub struct Api;
+
+/// An employee record: the user's object id and the positions held.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"object_id": "2819c223-7f76-453a-919d-413861904646", "positions": [{"title": "Engineer", "start": "2024-01-01"}]}))]
 struct EmployeeBody {
+    #[schema(format = Uuid)]
     object_id: String,
     positions: Vec<Position>,
 }
@@ -59,6 +68,23 @@ async fn registered_tenant(app: &App, req: &Request) -> Result<uuid::Uuid, ApiEr
     Ok(tenant_id)
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/tenants/{tenant_id}/employees/{employee_id}",
+    operation_id = "putEmployee",
+    tag = "Access",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = uuid::Uuid, Path),
+        ("employee_id" = String, Path, min_length = 1, max_length = 128, description = "1-128 printable characters; percent-encode `/`"),
+    ),
+    request_body = EmployeeBody,
+    responses(
+        (status = 200, description = "Replaced", body = EmployeeRecord),
+        (status = 201, description = "Created", body = EmployeeRecord),
+        (status = 409, description = "The object id belongs to another employee record of the tenant", body = ErrorBody),
+    )
+)]
 async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant_id = registered_tenant(app, req).await?;
@@ -89,6 +115,18 @@ async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(status, &employee_json(&employee)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/employees/{employee_id}",
+    operation_id = "getEmployee",
+    tag = "Access",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = uuid::Uuid, Path),
+        ("employee_id" = String, Path, min_length = 1, max_length = 128, description = "1-128 printable characters; percent-encode `/`"),
+    ),
+    responses((status = 200, description = "The record", body = EmployeeRecord))
+)]
 async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant_id = tenant_param(req)?;
@@ -104,6 +142,18 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &employee_json(&record)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{tenant_id}/employees/{employee_id}",
+    operation_id = "deleteEmployee",
+    tag = "Access",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = uuid::Uuid, Path),
+        ("employee_id" = String, Path, min_length = 1, max_length = 128, description = "1-128 printable characters; percent-encode `/`"),
+    ),
+    responses((status = 204, description = "Deleted"))
+)]
 async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant_id = tenant_param(req)?;

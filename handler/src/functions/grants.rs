@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::auth;
 use crate::domain::{Grant, Principal, parse_scopes};
 use crate::lifecycle::{self, AccessRefusal};
+use crate::openapi::schemas::{ErrorBody, GrantBody, GrantList};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
@@ -24,6 +25,11 @@ pub const ROUTES: &[Route] = &[
     route!(PUT "/api/v1/access/grants/{grant_id}" => update),
     route!(DELETE "/api/v1/access/grants/{grant_id}" => delete),
 ];
+
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, create, get, update, delete))]
+pub struct Api;
 
 fn grant_param(req: &Request) -> Result<Uuid, ApiError> {
     Uuid::try_parse(req.param("grant_id").unwrap_or_default())
@@ -49,19 +55,29 @@ fn grant_json(g: &Grant) -> Value {
     body
 }
 
-#[derive(Deserialize)]
+/// A grant to make: a user (`object_id`) or a service principal (`client_id`) of a tenant.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "kind": "service_principal", "client_id": "00000003-0000-0000-c000-000000000000", "scopes": ["records.read"]}))]
 struct NewGrant {
+    #[schema(format = Uuid)]
     tenant_id: String,
+    #[schema(value_type = crate::openapi::schemas::PrincipalKind)]
     kind: String,
+    /// The user's object id (`kind: user`).
     #[serde(default)]
+    #[schema(format = Uuid)]
     object_id: Option<String>,
+    /// The application's client id (`kind: service_principal`).
     #[serde(default)]
+    #[schema(format = Uuid)]
     client_id: Option<String>,
+    /// Among `CONNECTOR_SCOPES`.
     scopes: Vec<String>,
 }
 
-#[derive(Deserialize)]
+/// A grant's new scopes.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GrantUpdate {
     scopes: Vec<String>,
@@ -71,6 +87,22 @@ fn guid_field(value: &str, name: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(value).map_err(|_| ApiError::bad_request(format!("{name} must be a GUID")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/access/grants",
+    operation_id = "createGrant",
+    tag = "Access",
+    security(("entra_admin" = [])),
+    request_body = NewGrant,
+    responses(
+        (status = 201, description = "The grant", body = GrantBody, links(
+            ("GetGrant" = (operation_id = "getGrant", parameters(("grant_id" = "$response.body#/id")))),
+            ("UpdateGrant" = (operation_id = "updateGrant", parameters(("grant_id" = "$response.body#/id")))),
+            ("DeleteGrant" = (operation_id = "deleteGrant", parameters(("grant_id" = "$response.body#/id"))))
+        )),
+        (status = 409, description = "The principal has a grant in that tenant already (named), or the tenant is offboarded", body = ErrorBody),
+    )
+)]
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let new: NewGrant = req.json()?;
@@ -121,6 +153,15 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::CREATED, &grant_json(&grant)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/access/grants",
+    operation_id = "listGrants",
+    tag = "Access",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = Option<uuid::Uuid>, Query, description = "Only this tenant's grants")),
+    responses((status = 200, description = "The grants", body = GrantList))
+)]
 async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = req
@@ -133,6 +174,15 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &json!({ "grants": grants })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/access/grants/{grant_id}",
+    operation_id = "getGrant",
+    tag = "Access",
+    security(("entra_admin" = [])),
+    params(("grant_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The grant", body = GrantBody))
+)]
 async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let id = grant_param(req)?;
@@ -145,6 +195,16 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &grant_json(&grant)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/access/grants/{grant_id}",
+    operation_id = "updateGrant",
+    tag = "Access",
+    security(("entra_admin" = [])),
+    params(("grant_id" = uuid::Uuid, Path)),
+    request_body = GrantUpdate,
+    responses((status = 200, description = "The grant, with its new scopes", body = GrantBody))
+)]
 async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let id = grant_param(req)?;
@@ -161,6 +221,15 @@ async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &grant_json(&grant)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/access/grants/{grant_id}",
+    operation_id = "deleteGrant",
+    tag = "Access",
+    security(("entra_admin" = [])),
+    params(("grant_id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "Deleted"))
+)]
 async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let id = grant_param(req)?;

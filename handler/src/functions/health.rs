@@ -11,7 +11,24 @@ use crate::store::{RunOutcome, RunRecord};
 /// How long health waits for storage before calling it unreachable.
 const STORAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// This module's part of the document (the route is in `routes::table`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(report))]
+pub struct Api;
+
 /// The health report and whether the service is healthy.
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    description = "HEAD answers the same status without the body.",
+    operation_id = "getHealth",
+    tag = "Service",
+    security(()),
+    responses(
+        (status = 200, description = "Storage answers", body = crate::openapi::schemas::HealthReport),
+        (status = 503, description = "Storage does not answer", body = crate::openapi::schemas::HealthReport),
+    )
+)]
 pub async fn report(app: &App) -> (bool, Value) {
     let probe = tokio::time::timeout(
         STORAGE_PROBE_TIMEOUT,

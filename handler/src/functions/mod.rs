@@ -10,6 +10,7 @@ pub mod employees;
 pub mod grants;
 pub mod health;
 pub mod housekeeping;
+pub mod openapi;
 pub mod ping;
 pub mod pki;
 pub mod scim;
@@ -154,6 +155,12 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         },
     ),
     ("Health", Handler::Http { route: "health" }),
+    (
+        "OpenApi",
+        Handler::Http {
+            route: "openapi.json",
+        },
+    ),
     ("DirectorySync", Handler::Invoked(sync::invoke_timer)),
     ("SyncTenant", Handler::Invoked(sync::invoke_queue)),
     (

@@ -2,33 +2,41 @@
 //! its grant gives, or why it may not call: 401 for tokens that are not valid here, 403 with
 //! a reason for everything else that is refused.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Filter, filters::BoxedFilter};
 
 use crate::access::Refusal;
 use crate::app::App;
 use crate::auth::bearer;
-use crate::routes::{ApiError, answer, json_reply};
+use crate::openapi::schemas::{ErrorBody, PingAnswerBody};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply};
 
 /// The route.
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    warp::path!("api" / "ping")
-        .and(warp::get())
-        .and(warp::header::optional::<String>("authorization"))
-        .then(move |authorization: Option<String>| {
-            let app = app.clone();
-            async move { answer(ping(&app, authorization.as_deref()).await) }
-        })
-        .boxed()
-}
+pub const ROUTES: &[Route] = &[route!(GET "/api/ping" => ping)];
 
-async fn ping(app: &App, authorization: Option<&str>) -> Result<Response, ApiError> {
-    let token = bearer(authorization)
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(ping))]
+pub struct Api;
+
+#[utoipa::path(
+    get,
+    path = "/api/ping",
+    operation_id = "ping",
+    tag = "Access",
+    security(("connector_token" = [])),
+    responses(
+        (status = 200, description = "Who the caller is and the scopes its grant gives", body = PingAnswerBody),
+        (status = 401, description = "Not a valid token for this service (including unregistered tenants)", body = ErrorBody),
+        (status = 403, description = "`tenant_inactive`, `no_grant`, `no_active_employment` or `unsupported_token`", body = ErrorBody),
+    )
+)]
+async fn ping(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let token = bearer(req.authorization())
         .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
     let decision = app
         .access

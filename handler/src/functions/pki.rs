@@ -28,6 +28,11 @@ pub const ROUTES: &[Route] = &[
     route!(POST "/api/v1/certificates/{certificate_id}/revoke" => revoke),
 ];
 
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_ca, ca_pem, ca_crt, crl, provision, revoke))]
+pub struct Api;
+
 impl From<pki::PkiError> for ApiError {
     fn from(e: pki::PkiError) -> ApiError {
         match e {
@@ -56,6 +61,20 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/pki/ca",
+    operation_id = "createTenantCa",
+    tag = "Certificates",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "The existing CA", body = crate::openapi::schemas::CaBody),
+        (status = 201, description = "A new CA, its key made in the vault", body = crate::openapi::schemas::CaBody),
+        (status = 404, description = "Unknown tenant, or nothing of that id in it", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant (or user) is not active", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 async fn create_ca(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let named = tenant_segment(req)?.to_string();
@@ -109,6 +128,15 @@ async fn authority_of(app: &App, req: &Request) -> Result<pki::Authority, ApiErr
         .ok_or_else(|| ApiError::not_found(format!("tenant {tenant} has no certificate authority")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/pki/{tenant_id}/ca.pem",
+    operation_id = "getCaPem",
+    tag = "Certificates",
+    security(()),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The CA certificate, PEM", content_type = "application/x-pem-file", body = Vec<u8>))
+)]
 async fn ca_pem(app: &App, req: &Request) -> Result<Response, ApiError> {
     let authority = authority_of(app, req).await?;
     Ok(published(
@@ -118,6 +146,15 @@ async fn ca_pem(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/pki/{tenant_id}/ca.crt",
+    operation_id = "getCaDer",
+    tag = "Certificates",
+    security(()),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The CA certificate, DER", content_type = "application/pkix-cert", body = Vec<u8>))
+)]
 async fn ca_crt(app: &App, req: &Request) -> Result<Response, ApiError> {
     let authority = authority_of(app, req).await?;
     Ok(published(
@@ -127,6 +164,15 @@ async fn ca_crt(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/pki/{tenant_id}/crl",
+    operation_id = "getCrl",
+    tag = "Certificates",
+    security(()),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The DER CRL signed by the tenant's CA", content_type = "application/pkix-crl", body = Vec<u8>))
+)]
 async fn crl(app: &App, req: &Request) -> Result<Response, ApiError> {
     let tenant = tenant_segment(req)?;
     let der = app.pki.crl(tenant).await?.ok_or_else(|| {
@@ -136,15 +182,29 @@ async fn crl(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(published("application/pkix-crl", der, "public, max-age=60"))
 }
 
-#[derive(Deserialize)]
+/// A certificate to issue to a directory user.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"user_id": "2819c223-7f76-453a-919d-413861904646", "certificate_type": "client_auth", "validity_days": 365}))]
 struct ProvisionBody {
+    #[schema(format = Uuid)]
     user_id: String,
+    /// `client_auth` (default), `email_protection` or `code_signing`.
+    #[schema(value_type = Option<crate::openapi::schemas::CertificateUse>)]
     certificate_type: Option<String>,
+    /// 1-3650 (default `CERT_DEFAULT_VALIDITY_DAYS`).
+    #[schema(minimum = 1, maximum = 3650)]
     validity_days: Option<i64>,
+    /// 2048, 3072 or 4096 (default `CERT_DEFAULT_KEY_SIZE`).
+    #[schema(minimum = 2048, maximum = 4096, multiple_of = 1024)]
     key_size: Option<i64>,
+    /// A PEM PKCS#10 request: only its public key is used.
     csr: Option<String>,
+    /// `pkcs8` (default) or `pkcs12` (not with a CSR).
+    #[schema(value_type = Option<crate::openapi::schemas::KeyFormat>)]
     key_format: Option<String>,
+    /// May be left out when exactly one tenant is active (or given in the query).
+    #[schema(format = Uuid)]
     tenant_id: Option<String>,
 }
 
@@ -170,6 +230,20 @@ async fn eligible_user(app: &App, tenant: Uuid, user_id: &str) -> Result<User, A
     Ok(user)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/entra-id/provision-certificate",
+    operation_id = "provisionCertificate",
+    tag = "Certificates",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = Option<uuid::Uuid>, Query)),
+    request_body = ProvisionBody,
+    responses(
+        (status = 201, description = "The certificate, and its private key once when made here (`Cache-Control: no-store`)", body = crate::openapi::schemas::ProvisionedCertificate),
+        (status = 404, description = "Unknown tenant, or nothing of that id in it", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant (or user) is not active", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let body: ProvisionBody = req.json()?;
@@ -287,13 +361,30 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
     )))
 }
 
-#[derive(Deserialize, Default)]
+/// Why a certificate is revoked (the body may be empty).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeBody {
+    /// An RFC 5280 reason name; `unspecified` by default.
+    #[schema(value_type = Option<crate::openapi::schemas::RevocationReasonName>)]
     reason: Option<String>,
     tenant_id: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/certificates/{certificate_id}/revoke",
+    operation_id = "revokeCertificate",
+    tag = "Certificates",
+    security(("entra_admin" = [])),
+    params(("certificate_id" = uuid::Uuid, Path), ("tenant_id" = Option<uuid::Uuid>, Query)),
+    request_body(content = Option<RevokeBody>, description = "Optional"),
+    responses(
+        (status = 200, description = "The certificate, revoked (again: the first revocation, unchanged)", body = crate::openapi::schemas::UserCertificate),
+        (status = 404, description = "Unknown tenant, or nothing of that id in it", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant (or user) is not active", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let body: RevokeBody = if req.body.is_empty() {

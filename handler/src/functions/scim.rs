@@ -43,6 +43,34 @@ fn scim_error(e: ScimError) -> Response {
     )
 }
 
+/// This module's part of the document. Its routes are matched inside one filter each
+/// (see [`routes`]), so each operation is declared in [`operations`], after the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    operations::get_scim_service_provider_config,
+    operations::list_scim_resource_types,
+    operations::get_scim_resource_type,
+    operations::list_scim_schemas,
+    operations::get_scim_schema,
+    operations::list_scim_users,
+    operations::create_scim_user,
+    operations::search_scim_users,
+    operations::get_scim_user,
+    operations::replace_scim_user,
+    operations::patch_scim_user,
+    operations::delete_scim_user,
+    operations::list_scim_groups,
+    operations::create_scim_group,
+    operations::search_scim_groups,
+    operations::get_scim_group,
+    operations::replace_scim_group,
+    operations::patch_scim_group,
+    operations::delete_scim_group,
+    operations::create_scim_token,
+    operations::revoke_scim_token
+))]
+pub struct Api;
+
 /// The routes.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let a = app.clone();
@@ -469,4 +497,293 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
         (_, ["Groups", ..]) => Err(ScimError::new(405, None, "method not allowed on Groups")),
         _ => Err(not_found()),
     }
+}
+
+/// The operations of the document, one per method and path the handlers above serve (SCIM
+/// at the level of RFC 7644: the resources' own attributes are in `/Schemas`).
+#[allow(dead_code)]
+mod operations {
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/ServiceProviderConfig",
+        operation_id = "getScimServiceProviderConfig",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 200, description = "What this endpoint supports", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+        )
+    )]
+    pub(super) fn get_scim_service_provider_config() {}
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/ResourceTypes",
+        operation_id = "listScimResourceTypes",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 200, description = "User and Group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimListResponse),
+        )
+    )]
+    pub(super) fn list_scim_resource_types() {}
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/ResourceTypes/{id}",
+        operation_id = "getScimResourceType",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("id" = String, Path, min_length = 1, max_length = 256)),
+        responses(
+            (status = 200, description = "The resource type", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+        )
+    )]
+    pub(super) fn get_scim_resource_type() {}
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/Schemas",
+        operation_id = "listScimSchemas",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 200, description = "The schemas of users and groups", content_type = "application/scim+json", body = crate::openapi::schemas::ScimListResponse),
+        )
+    )]
+    pub(super) fn list_scim_schemas() {}
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/Schemas/{id}",
+        operation_id = "getScimSchema",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("id" = String, Path, min_length = 1, max_length = 256)),
+        responses(
+            (status = 200, description = "The schema", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+        )
+    )]
+    pub(super) fn get_scim_schema() {}
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/Users",
+        operation_id = "listScimUsers",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("filter" = Option<String>, Query, description = "An RFC 7644 filter"), ("startIndex" = Option<i64>, Query), ("count" = Option<i64>, Query, description = "At most 200"), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
+        responses(
+            (status = 200, description = "A page of matching users", content_type = "application/scim+json", body = crate::openapi::schemas::ScimListResponse),
+        )
+    )]
+    pub(super) fn list_scim_users() {}
+    #[utoipa::path(
+        post,
+        path = "/api/scim/{tenant_id}/v2/Users",
+        operation_id = "createScimUser",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        request_body(content = crate::openapi::schemas::ScimUserRequest, content_type = "application/scim+json"),
+        responses(
+            (status = 201, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, links(
+                ("GetUser" = (operation_id = "getScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("ReplaceUser" = (operation_id = "replaceScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("PatchUser" = (operation_id = "patchScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("DeleteUser" = (operation_id = "deleteScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id"))))
+            )),
+            (status = 409, description = "`uniqueness`: the userName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+        )
+    )]
+    pub(super) fn create_scim_user() {}
+    #[utoipa::path(
+        post,
+        path = "/api/scim/{tenant_id}/v2/Users/.search",
+        operation_id = "searchScimUsers",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        request_body(content = crate::openapi::schemas::ScimSearchRequest, content_type = "application/scim+json"),
+        responses(
+            (status = 200, description = "A page of matching users", content_type = "application/scim+json", body = crate::openapi::schemas::ScimListResponse),
+        )
+    )]
+    pub(super) fn search_scim_users() {}
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/Users/{user_id}",
+        operation_id = "getScimUser",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
+        responses(
+            (status = 200, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+        )
+    )]
+    pub(super) fn get_scim_user() {}
+    #[utoipa::path(
+        put,
+        path = "/api/scim/{tenant_id}/v2/Users/{user_id}",
+        operation_id = "replaceScimUser",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        request_body(content = crate::openapi::schemas::ScimUserRequest, content_type = "application/scim+json"),
+        responses(
+            (status = 200, description = "The user, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 409, description = "`uniqueness`: the userName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+            (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+        )
+    )]
+    pub(super) fn replace_scim_user() {}
+    #[utoipa::path(
+        patch,
+        path = "/api/scim/{tenant_id}/v2/Users/{user_id}",
+        operation_id = "patchScimUser",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        request_body(content = crate::openapi::schemas::ScimPatchOp, content_type = "application/scim+json"),
+        responses(
+            (status = 200, description = "The user, changed", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 409, description = "`uniqueness`: the userName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+            (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+        )
+    )]
+    pub(super) fn patch_scim_user() {}
+    #[utoipa::path(
+        delete,
+        path = "/api/scim/{tenant_id}/v2/Users/{user_id}",
+        operation_id = "deleteScimUser",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        responses(
+            (status = 204, description = "Deleted, with its memberships"),
+            (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+        )
+    )]
+    pub(super) fn delete_scim_user() {}
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/Groups",
+        operation_id = "listScimGroups",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("filter" = Option<String>, Query, description = "An RFC 7644 filter"), ("startIndex" = Option<i64>, Query), ("count" = Option<i64>, Query, description = "At most 200"), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
+        responses(
+            (status = 200, description = "A page of matching groups", content_type = "application/scim+json", body = crate::openapi::schemas::ScimListResponse),
+        )
+    )]
+    pub(super) fn list_scim_groups() {}
+    #[utoipa::path(
+        post,
+        path = "/api/scim/{tenant_id}/v2/Groups",
+        operation_id = "createScimGroup",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        request_body(content = crate::openapi::schemas::ScimGroupRequest, content_type = "application/scim+json"),
+        responses(
+            (status = 201, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, links(
+                ("GetGroup" = (operation_id = "getScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
+                ("ReplaceGroup" = (operation_id = "replaceScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
+                ("PatchGroup" = (operation_id = "patchScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
+                ("DeleteGroup" = (operation_id = "deleteScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id"))))
+            )),
+            (status = 409, description = "`uniqueness`: the displayName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+        )
+    )]
+    pub(super) fn create_scim_group() {}
+    #[utoipa::path(
+        post,
+        path = "/api/scim/{tenant_id}/v2/Groups/.search",
+        operation_id = "searchScimGroups",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        request_body(content = crate::openapi::schemas::ScimSearchRequest, content_type = "application/scim+json"),
+        responses(
+            (status = 200, description = "A page of matching groups", content_type = "application/scim+json", body = crate::openapi::schemas::ScimListResponse),
+        )
+    )]
+    pub(super) fn search_scim_groups() {}
+    #[utoipa::path(
+        get,
+        path = "/api/scim/{tenant_id}/v2/Groups/{group_id}",
+        operation_id = "getScimGroup",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
+        responses(
+            (status = 200, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+        )
+    )]
+    pub(super) fn get_scim_group() {}
+    #[utoipa::path(
+        put,
+        path = "/api/scim/{tenant_id}/v2/Groups/{group_id}",
+        operation_id = "replaceScimGroup",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        request_body(content = crate::openapi::schemas::ScimGroupRequest, content_type = "application/scim+json"),
+        responses(
+            (status = 200, description = "The group, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 409, description = "`uniqueness`: the displayName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+            (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+        )
+    )]
+    pub(super) fn replace_scim_group() {}
+    #[utoipa::path(
+        patch,
+        path = "/api/scim/{tenant_id}/v2/Groups/{group_id}",
+        operation_id = "patchScimGroup",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        request_body(content = crate::openapi::schemas::ScimPatchOp, content_type = "application/scim+json"),
+        responses(
+            (status = 204, description = "Changed"),
+            (status = 409, description = "`uniqueness`: the displayName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+            (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+        )
+    )]
+    pub(super) fn patch_scim_group() {}
+    #[utoipa::path(
+        delete,
+        path = "/api/scim/{tenant_id}/v2/Groups/{group_id}",
+        operation_id = "deleteScimGroup",
+        tag = "SCIM",
+        security(("scim_token" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
+        responses(
+            (status = 204, description = "Deleted, with its member rows"),
+            (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
+        )
+    )]
+    pub(super) fn delete_scim_group() {}
+    #[utoipa::path(
+        post,
+        path = "/api/v1/tenants/{tenant_id}/scim/token",
+        operation_id = "createScimToken",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 201, description = "The Secret Token (shown once; it replaces the previous one) and the Tenant URL", body = crate::openapi::schemas::ScimTokenBody),
+            (status = 409, description = "The tenant is offboarded", body = crate::openapi::schemas::ErrorBody),
+        )
+    )]
+    pub(super) fn create_scim_token() {}
+    #[utoipa::path(
+        delete,
+        path = "/api/v1/tenants/{tenant_id}/scim/token",
+        operation_id = "revokeScimToken",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 204, description = "Revoked"),
+        )
+    )]
+    pub(super) fn revoke_scim_token() {}
 }

@@ -49,6 +49,28 @@ impl From<ScimError> for ApiError {
     }
 }
 
+/// This module's part of the document. Its routes are matched inside one filter each
+/// (see [`routes`]), so each operation is declared below, after the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    operations::get_scim_settings,
+    operations::put_scim_settings,
+    operations::list_provisioned_users,
+    operations::get_provisioned_user,
+    operations::get_provisioned_user_settings,
+    operations::put_provisioned_user_settings,
+    operations::invite_provisioned_user,
+    operations::get_provisioned_group_settings,
+    operations::put_provisioned_group_settings,
+    operations::list_invitations,
+    operations::revoke_invitation,
+    operations::mark_invitation_sent,
+    operations::redeem_invitation,
+    operations::show_activation,
+    operations::confirm_activation
+))]
+pub struct Api;
+
 /// The routes.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let query = warp::query::<HashMap<String, String>>()
@@ -152,7 +174,8 @@ fn method_not_allowed(allowed: &str) -> Result<Response, ApiError> {
     ))
 }
 
-#[derive(Deserialize)]
+/// A user's or group's overrides of the tenant's settings (null: the tenant's).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OverridesBody {
     settings: Overrides,
@@ -274,7 +297,8 @@ async fn handle(app: &App, request: AdminRequest<'_>, body: &[u8]) -> Result<Res
     }
 }
 
-#[derive(Deserialize)]
+/// The invitation code, as the activation link carries it.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RedeemBody {
     code: String,
@@ -373,4 +397,237 @@ async fn activate(app: &App, code: Option<&str>) -> Response {
         }
         Err(e) => refusal(&e),
     }
+}
+
+/// The activation page's form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // described: the form is read as pairs
+struct ActivationForm {
+    code: String,
+}
+
+// The operations of the document, one per method and path the handlers above serve.
+#[allow(dead_code)]
+mod operations {
+    use super::{ActivationForm, OverridesBody, RedeemBody};
+
+    #[utoipa::path(
+        get,
+        path = "/api/v1/tenants/{tenant_id}/scim/settings",
+        operation_id = "getScimSettings",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 200, description = "The settings (all false and 168 until set)", body = crate::scim_admin::ScimSettings),
+        )
+    )]
+    pub(super) fn get_scim_settings() {}
+
+    #[utoipa::path(
+        put,
+        path = "/api/v1/tenants/{tenant_id}/scim/settings",
+        operation_id = "putScimSettings",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path)),
+        request_body = crate::scim_admin::ScimSettings,
+        responses(
+            (status = 200, description = "The settings, applied to what is provisioned from now on", body = crate::scim_admin::ScimSettings),
+            (status = 409, description = "The tenant is offboarded", body = crate::openapi::schemas::ErrorBody),
+        )
+    )]
+    pub(super) fn put_scim_settings() {}
+
+    #[utoipa::path(
+        get,
+        path = "/api/v1/tenants/{tenant_id}/scim/users",
+        operation_id = "listProvisionedUsers",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("status" = Option<crate::openapi::schemas::ProvisioningStatus>, Query)),
+        responses(
+            (status = 200, description = "Provisioned users", body = crate::openapi::schemas::ProvisionedUserList),
+        )
+    )]
+    pub(super) fn list_provisioned_users() {}
+
+    #[utoipa::path(
+        get,
+        path = "/api/v1/tenants/{tenant_id}/scim/users/{user_id}",
+        operation_id = "getProvisionedUser",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 200, description = "The user with its status and settings", body = crate::openapi::schemas::ProvisionedUser),
+        )
+    )]
+    pub(super) fn get_provisioned_user() {}
+
+    #[utoipa::path(
+        get,
+        path = "/api/v1/tenants/{tenant_id}/scim/users/{user_id}/settings",
+        operation_id = "getProvisionedUserSettings",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 200, description = "The user with its settings", body = crate::openapi::schemas::ProvisionedUser),
+        )
+    )]
+    pub(super) fn get_provisioned_user_settings() {}
+
+    #[utoipa::path(
+        put,
+        path = "/api/v1/tenants/{tenant_id}/scim/users/{user_id}/settings",
+        operation_id = "putProvisionedUserSettings",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = uuid::Uuid, Path)),
+        request_body = OverridesBody,
+        responses(
+            (status = 200, description = "The user with its new overrides", body = crate::openapi::schemas::ProvisionedUser),
+            (status = 409, description = "The tenant is offboarded", body = crate::openapi::schemas::ErrorBody),
+        )
+    )]
+    pub(super) fn put_provisioned_user_settings() {}
+
+    #[utoipa::path(
+        post,
+        path = "/api/v1/tenants/{tenant_id}/scim/users/{user_id}/invitation",
+        operation_id = "inviteProvisionedUser",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("user_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 201, description = "The invitation (a single-use activation link)", body = crate::openapi::schemas::InvitationBody, links(
+                ("MarkSent" = (operation_id = "markInvitationSent", parameters(("tenant_id" = "$request.path.tenant_id"), ("invitation_id" = "$response.body#/id")))),
+                ("Revoke" = (operation_id = "revokeInvitation", parameters(("tenant_id" = "$request.path.tenant_id"), ("invitation_id" = "$response.body#/id"))))
+            )),
+            (status = 409, description = "The tenant is offboarded, or the user cannot be invited (disabled, already active)", body = crate::openapi::schemas::ErrorBody),
+        )
+    )]
+    pub(super) fn invite_provisioned_user() {}
+
+    #[utoipa::path(
+        get,
+        path = "/api/v1/tenants/{tenant_id}/scim/groups/{group_id}/settings",
+        operation_id = "getProvisionedGroupSettings",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 200, description = "The group with its settings", body = crate::openapi::schemas::ProvisionedGroup),
+        )
+    )]
+    pub(super) fn get_provisioned_group_settings() {}
+
+    #[utoipa::path(
+        put,
+        path = "/api/v1/tenants/{tenant_id}/scim/groups/{group_id}/settings",
+        operation_id = "putProvisionedGroupSettings",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("group_id" = uuid::Uuid, Path)),
+        request_body = OverridesBody,
+        responses(
+            (status = 200, description = "The group with its new overrides", body = crate::openapi::schemas::ProvisionedGroup),
+            (status = 409, description = "The tenant is offboarded", body = crate::openapi::schemas::ErrorBody),
+        )
+    )]
+    pub(super) fn put_provisioned_group_settings() {}
+
+    #[utoipa::path(
+        get,
+        path = "/api/v1/tenants/{tenant_id}/scim/invitations",
+        operation_id = "listInvitations",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("state" = Option<crate::openapi::schemas::InvitationState>, Query)),
+        responses(
+            (status = 200, description = "The outbox", body = crate::openapi::schemas::InvitationList),
+        )
+    )]
+    pub(super) fn list_invitations() {}
+
+    #[utoipa::path(
+        delete,
+        path = "/api/v1/tenants/{tenant_id}/scim/invitations/{invitation_id}",
+        operation_id = "revokeInvitation",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("invitation_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 204, description = "Revoked"),
+            (status = 409, description = "Already redeemed", body = crate::openapi::schemas::ErrorBody),
+        )
+    )]
+    pub(super) fn revoke_invitation() {}
+
+    #[utoipa::path(
+        post,
+        path = "/api/v1/tenants/{tenant_id}/scim/invitations/{invitation_id}/sent",
+        operation_id = "markInvitationSent",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        params(("tenant_id" = uuid::Uuid, Path), ("invitation_id" = uuid::Uuid, Path)),
+        responses(
+            (status = 200, description = "The invitation, sent", body = crate::openapi::schemas::InvitationBody),
+            (status = 409, description = "Not pending", body = crate::openapi::schemas::ErrorBody),
+        )
+    )]
+    pub(super) fn mark_invitation_sent() {}
+
+    #[utoipa::path(
+        post,
+        path = "/api/v1/invitations/redeem",
+        operation_id = "redeemInvitation",
+        tag = "SCIM admin",
+        security(("entra_admin" = [])),
+        request_body = RedeemBody,
+        responses(
+            (status = 200, description = "Redeemed: the user is Active", body = crate::openapi::schemas::RedeemedInvitation),
+            (status = 404, description = "No such invitation", body = crate::openapi::schemas::ErrorBody),
+            (status = 409, description = "Already redeemed or revoked", body = crate::openapi::schemas::ErrorBody),
+            (status = 410, description = "Expired, or the tenant is offboarded", body = crate::openapi::schemas::ErrorBody),
+        )
+    )]
+    pub(super) fn redeem_invitation() {}
+
+    #[utoipa::path(
+        get,
+        path = "/api/activate",
+        operation_id = "showActivation",
+        tag = "Onboarding",
+        security(()),
+        params(("code" = Option<String>, Query, description = "The invitation code from the e-mail")),
+        responses(
+            (status = 200, description = "A button that redeems the code (GET burns nothing)", content_type = "text/html", body = String),
+            (status = 400, description = "The link is incomplete", content_type = "text/html", body = String),
+            (status = 404, description = "No such invitation", content_type = "text/html", body = String),
+            (status = 409, description = "Already used", content_type = "text/html", body = String),
+            (status = 410, description = "Expired or no longer usable", content_type = "text/html", body = String),
+            (status = 503, description = "Try again", content_type = "text/html", body = String),
+        )
+    )]
+    pub(super) fn show_activation() {}
+
+    #[utoipa::path(
+        post,
+        path = "/api/activate",
+        operation_id = "confirmActivation",
+        tag = "Onboarding",
+        security(()),
+        request_body(content = ActivationForm, content_type = "application/x-www-form-urlencoded"),
+        responses(
+            (status = 200, description = "The account is active", content_type = "text/html", body = String),
+            (status = 400, description = "The link is incomplete", content_type = "text/html", body = String),
+            (status = 404, description = "No such invitation", content_type = "text/html", body = String),
+            (status = 409, description = "Already used", content_type = "text/html", body = String),
+            (status = 410, description = "Expired or no longer usable", content_type = "text/html", body = String),
+            (status = 503, description = "Try again", content_type = "text/html", body = String),
+        )
+    )]
+    pub(super) fn confirm_activation() {}
 }

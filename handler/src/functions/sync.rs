@@ -32,6 +32,11 @@ pub const ROUTES: &[Route] = &[
     route!(POST "/api/v1/entra-id/bulk-sync-users" => bulk_sync_users),
 ];
 
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(status, queue_round, sync_user, bulk_sync_users))]
+pub struct Api;
+
 /// Revokes the certificates of users a round leaves inactive, before the page's checkpoint
 /// (a round that stops in between names them again: revocation is idempotent).
 struct RevokeCertificates<'a> {
@@ -234,6 +239,15 @@ fn tenant_param(req: &Request) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/sync",
+    operation_id = "getTenantSync",
+    tag = "Directory",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The tenant's sync", body = crate::openapi::schemas::SyncStatus))
+)]
 async fn status(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = tenant_param(req)?;
@@ -252,6 +266,18 @@ async fn status(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/sync",
+    operation_id = "queueTenantSync",
+    tag = "Directory",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path), ("full" = Option<bool>, Query, description = "Read everything and sweep")),
+    responses(
+        (status = 202, description = "A round is queued", body = crate::openapi::schemas::SyncStatus),
+        (status = 409, description = "`sync_running` while a round runs, or the tenant is not active", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 async fn queue_round(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = tenant_param(req)?;
@@ -355,8 +381,9 @@ fn graph_error(e: entra::graph::GraphError) -> ApiError {
     use entra::graph::GraphErrorClass as C;
     match e.class() {
         C::NotFound => ApiError::not_found("Microsoft Graph does not know that user"),
+        // the tenant's state (consent revoked, app disabled), not a fault here or at Graph
         C::AccessRevoked { reason } => ApiError::new(
-            StatusCode::BAD_GATEWAY,
+            StatusCode::CONFLICT,
             "tenant_access_refused",
             format!("the tenant refused access to Microsoft Graph: {reason}"),
         ),
@@ -393,12 +420,33 @@ async fn current_round(app: &App, tenant: Uuid) -> Result<i64, ApiError> {
     Ok(state.round)
 }
 
-#[derive(Deserialize)]
+/// The user to read from Graph now.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"user_principal_name": "adele@contoso.com"}))]
 struct SyncUserBody {
     user_principal_name: String,
+    /// May be left out when exactly one tenant is active (or given in the query).
+    #[schema(format = Uuid)]
     tenant_id: Option<String>,
 }
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/entra-id/sync-user",
+    operation_id = "syncUser",
+    tag = "Directory",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = Option<uuid::Uuid>, Query)),
+    request_body = SyncUserBody,
+    responses(
+        (status = 200, description = "The user as Graph has it now", body = crate::openapi::schemas::DirectoryUser),
+        (status = 404, description = "Unknown tenant, or Graph does not know the UPN", body = crate::openapi::schemas::ErrorBody),
+        (status = 422, description = "`invalid_upn`", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant is not active, or `tenant_access_refused`: it refuses Graph access (consent revoked, app disabled)", body = crate::openapi::schemas::ErrorBody),
+        (status = 502, description = "`graph_rejected`: Microsoft Graph refused the request", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 
 async fn sync_user(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
@@ -432,12 +480,34 @@ async fn sync_user(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
-#[derive(Deserialize)]
+/// Users to read from Graph now.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkBody {
+    /// 1 to 50 names.
+    #[schema(min_items = 1, max_items = 50)]
     user_principal_names: Vec<String>,
+    /// May be left out when exactly one tenant is active (or given in the query).
+    #[schema(format = Uuid)]
     tenant_id: Option<String>,
 }
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/entra-id/bulk-sync-users",
+    operation_id = "bulkSyncUsers",
+    tag = "Directory",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = Option<uuid::Uuid>, Query)),
+    request_body = BulkBody,
+    responses(
+        (status = 200, description = "Each name's outcome, in the order given", body = crate::openapi::schemas::BulkSyncAnswer),
+        (status = 404, description = "Unknown tenant", body = crate::openapi::schemas::ErrorBody),
+        (status = 422, description = "No names, or more than 50", body = crate::openapi::schemas::ErrorBody),
+        (status = 409, description = "The tenant is not active, or `tenant_access_refused`: it refuses Graph access (consent revoked, app disabled)", body = crate::openapi::schemas::ErrorBody),
+        (status = 502, description = "`graph_rejected`: Microsoft Graph refused the request", body = crate::openapi::schemas::ErrorBody),
+    )
+)]
 
 async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;

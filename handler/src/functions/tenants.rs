@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::auth;
 use crate::domain::{Tenant, TenantStatus};
 use crate::lifecycle::{OffboardError, Offboarding};
+use crate::openapi::schemas::{ErrorBody, OffboardedTenant, TenantBody, TenantList};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply};
@@ -24,6 +25,11 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/tenants/{tenant_id}" => get),
     route!(DELETE "/api/v1/tenants/{tenant_id}" => offboard),
 ];
+
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list, create, get, offboard))]
+pub struct Api;
 
 fn tenant_param(req: &Request) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::try_parse(req.param("tenant_id").unwrap_or_default())
@@ -45,15 +51,34 @@ pub fn tenant_json(t: &Tenant) -> Value {
     })
 }
 
-#[derive(Deserialize)]
+/// A tenant to register.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "display_name": "Contoso", "cloud": "global"}))]
 struct NewTenant {
+    #[schema(format = Uuid)]
     tenant_id: String,
+    /// 1-256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     display_name: String,
+    /// `global` (default), `usgov`, `usgovdod` or `china`.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::schemas::CloudName>)]
     cloud: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants",
+    operation_id = "createTenant",
+    tag = "Tenants",
+    security(("entra_admin" = [])),
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "The tenant, registered", body = TenantBody),
+        (status = 409, description = "Already registered (an offboarded tenant registers again)", body = ErrorBody),
+    )
+)]
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let new: NewTenant = req.json()?;
@@ -84,6 +109,14 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::CREATED, &tenant_json(&created)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants",
+    operation_id = "listTenants",
+    tag = "Tenants",
+    security(("entra_admin" = [])),
+    responses((status = 200, description = "Every registered tenant", body = TenantList))
+)]
 async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let mut tenants = app.access.tenants.list().await?;
@@ -92,6 +125,15 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &json!({ "tenants": tenants })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}",
+    operation_id = "getTenant",
+    tag = "Tenants",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = Uuid, Path, description = "The tenant's Entra id")),
+    responses((status = 200, description = "The tenant", body = TenantBody))
+)]
 async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant_id = tenant_param(req)?;
@@ -104,6 +146,15 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &tenant_json(&tenant)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{tenant_id}",
+    operation_id = "offboardTenant",
+    tag = "Tenants",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = Uuid, Path, description = "The tenant's Entra id")),
+    responses((status = 200, description = "Offboarded (idempotent): refused everywhere, grants, SCIM token and certificates revoked, data kept", body = OffboardedTenant))
+)]
 async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant_id = tenant_param(req)?;

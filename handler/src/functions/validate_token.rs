@@ -24,7 +24,13 @@ const SHOWN_CLAIMS: &[&str] = &[
 /// The route.
 pub const ROUTES: &[Route] = &[route!(POST "/api/v1/entra-id/validate-token" => validate)];
 
-#[derive(Deserialize)]
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(validate))]
+pub struct Api;
+
+/// The token to check.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
     token: String,
@@ -43,6 +49,18 @@ impl TenantLookup for KnownTenants<'_> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/entra-id/validate-token",
+    operation_id = "validateToken",
+    tag = "Tokens",
+    security(("entra_admin" = [])),
+    request_body = TokenBody,
+    responses(
+        (status = 200, description = "Valid: its claims", body = crate::openapi::schemas::TokenAccepted),
+        (status = 401, description = "The checked token is not valid (`valid: false`), or the caller's own token is refused", body = crate::openapi::schemas::ValidateTokenRefusal),
+    )
+)]
 async fn validate(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let request: TokenBody = req.json()?;

@@ -141,13 +141,21 @@ pub fn table(
             },
         );
 
-    let api = crate::functions::ping::routes(app.clone())
+    let api = router::serve(app.clone(), crate::functions::ping::ROUTES)
+        .or(router::serve(
+            app.clone(),
+            crate::functions::openapi::ROUTES,
+        ))
+        .unify()
         .or(router::serve(
             app.clone(),
             crate::functions::activation_links::ROUTES,
         ))
         .unify()
-        .or(crate::functions::consent::routes(app.clone()))
+        .or(router::serve(
+            app.clone(),
+            crate::functions::consent::ROUTES,
+        ))
         .unify()
         .or(router::serve(
             app.clone(),

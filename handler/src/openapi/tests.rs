@@ -1,0 +1,129 @@
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::functions::{FUNCTIONS, Handler};
+
+/// (METHOD, path) of every operation of a document.
+fn operations_of(doc: &OpenApi) -> BTreeSet<(String, String)> {
+    let value = serde_json::to_value(&doc.paths).unwrap();
+    let mut found = BTreeSet::new();
+    for (path, item) in value.as_object().unwrap() {
+        for method in ["get", "put", "post", "delete", "patch", "head"] {
+            if item.get(method).is_some() {
+                found.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn committed_document_is_the_generated_one() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == json(),
+        "docs/openapi.json is not the document the code generates; \
+         run `cargo run -p handler -- openapi > docs/openapi.json`"
+    );
+}
+
+#[test]
+fn every_route_table_lists_exactly_the_operations_its_module_documents() {
+    for module in MODULES {
+        let Some(routes) = module.routes else {
+            continue;
+        };
+        let served: BTreeSet<(String, String)> = routes
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        let documented = operations_of(&(module.api)());
+        assert_eq!(
+            served, documented,
+            "{}: its route! table and its Api differ",
+            module.name
+        );
+    }
+}
+
+/// Whether a documented path is one a function's route template serves: a template's
+/// `{name}` matches any segment, a trailing `{name?}` may be absent, literals must agree.
+fn served_by(template: &str, path: &str) -> Option<usize> {
+    let template: Vec<&str> = template.split('/').collect();
+    let path: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
+    let optional = template.last().is_some_and(|s| s.ends_with("?}"));
+    let fits = path.len() == template.len() || (optional && path.len() + 1 == template.len());
+    if !fits {
+        return None;
+    }
+    let mut literals = 0;
+    for (t, p) in template.iter().zip(&path) {
+        if t.starts_with('{') {
+            continue;
+        }
+        if t != p {
+            return None;
+        }
+        literals += 1;
+    }
+    Some(literals)
+}
+
+#[test]
+fn every_http_function_is_documented_and_every_operation_is_served_by_one() {
+    let catalog = crate::functions::catalog().unwrap();
+    let doc = document();
+    let mut documented_functions = BTreeSet::new();
+    for (method, path) in operations_of(&doc) {
+        // the most specific template serves it, as the Functions host routes
+        let owner = FUNCTIONS
+            .iter()
+            .filter_map(|(name, handler)| match handler {
+                Handler::Http { route } => served_by(route, &path).map(|n| (n, *name)),
+                Handler::Invoked(_) => None,
+            })
+            .max();
+        let Some((_, name)) = owner else {
+            panic!("{method} {path} is documented but no function serves it");
+        };
+        let definition = catalog
+            .get(name)
+            .unwrap_or_else(|| panic!("no function.json for {name}"));
+        let host::Trigger::Http { methods, .. } = &definition.trigger else {
+            unreachable!()
+        };
+        assert!(
+            methods.iter().any(|m| m.eq_ignore_ascii_case(&method)),
+            "{method} {path}: functions/{name}/function.json does not take {method}"
+        );
+        documented_functions.insert(name);
+    }
+    for (name, handler) in FUNCTIONS {
+        if matches!(handler, Handler::Http { .. }) {
+            assert!(
+                documented_functions.contains(name),
+                "the HTTP function {name} has no operation in the document"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_operation_has_an_id_a_tag_and_its_security() {
+    let doc = serde_json::to_value(document()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            assert!(ids.insert(id.clone()), "operationId {id} is used twice");
+            assert!(op["tags"].is_array(), "{method} {path} has no tag");
+            assert!(
+                op.get("security").is_some(),
+                "{method} {path} says nothing of its security (anonymous: security(()))"
+            );
+        }
+    }
+}
