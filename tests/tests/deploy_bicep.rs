@@ -737,10 +737,13 @@ async fn the_handler_starts_as_in_azure_with_the_app_settings_the_bicep_sets() {
     for (name, expression) in &settings {
         env.push((name.as_str(), evaluate(expression)));
     }
-    // what Azure adds: the instance marker and the managed identity endpoint (here a
-    // closed loopback port), and login and Graph kept on loopback too
+    // what Flex Consumption adds (its instances have no WEBSITE_INSTANCE_ID: the SKU and
+    // the container's markers) and the managed identity endpoint (here a closed loopback
+    // port), and login and Graph kept on loopback too
     env.extend([
-        ("WEBSITE_INSTANCE_ID", "0123456789abcdef".to_string()),
+        ("WEBSITE_SKU", "FlexConsumption".to_string()),
+        ("CONTAINER_NAME", "entracon-example-0123456789".to_string()),
+        ("LEGION_SERVICE_HOST", "127.0.0.1".to_string()),
         (
             "IDENTITY_ENDPOINT",
             "http://127.0.0.1:9/msi/token".to_string(),
@@ -749,6 +752,21 @@ async fn the_handler_starts_as_in_azure_with_the_app_settings_the_bicep_sets() {
         ("ENTRA_LOGIN_ENDPOINT", "http://127.0.0.1:9".to_string()),
         ("GRAPH_ENDPOINT", "http://127.0.0.1:9".to_string()),
     ]);
+    // the handler knows it is in Azure there: it refuses development tokens at start-up
+    let mut with_dev_auth = env.clone();
+    with_dev_auth.push(("ENTRA_DEV_AUTH", "true".to_string()));
+    // where a handler that wrongly accepted it would write its development key
+    let scratch = std::env::temp_dir().join(format!("deploy-bicep-{}", std::process::id()));
+    with_dev_auth.push(("LOCAL_DATA_DIR", scratch.display().to_string()));
+    let (code, output) = exit_within(&binary, &with_dev_auth, std::time::Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(2),
+        "ENTRA_DEV_AUTH must be refused in a Flex Consumption environment:\n{output}"
+    );
+    assert!(output.contains("ENTRA_DEV_AUTH"), "{output}");
+    std::fs::remove_dir_all(&scratch).ok();
+
     let process = system_tests::HandlerProcess::start(&binary.display().to_string(), &[], &env);
     let health = reqwest::get(format!("{}/api/health", process.base_url()))
         .await
@@ -758,4 +776,42 @@ async fn the_handler_starts_as_in_azure_with_the_app_settings_the_bicep_sets() {
     let body: serde_json::Value = health.json().await.unwrap();
     assert_eq!(body["mode"], "host", "{body}");
     assert_eq!(body["storage"]["reachable"], false, "{body}");
+}
+
+/// Runs the handler (default command) with exactly `env` plus PATH and a free port; its
+/// exit code and output, or None when it was still running after `limit` (then killed).
+fn exit_within(
+    binary: &Path,
+    env: &[(&str, String)],
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(binary)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "FUNCTIONS_CUSTOMHANDLER_PORT",
+            system_tests::free_port().to_string(),
+        )
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the handler binary starts");
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            child.kill().ok();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (code, text)
 }
