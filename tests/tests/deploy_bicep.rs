@@ -266,6 +266,107 @@ fn no_app_setting_carries_a_secret_or_turns_on_development_auth() {
     }
 }
 
+/// infra/main.bicep and every module, with their paths.
+fn bicep_files() -> Vec<(String, String)> {
+    let mut files = vec!["infra/main.bicep".to_string()];
+    let mut modules: Vec<String> = std::fs::read_dir(root().join("infra/modules"))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("infra/modules/{}", e.file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".bicep"))
+        .collect();
+    modules.sort();
+    files.extend(modules);
+    files
+        .into_iter()
+        .map(|f| {
+            let text = read(&f);
+            (f, text)
+        })
+        .collect()
+}
+
+#[test]
+fn no_setting_that_flex_consumption_refuses_is_in_the_bicep() {
+    // Flex Consumption takes the runtime, its version and the package from
+    // functionAppConfig and refuses (or ignores) the settings that did this on the older
+    // plans; plain AzureWebJobsStorage would be a connection string with the account key.
+    const REFUSED_ON_FLEX: [&str; 8] = [
+        "FUNCTIONS_WORKER_RUNTIME",
+        "FUNCTIONS_EXTENSION_VERSION",
+        "WEBSITE_RUN_FROM_PACKAGE",
+        "WEBSITE_CONTENTSHARE",
+        "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+        "SCM_DO_BUILD_DURING_DEPLOYMENT",
+        "ENABLE_ORYX_BUILD",
+        "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT",
+    ];
+    let set = bicep_app_settings();
+    let mut problems = Vec::new();
+    for name in REFUSED_ON_FLEX {
+        if set.contains_key(name) {
+            problems.push(format!("infra/main.bicep sets {name}"));
+        }
+    }
+    if set.contains_key("AzureWebJobsStorage") {
+        problems.push("infra/main.bicep sets plain AzureWebJobsStorage".into());
+    }
+    // anywhere in the templates, however written (an object key, `name: '...'` of a
+    // siteConfig.appSettings entry, a string)
+    let word = |name: &str| Regex::new(&format!(r"\b{name}\b")).unwrap();
+    let plain_storage = Regex::new(r"\bAzureWebJobsStorage\b(?:[^_]|$)").unwrap();
+    for (file, text) in bicep_files() {
+        for name in REFUSED_ON_FLEX {
+            if word(name).is_match(&text) {
+                problems.push(format!("{file} mentions {name}"));
+            }
+        }
+        if plain_storage.is_match(&text) {
+            problems.push(format!("{file} mentions plain AzureWebJobsStorage"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "settings that Flex Consumption refuses:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn every_module_output_main_bicep_uses_is_declared_by_that_module() {
+    let main = read("infra/main.bicep");
+    let module = Regex::new(r"(?m)^module\s+(\w+)\s+'([^']+)'").unwrap();
+    let declared = Regex::new(r"(?m)^output\s+(\w+)\s").unwrap();
+    let outputs: BTreeMap<String, BTreeSet<String>> = module
+        .captures_iter(&main)
+        .map(|c| {
+            let text = read(&format!("infra/{}", &c[2]));
+            let names = declared
+                .captures_iter(&text)
+                .map(|o| o[1].to_string())
+                .collect();
+            (c[1].to_string(), names)
+        })
+        .collect();
+    assert!(!outputs.is_empty(), "no module found in main.bicep");
+    let used = Regex::new(r"\b(\w+)\.outputs\.(\w+)").unwrap();
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for c in used.captures_iter(&main) {
+        seen += 1;
+        let (symbol, output) = (&c[1], &c[2]);
+        match outputs.get(symbol) {
+            None => problems.push(format!("{symbol}.outputs.{output}: no module {symbol}")),
+            Some(names) if !names.contains(output) => problems.push(format!(
+                "{symbol}.outputs.{output}: module {symbol} declares no output {output} (it has {names:?})"
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(seen > 5, "no module outputs used in main.bicep");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// A built-in role: its name in Bicep's `roleIds`, its definition id, and the data actions
 /// (relative to its family) that it allows; `*` is every one.
 struct Role {
@@ -614,9 +715,35 @@ fn the_bicep_keeps_flex_consumption_and_identity_only_access() {
     let storage = read("infra/modules/storage.bicep");
     let vault = read("infra/modules/keyvault.bicep");
     let settings = bicep_app_settings();
+    // the plan: Flex Consumption on Linux is `kind: 'functionapp'` with `reserved: true`
+    let plan = block(&app, "resource plan 'Microsoft.Web/serverfarms@");
+    for needle in [
+        "kind: 'functionapp'\n",
+        "sku: { tier: 'FlexConsumption', name: 'FC1' }",
+        "properties: { reserved: true }",
+    ] {
+        assert!(plan.contains(needle), "the plan lacks {needle:?}:\n{plan}");
+    }
+    // what Flex refuses or ignores: settings live in main.bicep's separate appsettings
+    // resource (written once the roles exist), the runtime in functionAppConfig, and
+    // there is no always-on instance to keep
+    for (needle, why) in [
+        (
+            "appSettings",
+            "app settings belong to main.bicep's appsettings resource",
+        ),
+        (
+            "linuxFxVersion",
+            "Flex takes the runtime from functionAppConfig.runtime",
+        ),
+        ("alwaysOn", "Flex has no always-on setting"),
+    ] {
+        assert!(
+            !app.contains(needle),
+            "infra/modules/functionapp.bicep has {needle}: {why}"
+        );
+    }
     for (text, needle) in [
-        (&app, "sku: { tier: 'FlexConsumption', name: 'FC1' }"),
-        (&app, "properties: { reserved: true }"),
         (&app, "kind: 'functionapp,linux'"),
         (&app, "runtime: { name: 'custom', version: '1.0' }"),
         (&app, "type: 'blobContainer'"),
