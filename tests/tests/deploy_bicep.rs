@@ -759,6 +759,21 @@ fn the_bicep_keeps_flex_consumption_and_identity_only_access() {
     ] {
         assert!(text.contains(needle), "{needle} is missing");
     }
+    // storage account names must be lowercase: every name is built from toLower(name)
+    let main = read("infra/main.bicep");
+    assert!(
+        main.contains("var prefix = toLower(name)"),
+        "main.bicep lowers the name prefix"
+    );
+    assert!(
+        !main.contains("${name}"),
+        "main.bicep builds resource names from prefix (lowercase), not name"
+    );
+    let storage_module = block(&main, "module storage '");
+    assert!(
+        storage_module.contains("name: take('${prefix}${suffix}', 24)"),
+        "the storage account name is lowercase and at most 24 characters:\n{storage_module}"
+    );
     assert_eq!(
         settings["AzureWebJobsStorage__credential"],
         "'managedidentity'"
