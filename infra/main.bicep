@@ -120,6 +120,10 @@ param extraAppSettings object = {}
 @description('Tags for every resource.')
 param tags object = {}
 
+@description('Key Vault name (3-24 letters, digits and dashes), to pick a new one when the default name is held by a deleted vault (docs/deploy.md); empty: <name>-kv-<unique suffix>.')
+@maxLength(24)
+param keyVaultName string = ''
+
 // Each cloud's login authority and Microsoft Graph, as the handler knows them
 // (crates/entra/src/cloud.rs; a test keeps the two in step). Storage and Key Vault
 // endpoints need no table: they come from the resources, right in whichever cloud this
@@ -143,14 +147,18 @@ var clouds = {
   }
 }
 
+// Storage account names must be lowercase; `name` is lowered here too rather than only
+// described as lowercase, so that a capital letter cannot fail the deployment halfway.
+// The suffix follows the resource group's id: redeploying updates the same resources.
 var suffix = uniqueString(resourceGroup().id)
-var appName = '${name}-${suffix}'
+var prefix = toLower(name)
+var appName = '${prefix}-${suffix}'
 var deploymentContainerName = 'app-package'
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
   params: {
-    name: '${name}-identity'
+    name: '${prefix}-identity'
     location: location
     tags: tags
   }
@@ -159,7 +167,7 @@ module identity 'modules/identity.bicep' = {
 module storage 'modules/storage.bicep' = {
   name: 'storage'
   params: {
-    name: take('${name}${suffix}', 24)
+    name: take('${prefix}${suffix}', 24)
     location: location
     tags: tags
     deploymentContainerName: deploymentContainerName
@@ -169,7 +177,7 @@ module storage 'modules/storage.bicep' = {
 module keyVault 'modules/keyvault.bicep' = {
   name: 'keyVault'
   params: {
-    name: take('${name}-kv-${suffix}', 24)
+    name: empty(keyVaultName) ? take('${prefix}-kv-${suffix}', 24) : keyVaultName
     location: location
     tags: tags
   }
@@ -178,8 +186,8 @@ module keyVault 'modules/keyvault.bicep' = {
 module monitoring 'modules/monitoring.bicep' = {
   name: 'monitoring'
   params: {
-    workspaceName: '${name}-logs'
-    insightsName: '${name}-insights'
+    workspaceName: '${prefix}-logs'
+    insightsName: '${prefix}-insights'
     location: location
     tags: tags
     retentionInDays: logRetentionDays
@@ -199,7 +207,7 @@ module roles 'modules/roles.bicep' = {
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionApp'
   params: {
-    planName: '${name}-plan'
+    planName: '${prefix}-plan'
     appName: appName
     location: location
     tags: tags

@@ -47,6 +47,31 @@ fn duration_setting<'a>(
     Ok(std::time::Duration::from_secs(value * unit_secs))
 }
 
+/// Variables the platform sets on Azure instances and a local run does not. App Service
+/// plans set `WEBSITE_INSTANCE_ID`; Flex Consumption instances lack it and have
+/// `WEBSITE_SKU` and the container's `CONTAINER_NAME` or `WEBSITE_POD_NAME` with
+/// `LEGION_SERVICE_HOST` (what the Functions host itself tests, `IsFlexConsumptionSku`).
+/// Any one of them counts, so that a variable the platform drops later still leaves
+/// the others.
+const AZURE_MARKERS: [&str; 5] = [
+    "WEBSITE_INSTANCE_ID",
+    "WEBSITE_SKU",
+    "CONTAINER_NAME",
+    "WEBSITE_POD_NAME",
+    "LEGION_SERVICE_HOST",
+];
+
+/// The first Azure marker `is_set` reports, if any: the handler runs in Azure then, where
+/// local-only settings (the local vault, development tokens) are refused.
+pub fn azure_marker(is_set: impl Fn(&str) -> bool) -> Option<&'static str> {
+    AZURE_MARKERS.into_iter().find(|name| is_set(name))
+}
+
+/// [`azure_marker`] of this process's environment (an empty variable is not set).
+pub fn azure_marker_in_env() -> Option<&'static str> {
+    azure_marker(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
 fn problem(name: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         name,
@@ -265,7 +290,7 @@ impl Settings {
                 url
             }
         };
-        let in_azure = get("WEBSITE_INSTANCE_ID").is_some();
+        let in_azure = azure_marker(|name| get(name).is_some()).is_some();
         if in_azure && get("KEY_VAULT_URI").is_none() {
             return Err(problem(
                 "KEY_VAULT_URI",
@@ -447,10 +472,12 @@ fn entra_settings<'a>(
             ));
         }
     };
-    if dev_auth && get("WEBSITE_INSTANCE_ID").is_some() {
+    if let Some(marker) = azure_marker(|name| get(name).is_some()).filter(|_| dev_auth) {
         return Err(problem(
             "ENTRA_DEV_AUTH",
-            "development tokens are never trusted in Azure (WEBSITE_INSTANCE_ID is set); remove the setting",
+            format!(
+                "development tokens are never trusted in Azure ({marker} is set); remove the setting"
+            ),
         ));
     }
     Ok(EntraSettings {
@@ -722,6 +749,44 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    /// What a Flex Consumption instance's environment has: no `WEBSITE_INSTANCE_ID` (the
+    /// Functions host itself tells Flex apart by these, `IsLinuxConsumptionOnLegion`).
+    const FLEX: [(&str, &str); 3] = [
+        ("WEBSITE_SKU", "FlexConsumption"),
+        ("CONTAINER_NAME", "entracon-abc123"),
+        ("LEGION_SERVICE_HOST", "10.0.0.1"),
+    ];
+
+    #[test]
+    fn any_one_platform_marker_means_azure() {
+        let none = HashMap::<String, String>::new();
+        assert_eq!(azure_marker(|n| none.contains_key(n)), None);
+        for marker in AZURE_MARKERS {
+            assert_eq!(azure_marker(|n| n == marker), Some(marker));
+        }
+        let flex: HashMap<&str, &str> = FLEX.into_iter().collect();
+        assert_eq!(azure_marker(|n| flex.contains_key(n)), Some("WEBSITE_SKU"));
+        // an empty value is not set (Settings trims and drops empty values)
+        let dev = ("AzureWebJobsStorage", "UseDevelopmentStorage=true");
+        assert!(settings(&[dev, ("WEBSITE_SKU", " ")]).is_ok());
+    }
+
+    #[test]
+    fn flex_consumption_counts_as_azure_without_website_instance_id() {
+        let dev = ("AzureWebJobsStorage", "UseDevelopmentStorage=true");
+        let mut pairs = vec![dev];
+        pairs.extend(FLEX);
+        assert_eq!(settings(&pairs).unwrap_err().name, "KEY_VAULT_URI");
+        pairs.push(("KEY_VAULT_URI", "https://kv.vault.azure.net/"));
+        assert_eq!(settings(&pairs).unwrap_err().name, "PUBLIC_BASE_URL");
+        pairs.push(("PUBLIC_BASE_URL", "https://connector.example.com"));
+        assert!(settings(&pairs).is_ok());
+        pairs.push(("ENTRA_DEV_AUTH", "true"));
+        let err = settings(&pairs).unwrap_err();
+        assert_eq!(err.name, "ENTRA_DEV_AUTH", "{err}");
+        assert!(err.to_string().contains("never trusted in Azure"), "{err}");
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn mint(args: &[String]) -> Result<String, String> {
         options.insert(name.to_string(), value.clone());
     }
     let settings = Settings::from_env().map_err(|e| e.to_string())?;
-    if std::env::var_os("WEBSITE_INSTANCE_ID").is_some() {
+    if crate::config::azure_marker_in_env().is_some() {
         return Err("development tokens are never minted in Azure".into());
     }
     let guid = |name: &str| -> Result<Option<Uuid>, String> {

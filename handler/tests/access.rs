@@ -725,6 +725,27 @@ async fn development_tokens_work_only_with_dev_auth_and_never_in_azure() {
     let (code, output) = run_to_exit(BIN, &["serve"], &azure);
     assert_eq!(code, Some(2), "{output}");
     assert!(output.contains("ENTRA_DEV_AUTH"), "{output}");
+    // Flex Consumption sets no WEBSITE_INSTANCE_ID; its markers refuse minting all the same,
+    // even with settings that are otherwise valid in Azure
+    let mut flex = without.clone();
+    flex.extend([
+        ("WEBSITE_SKU", "FlexConsumption".to_string()),
+        ("CONTAINER_NAME", "entracon-abc123".to_string()),
+        ("LEGION_SERVICE_HOST", "10.0.0.1".to_string()),
+        ("KEY_VAULT_URI", "https://kv.vault.azure.net/".to_string()),
+        (
+            "PUBLIC_BASE_URL",
+            "https://connector.example.com".to_string(),
+        ),
+    ]);
+    let (code, output) = run_to_exit(BIN, &["dev-token", "admin"], &flex);
+    // (the output is a token when this fails: not echoed)
+    assert_ne!(
+        code,
+        Some(0),
+        "dev-token minted a token in a Flex environment"
+    );
+    assert!(output.contains("never minted in Azure"), "{output}");
     let (code, _) = run_to_exit(BIN, &["dev-token", "user"], &env);
     assert_eq!(code, Some(2), "a user token needs --tenant and --object-id");
     std::fs::remove_dir_all(&data).ok();

@@ -266,6 +266,107 @@ fn no_app_setting_carries_a_secret_or_turns_on_development_auth() {
     }
 }
 
+/// infra/main.bicep and every module, with their paths.
+fn bicep_files() -> Vec<(String, String)> {
+    let mut files = vec!["infra/main.bicep".to_string()];
+    let mut modules: Vec<String> = std::fs::read_dir(root().join("infra/modules"))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("infra/modules/{}", e.file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".bicep"))
+        .collect();
+    modules.sort();
+    files.extend(modules);
+    files
+        .into_iter()
+        .map(|f| {
+            let text = read(&f);
+            (f, text)
+        })
+        .collect()
+}
+
+#[test]
+fn no_setting_that_flex_consumption_refuses_is_in_the_bicep() {
+    // Flex Consumption takes the runtime, its version and the package from
+    // functionAppConfig and refuses (or ignores) the settings that did this on the older
+    // plans; plain AzureWebJobsStorage would be a connection string with the account key.
+    const REFUSED_ON_FLEX: [&str; 8] = [
+        "FUNCTIONS_WORKER_RUNTIME",
+        "FUNCTIONS_EXTENSION_VERSION",
+        "WEBSITE_RUN_FROM_PACKAGE",
+        "WEBSITE_CONTENTSHARE",
+        "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+        "SCM_DO_BUILD_DURING_DEPLOYMENT",
+        "ENABLE_ORYX_BUILD",
+        "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT",
+    ];
+    let set = bicep_app_settings();
+    let mut problems = Vec::new();
+    for name in REFUSED_ON_FLEX {
+        if set.contains_key(name) {
+            problems.push(format!("infra/main.bicep sets {name}"));
+        }
+    }
+    if set.contains_key("AzureWebJobsStorage") {
+        problems.push("infra/main.bicep sets plain AzureWebJobsStorage".into());
+    }
+    // anywhere in the templates, however written (an object key, `name: '...'` of a
+    // siteConfig.appSettings entry, a string)
+    let word = |name: &str| Regex::new(&format!(r"\b{name}\b")).unwrap();
+    let plain_storage = Regex::new(r"\bAzureWebJobsStorage\b(?:[^_]|$)").unwrap();
+    for (file, text) in bicep_files() {
+        for name in REFUSED_ON_FLEX {
+            if word(name).is_match(&text) {
+                problems.push(format!("{file} mentions {name}"));
+            }
+        }
+        if plain_storage.is_match(&text) {
+            problems.push(format!("{file} mentions plain AzureWebJobsStorage"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "settings that Flex Consumption refuses:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn every_module_output_main_bicep_uses_is_declared_by_that_module() {
+    let main = read("infra/main.bicep");
+    let module = Regex::new(r"(?m)^module\s+(\w+)\s+'([^']+)'").unwrap();
+    let declared = Regex::new(r"(?m)^output\s+(\w+)\s").unwrap();
+    let outputs: BTreeMap<String, BTreeSet<String>> = module
+        .captures_iter(&main)
+        .map(|c| {
+            let text = read(&format!("infra/{}", &c[2]));
+            let names = declared
+                .captures_iter(&text)
+                .map(|o| o[1].to_string())
+                .collect();
+            (c[1].to_string(), names)
+        })
+        .collect();
+    assert!(!outputs.is_empty(), "no module found in main.bicep");
+    let used = Regex::new(r"\b(\w+)\.outputs\.(\w+)").unwrap();
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for c in used.captures_iter(&main) {
+        seen += 1;
+        let (symbol, output) = (&c[1], &c[2]);
+        match outputs.get(symbol) {
+            None => problems.push(format!("{symbol}.outputs.{output}: no module {symbol}")),
+            Some(names) if !names.contains(output) => problems.push(format!(
+                "{symbol}.outputs.{output}: module {symbol} declares no output {output} (it has {names:?})"
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(seen > 5, "no module outputs used in main.bicep");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// A built-in role: its name in Bicep's `roleIds`, its definition id, and the data actions
 /// (relative to its family) that it allows; `*` is every one.
 struct Role {
@@ -614,9 +715,35 @@ fn the_bicep_keeps_flex_consumption_and_identity_only_access() {
     let storage = read("infra/modules/storage.bicep");
     let vault = read("infra/modules/keyvault.bicep");
     let settings = bicep_app_settings();
+    // the plan: Flex Consumption on Linux is `kind: 'functionapp'` with `reserved: true`
+    let plan = block(&app, "resource plan 'Microsoft.Web/serverfarms@");
+    for needle in [
+        "kind: 'functionapp'\n",
+        "sku: { tier: 'FlexConsumption', name: 'FC1' }",
+        "properties: { reserved: true }",
+    ] {
+        assert!(plan.contains(needle), "the plan lacks {needle:?}:\n{plan}");
+    }
+    // what Flex refuses or ignores: settings live in main.bicep's separate appsettings
+    // resource (written once the roles exist), the runtime in functionAppConfig, and
+    // there is no always-on instance to keep
+    for (needle, why) in [
+        (
+            "appSettings",
+            "app settings belong to main.bicep's appsettings resource",
+        ),
+        (
+            "linuxFxVersion",
+            "Flex takes the runtime from functionAppConfig.runtime",
+        ),
+        ("alwaysOn", "Flex has no always-on setting"),
+    ] {
+        assert!(
+            !app.contains(needle),
+            "infra/modules/functionapp.bicep has {needle}: {why}"
+        );
+    }
     for (text, needle) in [
-        (&app, "sku: { tier: 'FlexConsumption', name: 'FC1' }"),
-        (&app, "properties: { reserved: true }"),
         (&app, "kind: 'functionapp,linux'"),
         (&app, "runtime: { name: 'custom', version: '1.0' }"),
         (&app, "type: 'blobContainer'"),
@@ -632,6 +759,21 @@ fn the_bicep_keeps_flex_consumption_and_identity_only_access() {
     ] {
         assert!(text.contains(needle), "{needle} is missing");
     }
+    // storage account names must be lowercase: every name is built from toLower(name)
+    let main = read("infra/main.bicep");
+    assert!(
+        main.contains("var prefix = toLower(name)"),
+        "main.bicep lowers the name prefix"
+    );
+    assert!(
+        !main.contains("${name}"),
+        "main.bicep builds resource names from prefix (lowercase), not name"
+    );
+    let storage_module = block(&main, "module storage '");
+    assert!(
+        storage_module.contains("name: take('${prefix}${suffix}', 24)"),
+        "the storage account name is lowercase and at most 24 characters:\n{storage_module}"
+    );
     assert_eq!(
         settings["AzureWebJobsStorage__credential"],
         "'managedidentity'"
@@ -737,10 +879,13 @@ async fn the_handler_starts_as_in_azure_with_the_app_settings_the_bicep_sets() {
     for (name, expression) in &settings {
         env.push((name.as_str(), evaluate(expression)));
     }
-    // what Azure adds: the instance marker and the managed identity endpoint (here a
-    // closed loopback port), and login and Graph kept on loopback too
+    // what Flex Consumption adds (its instances have no WEBSITE_INSTANCE_ID: the SKU and
+    // the container's markers) and the managed identity endpoint (here a closed loopback
+    // port), and login and Graph kept on loopback too
     env.extend([
-        ("WEBSITE_INSTANCE_ID", "0123456789abcdef".to_string()),
+        ("WEBSITE_SKU", "FlexConsumption".to_string()),
+        ("CONTAINER_NAME", "entracon-example-0123456789".to_string()),
+        ("LEGION_SERVICE_HOST", "127.0.0.1".to_string()),
         (
             "IDENTITY_ENDPOINT",
             "http://127.0.0.1:9/msi/token".to_string(),
@@ -749,6 +894,21 @@ async fn the_handler_starts_as_in_azure_with_the_app_settings_the_bicep_sets() {
         ("ENTRA_LOGIN_ENDPOINT", "http://127.0.0.1:9".to_string()),
         ("GRAPH_ENDPOINT", "http://127.0.0.1:9".to_string()),
     ]);
+    // the handler knows it is in Azure there: it refuses development tokens at start-up
+    let mut with_dev_auth = env.clone();
+    with_dev_auth.push(("ENTRA_DEV_AUTH", "true".to_string()));
+    // where a handler that wrongly accepted it would write its development key
+    let scratch = std::env::temp_dir().join(format!("deploy-bicep-{}", std::process::id()));
+    with_dev_auth.push(("LOCAL_DATA_DIR", scratch.display().to_string()));
+    let (code, output) = exit_within(&binary, &with_dev_auth, std::time::Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(2),
+        "ENTRA_DEV_AUTH must be refused in a Flex Consumption environment:\n{output}"
+    );
+    assert!(output.contains("ENTRA_DEV_AUTH"), "{output}");
+    std::fs::remove_dir_all(&scratch).ok();
+
     let process = system_tests::HandlerProcess::start(&binary.display().to_string(), &[], &env);
     let health = reqwest::get(format!("{}/api/health", process.base_url()))
         .await
@@ -758,4 +918,42 @@ async fn the_handler_starts_as_in_azure_with_the_app_settings_the_bicep_sets() {
     let body: serde_json::Value = health.json().await.unwrap();
     assert_eq!(body["mode"], "host", "{body}");
     assert_eq!(body["storage"]["reachable"], false, "{body}");
+}
+
+/// Runs the handler (default command) with exactly `env` plus PATH and a free port; its
+/// exit code and output, or None when it was still running after `limit` (then killed).
+fn exit_within(
+    binary: &Path,
+    env: &[(&str, String)],
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(binary)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "FUNCTIONS_CUSTOMHANDLER_PORT",
+            system_tests::free_port().to_string(),
+        )
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the handler binary starts");
+    let started = std::time::Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            child.kill().ok();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (code, text)
 }
