@@ -17,6 +17,7 @@ mod scim_service;
 mod startup;
 mod store;
 mod telemetry;
+mod writeback;
 
 use std::process::ExitCode;
 
