@@ -243,7 +243,7 @@ impl Writeback {
                 &to_read,
                 &select,
                 &mut users,
-                &memberships,
+                &rules.managed_groups,
             )
             .await?;
             fresh.extend(to_read.drain(..));
@@ -313,8 +313,9 @@ impl Writeback {
         Ok(plan)
     }
 
-    /// Reads users fresh from Graph (20 per `$batch`) into `users`; one Graph no longer
-    /// knows is dropped.
+    /// Reads users and their direct groups fresh from Graph (20 per `$batch`) into
+    /// `users`; one Graph no longer knows is dropped. Only the first page of a user's
+    /// groups is read (Graph's default of 100): rules manage few groups.
     #[allow(clippy::too_many_arguments)]
     async fn refresh(
         &self,
@@ -324,22 +325,48 @@ impl Writeback {
         ids: &[Uuid],
         select: &[String],
         users: &mut HashMap<Uuid, EntraUser>,
-        memberships: &HashMap<Uuid, BTreeSet<Uuid>>,
+        managed: &BTreeSet<Uuid>,
     ) -> Result<(), WritebackError> {
         if ids.is_empty() {
             return Ok(());
         }
         let fields = format!("{},{}", entra::delta::USER_SELECT, select.join(","));
-        let requests: Vec<BatchRequest> = ids
-            .iter()
-            .map(|id| BatchRequest {
+        let mut requests: Vec<BatchRequest> = Vec::with_capacity(ids.len() * 2);
+        for id in ids {
+            requests.push(BatchRequest {
                 method: "GET".into(),
                 url: format!("/users/{id}?$select={fields}"),
                 body: None,
-            })
-            .collect();
-        let answers = graph.batch(registration, tenant, &requests).await?;
-        for (id, answer) in ids.iter().zip(answers) {
+            });
+            requests.push(BatchRequest {
+                method: "GET".into(),
+                url: format!("/users/{id}/memberOf/microsoft.graph.group?$select=id"),
+                body: None,
+            });
+        }
+        let mut answers = graph
+            .batch(registration, tenant, &requests)
+            .await?
+            .into_iter();
+        for id in ids {
+            let (Some(answer), Some(groups)) = (answers.next(), answers.next()) else {
+                break;
+            };
+            let groups: BTreeSet<Uuid> = match groups.status {
+                200..=299 => groups.body["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|g| g["id"].as_str().and_then(|i| Uuid::try_parse(i).ok()))
+                    .filter(|g| managed.contains(g))
+                    .collect(),
+                404 => BTreeSet::new(),
+                _ => {
+                    return Err(writes::write_answer(&requests[1], groups)
+                        .into_error()
+                        .into());
+                }
+            };
             let raw = answer.body.clone();
             match writes::read_answer(answer)? {
                 None => {
@@ -347,7 +374,7 @@ impl Writeback {
                 }
                 Some(u) => {
                     if let Some(mut user) = entra_user(&u, select, &raw) {
-                        user.groups = memberships.get(id).cloned().unwrap_or_default();
+                        user.groups = groups;
                         users.insert(*id, user);
                     }
                 }

@@ -26,6 +26,23 @@ pub enum WriteAnswer {
     Failed(GraphError),
 }
 
+impl WriteAnswer {
+    /// The error of a failed answer (`Done` and `UpnInUse` become `Rejected`).
+    pub fn into_error(self) -> GraphError {
+        match self {
+            WriteAnswer::Failed(e) => e,
+            WriteAnswer::Done(_) => GraphError::Rejected {
+                status: 200,
+                message: "not an error".into(),
+            },
+            WriteAnswer::UpnInUse(m) => GraphError::Rejected {
+                status: 400,
+                message: m,
+            },
+        }
+    }
+}
+
 /// Properties whose Graph type is a string collection.
 const COLLECTIONS: &[&str] = &["otherMails"];
 

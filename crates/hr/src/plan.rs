@@ -195,7 +195,8 @@ pub struct PlanInput<'a> {
 
 enum Stage {
     Waiting(Date),
-    Active,
+    /// Due since this date (the start date less the joiner lead days).
+    Active(Date),
     Leaver(Date),
 }
 
@@ -210,7 +211,7 @@ fn stage(r: &HrRecord, rules: &CompiledRules, today: Date) -> Stage {
     }
     let create_on = r.start_date - Duration::days(rules.rules.joiner_days_before_start.into());
     if today >= create_on {
-        Stage::Active
+        Stage::Active(create_on)
     } else {
         Stage::Waiting(create_on)
     }
@@ -337,7 +338,7 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                     }
                 }
             }
-            Stage::Active => {
+            Stage::Active(since) => {
                 let desired: BTreeMap<String, String> = rules.properties(r).into_iter().collect();
                 let groups = rules.groups_for(r);
                 let (target, due, current_groups) = match user {
@@ -354,7 +355,7 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                             .find(|c| !taken.contains(&c.to_lowercase()))
                             .expect("some candidate is free");
                         taken.insert(upn.to_lowercase());
-                        let due = Some(r.start_date);
+                        let due = Some(since);
                         push(
                             &mut steps,
                             r,
@@ -380,14 +381,14 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                                 r,
                                 Action::EnableUser { user: target },
                                 "rehire: the HR record is active again".into(),
-                                Some(r.start_date),
+                                Some(since),
                             );
                             push(
                                 &mut steps,
                                 r,
                                 Action::ResetPassword { user: target },
                                 "rehire: the former password stops working".into(),
-                                Some(r.start_date),
+                                Some(since),
                             );
                         }
                         let mut changes = BTreeMap::new();
