@@ -129,6 +129,7 @@ impl GraphError {
                 TokenError::TenantNotFound(_)
                 | TokenError::AppDisabled(_)
                 | TokenError::ConsentMissing(_)
+                | TokenError::GrantRevoked(_)
                 | TokenError::InvalidClient(_)
                 | TokenError::Refused(_) => GraphErrorClass::AccessRevoked {
                     reason: t.to_string(),
