@@ -50,6 +50,58 @@ pub fn secret_name(tenant: Uuid) -> String {
     format!("hr-client-secret-{tenant}")
 }
 
+/// The vault secret of a delegated connection's refresh token (never in Table Storage).
+pub fn refresh_name(tenant: Uuid) -> String {
+    format!("hr-refresh-token-{tenant}")
+}
+
+/// The delegated permissions a linked administrator grants the service's app.
+pub const DELEGATED_SCOPES: &[&str] = &[
+    "User.ReadWrite.All",
+    "Group.ReadWrite.All",
+    "Directory.AccessAsUser.All",
+];
+
+/// The scope string of a delegated link in `cloud` (`openid` for the ID token that names
+/// the signed-in user's tenant, `offline_access` for the refresh token).
+pub fn delegated_scope(cloud: entra::Cloud) -> String {
+    let mut scopes = vec![
+        "openid".to_string(),
+        "profile".into(),
+        "offline_access".into(),
+    ];
+    scopes.extend(
+        DELEGATED_SCOPES
+            .iter()
+            .map(|s| format!("{}/{s}", cloud.graph())),
+    );
+    scopes.join(" ")
+}
+
+/// A delegated connection's refresh token in the vault, replaced on each redemption.
+pub struct VaultRefreshGrant {
+    pub vault: Arc<dyn vault::Vault>,
+    pub name: String,
+}
+
+#[async_trait]
+impl entra::credentials::RefreshGrant for VaultRefreshGrant {
+    async fn current(&self) -> Result<String, String> {
+        self.vault
+            .get_secret(&self.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the refresh token is gone from the vault".to_string())
+    }
+
+    async fn rotate(&self, new: &str) -> Result<(), String> {
+        self.vault
+            .set_secret(&self.name, new)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Application permissions a customer-owned app needs, and what each is for.
 pub const APP_PERMISSIONS: &[(&str, &str)] = &[
     ("User.ReadWrite.All", "create and update users"),
@@ -132,7 +184,7 @@ impl Writeback {
     pub async fn registration(
         &self,
         credentials: &AppCredentials,
-        vault: &dyn vault::Vault,
+        vault: &Arc<dyn vault::Vault>,
         connection: &Connection,
     ) -> Result<AppRegistration, WritebackError> {
         let cloud: entra::Cloud =
@@ -169,9 +221,30 @@ impl Writeback {
                     credential,
                 })
             }
-            ConnectionType::Delegated => Err(WritebackError::NotConfigured(
-                "delegated connections are not supported yet; use customer_owned".into(),
-            )),
+            ConnectionType::Delegated => {
+                let client_id = connection
+                    .client_id
+                    .ok_or_else(|| WritebackError::NotConfigured("no client_id".into()))?;
+                let client = credentials
+                    .service_credential(cloud)
+                    .await?
+                    .ok_or_else(|| {
+                        WritebackError::NotConfigured(format!(
+                            "no credential for the service's app in {cloud}"
+                        ))
+                    })?;
+                Ok(AppRegistration {
+                    cloud,
+                    client_id,
+                    credential: AppCredential::Delegated {
+                        client: Box::new(client),
+                        grant: Arc::new(VaultRefreshGrant {
+                            vault: vault.clone(),
+                            name: refresh_name(connection.tenant_id),
+                        }),
+                    },
+                })
+            }
         }
     }
 

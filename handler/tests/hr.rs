@@ -608,3 +608,133 @@ async fn a_throttled_write_waits_for_retry_after_and_then_succeeds() {
     );
     assert_eq!(w.fake.user(&w.tenant, &id).unwrap()["department"], "Sales");
 }
+
+impl World {
+    /// Asks for a delegated link and returns its authorize URL.
+    async fn link_url(&self) -> String {
+        let (s, link) = self.call("GET", &self.hr("connection/link"), None).await;
+        assert_eq!(s, StatusCode::OK, "{link}");
+        link["authorize_url"].as_str().unwrap().to_string()
+    }
+
+    /// Follows Microsoft's redirect back to the handler (path and query of `redirect`).
+    async fn follow(&self, redirect: &str) -> (StatusCode, Value) {
+        let url = url::Url::parse(redirect).unwrap();
+        let r = self
+            .http
+            .get(format!(
+                "{}{}?{}",
+                self.handler.base_url(),
+                url.path(),
+                url.query().unwrap_or_default()
+            ))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    fn refresh_redemptions(&self) -> usize {
+        self.fake
+            .token_requests()
+            .iter()
+            .filter(|(_, f)| f.get("grant_type").map(String::as_str) == Some("refresh_token"))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn a_delegated_connection_rotates_its_refresh_token_and_a_revoked_one_asks_for_a_relink() {
+    let w = World::start().await;
+    w.fake.set_delegated_token_lifetime(2);
+    let url = w.link_url().await;
+    let scope = url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "scope")
+        .unwrap()
+        .1
+        .into_owned();
+    assert!(
+        scope.contains("Directory.AccessAsUser.All") && scope.contains("offline_access"),
+        "{scope}"
+    );
+    let admin = Uuid::new_v4().to_string();
+    let (s, linked) = w.follow(&w.fake.sign_in(&url, &w.tenant, &admin)).await;
+    assert_eq!(s, StatusCode::OK, "{linked}");
+    let (_, c) = w.call("GET", &w.hr("connection"), None).await;
+    assert_eq!(c["type"], "delegated");
+    assert!(c["linked_by"].as_str().unwrap().contains(&admin), "{c}");
+    assert!(
+        !c.to_string().contains("fake-refresh"),
+        "no refresh token shown: {c}"
+    );
+
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    assert!(w.fake.user(&w.tenant, "ada.lovelace@contoso.com").is_some());
+    let first = w.refresh_redemptions();
+    assert!(first >= 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // the stand-in refuses a refresh token once redeemed: this works only with the new one
+    w.plan().await;
+    assert!(
+        w.refresh_redemptions() > first,
+        "the access token was renewed"
+    );
+
+    w.fake.revoke_refresh_tokens(&w.tenant);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (s, refused) = w.call("POST", &w.hr("plan"), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"], "relink_required", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("AADSTS50173"));
+}
+
+#[tokio::test]
+async fn a_delegated_sign_in_from_another_tenant_keeps_nothing() {
+    let w = World::start().await;
+    let url = w.link_url().await;
+    let other = Uuid::new_v4().to_string();
+    w.fake.add_tenant(&other, "Fabrikam", "fabrikam.com");
+    let (s, refused) = w
+        .follow(&w.fake.sign_in(&url, &other, &Uuid::new_v4().to_string()))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(refused["error"], "wrong_tenant");
+    let (_, c) = w.call("GET", &w.hr("connection"), None).await;
+    assert_eq!(c["type"], "customer_owned", "the connection is unchanged");
+    // the link was single-use
+    let (s, _) = w.follow(&w.fake.sign_in(&url, &w.tenant, "x")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn missing_consent_on_a_delegated_link_is_shown_with_a_relink_url() {
+    let w = World::start().await;
+    let url = w.link_url().await;
+    let state = url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let mut back = url::Url::parse("http://localhost/api/v1/hr/connection/callback").unwrap();
+    back.query_pairs_mut()
+        .append_pair("error", "consent_required")
+        .append_pair("error_description", "AADSTS65001: The user or administrator has not consented to use the application with ID '6e74172b'.\r\nTrace ID: x")
+        .append_pair("state", &state);
+    let (s, body) = w.follow(back.as_str()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "consent_required");
+    assert!(
+        body["relink_url"]
+            .as_str()
+            .unwrap()
+            .contains("code_challenge="),
+        "{body}"
+    );
+}

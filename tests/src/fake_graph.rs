@@ -191,6 +191,8 @@ struct State {
     delta_throttles: Vec<DeltaThrottle>,
     graph_calls: Vec<String>,
     requests: Vec<GraphRequest>,
+    /// Delegated sign-ins: authorization codes and refresh tokens (see `writes`).
+    delegated: writes::DelegatedState,
 }
 
 impl Default for State {
@@ -212,6 +214,7 @@ impl Default for State {
             delta_throttles: Vec::new(),
             graph_calls: Vec::new(),
             requests: Vec::new(),
+            delegated: writes::DelegatedState::default(),
         }
     }
 }
@@ -657,6 +660,12 @@ where
 fn issue_token(state: &Mutex<State>, tenant: &str, form: HashMap<String, String>) -> Response {
     let mut s = state.lock().unwrap();
     s.token_requests.push((tenant.to_string(), form.clone()));
+    if matches!(
+        form.get("grant_type").map(String::as_str),
+        Some("authorization_code" | "refresh_token")
+    ) {
+        return writes::delegated_token(&mut s, tenant, &form);
+    }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return aad_error(
             400,

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
-use super::{Directory, Life, State, USER_PROPS};
+use super::{Credential, Directory, Life, State, USER_PROPS};
 
 /// The application permissions an app has unless a test says otherwise.
 pub const DEFAULT_ROLES: &[&str] = &[
@@ -417,5 +417,199 @@ impl super::FakeMicrosoft {
                 client_id.into(),
                 roles.iter().map(|r| r.to_string()).collect(),
             );
+    }
+}
+
+/// An authorization code issued for a sign-in.
+struct Code {
+    tenant: String,
+    client: String,
+    redirect_uri: String,
+    challenge: String,
+    user_tenant: String,
+    user: String,
+}
+
+/// A refresh token and whose it is.
+#[derive(Clone)]
+struct Refresh {
+    tenant: String,
+    client: String,
+    user: String,
+}
+
+/// Delegated sign-ins: codes (single use) and refresh tokens (each redemption replaces the
+/// token redeemed, stricter than Entra, so that a client keeping an old one is caught).
+#[derive(Default)]
+pub(super) struct DelegatedState {
+    codes: HashMap<String, Code>,
+    refresh: HashMap<String, Refresh>,
+    /// Lifetime of delegated access tokens, seconds (short in tests to force redemptions).
+    lifetime: Option<u64>,
+}
+
+fn aad(status: u16, error: &str, code: &str, text: &str) -> warp::reply::Response {
+    super::aad_error(status, error, code, text)
+}
+
+fn unsigned_jwt(claims: Value) -> String {
+    format!(
+        "{}.{}.fake",
+        URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"none"}"#),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
+    )
+}
+
+/// The token endpoint's `authorization_code` and `refresh_token` grants.
+pub(super) fn delegated_token(
+    s: &mut State,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> warp::reply::Response {
+    let client = form.get("client_id").cloned().unwrap_or_default();
+    match s.apps.get(&client) {
+        Some(Credential::Secret(secret)) if form.get("client_secret") == Some(secret) => {}
+        Some(Credential::Certificate { .. }) if form.contains_key("client_assertion") => {}
+        Some(_) => {
+            return aad(
+                401,
+                "invalid_client",
+                "AADSTS7000215",
+                "Invalid client secret provided.",
+            );
+        }
+        None => {
+            return aad(
+                400,
+                "unauthorized_client",
+                "AADSTS700016",
+                "Application was not found in the directory.",
+            );
+        }
+    }
+    let (grant_tenant, user) = if form.get("grant_type").map(String::as_str)
+        == Some("authorization_code")
+    {
+        let Some(code) = form.get("code").and_then(|c| s.delegated.codes.remove(c)) else {
+            return aad(
+                400,
+                "invalid_grant",
+                "AADSTS70008",
+                "The provided authorization code or refresh token has expired due to inactivity.",
+            );
+        };
+        if code.client != client
+            || code.tenant != tenant
+            || form.get("redirect_uri") != Some(&code.redirect_uri)
+        {
+            return aad(
+                400,
+                "invalid_grant",
+                "AADSTS50148",
+                "The code was issued to another client, tenant or redirect URI.",
+            );
+        }
+        let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+        let challenge = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            verifier.as_bytes(),
+        ));
+        if challenge != code.challenge {
+            return aad(
+                400,
+                "invalid_grant",
+                "AADSTS501481",
+                "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+            );
+        }
+        (code.user_tenant, code.user)
+    } else {
+        let token = form.get("refresh_token").cloned().unwrap_or_default();
+        let Some(r) = s.delegated.refresh.remove(&token) else {
+            return aad(
+                400,
+                "invalid_grant",
+                "AADSTS50173",
+                "The provided grant has expired due to it being revoked, a fresh auth token is needed.",
+            );
+        };
+        if r.client != client || r.tenant != tenant {
+            return aad(
+                400,
+                "invalid_grant",
+                "AADSTS9002313",
+                "Invalid request: the refresh token belongs to another client or tenant.",
+            );
+        }
+        (r.tenant, r.user)
+    };
+    let refresh = format!("fake-refresh-{}", uuid::Uuid::new_v4());
+    s.delegated.refresh.insert(
+        refresh.clone(),
+        Refresh {
+            tenant: grant_tenant.clone(),
+            client: client.clone(),
+            user: user.clone(),
+        },
+    );
+    let access = unsigned_jwt(
+        json!({"tid": grant_tenant, "oid": user, "scp": "User.ReadWrite.All Group.ReadWrite.All Directory.AccessAsUser.All", "jti": uuid::Uuid::new_v4()}),
+    );
+    // Graph serves the user's own tenant
+    s.issued
+        .insert(access.clone(), (grant_tenant.clone(), client.clone()));
+    let id_token = unsigned_jwt(
+        json!({"tid": grant_tenant, "oid": user, "preferred_username": format!("admin@{}", grant_tenant)}),
+    );
+    let lifetime = s.delegated.lifetime.unwrap_or(3599);
+    super::json_response(
+        200,
+        json!({"token_type": "Bearer", "scope": form.get("scope"), "expires_in": lifetime, "access_token": access, "refresh_token": refresh, "id_token": id_token}),
+    )
+}
+
+impl super::FakeMicrosoft {
+    /// Plays the browser and Microsoft's sign-in: `user` of `user_tenant` signs in at
+    /// `authorize_url` and consents; answers the redirect back (`redirect_uri?code&state`).
+    pub fn sign_in(&self, authorize_url: &str, user_tenant: &str, user: &str) -> String {
+        let url = url::Url::parse(authorize_url).expect("an authorize URL");
+        let tenant = url.path_segments().unwrap().next().unwrap().to_string();
+        assert!(url.path().ends_with("/oauth2/v2.0/authorize"), "{url}");
+        let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["code_challenge_method"], "S256", "PKCE with S256");
+        assert!(q["scope"].contains("offline_access"), "{}", q["scope"]);
+        let code = format!("fake-code-{}", uuid::Uuid::new_v4());
+        self.state.lock().unwrap().delegated.codes.insert(
+            code.clone(),
+            Code {
+                tenant,
+                client: q["client_id"].clone(),
+                redirect_uri: q["redirect_uri"].clone(),
+                challenge: q["code_challenge"].clone(),
+                user_tenant: user_tenant.into(),
+                user: user.into(),
+            },
+        );
+        let mut back = url::Url::parse(&q["redirect_uri"]).unwrap();
+        back.query_pairs_mut()
+            .append_pair("code", &code)
+            .append_pair("state", &q["state"]);
+        back.to_string()
+    }
+
+    /// Revokes every refresh token of a tenant (a password change, `revokeSignInSessions`).
+    pub fn revoke_refresh_tokens(&self, tenant_id: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .delegated
+            .refresh
+            .retain(|_, r| r.tenant != tenant_id);
+    }
+
+    /// Delegated access tokens live this long (seconds) from now on.
+    pub fn set_delegated_token_lifetime(&self, seconds: u64) {
+        self.state.lock().unwrap().delegated.lifetime = Some(seconds);
     }
 }

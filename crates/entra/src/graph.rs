@@ -352,6 +352,11 @@ impl GraphClient {
             .unwrap_or_default())
     }
 
+    /// The token provider behind the client (delegated code redemption uses it too).
+    pub fn tokens(&self) -> &Arc<TokenProvider> {
+        &self.tokens
+    }
+
     /// The Graph base URL for a cloud (the override when one is set).
     pub fn graph_base(&self, cloud: Cloud) -> String {
         self.endpoints.graph(cloud)

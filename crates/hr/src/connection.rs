@@ -49,3 +49,15 @@ pub struct Connection {
     #[serde(default)]
     pub last_error: Option<String>,
 }
+
+/// A delegated link in progress: made when an admin asks for the authorize URL, used once
+/// by the callback (found by the hash of its `state`), for ten minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegatedLink {
+    pub tenant_id: Uuid,
+    pub cloud: String,
+    /// The PKCE code verifier the callback redeems the code with.
+    pub verifier: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}

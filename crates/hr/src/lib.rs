@@ -15,7 +15,7 @@ pub use apply::{
     AppliedStore, Applier, ApplyReport, EntraWriter, HrEvents, NoEvents, StepJournal, StepResult,
     StepState, StepStatus, Write, WriteError, WriteErrorKind, WriteOutcome,
 };
-pub use connection::{Connection, ConnectionType, CredentialKind};
+pub use connection::{Connection, ConnectionType, CredentialKind, DelegatedLink};
 pub use plan::{Action, Applied, DirectoryView, EntraUser, Plan, PlanInput, Step, UserRef};
 pub use record::{HrPosition, HrRecord};
 pub use rules::{CompiledRules, Rules};

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::apply::{AppliedStore, StepJournal, StepState};
-use crate::connection::Connection;
+use crate::connection::{Connection, DelegatedLink};
 use crate::plan::{Applied, Plan, Step};
 use crate::record::HrRecord;
 use crate::rules::Rules;
@@ -61,7 +61,14 @@ pub trait HrSettingsStore: Send + Sync {
     async fn note_outcome(&self, tenant: Uuid, error: Option<String>) -> Result<(), HrStoreError>;
     /// Tenants with a connection.
     async fn connected_tenants(&self) -> Result<Vec<Uuid>, HrStoreError>;
+    /// Keeps a delegated link in progress under the hash of its state.
+    async fn put_link(&self, state_hash: &str, link: &DelegatedLink) -> Result<(), HrStoreError>;
+    /// Takes a link: it is gone afterwards, so a state works once.
+    async fn take_link(&self, state_hash: &str) -> Result<Option<DelegatedLink>, HrStoreError>;
 }
+
+/// The partition of delegated links in progress.
+const LINKS: &str = "delegated-links";
 
 /// Steps per stored chunk row (a string property holds 64 KiB).
 const STEPS_PER_ROW: usize = 40;
@@ -262,6 +269,24 @@ impl HrSettingsStore for TableHrStore {
             .iter()
             .filter_map(|e| Uuid::try_parse(&e.partition_key).ok())
             .collect())
+    }
+
+    async fn put_link(&self, state_hash: &str, link: &DelegatedLink) -> Result<(), HrStoreError> {
+        self.table.insert(&row(LINKS, state_hash, link)).await?;
+        Ok(())
+    }
+
+    async fn take_link(&self, state_hash: &str) -> Result<Option<DelegatedLink>, HrStoreError> {
+        let Some(e) = self.table.try_get(LINKS, state_hash).await? else {
+            return Ok(None);
+        };
+        let etag = e.etag.clone().map(IfMatch::ETag).unwrap_or(IfMatch::Any);
+        match self.table.delete(LINKS, state_hash, etag).await {
+            Ok(_) => parse(&e).map(Some),
+            // taken by a concurrent callback
+            Err(err) if err.is_not_found() || err.is_precondition_failed() => Ok(None),
+            Err(err) => Err(err.into()),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::auth;
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
-use crate::writeback::{APP_PERMISSIONS, WritebackError, secret_name};
+use crate::writeback::{APP_PERMISSIONS, WritebackError, refresh_name, secret_name};
 
 /// Largest import body (10,000 rows).
 const MAX_IMPORT_BODY: usize = 16 * 1024 * 1024;
@@ -35,6 +35,8 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/tenants/{tenant_id}/hr/connection" => get_connection),
     route!(DELETE "/api/v1/tenants/{tenant_id}/hr/connection" => delete_connection),
     route!(POST "/api/v1/tenants/{tenant_id}/hr/connection/test" => test_connection),
+    route!(GET "/api/v1/tenants/{tenant_id}/hr/connection/link" => link),
+    route!(GET "/api/v1/hr/connection/callback" => callback),
     Route {
         max_body: MAX_IMPORT_BODY,
         ..route!(POST "/api/v1/tenants/{tenant_id}/hr/import" => import)
@@ -46,10 +48,23 @@ pub const ROUTES: &[Route] = &[
     route!(POST "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}/reset-password" => reset_password),
 ];
 
+/// How long a delegated link's authorize URL works.
+const LINK_TTL: time::Duration = time::Duration::minutes(10);
+
 /// The one place write-back errors become HTTP answers.
 fn api_error(e: WritebackError) -> ApiError {
+    use entra::credentials::TokenError;
     use entra::graph::GraphErrorClass as C;
     match e {
+        WritebackError::Graph(entra::graph::GraphError::Token(
+            TokenError::GrantRevoked(why) | TokenError::ConsentMissing(why),
+        )) => ApiError::new(
+            StatusCode::CONFLICT,
+            "relink_required",
+            format!(
+                "the HR connection no longer works ({why}); link it again: GET /api/v1/tenants/{{tenant_id}}/hr/connection/link"
+            ),
+        ),
         WritebackError::NotConnected | WritebackError::NoRules => {
             ApiError::new(StatusCode::CONFLICT, "not_configured", e.to_string())
         }
@@ -120,10 +135,8 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
     let tenant = registered(app, req).await?;
     let body: ConnectionBody = req.json()?;
     if body.kind == ConnectionType::Delegated {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "delegated connections are not available yet; use customer_owned",
+        return Err(ApiError::bad_request(
+            "a delegated connection is made by signing in: GET /api/v1/tenants/{tenant_id}/hr/connection/link",
         ));
     }
     let client_id = body
@@ -230,11 +243,226 @@ async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiErro
     {
         return Err(ApiError::not_found("the tenant has no HR connection"));
     }
+    for name in [
+        secret_name(tenant.tenant_id),
+        refresh_name(tenant.tenant_id),
+    ] {
+        app.vault.delete_secret(&name).await.ok();
+    }
+    Ok(no_content())
+}
+
+fn random_b64(bytes: usize) -> String {
+    use base64::Engine as _;
+    let mut b = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut b).expect("the system random source works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn sha256_b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        s.as_bytes(),
+    ))
+}
+
+fn redirect_uri(app: &App) -> String {
+    format!(
+        "{}/api/v1/hr/connection/callback",
+        app.public_base_url.as_str().trim_end_matches('/')
+    )
+}
+
+/// A new single-use link: Microsoft's authorize URL (auth code + PKCE) in the tenant's cloud.
+async fn new_link(
+    app: &App,
+    tenant: Uuid,
+    cloud: entra::Cloud,
+) -> Result<(String, OffsetDateTime), ApiError> {
+    let state = random_b64(32);
+    let verifier = random_b64(32);
+    let expires_at = OffsetDateTime::now_utc() + LINK_TTL;
+    app.hr
+        .store
+        .put_link(
+            &sha256_b64(&state),
+            &hr::DelegatedLink {
+                tenant_id: tenant,
+                cloud: cloud.as_str().into(),
+                verifier: verifier.clone(),
+                expires_at,
+            },
+        )
+        .await
+        .map_err(store_error)?;
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let url = format!(
+        "{}/{tenant}/oauth2/v2.0/authorize?client_id={}&response_type=code&response_mode=query&redirect_uri={}&scope={}&state={}&code_challenge={}&code_challenge_method=S256",
+        app.entra.endpoints.login(cloud),
+        app.entra.client_id_in(cloud),
+        enc(&redirect_uri(app)),
+        enc(&crate::writeback::delegated_scope(cloud)),
+        enc(&state),
+        sha256_b64(&verifier),
+    );
+    Ok((url, expires_at))
+}
+
+async fn link(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let cloud = match req.query_param("cloud")? {
+        None => tenant.cloud,
+        Some(c) => c.parse().map_err(|e: entra::cloud::UnknownCloud| {
+            ApiError::bad_request(format!("cloud: {e}"))
+        })?,
+    };
+    let (url, expires_at) = new_link(app, tenant.tenant_id, cloud).await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({
+            "authorize_url": url,
+            "expires_at": host::invocation::format_timestamp(expires_at),
+            "scopes": crate::writeback::delegated_scope(cloud),
+        }),
+    ))
+}
+
+/// Consent missing for a scope: said so, with a fresh link to try again.
+async fn consent_required(
+    app: &App,
+    tenant: Uuid,
+    cloud: entra::Cloud,
+    why: &str,
+) -> Result<Response, ApiError> {
+    let (url, _) = new_link(app, tenant, cloud).await?;
+    Ok(json_reply(
+        StatusCode::BAD_REQUEST,
+        &json!({
+            "error": "consent_required",
+            "message": format!("consent is missing for a permission the connection needs ({why}); an administrator must consent, then link again"),
+            "relink_url": url,
+        }),
+    ))
+}
+
+/// Microsoft's redirect back (anonymous: the browser of the administrator signing in).
+async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let state = req
+        .query_param("state")?
+        .ok_or_else(|| ApiError::bad_request("state is missing"))?;
+    let link = app
+        .hr
+        .store
+        .take_link(&sha256_b64(&state))
+        .await
+        .map_err(store_error)?
+        .filter(|l| OffsetDateTime::now_utc() < l.expires_at)
+        .ok_or_else(|| {
+            ApiError::bad_request("the link was used or has expired; ask for a new one")
+        })?;
+    let cloud: entra::Cloud = link
+        .cloud
+        .parse()
+        .map_err(|e: entra::cloud::UnknownCloud| ApiError::internal(e))?;
+    if let Some(error) = req.query_param("error")? {
+        let description = req.query_param("error_description")?.unwrap_or_default();
+        let first = description.lines().next().unwrap_or_default().to_string();
+        if description.contains("AADSTS65001") {
+            return consent_required(app, link.tenant_id, cloud, &first).await;
+        }
+        return Err(ApiError::bad_request(format!(
+            "Microsoft answered {error}: {first}"
+        )));
+    }
+    let code = req
+        .query_param("code")?
+        .ok_or_else(|| ApiError::bad_request("code is missing"))?;
+    let client = app
+        .credentials
+        .service_credential(cloud)
+        .await
+        .map_err(|e| api_error(e.into()))?
+        .ok_or_else(|| {
+            api_error(WritebackError::NotConfigured(format!(
+                "no credential for the service's app in {cloud}"
+            )))
+        })?;
+    let registration = entra::credentials::AppRegistration {
+        cloud,
+        client_id: app.entra.client_id_in(cloud),
+        credential: client,
+    };
+    let redeemed = app
+        .graph
+        .tokens()
+        .redeem_code(
+            &registration,
+            &link.tenant_id.to_string(),
+            &code,
+            &redirect_uri(app),
+            &link.verifier,
+            &crate::writeback::delegated_scope(cloud),
+        )
+        .await;
+    let redeemed = match redeemed {
+        Ok(r) => r,
+        Err(entra::credentials::TokenError::ConsentMissing(why)) => {
+            return consent_required(app, link.tenant_id, cloud, &why).await;
+        }
+        Err(e) => return Err(api_error(WritebackError::Graph(e.into()))),
+    };
+    // the signed-in user must belong to the tenant being linked; nothing is kept otherwise
+    if redeemed.tenant_id != Some(link.tenant_id) {
+        return Err(ApiError::forbidden(
+            "wrong_tenant",
+            "the signed-in user does not belong to this tenant; sign in with an administrator of it",
+        ));
+    }
     app.vault
-        .delete_secret(&secret_name(tenant.tenant_id))
+        .set_secret(&refresh_name(link.tenant_id), &redeemed.refresh_token)
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    let linked_by = format!(
+        "user {}{}",
+        redeemed
+            .object_id
+            .map(|o| o.to_string())
+            .unwrap_or_default(),
+        redeemed
+            .username
+            .as_deref()
+            .map(|u| format!(" ({u})"))
+            .unwrap_or_default()
+    );
+    let connection = Connection {
+        tenant_id: link.tenant_id,
+        kind: ConnectionType::Delegated,
+        cloud: cloud.as_str().into(),
+        client_id: Some(registration.client_id),
+        credential: None,
+        linked_by,
+        linked_at: OffsetDateTime::now_utc(),
+        last_success: None,
+        last_error: None,
+    };
+    app.hr
+        .store
+        .put_connection(&connection)
+        .await
+        .map_err(store_error)?;
+    app.vault
+        .delete_secret(&secret_name(link.tenant_id))
         .await
         .ok();
-    Ok(no_content())
+    tracing::info!(tenant_id = %link.tenant_id, "HR connection linked (delegated)");
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"linked": true, "connection": connection_json(&connection)}),
+    ))
 }
 
 async fn connection_of(
@@ -250,7 +478,7 @@ async fn connection_of(
         .ok_or_else(|| api_error(WritebackError::NotConnected))?;
     let r = app
         .hr
-        .registration(&app.credentials, app.vault.as_ref(), &c)
+        .registration(&app.credentials, &app.vault, &c)
         .await
         .map_err(api_error)?;
     Ok((c, r))

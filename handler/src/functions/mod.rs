@@ -226,6 +226,12 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         },
     ),
     (
+        "HrConnectionCallback",
+        Handler::Http {
+            route: "v1/hr/connection/callback",
+        },
+    ),
+    (
         "HrImport",
         Handler::Http {
             route: "v1/tenants/{tenant_id}/hr/import",
