@@ -504,13 +504,65 @@ impl Writeback {
             tenant: plan.tenant_id.to_string(),
             registration,
         };
+        // roles can be given between plan and apply: whoever holds one now keeps their
+        // account, and nothing else of their leaving is done either
+        let disabling: Vec<Uuid> = plan
+            .steps
+            .iter()
+            .filter(|s| include(s))
+            .filter_map(|s| match s.action {
+                Action::DisableUser {
+                    user: hr::UserRef::Existing(id),
+                } => Some(id),
+                _ => None,
+            })
+            .collect();
+        let privileged = if disabling.is_empty() {
+            HashSet::new()
+        } else {
+            graph
+                .privileged_among(&writer.registration, &writer.tenant, &disabling)
+                .await?
+        };
+        let blocked: HashSet<&str> = plan
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(s.action, Action::DisableUser { user: hr::UserRef::Existing(id) } if privileged.contains(&id))
+            })
+            .map(|s| s.employee_id.as_str())
+            .collect();
         let applier = Applier {
             writer: &writer,
             journal: self.store.as_ref(),
             applied: self.store.as_ref(),
             events: self.events.as_ref(),
         };
-        Ok(applier.apply(plan, include).await?)
+        let mut report = applier
+            .apply(plan, &|s| {
+                include(s) && !blocked.contains(s.employee_id.as_str())
+            })
+            .await?;
+        for s in plan
+            .steps
+            .iter()
+            .filter(|s| include(s) && blocked.contains(s.employee_id.as_str()))
+        {
+            report.failed += 1;
+            report.results.push(hr::StepResult {
+                index: s.index,
+                action: s.action.name(),
+                employee_id: s.employee_id.clone(),
+                status: hr::StepStatus::Failed,
+                user_id: None,
+                error: Some(
+                    "the account holds a directory role now: a privileged account is never disabled by a plan".into(),
+                ),
+                error_kind: Some(WriteErrorKind::Forbidden),
+            });
+        }
+        report.results.sort_by_key(|r| r.index);
+        Ok(report)
     }
 }
 

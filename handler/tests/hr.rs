@@ -738,3 +738,48 @@ async fn missing_consent_on_a_delegated_link_is_shown_with_a_relink_url() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn one_hr_record_is_put_and_read_back_and_a_bad_one_refused() {
+    let w = World::start().await;
+    let mut ada = employee("E1", "Ada", "Lovelace", "Engineering");
+    ada.as_object_mut().unwrap().remove("employee_id");
+    let (s, b) = w
+        .call("PUT", &w.hr("employees/E1"), Some(ada.clone()))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, again) = w.call("PUT", &w.hr("employees/E1"), Some(ada)).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    let (s, got) = w.call("GET", &w.hr("employees/E1"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["surname"], "Lovelace");
+    let mut bad = employee("E2", "Alan", "Turing", "Sales");
+    bad["end_date"] = json!("2000-01-01");
+    let (s, b) = w.call("PUT", &w.hr("employees/E2"), Some(bad)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(actions(&w.plan().await), ["create_user", "add_member"]);
+}
+
+#[tokio::test]
+async fn a_role_given_between_plan_and_apply_keeps_the_account_enabled() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    let id = w.fake.user(&w.tenant, "ada.lovelace@contoso.com").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut leaver = employee("E1", "Ada", "Lovelace", "Engineering");
+    leaver["end_date"] = json!(day(-1));
+    w.import(json!([leaver])).await;
+    let plan = w.plan().await;
+    assert_eq!(actions(&plan)[0], "disable_user", "{plan}");
+    w.fake
+        .assign_directory_role(&w.tenant, &id, "User Administrator");
+    let (s, report) = w.apply(&plan, true).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(report["failed"], 3, "{report}");
+    assert_eq!(w.fake.user(&w.tenant, &id).unwrap()["accountEnabled"], true);
+    assert_eq!(w.fake.groups_of(&w.tenant, &id), vec![w.engineers.clone()]);
+}

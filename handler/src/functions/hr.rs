@@ -41,6 +41,8 @@ pub const ROUTES: &[Route] = &[
         max_body: MAX_IMPORT_BODY,
         ..route!(POST "/api/v1/tenants/{tenant_id}/hr/import" => import)
     },
+    route!(PUT "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}" => put_employee),
+    route!(GET "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}" => get_employee),
     route!(GET "/api/v1/tenants/{tenant_id}/hr/rules" => get_rules),
     route!(PUT "/api/v1/tenants/{tenant_id}/hr/rules" => put_rules),
     route!(POST "/api/v1/tenants/{tenant_id}/hr/plan" => plan),
@@ -570,6 +572,54 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
         StatusCode::OK,
         &json!({"imported": records.len()}),
     ))
+}
+
+/// One HR record, as in an import of one row (the path names the employee).
+async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let employee_id = req.param("employee_id").unwrap_or_default().to_string();
+    let mut body: serde_json::Value = req.json()?;
+    match body.get("employee_id") {
+        None => body["employee_id"] = json!(employee_id),
+        Some(v) if v.as_str() == Some(employee_id.as_str()) => {}
+        Some(_) => return Err(ApiError::bad_request("employee_id differs from the path's")),
+    }
+    let record: hr::HrRecord =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let record = record.check().map_err(ApiError::bad_request)?;
+    let existed = app
+        .hr
+        .store
+        .record(tenant.tenant_id, &record.employee_id)
+        .await
+        .map_err(store_error)?
+        .is_some();
+    app.hr
+        .store
+        .put_records(tenant.tenant_id, std::slice::from_ref(&record))
+        .await
+        .map_err(store_error)?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_reply(status, &record))
+}
+
+async fn get_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let employee_id = req.param("employee_id").unwrap_or_default();
+    let record = app
+        .hr
+        .store
+        .record(tenant.tenant_id, employee_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no HR record for employee {employee_id:?}")))?;
+    Ok(json_reply(StatusCode::OK, &record))
 }
 
 async fn get_rules(app: &App, req: &Request) -> Result<Response, ApiError> {

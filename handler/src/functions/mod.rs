@@ -232,6 +232,12 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         },
     ),
     (
+        "HrEmployees",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/hr/employees/{employee_id}",
+        },
+    ),
+    (
         "HrImport",
         Handler::Http {
             route: "v1/tenants/{tenant_id}/hr/import",
