@@ -124,7 +124,7 @@ pub trait StepJournal: Send + Sync {
         plan: Uuid,
     ) -> Result<HashMap<usize, StepState>, HrStoreError>;
     /// Records states (one transaction per call where the store can).
-    async fn record(
+    async fn record_states(
         &self,
         tenant: Uuid,
         plan: Uuid,
@@ -298,7 +298,7 @@ impl Applier<'_> {
                                 ..result(s, StepStatus::Failed, None, Some(why.clone()))
                             };
                             self.journal
-                                .record(
+                                .record_states(
                                     tenant,
                                     plan.id,
                                     &[(s.index, StepState::Failed { reason: why })],
@@ -314,7 +314,9 @@ impl Applier<'_> {
                 }
                 let started: Vec<(usize, StepState)> =
                     sent.iter().map(|s| (s.index, StepState::Started)).collect();
-                self.journal.record(tenant, plan.id, &started).await?;
+                self.journal
+                    .record_states(tenant, plan.id, &started)
+                    .await?;
                 let outcomes = self.writer.run(&writes).await;
                 let mut finished = Vec::new();
                 let mut chunk_results = Vec::new();
@@ -349,7 +351,9 @@ impl Applier<'_> {
                     };
                     chunk_results.push((*s, r));
                 }
-                self.journal.record(tenant, plan.id, &finished).await?;
+                self.journal
+                    .record_states(tenant, plan.id, &finished)
+                    .await?;
                 for (s, r) in chunk_results {
                     self.events.step_finished(tenant, plan.id, s, &r).await;
                     results.push(r);
@@ -418,7 +422,7 @@ impl Applier<'_> {
             .map(|(i, _)| (chunk[*i].index, StepState::Started))
             .collect();
         if !started.is_empty() {
-            self.journal.record(tenant, plan, &started).await?;
+            self.journal.record_states(tenant, plan, &started).await?;
         }
         let writes: Vec<Write> = to_create
             .iter()
@@ -487,7 +491,7 @@ impl Applier<'_> {
                 )
             })
             .collect();
-        self.journal.record(tenant, plan, &finished).await?;
+        self.journal.record_states(tenant, plan, &finished).await?;
         Ok(out)
     }
 

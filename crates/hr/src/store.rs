@@ -310,7 +310,7 @@ impl StepJournal for TableHrStore {
         Ok(out)
     }
 
-    async fn record(
+    async fn record_states(
         &self,
         tenant: Uuid,
         plan: Uuid,

@@ -262,7 +262,12 @@ impl StepJournal for MemoryJournal {
     async fn states(&self, _: Uuid, _: Uuid) -> Result<HashMap<usize, StepState>, HrStoreError> {
         Ok(self.states.lock().unwrap().clone())
     }
-    async fn record(&self, _: Uuid, _: Uuid, s: &[(usize, StepState)]) -> Result<(), HrStoreError> {
+    async fn record_states(
+        &self,
+        _: Uuid,
+        _: Uuid,
+        s: &[(usize, StepState)],
+    ) -> Result<(), HrStoreError> {
         self.states.lock().unwrap().extend(s.iter().cloned());
         Ok(())
     }
