@@ -783,3 +783,22 @@ async fn a_role_given_between_plan_and_apply_keeps_the_account_enabled() {
     assert_eq!(w.fake.user(&w.tenant, &id).unwrap()["accountEnabled"], true);
     assert_eq!(w.fake.groups_of(&w.tenant, &id), vec![w.engineers.clone()]);
 }
+
+#[tokio::test]
+async fn an_offboarded_tenant_is_never_written_to_by_a_plan_an_apply_or_the_timer() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    let plan = w.plan().await;
+    let (s, b) = w
+        .call("DELETE", &format!("/api/v1/tenants/{}", w.tenant), None)
+        .await;
+    assert!(s.is_success(), "{s} {b}");
+    let (s, refused) = w.apply(&plan, false).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"], "tenant_not_active");
+    let (s, _) = w.call("POST", &w.hr("plan"), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    w.tick_due().await;
+    assert!(w.fake.created_users(&w.tenant).is_empty());
+}

@@ -209,8 +209,12 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
         .put_connection(&connection)
         .await
         .map_err(store_error)?;
+    // what an earlier connection kept is not left behind (one connection is active)
+    app.vault
+        .delete_secret(&refresh_name(tenant.tenant_id))
+        .await
+        .ok();
     if credential == CredentialKind::Certificate {
-        // a secret kept from an earlier connection is not left behind
         app.vault
             .delete_secret(&secret_name(tenant.tenant_id))
             .await
@@ -467,10 +471,27 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
+/// Graph access of a tenant's connection. Only an active tenant is written to: an
+/// offboarded (or still pending) one is refused.
 async fn connection_of(
     app: &App,
     tenant: Uuid,
 ) -> Result<(Connection, entra::credentials::AppRegistration), ApiError> {
+    let record = app
+        .tenants
+        .get(tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant} is not registered")))?;
+    if record.status != crate::domain::TenantStatus::Active {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tenant_not_active",
+            format!(
+                "tenant {tenant} is {}: nothing is written to it",
+                record.status.as_str()
+            ),
+        ));
+    }
     let c = app
         .hr
         .store
