@@ -62,6 +62,10 @@ pub struct App {
     /// Each tenant's issuing CA (key in the vault), its certificates and CRL.
     pub pki: Arc<pki::Pki>,
     pub certificates: crate::config::CertificateSettings,
+    /// HR write-back: its stores and guard rails.
+    pub hr: crate::writeback::Writeback,
+    /// Secrets, keys and certificates (Key Vault or the local vault).
+    pub vault: Arc<dyn vault::Vault>,
 }
 
 /// Directory sync's state, schedule and queue.
@@ -153,7 +157,7 @@ impl App {
         .with_directory(directory.clone())
         .with_certificates(pki.clone(), settings.certificates.revoke_on_disable);
         let credentials = Arc::new(AppCredentials::new(
-            vault,
+            vault.clone(),
             settings.entra.client_secret.as_ref().map(|s| s.0.clone()),
         ));
         let onboarding = Onboarding::new(
@@ -184,6 +188,11 @@ impl App {
                 tables.table(table_names.employees()),
             )),
         );
+        let hr = crate::writeback::Writeback {
+            store: Arc::new(hr::TableHrStore::new(tables.table(table_names.hr()))),
+            max_disable_percent: settings.hr_max_disable_percent,
+            events: Arc::new(hr::NoEvents),
+        };
         App {
             version: env!("CARGO_PKG_VERSION"),
             mode,
@@ -204,6 +213,8 @@ impl App {
             sync,
             pki,
             certificates: settings.certificates,
+            hr,
+            vault,
         }
     }
 

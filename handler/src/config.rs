@@ -141,6 +141,9 @@ pub struct Settings {
     pub queues: host::QueueSettings,
     /// `CERT_*`: certificate issuance for the tenants' users.
     pub certificates: CertificateSettings,
+    /// `HR_MAX_DISABLE_PERCENT`: a plan disabling more than this share of a tenant's users
+    /// is applied only when confirmed explicitly.
+    pub hr_max_disable_percent: f64,
 }
 
 /// How certificates are issued and revoked.
@@ -338,6 +341,14 @@ impl Settings {
             ..host::QueueSettings::default()
         };
         let certificates = certificate_settings(&get)?;
+        let hr_max_disable_percent = match get("HR_MAX_DISABLE_PERCENT") {
+            None => 5.0,
+            Some(raw) => raw
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .ok_or_else(|| problem("HR_MAX_DISABLE_PERCENT", format!("{raw:?}: 0-100")))?,
+        };
         Ok(Settings {
             port,
             storage,
@@ -356,6 +367,7 @@ impl Settings {
             sync_lease,
             queues,
             certificates,
+            hr_max_disable_percent,
         })
     }
 

@@ -18,6 +18,7 @@ mod scim_service;
 mod startup;
 mod store;
 mod telemetry;
+mod writeback;
 
 use std::process::ExitCode;
 

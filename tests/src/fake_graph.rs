@@ -26,6 +26,9 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+#[path = "fake_graph_writes.rs"]
+pub mod writes;
+
 /// A registered app's credential as the fake knows it.
 #[derive(Clone)]
 enum Credential {
@@ -123,6 +126,8 @@ struct Directory {
     member_of: HashMap<String, BTreeSet<String>>,
     empty_pages: HashMap<Collection, u32>,
     replays: HashMap<Collection, u32>,
+    /// HR write-back's view of the users (see `writes`).
+    hr: writes::HrState,
 }
 
 #[derive(Default)]
@@ -138,6 +143,8 @@ struct Tenant {
     /// client ids whose service principal an administrator disabled in the tenant
     disabled: HashSet<String>,
     dir: Directory,
+    /// client id -> application permissions in its tokens (default `writes::DEFAULT_ROLES`)
+    app_roles: HashMap<String, Vec<String>>,
 }
 
 /// Page sizes Graph would choose (the client cannot: `$top` is not supported on delta).
@@ -184,6 +191,8 @@ struct State {
     delta_throttles: Vec<DeltaThrottle>,
     graph_calls: Vec<String>,
     requests: Vec<GraphRequest>,
+    /// Delegated sign-ins: authorization codes and refresh tokens (see `writes`).
+    delegated: writes::DelegatedState,
 }
 
 impl Default for State {
@@ -205,6 +214,7 @@ impl Default for State {
             delta_throttles: Vec::new(),
             graph_calls: Vec::new(),
             requests: Vec::new(),
+            delegated: writes::DelegatedState::default(),
         }
     }
 }
@@ -650,6 +660,12 @@ where
 fn issue_token(state: &Mutex<State>, tenant: &str, form: HashMap<String, String>) -> Response {
     let mut s = state.lock().unwrap();
     s.token_requests.push((tenant.to_string(), form.clone()));
+    if matches!(
+        form.get("grant_type").map(String::as_str),
+        Some("authorization_code" | "refresh_token")
+    ) {
+        return writes::delegated_token(&mut s, tenant, &form);
+    }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return aad_error(
             400,
@@ -757,7 +773,8 @@ fn issue_token(state: &Mutex<State>, tenant: &str, form: HashMap<String, String>
         }
         Some(_) => {}
     }
-    let token = format!("fake-graph-token-{}", uuid::Uuid::new_v4());
+    let roles = writes::roles_of(&s, &tenant_id, &client_id);
+    let token = writes::token(&tenant_id, &client_id, &roles);
     s.issued.insert(token.clone(), (tenant_id, client_id));
     json_response(
         200,
@@ -1561,10 +1578,28 @@ fn graph_answer(
                 continue;
             }
             let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-            let (status, body) = read(s, &tenant, path, query);
+            let method = item["method"]
+                .as_str()
+                .unwrap_or("GET")
+                .to_ascii_uppercase();
+            let (status, body) = if method != "GET" {
+                writes::write(s, &tenant, &client, &method, path, &item["body"])
+            } else if let Some(answer) = writes::read(s, &tenant, path) {
+                answer
+            } else {
+                read(s, &tenant, path, query)
+            };
             responses.push(json!({"id": item["id"], "status": status, "headers": {"Content-Type": "application/json"}, "body": body}));
         }
         return json_response(200, json!({ "responses": responses }));
+    }
+    if method != "GET" {
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let (status, body) = writes::write(s, &tenant, &client, method, relative, &request);
+        return json_response(status, body);
+    }
+    if let Some((status, body)) = writes::read(s, &tenant, relative) {
+        return json_response(status, body);
     }
     let (status, body) = read(s, &tenant, relative, query);
     json_response(status, body)
@@ -1600,7 +1635,15 @@ fn read(s: &State, tenant_id: &str, path: &str, query: &str) -> (u16, Value) {
         let params = parse_query(query);
         let select = Select::parse(query_value(&params, "$select").unwrap_or_default());
         return match id {
-            Some(id) => (200, user_json(&id, &d.users[&id], &select)),
+            Some(id) => {
+                let mut user = user_json(&id, &d.users[&id], &select);
+                for (k, v) in writes::extras(d, &id).into_iter().flatten() {
+                    if select.has(k) {
+                        user[k] = v.clone();
+                    }
+                }
+                (200, user)
+            }
             None => (
                 404,
                 json!({"error": {"code": "Request_ResourceNotFound", "message": format!("Resource '{key}' does not exist or one of its queried reference-property objects are not present.")}}),

@@ -1664,3 +1664,35 @@ impl Directory for TableDirectory {
         Ok(self.read_totals(&tenant.to_string()).await?.0)
     }
 }
+
+/// Bulk reads for whole-tenant comparisons (HR write-back plans).
+impl TableDirectory {
+    /// Every user record of a tenant, in local-id order (1,000 rows per page).
+    pub async fn all_users(&self, tenant: Uuid) -> Result<Vec<User>, DirectoryError> {
+        let pk = tenant.to_string();
+        let pages: Vec<Vec<Entity>> = self
+            .range(&pk, layout::prefix_range(layout::USER), &[], None)
+            .try_collect()
+            .await?;
+        pages.iter().flatten().map(user_from).collect()
+    }
+
+    /// The local ids of a group's direct members.
+    pub async fn group_members(
+        &self,
+        tenant: Uuid,
+        group: Uuid,
+    ) -> Result<Vec<Uuid>, DirectoryError> {
+        let pk = tenant.to_string();
+        let pages: Vec<Vec<Entity>> = self
+            .range(&pk, layout::members_of(group), &[], Some(&["RowKey"]))
+            .try_collect()
+            .await?;
+        Ok(pages
+            .iter()
+            .flatten()
+            .filter_map(|e| e.row_key.rsplit('.').next())
+            .filter_map(|id| Uuid::try_parse(id).ok())
+            .collect())
+    }
+}

@@ -22,6 +22,16 @@ pub trait AssertionSigner: Send + Sync {
     async fn sign_ps256(&self, message: &[u8]) -> Result<Vec<u8>, String>;
 }
 
+/// Where a delegated connection's refresh token lives (a vault secret): read before each
+/// redemption, replaced by the new one Entra returns (refresh tokens rotate).
+#[async_trait]
+pub trait RefreshGrant: Send + Sync {
+    /// The newest refresh token.
+    async fn current(&self) -> Result<String, String>;
+    /// Keeps the refresh token Entra returned in place of the one redeemed.
+    async fn rotate(&self, new: &str) -> Result<(), String>;
+}
+
 /// How an app proves itself to Entra.
 #[derive(Clone)]
 pub enum AppCredential {
@@ -31,6 +41,12 @@ pub enum AppCredential {
     Certificate {
         certificate_der: Arc<Vec<u8>>,
         signer: Arc<dyn AssertionSigner>,
+    },
+    /// Delegated access: the app (authenticated with `client`) redeems a signed-in user's
+    /// refresh token (`grant_type=refresh_token`), keeping the rotated one.
+    Delegated {
+        client: Box<AppCredential>,
+        grant: Arc<dyn RefreshGrant>,
     },
 }
 
@@ -46,6 +62,9 @@ impl std::fmt::Debug for AppCredential {
                     "Certificate(x5t#S256={})",
                     thumbprint_s256(certificate_der)
                 )
+            }
+            AppCredential::Delegated { client, .. } => {
+                write!(f, "Delegated(refresh token redacted, client {client:?})")
             }
         }
     }
@@ -89,6 +108,13 @@ pub enum TokenError {
     /// configuration, not the tenant's doing.
     #[error("the app's credential was refused: {0}")]
     InvalidClient(String),
+    /// A delegated refresh token that no longer works: revoked (AADSTS50173, after a
+    /// password change or `revokeSignInSessions`), expired (AADSTS700082, about 90 days
+    /// unused; AADSTS70008): the administrator must link the connection again.
+    #[error(
+        "the signed-in administrator's grant was revoked or expired; link the connection again: {0}"
+    )]
+    GrantRevoked(String),
     /// Any other refusal from the token endpoint.
     #[error("token request refused: {0}")]
     Refused(String),
@@ -117,6 +143,9 @@ impl TokenError {
             Some(90002 | 90023 | 900023 | 50020) => TokenError::TenantNotFound(detail),
             Some(700016 | 65001 | 650051) => TokenError::ConsentMissing(detail),
             Some(7000112) => TokenError::AppDisabled(detail),
+            Some(50173 | 700082 | 70008 | 50076 | 50078) if error == "invalid_grant" => {
+                TokenError::GrantRevoked(detail)
+            }
             Some(7000215 | 7000222 | 700027 | 700024 | 7000218 | 50012) => {
                 TokenError::InvalidClient(detail)
             }
@@ -147,6 +176,50 @@ impl std::fmt::Debug for AccessToken {
 struct TokenResponse {
     access_token: String,
     expires_in: serde_json::Value,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
+}
+
+/// What redeeming an authorization code gave: a refresh token to keep in the vault, and the
+/// signed-in user's identity from the ID token (received from the token endpoint itself
+/// over TLS, so its claims are taken as they are).
+pub struct CodeRedemption {
+    pub refresh_token: String,
+    /// The signed-in user's tenant (`tid`) and object id (`oid`).
+    pub tenant_id: Option<Uuid>,
+    pub object_id: Option<Uuid>,
+    pub username: Option<String>,
+}
+
+impl std::fmt::Debug for CodeRedemption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CodeRedemption(tid={:?}, oid={:?})",
+            self.tenant_id, self.object_id
+        )
+    }
+}
+
+/// The claims of a JWT's payload, unverified.
+fn jwt_claims(token: &str) -> serde_json::Value {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The scope a registration's Graph tokens are asked for: `.default` of the cloud's Graph,
+/// plus `offline_access` for delegated ones (so the cache never mixes the two).
+pub fn graph_scope(app: &AppRegistration) -> String {
+    match app.credential {
+        AppCredential::Delegated { .. } => format!("{}/.default offline_access", app.cloud.graph()),
+        _ => format!("{}/.default", app.cloud.graph()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -210,13 +283,13 @@ impl TokenProvider {
         app: &AppRegistration,
         tenant: &str,
     ) -> Result<AccessToken, TokenError> {
-        let scope = format!("{}/.default", app.cloud.graph());
+        let scope = graph_scope(app);
         self.token(app, tenant, &scope).await
     }
 
     /// Forgets a cached token (after a 401 from the resource).
     pub fn forget(&self, app: &AppRegistration, tenant: &str) {
-        let scope = format!("{}/.default", app.cloud.graph());
+        let scope = graph_scope(app);
         self.cache.lock().expect("token cache lock").remove(&(
             app.cloud,
             tenant.to_ascii_lowercase(),
@@ -285,34 +358,79 @@ impl TokenProvider {
                 "{tenant:?} is not a tenant id or domain"
             )));
         }
-        let url = format!(
-            "{}/{tenant}/oauth2/v2.0/token",
-            self.endpoints.login(app.cloud)
-        );
         let client_id = app.client_id.to_string();
         let mut form: Vec<(&str, String)> = vec![
             ("client_id", client_id.clone()),
             ("scope", scope.to_string()),
-            ("grant_type", "client_credentials".into()),
         ];
-        match &app.credential {
-            AppCredential::Secret(secret) => form.push(("client_secret", secret.clone())),
-            AppCredential::Certificate {
-                certificate_der,
-                signer,
-            } => {
-                // the audience is the cloud's real token endpoint, wherever requests are sent
-                let audience = format!("{}/{tenant}/oauth2/v2.0/token", app.cloud.authority());
-                let assertion =
-                    client_assertion(&client_id, &audience, certificate_der, signer.as_ref())
-                        .await?;
-                form.push((
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
-                ));
-                form.push(("client_assertion", assertion));
-            }
+        let mut grant = None;
+        let mut credential = &app.credential;
+        if let AppCredential::Delegated { client, grant: g } = &app.credential {
+            let refresh = g.current().await.map_err(TokenError::Unavailable)?;
+            form.push(("grant_type", "refresh_token".into()));
+            form.push(("refresh_token", refresh));
+            credential = client.as_ref();
+            grant = Some(g.clone());
+        } else {
+            form.push(("grant_type", "client_credentials".into()));
         }
+        client_auth(&mut form, app.cloud, tenant, &client_id, credential).await?;
+        let (token, parsed) = self.post_form(app.cloud, tenant, &form).await?;
+        if let (Some(grant), Some(new)) = (grant, parsed.refresh_token.as_deref()) {
+            // the redeemed token may stop working: losing the new one would end the link
+            grant.rotate(new).await.map_err(|e| {
+                TokenError::Unavailable(format!("the rotated refresh token could not be kept: {e}"))
+            })?;
+        }
+        Ok(token)
+    }
+
+    /// Redeems an authorization code (with its PKCE verifier) as `app`, for the delegated
+    /// `scope`: the refresh token and who signed in.
+    pub async fn redeem_code(
+        &self,
+        app: &AppRegistration,
+        tenant: &str,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        scope: &str,
+    ) -> Result<CodeRedemption, TokenError> {
+        let client_id = app.client_id.to_string();
+        let mut form: Vec<(&str, String)> = vec![
+            ("client_id", client_id.clone()),
+            ("scope", scope.to_string()),
+            ("grant_type", "authorization_code".into()),
+            ("code", code.to_string()),
+            ("redirect_uri", redirect_uri.to_string()),
+            ("code_verifier", verifier.to_string()),
+        ];
+        client_auth(&mut form, app.cloud, tenant, &client_id, &app.credential).await?;
+        let (_, parsed) = self.post_form(app.cloud, tenant, &form).await?;
+        let refresh_token = parsed.refresh_token.clone().ok_or_else(|| {
+            TokenError::Refused("no refresh token: was offline_access granted?".into())
+        })?;
+        let claims = parsed
+            .id_token
+            .as_deref()
+            .map(jwt_claims)
+            .unwrap_or_default();
+        let uuid = |k: &str| claims[k].as_str().and_then(|v| Uuid::try_parse(v).ok());
+        Ok(CodeRedemption {
+            refresh_token,
+            tenant_id: uuid("tid"),
+            object_id: uuid("oid"),
+            username: claims["preferred_username"].as_str().map(str::to_string),
+        })
+    }
+
+    async fn post_form(
+        &self,
+        cloud: Cloud,
+        tenant: &str,
+        form: &[(&str, String)],
+    ) -> Result<(AccessToken, TokenResponse), TokenError> {
+        let url = format!("{}/{tenant}/oauth2/v2.0/token", self.endpoints.login(cloud));
         let body: String = form
             .iter()
             .map(|(k, v)| {
@@ -343,7 +461,8 @@ impl TokenProvider {
         if status.is_success() {
             let parsed: TokenResponse = serde_json::from_slice(&bytes)
                 .map_err(|e| TokenError::Unavailable(format!("token response: {e}")))?;
-            let expires_in = match &parsed.expires_in {
+            let parsed_expires = parsed.expires_in.clone();
+            let expires_in = match &parsed_expires {
                 serde_json::Value::Number(n) => n.as_u64(),
                 serde_json::Value::String(s) => s.parse().ok(),
                 _ => None,
@@ -351,10 +470,13 @@ impl TokenProvider {
             .unwrap_or(3599);
             let lifetime = Duration::from_secs(expires_in);
             let refresh_at = started + lifetime.saturating_sub(REFRESH_MARGIN.min(lifetime / 2));
-            return Ok(AccessToken {
-                token: parsed.access_token.into(),
-                refresh_at,
-            });
+            return Ok((
+                AccessToken {
+                    token: parsed.access_token.clone().into(),
+                    refresh_at,
+                },
+                parsed,
+            ));
         }
         match serde_json::from_slice::<ErrorResponse>(&bytes) {
             Ok(e) if status.is_client_error() => Err(TokenError::from_aad(
@@ -368,6 +490,39 @@ impl TokenProvider {
             ))),
         }
     }
+}
+
+/// Adds the client's proof (secret or certificate assertion) to a token request.
+async fn client_auth(
+    form: &mut Vec<(&str, String)>,
+    cloud: Cloud,
+    tenant: &str,
+    client_id: &str,
+    credential: &AppCredential,
+) -> Result<(), TokenError> {
+    match credential {
+        AppCredential::Secret(secret) => form.push(("client_secret", secret.clone())),
+        AppCredential::Certificate {
+            certificate_der,
+            signer,
+        } => {
+            // the audience is the cloud's real token endpoint, wherever requests are sent
+            let audience = format!("{}/{tenant}/oauth2/v2.0/token", cloud.authority());
+            let assertion =
+                client_assertion(client_id, &audience, certificate_der, signer.as_ref()).await?;
+            form.push((
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+            ));
+            form.push(("client_assertion", assertion));
+        }
+        AppCredential::Delegated { .. } => {
+            return Err(TokenError::InvalidClient(
+                "a delegated credential cannot authenticate a client".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A signed client assertion: PS256, `x5t#S256`, `aud` the token endpoint, ten minutes.

@@ -129,6 +129,7 @@ impl GraphError {
                 TokenError::TenantNotFound(_)
                 | TokenError::AppDisabled(_)
                 | TokenError::ConsentMissing(_)
+                | TokenError::GrantRevoked(_)
                 | TokenError::InvalidClient(_)
                 | TokenError::Refused(_) => GraphErrorClass::AccessRevoked {
                     reason: t.to_string(),
@@ -231,7 +232,7 @@ fn item_retry_after(item: &Value) -> Option<Duration> {
     }
 }
 
-fn graph_message(body: &Value) -> String {
+pub(crate) fn graph_message(body: &Value) -> String {
     body.pointer("/error/message")
         .or_else(|| body.pointer("/error/code"))
         .and_then(Value::as_str)
@@ -262,7 +263,7 @@ fn needs_resync(body: &Value) -> bool {
 }
 
 /// A `$batch` item's answer to a user read, typed.
-fn user_from_item(r: BatchResponse) -> Result<DeltaUser, GraphError> {
+pub(crate) fn user_from_item(r: BatchResponse) -> Result<DeltaUser, GraphError> {
     match r.status {
         200..=299 => r
             .body
@@ -317,6 +318,48 @@ impl GraphClient {
             policy,
             requests: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The application permissions (`roles`) in the app-only token Entra issues for `app`
+    /// in `tenant`: what the admin consented to. Read from our own fresh token, which is
+    /// not validated here (it is never accepted as a credential, only inspected).
+    pub async fn app_roles(
+        &self,
+        app: &AppRegistration,
+        tenant: &str,
+    ) -> Result<Vec<String>, GraphError> {
+        use base64::Engine as _;
+        let token = self.tokens.graph_token(app, tenant).await?;
+        let claims = token
+            .token
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p.trim_end_matches('='))
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .unwrap_or(Value::Null);
+        Ok(claims["roles"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The token provider behind the client (delegated code redemption uses it too).
+    pub fn tokens(&self) -> &Arc<TokenProvider> {
+        &self.tokens
+    }
+
+    /// The Graph base URL for a cloud (the override when one is set).
+    pub fn graph_base(&self, cloud: Cloud) -> String {
+        self.endpoints.graph(cloud)
     }
 
     /// Graph requests sent so far (retries included).
@@ -620,7 +663,7 @@ impl GraphClient {
         (out, None)
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         app: &AppRegistration,
         tenant: &str,

@@ -11,6 +11,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod validate;
+pub mod writes;
 
 pub use cloud::{Cloud, Endpoints};
 pub use keys::{KeyCachePolicy, TokenVersion};

@@ -10,6 +10,7 @@ pub mod employees;
 pub mod grants;
 pub mod health;
 pub mod housekeeping;
+pub mod hr;
 pub mod openapi;
 pub mod ping;
 pub mod pki;
@@ -225,6 +226,55 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
     ),
     ("Housekeeping", Handler::Invoked(housekeeping::invoke)),
     ("Ping", Handler::Http { route: "ping" }),
+    (
+        "HrConnection",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/hr/connection/{action?}",
+        },
+    ),
+    (
+        "HrConnectionCallback",
+        Handler::Http {
+            route: "v1/hr/connection/callback",
+        },
+    ),
+    (
+        "HrEmployees",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/hr/employees/{employee_id}",
+        },
+    ),
+    (
+        "HrImport",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/hr/import",
+        },
+    ),
+    (
+        "HrRules",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/hr/rules",
+        },
+    ),
+    (
+        "HrPlan",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/hr/plan",
+        },
+    ),
+    (
+        "HrApply",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/hr/apply",
+        },
+    ),
+    (
+        "HrResetPassword",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/hr/employees/{employee_id}/reset-password",
+        },
+    ),
+    ("HrDue", Handler::Invoked(hr::invoke_due)),
     (
         "TenantEmployees",
         Handler::Http {

@@ -191,6 +191,8 @@ pub fn table(
         .or(router::serve(app.clone(), crate::functions::sync::ROUTES))
         .unify()
         .or(router::serve(app.clone(), crate::functions::pki::ROUTES))
+        .unify()
+        .or(router::serve(app.clone(), crate::functions::hr::ROUTES))
         .unify();
 
     health

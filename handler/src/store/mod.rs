@@ -158,6 +158,11 @@ impl TableNames {
         format!("{}Certificates", self.prefix)
     }
 
+    /// HR write-back: records, rules, plans and their journals, connections.
+    pub fn hr(&self) -> String {
+        format!("{}Hr", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -170,6 +175,7 @@ impl TableNames {
             self.directory(),
             self.sync(),
             self.certificates(),
+            self.hr(),
         ]
     }
 }

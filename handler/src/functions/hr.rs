@@ -1,0 +1,875 @@
+//! HR write-back: `HrConnection`, `HrImport`, `HrRules`, `HrPlan`, `HrApply`,
+//! `HrResetPassword` under `/api/v1/tenants/{tenant_id}/hr/...`, and the `HrDue` timer that
+//! applies dated events (hires, leavers) when they fall due. Adapters only: the rules,
+//! plans and the apply engine are in the `hr` crate, the Graph side in `writeback`.
+
+use futures::future::BoxFuture;
+use host::{InvocationRequest, InvocationResponse, InvokeError};
+use hr::{
+    Connection, ConnectionType, CredentialKind, HrRecordStore as _, HrSettingsStore as _, Plan,
+    Rules,
+};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::app::App;
+use crate::auth;
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, json_reply, no_content};
+use crate::writeback::{APP_PERMISSIONS, WritebackError, refresh_name, secret_name};
+
+/// Largest import body (10,000 rows).
+const MAX_IMPORT_BODY: usize = 16 * 1024 * 1024;
+
+/// How long a plan may be applied after it was computed.
+const PLAN_TTL: time::Duration = time::Duration::hours(24);
+
+/// The routes.
+pub const ROUTES: &[Route] = &[
+    route!(PUT "/api/v1/tenants/{tenant_id}/hr/connection" => put_connection),
+    route!(GET "/api/v1/tenants/{tenant_id}/hr/connection" => get_connection),
+    route!(DELETE "/api/v1/tenants/{tenant_id}/hr/connection" => delete_connection),
+    route!(POST "/api/v1/tenants/{tenant_id}/hr/connection/test" => test_connection),
+    route!(GET "/api/v1/tenants/{tenant_id}/hr/connection/link" => link),
+    route!(GET "/api/v1/hr/connection/callback" => callback),
+    Route {
+        max_body: MAX_IMPORT_BODY,
+        ..route!(POST "/api/v1/tenants/{tenant_id}/hr/import" => import)
+    },
+    route!(PUT "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}" => put_employee),
+    route!(GET "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}" => get_employee),
+    route!(GET "/api/v1/tenants/{tenant_id}/hr/rules" => get_rules),
+    route!(PUT "/api/v1/tenants/{tenant_id}/hr/rules" => put_rules),
+    route!(POST "/api/v1/tenants/{tenant_id}/hr/plan" => plan),
+    route!(POST "/api/v1/tenants/{tenant_id}/hr/apply" => apply),
+    route!(POST "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}/reset-password" => reset_password),
+];
+
+/// How long a delegated link's authorize URL works.
+const LINK_TTL: time::Duration = time::Duration::minutes(10);
+
+/// The one place write-back errors become HTTP answers.
+fn api_error(e: WritebackError) -> ApiError {
+    use entra::credentials::TokenError;
+    use entra::graph::GraphErrorClass as C;
+    match e {
+        WritebackError::Graph(entra::graph::GraphError::Token(
+            TokenError::GrantRevoked(why) | TokenError::ConsentMissing(why),
+        )) => ApiError::new(
+            StatusCode::CONFLICT,
+            "relink_required",
+            format!(
+                "the HR connection no longer works ({why}); link it again: GET /api/v1/tenants/{{tenant_id}}/hr/connection/link"
+            ),
+        ),
+        WritebackError::NotConnected | WritebackError::NoRules => {
+            ApiError::new(StatusCode::CONFLICT, "not_configured", e.to_string())
+        }
+        WritebackError::NotConfigured(_) => {
+            ApiError::new(StatusCode::CONFLICT, "not_configured", e.to_string())
+        }
+        WritebackError::InvalidRules(_) => ApiError::bad_request(e.to_string()),
+        WritebackError::NoUser(m) => ApiError::not_found(m),
+        WritebackError::Store(s) => ApiError::unavailable(s),
+        WritebackError::Directory(d) => d.into(),
+        WritebackError::Vault(v) => match v {
+            vault::VaultError::Unavailable(_) => ApiError::unavailable(v),
+            _ => ApiError::internal(v),
+        },
+        WritebackError::Graph(g) => match g.class() {
+            C::AccessRevoked { reason } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "tenant_access_refused",
+                format!("the tenant refused the HR connection: {reason}"),
+            ),
+            C::Throttled { .. } | C::Transient | C::ResyncRequired => ApiError::unavailable(g),
+            C::NotFound | C::Rejected => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "graph_rejected",
+                format!("Microsoft Graph refused the request: {g}"),
+            ),
+        },
+    }
+}
+
+fn store_error(e: hr::HrStoreError) -> ApiError {
+    api_error(WritebackError::Store(e))
+}
+
+async fn registered(app: &App, req: &Request) -> Result<crate::domain::Tenant, ApiError> {
+    let tenant_id = Uuid::try_parse(req.param("tenant_id").unwrap_or_default())
+        .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))?;
+    app.access
+        .tenants
+        .get(tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionBody {
+    #[serde(rename = "type")]
+    kind: ConnectionType,
+    client_id: Option<String>,
+    cloud: Option<String>,
+    /// `certificate` (default) or `secret`.
+    credential: Option<CredentialKind>,
+    client_secret: Option<String>,
+}
+
+fn connection_json(c: &Connection) -> serde_json::Value {
+    let mut v = serde_json::to_value(c).expect("serializes");
+    if c.kind == ConnectionType::CustomerOwned {
+        v["permissions_needed"] =
+            json!(APP_PERMISSIONS.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+    }
+    v
+}
+
+async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let caller = auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let body: ConnectionBody = req.json()?;
+    if body.kind == ConnectionType::Delegated {
+        return Err(ApiError::bad_request(
+            "a delegated connection is made by signing in: GET /api/v1/tenants/{tenant_id}/hr/connection/link",
+        ));
+    }
+    let client_id = body
+        .client_id
+        .as_deref()
+        .and_then(|c| Uuid::try_parse(c).ok())
+        .ok_or_else(|| ApiError::bad_request("client_id must be a GUID"))?;
+    let cloud: entra::Cloud = match body.cloud.as_deref() {
+        None => tenant.cloud,
+        Some(c) => c.parse().map_err(|e: entra::cloud::UnknownCloud| {
+            ApiError::bad_request(format!("cloud: {e}"))
+        })?,
+    };
+    let credential = body.credential.unwrap_or(CredentialKind::Certificate);
+    match (credential, &body.client_secret) {
+        (CredentialKind::Certificate, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "client_secret is only taken with \"credential\": \"secret\"",
+            ));
+        }
+        (CredentialKind::Certificate, None) => {
+            let names = crate::app_credentials::CredentialNames::tenant(tenant.tenant_id);
+            let has = app
+                .credentials
+                .certificate_credential(&names)
+                .await
+                .map_err(|e| api_error(e.into()))?
+                .is_some();
+            if !has {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "no_certificate",
+                    "no credential certificate for this tenant: POST /api/v1/tenants/{tenant_id}/credential-certificate, upload it to the app registration, then PUT the connection again",
+                ));
+            }
+        }
+        (CredentialKind::Secret, None) => {
+            return Err(ApiError::bad_request(
+                "\"credential\": \"secret\" needs client_secret",
+            ));
+        }
+        (CredentialKind::Secret, Some(secret)) => {
+            if secret.trim().is_empty() {
+                return Err(ApiError::bad_request("client_secret is empty"));
+            }
+            app.vault
+                .set_secret(&secret_name(tenant.tenant_id), secret)
+                .await
+                .map_err(|e| api_error(e.into()))?;
+        }
+    }
+    let connection = Connection {
+        tenant_id: tenant.tenant_id,
+        kind: ConnectionType::CustomerOwned,
+        cloud: cloud.as_str().to_string(),
+        client_id: Some(client_id),
+        credential: Some(credential),
+        linked_by: caller
+            .object_id()
+            .map(|o| format!("admin {o}"))
+            .unwrap_or_else(|| "admin".into()),
+        linked_at: OffsetDateTime::now_utc(),
+        last_success: None,
+        last_error: None,
+    };
+    app.hr
+        .store
+        .put_connection(&connection)
+        .await
+        .map_err(store_error)?;
+    // what an earlier connection kept is not left behind (one connection is active)
+    app.vault
+        .delete_secret(&refresh_name(tenant.tenant_id))
+        .await
+        .ok();
+    if credential == CredentialKind::Certificate {
+        app.vault
+            .delete_secret(&secret_name(tenant.tenant_id))
+            .await
+            .ok();
+    }
+    tracing::info!(tenant_id = %tenant.tenant_id, %client_id, %cloud, "HR connection set (customer-owned)");
+    Ok(json_reply(StatusCode::OK, &connection_json(&connection)))
+}
+
+async fn get_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let c = app
+        .hr
+        .store
+        .connection(tenant.tenant_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("the tenant has no HR connection"))?;
+    Ok(json_reply(StatusCode::OK, &connection_json(&c)))
+}
+
+async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    if !app
+        .hr
+        .store
+        .delete_connection(tenant.tenant_id)
+        .await
+        .map_err(store_error)?
+    {
+        return Err(ApiError::not_found("the tenant has no HR connection"));
+    }
+    for name in [
+        secret_name(tenant.tenant_id),
+        refresh_name(tenant.tenant_id),
+    ] {
+        app.vault.delete_secret(&name).await.ok();
+    }
+    Ok(no_content())
+}
+
+fn random_b64(bytes: usize) -> String {
+    use base64::Engine as _;
+    let mut b = vec![0u8; bytes];
+    aws_lc_rs::rand::fill(&mut b).expect("the system random source works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn sha256_b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        s.as_bytes(),
+    ))
+}
+
+fn redirect_uri(app: &App) -> String {
+    format!(
+        "{}/api/v1/hr/connection/callback",
+        app.public_base_url.as_str().trim_end_matches('/')
+    )
+}
+
+/// A new single-use link: Microsoft's authorize URL (auth code + PKCE) in the tenant's cloud.
+async fn new_link(
+    app: &App,
+    tenant: Uuid,
+    cloud: entra::Cloud,
+) -> Result<(String, OffsetDateTime), ApiError> {
+    let state = random_b64(32);
+    let verifier = random_b64(32);
+    let expires_at = OffsetDateTime::now_utc() + LINK_TTL;
+    app.hr
+        .store
+        .put_link(
+            &sha256_b64(&state),
+            &hr::DelegatedLink {
+                tenant_id: tenant,
+                cloud: cloud.as_str().into(),
+                verifier: verifier.clone(),
+                expires_at,
+            },
+        )
+        .await
+        .map_err(store_error)?;
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let url = format!(
+        "{}/{tenant}/oauth2/v2.0/authorize?client_id={}&response_type=code&response_mode=query&redirect_uri={}&scope={}&state={}&code_challenge={}&code_challenge_method=S256",
+        app.entra.endpoints.login(cloud),
+        app.entra.client_id_in(cloud),
+        enc(&redirect_uri(app)),
+        enc(&crate::writeback::delegated_scope(cloud)),
+        enc(&state),
+        sha256_b64(&verifier),
+    );
+    Ok((url, expires_at))
+}
+
+async fn link(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let cloud = match req.query_param("cloud")? {
+        None => tenant.cloud,
+        Some(c) => c.parse().map_err(|e: entra::cloud::UnknownCloud| {
+            ApiError::bad_request(format!("cloud: {e}"))
+        })?,
+    };
+    let (url, expires_at) = new_link(app, tenant.tenant_id, cloud).await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({
+            "authorize_url": url,
+            "expires_at": host::invocation::format_timestamp(expires_at),
+            "scopes": crate::writeback::delegated_scope(cloud),
+        }),
+    ))
+}
+
+/// Consent missing for a scope: said so, with a fresh link to try again.
+async fn consent_required(
+    app: &App,
+    tenant: Uuid,
+    cloud: entra::Cloud,
+    why: &str,
+) -> Result<Response, ApiError> {
+    let (url, _) = new_link(app, tenant, cloud).await?;
+    Ok(json_reply(
+        StatusCode::BAD_REQUEST,
+        &json!({
+            "error": "consent_required",
+            "message": format!("consent is missing for a permission the connection needs ({why}); an administrator must consent, then link again"),
+            "relink_url": url,
+        }),
+    ))
+}
+
+/// Microsoft's redirect back (anonymous: the browser of the administrator signing in).
+async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let state = req
+        .query_param("state")?
+        .ok_or_else(|| ApiError::bad_request("state is missing"))?;
+    let link = app
+        .hr
+        .store
+        .take_link(&sha256_b64(&state))
+        .await
+        .map_err(store_error)?
+        .filter(|l| OffsetDateTime::now_utc() < l.expires_at)
+        .ok_or_else(|| {
+            ApiError::bad_request("the link was used or has expired; ask for a new one")
+        })?;
+    let cloud: entra::Cloud = link
+        .cloud
+        .parse()
+        .map_err(|e: entra::cloud::UnknownCloud| ApiError::internal(e))?;
+    if let Some(error) = req.query_param("error")? {
+        let description = req.query_param("error_description")?.unwrap_or_default();
+        let first = description.lines().next().unwrap_or_default().to_string();
+        if description.contains("AADSTS65001") {
+            return consent_required(app, link.tenant_id, cloud, &first).await;
+        }
+        return Err(ApiError::bad_request(format!(
+            "Microsoft answered {error}: {first}"
+        )));
+    }
+    let code = req
+        .query_param("code")?
+        .ok_or_else(|| ApiError::bad_request("code is missing"))?;
+    let client = app
+        .credentials
+        .service_credential(cloud)
+        .await
+        .map_err(|e| api_error(e.into()))?
+        .ok_or_else(|| {
+            api_error(WritebackError::NotConfigured(format!(
+                "no credential for the service's app in {cloud}"
+            )))
+        })?;
+    let registration = entra::credentials::AppRegistration {
+        cloud,
+        client_id: app.entra.client_id_in(cloud),
+        credential: client,
+    };
+    let redeemed = app
+        .graph
+        .tokens()
+        .redeem_code(
+            &registration,
+            &link.tenant_id.to_string(),
+            &code,
+            &redirect_uri(app),
+            &link.verifier,
+            &crate::writeback::delegated_scope(cloud),
+        )
+        .await;
+    let redeemed = match redeemed {
+        Ok(r) => r,
+        Err(entra::credentials::TokenError::ConsentMissing(why)) => {
+            return consent_required(app, link.tenant_id, cloud, &why).await;
+        }
+        Err(e) => return Err(api_error(WritebackError::Graph(e.into()))),
+    };
+    // the signed-in user must belong to the tenant being linked; nothing is kept otherwise
+    if redeemed.tenant_id != Some(link.tenant_id) {
+        return Err(ApiError::forbidden(
+            "wrong_tenant",
+            "the signed-in user does not belong to this tenant; sign in with an administrator of it",
+        ));
+    }
+    app.vault
+        .set_secret(&refresh_name(link.tenant_id), &redeemed.refresh_token)
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    let linked_by = format!(
+        "user {}{}",
+        redeemed
+            .object_id
+            .map(|o| o.to_string())
+            .unwrap_or_default(),
+        redeemed
+            .username
+            .as_deref()
+            .map(|u| format!(" ({u})"))
+            .unwrap_or_default()
+    );
+    let connection = Connection {
+        tenant_id: link.tenant_id,
+        kind: ConnectionType::Delegated,
+        cloud: cloud.as_str().into(),
+        client_id: Some(registration.client_id),
+        credential: None,
+        linked_by,
+        linked_at: OffsetDateTime::now_utc(),
+        last_success: None,
+        last_error: None,
+    };
+    app.hr
+        .store
+        .put_connection(&connection)
+        .await
+        .map_err(store_error)?;
+    app.vault
+        .delete_secret(&secret_name(link.tenant_id))
+        .await
+        .ok();
+    tracing::info!(tenant_id = %link.tenant_id, "HR connection linked (delegated)");
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"linked": true, "connection": connection_json(&connection)}),
+    ))
+}
+
+/// Graph access of a tenant's connection. Only an active tenant is written to: an
+/// offboarded (or still pending) one is refused.
+async fn connection_of(
+    app: &App,
+    tenant: Uuid,
+) -> Result<(Connection, entra::credentials::AppRegistration), ApiError> {
+    let record = app
+        .tenants
+        .get(tenant)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {tenant} is not registered")))?;
+    if record.status != crate::domain::TenantStatus::Active {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tenant_not_active",
+            format!(
+                "tenant {tenant} is {}: nothing is written to it",
+                record.status.as_str()
+            ),
+        ));
+    }
+    let c = app
+        .hr
+        .store
+        .connection(tenant)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| api_error(WritebackError::NotConnected))?;
+    let r = app
+        .hr
+        .registration(&app.credentials, &app.vault, &c)
+        .await
+        .map_err(api_error)?;
+    Ok((c, r))
+}
+
+/// Notes a Graph call's outcome on the connection (best effort).
+async fn note(app: &App, tenant: Uuid, error: Option<String>) {
+    if let Err(e) = app.hr.store.note_outcome(tenant, error).await {
+        tracing::warn!(%tenant, error = %e, "the HR connection's last outcome was not recorded");
+    }
+}
+
+async fn test_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let (_, registration) = connection_of(app, tenant.tenant_id).await?;
+    let t = tenant.tenant_id.to_string();
+    let outcome = async {
+        let org = app.graph.organization(&registration, &t).await?;
+        let roles = app.graph.app_roles(&registration, &t).await?;
+        Ok::<_, entra::graph::GraphError>((org, roles))
+    }
+    .await;
+    match outcome {
+        Ok((org, roles)) => {
+            let missing: Vec<serde_json::Value> = APP_PERMISSIONS
+                .iter()
+                .filter(|(p, _)| !roles.iter().any(|r| r.eq_ignore_ascii_case(p)))
+                .map(|(p, why)| json!({"permission": p, "needed_to": why}))
+                .collect();
+            note(app, tenant.tenant_id, None).await;
+            Ok(json_reply(
+                StatusCode::OK,
+                &json!({
+                    "ok": missing.is_empty(),
+                    "organization": {"id": org["id"], "display_name": org["displayName"]},
+                    "granted_permissions": roles,
+                    "missing_permissions": missing,
+                }),
+            ))
+        }
+        Err(e) => {
+            note(app, tenant.tenant_id, Some(e.to_string())).await;
+            Err(api_error(e.into()))
+        }
+    }
+}
+
+async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let content_type = req
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let format = if content_type.starts_with("text/csv") {
+        hr::import::Format::Csv
+    } else if content_type.starts_with("application/json") {
+        hr::import::Format::Json
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json or text/csv",
+        ));
+    };
+    let records = match hr::import::parse(format, &req.body) {
+        Ok(r) => r,
+        Err(hr::import::ImportError::Rejected(rows)) => {
+            return Ok(json_reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({
+                    "error": "rows_rejected",
+                    "message": format!("{} rows were rejected; nothing was imported", rows.len()),
+                    "rejected": rows,
+                }),
+            ));
+        }
+        Err(e) => return Err(ApiError::bad_request(e.to_string())),
+    };
+    app.hr
+        .store
+        .put_records(tenant.tenant_id, &records)
+        .await
+        .map_err(store_error)?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"imported": records.len()}),
+    ))
+}
+
+/// One HR record, as in an import of one row (the path names the employee).
+async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let employee_id = req.param("employee_id").unwrap_or_default().to_string();
+    let mut body: serde_json::Value = req.json()?;
+    match body.get("employee_id") {
+        None => body["employee_id"] = json!(employee_id),
+        Some(v) if v.as_str() == Some(employee_id.as_str()) => {}
+        Some(_) => return Err(ApiError::bad_request("employee_id differs from the path's")),
+    }
+    let record: hr::HrRecord =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let record = record.check().map_err(ApiError::bad_request)?;
+    let existed = app
+        .hr
+        .store
+        .record(tenant.tenant_id, &record.employee_id)
+        .await
+        .map_err(store_error)?
+        .is_some();
+    app.hr
+        .store
+        .put_records(tenant.tenant_id, std::slice::from_ref(&record))
+        .await
+        .map_err(store_error)?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_reply(status, &record))
+}
+
+async fn get_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let employee_id = req.param("employee_id").unwrap_or_default();
+    let record = app
+        .hr
+        .store
+        .record(tenant.tenant_id, employee_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no HR record for employee {employee_id:?}")))?;
+    Ok(json_reply(StatusCode::OK, &record))
+}
+
+async fn get_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let rules = app
+        .hr
+        .store
+        .rules(tenant.tenant_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found("the tenant has no HR rules"))?;
+    Ok(json_reply(StatusCode::OK, &rules))
+}
+
+async fn put_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let rules: Rules = req.json()?;
+    let compiled = rules.clone().compile().map_err(ApiError::bad_request)?;
+    app.hr
+        .store
+        .put_rules(tenant.tenant_id, &compiled.rules)
+        .await
+        .map_err(store_error)?;
+    Ok(json_reply(StatusCode::OK, &compiled.rules))
+}
+
+async fn compute_plan(app: &App, tenant: Uuid) -> Result<Plan, ApiError> {
+    let (_, registration) = connection_of(app, tenant).await?;
+    let today = OffsetDateTime::now_utc().date();
+    let outcome = app
+        .hr
+        .plan(&app.graph, &registration, &app.directory, tenant, today)
+        .await;
+    if let Err(WritebackError::Graph(g)) = &outcome {
+        note(app, tenant, Some(g.to_string())).await;
+    }
+    outcome.map_err(api_error)
+}
+
+async fn plan(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let plan = compute_plan(app, tenant.tenant_id).await?;
+    Ok(json_reply(StatusCode::OK, &plan))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyBody {
+    plan_id: String,
+    #[serde(default)]
+    confirm: bool,
+}
+
+async fn apply(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let body: ApplyBody = req.json()?;
+    let plan_id = Uuid::try_parse(&body.plan_id)
+        .map_err(|_| ApiError::bad_request("plan_id must be a GUID"))?;
+    let plan = app
+        .hr
+        .store
+        .plan(tenant.tenant_id, plan_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no plan {plan_id} for this tenant")))?;
+    if OffsetDateTime::now_utc() - plan.created_at > PLAN_TTL {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "plan_expired",
+            "the plan is older than 24 hours; compute a new one",
+        ));
+    }
+    if plan.needs_confirmation && !body.confirm {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "confirmation_required",
+            format!(
+                "the plan disables {} of {} users, more than HR_MAX_DISABLE_PERCENT ({} %); apply with \"confirm\": true",
+                plan.disables, plan.directory_users, plan.max_disable_percent
+            ),
+        ));
+    }
+    let (_, registration) = connection_of(app, tenant.tenant_id).await?;
+    let report = app
+        .hr
+        .apply(&app.graph, registration, &plan, &|_| true)
+        .await
+        .map_err(api_error)?;
+    let error = report
+        .results
+        .iter()
+        .find(|r| r.error.is_some())
+        .and_then(|r| r.error.clone());
+    note(app, tenant.tenant_id, error).await;
+    Ok(json_reply(StatusCode::OK, &report))
+}
+
+async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = registered(app, req).await?;
+    let employee_id = req.param("employee_id").unwrap_or_default().to_string();
+    let (connection, registration) = connection_of(app, tenant.tenant_id).await?;
+    let user = app
+        .hr
+        .user_of(&app.directory, tenant.tenant_id, &employee_id)
+        .await
+        .map_err(api_error)?;
+    let password = crate::writeback::temporary_password();
+    let request = entra::writes::reset_password(user, &password);
+    let answer = app
+        .graph
+        .batch(
+            &registration,
+            &tenant.tenant_id.to_string(),
+            std::slice::from_ref(&request),
+        )
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    let answer = answer.into_iter().next().expect("one answer");
+    match entra::writes::write_answer(&request, answer) {
+        entra::writes::WriteAnswer::Done(_) => {}
+        entra::writes::WriteAnswer::Failed(entra::graph::GraphError::Forbidden(m)) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_missing",
+                format!(
+                    "Entra refused the reset ({m}); a {} connection needs {}",
+                    match connection.kind {
+                        ConnectionType::CustomerOwned => "customer-owned",
+                        ConnectionType::Delegated => "delegated",
+                    },
+                    match connection.kind {
+                        ConnectionType::CustomerOwned =>
+                            "Directory.ReadWrite.All (or User.ReadWrite.All) and the User Administrator role for the app; resetting an admin needs Privileged Authentication Administrator",
+                        ConnectionType::Delegated =>
+                            "Directory.AccessAsUser.All with a signed-in administrator",
+                    }
+                ),
+            ));
+        }
+        entra::writes::WriteAnswer::Failed(e) => return Err(api_error(e.into())),
+        entra::writes::WriteAnswer::UpnInUse(m) => return Err(ApiError::conflict(m)),
+    }
+    tracing::info!(tenant_id = %tenant.tenant_id, %user, "temporary password set (not logged)");
+    let mut response = json_reply(
+        StatusCode::OK,
+        &json!({
+            "employee_id": employee_id,
+            "user_id": user,
+            "temporary_password": password,
+            "force_change_password_next_sign_in": true,
+            "shown_once": true,
+        }),
+    );
+    response.headers_mut().insert(
+        "cache-control",
+        warp::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+/// `HrDue`'s entry point.
+pub fn invoke_due(
+    app: &App,
+    request: InvocationRequest,
+) -> BoxFuture<'_, Result<InvocationResponse, InvokeError>> {
+    Box::pin(run_due(app, request))
+}
+
+/// For each connected tenant: a plan for today, and its dated steps (hires and leavers
+/// whose date has come) applied; a plan over the disable threshold waits for an admin.
+async fn run_due(app: &App, request: InvocationRequest) -> Result<InvocationResponse, InvokeError> {
+    request
+        .timer("timer")
+        .map_err(|e| InvokeError::BadPayload(e.0))?;
+    let mut response = InvocationResponse::new();
+    let tenants = app
+        .hr
+        .store
+        .connected_tenants()
+        .await
+        .map_err(|e| InvokeError::Failed {
+            message: format!("HR connections could not be read: {e}"),
+            logs: Vec::new(),
+        })?;
+    let today = OffsetDateTime::now_utc().date();
+    for tenant in tenants {
+        let outcome: Result<String, String> = async {
+            let plan = compute_plan(app, tenant).await.map_err(|e| e.message)?;
+            let due = plan
+                .steps
+                .iter()
+                .filter(|s| s.due_on.is_some_and(|d| d <= today))
+                .count();
+            if due == 0 {
+                return Ok("nothing due".into());
+            }
+            if plan.needs_confirmation {
+                return Ok(format!(
+                    "{due} due steps wait: the plan disables more than HR_MAX_DISABLE_PERCENT and needs an admin's confirmation"
+                ));
+            }
+            let (_, registration) = connection_of(app, tenant).await.map_err(|e| e.message)?;
+            let report = app
+                .hr
+                .apply(&app.graph, registration, &plan, &|s| {
+                    s.due_on.is_some_and(|d| d <= today)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{} due steps done, {} failed",
+                report.done, report.failed
+            ))
+        }
+        .await;
+        match outcome {
+            Ok(summary) => {
+                response.log(format!("HR due events of {tenant}: {summary}"));
+            }
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "HR due events not applied");
+                response.log(format!("HR due events of {tenant} failed: {e}"));
+            }
+        }
+    }
+    Ok(response)
+}
