@@ -62,6 +62,10 @@ pub struct App {
     /// Each tenant's issuing CA (key in the vault), its certificates and CRL.
     pub pki: Arc<pki::Pki>,
     pub certificates: crate::config::CertificateSettings,
+    /// The audit trail every change is recorded in.
+    pub audit: audit::Audit,
+    /// `AUDIT_RETENTION_DAYS`.
+    pub audit_retention_days: u32,
 }
 
 /// Directory sync's state, schedule and queue.
@@ -184,6 +188,9 @@ impl App {
                 tables.table(table_names.employees()),
             )),
         );
+        let audit = audit::Audit::new(Arc::new(audit::TableAuditStore::new(
+            tables.table(table_names.audit()),
+        )));
         App {
             version: env!("CARGO_PKG_VERSION"),
             mode,
@@ -204,6 +211,8 @@ impl App {
             sync,
             pki,
             certificates: settings.certificates,
+            audit,
+            audit_retention_days: settings.audit_retention_days,
         }
     }
 

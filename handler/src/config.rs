@@ -116,6 +116,8 @@ pub struct Settings {
     pub queues: host::QueueSettings,
     /// `CERT_*`: certificate issuance for the tenants' users.
     pub certificates: CertificateSettings,
+    /// `AUDIT_RETENTION_DAYS`: how long audit events are kept (Housekeeping trims by day).
+    pub audit_retention_days: u32,
 }
 
 /// How certificates are issued and revoked.
@@ -313,6 +315,19 @@ impl Settings {
             ..host::QueueSettings::default()
         };
         let certificates = certificate_settings(&get)?;
+        let audit_retention_days = match get("AUDIT_RETENTION_DAYS") {
+            None => 90,
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .filter(|d| (1..=3650).contains(d))
+                .ok_or_else(|| {
+                    problem(
+                        "AUDIT_RETENTION_DAYS",
+                        format!("{raw:?}: expected a number of days (1-3650)"),
+                    )
+                })?,
+        };
         Ok(Settings {
             port,
             storage,
@@ -331,6 +346,7 @@ impl Settings {
             sync_lease,
             queues,
             certificates,
+            audit_retention_days,
         })
     }
 

@@ -17,6 +17,7 @@ mod scim_service;
 mod startup;
 mod store;
 mod telemetry;
+mod trail;
 
 use std::process::ExitCode;
 

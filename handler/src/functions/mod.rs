@@ -4,6 +4,7 @@
 
 pub mod activation_links;
 pub mod app_credential;
+pub mod audit_log;
 pub mod consent;
 pub mod directory;
 pub mod employees;
@@ -154,6 +155,18 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         },
     ),
     ("Health", Handler::Http { route: "health" }),
+    (
+        "AuditLog",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/audit",
+        },
+    ),
+    (
+        "ProvisioningLog",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/provisioning-log",
+        },
+    ),
     ("DirectorySync", Handler::Invoked(sync::invoke_timer)),
     ("SyncTenant", Handler::Invoked(sync::invoke_queue)),
     (

@@ -16,6 +16,8 @@ use crate::lifecycle::{OffboardError, Offboarding};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply};
+use crate::trail;
+use audit::{Change, Target};
 
 /// The routes.
 pub const ROUTES: &[Route] = &[
@@ -55,7 +57,7 @@ struct NewTenant {
 }
 
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let new: NewTenant = req.json()?;
     let tenant_id = uuid::Uuid::try_parse(&new.tenant_id)
         .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))?;
@@ -80,6 +82,23 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     };
     let created = app.access.tenants.create(&tenant).await?;
     app.access.invalidate_tenant(tenant_id);
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            tenant_id,
+            admin,
+            "tenant.create",
+            Target::new("tenant", tenant_id).display(created.display_name.clone()),
+        )
+        .change(Change::new(
+            "display_name",
+            None,
+            Some(json!(created.display_name)),
+        ))
+        .change(Change::new("cloud", None, Some(json!(cloud.to_string())))),
+    )
+    .await?;
     tracing::info!(%tenant_id, cloud = %cloud, "tenant registered");
     Ok(json_reply(StatusCode::CREATED, &tenant_json(&created)))
 }
@@ -105,13 +124,44 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
 }
 
 async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let tenant_id = tenant_param(req)?;
-    match Offboarding::new(&app.access, &app.scim, &*app.sync.states)
+    let event = trail::event(
+        &req.headers,
+        tenant_id,
+        admin,
+        "tenant.offboard",
+        Target::new("tenant", tenant_id),
+    );
+    let outcome = Offboarding::new(&app.access, &app.scim, &*app.sync.states)
         .with_certificates(&app.pki)
         .run(tenant_id)
-        .await
-    {
+        .await;
+    match &outcome {
+        Ok(done) => {
+            let event = event
+                .change(Change::new("status", None, Some(json!("offboarded"))))
+                .change(Change::new(
+                    "revoked_grants",
+                    None,
+                    Some(json!(done.count("grants"))),
+                ))
+                .change(Change::new(
+                    "revoked_certificates",
+                    None,
+                    Some(json!(done.count("certificates"))),
+                ));
+            let event = if done.count("scim_token") > 0 {
+                event.change(Change::secret("scim_token"))
+            } else {
+                event
+            };
+            trail::record(app, event).await?;
+        }
+        Err(OffboardError::NotRegistered(_)) => {}
+        Err(e) => trail::record(app, event.failed("offboard_incomplete", e.to_string())).await?,
+    }
+    match outcome {
         Ok(done) => {
             let mut body = tenant_json(&done.tenant);
             body["revoked_grants"] = json!(done.count("grants"));

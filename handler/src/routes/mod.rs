@@ -172,6 +172,11 @@ pub fn table(
         .unify()
         .or(router::serve(
             app.clone(),
+            crate::functions::audit_log::ROUTES,
+        ))
+        .unify()
+        .or(router::serve(
+            app.clone(),
             crate::functions::validate_token::ROUTES,
         ))
         .unify()

@@ -158,6 +158,11 @@ impl TableNames {
         format!("{}Certificates", self.prefix)
     }
 
+    /// The audit trail: one partition per tenant and day.
+    pub fn audit(&self) -> String {
+        format!("{}Audit", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -170,6 +175,7 @@ impl TableNames {
             self.directory(),
             self.sync(),
             self.certificates(),
+            self.audit(),
         ]
     }
 }
