@@ -143,6 +143,9 @@ impl Target {
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum Outcome {
     Success,
+    /// Recorded before the change was made; replaced by how it ended. One that stays
+    /// pending is a change whose end could not be recorded (the request answered 503).
+    Pending,
     /// `code` is machine-readable (an HTTP status, a SCIM type, an error code); `reason`
     /// is for a person.
     Failure {
@@ -164,6 +167,7 @@ impl Outcome {
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Success => "success",
+            Outcome::Pending => "pending",
             Outcome::Failure { .. } => "failure",
         }
     }

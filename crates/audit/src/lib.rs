@@ -23,6 +23,9 @@
 //! - secrets are never values: use [`Change::secret`] (shown as `"changed"`);
 //! - writers that may repeat work (sync pages, queue retries) use [`Event::idempotent`] so
 //!   writing the same event again stores it once;
+//! - a change in a store the audit table cannot share a transaction with may be recorded
+//!   write-ahead: [`Audit::begin`] stores it as pending before the change (no change
+//!   when that fails), [`Pending::finish`] records how it ended (SCIM does this);
 //! - [`Audit::record_all`] writes many events in transactions of up to 50 events (the
 //!   event row and its per-target copy share a partition and a transaction).
 
@@ -73,6 +76,14 @@ impl Audit {
         self.record_all(std::slice::from_ref(&event)).await
     }
 
+    /// Records `event` as pending before its change is made (write-ahead): when this
+    /// fails, make no change. Finish the returned [`Pending`] with how the change ended.
+    pub async fn begin(&self, mut event: Event) -> Result<Pending<'_>, AuditError> {
+        event.outcome = Outcome::Pending;
+        self.store.append(std::slice::from_ref(&event)).await?;
+        Ok(Pending { audit: self, event })
+    }
+
     /// Stores events in as few transactions as their partitions allow.
     pub async fn record_all(&self, events: &[Event]) -> Result<(), AuditError> {
         if events.is_empty() {
@@ -86,6 +97,41 @@ impl Audit {
             for observer in &self.observers {
                 observer.recorded(event);
             }
+        }
+        Ok(())
+    }
+}
+
+/// An event recorded before its change; [`Pending::finish`] records how it ended.
+pub struct Pending<'a> {
+    audit: &'a Audit,
+    event: Event,
+}
+
+impl Pending<'_> {
+    /// The event as recorded so far (outcome pending).
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// Replaces the pending event by `done(event)`: the same event with its outcome,
+    /// changes and (for a create) its target's id. An error leaves it pending.
+    pub async fn finish(self, done: impl FnOnce(Event) -> Event) -> Result<(), AuditError> {
+        let (time, id, tenant) = (self.event.time, self.event.id.clone(), self.event.tenant);
+        // success unless `done` says otherwise
+        let mut started = self.event.clone();
+        started.outcome = Outcome::Success;
+        let mut finished = done(started);
+        // the row it replaces is addressed by these
+        finished.time = time;
+        finished.id = id;
+        finished.tenant = tenant;
+        if let Err(e) = self.audit.store.complete(&self.event, &finished).await {
+            tracing::error!(error = %e, action = %finished.action, "audit event left pending");
+            return Err(e);
+        }
+        for observer in &self.audit.observers {
+            observer.recorded(&finished);
         }
         Ok(())
     }

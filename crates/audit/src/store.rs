@@ -62,6 +62,9 @@ pub struct AuditPage {
 pub trait AuditStore: Send + Sync {
     /// Stores events; writing the same event (tenant, time, id) again stores it once.
     async fn append(&self, events: &[Event]) -> Result<(), AuditError>;
+    /// Replaces a stored `pending` event by `done` (same tenant, time and id), in one
+    /// transaction; the per-target row moves when the target's id became known.
+    async fn complete(&self, pending: &Event, done: &Event) -> Result<(), AuditError>;
     /// Up to `limit` events matching `query`, newest first, after `cursor`.
     async fn page(
         &self,
@@ -180,6 +183,7 @@ fn from_entity(tenant: Uuid, e: &Entity) -> Result<Event, AuditError> {
             code: text("Code").unwrap_or_default(),
             reason: text("Reason").unwrap_or_default(),
         },
+        Some("pending") => Outcome::Pending,
         _ => Outcome::Success,
     };
     Ok(Event {
@@ -316,6 +320,28 @@ impl AuditStore for TableAuditStore {
             .expect("not poisoned")
             .extend(new_days);
         self.table.transact_chunked(ops).await?;
+        Ok(())
+    }
+
+    async fn complete(&self, pending: &Event, done: &Event) -> Result<(), AuditError> {
+        let partition = event_partition(done.tenant, done.time.date());
+        let stamp = format!("{}{}", inverted_micros(done.time), done.id);
+        let mut ops = vec![
+            Operation::UpsertReplace(to_entity(done, &partition, format!("e{stamp}"))),
+            Operation::UpsertReplace(to_entity(
+                done,
+                &partition,
+                format!("t{}|{stamp}", target_key(&done.target.id)),
+            )),
+        ];
+        if pending.target.id != done.target.id {
+            ops.push(Operation::Delete {
+                partition_key: partition.clone(),
+                row_key: format!("t{}|{stamp}", target_key(&pending.target.id)),
+                if_match: IfMatch::Any,
+            });
+        }
+        self.table.transact(&ops).await?;
         Ok(())
     }
 

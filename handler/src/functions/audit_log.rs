@@ -47,9 +47,10 @@ fn query_of(req: &Request, outcome_param: &str) -> Result<AuditQuery, ApiError> 
     if let Some(o) = &outcome
         && o != "success"
         && o != "failure"
+        && o != "pending"
     {
         return Err(ApiError::bad_request(format!(
-            "{outcome_param} is success or failure"
+            "{outcome_param} is success, failure or pending"
         )));
     }
     Ok(AuditQuery {
@@ -174,6 +175,7 @@ fn provisioning_row(event: &Event) -> Value {
         Outcome::Failure { code, reason } => {
             row["error"] = json!({ "code": code, "reason": reason });
         }
+        Outcome::Pending => {}
     }
     row
 }

@@ -533,32 +533,44 @@ async fn audited(
     } else {
         serde_json::from_slice::<Value>(body).ok()
     };
-    let mut target = requested_target(parts, parsed.as_ref());
-    let result = change(app, tenant, base, request, parts, body).await;
-    let event = match &result {
-        Ok((_, id, changes)) => {
-            if let Some(id) = id {
-                target.id = id.clone();
-            }
-            Event::new(tenant, Actor::entra_provisioning(), action, target).changes(changes.clone())
-        }
-        Err(e) => Event::new(tenant, Actor::entra_provisioning(), action, target)
-            .failed(e.status, e.detail.clone()),
+    let unrecorded = || {
+        ScimError::new(
+            503,
+            None,
+            "the change could not be recorded in the audit trail; try again",
+        )
     };
     let correlation = ["client-request-id", "x-ms-client-request-id", "request-id"]
         .iter()
         .find_map(|h| request.headers.get(*h).and_then(|v| v.to_str().ok()))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let event = event
-        .invocation(crate::trail::invocation_id(request.headers))
-        .correlation(correlation);
-    if app.audit.record(event).await.is_err() {
-        return Err(ScimError::new(
-            503,
-            None,
-            "the change could not be recorded in the audit trail; try again",
-        ));
+    let event = Event::new(
+        tenant,
+        Actor::entra_provisioning(),
+        action,
+        requested_target(parts, parsed.as_ref()),
+    )
+    .invocation(crate::trail::invocation_id(request.headers))
+    .correlation(correlation);
+    // recorded before the change: a change is never made without its record
+    let pending = app.audit.begin(event).await.map_err(|_| unrecorded())?;
+    let result = change(app, tenant, base, request, parts, body).await;
+    let finished = pending
+        .finish(|event| match &result {
+            Ok((_, id, changes)) => {
+                let mut event = event.changes(changes.clone());
+                if let Some(id) = id {
+                    event.target.id = id.clone();
+                }
+                event
+            }
+            Err(e) => event.failed(e.status, e.detail.clone()),
+        })
+        .await;
+    if finished.is_err() {
+        // the event stays pending: what happened is in the trail, how it ended is not
+        return Err(unrecorded());
     }
     result.map(|(response, _, _)| response)
 }

@@ -45,6 +45,7 @@ impl Scim {
             ),
             ("ENTRA_DEV_AUTH", "true".into()),
             ("LOCAL_DATA_DIR", data.display().to_string()),
+            ("CONNECTOR_SCOPES", "records.read".into()),
         ];
         let (_, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
         let handler = HandlerProcess::start(BIN, &["serve"], &env);
