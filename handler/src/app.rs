@@ -66,6 +66,10 @@ pub struct App {
     pub audit: audit::Audit,
     /// `AUDIT_RETENTION_DAYS`.
     pub audit_retention_days: u32,
+    /// Incidents and their notices.
+    pub notifications: Arc<crate::notifications::Notifications>,
+    /// Secrets (webhook signing secrets, the SMTP password).
+    pub vault: Arc<dyn vault::Vault>,
 }
 
 /// Directory sync's state, schedule and queue.
@@ -90,6 +94,7 @@ impl App {
         dev_key: Option<Arc<entra::jwks::SigningKey>>,
         vault: Arc<dyn vault::Vault>,
         sync_queue: Option<queues::Queue>,
+        notification_queue: Option<queues::Queue>,
     ) -> App {
         let table_names = crate::store::TableNames::new(&settings.table_prefix);
         let run_log = Arc::new(TableRunLog::new(tables.table(table_names.runs())));
@@ -156,6 +161,7 @@ impl App {
         )
         .with_directory(directory.clone())
         .with_certificates(pki.clone(), settings.certificates.revoke_on_disable);
+        let app_vault = vault.clone();
         let credentials = Arc::new(AppCredentials::new(
             vault,
             settings.entra.client_secret.as_ref().map(|s| s.0.clone()),
@@ -188,9 +194,18 @@ impl App {
                 tables.table(table_names.employees()),
             )),
         );
+        let notifications = Arc::new(crate::notifications::Notifications::new(
+            Arc::new(audit::notify::TableNotificationStore::new(
+                tables.table(table_names.notifications()),
+            )),
+            app_vault.clone(),
+            notification_queue,
+            settings.smtp.clone(),
+        ));
         let audit = audit::Audit::new(Arc::new(audit::TableAuditStore::new(
             tables.table(table_names.audit()),
-        )));
+        )))
+        .with_observer(notifications.observer());
         App {
             version: env!("CARGO_PKG_VERSION"),
             mode,
@@ -213,6 +228,8 @@ impl App {
             certificates: settings.certificates,
             audit,
             audit_retention_days: settings.audit_retention_days,
+            notifications,
+            vault: app_vault,
         }
     }
 

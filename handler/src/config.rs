@@ -118,6 +118,8 @@ pub struct Settings {
     pub certificates: CertificateSettings,
     /// `AUDIT_RETENTION_DAYS`: how long audit events are kept (Housekeeping trims by day).
     pub audit_retention_days: u32,
+    /// `SMTP_*`: the relay notification e-mails go through; None without `SMTP_HOST`.
+    pub smtp: Option<crate::notifications::SmtpSettings>,
 }
 
 /// How certificates are issued and revoked.
@@ -328,6 +330,41 @@ impl Settings {
                     )
                 })?,
         };
+        let smtp = match get("SMTP_HOST") {
+            None => None,
+            Some(host) => {
+                let port = match get("SMTP_PORT") {
+                    None => 587,
+                    Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                        problem("SMTP_PORT", format!("{p:?} is not a port number"))
+                    })?,
+                };
+                let from = get("SMTP_FROM").ok_or_else(|| {
+                    problem(
+                        "SMTP_FROM",
+                        "is required with SMTP_HOST (the sender address)",
+                    )
+                })?;
+                from.parse::<lettre::message::Mailbox>()
+                    .map_err(|e| problem("SMTP_FROM", format!("{from:?}: {e}")))?;
+                let username = get("SMTP_USERNAME").map(str::to_string);
+                let password_secret = get("SMTP_PASSWORD_SECRET_NAME").map(str::to_string);
+                if username.is_some() != password_secret.is_some() {
+                    return Err(problem(
+                        "SMTP_PASSWORD_SECRET_NAME",
+                        "SMTP_USERNAME and SMTP_PASSWORD_SECRET_NAME go together",
+                    ));
+                }
+                Some(crate::notifications::SmtpSettings {
+                    host: host.to_string(),
+                    port,
+                    username,
+                    password_secret,
+                    from: from.to_string(),
+                    ca_file: get("SMTP_CA_FILE").map(PathBuf::from),
+                })
+            }
+        };
         Ok(Settings {
             port,
             storage,
@@ -347,6 +384,7 @@ impl Settings {
             queues,
             certificates,
             audit_retention_days,
+            smtp,
         })
     }
 

@@ -10,6 +10,7 @@ mod dev_token;
 mod domain;
 mod functions;
 mod lifecycle;
+mod notifications;
 mod onboarding;
 mod routes;
 mod scim_admin;

@@ -30,6 +30,8 @@
 //!   event row and its per-target copy share a partition and a transaction).
 
 pub mod event;
+pub mod incident;
+pub mod notify;
 pub mod store;
 
 use std::sync::Arc;

@@ -11,6 +11,7 @@ pub mod employees;
 pub mod grants;
 pub mod health;
 pub mod housekeeping;
+pub mod notifications;
 pub mod ping;
 pub mod pki;
 pub mod scim;
@@ -160,6 +161,22 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         Handler::Http {
             route: "v1/tenants/{tenant_id}/audit",
         },
+    ),
+    (
+        "TenantNotifications",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/notifications",
+        },
+    ),
+    (
+        "TenantNotificationsTest",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/notifications/test",
+        },
+    ),
+    (
+        "NotificationDelivery",
+        Handler::Invoked(notifications::invoke),
     ),
     (
         "ProvisioningLog",

@@ -163,6 +163,11 @@ impl TableNames {
         format!("{}Audit", self.prefix)
     }
 
+    /// Notification settings and open incidents, one partition per tenant.
+    pub fn notifications(&self) -> String {
+        format!("{}Notifications", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -176,6 +181,7 @@ impl TableNames {
             self.sync(),
             self.certificates(),
             self.audit(),
+            self.notifications(),
         ]
     }
 }
