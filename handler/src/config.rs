@@ -905,6 +905,26 @@ mod tests {
                 "QUEUE_MAX_POLLING_SECONDS",
                 "1-60",
             ),
+            (
+                vec![dev, ("AUDIT_RETENTION_DAYS", "0")],
+                "AUDIT_RETENTION_DAYS",
+                "1-3650",
+            ),
+            (
+                vec![dev, ("SMTP_HOST", "smtp.example.com")],
+                "SMTP_FROM",
+                "required",
+            ),
+            (
+                vec![
+                    dev,
+                    ("SMTP_HOST", "smtp.example.com"),
+                    ("SMTP_FROM", "a@example.com"),
+                    ("SMTP_USERNAME", "a"),
+                ],
+                "SMTP_PASSWORD_SECRET_NAME",
+                "together",
+            ),
         ] {
             let err = settings(&pairs).unwrap_err();
             assert_eq!(err.name, name, "{err}");

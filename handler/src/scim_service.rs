@@ -470,22 +470,8 @@ impl ScimService {
         Err(kept_changing("user"))
     }
 
-    /// Replaces a user (PUT); without If-Match, a concurrent change is read again.
-    #[cfg(test)]
-    pub async fn replace_user(
-        &self,
-        tenant: Uuid,
-        base: &str,
-        id: &str,
-        body: &Value,
-        if_match: Option<&str>,
-    ) -> Result<Value, ScimError> {
-        self.replace_user_changes(tenant, base, id, body, if_match)
-            .await
-            .map(|(user, _)| user)
-    }
-
-    /// [`Self::replace_user`], also answering the attributes it changed.
+    /// Replaces a user (PUT); without If-Match, a concurrent change is read again. Answers
+    /// the user and the attributes it changed (for the audit trail).
     pub async fn replace_user_changes(
         &self,
         tenant: Uuid,
