@@ -109,9 +109,20 @@ fn event_partition(tenant: Uuid, date: Date) -> String {
     format!("{tenant}_{}", inverted_day(date))
 }
 
+/// Longest target id kept readable in a row key; longer ones are hashed (a key is at most
+/// 1 KiB, and a failed create may name a value far longer than any valid id).
+const MAX_TARGET_KEY: usize = 256;
+
 /// A target id as a key part: encoded, and without the `|` that ends it.
 fn target_key(id: &str) -> String {
-    tables::key::encode(id).replace('|', "~7C")
+    let encoded = tables::key::encode(id).replace('|', "~7C");
+    if encoded.len() <= MAX_TARGET_KEY {
+        return encoded;
+    }
+    // `~H` never comes out of the encoding (its escapes are two hex digits)
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("~H{hex}")
 }
 
 /// The first string after every string starting with `prefix`.
@@ -507,6 +518,15 @@ mod tests {
             ("79739798".to_string(), "e123abc".to_string())
         );
         assert!(decode_cursor("not a cursor").is_err());
+    }
+
+    #[test]
+    fn overlong_target_ids_are_hashed_into_a_short_key() {
+        let long = "e".repeat(1100);
+        let key = target_key(&long);
+        assert!(key.len() < 100 && key.starts_with("~H"));
+        assert_eq!(key, target_key(&long));
+        assert_eq!(target_key("a|b"), "a~7Cb");
     }
 
     #[test]
