@@ -259,7 +259,24 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
         csr,
         key_format,
     };
+    // the first issuance makes the tenant's CA: that is a change of its own
+    let had_ca = app.pki.authority(tenant_id).await?.is_some();
     let issued = app.pki.issue(request, &tenant.display_name).await?;
+    if !had_ca && app.pki.authority(tenant_id).await?.is_some() {
+        trail::record(
+            app,
+            trail::event(
+                &req.headers,
+                tenant_id,
+                admin.clone(),
+                "certificate_authority.create",
+                Target::new("certificate_authority", tenant_id)
+                    .display(tenant.display_name.clone()),
+            )
+            .change(Change::secret("private_key")),
+        )
+        .await?;
+    }
     // a disable, delete or offboarding that ran while the certificate was made did not see
     // it: check again now that it is stored, and take it back if so
     let still_active = app
