@@ -2,10 +2,14 @@
 //! cursor, and the Table Storage layout.
 //!
 //! Layout (one table):
-//! - events: PartitionKey `{tenant}_{inverted day}`, RowKey `e{inverted µs}{id}`, so a
-//!   partition holds one tenant's day and reads newest first;
+//! - events: PartitionKey `{tenant}_{inverted day}`, RowKey `e{tenant}{inverted µs}{id}`,
+//!   so a partition holds one tenant's day and reads newest first;
 //! - a copy per target in the same partition (and the same transaction), RowKey
-//!   `t{target id}|{inverted µs}{id}`, so a filter on one object reads only its events;
+//!   `t{tenant}{target id}|{inverted µs}{id}`, so a filter on one object reads only its
+//!   events;
+//! - the tenant in the row key too, and every query bounded to one day's row keys: a
+//!   store that looks row keys up before partitions (Azurite) then reads one tenant's day,
+//!   not every tenant's rows of that kind;
 //! - the tenant's days: PartitionKey `{tenant}`, RowKey `{inverted day}`, so a query skips
 //!   days without events and retention finds what expires without scanning.
 
@@ -107,6 +111,14 @@ fn inverted_micros(t: OffsetDateTime) -> String {
 
 fn event_partition(tenant: Uuid, date: Date) -> String {
     format!("{tenant}_{}", inverted_day(date))
+}
+
+fn event_row(tenant: Uuid, stamp: &str) -> String {
+    format!("e{}{stamp}", tenant.simple())
+}
+
+fn target_prefix(tenant: Uuid, target: &str) -> String {
+    format!("t{}{}|", tenant.simple(), target_key(target))
 }
 
 /// Longest target id kept readable in a row key; longer ones are hashed (a key is at most
@@ -300,12 +312,12 @@ impl AuditStore for TableAuditStore {
             ops.push(Operation::UpsertReplace(to_entity(
                 event,
                 &partition,
-                format!("e{stamp}"),
+                event_row(event.tenant, &stamp),
             )));
             ops.push(Operation::UpsertReplace(to_entity(
                 event,
                 &partition,
-                format!("t{}|{stamp}", target_key(&event.target.id)),
+                format!("{}{stamp}", target_prefix(event.tenant, &event.target.id)),
             )));
             let day = (event.tenant, day_number(date));
             if !self
@@ -338,17 +350,17 @@ impl AuditStore for TableAuditStore {
         let partition = event_partition(done.tenant, done.time.date());
         let stamp = format!("{}{}", inverted_micros(done.time), done.id);
         let mut ops = vec![
-            Operation::UpsertReplace(to_entity(done, &partition, format!("e{stamp}"))),
+            Operation::UpsertReplace(to_entity(done, &partition, event_row(done.tenant, &stamp))),
             Operation::UpsertReplace(to_entity(
                 done,
                 &partition,
-                format!("t{}|{stamp}", target_key(&done.target.id)),
+                format!("{}{stamp}", target_prefix(done.tenant, &done.target.id)),
             )),
         ];
         if pending.target.id != done.target.id {
             ops.push(Operation::Delete {
                 partition_key: partition.clone(),
-                row_key: format!("t{}|{stamp}", target_key(&pending.target.id)),
+                row_key: format!("{}{stamp}", target_prefix(done.tenant, &pending.target.id)),
                 if_match: IfMatch::Any,
             });
         }
@@ -376,13 +388,9 @@ impl AuditStore for TableAuditStore {
             .filter(|d| after.as_ref().is_none_or(|(day, _)| d >= day))
             .collect();
         days.sort();
-        let (prefix, end) = match &query.target_id {
-            Some(id) => {
-                let p = format!("t{}|", target_key(id));
-                let end = prefix_end(&p);
-                (p, end)
-            }
-            None => ("e".to_string(), "f".to_string()),
+        let prefix = match &query.target_id {
+            Some(id) => target_prefix(tenant, id),
+            None => format!("e{}", tenant.simple()),
         };
         let properties = Self::property_filter(query);
         let mut events = Vec::new();
@@ -390,27 +398,27 @@ impl AuditStore for TableAuditStore {
         let mut more = false;
         'days: for day in &days {
             let partition = format!("{tenant}_{day}");
-            let mut lower = format!("RowKey gt {}", literal(&prefix));
-            if let Some(until) = query.until {
-                // `until` is exclusive: an event at that instant sorts just after the bound
-                lower = format!(
-                    "RowKey gt {}",
-                    literal(&format!("{prefix}{}~", inverted_micros(until)))
-                );
-            }
+            let date = date_of_inverted(day).ok_or_else(|| AuditError::Malformed(day.clone()))?;
+            let day_start = date.midnight().assume_utc();
+            let day_end = day_start + time::Duration::days(1);
+            // the day's own keys: newer than its end sort before, older than its start after
+            let newest = query.until.filter(|u| *u < day_end).unwrap_or(day_end);
+            // `until` is exclusive: an event at that instant sorts just after the bound
+            let mut lower = format!(
+                "RowKey gt {}",
+                literal(&format!("{prefix}{}~", inverted_micros(newest)))
+            );
             if let Some((cursor_day, row)) = &after
                 && cursor_day == day
             {
                 lower = format!("RowKey gt {}", literal(row));
             }
-            let upper = match query.since {
-                // inverted: older events have larger keys; `since` is inclusive
-                Some(since) => format!(
-                    "RowKey lt {}",
-                    literal(&format!("{prefix}{}~", inverted_micros(since)))
-                ),
-                None => format!("RowKey lt {}", literal(&end)),
-            };
+            // inverted: older events have larger keys; `since` is inclusive
+            let oldest = query.since.filter(|t| *t > day_start).unwrap_or(day_start);
+            let upper = format!(
+                "RowKey lt {}",
+                literal(&format!("{prefix}{}~", inverted_micros(oldest)))
+            );
             let mut filter = vec![
                 format!("PartitionKey eq {}", literal(&partition)),
                 lower,
