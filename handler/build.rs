@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    // read at run time: a build script compiled for one checkout may be run for another
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest).join("../functions");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("the functions/ folder exists")
@@ -29,6 +31,11 @@ fn main() {
         .unwrap();
     }
     out.push_str("];\n");
-    let target = Path::new(&std::env::var("OUT_DIR").unwrap()).join("function_sources.rs");
-    std::fs::write(target, out).expect("write function_sources.rs");
+    // a new file renamed into place rather than the old one overwritten: a target dir
+    // seeded with hard links from another checkout must not have its copy changed
+    let out_dir = std::env::var("OUT_DIR").unwrap();
+    let target = Path::new(&out_dir).join("function_sources.rs");
+    let staged = Path::new(&out_dir).join("function_sources.rs.new");
+    std::fs::write(&staged, out).expect("write function_sources.rs");
+    std::fs::rename(&staged, &target).expect("move function_sources.rs into place");
 }

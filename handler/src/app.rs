@@ -64,7 +64,14 @@ pub struct App {
     pub certificates: crate::config::CertificateSettings,
     /// HR write-back: its stores and guard rails.
     pub hr: crate::writeback::Writeback,
-    /// Secrets, keys and certificates (Key Vault or the local vault).
+    /// The audit trail every change is recorded in.
+    pub audit: audit::Audit,
+    /// `AUDIT_RETENTION_DAYS`.
+    pub audit_retention_days: u32,
+    /// Incidents and their notices.
+    pub notifications: Arc<crate::notifications::Notifications>,
+    /// Secrets, keys and certificates (Key Vault or the local vault): webhook signing
+    /// secrets, the SMTP password, HR refresh tokens.
     pub vault: Arc<dyn vault::Vault>,
 }
 
@@ -90,6 +97,7 @@ impl App {
         dev_key: Option<Arc<entra::jwks::SigningKey>>,
         vault: Arc<dyn vault::Vault>,
         sync_queue: Option<queues::Queue>,
+        notification_queue: Option<queues::Queue>,
     ) -> App {
         let table_names = crate::store::TableNames::new(&settings.table_prefix);
         let run_log = Arc::new(TableRunLog::new(tables.table(table_names.runs())));
@@ -156,6 +164,7 @@ impl App {
         )
         .with_directory(directory.clone())
         .with_certificates(pki.clone(), settings.certificates.revoke_on_disable);
+        let app_vault = vault.clone();
         let credentials = Arc::new(AppCredentials::new(
             vault.clone(),
             settings.entra.client_secret.as_ref().map(|s| s.0.clone()),
@@ -193,6 +202,18 @@ impl App {
             max_disable_percent: settings.hr_max_disable_percent,
             events: Arc::new(hr::NoEvents),
         };
+        let notifications = Arc::new(crate::notifications::Notifications::new(
+            Arc::new(audit::notify::TableNotificationStore::new(
+                tables.table(table_names.notifications()),
+            )),
+            app_vault.clone(),
+            notification_queue,
+            settings.smtp.clone(),
+        ));
+        let audit = audit::Audit::new(Arc::new(audit::TableAuditStore::new(
+            tables.table(table_names.audit()),
+        )))
+        .with_observer(notifications.observer());
         App {
             version: env!("CARGO_PKG_VERSION"),
             mode,
@@ -214,7 +235,10 @@ impl App {
             pki,
             certificates: settings.certificates,
             hr,
-            vault,
+            audit,
+            audit_retention_days: settings.audit_retention_days,
+            notifications,
+            vault: app_vault,
         }
     }
 

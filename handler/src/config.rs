@@ -144,6 +144,10 @@ pub struct Settings {
     /// `HR_MAX_DISABLE_PERCENT`: a plan disabling more than this share of a tenant's users
     /// is applied only when confirmed explicitly.
     pub hr_max_disable_percent: f64,
+    /// `AUDIT_RETENTION_DAYS`: how long audit events are kept (Housekeeping trims by day).
+    pub audit_retention_days: u32,
+    /// `SMTP_*`: the relay notification e-mails go through; None without `SMTP_HOST`.
+    pub smtp: Option<crate::notifications::SmtpSettings>,
 }
 
 /// How certificates are issued and revoked.
@@ -349,6 +353,54 @@ impl Settings {
                 .filter(|p| (0.0..=100.0).contains(p))
                 .ok_or_else(|| problem("HR_MAX_DISABLE_PERCENT", format!("{raw:?}: 0-100")))?,
         };
+        let audit_retention_days = match get("AUDIT_RETENTION_DAYS") {
+            None => 90,
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .filter(|d| (1..=3650).contains(d))
+                .ok_or_else(|| {
+                    problem(
+                        "AUDIT_RETENTION_DAYS",
+                        format!("{raw:?}: expected a number of days (1-3650)"),
+                    )
+                })?,
+        };
+        let smtp = match get("SMTP_HOST") {
+            None => None,
+            Some(host) => {
+                let port = match get("SMTP_PORT") {
+                    None => 587,
+                    Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                        problem("SMTP_PORT", format!("{p:?} is not a port number"))
+                    })?,
+                };
+                let from = get("SMTP_FROM").ok_or_else(|| {
+                    problem(
+                        "SMTP_FROM",
+                        "is required with SMTP_HOST (the sender address)",
+                    )
+                })?;
+                from.parse::<lettre::message::Mailbox>()
+                    .map_err(|e| problem("SMTP_FROM", format!("{from:?}: {e}")))?;
+                let username = get("SMTP_USERNAME").map(str::to_string);
+                let password_secret = get("SMTP_PASSWORD_SECRET_NAME").map(str::to_string);
+                if username.is_some() != password_secret.is_some() {
+                    return Err(problem(
+                        "SMTP_PASSWORD_SECRET_NAME",
+                        "SMTP_USERNAME and SMTP_PASSWORD_SECRET_NAME go together",
+                    ));
+                }
+                Some(crate::notifications::SmtpSettings {
+                    host: host.to_string(),
+                    port,
+                    username,
+                    password_secret,
+                    from: from.to_string(),
+                    ca_file: get("SMTP_CA_FILE").map(PathBuf::from),
+                })
+            }
+        };
         Ok(Settings {
             port,
             storage,
@@ -368,6 +420,8 @@ impl Settings {
             queues,
             certificates,
             hr_max_disable_percent,
+            audit_retention_days,
+            smtp,
         })
     }
 
@@ -927,6 +981,26 @@ mod tests {
                 vec![dev, ("QUEUE_MAX_POLLING_SECONDS", "0")],
                 "QUEUE_MAX_POLLING_SECONDS",
                 "1-60",
+            ),
+            (
+                vec![dev, ("AUDIT_RETENTION_DAYS", "0")],
+                "AUDIT_RETENTION_DAYS",
+                "1-3650",
+            ),
+            (
+                vec![dev, ("SMTP_HOST", "smtp.example.com")],
+                "SMTP_FROM",
+                "required",
+            ),
+            (
+                vec![
+                    dev,
+                    ("SMTP_HOST", "smtp.example.com"),
+                    ("SMTP_FROM", "a@example.com"),
+                    ("SMTP_USERNAME", "a"),
+                ],
+                "SMTP_PASSWORD_SECRET_NAME",
+                "together",
             ),
         ] {
             let err = settings(&pairs).unwrap_err();

@@ -10,6 +10,7 @@ mod dev_token;
 mod domain;
 mod functions;
 mod lifecycle;
+mod notifications;
 mod onboarding;
 mod openapi;
 mod routes;
@@ -18,6 +19,7 @@ mod scim_service;
 mod startup;
 mod store;
 mod telemetry;
+mod trail;
 mod writeback;
 
 use std::process::ExitCode;

@@ -418,6 +418,7 @@ impl ScimService {
     }
 
     /// Applies a PATCH, retrying on concurrent changes so no update is lost.
+    #[cfg(test)]
     pub async fn patch_user(
         &self,
         tenant: Uuid,
@@ -426,6 +427,20 @@ impl ScimService {
         body: &Value,
         if_match: Option<&str>,
     ) -> Result<Value, ScimError> {
+        self.patch_user_changes(tenant, base, id, body, if_match)
+            .await
+            .map(|(user, _)| user)
+    }
+
+    /// [`Self::patch_user`], also answering the attributes it changed (for the audit trail).
+    pub async fn patch_user_changes(
+        &self,
+        tenant: Uuid,
+        base: &str,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<(Value, Vec<audit::Change>), ScimError> {
         let ops = patch::parse_request(body)
             .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
         for _ in 0..8 {
@@ -439,7 +454,8 @@ impl ScimService {
             match self.users.replace(tenant, &current, &data).await? {
                 WriteOutcome::Written(stored) => {
                     self.mirror(tenant, &stored).await?;
-                    return Ok(present(&stored, base));
+                    let changes = audit::diff(&current.data, &stored.data);
+                    return Ok((present(&stored, base), changes));
                 }
                 WriteOutcome::Duplicate => {
                     return Err(ScimError::new(
@@ -454,15 +470,16 @@ impl ScimService {
         Err(kept_changing("user"))
     }
 
-    /// Replaces a user (PUT); without If-Match, a concurrent change is read again.
-    pub async fn replace_user(
+    /// Replaces a user (PUT); without If-Match, a concurrent change is read again. Answers
+    /// the user and the attributes it changed (for the audit trail).
+    pub async fn replace_user_changes(
         &self,
         tenant: Uuid,
         base: &str,
         id: &str,
         body: &Value,
         if_match: Option<&str>,
-    ) -> Result<Value, ScimError> {
+    ) -> Result<(Value, Vec<audit::Change>), ScimError> {
         let body = clean_user(body)?;
         for _ in 0..8 {
             let current = self.find(tenant, id).await?;
@@ -472,7 +489,8 @@ impl ScimService {
             match self.users.replace(tenant, &current, &data).await? {
                 WriteOutcome::Written(stored) => {
                     self.mirror(tenant, &stored).await?;
-                    return Ok(present(&stored, base));
+                    let changes = audit::diff(&current.data, &stored.data);
+                    return Ok((present(&stored, base), changes));
                 }
                 WriteOutcome::Duplicate => {
                     return Err(ScimError::new(

@@ -72,9 +72,19 @@ pub async fn run(settings: Settings, mode: Mode) -> Result<(), StartError> {
     let sync_queue = queues
         .as_ref()
         .and_then(|q| q.queue(functions::sync::QUEUE).ok());
+    let notification_queue = queues
+        .as_ref()
+        .and_then(|q| q.queue(crate::notifications::QUEUE).ok());
     let app = Arc::new(App::new(
-        mode, &settings, tables, dev_key, vault, sync_queue,
+        mode,
+        &settings,
+        tables,
+        dev_key,
+        vault,
+        sync_queue,
+        notification_queue,
     ));
+    tokio::spawn(app.notifications.clone().run());
     let invocations = match mode {
         Mode::Host => Invocations::Host(Dispatcher::new(app.clone())),
         // real Storage queues, so that any number of `handler serve` share the work

@@ -913,3 +913,73 @@ async fn graph_refusing_our_request_is_our_side_not_propagation() {
     let (status, page) = call(&w, success(&tenant, &state)).await;
     assert_eq!(status, StatusCode::OK, "the released link works: {page}");
 }
+
+impl World {
+    async fn audit(&self, tenant: &str, query: &str) -> Vec<Value> {
+        let response = self
+            .http
+            .get(self.url(&format!("/api/v1/tenants/{tenant}/audit?{query}")))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json::<Value>().await.unwrap()["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+#[tokio::test]
+async fn consent_confirmations_declines_and_links_are_audited() {
+    let w = World::start(&[]).await;
+    let tenant = Uuid::new_v4().to_string();
+    w.fake
+        .add_tenant(&tenant, "Fabrikam", "fabrikam.onmicrosoft.com");
+    w.fake.consent(&tenant, CLIENT_ID, 0);
+    let declined = w.new_link(json!({})).await;
+    let state = w.state_of(&declined).await;
+    let (status, _) = call(
+        &w,
+        vec![
+            ("error", "consent_required".into()),
+            (
+                "error_description",
+                "AADSTS65004: User declined to consent.".into(),
+            ),
+            ("state", state),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let link = w.new_link(json!({})).await;
+    let state = w.state_of(&link).await;
+    let (status, _) = call(&w, success(&tenant, &state)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let confirmed = w.audit(&tenant, "action=consent.").await;
+    assert_eq!(confirmed.len(), 1, "{confirmed:?}");
+    assert_eq!(confirmed[0]["action"], "consent.confirm");
+    assert_eq!(confirmed[0]["actor"]["kind"], "tenant-admin");
+    assert_eq!(confirmed[0]["target"]["display"], "Fabrikam");
+    // a decline names no tenant: the service's own trail keeps it, with Microsoft's reason
+    let service = w.audit(ADMIN_TENANT, "").await;
+    let decline = service
+        .iter()
+        .find(|e| e["action"] == "consent.decline")
+        .expect("the decline is an event");
+    assert_eq!(decline["outcome"]["status"], "failure");
+    assert_eq!(decline["outcome"]["code"], "consent_required");
+    assert!(
+        decline["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS65004")
+    );
+    let links = service
+        .iter()
+        .filter(|e| e["action"] == "activation_link.create")
+        .count();
+    assert_eq!(links, 2);
+}

@@ -520,3 +520,62 @@ async fn offboarding_a_tenant_revokes_its_certificates_and_keeps_the_crl_publish
         ]
     );
 }
+
+#[tokio::test]
+async fn certificate_issue_and_revoke_are_audited_without_the_key() {
+    let s = Scim::start().await;
+    let t = s.tenant;
+    let user = s.scim_user("cert-audit@contoso.com").await;
+    let (status, issued) = s.provision(json!({"user_id": user})).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let id = issued["certificate"]["id"].as_str().unwrap().to_string();
+    let key_pem = issued["private_key"]["pem"].as_str().unwrap().to_string();
+    let (status, _) = s
+        .api(
+            "POST",
+            &format!("/api/v1/certificates/{id}/revoke"),
+            Some(json!({"reason": "keyCompromise"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, trail) = s
+        .api(
+            "GET",
+            &format!("/api/v1/tenants/{t}/audit?target={id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let events = trail["events"].as_array().unwrap();
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["certificate.revoke", "certificate.issue"]);
+    assert!(events.iter().all(|e| e["actor"]["kind"] == "admin"));
+    let text = serde_json::to_string(&trail).unwrap();
+    assert!(
+        !text.contains(key_pem.lines().nth(1).unwrap()),
+        "the key is never recorded"
+    );
+    let issue = &events[1]["changes"];
+    assert!(
+        issue
+            .as_array()
+            .unwrap()
+            .contains(&json!({"attribute": "private_key", "old": null, "new": "changed"})),
+        "{issue}"
+    );
+    let (_, ca) = s
+        .api(
+            "GET",
+            &format!("/api/v1/tenants/{t}/audit?action=certificate_authority."),
+            None,
+        )
+        .await;
+    assert_eq!(
+        ca["events"].as_array().unwrap().len(),
+        1,
+        "the CA made on first issuance"
+    );
+}

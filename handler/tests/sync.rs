@@ -919,3 +919,55 @@ async fn sync_user_of_a_tenant_that_refuses_access_is_a_conflict_not_a_server_er
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn sync_changes_are_audited_per_object_with_graph_sync_as_actor() {
+    let w = World::start().await;
+    let t = w.tenant.clone();
+    w.fake.set_page_sizes(10, 5, 50);
+    w.fake.populate(&t, 30, 2, 5);
+    let s = w.sync(false).await;
+    assert_eq!(s["last_round"]["outcome"], "success", "{s}");
+    let created = audit_events(&w, "action=sync.user.create").await;
+    assert_eq!(created.len(), 30, "one event per user, none twice");
+    assert!(created.iter().all(|e| {
+        e["actor"]["kind"] == "graph-sync"
+            && e["correlation"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("round "))
+    }));
+    assert_eq!(audit_events(&w, "action=sync.group.create").await.len(), 2);
+
+    let users: Vec<String> = (0..30).map(system_tests::fake_graph::user_id).collect();
+    w.fake
+        .update_user(&w.tenant, &users[0], json!({"jobTitle": "CTO"}));
+    w.fake
+        .update_user(&w.tenant, &users[1], json!({"accountEnabled": false}));
+    let s = w.sync(false).await;
+    assert_eq!(s["last_round"]["outcome"], "success", "{s}");
+    let updated = audit_events(&w, &format!("action=sync.user.update&target={}", users[0])).await;
+    assert_eq!(updated.len(), 1, "{updated:?}");
+    let job = updated[0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["attribute"] == "job_title")
+        .cloned()
+        .unwrap();
+    assert_eq!(job["new"], "CTO");
+    let disabled = audit_events(&w, &format!("action=sync.user.disable&target={}", users[1])).await;
+    assert_eq!(disabled.len(), 1);
+    let rounds = audit_events(&w, "action=sync.round").await;
+    assert_eq!(rounds.len(), 2);
+    assert!(rounds.iter().all(|r| r["outcome"]["status"] == "success"));
+}
+
+async fn audit_events(w: &World, query: &str) -> Vec<Value> {
+    let all = w
+        .json(&format!(
+            "/api/v1/tenants/{}/audit?limit=1000&{query}",
+            w.tenant
+        ))
+        .await;
+    all["events"].as_array().unwrap().clone()
+}

@@ -3,7 +3,8 @@
 //!
 //! cargo build --release -p handler && cargo bench -p system-tests --bench scim
 //! (SCIM_USERS=10000 WRK_CONNECTIONS=8 WRK_SECONDS=10 to change the load;
-//! SCIM_READ_CACHE_SECONDS=0 to measure every read against Azurite)
+//! SCIM_READ_CACHE_SECONDS=0 to measure every read against Azurite;
+//! BASELINE_HANDLER_BIN=<a handler without auditing> to run the same load against it first)
 
 use std::process::Command;
 use std::sync::Arc;
@@ -12,10 +13,20 @@ use serde_json::{Value, json};
 use system_tests::{Azurite, HandlerProcess, env_or, release_handler, run_to_exit, unique_table};
 
 fn main() {
+    // BASELINE_HANDLER_BIN: a build without the audit trail (e.g. main's before it), run
+    // by the same benchmark in the same run, so the cost of auditing is one comparison
+    if let Ok(baseline) = std::env::var("BASELINE_HANDLER_BIN") {
+        println!("#### baseline: {baseline}");
+        run(std::path::PathBuf::from(baseline), false);
+        println!("#### this build (audited): {}", release_handler().display());
+    }
+    run(release_handler(), true);
+}
+
+fn run(binary: std::path::PathBuf, large_groups: bool) {
     let users = env_or("SCIM_USERS", 10_000);
     let connections = env_or("WRK_CONNECTIONS", 8);
     let seconds = env_or("WRK_SECONDS", 10);
-    let binary = release_handler();
     let data = std::env::temp_dir().join(format!("scim-bench-{}", std::process::id()));
     let env: Vec<(&str, String)> = vec![
         ("AzureWebJobsStorage", Azurite::shared().connection_string()),
@@ -169,7 +180,7 @@ end
 
     // one group of SCIM_GROUP_MEMBERS members, added the way Entra does: PATCH after PATCH
     let group_members = env_or("SCIM_GROUP_MEMBERS", 50_000);
-    if group_members > 0 {
+    if group_members > 0 && large_groups {
         runtime.block_on(large_group(&token, &base, &ids, group_members));
     }
     std::fs::remove_dir_all(&dir).ok();

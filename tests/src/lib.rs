@@ -239,6 +239,52 @@ pub fn release_handler_built() -> PathBuf {
         .clone()
 }
 
+/// The Python of `tests/smtp/.venv`, with aiosmtpd installed from
+/// `tests/smtp/requirements.txt` on first use; `tests/smtp/server.py` is the server.
+pub fn smtp_python() -> PathBuf {
+    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp");
+            let venv = dir.join(".venv");
+            let bin = venv.join("bin/python");
+            let marker = venv.join("requirements.installed");
+            let wanted =
+                std::fs::read(dir.join("requirements.txt")).expect("tests/smtp/requirements.txt");
+            if bin.exists() && std::fs::read(&marker).ok().as_deref() == Some(wanted.as_slice()) {
+                return bin;
+            }
+            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+            let status = Command::new(&python)
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 is needed for the SMTP test server");
+            assert!(
+                status.success(),
+                "python3 -m venv {} failed",
+                venv.display()
+            );
+            let status = Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+                .arg(dir.join("requirements.txt"))
+                .status()
+                .expect("pip runs");
+            assert!(
+                status.success(),
+                "pip install -r tests/smtp/requirements.txt failed"
+            );
+            std::fs::write(&marker, &wanted).expect("write the install marker");
+            bin
+        })
+        .clone()
+}
+
+/// The path of `tests/smtp/server.py`.
+pub fn smtp_server_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp/server.py")
+}
+
 /// The release `handler` for benchmarks: `HANDLER_BIN`, else `RELEASE_HANDLER` (the
 /// packaged binary tests/run builds), else `target/release/handler`, which must have been
 /// built (`cargo build --release -p handler`).

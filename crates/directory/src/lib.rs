@@ -16,7 +16,7 @@ pub use model::{
     Change, Counters, Field, Group, GroupChange, ListFilter, MemberChange, Membership, Page,
     Sources, User, UserChange, UserFields, Writer,
 };
-pub use table::{Applied, ApplyMode, TableDirectory};
+pub use table::{Applied, ApplyMode, ObjectChange, ObjectChangeKind, TableDirectory};
 
 use async_trait::async_trait;
 use uuid::Uuid;

@@ -45,6 +45,85 @@ pub struct Applied {
     /// when nothing changed: a page replayed after a crash names them again, so whatever
     /// must follow a deactivation (revoking certificates) can be done idempotently.
     pub inactive: Vec<Uuid>,
+    /// Each object the changes created, updated, disabled or deleted, with the attributes
+    /// that changed (for the audit trail).
+    pub objects: Vec<ObjectChange>,
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectChangeKind {
+    Created,
+    Updated,
+    /// Updated so that it is no longer active (disabled, or soft-deleted in Entra).
+    Disabled,
+    Deleted,
+}
+
+impl ObjectChangeKind {
+    /// `create`, `update`, `disable` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectChangeKind::Created => "create",
+            ObjectChangeKind::Updated => "update",
+            ObjectChangeKind::Disabled => "disable",
+            ObjectChangeKind::Deleted => "delete",
+        }
+    }
+}
+
+/// One object's change: `(attribute, old, new)` for each attribute that differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectChange {
+    /// `user` or `group`.
+    pub object: &'static str,
+    pub id: Uuid,
+    pub display: Option<String>,
+    pub kind: ObjectChangeKind,
+    pub attributes: Vec<(&'static str, Option<String>, Option<String>)>,
+}
+
+/// The attributes of a user the audit trail shows.
+fn user_attributes(u: &User) -> [(&'static str, Option<String>); 9] {
+    [
+        ("upn", Some(u.upn.clone())),
+        ("name", u.name.clone()),
+        ("email", u.email.clone()),
+        ("given_name", u.given_name.clone()),
+        ("surname", u.surname.clone()),
+        ("job_title", u.job_title.clone()),
+        ("department", u.department.clone()),
+        ("employee_id", u.employee_id.clone()),
+        ("enabled", Some(u.enabled.to_string())),
+    ]
+}
+
+fn user_change(before: Option<&User>, after: Option<&User>) -> Option<ObjectChange> {
+    let kind = match (before, after) {
+        (None, Some(_)) => ObjectChangeKind::Created,
+        (Some(_), None) => ObjectChangeKind::Deleted,
+        (Some(old), Some(new)) if old.is_active() && !new.is_active() => ObjectChangeKind::Disabled,
+        (Some(_), Some(_)) => ObjectChangeKind::Updated,
+        (None, None) => return None,
+    };
+    let old = before.map(user_attributes);
+    let new = after.map(user_attributes);
+    let attributes = (0..9)
+        .filter_map(|i| {
+            let name = old.as_ref().or(new.as_ref()).map(|a| a[i].0)?;
+            let o = old.as_ref().and_then(|a| a[i].1.clone());
+            let n = new.as_ref().and_then(|a| a[i].1.clone());
+            (o != n).then_some((name, o, n))
+        })
+        .collect();
+    let shown = after.or(before)?;
+    Some(ObjectChange {
+        object: "user",
+        id: shown.id,
+        display: Some(shown.upn.clone()),
+        kind,
+        attributes,
+    })
 }
 
 impl Applied {
@@ -59,6 +138,7 @@ impl Applied {
         self.entities += o.entities;
         self.transactions += o.transactions;
         self.inactive.extend(o.inactive.iter().copied());
+        self.objects.extend(o.objects.iter().cloned());
     }
 
     /// Objects changed in any way.
@@ -957,6 +1037,13 @@ impl TableDirectory {
             (Some((old, _)), None) => group.applied.inactive.push(old.id),
             _ => {}
         }
+        let same = matches!((&before, &after), (Some((old, _)), Some(u)) if same_user(old, u));
+        if !same {
+            group
+                .applied
+                .objects
+                .extend(user_change(before.as_ref().map(|(u, _)| u), after.as_ref()));
+        }
         match (&before, &after) {
             (None, None) => return Ok(out),
             (None, Some(u)) => {
@@ -1159,6 +1246,13 @@ impl TableDirectory {
                         .push(Operation::Insert(group_entity(tenant, &after)));
                     record.delta.groups = 1;
                     record.applied.created = 1;
+                    record.applied.objects.push(ObjectChange {
+                        object: "group",
+                        id,
+                        display: after.name.clone(),
+                        kind: ObjectChangeKind::Created,
+                        attributes: vec![("name", None, after.name.clone())],
+                    });
                 }
                 Some((old, etag)) => {
                     let mut compare = after.clone();
@@ -1173,6 +1267,13 @@ impl TableDirectory {
                             IfMatch::ETag(etag.clone()),
                         ));
                         record.applied.updated = 1;
+                        record.applied.objects.push(ObjectChange {
+                            object: "group",
+                            id,
+                            display: after.name.clone(),
+                            kind: ObjectChangeKind::Updated,
+                            attributes: vec![("name", old.name.clone(), after.name.clone())],
+                        });
                     }
                 }
             }

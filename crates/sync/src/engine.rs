@@ -20,6 +20,19 @@ pub trait RoundObserver: Send + Sync {
     /// Called before the page's checkpoint: a round that stops in between calls it again
     /// for the same users, so it must be idempotent. An error stops the round (retried).
     async fn users_inactive(&self, tenant: Uuid, users: &[Uuid]) -> Result<(), String>;
+
+    /// The objects a page (or the sweep) of `round` changed, before the page's
+    /// checkpoint; a replayed page may name them again. An error stops the round.
+    /// `started` is when the round started (the same on every instance that resumes it).
+    async fn page_applied(
+        &self,
+        _tenant: Uuid,
+        _round: i64,
+        _started: OffsetDateTime,
+        _objects: &[directory::ObjectChange],
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Nothing follows.
@@ -380,7 +393,7 @@ async fn pages(
         if !renewal.lease.lock().await.holds_for(options.lease_ttl / 3) {
             return Err(SyncError::LeaseLost);
         }
-        let (phase, round, link, mode) = {
+        let (phase, round, link, mode, started) = {
             let held = renewal.lease.lock().await;
             let s = &held.state;
             let mode = if s.optimistic {
@@ -393,7 +406,13 @@ async fn pages(
                 Phase::Groups => s.groups_link.clone(),
                 _ => None,
             };
-            (s.phase, s.round, link, mode)
+            (
+                s.phase,
+                s.round,
+                link,
+                mode,
+                s.round_started.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            )
         };
         let step = match phase {
             Phase::Users | Phase::Groups => {
@@ -445,12 +464,20 @@ async fn pages(
                 }
             }
             Phase::Sweep => {
-                let n = directory.sweep(tenant, round).await?;
+                let mut n = directory.sweep(tenant, round).await?;
                 if !n.inactive.is_empty()
                     && let Err(reason) = observer.users_inactive(tenant, &n.inactive).await
                 {
                     return Ok((Outcome::Failed { reason }, pages, applied));
                 }
+                if let Err(reason) = observer
+                    .page_applied(tenant, round, started, &n.objects)
+                    .await
+                {
+                    return Ok((Outcome::Failed { reason }, pages, applied));
+                }
+                // the round's report keeps counts, not every object
+                n.objects.clear();
                 applied.add(&n);
                 let mut held = renewal.lease.lock().await;
                 held.state.changes += n.changes() as i64;
@@ -462,12 +489,20 @@ async fn pages(
         };
         let now = OffsetDateTime::now_utc();
         match step {
-            Ok((n, next)) => {
+            Ok((mut n, next)) => {
                 if !n.inactive.is_empty()
                     && let Err(reason) = observer.users_inactive(tenant, &n.inactive).await
                 {
                     return Ok((Outcome::Failed { reason }, pages, applied));
                 }
+                if !n.objects.is_empty()
+                    && let Err(reason) = observer
+                        .page_applied(tenant, round, started, &n.objects)
+                        .await
+                {
+                    return Ok((Outcome::Failed { reason }, pages, applied));
+                }
+                n.objects.clear();
                 applied.add(&n);
                 pages += 1;
                 let mut held = renewal.lease.lock().await;

@@ -15,6 +15,8 @@ use crate::openapi::schemas::{ActivationLinkBody, ActivationLinkList};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
+use crate::trail;
+use audit::{Change, Target};
 
 /// The routes (served before the tenant routes, whose `{tenant_id}` would match too).
 pub const ROUTES: &[Route] = &[
@@ -70,7 +72,7 @@ fn link_json(link: &ActivationLink) -> Value {
     )))
 )]
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let new: NewLink = if req.body.iter().all(u8::is_ascii_whitespace) {
         NewLink::default()
     } else {
@@ -87,6 +89,24 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
         )));
     }
     let (link, url) = app.onboarding.create_link(cloud, minutes).await?;
+    // a link belongs to no tenant yet: it is recorded in the service's own (admin) tenant
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            app.entra.admin_tenant_id,
+            admin,
+            "activation_link.create",
+            Target::new("activation_link", link.id),
+        )
+        .change(Change::new("cloud", None, Some(json!(cloud.as_str()))))
+        .change(Change::new(
+            "expires_at",
+            None,
+            Some(json!(host::invocation::format_timestamp(link.expires_at))),
+        )),
+    )
+    .await?;
     let mut body = link_json(&link);
     body["link"] = json!(url);
     Ok(json_reply(StatusCode::CREATED, &body))
@@ -121,11 +141,22 @@ async fn list(app: &App, req: &Request) -> Result<Response, ApiError> {
     responses((status = 204, description = "Revoked"))
 )]
 async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let id = uuid::Uuid::try_parse(req.param("link_id").unwrap_or_default())
         .map_err(|_| ApiError::bad_request("link id must be a GUID"))?;
     if !app.onboarding.revoke_link(id).await? {
         return Err(ApiError::not_found(format!("no activation link {id}")));
     }
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            app.entra.admin_tenant_id,
+            admin,
+            "activation_link.revoke",
+            Target::new("activation_link", id),
+        ),
+    )
+    .await?;
     Ok(no_content())
 }

@@ -16,6 +16,8 @@ use crate::openapi::schemas::CredentialCertificate;
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
+use crate::trail;
+use audit::{Change, Target};
 
 /// The routes.
 pub const ROUTES: &[Route] = &[
@@ -104,7 +106,7 @@ fn export_reply(
     responses((status = 201, description = "A new key in the vault and its self-signed certificate, to upload to the app registration", body = crate::openapi::schemas::CredentialCertificate))
 )]
 async fn create_service(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let request: CloudBody = if req.body.iter().all(u8::is_ascii_whitespace) {
         CloudBody::default()
     } else {
@@ -119,7 +121,21 @@ async fn create_service(app: &App, req: &Request) -> Result<Response, ApiError> 
         )
         .await
         .map_err(vault_error)?;
-    tracing::info!(%cloud, thumbprint = %entra::credentials::thumbprint_s256(&export.der), "app credential certificate created");
+    let thumbprint = entra::credentials::thumbprint_s256(&export.der);
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            app.entra.admin_tenant_id,
+            admin,
+            "app_credential.create",
+            Target::new("app_credential", cloud.as_str()),
+        )
+        .change(Change::new("thumbprint", None, Some(json!(thumbprint))))
+        .change(Change::secret("private_key")),
+    )
+    .await?;
+    tracing::info!(%cloud, %thumbprint, "app credential certificate created");
     let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id_in(cloud)});
     Ok(export_reply(StatusCode::CREATED, &export, extra, false))
 }
@@ -184,7 +200,7 @@ async fn registered(app: &App, req: &Request) -> Result<crate::domain::Tenant, A
     responses((status = 201, description = "Customer-owned application mode: the tenant's Graph calls use its own app with this certificate", body = crate::openapi::schemas::CredentialCertificate))
 )]
 async fn create_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let tenant = registered(app, req).await?;
     let request: TenantAppBody = req.json()?;
     let client_id = uuid::Uuid::try_parse(&request.client_id)
@@ -210,6 +226,28 @@ async fn create_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
             tenant.tenant_id
         )));
     }
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            tenant.tenant_id,
+            admin,
+            "app_credential.create",
+            Target::new("tenant", tenant.tenant_id).display(tenant.display_name.clone()),
+        )
+        .change(Change::new(
+            "app_client_id",
+            tenant.app_client_id.map(|c| json!(c)),
+            Some(json!(client_id)),
+        ))
+        .change(Change::new(
+            "thumbprint",
+            None,
+            Some(json!(entra::credentials::thumbprint_s256(&export.der))),
+        ))
+        .change(Change::secret("private_key")),
+    )
+    .await?;
     tracing::info!(tenant_id = %tenant.tenant_id, %client_id, "tenant switched to its own app registration");
     let extra = json!({"tenant_id": tenant.tenant_id, "client_id": client_id, "cloud": tenant.cloud.as_str()});
     Ok(export_reply(StatusCode::CREATED, &export, extra, false))
@@ -260,7 +298,7 @@ async fn get_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
     responses((status = 204, description = "Back to the service's app"))
 )]
 async fn delete_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let tenant_id = tenant_param(req)?;
     let switched = app.access.tenants.set_app(tenant_id, None).await?;
     app.access.invalidate_tenant(tenant_id);
@@ -269,5 +307,17 @@ async fn delete_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
             "tenant {tenant_id} is not registered"
         )));
     }
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            tenant_id,
+            admin,
+            "app_credential.delete",
+            Target::new("tenant", tenant_id),
+        )
+        .change(Change::new("app_client_id", None, None)),
+    )
+    .await?;
     Ok(no_content())
 }

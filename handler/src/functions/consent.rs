@@ -155,6 +155,9 @@ async fn callback(app: &App, params: &HashMap<String, String>) -> Response {
             return unavailable();
         }
     };
+    if record_consent(app, params, &outcome).await.is_err() {
+        return unavailable();
+    }
     match outcome {
         ConsentOutcome::Confirmed(tenant) => {
             app.access.invalidate_tenant(tenant.tenant_id);
@@ -218,4 +221,72 @@ async fn callback(app: &App, params: &HashMap<String, String>) -> Response {
             )
         }
     }
+}
+
+/// Records what a consent callback did: a tenant confirmed or pending, or a decline (in
+/// the tenant Entra named, else the service's own trail). Links that do not work are not
+/// changes, so they are not recorded.
+async fn record_consent(
+    app: &App,
+    params: &HashMap<String, String>,
+    outcome: &ConsentOutcome,
+) -> Result<(), audit::AuditError> {
+    use audit::{Actor, Change, Event, Target};
+    let named = params
+        .get("tenant")
+        .and_then(|t| uuid::Uuid::try_parse(t).ok());
+    let actor = Actor::tenant_admin(
+        named
+            .map(|t| format!("admin of {t}"))
+            .unwrap_or_else(|| "unknown".into()),
+    );
+    let event = match outcome {
+        ConsentOutcome::Confirmed(tenant) => Event::new(
+            tenant.tenant_id,
+            actor,
+            "consent.confirm",
+            Target::new("tenant", tenant.tenant_id).display(tenant.display_name.clone()),
+        )
+        .change(Change::new(
+            "status",
+            None,
+            Some(serde_json::json!(tenant.status.as_str())),
+        )),
+        ConsentOutcome::Pending(tenant) => Event::new(
+            tenant.tenant_id,
+            actor,
+            "consent.pending",
+            Target::new("tenant", tenant.tenant_id),
+        )
+        .change(Change::new(
+            "status",
+            None,
+            Some(serde_json::json!(tenant.status.as_str())),
+        )),
+        ConsentOutcome::Declined { error, description } => {
+            let tenant = named.unwrap_or(app.entra.admin_tenant_id);
+            Event::new(
+                tenant,
+                actor,
+                "consent.decline",
+                Target::new("tenant", tenant),
+            )
+            .failed(
+                error,
+                description.lines().next().unwrap_or_default().to_string(),
+            )
+        }
+        ConsentOutcome::Rejected(why) => {
+            let tenant = named.unwrap_or(app.entra.admin_tenant_id);
+            Event::new(
+                tenant,
+                actor,
+                "consent.confirm",
+                Target::new("tenant", tenant),
+            )
+            .failed("rejected", why.clone())
+        }
+        _ => return Ok(()),
+    };
+    app.audit.record(event).await
 }

@@ -14,6 +14,8 @@ use crate::openapi::schemas::{EmployeeRecord, ErrorBody};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
+use crate::trail;
+use audit::Target;
 
 /// The routes.
 pub const ROUTES: &[Route] = &[
@@ -86,7 +88,7 @@ async fn registered_tenant(app: &App, req: &Request) -> Result<uuid::Uuid, ApiEr
     )
 )]
 async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let tenant_id = registered_tenant(app, req).await?;
     let employee_id = parse_employee_id(&employee_param(req)).map_err(ApiError::bad_request)?;
     let record: EmployeeBody = req.json()?;
@@ -103,6 +105,31 @@ async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
     };
     let created = app.access.employees.put(&employee).await?;
     app.access.invalidate_employee(tenant_id, object_id);
+    let before = previous
+        .as_ref()
+        .map(employee_json)
+        .unwrap_or(serde_json::Value::Null);
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            tenant_id,
+            admin,
+            if created {
+                "employee.create"
+            } else {
+                "employee.update"
+            },
+            Target::new("employee", &employee.employee_id),
+        )
+        .changes(
+            audit::diff(&before, &employee_json(&employee))
+                .into_iter()
+                .filter(|c| c.attribute != "updated_at")
+                .collect(),
+        ),
+    )
+    .await?;
     if let Some(previous) = previous {
         app.access
             .invalidate_employee(tenant_id, previous.object_id);
@@ -155,7 +182,7 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     responses((status = 204, description = "Deleted"))
 )]
 async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let tenant_id = tenant_param(req)?;
     let employee_id = employee_param(req);
     let Some(record) = app.access.employees.get(tenant_id, &employee_id).await? else {
@@ -165,5 +192,21 @@ async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
     };
     app.access.employees.delete(tenant_id, &employee_id).await?;
     app.access.invalidate_employee(tenant_id, record.object_id);
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            tenant_id,
+            admin,
+            "employee.delete",
+            Target::new("employee", &employee_id),
+        )
+        .change(audit::Change::new(
+            "object_id",
+            Some(serde_json::json!(record.object_id)),
+            None,
+        )),
+    )
+    .await?;
     Ok(no_content())
 }

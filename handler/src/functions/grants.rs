@@ -16,6 +16,8 @@ use crate::openapi::schemas::{ErrorBody, GrantBody, GrantList};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
+use crate::trail;
+use audit::{Change, Target};
 
 /// The routes.
 pub const ROUTES: &[Route] = &[
@@ -83,6 +85,14 @@ struct GrantUpdate {
     scopes: Vec<String>,
 }
 
+/// The principal's id as the audit trail shows it.
+fn principal_display(p: &Principal) -> String {
+    match p {
+        Principal::User { object_id } => format!("user {object_id}"),
+        Principal::ServicePrincipal { client_id } => format!("service principal {client_id}"),
+    }
+}
+
 fn guid_field(value: &str, name: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(value).map_err(|_| ApiError::bad_request(format!("{name} must be a GUID")))
 }
@@ -104,7 +114,7 @@ fn guid_field(value: &str, name: &str) -> Result<Uuid, ApiError> {
     )
 )]
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let new: NewGrant = req.json()?;
     let tenant_id = guid_field(&new.tenant_id, "tenant_id")?;
     let principal = match (new.kind.as_str(), &new.object_id, &new.client_id) {
@@ -142,13 +152,45 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
         last_used_at: None,
         revoked_at: None,
     };
-    lifecycle::create_grant(&app.access, &grant)
-        .await
-        .map_err(|refusal| match refusal {
-            AccessRefusal::NotRegistered(_) => ApiError::bad_request(refusal.to_string()),
-            AccessRefusal::Offboarded(_) => ApiError::conflict(refusal.to_string()),
-            AccessRefusal::Store(e) => e.into(),
-        })?;
+    let event = trail::event(
+        &req.headers,
+        tenant_id,
+        admin,
+        "grant.create",
+        Target::new("grant", grant.id).display(principal_display(&grant.principal)),
+    );
+    let created =
+        lifecycle::create_grant(&app.access, &grant)
+            .await
+            .map_err(|refusal| match refusal {
+                AccessRefusal::NotRegistered(_) => ApiError::bad_request(refusal.to_string()),
+                AccessRefusal::Offboarded(_) => ApiError::conflict(refusal.to_string()),
+                AccessRefusal::Store(e) => e.into(),
+            });
+    match created {
+        Ok(_) => {
+            trail::record(
+                app,
+                event
+                    .change(Change::new(
+                        "kind",
+                        None,
+                        Some(json!(grant.principal.kind())),
+                    ))
+                    .change(Change::new(
+                        "principal",
+                        None,
+                        Some(json!(principal_display(&grant.principal))),
+                    ))
+                    .change(Change::new("scopes", None, Some(json!(grant.scopes)))),
+            )
+            .await?
+        }
+        Err(e) => {
+            trail::record(app, event.failed(e.status.as_u16(), e.message.clone())).await?;
+            return Err(e);
+        }
+    }
     tracing::info!(grant_id = %grant.id, %tenant_id, kind = grant.principal.kind(), "grant created");
     Ok(json_reply(StatusCode::CREATED, &grant_json(&grant)))
 }
@@ -206,9 +248,10 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     responses((status = 200, description = "The grant, with its new scopes", body = GrantBody))
 )]
 async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let id = grant_param(req)?;
     let change: GrantUpdate = req.json()?;
+    let before = app.access.grants.get(id).await?;
     let scopes =
         parse_scopes(&change.scopes, &app.connector_scopes).map_err(ApiError::bad_request)?;
     let grant = app
@@ -218,6 +261,22 @@ async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no grant {id}")))?;
     app.access.invalidate_grants(grant.tenant_id);
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            grant.tenant_id,
+            admin,
+            "grant.update",
+            Target::new("grant", grant.id).display(principal_display(&grant.principal)),
+        )
+        .change(Change::new(
+            "scopes",
+            before.map(|b| json!(b.scopes)),
+            Some(json!(grant.scopes)),
+        )),
+    )
+    .await?;
     Ok(json_reply(StatusCode::OK, &grant_json(&grant)))
 }
 
@@ -231,7 +290,7 @@ async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
     responses((status = 204, description = "Deleted"))
 )]
 async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let id = grant_param(req)?;
     let grant = app
         .access
@@ -241,6 +300,18 @@ async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no grant {id}")))?;
     app.access.grants.delete(id).await?;
     app.access.invalidate_grants(grant.tenant_id);
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            grant.tenant_id,
+            admin,
+            "grant.delete",
+            Target::new("grant", grant.id).display(principal_display(&grant.principal)),
+        )
+        .change(Change::new("scopes", Some(json!(grant.scopes)), None)),
+    )
+    .await?;
     tracing::info!(grant_id = %id, tenant_id = %grant.tenant_id, "grant deleted");
     Ok(no_content())
 }

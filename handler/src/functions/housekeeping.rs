@@ -39,18 +39,47 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         // this instance sees the new status at once, others within the tenants cache's hard age (cache::limits::TENANTS)
         for tenant_id in &pending.changed {
             app.access.invalidate_tenant(*tenant_id);
+            let status = app
+                .access
+                .tenants
+                .get(*tenant_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|t| t.status.as_str().to_string());
+            let event = audit::Event::new(
+                *tenant_id,
+                audit::Actor::system(NAME),
+                "tenant.status.update",
+                audit::Target::new("tenant", tenant_id),
+            )
+            .change(audit::Change::new(
+                "status",
+                Some(serde_json::json!("pending")),
+                Some(serde_json::json!(
+                    status.unwrap_or_else(|| "removed".into())
+                )),
+            ));
+            if let Err(e) = app.audit.record(event).await {
+                tracing::warn!(tenant = %tenant_id, error = %e, "tenant status change not recorded");
+            }
         }
     }
     let finished = finish_scim_deletions(app).await;
-    let (outcome, summary) = match (&purged, &pending, &finished) {
-        (Ok(purged), Ok(pending), Ok(finished)) => (
+    let trimmed = trim_audit(app, started_at).await;
+    let (outcome, summary) = match (&purged, &pending, &finished, &trimmed) {
+        (Ok(purged), Ok(pending), Ok(finished), Ok(trimmed)) => (
             RunOutcome::Succeeded,
             format!(
-                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {} pending tenants; dropped {} pending tenants not confirmed within CONSENT_PENDING_MINUTES; finished {finished} SCIM deletions",
-                pending.confirmed, pending.dropped
+                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {} pending tenants; dropped {} pending tenants not confirmed within CONSENT_PENDING_MINUTES; finished {finished} SCIM deletions; trimmed {trimmed} audit events older than {} days",
+                pending.confirmed, pending.dropped, app.audit_retention_days
             ),
         ),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => (
+        (_, _, _, Err(e)) => (
+            RunOutcome::Failed(e.to_string()),
+            "housekeeping work failed".to_string(),
+        ),
+        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) => (
             RunOutcome::Failed(e.to_string()),
             "housekeeping work failed".to_string(),
         ),
@@ -95,6 +124,37 @@ async fn finish_scim_deletions(app: &App) -> Result<usize, StoreError> {
     }
     match failed {
         None => Ok(finished),
+        Some(e) => Err(e),
+    }
+}
+
+/// Deletes audit events older than `AUDIT_RETENTION_DAYS` in every tenant's trail (and the
+/// service's own, kept under the admin tenant), whole days at a time.
+async fn trim_audit(app: &App, now: OffsetDateTime) -> Result<usize, audit::AuditError> {
+    let keep_from = (now - time::Duration::days(i64::from(app.audit_retention_days))).date();
+    let mut tenants: Vec<uuid::Uuid> = app
+        .access
+        .tenants
+        .list()
+        .await
+        .map_err(|e| audit::AuditError::Malformed(format!("tenant list: {e}")))?
+        .into_iter()
+        .map(|t| t.tenant_id)
+        .collect();
+    tenants.push(app.entra.admin_tenant_id);
+    let mut trimmed = 0;
+    let mut failed = None;
+    for tenant in tenants {
+        match app.audit.store().trim(tenant, keep_from).await {
+            Ok(n) => trimmed += n,
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "audit events not trimmed");
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        None => Ok(trimmed),
         Some(e) => Err(e),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod activation_links;
 pub mod app_credential;
+pub mod audit_log;
 pub mod consent;
 pub mod directory;
 pub mod employees;
@@ -11,6 +12,7 @@ pub mod grants;
 pub mod health;
 pub mod housekeeping;
 pub mod hr;
+pub mod notifications;
 pub mod openapi;
 pub mod ping;
 pub mod pki;
@@ -160,6 +162,34 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         "OpenApi",
         Handler::Http {
             route: "openapi.json",
+        },
+    ),
+    (
+        "AuditLog",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/audit",
+        },
+    ),
+    (
+        "TenantNotifications",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/notifications",
+        },
+    ),
+    (
+        "TenantNotificationsTest",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/notifications/test",
+        },
+    ),
+    (
+        "NotificationDelivery",
+        Handler::Invoked(notifications::invoke),
+    ),
+    (
+        "ProvisioningLog",
+        Handler::Http {
+            route: "v1/tenants/{tenant_id}/provisioning-log",
         },
     ),
     ("DirectorySync", Handler::Invoked(sync::invoke_timer)),

@@ -17,6 +17,8 @@ use crate::functions::directory::{certificate_json, tenant_for, user_json};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply};
+use crate::trail;
+use audit::{Change, Target};
 
 /// The routes.
 pub const ROUTES: &[Route] = &[
@@ -76,7 +78,7 @@ fn no_store(mut response: Response) -> Response {
     )
 )]
 async fn create_ca(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let named = tenant_segment(req)?.to_string();
     let tenant_id = tenant_for(app, Some(&named)).await?;
     let tenant = app
@@ -89,6 +91,21 @@ async fn create_ca(app: &App, req: &Request) -> Result<Response, ApiError> {
         .ensure_authority(tenant_id, &tenant.display_name)
         .await?;
     let info = authority.describe()?;
+    if created {
+        trail::record(
+            app,
+            trail::event(
+                &req.headers,
+                tenant_id,
+                admin,
+                "certificate_authority.create",
+                Target::new("certificate_authority", tenant_id)
+                    .display(tenant.display_name.clone()),
+            )
+            .change(Change::secret("private_key")),
+        )
+        .await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -245,7 +262,7 @@ async fn eligible_user(app: &App, tenant: Uuid, user_id: &str) -> Result<User, A
     )
 )]
 async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let body: ProvisionBody = req.json()?;
     let named = match (req.query_param("tenant_id")?, &body.tenant_id) {
         (Some(q), Some(b)) if !q.eq_ignore_ascii_case(b) => {
@@ -316,7 +333,24 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
         csr,
         key_format,
     };
+    // the first issuance makes the tenant's CA: that is a change of its own
+    let had_ca = app.pki.authority(tenant_id).await?.is_some();
     let issued = app.pki.issue(request, &tenant.display_name).await?;
+    if !had_ca && app.pki.authority(tenant_id).await?.is_some() {
+        trail::record(
+            app,
+            trail::event(
+                &req.headers,
+                tenant_id,
+                admin.clone(),
+                "certificate_authority.create",
+                Target::new("certificate_authority", tenant_id)
+                    .display(tenant.display_name.clone()),
+            )
+            .change(Change::secret("private_key")),
+        )
+        .await?;
+    }
     // a disable, delete or offboarding that ran while the certificate was made did not see
     // it: check again now that it is stored, and take it back if so
     let still_active = app
@@ -337,6 +371,26 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
             "the user or tenant stopped being active while the certificate was made; it was revoked",
         ));
     }
+    let r = &issued.record;
+    let mut event = trail::event(
+        &req.headers,
+        tenant_id,
+        admin,
+        "certificate.issue",
+        Target::new("certificate", r.id).display(r.subject.clone()),
+    )
+    .change(Change::new("user_id", None, Some(json!(r.user_id))))
+    .change(Change::new("serial", None, Some(json!(r.serial))))
+    .change(Change::new("thumbprint", None, Some(json!(r.thumbprint))))
+    .change(Change::new(
+        "not_after",
+        None,
+        Some(json!(host::invocation::format_timestamp(r.not_after))),
+    ));
+    if issued.private_key.is_some() {
+        event = event.change(Change::secret("private_key"));
+    }
+    trail::record(app, event).await?;
     let mut certificate = certificate_json(&issued.record);
     certificate["chain"] = json!(issued.chain);
     let private_key = match issued.private_key {
@@ -386,7 +440,7 @@ struct RevokeBody {
     )
 )]
 async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let body: RevokeBody = if req.body.is_empty() {
         RevokeBody::default()
     } else {
@@ -406,5 +460,23 @@ async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
         })?,
     };
     let record = app.pki.revoke(tenant, id, reason, "admin").await?;
-    Ok(json_reply(StatusCode::OK, &certificate_json(&record)))
+    let shown = certificate_json(&record);
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            tenant,
+            admin,
+            "certificate.revoke",
+            Target::new("certificate", record.id).display(record.subject.clone()),
+        )
+        .change(Change::new(
+            "status",
+            Some(json!("active")),
+            Some(shown["status"].clone()),
+        ))
+        .change(Change::new("reason", None, shown.get("reason").cloned())),
+    )
+    .await?;
+    Ok(json_reply(StatusCode::OK, &shown))
 }

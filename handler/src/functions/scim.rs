@@ -17,6 +17,7 @@ use crate::auth::{self, bearer};
 use crate::lifecycle::{self, AccessRefusal};
 use crate::routes::{ApiError, answer, body, guid_segment, json_reply, no_content, segment};
 use crate::scim_service::{MAX_RESULTS, ScimError};
+use audit::{Actor, Change, Event, Target};
 
 /// Largest SCIM request body (Entra's are a few KiB).
 pub const MAX_SCIM_BODY: usize = 1024 * 1024;
@@ -92,6 +93,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(query)
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("if-match"))
+        .and(warp::header::headers_cloned())
         .and(body(MAX_SCIM_BODY))
         .then(
             move |tenant: String,
@@ -100,6 +102,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
                   query: HashMap<String, String>,
                   authorization: Option<String>,
                   if_match: Option<String>,
+                  headers: warp::http::HeaderMap,
                   body: Result<Bytes, ApiError>| {
                 let app = app.clone();
                 async move {
@@ -110,6 +113,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
                         query: &query,
                         authorization: authorization.as_deref(),
                         if_match: if_match.as_deref(),
+                        headers: &headers,
                     };
                     match body {
                         Ok(body) => handle(&app, request, &body)
@@ -136,8 +140,17 @@ async fn token(
     authorization: Option<&str>,
     tenant: &str,
 ) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
+    let admin = crate::trail::admin(&auth::admin(app, authorization).await?);
     let tenant_id = guid_segment(tenant, "tenant_id")?;
+    let event = |action: &str| {
+        Event::new(
+            tenant_id,
+            admin.clone(),
+            action,
+            Target::new("scim_token", tenant_id),
+        )
+        .change(Change::secret("token"))
+    };
     match method {
         warp::http::Method::POST => {
             let token = lifecycle::issue_scim_token(&app.access, &app.scim, tenant_id)
@@ -151,6 +164,7 @@ async fn token(
                 "{}/api/scim/{tenant_id}/v2",
                 app.public_base_url.as_str().trim_end_matches('/')
             );
+            crate::trail::record(app, event("scim_token.create")).await?;
             tracing::info!(%tenant_id, "SCIM secret token generated");
             Ok(json_reply(
                 StatusCode::CREATED,
@@ -166,6 +180,7 @@ async fn token(
             if !app.scim.revoke_token(tenant_id).await? {
                 return Err(ApiError::not_found("the tenant has no SCIM token"));
             }
+            crate::trail::record(app, event("scim_token.revoke")).await?;
             Ok(no_content())
         }
         _ => Err(ApiError::bad_request(
@@ -181,6 +196,7 @@ struct ScimRequest<'a> {
     query: &'a HashMap<String, String>,
     authorization: Option<&'a str>,
     if_match: Option<&'a str>,
+    headers: &'a warp::http::HeaderMap,
 }
 
 /// `attributes` and `excludedAttributes` from the query string.
@@ -319,6 +335,9 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
         .collect();
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let method = request.method;
+    if let Some(action) = scim_action(method, &parts) {
+        return audited(app, tenant, &base, &request, &parts, action, body).await;
+    }
     match (method, parts.as_slice()) {
         (&Method::GET, ["ServiceProviderConfig"]) => Ok(scim_reply(
             200,
@@ -410,37 +429,12 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
             };
             Ok(scim_reply(200, &projected(list, &projection(&query))))
         }
-        (&Method::POST, ["Users"]) => {
-            let user = app
-                .scim
-                .create_user(tenant, &base, &parse_body(body)?)
-                .await?;
-            Ok(scim_reply(201, &user))
-        }
         (&Method::GET, ["Users", id]) => {
             let user = app.scim.get_user(tenant, &base, id).await?;
             Ok(scim_reply(
                 200,
                 &projected(user, &projection(request.query)),
             ))
-        }
-        (&Method::PUT, ["Users", id]) => {
-            let user = app
-                .scim
-                .replace_user(tenant, &base, id, &parse_body(body)?, request.if_match)
-                .await?;
-            Ok(scim_reply(200, &user))
-        }
-        (&Method::PATCH, ["Users", id]) => {
-            let user = app
-                .scim
-                .patch_user(tenant, &base, id, &parse_body(body)?, request.if_match)
-                .await?;
-            Ok(scim_reply(200, &user))
-        }
-        (&Method::DELETE, ["Users", id]) => {
-            app.scim.delete_user(tenant, id, request.if_match).await?;
-            Ok(no_content())
         }
         (_, ["Users", ..]) => Err(ScimError::new(405, None, "method not allowed on Users")),
         (&Method::GET, ["Groups"]) => {
@@ -461,12 +455,6 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
                 &projected(list, &projection(request.query)),
             ))
         }
-        (&Method::POST, ["Groups"]) => Ok(scim_reply(
-            201,
-            &app.scim
-                .create_group(tenant, &base, &parse_body(body)?)
-                .await?,
-        )),
         (&Method::GET, ["Groups", id]) => {
             let group = app
                 .scim
@@ -476,23 +464,6 @@ async fn handle(app: &App, request: ScimRequest<'_>, body: &[u8]) -> Result<Resp
                 200,
                 &projected(group, &projection(request.query)),
             ))
-        }
-        (&Method::PUT, ["Groups", id]) => {
-            let group = app
-                .scim
-                .replace_group(tenant, &base, id, &parse_body(body)?, request.if_match)
-                .await?;
-            Ok(scim_reply(200, &group))
-        }
-        (&Method::PATCH, ["Groups", id]) => {
-            app.scim
-                .patch_group(tenant, id, &parse_body(body)?, request.if_match)
-                .await?;
-            Ok(no_content())
-        }
-        (&Method::DELETE, ["Groups", id]) => {
-            app.scim.delete_group(tenant, id, request.if_match).await?;
-            Ok(no_content())
         }
         (_, ["Groups", ..]) => Err(ScimError::new(405, None, "method not allowed on Groups")),
         _ => Err(not_found()),
@@ -786,4 +757,207 @@ mod operations {
         )
     )]
     pub(super) fn revoke_scim_token() {}
+}
+
+/// The audit action of a request that changes something (`scim.user.create`, ...).
+fn scim_action(method: &warp::http::Method, parts: &[&str]) -> Option<&'static str> {
+    use warp::http::Method;
+    Some(match (method, parts) {
+        (&Method::POST, ["Users"]) => "scim.user.create",
+        (&Method::PUT, ["Users", _]) => "scim.user.replace",
+        (&Method::PATCH, ["Users", _]) => "scim.user.update",
+        (&Method::DELETE, ["Users", _]) => "scim.user.delete",
+        (&Method::POST, ["Groups"]) => "scim.group.create",
+        (&Method::PUT, ["Groups", _]) => "scim.group.replace",
+        (&Method::PATCH, ["Groups", _]) => "scim.group.update",
+        (&Method::DELETE, ["Groups", _]) => "scim.group.delete",
+        _ => return None,
+    })
+}
+
+/// The object a SCIM request is about, as far as the request says (a create names no id
+/// yet: its externalId or name stands in until the answer gives one).
+fn requested_target(parts: &[&str], body: Option<&Value>) -> Target {
+    let kind = if parts.first() == Some(&"Groups") {
+        "group"
+    } else {
+        "user"
+    };
+    let display = body.and_then(|b| {
+        b.get("userName")
+            .or_else(|| b.get("displayName"))
+            .and_then(Value::as_str)
+    });
+    let id = parts.get(1).map(|s| s.to_string()).or_else(|| {
+        body.and_then(|b| b.get("externalId").and_then(Value::as_str))
+            .or(display)
+            .map(str::to_string)
+    });
+    let target = Target::new(kind, id.unwrap_or_default());
+    match display {
+        Some(d) => target.display(d),
+        None => target,
+    }
+}
+
+/// Entra's PATCH operations as changes: the path (or each key of a pathless value) and the
+/// value it was given; a remove's value is what was removed.
+fn patch_changes(body: &Value) -> Vec<Change> {
+    let ops = body
+        .get("Operations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut changes = Vec::new();
+    for op in ops {
+        let kind = op
+            .get("op")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let value = op.get("value").cloned();
+        let entries: Vec<(String, Option<Value>)> = match op.get("path").and_then(Value::as_str) {
+            Some(path) => vec![(path.to_string(), value)],
+            None => match value {
+                Some(Value::Object(map)) => map.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+                other => vec![(String::new(), other)],
+            },
+        };
+        for (attribute, value) in entries {
+            changes.push(if kind == "remove" {
+                Change::new(attribute, value.or(Some(Value::Null)), None)
+            } else {
+                Change::new(attribute, None, value)
+            });
+        }
+    }
+    changes
+}
+
+/// Runs a change and records it (or its failure) before answering; a change whose record
+/// cannot be written answers 503 so that Entra retries it.
+async fn audited(
+    app: &App,
+    tenant: uuid::Uuid,
+    base: &str,
+    request: &ScimRequest<'_>,
+    parts: &[&str],
+    action: &'static str,
+    body: &[u8],
+) -> Result<Response, ScimError> {
+    let parsed = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice::<Value>(body).ok()
+    };
+    let unrecorded = || {
+        ScimError::new(
+            503,
+            None,
+            "the change could not be recorded in the audit trail; try again",
+        )
+    };
+    let correlation = ["client-request-id", "x-ms-client-request-id", "request-id"]
+        .iter()
+        .find_map(|h| request.headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let event = Event::new(
+        tenant,
+        Actor::entra_provisioning(),
+        action,
+        requested_target(parts, parsed.as_ref()),
+    )
+    .invocation(crate::trail::invocation_id(request.headers))
+    .correlation(correlation);
+    // recorded before the change: a change is never made without its record
+    let pending = app.audit.begin(event).await.map_err(|_| unrecorded())?;
+    let result = change(app, tenant, base, request, parts, body).await;
+    let finished = pending
+        .finish(|event| match &result {
+            Ok((_, id, changes)) => {
+                let mut event = event.changes(changes.clone());
+                if let Some(id) = id {
+                    event.target.id = id.clone();
+                }
+                event
+            }
+            Err(e) => event.failed(e.status, e.detail.clone()),
+        })
+        .await;
+    if finished.is_err() {
+        // the event stays pending: what happened is in the trail, how it ended is not
+        return Err(unrecorded());
+    }
+    result.map(|(response, _, _)| response)
+}
+
+/// A changing request: the answer, the object's id and what changed.
+async fn change(
+    app: &App,
+    tenant: uuid::Uuid,
+    base: &str,
+    request: &ScimRequest<'_>,
+    parts: &[&str],
+    body: &[u8],
+) -> Result<(Response, Option<String>, Vec<Change>), ScimError> {
+    use warp::http::Method;
+    let id_of = |v: &Value| v.get("id").and_then(Value::as_str).map(str::to_string);
+    match (request.method, parts) {
+        (&Method::POST, ["Users"]) => {
+            let user = app
+                .scim
+                .create_user(tenant, base, &parse_body(body)?)
+                .await?;
+            let changes = audit::diff(&Value::Null, &user);
+            Ok((scim_reply(201, &user), id_of(&user), changes))
+        }
+        (&Method::PUT, ["Users", id]) => {
+            let (user, changes) = app
+                .scim
+                .replace_user_changes(tenant, base, id, &parse_body(body)?, request.if_match)
+                .await?;
+            Ok((scim_reply(200, &user), None, changes))
+        }
+        (&Method::PATCH, ["Users", id]) => {
+            let (user, changes) = app
+                .scim
+                .patch_user_changes(tenant, base, id, &parse_body(body)?, request.if_match)
+                .await?;
+            Ok((scim_reply(200, &user), None, changes))
+        }
+        (&Method::DELETE, ["Users", id]) => {
+            app.scim.delete_user(tenant, id, request.if_match).await?;
+            Ok((no_content(), None, Vec::new()))
+        }
+        (&Method::POST, ["Groups"]) => {
+            let group = app
+                .scim
+                .create_group(tenant, base, &parse_body(body)?)
+                .await?;
+            let changes = audit::diff(&Value::Null, &group);
+            Ok((scim_reply(201, &group), id_of(&group), changes))
+        }
+        (&Method::PUT, ["Groups", id]) => {
+            let body = parse_body(body)?;
+            let group = app
+                .scim
+                .replace_group(tenant, base, id, &body, request.if_match)
+                .await?;
+            let changes = audit::diff(&Value::Null, &body);
+            Ok((scim_reply(200, &group), None, changes))
+        }
+        (&Method::PATCH, ["Groups", id]) => {
+            let body = parse_body(body)?;
+            app.scim
+                .patch_group(tenant, id, &body, request.if_match)
+                .await?;
+            Ok((no_content(), None, patch_changes(&body)))
+        }
+        (&Method::DELETE, ["Groups", id]) => {
+            app.scim.delete_group(tenant, id, request.if_match).await?;
+            Ok((no_content(), None, Vec::new()))
+        }
+        _ => Err(ScimError::new(405, None, "method not allowed")),
+    }
 }

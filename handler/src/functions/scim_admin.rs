@@ -193,7 +193,7 @@ async fn handle(app: &App, request: AdminRequest<'_>, body: &[u8]) -> Result<Res
     if parts.first() == Some(&"token") {
         return Err(ApiError::not_found("no such route"));
     }
-    auth::admin(app, request.authorization).await?;
+    let admin = crate::trail::admin(&auth::admin(app, request.authorization).await?);
     let tenant_id = guid_segment(request.tenant, "tenant_id")?;
     let tenant = app
         .access
@@ -210,7 +210,7 @@ async fn handle(app: &App, request: AdminRequest<'_>, body: &[u8]) -> Result<Res
     };
     let scim = &app.scim;
     let method = request.method;
-    match (method, parts.as_slice()) {
+    let answer = match (method, parts.as_slice()) {
         (&Method::GET, ["settings"]) => ok(&json!(scim.settings(tenant_id).await?)),
         (&Method::PUT, ["settings"]) => {
             writable()?;
@@ -294,7 +294,49 @@ async fn handle(app: &App, request: AdminRequest<'_>, body: &[u8]) -> Result<Res
         }
         (_, ["invitations", _, "sent"]) => method_not_allowed("POST"),
         _ => Err(ApiError::not_found("no such route")),
+    };
+    // a change that went through is recorded before it is answered
+    if let (Ok(response), Some((action, target))) = (&answer, admin_change(method, &parts))
+        && response.status().is_success()
+    {
+        let changes = serde_json::from_slice::<serde_json::Value>(body)
+            .map(|b| audit::diff(&serde_json::Value::Null, &b))
+            .unwrap_or_default();
+        crate::trail::record(
+            app,
+            audit::Event::new(tenant_id, admin, action, target).changes(changes),
+        )
+        .await?;
     }
+    answer
+}
+
+/// The audit action and target of an admin request that changes something.
+fn admin_change(method: &Method, parts: &[&str]) -> Option<(&'static str, audit::Target)> {
+    use audit::Target;
+    Some(match (method, parts) {
+        (&Method::PUT, ["settings"]) => (
+            "scim_admin.settings.update",
+            Target::new("scim_settings", "tenant"),
+        ),
+        (&Method::PUT, ["users", id, "settings"]) => {
+            ("scim_admin.user_settings.update", Target::new("user", id))
+        }
+        (&Method::POST, ["users", id, "invitation"]) => {
+            ("scim_admin.invitation.create", Target::new("user", id))
+        }
+        (&Method::PUT, ["groups", id, "settings"]) => {
+            ("scim_admin.group_settings.update", Target::new("group", id))
+        }
+        (&Method::DELETE, ["invitations", id]) => (
+            "scim_admin.invitation.revoke",
+            Target::new("invitation", id),
+        ),
+        (&Method::POST, ["invitations", id, "sent"]) => {
+            ("scim_admin.invitation.sent", Target::new("invitation", id))
+        }
+        _ => return None,
+    })
 }
 
 /// The invitation code, as the activation link carries it.

@@ -42,6 +42,44 @@ pub struct Api;
 struct RevokeCertificates<'a> {
     pki: &'a pki::Pki,
     enabled: bool,
+    audit: &'a audit::Audit,
+}
+
+/// A page's changes as audit events, ids from round and object so a replayed page writes
+/// the same events again rather than new ones.
+fn sync_events(
+    tenant: Uuid,
+    round: i64,
+    started: OffsetDateTime,
+    objects: &[directory::ObjectChange],
+) -> Vec<audit::Event> {
+    let round_text = round.to_string();
+    objects
+        .iter()
+        .map(|o| {
+            let action = format!("sync.{}.{}", o.object, o.kind.as_str());
+            let id = o.id.to_string();
+            let mut target = audit::Target::new(o.object, &id);
+            if let Some(d) = &o.display {
+                target = target.display(d.clone());
+            }
+            let changes = o
+                .attributes
+                .iter()
+                .map(|(name, old, new)| {
+                    audit::Change::new(
+                        *name,
+                        old.clone().map(Value::from),
+                        new.clone().map(Value::from),
+                    )
+                })
+                .collect();
+            audit::Event::new(tenant, audit::Actor::graph_sync(), action.as_str(), target)
+                .changes(changes)
+                .correlation(format!("round {round}"))
+                .idempotent(started, &[&round_text, &id, &action])
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -55,6 +93,19 @@ impl sync::RoundObserver for RevokeCertificates<'_> {
             .await
             .map(|_| ())
             .map_err(|e| format!("revoking certificates of inactive users: {e}"))
+    }
+
+    async fn page_applied(
+        &self,
+        tenant: Uuid,
+        round: i64,
+        started: OffsetDateTime,
+        objects: &[directory::ObjectChange],
+    ) -> Result<(), String> {
+        self.audit
+            .record_all(&sync_events(tenant, round, started, objects))
+            .await
+            .map_err(|e| format!("recording the page's changes in the audit trail: {e}"))
     }
 }
 
@@ -206,10 +257,36 @@ async fn run_tenant(
         &RevokeCertificates {
             pki: &app.pki,
             enabled: app.certificates.revoke_on_disable,
+            audit: &app.audit,
         },
     )
     .await
     .map_err(|e| failed(format!("sync of {}: {e}", tenant.tenant_id)))?;
+    // a round that stopped on Graph's answer is a failure a person must see
+    let failure = match &report.outcome {
+        Outcome::Failed { reason } => Some(("failed", reason.clone())),
+        Outcome::AccessRevoked { reason } => Some(("access_revoked", reason.clone())),
+        _ => None,
+    };
+    let round_event = audit::Event::new(
+        tenant.tenant_id,
+        audit::Actor::graph_sync(),
+        "sync.round",
+        audit::Target::new("tenant", tenant.tenant_id).display(tenant.display_name.clone()),
+    )
+    .correlation(format!("round {}", report.round));
+    let round_event = match failure {
+        Some((code, reason)) => Some(round_event.failed(code, reason)),
+        None if report.outcome == Outcome::Completed => Some(round_event.change(
+            audit::Change::new("changes", None, Some(json!(report.applied.changes()))),
+        )),
+        None => None,
+    };
+    if let Some(event) = round_event
+        && let Err(e) = app.audit.record(event).await
+    {
+        tracing::warn!(tenant = %tenant.tenant_id, error = %e, "sync round outcome not recorded");
+    }
     let summary = format!(
         "sync of {}: round {} {} ({} pages, {} changes, {} entities in {} transactions, {} Table requests, {:.1} s)",
         tenant.tenant_id,

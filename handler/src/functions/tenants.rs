@@ -17,6 +17,8 @@ use crate::openapi::schemas::{ErrorBody, OffboardedTenant, TenantBody, TenantLis
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply};
+use crate::trail;
+use audit::{Change, Target};
 
 /// The routes.
 pub const ROUTES: &[Route] = &[
@@ -80,7 +82,7 @@ struct NewTenant {
     )
 )]
 async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let new: NewTenant = req.json()?;
     let tenant_id = uuid::Uuid::try_parse(&new.tenant_id)
         .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))?;
@@ -105,6 +107,23 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     };
     let created = app.access.tenants.create(&tenant).await?;
     app.access.invalidate_tenant(tenant_id);
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            tenant_id,
+            admin,
+            "tenant.create",
+            Target::new("tenant", tenant_id).display(created.display_name.clone()),
+        )
+        .change(Change::new(
+            "display_name",
+            None,
+            Some(json!(created.display_name)),
+        ))
+        .change(Change::new("cloud", None, Some(json!(cloud.to_string())))),
+    )
+    .await?;
     tracing::info!(%tenant_id, cloud = %cloud, "tenant registered");
     Ok(json_reply(StatusCode::CREATED, &tenant_json(&created)))
 }
@@ -156,13 +175,44 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
     responses((status = 200, description = "Offboarded (idempotent): refused everywhere, grants, SCIM token and certificates revoked, data kept", body = OffboardedTenant))
 )]
 async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let tenant_id = tenant_param(req)?;
-    match Offboarding::new(&app.access, &app.scim, &*app.sync.states)
+    let event = trail::event(
+        &req.headers,
+        tenant_id,
+        admin,
+        "tenant.offboard",
+        Target::new("tenant", tenant_id),
+    );
+    let outcome = Offboarding::new(&app.access, &app.scim, &*app.sync.states)
         .with_certificates(&app.pki)
         .run(tenant_id)
-        .await
-    {
+        .await;
+    match &outcome {
+        Ok(done) => {
+            let event = event
+                .change(Change::new("status", None, Some(json!("offboarded"))))
+                .change(Change::new(
+                    "revoked_grants",
+                    None,
+                    Some(json!(done.count("grants"))),
+                ))
+                .change(Change::new(
+                    "revoked_certificates",
+                    None,
+                    Some(json!(done.count("certificates"))),
+                ));
+            let event = if done.count("scim_token") > 0 {
+                event.change(Change::secret("scim_token"))
+            } else {
+                event
+            };
+            trail::record(app, event).await?;
+        }
+        Err(OffboardError::NotRegistered(_)) => {}
+        Err(e) => trail::record(app, event.failed("offboard_incomplete", e.to_string())).await?,
+    }
+    match outcome {
         Ok(done) => {
             let mut body = tenant_json(&done.tenant);
             body["revoked_grants"] = json!(done.count("grants"));

@@ -180,6 +180,16 @@ pub fn table(
         .unify()
         .or(router::serve(
             app.clone(),
+            crate::functions::audit_log::ROUTES,
+        ))
+        .unify()
+        .or(router::serve(
+            app.clone(),
+            crate::functions::notifications::ROUTES,
+        ))
+        .unify()
+        .or(router::serve(
+            app.clone(),
             crate::functions::validate_token::ROUTES,
         ))
         .unify()
@@ -224,7 +234,8 @@ pub fn json_error(status: StatusCode, code: &str, message: impl Into<String>) ->
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-fn no_store(mut response: Response) -> Response {
+/// The answer with `Cache-Control: no-store` (it carries a secret or per-request state).
+pub fn no_store(mut response: Response) -> Response {
     response.headers_mut().insert(
         "cache-control",
         warp::http::HeaderValue::from_static("no-store"),

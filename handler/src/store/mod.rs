@@ -163,6 +163,16 @@ impl TableNames {
         format!("{}Hr", self.prefix)
     }
 
+    /// The audit trail: one partition per tenant and day.
+    pub fn audit(&self) -> String {
+        format!("{}Audit", self.prefix)
+    }
+
+    /// Notification settings and open incidents, one partition per tenant.
+    pub fn notifications(&self) -> String {
+        format!("{}Notifications", self.prefix)
+    }
+
     /// Every table this version uses, to create at start-up.
     pub fn all(&self) -> Vec<String> {
         vec![
@@ -176,6 +186,8 @@ impl TableNames {
             self.sync(),
             self.certificates(),
             self.hr(),
+            self.audit(),
+            self.notifications(),
         ]
     }
 }

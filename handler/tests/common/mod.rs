@@ -30,9 +30,14 @@ impl Drop for Scim {
 
 impl Scim {
     pub async fn start() -> Scim {
+        Scim::start_with(Vec::new()).await
+    }
+
+    /// [`Scim::start`] with more settings (later ones win).
+    pub async fn start_with(extra: Vec<(&'static str, String)>) -> Scim {
         let data = std::env::temp_dir().join(format!("scim-{}", Uuid::new_v4()));
         let prefix = unique_table("s");
-        let env: Vec<(&str, String)> = vec![
+        let mut env: Vec<(&str, String)> = vec![
             ("AzureWebJobsStorage", Azurite::shared().connection_string()),
             ("STORAGE_TABLE_PREFIX", prefix.clone()),
             (
@@ -45,7 +50,9 @@ impl Scim {
             ),
             ("ENTRA_DEV_AUTH", "true".into()),
             ("LOCAL_DATA_DIR", data.display().to_string()),
+            ("CONNECTOR_SCOPES", "records.read".into()),
         ];
+        env.extend(extra);
         let (_, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
         let handler = HandlerProcess::start(BIN, &["serve"], &env);
         let http = reqwest::Client::new();

@@ -1,0 +1,205 @@
+//! Incidents: one notification when something starts failing, repeats counted into it, a
+//! reminder at most daily while it lasts, and a recovery notice when it clears.
+
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use crate::event::{Event, Outcome};
+
+/// What can fail in a way someone must hear about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKind {
+    /// Directory sync rounds failing.
+    SyncFailing,
+    /// Entra's SCIM requests failing.
+    ScimFailing,
+    /// The tenant withdrew its consent (Graph refuses the app).
+    ConsentRevoked,
+    /// A CA or app credential certificate expires within 30 days.
+    CertificateExpiring,
+    /// A queue message could not be processed and went to the poison queue.
+    PoisonMessage,
+}
+
+impl IncidentKind {
+    /// Every kind, for settings.
+    pub const ALL: [IncidentKind; 5] = [
+        IncidentKind::SyncFailing,
+        IncidentKind::ScimFailing,
+        IncidentKind::ConsentRevoked,
+        IncidentKind::CertificateExpiring,
+        IncidentKind::PoisonMessage,
+    ];
+
+    /// The kind's name in settings and payloads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::SyncFailing => "sync_failing",
+            IncidentKind::ScimFailing => "scim_failing",
+            IncidentKind::ConsentRevoked => "consent_revoked",
+            IncidentKind::CertificateExpiring => "certificate_expiring",
+            IncidentKind::PoisonMessage => "poison_message",
+        }
+    }
+
+    /// The kind from its name.
+    pub fn parse(s: &str) -> Option<IncidentKind> {
+        IncidentKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// What an event says about incidents: a failure of a kind, or that kinds work again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    Failure { kind: IncidentKind, reason: String },
+    Recovery(&'static [IncidentKind]),
+}
+
+/// The incident signal of an event, if any. SCIM's 404 and 412 are Entra's normal flow
+/// (matching, concurrency), not failures.
+pub fn signal_of(event: &Event) -> Option<Signal> {
+    let failure = |kind, code: &str, reason: &str| {
+        Some(Signal::Failure {
+            kind,
+            reason: format!("{}: {reason} ({code})", event.action),
+        })
+    };
+    if event.action.starts_with("scim.user.") || event.action.starts_with("scim.group.") {
+        return match &event.outcome {
+            Outcome::Failure { code, .. } if code == "404" || code == "412" => None,
+            Outcome::Failure { code, reason } => failure(IncidentKind::ScimFailing, code, reason),
+            Outcome::Success => Some(Signal::Recovery(&[IncidentKind::ScimFailing])),
+            Outcome::Pending => None,
+        };
+    }
+    if event.action == "sync.round" {
+        return match &event.outcome {
+            Outcome::Failure { code, reason } if code == "access_revoked" => {
+                failure(IncidentKind::ConsentRevoked, code, reason)
+            }
+            Outcome::Failure { code, reason } => failure(IncidentKind::SyncFailing, code, reason),
+            Outcome::Success => Some(Signal::Recovery(&[
+                IncidentKind::SyncFailing,
+                IncidentKind::ConsentRevoked,
+            ])),
+            Outcome::Pending => None,
+        };
+    }
+    None
+}
+
+/// An open incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    pub kind: IncidentKind,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_failure_at: OffsetDateTime,
+    /// Failures counted into it, the first included.
+    pub failures: u64,
+    /// When the last notification about it was sent (opened or reminder).
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_notified_at: OffsetDateTime,
+    /// The first failure's reason.
+    pub reason: String,
+    /// The latest failure's reason.
+    pub last_reason: String,
+}
+
+/// Which notification a change of an incident sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    Opened,
+    Reminder,
+    Recovered,
+    /// Sent by the test button.
+    Test,
+}
+
+/// How often an open incident is reminded of.
+pub const REMINDER_EVERY: Duration = Duration::days(1);
+
+/// The incident after a failure, and the notice to send (opened, or a daily reminder).
+pub fn on_failure(
+    current: Option<Incident>,
+    kind: IncidentKind,
+    reason: &str,
+    now: OffsetDateTime,
+) -> (Incident, Option<NoticeKind>) {
+    match current {
+        None => (
+            Incident {
+                kind,
+                opened_at: now,
+                last_failure_at: now,
+                failures: 1,
+                last_notified_at: now,
+                reason: reason.to_string(),
+                last_reason: reason.to_string(),
+            },
+            Some(NoticeKind::Opened),
+        ),
+        Some(mut open) => {
+            open.failures += 1;
+            open.last_failure_at = now;
+            open.last_reason = reason.to_string();
+            if now - open.last_notified_at >= REMINDER_EVERY {
+                open.last_notified_at = now;
+                (open, Some(NoticeKind::Reminder))
+            } else {
+                (open, None)
+            }
+        }
+    }
+}
+
+/// After a success: an open incident closes with a recovery notice.
+pub fn on_success(current: Option<&Incident>) -> Option<NoticeKind> {
+    current.map(|_| NoticeKind::Recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn a_thousand_failures_notify_once_and_a_recovery_once() {
+        let mut now = datetime!(2026-12-01 10:00 UTC);
+        let mut incident = None;
+        let mut notices = Vec::new();
+        for _ in 0..1000 {
+            let (next, notice) = on_failure(incident.take(), IncidentKind::ScimFailing, "x", now);
+            notices.extend(notice);
+            incident = Some(next);
+            now += Duration::seconds(1);
+        }
+        assert_eq!(notices, vec![NoticeKind::Opened]);
+        assert_eq!(incident.as_ref().unwrap().failures, 1000);
+        assert_eq!(on_success(incident.as_ref()), Some(NoticeKind::Recovered));
+        assert_eq!(on_success(None), None);
+    }
+
+    #[test]
+    fn an_incident_that_lasts_is_reminded_of_daily() {
+        let start = datetime!(2026-12-01 10:00 UTC);
+        let (open, _) = on_failure(None, IncidentKind::SyncFailing, "x", start);
+        let (open, notice) = on_failure(
+            Some(open),
+            IncidentKind::SyncFailing,
+            "x",
+            start + Duration::hours(23),
+        );
+        assert_eq!(notice, None);
+        let (_, notice) = on_failure(
+            Some(open),
+            IncidentKind::SyncFailing,
+            "x",
+            start + Duration::hours(25),
+        );
+        assert_eq!(notice, Some(NoticeKind::Reminder));
+    }
+}

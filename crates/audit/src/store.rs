@@ -1,0 +1,545 @@
+//! Where events are kept and how they are read back: the store trait, the query and its
+//! cursor, and the Table Storage layout.
+//!
+//! Layout (one table):
+//! - events: PartitionKey `{tenant}_{inverted day}`, RowKey `e{tenant}{inverted µs}{id}`,
+//!   so a partition holds one tenant's day and reads newest first;
+//! - a copy per target in the same partition (and the same transaction), RowKey
+//!   `t{tenant}{target id}|{inverted µs}{id}`, so a filter on one object reads only its
+//!   events;
+//! - the tenant in the row key too, and every query bounded to one day's row keys: a
+//!   store that looks row keys up before partitions (Azurite) then reads one tenant's day,
+//!   not every tenant's rows of that kind;
+//! - the tenant's days: PartitionKey `{tenant}`, RowKey `{inverted day}`, so a query skips
+//!   days without events and retention finds what expires without scanning.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tables::{Entity, IfMatch, Operation, Query, Table, Value};
+use time::{Date, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::event::{Actor, ActorKind, Change, Event, Outcome, Target};
+
+/// Why the audit trail could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit storage: {0}")]
+    Storage(#[from] tables::Error),
+    #[error("malformed audit cursor")]
+    BadCursor,
+    #[error("stored audit event is malformed: {0}")]
+    Malformed(String),
+}
+
+/// Which events a query returns; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Events at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Events before this time.
+    pub until: Option<OffsetDateTime>,
+    /// Actions starting with this (`scim.user` matches `scim.user.create`).
+    pub action_prefix: Option<String>,
+    /// The actor's id, or its kind (`graph-sync`).
+    pub actor: Option<String>,
+    /// Events about this object only.
+    pub target_id: Option<String>,
+    /// `success` or `failure`.
+    pub outcome: Option<String>,
+}
+
+/// One page of events, newest first, and where the next starts.
+#[derive(Debug, Clone)]
+pub struct AuditPage {
+    pub events: Vec<Event>,
+    /// Opaque; None when there is nothing older.
+    pub next: Option<String>,
+}
+
+/// The audit trail's storage.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Stores events; writing the same event (tenant, time, id) again stores it once.
+    async fn append(&self, events: &[Event]) -> Result<(), AuditError>;
+    /// Replaces a stored `pending` event by `done` (same tenant, time and id), in one
+    /// transaction; the per-target row moves when the target's id became known.
+    async fn complete(&self, pending: &Event, done: &Event) -> Result<(), AuditError>;
+    /// Up to `limit` events matching `query`, newest first, after `cursor`.
+    async fn page(
+        &self,
+        tenant: Uuid,
+        query: &AuditQuery,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AuditPage, AuditError>;
+    /// Deletes the tenant's events of days before `keep_from`; answers how many.
+    async fn trim(&self, tenant: Uuid, keep_from: Date) -> Result<usize, AuditError>;
+}
+
+/// The Table Storage implementation.
+pub struct TableAuditStore {
+    table: Table,
+    /// Day rows this process has written, so each is written once per day.
+    days_written: Mutex<HashSet<(Uuid, u32)>>,
+}
+
+/// `yyyymmdd` of a date.
+fn day_number(date: Date) -> u32 {
+    date.year() as u32 * 10_000 + u8::from(date.month()) as u32 * 100 + date.day() as u32
+}
+
+fn inverted_day(date: Date) -> String {
+    format!("{:08}", 99_999_999 - day_number(date))
+}
+
+fn date_of_inverted(s: &str) -> Option<Date> {
+    let n = 99_999_999u32.checked_sub(s.parse().ok()?)?;
+    let month = time::Month::try_from((n / 100 % 100) as u8).ok()?;
+    Date::from_calendar_date((n / 10_000) as i32, month, (n % 100) as u8).ok()
+}
+
+/// Microseconds since the epoch, inverted so that newer sorts first.
+fn inverted_micros(t: OffsetDateTime) -> String {
+    let micros = (t.unix_timestamp_nanos() / 1000).max(0) as u64;
+    format!("{:016}", 9_999_999_999_999_999u64.saturating_sub(micros))
+}
+
+fn event_partition(tenant: Uuid, date: Date) -> String {
+    format!("{tenant}_{}", inverted_day(date))
+}
+
+fn event_row(tenant: Uuid, stamp: &str) -> String {
+    format!("e{}{stamp}", tenant.simple())
+}
+
+fn target_prefix(tenant: Uuid, target: &str) -> String {
+    format!("t{}{}|", tenant.simple(), target_key(target))
+}
+
+/// Longest target id kept readable in a row key; longer ones are hashed (a key is at most
+/// 1 KiB, and a failed create may name a value far longer than any valid id).
+const MAX_TARGET_KEY: usize = 256;
+
+/// A target id as a key part: encoded, and without the `|` that ends it.
+fn target_key(id: &str) -> String {
+    let encoded = tables::key::encode(id).replace('|', "~7C");
+    if encoded.len() <= MAX_TARGET_KEY {
+        return encoded;
+    }
+    // `~H` never comes out of the encoding (its escapes are two hex digits)
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("~H{hex}")
+}
+
+/// The first string after every string starting with `prefix`.
+fn prefix_end(prefix: &str) -> String {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    match chars.pop() {
+        Some(last) => {
+            let next = char::from_u32(last as u32 + 1).unwrap_or(char::MAX);
+            chars.push(next);
+            chars.into_iter().collect()
+        }
+        None => "\u{ffff}".into(),
+    }
+}
+
+fn literal(s: &str) -> String {
+    Value::from(s).filter_literal()
+}
+
+/// The most characters stored for the changes (a Table string property holds 32K).
+const MAX_CHANGES_CHARS: usize = 30_000;
+
+fn to_entity(event: &Event, partition: &str, row: String) -> Entity {
+    let mut changes = serde_json::to_string(&event.changes).unwrap_or_else(|_| "[]".into());
+    if changes.len() > MAX_CHANGES_CHARS {
+        // keep the attribute names readable: drop values, which are what grows
+        let names: Vec<Change> = event
+            .changes
+            .iter()
+            .map(|c| Change::new(c.attribute.clone(), None, None))
+            .collect();
+        changes = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+        changes.truncate(MAX_CHANGES_CHARS);
+    }
+    let mut e = Entity::new(partition, row)
+        .with("Id", event.id.as_str())
+        .with("Time", Value::DateTime(event.time))
+        .with("Action", event.action.as_str())
+        .with("ActorKind", event.actor.kind.as_str())
+        .with("ActorId", event.actor.id.as_str())
+        .with("TargetType", event.target.kind.as_str())
+        .with("TargetId", event.target.id.as_str())
+        .with("Outcome", event.outcome.as_str())
+        .with("Changes", changes);
+    let optional = [
+        ("ActorName", event.actor.name.as_deref()),
+        ("TargetDisplay", event.target.display.as_deref()),
+        ("InvocationId", event.invocation_id.as_deref()),
+        ("Correlation", event.correlation.as_deref()),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            e.set(name, v);
+        }
+    }
+    if let Outcome::Failure { code, reason } = &event.outcome {
+        e.set("Code", code.as_str());
+        e.set("Reason", reason.as_str());
+    }
+    e
+}
+
+fn from_entity(tenant: Uuid, e: &Entity) -> Result<Event, AuditError> {
+    let text = |name: &str| e.get_str(name).map(str::to_string);
+    let need = |name: &str| text(name).ok_or_else(|| AuditError::Malformed(format!("no {name}")));
+    let kind = need("ActorKind")?;
+    let outcome = match e.get_str("Outcome") {
+        Some("failure") => Outcome::Failure {
+            code: text("Code").unwrap_or_default(),
+            reason: text("Reason").unwrap_or_default(),
+        },
+        Some("pending") => Outcome::Pending,
+        _ => Outcome::Success,
+    };
+    Ok(Event {
+        id: need("Id")?,
+        time: e
+            .get_datetime("Time")
+            .ok_or_else(|| AuditError::Malformed("no Time".into()))?,
+        tenant,
+        actor: Actor {
+            kind: ActorKind::parse(&kind)
+                .ok_or_else(|| AuditError::Malformed(format!("actor kind {kind}")))?,
+            id: need("ActorId")?,
+            name: text("ActorName"),
+        },
+        action: need("Action")?,
+        target: Target {
+            kind: need("TargetType")?,
+            id: need("TargetId")?,
+            display: text("TargetDisplay"),
+        },
+        outcome,
+        changes: e
+            .get_str("Changes")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default(),
+        invocation_id: text("InvocationId"),
+        correlation: text("Correlation"),
+    })
+}
+
+/// Where a query stopped: the day partition and the last row key returned.
+fn encode_cursor(day: &str, row: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{day}|{row}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(String, String), AuditError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| AuditError::BadCursor)?;
+    let raw = String::from_utf8(raw).map_err(|_| AuditError::BadCursor)?;
+    let (day, row) = raw.split_once('|').ok_or(AuditError::BadCursor)?;
+    if day.len() != 8 || !day.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuditError::BadCursor);
+    }
+    Ok((day.to_string(), row.to_string()))
+}
+
+impl TableAuditStore {
+    /// The store over one table.
+    pub fn new(table: Table) -> TableAuditStore {
+        TableAuditStore {
+            table,
+            days_written: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The tenant's days with events, newest first (inverted day strings).
+    async fn days(&self, tenant: Uuid) -> Result<Vec<String>, AuditError> {
+        let mut query = Query::partition(&tenant.to_string());
+        query.select = Some(Vec::new());
+        let rows = self.table.query_all(query).await?;
+        let mut days: Vec<String> = rows.into_iter().map(|e| e.row_key).collect();
+        days.sort();
+        Ok(days)
+    }
+
+    /// The OData filter on the non-key properties.
+    fn property_filter(query: &AuditQuery) -> Vec<String> {
+        let mut parts = Vec::new();
+        if let Some(prefix) = &query.action_prefix {
+            parts.push(format!(
+                "Action ge {} and Action lt {}",
+                literal(prefix),
+                literal(&prefix_end(prefix))
+            ));
+        }
+        if let Some(actor) = &query.actor {
+            if ActorKind::parse(actor).is_some() {
+                parts.push(format!(
+                    "(ActorKind eq {0} or ActorId eq {0})",
+                    literal(actor)
+                ));
+            } else {
+                parts.push(format!("ActorId eq {}", literal(actor)));
+            }
+        }
+        if let Some(outcome) = &query.outcome {
+            parts.push(format!("Outcome eq {}", literal(outcome)));
+        }
+        parts
+    }
+}
+
+#[async_trait]
+impl AuditStore for TableAuditStore {
+    async fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        let mut ops = Vec::with_capacity(events.len() * 2);
+        let mut new_days = Vec::new();
+        for event in events {
+            let date = event.time.date();
+            let partition = event_partition(event.tenant, date);
+            let stamp = format!("{}{}", inverted_micros(event.time), event.id);
+            ops.push(Operation::UpsertReplace(to_entity(
+                event,
+                &partition,
+                event_row(event.tenant, &stamp),
+            )));
+            ops.push(Operation::UpsertReplace(to_entity(
+                event,
+                &partition,
+                format!("{}{stamp}", target_prefix(event.tenant, &event.target.id)),
+            )));
+            let day = (event.tenant, day_number(date));
+            if !self
+                .days_written
+                .lock()
+                .expect("not poisoned")
+                .contains(&day)
+                && !new_days.contains(&day)
+            {
+                new_days.push(day);
+            }
+        }
+        // the day row first: an event is never stored where a query or trim cannot find it
+        for (tenant, day) in &new_days {
+            let date = date_of_inverted(&format!("{:08}", 99_999_999 - day))
+                .ok_or_else(|| AuditError::Malformed("day".into()))?;
+            self.table
+                .upsert_replace(&Entity::new(tenant.to_string(), inverted_day(date)))
+                .await?;
+        }
+        self.days_written
+            .lock()
+            .expect("not poisoned")
+            .extend(new_days);
+        self.table.transact_chunked(ops).await?;
+        Ok(())
+    }
+
+    async fn complete(&self, pending: &Event, done: &Event) -> Result<(), AuditError> {
+        let partition = event_partition(done.tenant, done.time.date());
+        let stamp = format!("{}{}", inverted_micros(done.time), done.id);
+        let mut ops = vec![
+            Operation::UpsertReplace(to_entity(done, &partition, event_row(done.tenant, &stamp))),
+            Operation::UpsertReplace(to_entity(
+                done,
+                &partition,
+                format!("{}{stamp}", target_prefix(done.tenant, &done.target.id)),
+            )),
+        ];
+        if pending.target.id != done.target.id {
+            ops.push(Operation::Delete {
+                partition_key: partition.clone(),
+                row_key: format!("{}{stamp}", target_prefix(done.tenant, &pending.target.id)),
+                if_match: IfMatch::Any,
+            });
+        }
+        self.table.transact(&ops).await?;
+        Ok(())
+    }
+
+    async fn page(
+        &self,
+        tenant: Uuid,
+        query: &AuditQuery,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AuditPage, AuditError> {
+        let limit = limit.clamp(1, 1000);
+        let after = cursor.map(decode_cursor).transpose()?;
+        let newest_day = query.until.map(|t| inverted_day(t.date()));
+        let oldest_day = query.since.map(|t| inverted_day(t.date()));
+        let mut days: Vec<String> = self
+            .days(tenant)
+            .await?
+            .into_iter()
+            .filter(|d| newest_day.as_ref().is_none_or(|n| d >= n))
+            .filter(|d| oldest_day.as_ref().is_none_or(|o| d <= o))
+            .filter(|d| after.as_ref().is_none_or(|(day, _)| d >= day))
+            .collect();
+        days.sort();
+        let prefix = match &query.target_id {
+            Some(id) => target_prefix(tenant, id),
+            None => format!("e{}", tenant.simple()),
+        };
+        let properties = Self::property_filter(query);
+        let mut events = Vec::new();
+        let mut last: Option<(String, String)> = None;
+        let mut more = false;
+        'days: for day in &days {
+            let partition = format!("{tenant}_{day}");
+            let date = date_of_inverted(day).ok_or_else(|| AuditError::Malformed(day.clone()))?;
+            let day_start = date.midnight().assume_utc();
+            let day_end = day_start + time::Duration::days(1);
+            // the day's own keys: newer than its end sort before, older than its start after
+            let newest = query.until.filter(|u| *u < day_end).unwrap_or(day_end);
+            // `until` is exclusive: an event at that instant sorts just after the bound
+            let mut lower = format!(
+                "RowKey gt {}",
+                literal(&format!("{prefix}{}~", inverted_micros(newest)))
+            );
+            if let Some((cursor_day, row)) = &after
+                && cursor_day == day
+            {
+                lower = format!("RowKey gt {}", literal(row));
+            }
+            // inverted: older events have larger keys; `since` is inclusive
+            let oldest = query.since.filter(|t| *t > day_start).unwrap_or(day_start);
+            let upper = format!(
+                "RowKey lt {}",
+                literal(&format!("{prefix}{}~", inverted_micros(oldest)))
+            );
+            let mut filter = vec![
+                format!("PartitionKey eq {}", literal(&partition)),
+                lower,
+                upper,
+            ];
+            filter.extend(properties.iter().cloned());
+            let mut q = Query::filter(filter.join(" and "));
+            let mut continuation = None;
+            loop {
+                q.page_size = Some((limit - events.len() + 1).min(1000) as u32);
+                let page = self.table.query_page(&q, continuation.as_ref()).await?;
+                for entity in &page.entities {
+                    if events.len() == limit {
+                        more = true;
+                        break 'days;
+                    }
+                    events.push(from_entity(tenant, entity)?);
+                    last = Some((day.clone(), entity.row_key.clone()));
+                }
+                match page.continuation {
+                    Some(c) => continuation = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Ok(AuditPage {
+            events,
+            next: if more {
+                last.map(|(day, row)| encode_cursor(&day, &row))
+            } else {
+                None
+            },
+        })
+    }
+
+    async fn trim(&self, tenant: Uuid, keep_from: Date) -> Result<usize, AuditError> {
+        let keep = inverted_day(keep_from);
+        let mut removed = 0;
+        for day in self.days(tenant).await? {
+            // inverted: older days have larger keys
+            if day <= keep {
+                continue;
+            }
+            let partition = format!("{tenant}_{day}");
+            let mut query = Query::partition(&partition);
+            query.select = Some(Vec::new());
+            let rows = self.table.query_all(query).await?;
+            let deletes: Vec<Operation> = rows
+                .into_iter()
+                .map(|e| Operation::Delete {
+                    partition_key: e.partition_key,
+                    row_key: e.row_key,
+                    if_match: IfMatch::Any,
+                })
+                .collect();
+            removed += deletes
+                .iter()
+                .filter(
+                    |d| matches!(d, Operation::Delete { row_key, .. } if row_key.starts_with('e')),
+                )
+                .count();
+            self.table.transact_chunked(deletes).await?;
+            match self
+                .table
+                .delete(&tenant.to_string(), &day, IfMatch::Any)
+                .await
+            {
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
+            if let Some(date) = date_of_inverted(&day) {
+                self.days_written
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(&(tenant, day_number(date)));
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::{date, datetime};
+
+    #[test]
+    fn newer_days_and_times_sort_first() {
+        assert!(inverted_day(date!(2026 - 12 - 02)) < inverted_day(date!(2026 - 12 - 01)));
+        assert!(
+            inverted_micros(datetime!(2026-12-01 10:00:01 UTC))
+                < inverted_micros(datetime!(2026-12-01 10:00:00 UTC))
+        );
+        assert_eq!(
+            date_of_inverted(&inverted_day(date!(2026 - 02 - 28))),
+            Some(date!(2026 - 02 - 28))
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let c = encode_cursor("79739798", "e123abc");
+        assert_eq!(
+            decode_cursor(&c).unwrap(),
+            ("79739798".to_string(), "e123abc".to_string())
+        );
+        assert!(decode_cursor("not a cursor").is_err());
+    }
+
+    #[test]
+    fn overlong_target_ids_are_hashed_into_a_short_key() {
+        let long = "e".repeat(1100);
+        let key = target_key(&long);
+        assert!(key.len() < 100 && key.starts_with("~H"));
+        assert_eq!(key, target_key(&long));
+        assert_eq!(target_key("a|b"), "a~7Cb");
+    }
+
+    #[test]
+    fn prefixes_end_just_after_their_last_character() {
+        assert_eq!(prefix_end("scim.user"), "scim.uses");
+        assert_eq!(prefix_end("t1|"), "t1}");
+    }
+}

@@ -1,0 +1,203 @@
+//! `AuditLog` and `ProvisioningLog`: a tenant's audit trail, newest first, filtered and
+//! paged by cursor (`?format=ndjson` streams a range), and its SCIM view the way Entra's
+//! provisioning logs read.
+
+use std::sync::Arc;
+
+use audit::{AuditQuery, AuditStore, Event, Outcome};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+use warp::Reply as _;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use crate::app::App;
+use crate::auth;
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, guid_segment, json_reply};
+
+/// The routes.
+pub const ROUTES: &[Route] = &[
+    route!(GET "/api/v1/tenants/{tenant_id}/audit" => audit_log),
+    route!(GET "/api/v1/tenants/{tenant_id}/provisioning-log" => provisioning_log),
+];
+
+/// Events per page unless `limit` says otherwise.
+const DEFAULT_LIMIT: usize = 100;
+/// Most events per page.
+const MAX_LIMIT: usize = 1000;
+
+fn time_param(req: &Request, name: &str) -> Result<Option<OffsetDateTime>, ApiError> {
+    req.query_param(name)?
+        .map(|raw| {
+            OffsetDateTime::parse(&raw, &Rfc3339).map_err(|_| {
+                ApiError::bad_request(format!("{name} must be an RFC 3339 time ({raw:?})"))
+            })
+        })
+        .transpose()
+}
+
+/// The filters every view shares; `outcome_param` is `outcome` or the provisioning log's
+/// `status`.
+fn query_of(req: &Request, outcome_param: &str) -> Result<AuditQuery, ApiError> {
+    let outcome = req.query_param(outcome_param)?;
+    if let Some(o) = &outcome
+        && o != "success"
+        && o != "failure"
+        && o != "pending"
+    {
+        return Err(ApiError::bad_request(format!(
+            "{outcome_param} is success, failure or pending"
+        )));
+    }
+    Ok(AuditQuery {
+        since: time_param(req, "since")?,
+        until: time_param(req, "until")?,
+        action_prefix: req.query_param("action")?,
+        actor: req.query_param("actor")?,
+        target_id: req.query_param("target")?,
+        outcome,
+    })
+}
+
+fn limit_of(req: &Request) -> Result<usize, ApiError> {
+    match req.query_param("limit")? {
+        None => Ok(DEFAULT_LIMIT),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit is 1-{MAX_LIMIT}"))),
+    }
+}
+
+fn tenant_of(req: &Request) -> Result<Uuid, ApiError> {
+    guid_segment(req.param("tenant_id").unwrap_or_default(), "tenant_id")
+}
+
+async fn audit_log(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = tenant_of(req)?;
+    let query = query_of(req, "outcome")?;
+    let cursor = req.query_param("cursor")?;
+    match req.query_param("format")?.as_deref() {
+        None | Some("json") => {}
+        Some("ndjson") => return Ok(ndjson(app.audit.store().clone(), tenant, query, cursor)),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format {other:?}: json or ndjson"
+            )));
+        }
+    }
+    let page = app
+        .audit
+        .store()
+        .page(tenant, &query, cursor.as_deref(), limit_of(req)?)
+        .await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({ "events": page.events, "next_cursor": page.next }),
+    ))
+}
+
+/// Streams every matching event, one JSON object per line, a page at a time, so a long
+/// range is never held in memory.
+fn ndjson(
+    store: Arc<dyn AuditStore>,
+    tenant: Uuid,
+    query: AuditQuery,
+    cursor: Option<String>,
+) -> Response {
+    let (send, receive) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let mut cursor = cursor;
+        loop {
+            let page = match store
+                .page(tenant, &query, cursor.as_deref(), MAX_LIMIT)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    // the status is sent already: cut the stream so the client sees it end early
+                    tracing::warn!(error = %e, "audit export stopped");
+                    let _ = send.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            let mut chunk = Vec::new();
+            for event in &page.events {
+                serde_json::to_writer(&mut chunk, event).expect("an event serializes");
+                chunk.push(b'\n');
+            }
+            if send.send(Ok(chunk.into())).await.is_err() {
+                return; // the client went away
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(receive, |mut receive| async move {
+        receive.recv().await.map(|item| (item, receive))
+    });
+    let mut response = warp::reply::stream(stream).into_response();
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+/// A SCIM event as a provisioning log row: the request Entra made and what came of it.
+fn provisioning_row(event: &Event) -> Value {
+    let operation = match event.action.rsplit('.').next() {
+        Some("create") => "Create",
+        Some("update") => "Update",
+        Some("replace") => "Replace",
+        Some("delete") => "Delete",
+        _ => "Other",
+    };
+    let mut row = json!({
+        "id": event.id,
+        "time": event.time.format(&Rfc3339).unwrap_or_default(),
+        "action": event.action,
+        "operation": operation,
+        "target": event.target,
+        "status": event.outcome.as_str(),
+        "correlation": event.correlation,
+    });
+    match &event.outcome {
+        Outcome::Success => row["modified_properties"] = json!(event.changes),
+        Outcome::Failure { code, reason } => {
+            row["error"] = json!({ "code": code, "reason": reason });
+        }
+        Outcome::Pending => {}
+    }
+    row
+}
+
+async fn provisioning_log(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = tenant_of(req)?;
+    let mut query = query_of(req, "status")?;
+    query.action_prefix = Some(match query.action_prefix {
+        Some(p) if p.starts_with("scim.") => p,
+        Some(_) => return Err(ApiError::bad_request("action must start with scim.")),
+        None => "scim.".to_string(),
+    });
+    let cursor = req.query_param("cursor")?;
+    let page = app
+        .audit
+        .store()
+        .page(tenant, &query, cursor.as_deref(), limit_of(req)?)
+        .await?;
+    let rows: Vec<Value> = page.events.iter().map(provisioning_row).collect();
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({ "entries": rows, "next_cursor": page.next }),
+    ))
+}

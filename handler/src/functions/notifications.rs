@@ -1,0 +1,250 @@
+//! `TenantNotifications`, `TenantNotificationsTest` and `NotificationDelivery`: who hears
+//! about a tenant's incidents (`GET/PUT /api/v1/tenants/{tenant_id}/notifications`), a
+//! test notice (`POST .../notifications/test`), and the queue function that delivers
+//! notices (a notice that cannot be delivered is itself an audit event).
+
+use audit::incident::{IncidentKind, NoticeKind};
+use audit::notify::{Notice, NotificationSettings};
+use audit::{Actor, Change, Event, Target};
+use futures::future::BoxFuture;
+use host::{InvocationRequest, InvocationResponse, InvokeError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::app::App;
+use crate::auth;
+use crate::notifications::{check_webhook_url, webhook_secret_name};
+use crate::route;
+use crate::routes::router::{Request, Route};
+use crate::routes::{ApiError, guid_segment, json_reply};
+use crate::trail;
+
+/// The routes.
+pub const ROUTES: &[Route] = &[
+    route!(GET "/api/v1/tenants/{tenant_id}/notifications" => get),
+    route!(PUT "/api/v1/tenants/{tenant_id}/notifications" => put),
+    route!(POST "/api/v1/tenants/{tenant_id}/notifications/test" => test),
+];
+
+/// Deliveries tried before a notice is given up (and recorded as undeliverable).
+const MAX_DELIVERIES: u32 = 5;
+
+fn tenant_of(req: &Request) -> Result<Uuid, ApiError> {
+    guid_segment(req.param("tenant_id").unwrap_or_default(), "tenant_id")
+}
+
+fn settings_json(s: &NotificationSettings, secret_set: bool) -> Value {
+    json!({
+        "emails": s.emails,
+        "webhook_url": s.webhook_url,
+        "webhook_secret_set": secret_set,
+        "notify_on": s.notify_on.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+async fn secret_set(app: &App, tenant: Uuid) -> Result<bool, ApiError> {
+    Ok(app
+        .vault
+        .get_secret(&webhook_secret_name(tenant))
+        .await
+        .map_err(ApiError::unavailable)?
+        .is_some())
+}
+
+async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = tenant_of(req)?;
+    let settings =
+        app.notifications
+            .store
+            .settings(tenant)
+            .await?
+            .unwrap_or(NotificationSettings {
+                emails: Vec::new(),
+                webhook_url: None,
+                notify_on: IncidentKind::ALL.to_vec(),
+            });
+    Ok(json_reply(
+        StatusCode::OK,
+        &settings_json(&settings, secret_set(app, tenant).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsBody {
+    #[serde(default)]
+    emails: Vec<String>,
+    #[serde(default)]
+    webhook_url: Option<String>,
+    #[serde(default)]
+    notify_on: Option<Vec<String>>,
+    /// Makes a new webhook signing secret even if one exists.
+    #[serde(default)]
+    rotate_webhook_secret: bool,
+}
+
+async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
+    let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
+    let tenant = tenant_of(req)?;
+    if app.access.tenants.get(tenant).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "tenant {tenant} is not registered"
+        )));
+    }
+    let body: SettingsBody = req.json()?;
+    for email in &body.emails {
+        email
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| ApiError::bad_request(format!("emails: {email:?}: {e}")))?;
+    }
+    if body.emails.len() > 20 {
+        return Err(ApiError::bad_request("emails: at most 20 recipients"));
+    }
+    let webhook_url = body
+        .webhook_url
+        .as_deref()
+        .map(check_webhook_url)
+        .transpose()
+        .map_err(ApiError::bad_request)?
+        .map(|u| u.to_string());
+    let notify_on = match body.notify_on {
+        None => IncidentKind::ALL.to_vec(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                IncidentKind::parse(n).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "notify_on: {n:?}; one of {}",
+                        IncidentKind::ALL.map(|k| k.as_str()).join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let settings = NotificationSettings {
+        emails: body.emails,
+        webhook_url,
+        notify_on,
+    };
+    let before = app.notifications.store.settings(tenant).await?;
+    // the signing secret is shown once, when it is made
+    let mut new_secret = None;
+    if settings.webhook_url.is_some()
+        && (body.rotate_webhook_secret || !secret_set(app, tenant).await?)
+    {
+        let mut bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| ApiError::unavailable("no randomness"))?;
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        app.vault
+            .set_secret(&webhook_secret_name(tenant), &secret)
+            .await
+            .map_err(ApiError::unavailable)?;
+        new_secret = Some(secret);
+    }
+    app.notifications
+        .store
+        .put_settings(tenant, &settings)
+        .await?;
+    app.notifications.forget(tenant);
+    let old = before
+        .as_ref()
+        .map(|b| settings_json(b, false))
+        .unwrap_or(Value::Null);
+    let mut changes = audit::diff(&old, &settings_json(&settings, false));
+    changes.retain(|c| c.attribute != "webhook_secret_set");
+    if new_secret.is_some() {
+        changes.push(Change::secret("webhook_secret"));
+    }
+    trail::record(
+        app,
+        trail::event(
+            &req.headers,
+            tenant,
+            admin,
+            "notifications.update",
+            Target::new("notifications", tenant),
+        )
+        .changes(changes),
+    )
+    .await?;
+    let mut answer = settings_json(&settings, settings.webhook_url.is_some());
+    if let Some(secret) = new_secret {
+        answer["webhook_secret"] = json!(secret);
+    }
+    Ok(crate::routes::no_store(json_reply(StatusCode::OK, &answer)))
+}
+
+async fn test(app: &App, req: &Request) -> Result<Response, ApiError> {
+    auth::admin(app, req.authorization()).await?;
+    let tenant = tenant_of(req)?;
+    let notice = Notice {
+        id: Uuid::new_v4().to_string(),
+        tenant,
+        notice: NoticeKind::Test,
+        kind: None,
+        incident: None,
+    };
+    match app.notifications.deliver(&notice).await {
+        Ok(()) => Ok(json_reply(
+            StatusCode::OK,
+            &json!({"delivered": true, "id": notice.id}),
+        )),
+        Err(e) => Ok(json_reply(
+            StatusCode::BAD_GATEWAY,
+            &json!({"delivered": false, "error": e.to_string()}),
+        )),
+    }
+}
+
+/// `NotificationDelivery`'s entry point.
+pub fn invoke(
+    app: &App,
+    request: InvocationRequest,
+) -> BoxFuture<'_, Result<InvocationResponse, InvokeError>> {
+    Box::pin(deliver(app, request))
+}
+
+async fn deliver(app: &App, request: InvocationRequest) -> Result<InvocationResponse, InvokeError> {
+    let trigger = request
+        .queue_trigger("msg")
+        .map_err(|e| InvokeError::BadPayload(e.0))?;
+    let notice: Notice = serde_json::from_value(trigger.message.clone())
+        .map_err(|e| InvokeError::BadPayload(format!("a notifications message: {e}")))?;
+    let mut response = InvocationResponse::new();
+    let what = notice.kind.map(|k| k.as_str()).unwrap_or("test");
+    let event = |e: Event| e.correlation(notice.id.clone());
+    let base = Event::new(
+        notice.tenant,
+        Actor::system("NotificationDelivery"),
+        "notification.deliver",
+        Target::new("notification", &notice.id).display(notice.subject()),
+    );
+    match app.notifications.deliver(&notice).await {
+        Ok(()) => {
+            let _ = app.audit.record(event(base)).await;
+            response.log(format!("notice {} ({what}) delivered", notice.id));
+            Ok(response)
+        }
+        Err(e) if trigger.dequeue_count < MAX_DELIVERIES => Err(InvokeError::Failed {
+            // the queue delivers it again after its visibility timeout: the back-off
+            message: format!("notice {} not delivered yet: {e}", notice.id),
+            logs: Vec::new(),
+        }),
+        Err(e) => {
+            let failed = event(base).failed("undeliverable", e.to_string());
+            app.audit
+                .record(failed)
+                .await
+                .map_err(|e| InvokeError::Failed {
+                    message: format!("undeliverable notice not recorded: {e}"),
+                    logs: Vec::new(),
+                })?;
+            response.log(format!("notice {} given up: {e}", notice.id));
+            Ok(response)
+        }
+    }
+}

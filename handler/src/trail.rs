@@ -1,0 +1,57 @@
+//! What the function adapters need to record audit events: the actor from an admin token,
+//! the invocation id from the request, and the 503 a failed recording answers.
+
+use audit::{Actor, AuditError, Event};
+use entra::ValidatedToken;
+use warp::http::HeaderMap;
+
+use crate::app::App;
+use crate::routes::ApiError;
+
+/// The admin who holds `token`: object id (or client app) and display name.
+pub fn admin(token: &std::sync::Arc<ValidatedToken>) -> Actor {
+    let id = token
+        .object_id()
+        .or_else(|| token.client_app())
+        .unwrap_or("unknown")
+        .to_string();
+    let name = ["name", "preferred_username", "upn", "app_displayname"]
+        .iter()
+        .find_map(|c| token.claims.get(*c).and_then(|v| v.as_str()))
+        .map(str::to_string);
+    Actor::admin(id, name)
+}
+
+/// The Functions host's invocation id (`X-Azure-Functions-InvocationId`), when forwarded.
+pub fn invocation_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-azure-functions-invocationid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> ApiError {
+        match e {
+            AuditError::BadCursor => ApiError::bad_request("cursor is not one this API gave"),
+            // a change that cannot be recorded is not reported as done
+            other => ApiError::unavailable(other),
+        }
+    }
+}
+
+/// Records one event; a failure is the 503 the request answers.
+pub async fn record(app: &App, event: Event) -> Result<(), ApiError> {
+    app.audit.record(event).await.map_err(ApiError::from)
+}
+
+/// An event by `actor` in the request's invocation.
+pub fn event(
+    headers: &HeaderMap,
+    tenant: uuid::Uuid,
+    actor: Actor,
+    action: &str,
+    target: audit::Target,
+) -> Event {
+    Event::new(tenant, actor, action, target).invocation(invocation_id(headers))
+}

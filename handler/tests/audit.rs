@@ -1,0 +1,544 @@
+//! The audit trail against the built handler on Azurite: every change type leaves its
+//! event, failures included; queries page newest first; retention trims whole days; and
+//! a change is never made without its record when the audit table fails.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use system_tests::{Azurite, HandlerProcess, free_port, run_to_exit, unique_table};
+use uuid::Uuid;
+
+impl Scim {
+    /// `GET /api/v1/tenants/{tenant}/{view}?{query}` with the admin token.
+    async fn view(&self, view: &str, query: &str) -> Value {
+        let r = self
+            .http
+            .get(format!(
+                "{}/api/v1/tenants/{}/{view}?{query}",
+                self.handler.base_url(),
+                self.tenant
+            ))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn events(&self, query: &str) -> Vec<Value> {
+        self.view("audit", query).await["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+fn change<'a>(event: &'a Value, attribute: &str) -> Option<&'a Value> {
+    event["changes"]
+        .as_array()?
+        .iter()
+        .find(|c| c["attribute"] == attribute)
+}
+
+#[tokio::test]
+async fn scim_changes_are_audited_with_entra_as_actor_and_old_and_new_values() {
+    let s = Scim::start().await;
+    let (status, created) = s
+        .call("POST", "/Users", Some(entra_user("ada@contoso.com", "ada")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap().to_string();
+    let patch = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": "name.givenName", "value": "Augusta"}],
+    });
+    let (status, _) = s.call("PATCH", &format!("/Users/{id}"), Some(patch)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s.call("DELETE", &format!("/Users/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let events = s.events("action=scim.user").await;
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["scim.user.delete", "scim.user.update", "scim.user.create"],
+        "newest first"
+    );
+    for e in &events {
+        assert_eq!(e["actor"]["kind"], "entra-provisioning");
+        assert_eq!(e["target"]["type"], "user");
+        assert_eq!(e["target"]["id"], id.as_str());
+        assert_eq!(e["outcome"]["status"], "success");
+        assert!(e["correlation"].is_string());
+    }
+    let update = &events[1];
+    assert_eq!(
+        change(update, "name.givenName").unwrap(),
+        &json!({"attribute": "name.givenName", "old": "Ada", "new": "Augusta"})
+    );
+    assert_eq!(
+        change(&events[2], "userName").unwrap()["new"],
+        "ada@contoso.com"
+    );
+}
+
+#[tokio::test]
+async fn failed_scim_requests_show_in_the_provisioning_log_with_their_reason() {
+    let s = Scim::start().await;
+    let (status, _) = s
+        .call("POST", "/Users", Some(entra_user("bob@contoso.com", "bob")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("bob@contoso.com", "bob2")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = s
+        .call(
+            "PATCH",
+            &format!("/Users/{}", Uuid::new_v4()),
+            Some(json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "Replace", "path": "active", "value": false}],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let log = s.view("provisioning-log", "status=failure").await;
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{log}");
+    assert_eq!(entries[0]["operation"], "Update");
+    assert_eq!(entries[0]["error"]["code"], "404");
+    assert_eq!(entries[1]["operation"], "Create");
+    assert_eq!(entries[1]["status"], "failure");
+    assert_eq!(entries[1]["error"]["code"], "409");
+    assert!(
+        entries[1]["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already taken"),
+        "{log}"
+    );
+    assert_eq!(entries[1]["target"]["display"], "bob@contoso.com");
+    let all = s.view("provisioning-log", "").await;
+    assert_eq!(all["entries"].as_array().unwrap().len(), 3);
+    let ok = s.view("provisioning-log", "status=success").await;
+    assert_eq!(ok["entries"][0]["operation"], "Create");
+    assert!(ok["entries"][0]["modified_properties"].is_array());
+}
+
+#[tokio::test]
+async fn audit_pages_newest_first_by_cursor_and_filters_by_target_and_outcome() {
+    let s = Scim::start().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (_, u) = s
+            .call(
+                "POST",
+                "/Users",
+                Some(entra_user(&format!("u{i}@contoso.com"), &format!("u{i}"))),
+            )
+            .await;
+        ids.push(u["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("action=scim.&limit=2&cursor={c}"),
+            None => "action=scim.&limit=2".to_string(),
+        };
+        let page = s.view("audit", &query).await;
+        let events = page["events"].as_array().unwrap();
+        assert!(events.len() <= 2);
+        seen.extend(
+            events
+                .iter()
+                .map(|e| e["target"]["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+
+    let about = s.events(&format!("target={}", ids[2])).await;
+    assert_eq!(about.len(), 1);
+    assert_eq!(about[0]["target"]["id"], ids[2].as_str());
+    assert!(s.events("outcome=failure").await.is_empty());
+    assert!(!s.events("actor=entra-provisioning").await.is_empty());
+    // the tenant's registration and SCIM token came from the admin
+    let admin = s.events("actor=admin").await;
+    assert!(admin.iter().any(|e| e["action"] == "tenant.create"));
+    let r = s
+        .http
+        .get(format!(
+            "{}/api/v1/tenants/{}/audit?cursor=garbage",
+            s.handler.base_url(),
+            s.tenant
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn admin_changes_are_audited_with_the_admin_and_secrets_only_as_changed() {
+    let s = Scim::start().await;
+    let base = s.handler.base_url();
+    // a new SCIM token: recorded, its value never
+    let r = s
+        .http
+        .post(format!("{base}/api/v1/tenants/{}/scim/token", s.tenant))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let oid = Uuid::new_v4();
+    let r = s
+        .http
+        .post(format!("{base}/api/v1/access/grants"))
+        .bearer_auth(&s.admin)
+        .json(&json!({"tenant_id": s.tenant, "kind": "user", "object_id": oid, "scopes": ["records.read"]}))
+        .send()
+        .await
+        .unwrap();
+    let grant: Value = r.json().await.unwrap();
+    let grant_id = grant["id"].as_str().map(str::to_string);
+    let r = s
+        .http
+        .put(format!("{base}/api/v1/tenants/{}/employees/E-1", s.tenant))
+        .bearer_auth(&s.admin)
+        .json(&json!({"object_id": oid, "positions": [{"id": "P1", "active": true}]}))
+        .send()
+        .await
+        .unwrap();
+    let employee_status = r.status();
+    let r = s
+        .http
+        .delete(format!("{base}/api/v1/tenants/{}", s.tenant))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // refused for an offboarded tenant: the refusal is an event too
+    let r = s
+        .http
+        .post(format!("{base}/api/v1/access/grants"))
+        .bearer_auth(&s.admin)
+        .json(&json!({"tenant_id": s.tenant, "kind": "user", "object_id": oid, "scopes": ["records.read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+
+    let events = s.events("actor=admin").await;
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains(&token), "the token is never recorded");
+    assert!(!text.contains(&s.token), "the token is never recorded");
+    let find = |action: &str| events.iter().find(|e| e["action"] == action).cloned();
+    let issued = find("scim_token.create").expect("token event");
+    assert_eq!(change(&issued, "token").unwrap()["new"], "changed");
+    assert_eq!(issued["actor"]["kind"], "admin");
+    assert!(
+        issued["actor"]["id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    let grants: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "grant.create")
+        .collect();
+    assert_eq!(grants[0]["outcome"]["status"], "failure");
+    assert_eq!(grants[0]["outcome"]["code"], "409");
+    let grant_id = grant_id.expect("the grant was made");
+    assert_eq!(grants[1]["target"]["id"], grant_id.as_str());
+    assert_eq!(grants[1]["outcome"]["status"], "success");
+    assert_eq!(
+        change(grants[1], "scopes").unwrap()["new"],
+        json!(["records.read"])
+    );
+    if employee_status.is_success() {
+        assert!(find("employee.create").is_some());
+    }
+    let offboard = find("tenant.offboard").expect("offboard event");
+    assert_eq!(change(&offboard, "status").unwrap()["new"], "offboarded");
+    assert!(find("tenant.create").is_some());
+}
+
+#[tokio::test]
+async fn ndjson_export_streams_every_event_of_the_range() {
+    let s = Scim::start().await;
+    for i in 0..3 {
+        s.call(
+            "POST",
+            "/Users",
+            Some(entra_user(&format!("n{i}@contoso.com"), &format!("n{i}"))),
+        )
+        .await;
+    }
+    let r = s
+        .http
+        .get(format!(
+            "{}/api/v1/tenants/{}/audit?format=ndjson&action=scim.user.create",
+            s.handler.base_url(),
+            s.tenant
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["target"]["display"], "n2@contoso.com");
+}
+
+#[tokio::test]
+async fn housekeeping_trims_only_the_days_older_than_the_retention() {
+    let s = Scim::start().await;
+    let store = audit::TableAuditStore::new(
+        Azurite::shared()
+            .client()
+            .table(format!("{}Audit", s.prefix)),
+    );
+    let old = |days: i64, n: usize| {
+        (0..n)
+            .map(|i| {
+                let mut e = audit::Event::new(
+                    s.tenant,
+                    audit::Actor::system("test"),
+                    "test.old",
+                    audit::Target::new("thing", format!("{days}-{i}")),
+                );
+                e.time -= time::Duration::days(days);
+                e
+            })
+            .collect::<Vec<_>>()
+    };
+    use audit::AuditStore as _;
+    store.append(&old(120, 3)).await.unwrap();
+    store.append(&old(91, 2)).await.unwrap();
+    store.append(&old(10, 1)).await.unwrap();
+    assert_eq!(s.events("action=test.").await.len(), 6);
+    let logs = s.housekeeping().await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("trimmed 5 audit events older than 90 days")),
+        "{logs:?}"
+    );
+    let left = s.events("action=test.").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["target"]["id"], "10-0");
+    // the target rows went with their day
+    assert!(s.events("target=120-0").await.is_empty());
+}
+
+/// A Table endpoint in front of Azurite that fails (503) every request touching a table
+/// whose name is in `rules` while that rule's flag is set.
+async fn faulty_table_endpoint(rules: Vec<(String, Arc<AtomicBool>)>) -> u16 {
+    use warp::Filter;
+    let azurite = Azurite::shared().account().table_endpoint.clone();
+    let port = free_port();
+    let http = reqwest::Client::new();
+    let rules = Arc::new(rules);
+    let route = warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .then(
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers: warp::http::HeaderMap,
+                  body: bytes::Bytes| {
+                let (http, azurite, rules) = (http.clone(), azurite.clone(), rules.clone());
+                async move {
+                    // a batch names its table in the body
+                    let text = String::from_utf8_lossy(&body);
+                    let failing = rules.iter().any(|(table, on)| {
+                        on.load(Ordering::SeqCst)
+                            && (path.as_str().contains(table.as_str()) || text.contains(table.as_str()))
+                    });
+                    if failing {
+                        return warp::http::Response::builder()
+                            .status(503)
+                            .header("content-type", "application/json")
+                            .body(br#"{"odata.error":{"code":"ServerBusy","message":{"value":"injected"}}}"#.to_vec())
+                            .unwrap();
+                    }
+                    let origin = format!("{}://{}", azurite.scheme(), azurite.authority());
+                    let url = if query.is_empty() {
+                        format!("{origin}{}", path.as_str())
+                    } else {
+                        format!("{origin}{}?{query}", path.as_str())
+                    };
+                    let mut request = http.request(method, url).body(body);
+                    for (name, value) in &headers {
+                        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+                            request = request.header(name, value);
+                        }
+                    }
+                    let answer = request.send().await.unwrap();
+                    let mut response = warp::http::Response::builder().status(answer.status());
+                    for (name, value) in answer.headers() {
+                        if !matches!(
+                            name.as_str(),
+                            "content-length" | "transfer-encoding" | "connection"
+                        ) {
+                            response = response.header(name, value);
+                        }
+                    }
+                    response
+                        .body(answer.bytes().await.unwrap().to_vec())
+                        .unwrap()
+                }
+            },
+        );
+    tokio::spawn(warp::serve(route).run(([127, 0, 0, 1], port)));
+    system_tests::wait_for_port(port, std::time::Duration::from_secs(5)).unwrap();
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scim_change_is_not_made_when_its_event_cannot_be_stored_and_a_failed_change_is_recorded()
+{
+    let prefix = unique_table("f");
+    let fail_audit = Arc::new(AtomicBool::new(false));
+    let fail_scim = Arc::new(AtomicBool::new(false));
+    let proxy = faulty_table_endpoint(vec![
+        (format!("{prefix}Audit"), fail_audit.clone()),
+        (format!("{prefix}ScimResources"), fail_scim.clone()),
+    ])
+    .await;
+    let azurite = Azurite::shared();
+    let table_port = azurite.account().table_endpoint.port().unwrap();
+    let connection = azurite.connection_string().replace(
+        &format!("127.0.0.1:{table_port}"),
+        &format!("127.0.0.1:{proxy}"),
+    );
+    let data = std::env::temp_dir().join(format!("audit-{}", Uuid::new_v4()));
+    let env: Vec<(&str, String)> = vec![
+        ("AzureWebJobsStorage", connection),
+        ("STORAGE_TABLE_PREFIX", prefix.clone()),
+        (
+            "ENTRA_CLIENT_ID",
+            "6e74172b-be56-4843-9ff4-e66a39bb12e3".into(),
+        ),
+        (
+            "ENTRA_ADMIN_TENANT_ID",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+        ),
+        ("ENTRA_DEV_AUTH", "true".into()),
+        ("LOCAL_DATA_DIR", data.display().to_string()),
+    ];
+    let (_, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
+    let admin = admin.trim().to_string();
+    let handler = HandlerProcess::start(BIN, &["serve"], &env);
+    let http = reqwest::Client::new();
+    let tenant = Uuid::new_v4();
+    let r = http
+        .post(format!("{}/api/v1/tenants", handler.base_url()))
+        .bearer_auth(&admin)
+        .json(&json!({"tenant_id": tenant, "display_name": "Fabrikam"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http
+        .post(format!(
+            "{}/api/v1/tenants/{tenant}/scim/token",
+            handler.base_url()
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let scim = format!("{}/api/scim/{tenant}/v2", handler.base_url());
+    let create = |name: &str| {
+        http.post(format!("{scim}/Users"))
+            .bearer_auth(&token)
+            .header("content-type", SCIM)
+            .body(entra_user(name, name).to_string())
+            .send()
+    };
+
+    // the audit table fails: the create answers 503 and makes no user
+    fail_audit.store(true, Ordering::SeqCst);
+    let r = create("lost@contoso.com").await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    fail_audit.store(false, Ordering::SeqCst);
+    let r = http
+        .get(format!(
+            "{scim}/Users?filter={}",
+            percent_encode("userName eq \"lost@contoso.com\"")
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["totalResults"], 0);
+
+    // the SCIM table fails mid-change: the failure is recorded with its reason
+    fail_scim.store(true, Ordering::SeqCst);
+    let r = create("midway@contoso.com").await.unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    fail_scim.store(false, Ordering::SeqCst);
+    let r = http
+        .get(format!(
+            "{}/api/v1/tenants/{tenant}/provisioning-log",
+            handler.base_url()
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let log: Value = r.json().await.unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{log}");
+    assert_eq!(entries[0]["status"], "failure");
+    assert_eq!(entries[0]["target"]["display"], "midway@contoso.com");
+
+    // and once both work, the retry is made and recorded
+    let r = create("midway@contoso.com").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    std::fs::remove_dir_all(&data).ok();
+}

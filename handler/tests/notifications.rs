@@ -1,0 +1,342 @@
+//! Notifications against a real local SMTP server (aiosmtpd with STARTTLS and AUTH,
+//! started by the test tooling) and a local webhook receiver that checks the signature:
+//! a thousand SCIM failures make one incident, one mail and one webhook call, and the
+//! first success after them one recovery notice of each.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use system_tests::{free_port, smtp_python, smtp_server_script, wait_for_port};
+use uuid::Uuid;
+
+/// The local SMTP server; its mails land in `out`.
+struct Smtp {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    ca: PathBuf,
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SMTP_USER: &str = "notifier";
+const SMTP_PASSWORD: &str = "test-only-password";
+
+/// A throwaway CA and a server certificate for 127.0.0.1 signed by it.
+fn throwaway_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "notification test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca_path, cert_path, key_path)
+}
+
+fn start_smtp() -> Smtp {
+    let dir = std::env::temp_dir().join(format!("smtp-{}", Uuid::new_v4()));
+    let out = dir.join("mail");
+    std::fs::create_dir_all(&out).unwrap();
+    let (ca, cert, key) = throwaway_tls(&dir);
+    let port = free_port();
+    let child = Command::new(smtp_python())
+        .arg(smtp_server_script())
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .args([SMTP_USER, SMTP_PASSWORD])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the SMTP test server starts");
+    wait_for_port(port, Duration::from_secs(20)).expect("the SMTP test server listens");
+    Smtp {
+        child,
+        port,
+        out,
+        ca,
+    }
+}
+
+impl Smtp {
+    fn mails(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.out)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+}
+
+/// Webhook calls received: (signature header, body).
+type Calls = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+async fn webhook_receiver() -> (u16, Calls) {
+    use warp::Filter;
+    let calls: Calls = Arc::default();
+    let port = free_port();
+    let kept = calls.clone();
+    let route = warp::post()
+        .and(warp::header::optional::<String>(
+            "x-entra-connector-signature",
+        ))
+        .and(warp::body::bytes())
+        .map(move |signature: Option<String>, body: bytes::Bytes| {
+            kept.lock()
+                .unwrap()
+                .push((signature.unwrap_or_default(), body.to_vec()));
+            warp::reply()
+        });
+    tokio::spawn(warp::serve(route).run(([127, 0, 0, 1], port)));
+    (port, calls)
+}
+
+fn signed_by(secret: &str, body: &[u8], header: &str) -> bool {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let Some(hex) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(tag) = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+    else {
+        return false;
+    };
+    aws_lc_rs::hmac::verify(&key, body, &tag).is_ok()
+}
+
+async fn start_handler(smtp: &Smtp) -> Scim {
+    // the SMTP password is read from the vault, as in Azure
+    let data = std::env::temp_dir().join(format!("notify-{}", Uuid::new_v4()));
+    let vault = vault::LocalVault::new(data.join("vault"));
+    use vault::Vault as _;
+    vault
+        .set_secret("smtp-password", SMTP_PASSWORD)
+        .await
+        .unwrap();
+    Scim::start_with(vec![
+        ("LOCAL_DATA_DIR", data.display().to_string()),
+        ("SMTP_HOST", "127.0.0.1".into()),
+        ("SMTP_PORT", smtp.port.to_string()),
+        ("SMTP_USERNAME", SMTP_USER.into()),
+        ("SMTP_PASSWORD_SECRET_NAME", "smtp-password".into()),
+        (
+            "SMTP_FROM",
+            "Entra connector <connector@example.com>".into(),
+        ),
+        ("SMTP_CA_FILE", smtp.ca.display().to_string()),
+        // a notice another test's handler took is back within seconds
+        ("QUEUE_VISIBILITY_SECONDS", "3".into()),
+        ("QUEUE_MAX_POLLING_SECONDS", "1".into()),
+    ])
+    .await
+}
+
+async fn put_settings(s: &Scim, body: Value) -> Value {
+    let r = s
+        .http
+        .put(format!(
+            "{}/api/v1/tenants/{}/notifications",
+            s.handler.base_url(),
+            s.tenant
+        ))
+        .bearer_auth(&s.admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..120 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recovery_of_each() {
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    let answer = put_settings(
+        &s,
+        json!({
+            "emails": ["ops@contoso.com"],
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["scim_failing"],
+        }),
+    )
+    .await;
+    let secret = answer["webhook_secret"].as_str().unwrap().to_string();
+    let (_, user) = s
+        .call("POST", "/Users", Some(entra_user("eve@contoso.com", "eve")))
+        .await;
+    let id = user["id"].as_str().unwrap().to_string();
+    // a PATCH Entra could send that this service refuses: 400 each time
+    let bad = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Frobnicate", "path": "active", "value": false}],
+    });
+    for _ in 0..1000 {
+        let (status, _) = s
+            .call("PATCH", &format!("/Users/{id}"), Some(bad.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    if tokio::time::timeout(
+        Duration::from_secs(60),
+        wait_for("the incident's mail", || !smtp.mails().is_empty()),
+    )
+    .await
+    .is_err()
+    {
+        panic!("no mail; handler said:\n{}", s.handler.output());
+    }
+    wait_for("the incident's webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    // the repeats went into the incident, not into more notices
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(smtp.mails().len(), 1);
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    let mail = &smtp.mails()[0];
+    assert!(mail.contains("scim_failing: failing"), "{mail}");
+    assert!(mail.contains("ops@contoso.com"));
+
+    let good = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": "active", "value": false}],
+    });
+    let (status, _) = s.call("PATCH", &format!("/Users/{id}"), Some(good)).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for("the recovery mail", || smtp.mails().len() == 2).await;
+    wait_for("the recovery webhook", || calls.lock().unwrap().len() == 2).await;
+    let mails = smtp.mails();
+    assert!(mails[1].contains("recovered"), "{}", mails[1]);
+    assert!(mails[1].contains("1000 failures"), "{}", mails[1]);
+
+    let calls = calls.lock().unwrap().clone();
+    for (signature, body) in &calls {
+        assert!(signed_by(&secret, body, signature), "the signature checks");
+        assert!(!signed_by("another secret", body, signature));
+    }
+    let opened: Value = serde_json::from_slice(&calls[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "scim_failing");
+    let recovered: Value = serde_json::from_slice(&calls[1].1).unwrap();
+    assert_eq!(recovered["notice"], "recovered");
+    assert_eq!(recovered["incident"]["failures"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_button_mails_and_calls_the_webhook_and_settings_refuse_plain_http() {
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    let url = format!(
+        "{}/api/v1/tenants/{}/notifications",
+        s.handler.base_url(),
+        s.tenant
+    );
+    let r = s
+        .http
+        .put(&url)
+        .bearer_auth(&s.admin)
+        .json(&json!({"webhook_url": "http://hooks.example.com/x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let answer = put_settings(
+        &s,
+        json!({
+            "emails": ["ops@contoso.com"],
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+        }),
+    )
+    .await;
+    let secret = answer["webhook_secret"].as_str().unwrap().to_string();
+    let shown: Value = s
+        .http
+        .get(&url)
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["webhook_secret_set"], true);
+    assert!(shown.get("webhook_secret").is_none(), "shown once only");
+    let r = s
+        .http
+        .post(format!("{url}/test"))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(smtp.mails().len(), 1);
+    assert!(smtp.mails()[0].contains("test notification"));
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert!(signed_by(&secret, &calls[0].1, &calls[0].0));
+    // the settings change is in the audit trail, the secret only as changed
+    let r = s
+        .http
+        .get(format!(
+            "{}/api/v1/tenants/{}/audit?action=notifications.",
+            s.handler.base_url(),
+            s.tenant
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.contains("webhook_secret"));
+    assert!(!text.contains(&secret));
+}
