@@ -78,6 +78,33 @@ param consentConfirmSeconds int = 20
 @maxValue(10080)
 param consentPendingMinutes int = 1440
 
+@description('How long audit events are kept, in days (Housekeeping trims whole days).')
+@minValue(1)
+@maxValue(3650)
+param auditRetentionDays int = 90
+
+@description('A HR plan that would disable more than this percentage of a tenant\'s users is applied only when confirmed.')
+@minValue(0)
+@maxValue(100)
+param hrMaxDisablePercent int = 5
+
+@description('SMTP relay for failure notifications (STARTTLS); empty: no e-mail, webhooks only.')
+param smtpHost string = ''
+
+@description('SMTP port (587 for submission with STARTTLS).')
+@minValue(1)
+@maxValue(65535)
+param smtpPort int = 587
+
+@description('Sender address of notification e-mails, e.g. Entra Connector <alerts@contoso.com>; required with smtpHost.')
+param smtpFrom string = ''
+
+@description('SMTP user name; its password is a Key Vault secret named by smtpPasswordSecretName.')
+param smtpUsername string = ''
+
+@description('Name of the Key Vault secret holding the SMTP password (with smtpUsername).')
+param smtpPasswordSecretName string = ''
+
 @description('How long SCIM reads may serve a user this instance read, in seconds.')
 @minValue(0)
 @maxValue(60)
@@ -266,6 +293,13 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CERT_DEFAULT_KEY_SIZE: string(certDefaultKeySize)
     CERT_REVOKE_ON_DISABLE: certRevokeOnDisable ? 'true' : 'false'
     CERT_KEY_POOL_SIZE: string(certKeyPoolSize)
+    AUDIT_RETENTION_DAYS: string(auditRetentionDays)
+    HR_MAX_DISABLE_PERCENT: string(hrMaxDisablePercent)
+    SMTP_HOST: smtpHost
+    SMTP_PORT: string(smtpPort)
+    SMTP_FROM: smtpFrom
+    SMTP_USERNAME: smtpUsername
+    SMTP_PASSWORD_SECRET_NAME: smtpPasswordSecretName
   })
 }
 

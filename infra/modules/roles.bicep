@@ -15,7 +15,7 @@ var roleIds = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
-  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+  keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
   keyVaultCryptoOfficer: '14b46e9e-c2b7-41b4-b07b-48a6ebf60603'
   keyVaultCertificatesOfficer: 'a4417e6f-fecd-4de8-b567-7b0420556985'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
@@ -28,7 +28,7 @@ var storageRoles = [
 ]
 
 var keyVaultRoles = [
-  roleIds.keyVaultSecretsUser // reads the app's client secret (never writes secrets)
+  roleIds.keyVaultSecretsOfficer // reads the app's client secret and the SMTP password; writes and deletes HR refresh tokens, HR client secrets and webhook signing secrets
   roleIds.keyVaultCryptoOfficer // creates CA keys, reads public keys, signs digests
   roleIds.keyVaultCertificatesOfficer // creates and reads the app's credential certificates
 ]
