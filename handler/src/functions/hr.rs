@@ -741,14 +741,18 @@ async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     let employee_id = req.param("employee_id").unwrap_or_default().to_string();
-    let mut body: serde_json::Value = req.json()?;
+    // an object, checked before it is indexed: indexing an array or a string panics, and
+    // the release build aborts on a panic, taking every other request with it
+    let mut body: serde_json::Map<String, serde_json::Value> = req.json()?;
     match body.get("employee_id") {
-        None => body["employee_id"] = json!(employee_id),
+        None => {
+            body.insert("employee_id".into(), json!(employee_id));
+        }
         Some(v) if v.as_str() == Some(employee_id.as_str()) => {}
         Some(_) => return Err(ApiError::bad_request("employee_id differs from the path's")),
     }
-    let record: hr::HrRecord =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let record: hr::HrRecord = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let record = record.check().map_err(ApiError::bad_request)?;
     let existed = app
         .hr
