@@ -19,8 +19,8 @@ use warp::reply::Response;
 use crate::app::App;
 use crate::auth;
 use crate::openapi::schemas::{
-    ErrorBody, HrConnectionBody, HrConnectionTest, HrConsentRequired, HrImported, HrLink, HrLinked,
-    HrRowsRejected, HrTemporaryPassword,
+    ErrorBody, HrConnectionBody, HrConnectionTest, HrConsentRequired, HrImportJson, HrImported,
+    HrLink, HrLinked, HrRowsRejected, HrTemporaryPassword,
 };
 use crate::route;
 use crate::routes::router::{Request, Route};
@@ -666,9 +666,9 @@ async fn test_connection(app: &App, req: &Request) -> Result<Response, ApiError>
     security(("entra_admin" = [])),
     params(("tenant_id" = uuid::Uuid, Path)),
     request_body(
-        description = "At most 10,000 records (16 MiB): a JSON array, or CSV with a header of the record's field names",
+        description = "At most 10,000 records (16 MiB): a JSON array (or `{\"employees\": [...]}`), or CSV with a header of the record's field names",
         content(
-            (Vec<hr::HrRecord> = "application/json"),
+            (HrImportJson = "application/json"),
             (String = "text/csv", example = "employee_id,given_name,surname,start_date\nE1001,Ada,Lovelace,2026-02-01\n"),
         )
     ),

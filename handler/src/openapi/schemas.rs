@@ -880,3 +880,11 @@ pub struct HrTemporaryPassword {
     pub force_change_password_next_sign_in: bool,
     pub shown_once: bool,
 }
+
+/// The JSON form of an HR import: the records, or an object with them as `employees`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum HrImportJson {
+    Records(Vec<hr::HrRecord>),
+    Wrapped { employees: Vec<hr::HrRecord> },
+}
