@@ -802,3 +802,16 @@ async fn an_offboarded_tenant_is_never_written_to_by_a_plan_an_apply_or_the_time
     w.tick_due().await;
     assert!(w.fake.created_users(&w.tenant).is_empty());
 }
+
+#[tokio::test]
+async fn an_employee_body_that_is_not_an_object_is_refused_and_the_handler_keeps_serving() {
+    let w = World::start().await;
+    for body in [json!([1, 2]), json!("E1"), json!(7)] {
+        let (s, b) = w.call("PUT", &w.hr("employees/E1"), Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    }
+    let record = json!({"given_name": "Ada", "surname": "Lovelace", "start_date": "2026-02-01"});
+    let (s, b) = w.call("PUT", &w.hr("employees/E1"), Some(record)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    assert_eq!(b["employee_id"], "E1");
+}

@@ -70,7 +70,7 @@ pub enum WriteOutcome {
 }
 
 /// Why a write failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WriteErrorKind {
     /// Graph's 400 for a UPN already in use.
@@ -161,7 +161,7 @@ impl HrEvents for NoEvents {
 }
 
 /// How a step ended in this apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Done,
@@ -171,7 +171,7 @@ pub enum StepStatus {
 }
 
 /// One step's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StepResult {
     pub index: usize,
     pub action: &'static str,
@@ -186,7 +186,7 @@ pub struct StepResult {
 }
 
 /// An apply's outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApplyReport {
     pub plan_id: Uuid,
     pub done: usize,

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// Which kind of connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionType {
     /// The tenant's own app registration, app-only.
@@ -18,7 +18,7 @@ pub enum ConnectionType {
 }
 
 /// How a customer-owned app proves itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     /// The certificate of the tenant's credential-certificate endpoint (key in the vault).
@@ -28,7 +28,7 @@ pub enum CredentialKind {
 }
 
 /// A tenant's connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Connection {
     pub tenant_id: Uuid,
     #[serde(rename = "type")]

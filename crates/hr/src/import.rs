@@ -12,7 +12,7 @@ use crate::record::{HrRecord, parse_date};
 pub const MAX_ROWS: usize = 10_000;
 
 /// A row that was not accepted, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RejectedRow {
     /// 1-based row number (CSV: data rows after the header).
     pub row: usize,

@@ -47,7 +47,7 @@ pub struct DirectoryView {
 
 /// A user a step writes to: one that exists, or the one this plan creates for the step's
 /// employee (known once its `create_user` step has run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UserRef {
     Existing(Uuid),
@@ -55,7 +55,7 @@ pub enum UserRef {
 }
 
 /// One write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     CreateUser {
@@ -130,7 +130,7 @@ impl Action {
 }
 
 /// One step of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
     pub index: usize,
     pub employee_id: String,
@@ -143,34 +143,38 @@ pub struct Step {
         with = "crate::record::ymd_opt",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, format = Date)]
     pub due_on: Option<Date>,
 }
 
 /// An HR event that is not due yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Waiting {
     pub employee_id: String,
     /// `hire` or `leave`.
     pub event: String,
     #[serde(with = "crate::record::ymd")]
+    #[schema(value_type = String, format = Date)]
     pub due_on: Date,
 }
 
 /// An employee the plan leaves alone, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Skipped {
     pub employee_id: String,
     pub reason: String,
 }
 
 /// A computed plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Plan {
     pub id: Uuid,
     pub tenant_id: Uuid,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     #[serde(with = "crate::record::ymd")]
+    #[schema(value_type = String, format = Date)]
     pub today: Date,
     pub steps: Vec<Step>,
     pub waiting: Vec<Waiting>,

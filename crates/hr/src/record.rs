@@ -6,19 +6,21 @@ use serde::{Deserialize, Serialize};
 use time::Date;
 
 /// One position an employee held or holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HrPosition {
     pub title: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub department: Option<String>,
     #[serde(with = "ymd")]
+    #[schema(value_type = String, format = Date)]
     pub start: Date,
     #[serde(default, with = "ymd_opt", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Date)]
     pub end: Option<Date>,
 }
 
 /// An employee's HR record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HrRecord {
     pub employee_id: String,
@@ -43,8 +45,10 @@ pub struct HrRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_location: Option<String>,
     #[serde(with = "ymd")]
+    #[schema(value_type = String, format = Date)]
     pub start_date: Date,
     #[serde(default, with = "ymd_opt", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Date)]
     pub end_date: Option<Date>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub positions: Vec<HrPosition>,

@@ -203,7 +203,7 @@ impl Parser {
 }
 
 /// HR field (as an expression) to an Entra property.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
     pub property: String,
@@ -211,7 +211,7 @@ pub struct Mapping {
 }
 
 /// How new users' UPNs are made: `{local}@{domain}`; on a collision `{local}2`, `{local}3`...
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpnRule {
     /// Expression for the local part, e.g. `lower(ascii(join(".", given_name, surname)))`.
@@ -220,7 +220,7 @@ pub struct UpnRule {
 }
 
 /// Groups an employee belongs in when an HR field has a value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupRule {
     /// `department` or `job_title` (any HR field).
@@ -232,7 +232,7 @@ pub struct GroupRule {
 }
 
 /// What happens to a leaver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaverPolicy {
     /// Days after the end date before the account is disabled (0: on the end date's
@@ -262,7 +262,7 @@ impl Default for LeaverPolicy {
 }
 
 /// A tenant's rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
     #[serde(default = "default_mappings")]

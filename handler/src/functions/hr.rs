@@ -18,6 +18,10 @@ use warp::reply::Response;
 
 use crate::app::App;
 use crate::auth;
+use crate::openapi::schemas::{
+    ErrorBody, HrConnectionBody, HrConnectionTest, HrConsentRequired, HrImportJson, HrImported,
+    HrLink, HrLinked, HrRowsRejected, HrTemporaryPassword,
+};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
@@ -49,6 +53,26 @@ pub const ROUTES: &[Route] = &[
     route!(POST "/api/v1/tenants/{tenant_id}/hr/apply" => apply),
     route!(POST "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}/reset-password" => reset_password),
 ];
+
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    put_connection,
+    get_connection,
+    delete_connection,
+    test_connection,
+    link,
+    callback,
+    import,
+    put_employee,
+    get_employee,
+    get_rules,
+    put_rules,
+    plan,
+    apply,
+    reset_password
+))]
+pub struct Api;
 
 /// How long a delegated link's authorize URL works.
 const LINK_TTL: time::Duration = time::Duration::minutes(10);
@@ -111,12 +135,20 @@ async fn registered(app: &App, req: &Request) -> Result<crate::domain::Tenant, A
         .ok_or_else(|| ApiError::not_found(format!("tenant {tenant_id} is not registered")))
 }
 
-#[derive(Deserialize)]
+/// A customer-owned HR connection: the tenant's own app registration (a delegated one is
+/// made by signing in instead).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"type": "customer_owned", "client_id": "6e74172b-be56-4843-9ff4-e66a39bb12e3", "credential": "certificate"}))]
 struct ConnectionBody {
+    /// `customer_owned` (`delegated` is refused: link it instead).
     #[serde(rename = "type")]
     kind: ConnectionType,
+    /// The app registration's client id (required).
+    #[schema(format = Uuid)]
     client_id: Option<String>,
+    /// The tenant's cloud unless named.
+    #[schema(value_type = Option<crate::openapi::schemas::CloudName>)]
     cloud: Option<String>,
     /// `certificate` (default) or `secret`.
     credential: Option<CredentialKind>,
@@ -132,6 +164,19 @@ fn connection_json(c: &Connection) -> serde_json::Value {
     v
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/tenants/{tenant_id}/hr/connection",
+    operation_id = "putHrConnection",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    request_body = ConnectionBody,
+    responses(
+        (status = 200, description = "The connection, replacing any earlier one", body = HrConnectionBody),
+        (status = 409, description = "No credential certificate for the tenant yet (`no_certificate`)", body = ErrorBody),
+    )
+)]
 async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
     let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -224,6 +269,15 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
     Ok(json_reply(StatusCode::OK, &connection_json(&connection)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/hr/connection",
+    operation_id = "getHrConnection",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The connection", body = HrConnectionBody))
+)]
 async fn get_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -237,6 +291,15 @@ async fn get_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
     Ok(json_reply(StatusCode::OK, &connection_json(&c)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{tenant_id}/hr/connection",
+    operation_id = "deleteHrConnection",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "Deleted, with what the vault kept for it"))
+)]
 async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -317,6 +380,18 @@ async fn new_link(
     Ok((url, expires_at))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/hr/connection/link",
+    operation_id = "getHrConnectionLink",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = uuid::Uuid, Path),
+        ("cloud" = Option<crate::openapi::schemas::CloudName>, Query, description = "The tenant's cloud unless named"),
+    ),
+    responses((status = 200, description = "A single-use sign-in link (ten minutes) for a delegated connection", body = HrLink))
+)]
 async fn link(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -356,6 +431,26 @@ async fn consent_required(
 }
 
 /// Microsoft's redirect back (anonymous: the browser of the administrator signing in).
+#[utoipa::path(
+    get,
+    path = "/api/v1/hr/connection/callback",
+    operation_id = "hrConnectionCallback",
+    tag = "HR write-back",
+    security(()),
+    params(
+        ("state" = Option<String>, Query, description = "The link's state, as sent to Microsoft"),
+        ("code" = Option<String>, Query, description = "The authorization code"),
+        ("error" = Option<String>, Query, description = "Microsoft's error, instead of a code"),
+        ("error_description" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "The delegated connection, linked", body = HrLinked),
+        (status = 400, description = "A parameter is missing, the link was used or has expired, or Microsoft answered an error; `consent_required` carries a fresh link", body = HrConsentRequired),
+        (status = 403, description = "The signed-in user is not of the tenant being linked (`wrong_tenant`)", body = ErrorBody),
+        (status = 409, description = "The service has no credential in the link's cloud (`not_configured`)", body = ErrorBody),
+        (status = 502, description = "The tenant refused the connection (`tenant_access_refused`) or Microsoft Graph refused the request (`graph_rejected`)", body = ErrorBody),
+    )
+)]
 async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
     let state = req
         .query_param("state")?
@@ -514,6 +609,19 @@ async fn note(app: &App, tenant: Uuid, error: Option<String>) {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/hr/connection/test",
+    operation_id = "testHrConnection",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "Graph answered: the organisation, and the permissions granted and missing", body = HrConnectionTest),
+        (status = 409, description = "The tenant is not active (`tenant_not_active`), has no HR connection (`not_configured`), or its delegated connection must be linked again (`relink_required`)", body = ErrorBody),
+        (status = 502, description = "The tenant refused the connection (`tenant_access_refused`) or Microsoft Graph refused the request (`graph_rejected`)", body = ErrorBody),
+    )
+)]
 async fn test_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -550,6 +658,26 @@ async fn test_connection(app: &App, req: &Request) -> Result<Response, ApiError>
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/hr/import",
+    operation_id = "importHrRecords",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    request_body(
+        description = "At most 10,000 records (16 MiB): a JSON array (or `{\"employees\": [...]}`), or CSV with a header of the record's field names",
+        content(
+            (HrImportJson = "application/json"),
+            (String = "text/csv", example = "employee_id,given_name,surname,start_date\nE1001,Ada,Lovelace,2026-02-01\n"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Every row was imported", body = HrImported),
+        (status = 415, description = "Neither JSON nor CSV", body = ErrorBody),
+        (status = 422, description = "Rows were rejected; nothing was imported", body = HrRowsRejected),
+    )
+)]
 async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -596,18 +724,35 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
 }
 
 /// One HR record, as in an import of one row (the path names the employee).
+#[utoipa::path(
+    put,
+    path = "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}",
+    operation_id = "putHrEmployee",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path), ("employee_id" = String, Path, description = "The HR system's employee id")),
+    request_body(content = hr::HrRecord, description = "The record; `employee_id` may be left out, else it is the path's"),
+    responses(
+        (status = 200, description = "The record, replaced", body = hr::HrRecord),
+        (status = 201, description = "The record, new", body = hr::HrRecord),
+    )
+)]
 async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     let employee_id = req.param("employee_id").unwrap_or_default().to_string();
-    let mut body: serde_json::Value = req.json()?;
+    // an object, checked before it is indexed: indexing an array or a string panics, and
+    // the release build aborts on a panic, taking every other request with it
+    let mut body: serde_json::Map<String, serde_json::Value> = req.json()?;
     match body.get("employee_id") {
-        None => body["employee_id"] = json!(employee_id),
+        None => {
+            body.insert("employee_id".into(), json!(employee_id));
+        }
         Some(v) if v.as_str() == Some(employee_id.as_str()) => {}
         Some(_) => return Err(ApiError::bad_request("employee_id differs from the path's")),
     }
-    let record: hr::HrRecord =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let record: hr::HrRecord = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let record = record.check().map_err(ApiError::bad_request)?;
     let existed = app
         .hr
@@ -629,6 +774,15 @@ async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(status, &record))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}",
+    operation_id = "getHrEmployee",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path), ("employee_id" = String, Path, description = "The HR system's employee id")),
+    responses((status = 200, description = "The record", body = hr::HrRecord))
+)]
 async fn get_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -643,6 +797,15 @@ async fn get_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &record))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/hr/rules",
+    operation_id = "getHrRules",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The rules", body = hr::Rules))
+)]
 async fn get_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -656,6 +819,16 @@ async fn get_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &rules))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/tenants/{tenant_id}/hr/rules",
+    operation_id = "putHrRules",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    request_body = hr::Rules,
+    responses((status = 200, description = "The rules as kept, defaults filled in", body = hr::Rules))
+)]
 async fn put_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -682,6 +855,19 @@ async fn compute_plan(app: &App, tenant: Uuid) -> Result<Plan, ApiError> {
     outcome.map_err(api_error)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/hr/plan",
+    operation_id = "computeHrPlan",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "The plan (kept for 24 hours for apply): each write, what waits, what is left alone", body = hr::Plan),
+        (status = 409, description = "The tenant is not active (`tenant_not_active`), has no HR connection (`not_configured`), or its delegated connection must be linked again (`relink_required`)", body = ErrorBody),
+        (status = 502, description = "The tenant refused the connection (`tenant_access_refused`) or Microsoft Graph refused the request (`graph_rejected`)", body = ErrorBody),
+    )
+)]
 async fn plan(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -689,14 +875,31 @@ async fn plan(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &plan))
 }
 
-#[derive(Deserialize)]
+/// The plan to apply.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ApplyBody {
+    #[schema(format = Uuid)]
     plan_id: String,
+    /// Needed when the plan disables more users than `HR_MAX_DISABLE_PERCENT` allows.
     #[serde(default)]
     confirm: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/hr/apply",
+    operation_id = "applyHrPlan",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    request_body = ApplyBody,
+    responses(
+        (status = 200, description = "What each step did (a step an earlier apply did is not done again)", body = hr::ApplyReport),
+        (status = 409, description = "The plan is older than 24 hours (`plan_expired`) or needs `confirm` (`confirmation_required`); or the tenant is not active, not connected, or must be linked again", body = ErrorBody),
+        (status = 502, description = "The tenant refused the connection (`tenant_access_refused`) or Microsoft Graph refused the request (`graph_rejected`)", body = ErrorBody),
+    )
+)]
 async fn apply(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
@@ -742,6 +945,21 @@ async fn apply(app: &App, req: &Request) -> Result<Response, ApiError> {
     Ok(json_reply(StatusCode::OK, &report))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant_id}/hr/employees/{employee_id}/reset-password",
+    operation_id = "resetHrEmployeePassword",
+    tag = "HR write-back",
+    security(("entra_admin" = [])),
+    params(("tenant_id" = uuid::Uuid, Path), ("employee_id" = String, Path, description = "The HR system's employee id")),
+    responses(
+        (status = 200, description = "A temporary password, changed at the next sign-in; shown once, never kept", body = HrTemporaryPassword,
+            headers(("cache-control" = String, description = "`no-store`"))),
+        (status = 403, description = "Entra refused the reset: a permission or role is missing (`permission_missing`)", body = ErrorBody),
+        (status = 409, description = "The tenant is not active (`tenant_not_active`), has no HR connection (`not_configured`), or its delegated connection must be linked again (`relink_required`)", body = ErrorBody),
+        (status = 502, description = "The tenant refused the connection (`tenant_access_refused`) or Microsoft Graph refused the request (`graph_rejected`)", body = ErrorBody),
+    )
+)]
 async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;

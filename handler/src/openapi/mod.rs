@@ -123,6 +123,11 @@ pub const MODULES: &[Module] = &[
         api: functions::pki::Api::openapi,
         routes: Some(functions::pki::ROUTES),
     },
+    Module {
+        name: "hr",
+        api: functions::hr::Api::openapi,
+        routes: Some(functions::hr::ROUTES),
+    },
 ];
 
 #[derive(utoipa::OpenApi)]
@@ -145,6 +150,7 @@ pub const MODULES: &[Module] = &[
         (name = "SCIM admin", description = "The product's side of provisioning: Secret Token, settings, invitations"),
         (name = "Directory", description = "Users synchronised from Microsoft Graph"),
         (name = "Certificates", description = "Per-tenant CAs and certificates for directory users"),
+        (name = "HR write-back", description = "HR records, rules, plans and their idempotent apply to Entra, over a tenant's HR connection"),
     ),
     // the schemas only parameters name (utoipa collects those of bodies by itself)
     components(schemas(

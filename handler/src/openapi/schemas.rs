@@ -791,3 +791,100 @@ pub struct ScimSearchRequest {
     #[schema(nullable = false)]
     pub excluded_attributes: Option<Vec<String>>,
 }
+
+/// A tenant's HR connection; a customer-owned one also says which application
+/// permissions its app needs.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "type": "customer_owned", "cloud": "global", "client_id": "6e74172b-be56-4843-9ff4-e66a39bb12e3", "credential": "certificate", "linked_by": "admin 9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "linked_at": "2026-01-01T00:00:00Z", "last_success": null, "last_error": null, "permissions_needed": ["User.ReadWrite.All", "GroupMember.ReadWrite.All"]}))]
+pub struct HrConnectionBody {
+    #[serde(flatten)]
+    pub connection: hr::Connection,
+    /// Customer-owned only.
+    #[schema(nullable = false)]
+    pub permissions_needed: Option<Vec<String>>,
+}
+
+/// The tenant's organisation as the HR connection sees it.
+#[derive(Serialize, ToSchema)]
+pub struct HrOrganization {
+    pub id: Option<String>,
+    pub display_name: Option<String>,
+}
+
+/// An application permission the HR connection lacks, and what it is needed for.
+#[derive(Serialize, ToSchema)]
+pub struct HrMissingPermission {
+    pub permission: String,
+    pub needed_to: String,
+}
+
+/// The outcome of trying the HR connection.
+#[derive(Serialize, ToSchema)]
+pub struct HrConnectionTest {
+    /// No permission is missing.
+    pub ok: bool,
+    pub organization: HrOrganization,
+    pub granted_permissions: Vec<String>,
+    pub missing_permissions: Vec<HrMissingPermission>,
+}
+
+/// Microsoft's sign-in page for linking a delegated HR connection (single use).
+#[derive(Serialize, ToSchema)]
+pub struct HrLink {
+    pub authorize_url: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    /// The delegated scopes asked for, space-separated.
+    pub scopes: String,
+}
+
+/// A delegated HR connection, linked.
+#[derive(Serialize, ToSchema)]
+pub struct HrLinked {
+    pub linked: bool,
+    pub connection: HrConnectionBody,
+}
+
+/// A refused callback: an error body, and with `consent_required` (consent is missing for
+/// a permission the delegated connection needs) a fresh sign-in link.
+#[derive(Serialize, ToSchema)]
+pub struct HrConsentRequired {
+    pub error: String,
+    pub message: String,
+    /// With `consent_required`: the link to try again with after consenting.
+    #[schema(nullable = false)]
+    pub relink_url: Option<String>,
+}
+
+/// HR records imported.
+#[derive(Serialize, ToSchema)]
+pub struct HrImported {
+    pub imported: u64,
+}
+
+/// An import refused as a whole, with every rejected row and why.
+#[derive(Serialize, ToSchema)]
+pub struct HrRowsRejected {
+    /// `rows_rejected`.
+    pub error: String,
+    pub message: String,
+    pub rejected: Vec<hr::import::RejectedRow>,
+}
+
+/// A temporary password, shown once (the answer is `Cache-Control: no-store`).
+#[derive(Serialize, ToSchema)]
+pub struct HrTemporaryPassword {
+    pub employee_id: String,
+    pub user_id: Uuid,
+    pub temporary_password: String,
+    pub force_change_password_next_sign_in: bool,
+    pub shown_once: bool,
+}
+
+/// The JSON form of an HR import: the records, or an object with them as `employees`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum HrImportJson {
+    Records(Vec<hr::HrRecord>),
+    Wrapped { employees: Vec<hr::HrRecord> },
+}
