@@ -704,24 +704,6 @@ impl EntraWriter for GraphWriter<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temporary_passwords_have_every_character_class() {
-        for _ in 0..50 {
-            let p = temporary_password();
-            assert_eq!(p.len(), 16);
-            assert!(p.chars().any(|c| c.is_ascii_uppercase()));
-            assert!(p.chars().any(|c| c.is_ascii_lowercase()));
-            assert!(p.chars().any(|c| c.is_ascii_digit()));
-            assert!(p.chars().any(|c| !c.is_ascii_alphanumeric()));
-        }
-        assert_ne!(temporary_password(), temporary_password());
-    }
-}
-
 /// HR write-back's steps as audit events (`hr.user.create`, `hr.member.add`, ...): one per
 /// step an apply finishes, done or failed, with the HR record's employee id and the plan
 /// as correlation. A temporary password is never a value here: its step records only that
@@ -807,5 +789,23 @@ impl hr::HrEvents for HrTrail {
         if let Err(e) = self.audit.record(event).await {
             tracing::error!(%tenant, %plan, step = step.index, error = %e, "an HR step could not be recorded in the audit trail");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_passwords_have_every_character_class() {
+        for _ in 0..50 {
+            let p = temporary_password();
+            assert_eq!(p.len(), 16);
+            assert!(p.chars().any(|c| c.is_ascii_uppercase()));
+            assert!(p.chars().any(|c| c.is_ascii_lowercase()));
+            assert!(p.chars().any(|c| c.is_ascii_digit()));
+            assert!(p.chars().any(|c| !c.is_ascii_alphanumeric()));
+        }
+        assert_ne!(temporary_password(), temporary_password());
     }
 }
