@@ -197,11 +197,6 @@ impl App {
                 tables.table(table_names.employees()),
             )),
         );
-        let hr = crate::writeback::Writeback {
-            store: Arc::new(hr::TableHrStore::new(tables.table(table_names.hr()))),
-            max_disable_percent: settings.hr_max_disable_percent,
-            events: Arc::new(hr::NoEvents),
-        };
         let notifications = Arc::new(crate::notifications::Notifications::new(
             Arc::new(audit::notify::TableNotificationStore::new(
                 tables.table(table_names.notifications()),
@@ -214,6 +209,11 @@ impl App {
             tables.table(table_names.audit()),
         )))
         .with_observer(notifications.observer());
+        let hr = crate::writeback::Writeback {
+            store: Arc::new(hr::TableHrStore::new(tables.table(table_names.hr()))),
+            max_disable_percent: settings.hr_max_disable_percent,
+            audit: audit.clone(),
+        };
         App {
             version: env!("CARGO_PKG_VERSION"),
             mode,

@@ -13,7 +13,7 @@ use entra::writes::{self, WriteAnswer};
 use hr::plan::compute;
 use hr::{
     Action, AppliedStore as _, Applier, ApplyReport, CompiledRules, Connection, ConnectionType,
-    CredentialKind, DirectoryView, EntraUser, EntraWriter, HrEvents, HrRecordStore as _,
+    CredentialKind, DirectoryView, EntraUser, EntraWriter, HrRecordStore as _,
     HrSettingsStore as _, Plan, PlanInput, Step, TableHrStore, Write, WriteError, WriteErrorKind,
     WriteOutcome,
 };
@@ -121,7 +121,8 @@ pub struct Writeback {
     pub store: Arc<TableHrStore>,
     pub max_disable_percent: f64,
     /// Where every applied change is reported (the audit trail hooks in here).
-    pub events: Arc<dyn HrEvents>,
+    /// Where every applied step is recorded.
+    pub audit: audit::Audit,
 }
 
 /// How many times the plan is recomputed as fresh reads reveal more.
@@ -498,7 +499,12 @@ impl Writeback {
         registration: AppRegistration,
         plan: &Plan,
         include: &(dyn Fn(&Step) -> bool + Sync),
+        actor: audit::Actor,
     ) -> Result<ApplyReport, WritebackError> {
+        let trail = HrTrail {
+            audit: self.audit.clone(),
+            actor,
+        };
         let writer = GraphWriter {
             graph,
             tenant: plan.tenant_id.to_string(),
@@ -536,7 +542,7 @@ impl Writeback {
             writer: &writer,
             journal: self.store.as_ref(),
             applied: self.store.as_ref(),
-            events: self.events.as_ref(),
+            events: &trail,
         };
         let mut report = applier
             .apply(plan, &|s| {
@@ -695,6 +701,94 @@ impl EntraWriter for GraphWriter<'_> {
                 },
             })
             .collect()
+    }
+}
+
+/// HR write-back's steps as audit events (`hr.user.create`, `hr.member.add`, ...): one per
+/// step an apply finishes, done or failed, with the HR record's employee id and the plan
+/// as correlation. A temporary password is never a value here: its step records only that
+/// it ran.
+pub struct HrTrail {
+    pub audit: audit::Audit,
+    /// Who applies: the timer, or the admin behind `POST .../hr/apply`.
+    pub actor: audit::Actor,
+}
+
+/// The audit action of an HR step.
+fn hr_action(step: &hr::Action) -> &'static str {
+    match step {
+        hr::Action::CreateUser { .. } => "hr.user.create",
+        hr::Action::UpdateUser { .. } => "hr.user.update",
+        hr::Action::EnableUser { .. } => "hr.user.enable",
+        hr::Action::DisableUser { .. } => "hr.user.disable",
+        hr::Action::AddMember { .. } => "hr.member.add",
+        hr::Action::RemoveMember { .. } => "hr.member.remove",
+        hr::Action::ResetPassword { .. } => "hr.user.reset_password",
+        hr::Action::SetManager { .. } => "hr.user.set_manager",
+        hr::Action::RevokeSessions { .. } => "hr.user.revoke_sessions",
+    }
+}
+
+#[async_trait::async_trait]
+impl hr::HrEvents for HrTrail {
+    async fn step_finished(
+        &self,
+        tenant: uuid::Uuid,
+        plan: uuid::Uuid,
+        step: &hr::Step,
+        result: &hr::StepResult,
+    ) {
+        let target_id = result
+            .user_id
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| step.employee_id.clone());
+        let target =
+            audit::Target::new("user", target_id).display(format!("employee {}", step.employee_id));
+        let mut event =
+            audit::Event::new(tenant, self.actor.clone(), hr_action(&step.action), target)
+                .correlation(format!("plan {plan}, step {}", step.index));
+        match &step.action {
+            hr::Action::CreateUser {
+                upn, properties, ..
+            } => {
+                event = event.change(audit::Change::new(
+                    "userPrincipalName",
+                    None,
+                    Some(serde_json::Value::String(upn.clone())),
+                ));
+                for (name, value) in properties {
+                    event = event.change(audit::Change::new(
+                        name.as_str(),
+                        None,
+                        Some(serde_json::Value::String(value.clone())),
+                    ));
+                }
+            }
+            hr::Action::UpdateUser { changes, .. } => {
+                for (name, value) in changes {
+                    event = event.change(audit::Change::new(
+                        name.as_str(),
+                        None,
+                        value.clone().map(serde_json::Value::String),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if result.status == hr::StepStatus::Failed {
+            event = event.outcome(audit::Outcome::failure(
+                result
+                    .error_kind
+                    .map(|k| format!("{k:?}"))
+                    .unwrap_or_else(|| "failed".into()),
+                result.error.clone().unwrap_or_default(),
+            ));
+        }
+        // the write to Entra has happened (or failed) by now: a lost record is logged, the
+        // step's own journal still says what was done
+        if let Err(e) = self.audit.record(event).await {
+            tracing::error!(%tenant, %plan, step = step.index, error = %e, "an HR step could not be recorded in the audit trail");
+        }
     }
 }
 

@@ -306,6 +306,40 @@ async fn a_joiner_gets_an_account_groups_and_manager_and_a_second_apply_writes_n
     let state = w.fake.hr_state(&w.tenant, id);
     assert_eq!(state.manager.as_deref(), boss["id"].as_str());
     assert!(state.force_change, "the first password must be changed");
+    // every applied step is in the audit trail, with the admin who applied the plan
+    let (s, trail) = w
+        .call(
+            "GET",
+            &format!("/api/v1/tenants/{}/audit?action=hr.&limit=100", w.tenant),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{trail}");
+    let events = trail["events"].as_array().unwrap();
+    let created: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "hr.user.create")
+        .collect();
+    assert_eq!(created.len(), 2, "{trail}");
+    assert!(
+        created.iter().all(|e| e["actor"]["kind"] == "admin"),
+        "{trail}"
+    );
+    assert!(
+        created.iter().any(|e| e["target"]["id"] == json!(id)
+            && e["changes"]
+                .to_string()
+                .contains("ada.lovelace@contoso.com")),
+        "{trail}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["action"] == "hr.member.add")
+            .count(),
+        2,
+        "{trail}"
+    );
 
     let (s, again) = w.apply(&plan, false).await;
     assert_eq!(s, StatusCode::OK);

@@ -901,7 +901,7 @@ struct ApplyBody {
     )
 )]
 async fn apply(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     let body: ApplyBody = req.json()?;
     let plan_id = Uuid::try_parse(&body.plan_id)
@@ -933,7 +933,13 @@ async fn apply(app: &App, req: &Request) -> Result<Response, ApiError> {
     let (_, registration) = connection_of(app, tenant.tenant_id).await?;
     let report = app
         .hr
-        .apply(&app.graph, registration, &plan, &|_| true)
+        .apply(
+            &app.graph,
+            registration,
+            &plan,
+            &|_| true,
+            crate::trail::admin(&caller),
+        )
         .await
         .map_err(api_error)?;
     let error = report
@@ -1068,9 +1074,13 @@ async fn run_due(app: &App, request: InvocationRequest) -> Result<InvocationResp
             let (_, registration) = connection_of(app, tenant).await.map_err(|e| e.message)?;
             let report = app
                 .hr
-                .apply(&app.graph, registration, &plan, &|s| {
-                    s.due_on.is_some_and(|d| d <= today)
-                })
+                .apply(
+                    &app.graph,
+                    registration,
+                    &plan,
+                    &|s| s.due_on.is_some_and(|d| d <= today),
+                    audit::Actor::system("HrDue"),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(format!(
