@@ -25,6 +25,11 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/tenants/{tenant_id}/provisioning-log" => provisioning_log),
 ];
 
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(audit_log, provisioning_log))]
+pub struct Api;
+
 /// Events per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
 /// Most events per page.
@@ -78,6 +83,31 @@ fn tenant_of(req: &Request) -> Result<Uuid, ApiError> {
     guid_segment(req.param("tenant_id").unwrap_or_default(), "tenant_id")
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/audit",
+    operation_id = "getAuditLog",
+    tag = "Audit",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = uuid::Uuid, Path),
+        ("since" = Option<String>, Query, format = DateTime, description = "Events at or after this RFC 3339 time"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Events before this RFC 3339 time"),
+        ("action" = Option<String>, Query, description = "Actions starting with this (`scim.user` matches `scim.user.create`)"),
+        ("actor" = Option<String>, Query, description = "The actor's id, or its kind (`graph-sync`)"),
+        ("target" = Option<String>, Query, description = "Events about this object id only"),
+        ("outcome" = Option<crate::openapi::schemas::AuditStatus>, Query),
+        ("cursor" = Option<String>, Query, description = "A `next_cursor` of this listing"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Events per page (default 100; not used by `ndjson`)"),
+        ("format" = Option<crate::openapi::schemas::AuditFormat>, Query, description = "`json` (default): one page; `ndjson`: every matching event from `cursor` on"),
+    ),
+    responses(
+        (status = 200, description = "A page of events, newest first; with `format=ndjson`, every matching event, one JSON object a line", content(
+            (crate::openapi::schemas::AuditPage = "application/json"),
+            (crate::openapi::schemas::AuditEvent = "application/x-ndjson"),
+        )),
+    )
+)]
 async fn audit_log(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = tenant_of(req)?;
@@ -180,6 +210,27 @@ fn provisioning_row(event: &Event) -> Value {
     row
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/provisioning-log",
+    operation_id = "getProvisioningLog",
+    tag = "Audit",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = uuid::Uuid, Path),
+        ("since" = Option<String>, Query, format = DateTime, description = "Entries at or after this RFC 3339 time"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Entries before this RFC 3339 time"),
+        ("action" = Option<String>, Query, pattern = "^scim\\.", description = "Actions starting with this; must start with `scim.` (default: every SCIM action)"),
+        ("actor" = Option<String>, Query, description = "The actor's id, or its kind (`entra-provisioning`)"),
+        ("target" = Option<String>, Query, description = "Entries about this object id only"),
+        ("status" = Option<crate::openapi::schemas::AuditStatus>, Query),
+        ("cursor" = Option<String>, Query, description = "A `next_cursor` of this listing"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Entries per page (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the SCIM requests Entra made, newest first", body = crate::openapi::schemas::ProvisioningLogPage),
+    )
+)]
 async fn provisioning_log(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = tenant_of(req)?;

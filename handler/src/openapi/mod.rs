@@ -123,6 +123,16 @@ pub const MODULES: &[Module] = &[
         api: functions::pki::Api::openapi,
         routes: Some(functions::pki::ROUTES),
     },
+    Module {
+        name: "audit_log",
+        api: functions::audit_log::Api::openapi,
+        routes: Some(functions::audit_log::ROUTES),
+    },
+    Module {
+        name: "notifications",
+        api: functions::notifications::Api::openapi,
+        routes: Some(functions::notifications::ROUTES),
+    },
 ];
 
 #[derive(utoipa::OpenApi)]
@@ -145,6 +155,7 @@ pub const MODULES: &[Module] = &[
         (name = "SCIM admin", description = "The product's side of provisioning: Secret Token, settings, invitations"),
         (name = "Directory", description = "Users synchronised from Microsoft Graph"),
         (name = "Certificates", description = "Per-tenant CAs and certificates for directory users"),
+        (name = "Audit", description = "A tenant's audit trail, its provisioning log and who hears about its incidents"),
     ),
     // the schemas only parameters name (utoipa collects those of bodies by itself)
     components(schemas(
@@ -152,7 +163,8 @@ pub const MODULES: &[Module] = &[
         schemas::ScimErrorBody,
         schemas::CloudName,
         schemas::ProvisioningStatus,
-        schemas::InvitationState
+        schemas::InvitationState,
+        schemas::AuditFormat
     )),
     modifiers(&SecuritySchemes, &CommonAnswers)
 )]
