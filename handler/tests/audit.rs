@@ -328,6 +328,27 @@ async fn ndjson_export_streams_every_event_of_the_range() {
 }
 
 #[tokio::test]
+async fn ndjson_export_with_a_malformed_cursor_is_refused_before_the_stream_starts() {
+    let s = Scim::start().await;
+    for cursor in ["", "not-a-cursor"] {
+        let r = s
+            .http
+            .get(format!(
+                "{}/api/v1/tenants/{}/audit?format=ndjson&cursor={cursor}",
+                s.handler.base_url(),
+                s.tenant
+            ))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "cursor {cursor:?}");
+        let body: Value = r.json().await.expect("a whole JSON error body");
+        assert_eq!(body["error"], "invalid_request", "{body}");
+    }
+}
+
+#[tokio::test]
 async fn housekeeping_trims_only_the_days_older_than_the_retention() {
     let s = Scim::start().await;
     let store = audit::TableAuditStore::new(

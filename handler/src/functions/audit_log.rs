@@ -115,7 +115,15 @@ async fn audit_log(app: &App, req: &Request) -> Result<Response, ApiError> {
     let cursor = req.query_param("cursor")?;
     match req.query_param("format")?.as_deref() {
         None | Some("json") => {}
-        Some("ndjson") => return Ok(ndjson(app.audit.store().clone(), tenant, query, cursor)),
+        Some("ndjson") => {
+            // the first page is read before the 200 is sent, so a bad cursor or unreachable
+            // storage is an ordinary error answer rather than a stream cut short
+            let store = app.audit.store().clone();
+            let first = store
+                .page(tenant, &query, cursor.as_deref(), MAX_LIMIT)
+                .await?;
+            return Ok(ndjson(store, tenant, query, first));
+        }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "format {other:?}: json or ndjson"
@@ -134,29 +142,17 @@ async fn audit_log(app: &App, req: &Request) -> Result<Response, ApiError> {
 }
 
 /// Streams every matching event, one JSON object per line, a page at a time, so a long
-/// range is never held in memory.
+/// range is never held in memory; `first` is the page read before answering.
 fn ndjson(
     store: Arc<dyn AuditStore>,
     tenant: Uuid,
     query: AuditQuery,
-    cursor: Option<String>,
+    first: audit::AuditPage,
 ) -> Response {
     let (send, receive) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
     tokio::spawn(async move {
-        let mut cursor = cursor;
+        let mut page = first;
         loop {
-            let page = match store
-                .page(tenant, &query, cursor.as_deref(), MAX_LIMIT)
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    // the status is sent already: cut the stream so the client sees it end early
-                    tracing::warn!(error = %e, "audit export stopped");
-                    let _ = send.send(Err(std::io::Error::other(e.to_string()))).await;
-                    return;
-                }
-            };
             let mut chunk = Vec::new();
             for event in &page.events {
                 serde_json::to_writer(&mut chunk, event).expect("an event serializes");
@@ -165,10 +161,18 @@ fn ndjson(
             if send.send(Ok(chunk.into())).await.is_err() {
                 return; // the client went away
             }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return,
-            }
+            let Some(next) = page.next else {
+                return;
+            };
+            page = match store.page(tenant, &query, Some(&next), MAX_LIMIT).await {
+                Ok(page) => page,
+                Err(e) => {
+                    // the status is sent already: cut the stream so the client sees it end early
+                    tracing::warn!(error = %e, "audit export stopped");
+                    let _ = send.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
         }
     });
     let stream = futures::stream::unfold(receive, |mut receive| async move {
