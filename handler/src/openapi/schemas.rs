@@ -981,3 +981,11 @@ pub struct TestNoticeFailed {
     /// Why, from the mail server or the webhook.
     pub error: String,
 }
+
+/// What came of a test notice.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TestNoticeOutcome {
+    Delivered(TestNoticeDelivered),
+    Failed(TestNoticeFailed),
+}
