@@ -328,6 +328,63 @@ async fn ndjson_export_streams_every_event_of_the_range() {
 }
 
 #[tokio::test]
+async fn ndjson_export_with_a_malformed_cursor_is_refused_before_the_stream_starts() {
+    let s = Scim::start().await;
+    for cursor in ["", "not-a-cursor"] {
+        let r = s
+            .http
+            .get(format!(
+                "{}/api/v1/tenants/{}/audit?format=ndjson&cursor={cursor}",
+                s.handler.base_url(),
+                s.tenant
+            ))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "cursor {cursor:?}");
+        let body: Value = r.json().await.expect("a whole JSON error body");
+        assert_eq!(body["error"], "invalid_request", "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_test_notice_that_cannot_be_mailed_is_reported_as_undelivered_not_as_a_server_error() {
+    let s = Scim::start().await;
+    let url = format!(
+        "{}/api/v1/tenants/{}/notifications",
+        s.handler.base_url(),
+        s.tenant
+    );
+    let r = s
+        .http
+        .put(&url)
+        .bearer_auth(&s.admin)
+        .json(&json!({"emails": ["ops@contoso.com"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // the test handler has no SMTP_HOST: the e-mail channel cannot send
+    let r = s
+        .http
+        .post(format!("{url}/test"))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["delivered"], false, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("e-mail")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn housekeeping_trims_only_the_days_older_than_the_retention() {
     let s = Scim::start().await;
     let store = audit::TableAuditStore::new(

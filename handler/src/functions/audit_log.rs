@@ -25,6 +25,11 @@ pub const ROUTES: &[Route] = &[
     route!(GET "/api/v1/tenants/{tenant_id}/provisioning-log" => provisioning_log),
 ];
 
+/// This module's part of the document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(audit_log, provisioning_log))]
+pub struct Api;
+
 /// Events per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
 /// Most events per page.
@@ -78,6 +83,31 @@ fn tenant_of(req: &Request) -> Result<Uuid, ApiError> {
     guid_segment(req.param("tenant_id").unwrap_or_default(), "tenant_id")
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/audit",
+    operation_id = "getAuditLog",
+    tag = "Audit",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = uuid::Uuid, Path),
+        ("since" = Option<String>, Query, format = DateTime, description = "Events at or after this RFC 3339 time"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Events before this RFC 3339 time"),
+        ("action" = Option<String>, Query, description = "Actions starting with this (`scim.user` matches `scim.user.create`)"),
+        ("actor" = Option<String>, Query, description = "The actor's id, or its kind (`graph-sync`)"),
+        ("target" = Option<String>, Query, description = "Events about this object id only"),
+        ("outcome" = Option<crate::openapi::schemas::AuditStatus>, Query),
+        ("cursor" = Option<String>, Query, description = "A `next_cursor` of this listing"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Events per page (default 100; not used by `ndjson`)"),
+        ("format" = Option<crate::openapi::schemas::AuditFormat>, Query, description = "`json` (default): one page; `ndjson`: every matching event from `cursor` on"),
+    ),
+    responses(
+        (status = 200, description = "A page of events, newest first; with `format=ndjson`, every matching event, one JSON object a line", content(
+            (crate::openapi::schemas::AuditPage = "application/json"),
+            (crate::openapi::schemas::AuditEvent = "application/x-ndjson"),
+        )),
+    )
+)]
 async fn audit_log(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = tenant_of(req)?;
@@ -85,7 +115,15 @@ async fn audit_log(app: &App, req: &Request) -> Result<Response, ApiError> {
     let cursor = req.query_param("cursor")?;
     match req.query_param("format")?.as_deref() {
         None | Some("json") => {}
-        Some("ndjson") => return Ok(ndjson(app.audit.store().clone(), tenant, query, cursor)),
+        Some("ndjson") => {
+            // the first page is read before the 200 is sent, so a bad cursor or unreachable
+            // storage is an ordinary error answer rather than a stream cut short
+            let store = app.audit.store().clone();
+            let first = store
+                .page(tenant, &query, cursor.as_deref(), MAX_LIMIT)
+                .await?;
+            return Ok(ndjson(store, tenant, query, first));
+        }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "format {other:?}: json or ndjson"
@@ -104,29 +142,17 @@ async fn audit_log(app: &App, req: &Request) -> Result<Response, ApiError> {
 }
 
 /// Streams every matching event, one JSON object per line, a page at a time, so a long
-/// range is never held in memory.
+/// range is never held in memory; `first` is the page read before answering.
 fn ndjson(
     store: Arc<dyn AuditStore>,
     tenant: Uuid,
     query: AuditQuery,
-    cursor: Option<String>,
+    first: audit::AuditPage,
 ) -> Response {
     let (send, receive) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
     tokio::spawn(async move {
-        let mut cursor = cursor;
+        let mut page = first;
         loop {
-            let page = match store
-                .page(tenant, &query, cursor.as_deref(), MAX_LIMIT)
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    // the status is sent already: cut the stream so the client sees it end early
-                    tracing::warn!(error = %e, "audit export stopped");
-                    let _ = send.send(Err(std::io::Error::other(e.to_string()))).await;
-                    return;
-                }
-            };
             let mut chunk = Vec::new();
             for event in &page.events {
                 serde_json::to_writer(&mut chunk, event).expect("an event serializes");
@@ -135,10 +161,18 @@ fn ndjson(
             if send.send(Ok(chunk.into())).await.is_err() {
                 return; // the client went away
             }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return,
-            }
+            let Some(next) = page.next else {
+                return;
+            };
+            page = match store.page(tenant, &query, Some(&next), MAX_LIMIT).await {
+                Ok(page) => page,
+                Err(e) => {
+                    // the status is sent already: cut the stream so the client sees it end early
+                    tracing::warn!(error = %e, "audit export stopped");
+                    let _ = send.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
         }
     });
     let stream = futures::stream::unfold(receive, |mut receive| async move {
@@ -180,6 +214,27 @@ fn provisioning_row(event: &Event) -> Value {
     row
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant_id}/provisioning-log",
+    operation_id = "getProvisioningLog",
+    tag = "Audit",
+    security(("entra_admin" = [])),
+    params(
+        ("tenant_id" = uuid::Uuid, Path),
+        ("since" = Option<String>, Query, format = DateTime, description = "Entries at or after this RFC 3339 time"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Entries before this RFC 3339 time"),
+        ("action" = Option<String>, Query, pattern = "^scim\\.", description = "Actions starting with this; must start with `scim.` (default: every SCIM action)"),
+        ("actor" = Option<String>, Query, description = "The actor's id, or its kind (`entra-provisioning`)"),
+        ("target" = Option<String>, Query, description = "Entries about this object id only"),
+        ("status" = Option<crate::openapi::schemas::AuditStatus>, Query),
+        ("cursor" = Option<String>, Query, description = "A `next_cursor` of this listing"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Entries per page (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the SCIM requests Entra made, newest first", body = crate::openapi::schemas::ProvisioningLogPage),
+    )
+)]
 async fn provisioning_log(app: &App, req: &Request) -> Result<Response, ApiError> {
     auth::admin(app, req.authorization()).await?;
     let tenant = tenant_of(req)?;

@@ -128,6 +128,16 @@ pub const MODULES: &[Module] = &[
         api: functions::hr::Api::openapi,
         routes: Some(functions::hr::ROUTES),
     },
+    Module {
+        name: "audit_log",
+        api: functions::audit_log::Api::openapi,
+        routes: Some(functions::audit_log::ROUTES),
+    },
+    Module {
+        name: "notifications",
+        api: functions::notifications::Api::openapi,
+        routes: Some(functions::notifications::ROUTES),
+    },
 ];
 
 #[derive(utoipa::OpenApi)]
@@ -151,6 +161,7 @@ pub const MODULES: &[Module] = &[
         (name = "Directory", description = "Users synchronised from Microsoft Graph"),
         (name = "Certificates", description = "Per-tenant CAs and certificates for directory users"),
         (name = "HR write-back", description = "HR records, rules, plans and their idempotent apply to Entra, over a tenant's HR connection"),
+        (name = "Audit", description = "A tenant's audit trail, its provisioning log and who hears about its incidents"),
     ),
     // the schemas only parameters name (utoipa collects those of bodies by itself)
     components(schemas(
@@ -158,7 +169,8 @@ pub const MODULES: &[Module] = &[
         schemas::ScimErrorBody,
         schemas::CloudName,
         schemas::ProvisioningStatus,
-        schemas::InvitationState
+        schemas::InvitationState,
+        schemas::AuditFormat
     )),
     modifiers(&SecuritySchemes, &CommonAnswers)
 )]

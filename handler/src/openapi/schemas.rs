@@ -888,3 +888,201 @@ pub enum HrImportJson {
     Records(Vec<hr::HrRecord>),
     Wrapped { employees: Vec<hr::HrRecord> },
 }
+
+/// Who made an audited change.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditActorKind {
+    Admin,
+    EntraProvisioning,
+    GraphSync,
+    TenantAdmin,
+    Principal,
+    System,
+}
+
+/// The actor of an audit event.
+#[derive(Serialize, ToSchema)]
+pub struct AuditActor {
+    pub kind: AuditActorKind,
+    /// The admin's or principal's object id, or the task's name.
+    pub id: String,
+    #[schema(nullable = false)]
+    pub name: Option<String>,
+}
+
+/// What an audit event is about.
+#[derive(Serialize, ToSchema)]
+pub struct AuditTarget {
+    /// `tenant`, `grant`, `user`, `notifications`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    #[schema(nullable = false)]
+    pub display: Option<String>,
+}
+
+/// How an audited change ended.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditStatus {
+    Success,
+    Failure,
+    /// Recorded before the change; one that stays pending never recorded its end.
+    Pending,
+}
+
+/// How the audit trail is answered: one page (`json`) or an export of every matching
+/// event, one a line (`ndjson`, `application/x-ndjson`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFormat {
+    Json,
+    Ndjson,
+}
+
+/// An event's outcome: a failure carries its code and reason.
+#[derive(Serialize, ToSchema)]
+pub struct AuditOutcome {
+    pub status: AuditStatus,
+    /// An HTTP status, a SCIM type or an error code (failures).
+    #[schema(nullable = false)]
+    pub code: Option<String>,
+    /// For people (failures).
+    #[schema(nullable = false)]
+    pub reason: Option<String>,
+}
+
+/// One attribute's change; a secret's old and new values read `changed`.
+#[derive(Serialize, ToSchema)]
+pub struct AuditChange {
+    pub attribute: String,
+    pub old: Value,
+    pub new: Value,
+}
+
+/// One audit event (also one line of the NDJSON export).
+#[derive(Serialize, ToSchema)]
+pub struct AuditEvent {
+    pub id: String,
+    #[schema(format = DateTime)]
+    pub time: String,
+    pub tenant: Uuid,
+    pub actor: AuditActor,
+    /// Dotted, e.g. `grant.create`, `scim.user.update`.
+    pub action: String,
+    pub target: AuditTarget,
+    pub outcome: AuditOutcome,
+    /// Left out when nothing changed.
+    #[schema(nullable = false)]
+    pub changes: Option<Vec<AuditChange>>,
+    /// The Functions invocation that made the change.
+    #[schema(nullable = false)]
+    pub invocation_id: Option<String>,
+    /// Ties events of one request or notice together.
+    #[schema(nullable = false)]
+    pub correlation: Option<String>,
+}
+
+/// A page of a tenant's audit trail, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Pass it back as `cursor` for the next (older) page.
+    pub next_cursor: Option<String>,
+}
+
+/// The SCIM operation a provisioning log row records.
+#[derive(Serialize, ToSchema)]
+pub enum ProvisioningOperation {
+    Create,
+    Update,
+    Replace,
+    Delete,
+    Other,
+}
+
+/// Why a provisioning request failed.
+#[derive(Serialize, ToSchema)]
+pub struct ProvisioningError {
+    pub code: String,
+    pub reason: String,
+}
+
+/// A SCIM request of Entra's and what came of it.
+#[derive(Serialize, ToSchema)]
+pub struct ProvisioningLogEntry {
+    pub id: String,
+    #[schema(format = DateTime)]
+    pub time: String,
+    pub action: String,
+    pub operation: ProvisioningOperation,
+    pub target: AuditTarget,
+    pub status: AuditStatus,
+    pub correlation: Option<String>,
+    /// On success.
+    #[schema(nullable = false)]
+    pub modified_properties: Option<Vec<AuditChange>>,
+    /// On failure.
+    #[schema(nullable = false)]
+    pub error: Option<ProvisioningError>,
+}
+
+/// A page of a tenant's provisioning log, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct ProvisioningLogPage {
+    pub entries: Vec<ProvisioningLogEntry>,
+    /// Pass it back as `cursor` for the next (older) page.
+    pub next_cursor: Option<String>,
+}
+
+/// A kind of incident a tenant can be notified of.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentKindName {
+    SyncFailing,
+    ScimFailing,
+    ConsentRevoked,
+    CertificateExpiring,
+    PoisonMessage,
+}
+
+/// Who hears about a tenant's incidents.
+#[derive(Serialize, ToSchema)]
+pub struct NotificationSettingsBody {
+    #[schema(format = Email)]
+    pub emails: Vec<String>,
+    pub webhook_url: Option<String>,
+    /// A signing secret for the webhook exists.
+    pub webhook_secret_set: bool,
+    pub notify_on: Vec<IncidentKindName>,
+    /// The webhook signing secret, only in the answer of the `PUT` that made it (shown once).
+    #[schema(nullable = false)]
+    pub webhook_secret: Option<String>,
+}
+
+/// A test notice that was delivered.
+#[derive(Serialize, ToSchema)]
+pub struct TestNoticeDelivered {
+    /// Always `true`.
+    pub delivered: bool,
+    /// The notice's id (as the webhook and e-mail show it).
+    pub id: String,
+}
+
+/// A test notice that could not be delivered.
+#[derive(Serialize, ToSchema)]
+pub struct TestNoticeFailed {
+    /// Always `false`.
+    pub delivered: bool,
+    /// Why, from the mail server or the webhook.
+    pub error: String,
+}
+
+/// What came of a test notice.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TestNoticeOutcome {
+    Delivered(TestNoticeDelivered),
+    Failed(TestNoticeFailed),
+}
