@@ -748,14 +748,9 @@ impl hr::HrEvents for HrTrail {
             audit::Event::new(tenant, self.actor.clone(), hr_action(&step.action), target)
                 .correlation(format!("plan {plan}, step {}", step.index));
         match &step.action {
-            hr::Action::CreateUser {
-                upn, properties, ..
-            } => {
-                event = event.change(audit::Change::new(
-                    "userPrincipalName",
-                    None,
-                    Some(serde_json::Value::String(upn.clone())),
-                ));
+            hr::Action::CreateUser { properties, .. } => {
+                // not the planned UPN: a collision found at apply time gives the user the
+                // next free one, and the target's id is the user Entra made
                 for (name, value) in properties {
                     event = event.change(audit::Change::new(
                         name.as_str(),

@@ -633,7 +633,8 @@ impl TableDirectory {
                     // write records it
                     None => {
                         let (total, mut row) = self.read_totals(tenant).await?;
-                        row.scim_seen = Some(total.scim_users > 0);
+                        // never unsays a mark SCIM made between the reads
+                        row.scim_seen = Some(row.scim_seen == Some(true) || total.scim_users > 0);
                         (total.scim_users > 0, row)
                     }
                 };
@@ -808,7 +809,11 @@ impl TableDirectory {
         }
         let mut values = counter.values;
         let counted = !delta.is_zero();
-        if counted {
+        // a Graph write that counts nothing (a create and a delete in one transaction, or
+        // updates) still carries the Graph row while it says no SCIM user exists, so that
+        // its ETag fails the transaction if SCIM marked the row meanwhile
+        let guarded = !counted && !ops.is_empty() && counter.scim_seen == Some(false);
+        if counted || guarded {
             values.add(&delta);
             let row = counters_entity(tenant, counter, &values);
             ops.push(match &counter.etag {
@@ -821,7 +826,7 @@ impl TableDirectory {
             return Ok(());
         }
         let etags = self.table.transact(&ops).await?;
-        if counted {
+        if counted || guarded {
             counter.values = values;
             counter.etag = etags.last().cloned().flatten();
         }
