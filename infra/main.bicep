@@ -51,7 +51,7 @@ param connectorScopes string = ''
 @description('Where browsers reach the service, without a trailing slash (a custom domain); empty: https://<default host name>.')
 param publicBaseUrl string = ''
 
-@description('Prefix of every table name (letters and digits, starting with a letter), to share an account.')
+@description('Prefix of every table name (letters and digits, starting with a letter). The account is this deployment\'s own, so usually empty.')
 @maxLength(20)
 param tablePrefix string = ''
 

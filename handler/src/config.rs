@@ -108,7 +108,8 @@ pub struct Settings {
     pub port: u16,
     /// `AzureWebJobsStorage` or its `__` identity-based variant.
     pub storage: StorageSettings,
-    /// `STORAGE_TABLE_PREFIX`: prepended to every table name (several deployments, one account).
+    /// `STORAGE_TABLE_PREFIX`: prepended to every table name (test runs sharing one account;
+    /// queues are not prefixed, so a deployment needs its own account).
     pub table_prefix: String,
     /// `LOG_FORMAT`: `json` or `text`.
     pub log_format: LogFormat,

@@ -2,6 +2,10 @@
 //! started by the test tooling) and a local webhook receiver that checks the signature:
 //! a thousand SCIM failures make one incident, one mail and one webhook call, and the
 //! first success after them one recovery notice of each.
+//!
+//! Every handler of this file listens to the same `notifications` queue on the shared
+//! Azurite while its tables are its own: a notice taken by another test's handler finds no
+//! settings there and is dropped, so the tests take turns.
 
 mod common;
 
@@ -99,6 +103,8 @@ impl Smtp {
     }
 }
 
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Webhook calls received: (signature header, body).
 type Calls = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
@@ -195,6 +201,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recovery_of_each() {
+    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let s = start_handler(&smtp).await;
@@ -271,6 +278,7 @@ async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recover
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_test_button_mails_and_calls_the_webhook_and_settings_refuse_plain_http() {
+    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let s = start_handler(&smtp).await;
