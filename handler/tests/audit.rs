@@ -410,11 +410,26 @@ async fn housekeeping_trims_only_the_days_older_than_the_retention() {
     store.append(&old(120, 3)).await.unwrap();
     store.append(&old(91, 2)).await.unwrap();
     store.append(&old(10, 1)).await.unwrap();
+    // a tenant removed since: no longer listed, its old events expire all the same
+    let removed = uuid::Uuid::new_v4();
+    let mut gone = old(120, 1);
+    gone[0].tenant = removed;
+    store.append(&gone).await.unwrap();
+    let query = audit::AuditQuery::default();
+    assert_eq!(
+        store
+            .page(removed, &query, None, 10)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
     assert_eq!(s.events("action=test.").await.len(), 6);
     let logs = s.housekeeping().await;
     assert!(
         logs.iter()
-            .any(|l| l.contains("trimmed 5 audit events older than 90 days")),
+            .any(|l| l.contains("dropped 2 days of audit events older than 90 days")),
         "{logs:?}"
     );
     let left = s.events("action=test.").await;
@@ -422,6 +437,14 @@ async fn housekeeping_trims_only_the_days_older_than_the_retention() {
     assert_eq!(left[0]["target"]["id"], "10-0");
     // the target rows went with their day
     assert!(s.events("target=120-0").await.is_empty());
+    assert!(
+        store
+            .page(removed, &query, None, 10)
+            .await
+            .unwrap()
+            .events
+            .is_empty()
+    );
 }
 
 /// A Table endpoint in front of Azurite that fails (503) every request touching a table

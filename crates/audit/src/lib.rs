@@ -37,7 +37,7 @@ pub mod store;
 use std::sync::Arc;
 
 pub use event::{Actor, ActorKind, Change, Event, Outcome, SECRET_CHANGED, Target, diff};
-pub use store::{AuditError, AuditPage, AuditQuery, AuditStore, TableAuditStore};
+pub use store::{AuditError, AuditPage, AuditQuery, AuditStore, TableAuditStore, Trimmed};
 
 /// Told about every event recorded (incident tracking for notifications listens here).
 pub trait EventObserver: Send + Sync {

@@ -1,17 +1,24 @@
 //! Where events are kept and how they are read back: the store trait, the query and its
 //! cursor, and the Table Storage layout.
 //!
-//! Layout (one table):
-//! - events: PartitionKey `{tenant}_{inverted day}`, RowKey `e{tenant}{inverted µs}{id}`,
-//!   so a partition holds one tenant's day and reads newest first;
+//! Layout: a table per day, `{base}{yyyymmdd}` (for example `Audit20261201`), beside the
+//! base table that lists the days.
+//! - events: in the day's table, PartitionKey `{tenant}`, RowKey
+//!   `e{tenant}{inverted µs}{id}`, so a partition holds one tenant's day and reads newest
+//!   first;
 //! - a copy per target in the same partition (and the same transaction), RowKey
 //!   `t{tenant}{target id}|{inverted µs}{id}`, so a filter on one object reads only its
 //!   events;
-//! - the tenant in the row key too, and every query bounded to one day's row keys: a
-//!   store that looks row keys up before partitions (Azurite) then reads one tenant's day,
-//!   not every tenant's rows of that kind;
-//! - the tenant's days: PartitionKey `{tenant}`, RowKey `{inverted day}`, so a query skips
-//!   days without events and retention finds what expires without scanning.
+//! - the tenant in the row key too: a store that looks row keys up before partitions
+//!   (Azurite) then reads one tenant's rows of that kind;
+//! - in the base table, the tenant's days (PartitionKey `{tenant}`, RowKey
+//!   `{inverted day}`), so a query skips days without events, and every day with a table
+//!   (PartitionKey `days`, RowKey `yyyymmdd`), so retention drops whole tables, the
+//!   cheapest trim there is: nothing is read or deleted row by row, whichever tenant
+//!   (even one since removed) wrote them.
+//!
+//! A table per day also bounds what a store that scans a whole table for each query
+//! (Azurite's LokiJS collections) reads: one day of events, not the retention's.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -77,16 +84,32 @@ pub trait AuditStore: Send + Sync {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<AuditPage, AuditError>;
-    /// Deletes the tenant's events of days before `keep_from`; answers how many.
-    async fn trim(&self, tenant: Uuid, keep_from: Date) -> Result<usize, AuditError>;
+    /// Deletes every event of the days before `keep_from` (retention is the deployment's,
+    /// not a tenant's), and the listed tenants' records of those days.
+    async fn trim(&self, keep_from: Date, tenants: &[Uuid]) -> Result<Trimmed, AuditError>;
 }
 
 /// The Table Storage implementation.
 pub struct TableAuditStore {
+    /// The base table: the days lists; events live in the day tables named after it.
     table: Table,
     /// Day rows this process has written, so each is written once per day.
     days_written: Mutex<HashSet<(Uuid, u32)>>,
+    /// Days whose table this process has listed (`days` rows).
+    tables_listed: Mutex<HashSet<u32>>,
 }
+
+/// What a trim removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Day tables dropped (every tenant's events of those days).
+    pub days: usize,
+    /// Tenants' day rows removed from the base table.
+    pub day_rows: usize,
+}
+
+/// The base table's partition that lists the days with a table.
+const DAYS_PARTITION: &str = "days";
 
 /// `yyyymmdd` of a date.
 fn day_number(date: Date) -> u32 {
@@ -107,10 +130,6 @@ fn date_of_inverted(s: &str) -> Option<Date> {
 fn inverted_micros(t: OffsetDateTime) -> String {
     let micros = (t.unix_timestamp_nanos() / 1000).max(0) as u64;
     format!("{:016}", 9_999_999_999_999_999u64.saturating_sub(micros))
-}
-
-fn event_partition(tenant: Uuid, date: Date) -> String {
-    format!("{tenant}_{}", inverted_day(date))
 }
 
 fn event_row(tenant: Uuid, stamp: &str) -> String {
@@ -260,7 +279,22 @@ impl TableAuditStore {
         TableAuditStore {
             table,
             days_written: Mutex::new(HashSet::new()),
+            tables_listed: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The table holding one day's events (`yyyymmdd`).
+    fn day_table(&self, day: u32) -> Table {
+        self.table
+            .client()
+            .table(format!("{}{day:08}", self.table.name()))
+    }
+
+    /// The day table of an inverted day string (a tenant's day row, a cursor).
+    fn day_table_of(&self, inverted: &str) -> Result<Table, AuditError> {
+        let date =
+            date_of_inverted(inverted).ok_or_else(|| AuditError::Malformed(inverted.into()))?;
+        Ok(self.day_table(day_number(date)))
     }
 
     /// The tenant's days with events, newest first (inverted day strings).
@@ -303,12 +337,21 @@ impl TableAuditStore {
 #[async_trait]
 impl AuditStore for TableAuditStore {
     async fn append(&self, events: &[Event]) -> Result<(), AuditError> {
-        let mut ops = Vec::with_capacity(events.len() * 2);
+        // one transaction list per day table (a batch at midnight may span two)
+        let mut ops: Vec<(u32, Vec<Operation>)> = Vec::new();
         let mut new_days = Vec::new();
         for event in events {
             let date = event.time.date();
-            let partition = event_partition(event.tenant, date);
+            let partition = event.tenant.to_string();
             let stamp = format!("{}{}", inverted_micros(event.time), event.id);
+            let number = day_number(date);
+            let ops = match ops.iter().position(|(d, _)| *d == number) {
+                Some(i) => &mut ops[i].1,
+                None => {
+                    ops.push((number, Vec::with_capacity(events.len() * 2)));
+                    &mut ops.last_mut().expect("just pushed").1
+                }
+            };
             ops.push(Operation::UpsertReplace(to_entity(
                 event,
                 &partition,
@@ -330,7 +373,24 @@ impl AuditStore for TableAuditStore {
                 new_days.push(day);
             }
         }
-        // the day row first: an event is never stored where a query or trim cannot find it
+        // the day rows first: an event is never stored where a query or trim cannot find it
+        for (day, _) in &ops {
+            if self
+                .tables_listed
+                .lock()
+                .expect("not poisoned")
+                .contains(day)
+            {
+                continue;
+            }
+            self.table
+                .upsert_replace(&Entity::new(DAYS_PARTITION, format!("{day:08}")))
+                .await?;
+            self.tables_listed
+                .lock()
+                .expect("not poisoned")
+                .insert(*day);
+        }
         for (tenant, day) in &new_days {
             let date = date_of_inverted(&format!("{:08}", 99_999_999 - day))
                 .ok_or_else(|| AuditError::Malformed("day".into()))?;
@@ -342,12 +402,15 @@ impl AuditStore for TableAuditStore {
             .lock()
             .expect("not poisoned")
             .extend(new_days);
-        self.table.transact_chunked(ops).await?;
+        // the day's table is made by its first write
+        for (day, ops) in ops {
+            self.day_table(day).transact_chunked(ops).await?;
+        }
         Ok(())
     }
 
     async fn complete(&self, pending: &Event, done: &Event) -> Result<(), AuditError> {
-        let partition = event_partition(done.tenant, done.time.date());
+        let partition = done.tenant.to_string();
         let stamp = format!("{}{}", inverted_micros(done.time), done.id);
         let mut ops = vec![
             Operation::UpsertReplace(to_entity(done, &partition, event_row(done.tenant, &stamp))),
@@ -364,7 +427,9 @@ impl AuditStore for TableAuditStore {
                 if_match: IfMatch::Any,
             });
         }
-        self.table.transact(&ops).await?;
+        self.day_table(day_number(done.time.date()))
+            .transact(&ops)
+            .await?;
         Ok(())
     }
 
@@ -396,8 +461,9 @@ impl AuditStore for TableAuditStore {
         let mut events = Vec::new();
         let mut last: Option<(String, String)> = None;
         let mut more = false;
+        let partition = tenant.to_string();
         'days: for day in &days {
-            let partition = format!("{tenant}_{day}");
+            let table = self.day_table_of(day)?;
             let date = date_of_inverted(day).ok_or_else(|| AuditError::Malformed(day.clone()))?;
             let day_start = date.midnight().assume_utc();
             let day_end = day_start + time::Duration::days(1);
@@ -429,7 +495,8 @@ impl AuditStore for TableAuditStore {
             let mut continuation = None;
             loop {
                 q.page_size = Some((limit - events.len() + 1).min(1000) as u32);
-                let page = self.table.query_page(&q, continuation.as_ref()).await?;
+                // a dropped day's table reads as empty
+                let page = table.query_page(&q, continuation.as_ref()).await?;
                 for entity in &page.entities {
                     if events.len() == limit {
                         more = true;
@@ -454,49 +521,63 @@ impl AuditStore for TableAuditStore {
         })
     }
 
-    async fn trim(&self, tenant: Uuid, keep_from: Date) -> Result<usize, AuditError> {
-        let keep = inverted_day(keep_from);
-        let mut removed = 0;
-        for day in self.days(tenant).await? {
-            // inverted: older days have larger keys
-            if day <= keep {
-                continue;
-            }
-            let partition = format!("{tenant}_{day}");
-            let mut query = Query::partition(&partition);
-            query.select = Some(Vec::new());
-            let rows = self.table.query_all(query).await?;
-            let deletes: Vec<Operation> = rows
-                .into_iter()
-                .map(|e| Operation::Delete {
-                    partition_key: e.partition_key,
-                    row_key: e.row_key,
-                    if_match: IfMatch::Any,
-                })
-                .collect();
-            removed += deletes
-                .iter()
-                .filter(
-                    |d| matches!(d, Operation::Delete { row_key, .. } if row_key.starts_with('e')),
-                )
-                .count();
-            self.table.transact_chunked(deletes).await?;
+    async fn trim(&self, keep_from: Date, tenants: &[Uuid]) -> Result<Trimmed, AuditError> {
+        let mut trimmed = Trimmed::default();
+        // every day with a table before `keep_from`: its table goes whole
+        let mut query = Query::filter(format!(
+            "PartitionKey eq {} and RowKey lt {}",
+            literal(DAYS_PARTITION),
+            literal(&format!("{:08}", day_number(keep_from)))
+        ));
+        query.select = Some(Vec::new());
+        for row in self.table.query_all(query).await? {
+            let day: u32 = row
+                .row_key
+                .parse()
+                .map_err(|_| AuditError::Malformed(format!("day {}", row.row_key)))?;
+            self.table
+                .client()
+                .delete_table(self.day_table(day).name())
+                .await?;
             match self
                 .table
-                .delete(&tenant.to_string(), &day, IfMatch::Any)
+                .delete(DAYS_PARTITION, &row.row_key, IfMatch::Any)
                 .await
             {
                 Err(e) if !e.is_not_found() => return Err(e.into()),
                 _ => {}
             }
-            if let Some(date) = date_of_inverted(&day) {
-                self.days_written
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(&(tenant, day_number(date)));
+            self.tables_listed
+                .lock()
+                .expect("not poisoned")
+                .remove(&day);
+            trimmed.days += 1;
+        }
+        // then the tenants' lists of those days (inverted: older days have larger keys)
+        let keep = inverted_day(keep_from);
+        for tenant in tenants {
+            for day in self.days(*tenant).await? {
+                if day <= keep {
+                    continue;
+                }
+                match self
+                    .table
+                    .delete(&tenant.to_string(), &day, IfMatch::Any)
+                    .await
+                {
+                    Err(e) if !e.is_not_found() => return Err(e.into()),
+                    _ => {}
+                }
+                if let Some(date) = date_of_inverted(&day) {
+                    self.days_written
+                        .lock()
+                        .expect("not poisoned")
+                        .remove(&(*tenant, day_number(date)));
+                }
+                trimmed.day_rows += 1;
             }
         }
-        Ok(removed)
+        Ok(trimmed)
     }
 }
 

@@ -71,8 +71,8 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         (Ok(purged), Ok(pending), Ok(finished), Ok(trimmed)) => (
             RunOutcome::Succeeded,
             format!(
-                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {} pending tenants; dropped {} pending tenants not confirmed within CONSENT_PENDING_MINUTES; finished {finished} SCIM deletions; trimmed {trimmed} audit events older than {} days",
-                pending.confirmed, pending.dropped, app.audit_retention_days
+                "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {} pending tenants; dropped {} pending tenants not confirmed within CONSENT_PENDING_MINUTES; finished {finished} SCIM deletions; dropped {} days of audit events older than {} days",
+                pending.confirmed, pending.dropped, trimmed.days, app.audit_retention_days
             ),
         ),
         (_, _, _, Err(e)) => (
@@ -128,9 +128,10 @@ async fn finish_scim_deletions(app: &App) -> Result<usize, StoreError> {
     }
 }
 
-/// Deletes audit events older than `AUDIT_RETENTION_DAYS` in every tenant's trail (and the
-/// service's own, kept under the admin tenant), whole days at a time.
-async fn trim_audit(app: &App, now: OffsetDateTime) -> Result<usize, audit::AuditError> {
+/// Deletes audit events older than `AUDIT_RETENTION_DAYS`, whole days at a time (every
+/// tenant's, even one since removed, and the service's own), and the registered tenants'
+/// records of those days.
+async fn trim_audit(app: &App, now: OffsetDateTime) -> Result<audit::Trimmed, audit::AuditError> {
     let keep_from = (now - time::Duration::days(i64::from(app.audit_retention_days))).date();
     let mut tenants: Vec<uuid::Uuid> = app
         .access
@@ -142,19 +143,5 @@ async fn trim_audit(app: &App, now: OffsetDateTime) -> Result<usize, audit::Audi
         .map(|t| t.tenant_id)
         .collect();
     tenants.push(app.entra.admin_tenant_id);
-    let mut trimmed = 0;
-    let mut failed = None;
-    for tenant in tenants {
-        match app.audit.store().trim(tenant, keep_from).await {
-            Ok(n) => trimmed += n,
-            Err(e) => {
-                tracing::warn!(%tenant, error = %e, "audit events not trimmed");
-                failed.get_or_insert(e);
-            }
-        }
-    }
-    match failed {
-        None => Ok(trimmed),
-        Some(e) => Err(e),
-    }
+    app.audit.store().trim(keep_from, &tenants).await
 }
