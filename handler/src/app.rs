@@ -205,10 +205,16 @@ impl App {
             notification_queue,
             settings.smtp.clone(),
         ));
-        let audit = audit::Audit::new(Arc::new(audit::TableAuditStore::new(
+        let audit_store: Arc<dyn audit::AuditStore> = Arc::new(audit::TableAuditStore::new(
             tables.table(table_names.audit()),
-        )))
-        .with_observer(notifications.observer());
+        ));
+        #[cfg(feature = "bench-without-audit")]
+        let audit_store: Arc<dyn audit::AuditStore> = {
+            drop(audit_store);
+            tracing::warn!("built with bench-without-audit: the audit trail stores nothing");
+            Arc::new(unaudited::Discard)
+        };
+        let audit = audit::Audit::new(audit_store).with_observer(notifications.observer());
         let hr = crate::writeback::Writeback {
             store: Arc::new(hr::TableHrStore::new(tables.table(table_names.hr()))),
             max_disable_percent: settings.hr_max_disable_percent,
@@ -249,5 +255,40 @@ impl App {
             self.tables.create_table_if_not_exists(&name).await?;
         }
         Ok(())
+    }
+}
+
+/// The audit store of a benchmark baseline: accepts every event and keeps none.
+#[cfg(feature = "bench-without-audit")]
+mod unaudited {
+    use async_trait::async_trait;
+    use audit::{AuditError, AuditPage, AuditQuery, AuditStore, Event, Trimmed};
+    use uuid::Uuid;
+
+    pub struct Discard;
+
+    #[async_trait]
+    impl AuditStore for Discard {
+        async fn append(&self, _: &[Event]) -> Result<(), AuditError> {
+            Ok(())
+        }
+        async fn complete(&self, _: &Event, _: &Event) -> Result<(), AuditError> {
+            Ok(())
+        }
+        async fn page(
+            &self,
+            _: Uuid,
+            _: &AuditQuery,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<AuditPage, AuditError> {
+            Ok(AuditPage {
+                events: Vec::new(),
+                next: None,
+            })
+        }
+        async fn trim(&self, _: time::Date, _: &[Uuid]) -> Result<Trimmed, AuditError> {
+            Ok(Trimmed::default())
+        }
     }
 }
