@@ -343,6 +343,19 @@ fn main() {
                 requests * 1000.0 / users as f64
             );
         }
+        let events = b
+            .handler
+            .output()
+            .lines()
+            .filter(|l| l.contains("success ("))
+            .filter_map(|l| l.split(" audit events").next()?.rsplit(' ').next()?.parse::<f64>().ok())
+            .next();
+        if let Some(events) = events {
+            println!(
+                "audit events written by the full round: {events:.0} ({:.0} events/s over the round)",
+                events / secs
+            );
+        }
 
         // 1,000 changes in Entra, then an incremental round
         for i in 0..1000 {

@@ -43,6 +43,8 @@ struct RevokeCertificates<'a> {
     pki: &'a pki::Pki,
     enabled: bool,
     audit: &'a audit::Audit,
+    /// Audit events the round's pages wrote (a replayed page counts again).
+    events: std::sync::atomic::AtomicUsize,
 }
 
 /// A page's changes as audit events, ids from round and object so a replayed page writes
@@ -102,10 +104,14 @@ impl sync::RoundObserver for RevokeCertificates<'_> {
         started: OffsetDateTime,
         objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
+        let events = sync_events(tenant, round, started, objects);
         self.audit
-            .record_all(&sync_events(tenant, round, started, objects))
+            .record_all(&events)
             .await
-            .map_err(|e| format!("recording the page's changes in the audit trail: {e}"))
+            .map_err(|e| format!("recording the page's changes in the audit trail: {e}"))?;
+        self.events
+            .fetch_add(events.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -248,17 +254,19 @@ async fn run_tenant(
     };
     // Table requests of this process while the round ran (benchmarks read it from the log)
     let requests_before = app.tables.request_count();
+    let observer = RevokeCertificates {
+        pki: &app.pki,
+        enabled: app.certificates.revoke_on_disable,
+        audit: &app.audit,
+        events: Default::default(),
+    };
     let report = sync::run_round(
         tenant.tenant_id,
         &source,
         &*app.directory,
         app.sync.states.clone(),
         &options,
-        &RevokeCertificates {
-            pki: &app.pki,
-            enabled: app.certificates.revoke_on_disable,
-            audit: &app.audit,
-        },
+        &observer,
     )
     .await
     .map_err(|e| failed(format!("sync of {}: {e}", tenant.tenant_id)))?;
@@ -288,12 +296,13 @@ async fn run_tenant(
         tracing::warn!(tenant = %tenant.tenant_id, error = %e, "sync round outcome not recorded");
     }
     let summary = format!(
-        "sync of {}: round {} {} ({} pages, {} changes, {} entities in {} transactions, {} Table requests, {:.1} s)",
+        "sync of {}: round {} {} ({} pages, {} changes, {} audit events, {} entities in {} transactions, {} Table requests, {:.1} s)",
         tenant.tenant_id,
         report.round,
         report.outcome.name(),
         report.pages,
         report.applied.changes(),
+        observer.events.load(std::sync::atomic::Ordering::Relaxed),
         report.applied.entities,
         report.applied.transactions,
         app.tables.request_count() - requests_before,
