@@ -97,7 +97,10 @@ fn run(binary: std::path::PathBuf, large_groups: bool) {
                         "name": {"givenName": "User", "familyName": format!("{i}")},
                     });
                     let r = http.post(format!("{base}/Users")).bearer_auth(&token).json(&body).send().await.unwrap();
-                    assert_eq!(r.status(), 201);
+                    let status = r.status();
+                    if status != 201 {
+                        panic!("seeding user {i}: {status} {}", r.text().await.unwrap_or_default());
+                    }
                     ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
                 }
             }));

@@ -149,7 +149,16 @@ impl Applied {
 
 const MAX_OPERATIONS: usize = 100;
 const READ_CONCURRENCY: usize = 32;
-const ATTEMPTS: usize = 6;
+const ATTEMPTS: u32 = 10;
+
+/// A random pause before attempt `attempt` (from 1) after a lost race: concurrent writers
+/// that collided on a row (a counter shard, a first insert) would collide again if they
+/// retried at once. Up to 5 ms doubled per attempt, at most 320 ms.
+async fn back_off(attempt: u32) {
+    let most = 5u64 << attempt.min(6);
+    let pause = (Uuid::new_v4().as_u128() % u128::from(most)) as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+}
 
 /// [`Directory`] on a table.
 #[derive(Clone)]
@@ -1569,13 +1578,18 @@ impl Directory for TableDirectory {
         let tenant = tenant.to_string();
         let mut applied = Applied::default();
         let mut mode = mode;
-        for _ in 0..ATTEMPTS {
+        for attempt in 1..=ATTEMPTS {
             match self
                 .try_apply_users(&tenant, writer, &changes, mode, &mut applied)
                 .await
             {
                 Ok(()) => return Ok(applied),
-                Err(Failure::Conflict) => mode = ApplyMode::Read,
+                Err(Failure::Conflict) => {
+                    mode = ApplyMode::Read;
+                    if attempt < ATTEMPTS {
+                        back_off(attempt).await;
+                    }
+                }
                 Err(Failure::Fatal(e)) => return Err(e),
             }
         }
@@ -1592,13 +1606,18 @@ impl Directory for TableDirectory {
         let tenant = tenant.to_string();
         let mut applied = Applied::default();
         let mut mode = mode;
-        for _ in 0..ATTEMPTS {
+        for attempt in 1..=ATTEMPTS {
             match self
                 .try_apply_groups(&tenant, writer, &changes, mode, &mut applied)
                 .await
             {
                 Ok(()) => return Ok(applied),
-                Err(Failure::Conflict) => mode = ApplyMode::Read,
+                Err(Failure::Conflict) => {
+                    mode = ApplyMode::Read;
+                    if attempt < ATTEMPTS {
+                        back_off(attempt).await;
+                    }
+                }
                 Err(Failure::Fatal(e)) => return Err(e),
             }
         }
