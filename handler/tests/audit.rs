@@ -622,3 +622,44 @@ async fn a_scim_change_is_not_made_when_its_event_cannot_be_stored_and_a_failed_
     assert_eq!(r.status(), StatusCode::CREATED);
     std::fs::remove_dir_all(&data).ok();
 }
+
+// Found in review: a bound with another offset picked its day by its local date, so
+// `since=…T01:00:00+02:00` skipped the UTC day before, where the first hour of the range is.
+#[tokio::test]
+async fn a_time_range_given_in_another_offset_reads_the_utc_days_it_covers() {
+    let s = Scim::start().await;
+    let store = audit::TableAuditStore::new(
+        Azurite::shared()
+            .client()
+            .table(format!("{}Audit", s.prefix)),
+    );
+    use audit::AuditStore as _;
+    let today = time::OffsetDateTime::now_utc().date();
+    // 23:30 UTC yesterday, which is 01:30 today at +02:00
+    let at = today
+        .previous_day()
+        .unwrap()
+        .with_hms(23, 30, 0)
+        .unwrap()
+        .assume_utc();
+    let mut event = audit::Event::new(
+        s.tenant,
+        audit::Actor::system("test"),
+        "test.offset",
+        audit::Target::new("thing", "late"),
+    );
+    event.time = at;
+    store.append(&[event]).await.unwrap();
+    let plus_two = time::UtcOffset::from_hms(2, 0, 0).unwrap();
+    let query = audit::AuditQuery {
+        since: Some((at - time::Duration::minutes(30)).to_offset(plus_two)),
+        until: Some((at + time::Duration::minutes(30)).to_offset(plus_two)),
+        ..audit::AuditQuery::default()
+    };
+    let page = store.page(s.tenant, &query, None, 10).await.unwrap();
+    assert_eq!(
+        page.events.len(),
+        1,
+        "the event at 23:30 UTC is in the range"
+    );
+}

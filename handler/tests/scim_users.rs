@@ -877,7 +877,7 @@ async fn a_user_whose_email_holds_a_line_separator_is_stored_and_read_back() {
     }
 }
 
-// Found by the SCIM bench: 16 concurrent creates into a new tenant answered some 503s
+// Found by the SCIM bench: 16 concurrent creates (32 here) into a new tenant answered some 503s
 // ("the directory is unavailable"), the SCIM user already written: the directory's
 // counter rows did not exist yet, every writer raced to insert the same few, and the
 // losers retried at once, colliding again until their attempts ran out.

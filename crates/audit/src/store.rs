@@ -134,6 +134,20 @@ async fn read_up_to(table: &Table, mut q: Query, most: usize) -> Result<Vec<Enti
 /// The base table's partition that lists the days with a table.
 const DAYS_PARTITION: &str = "days";
 
+/// Whether a day (`yyyymmdd`) is today or yesterday (UTC). Only those are remembered as
+/// listed: an older day may have been trimmed by another process since, so its rows are
+/// written again rather than trusted (else a late event would land in a table no query or
+/// trim finds).
+fn recent(day: u32) -> bool {
+    let today = OffsetDateTime::now_utc().date();
+    day >= day_number(today.previous_day().unwrap_or(today))
+}
+
+/// The UTC date of a time (a query's bounds may carry another offset).
+fn utc_date(t: OffsetDateTime) -> Date {
+    t.to_offset(time::UtcOffset::UTC).date()
+}
+
 /// `yyyymmdd` of a date.
 fn day_number(date: Date) -> u32 {
     date.year() as u32 * 10_000 + u8::from(date.month()) as u32 * 100 + date.day() as u32
@@ -364,7 +378,7 @@ impl AuditStore for TableAuditStore {
         let mut ops: Vec<(u32, Vec<Operation>)> = Vec::new();
         let mut new_days = Vec::new();
         for event in events {
-            let date = event.time.date();
+            let date = utc_date(event.time);
             let partition = event.tenant.to_string();
             let stamp = format!("{}{}", inverted_micros(event.time), event.id);
             let number = day_number(date);
@@ -386,33 +400,36 @@ impl AuditStore for TableAuditStore {
                 format!("{}{stamp}", target_prefix(event.tenant, &event.target.id)),
             )));
             let day = (event.tenant, day_number(date));
-            if !self
-                .days_written
-                .lock()
-                .expect("not poisoned")
-                .contains(&day)
-                && !new_days.contains(&day)
-            {
+            let known = recent(day.1)
+                && self
+                    .days_written
+                    .lock()
+                    .expect("not poisoned")
+                    .contains(&day);
+            if !known && !new_days.contains(&day) {
                 new_days.push(day);
             }
         }
         // the day rows first: an event is never stored where a query or trim cannot find it
         for (day, _) in &ops {
-            if self
-                .tables_listed
-                .lock()
-                .expect("not poisoned")
-                .contains(day)
+            if recent(*day)
+                && self
+                    .tables_listed
+                    .lock()
+                    .expect("not poisoned")
+                    .contains(day)
             {
                 continue;
             }
             self.table
                 .upsert_replace(&Entity::new(DAYS_PARTITION, format!("{day:08}")))
                 .await?;
-            self.tables_listed
-                .lock()
-                .expect("not poisoned")
-                .insert(*day);
+            if recent(*day) {
+                self.tables_listed
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(*day);
+            }
         }
         for (tenant, day) in &new_days {
             let date = date_of_inverted(&format!("{:08}", 99_999_999 - day))
@@ -424,7 +441,7 @@ impl AuditStore for TableAuditStore {
         self.days_written
             .lock()
             .expect("not poisoned")
-            .extend(new_days);
+            .extend(new_days.into_iter().filter(|(_, day)| recent(*day)));
         // the day's table is made by its first write
         for (day, ops) in ops {
             self.day_table(day).transact_chunked(ops).await?;
@@ -450,7 +467,7 @@ impl AuditStore for TableAuditStore {
                 if_match: IfMatch::Any,
             });
         }
-        self.day_table(day_number(done.time.date()))
+        self.day_table(day_number(utc_date(done.time)))
             .transact(&ops)
             .await?;
         Ok(())
@@ -465,8 +482,8 @@ impl AuditStore for TableAuditStore {
     ) -> Result<AuditPage, AuditError> {
         let limit = limit.clamp(1, 1000);
         let after = cursor.map(decode_cursor).transpose()?;
-        let newest_day = query.until.map(|t| inverted_day(t.date()));
-        let oldest_day = query.since.map(|t| inverted_day(t.date()));
+        let newest_day = query.until.map(|t| inverted_day(utc_date(t)));
+        let oldest_day = query.since.map(|t| inverted_day(utc_date(t)));
         let mut days: Vec<String> = self
             .days(tenant)
             .await?
@@ -515,27 +532,38 @@ impl AuditStore for TableAuditStore {
             filter.extend(properties.iter().cloned());
             reads.push((day.clone(), table, Query::filter(filter.join(" and "))));
         }
-        // a few days read at once (a sparse filter or one target walks many days), taken
-        // in order; one row past the page says whether there is more
-        let mut rows = futures::stream::iter(reads)
-            .map(|(day, table, q)| async move {
-                read_up_to(&table, q, limit + 1)
-                    .await
-                    .map(|entities| (day, entities))
-            })
-            .buffered(DAYS_AT_ONCE);
+        // the newest day alone (it usually fills the page), then a few days at once (a
+        // sparse filter or one target walks many days), taken in order, each asked for no
+        // more than the page still needs; one row past the page says whether there is more
         let mut events = Vec::new();
         let mut last: Option<(String, String)> = None;
         let mut more = false;
-        'days: while let Some(read) = rows.next().await {
-            let (day, entities) = read?;
-            for entity in &entities {
-                if events.len() == limit {
-                    more = true;
-                    break 'days;
+        let mut reads = reads.into_iter();
+        let mut window = 1;
+        'days: loop {
+            let need = limit - events.len() + 1;
+            let batch: Vec<_> = reads.by_ref().take(window).collect();
+            if batch.is_empty() {
+                break;
+            }
+            window = DAYS_AT_ONCE;
+            let mut rows = futures::stream::iter(batch)
+                .map(|(day, table, q)| async move {
+                    read_up_to(&table, q, need)
+                        .await
+                        .map(|entities| (day, entities))
+                })
+                .buffered(DAYS_AT_ONCE);
+            while let Some(read) = rows.next().await {
+                let (day, entities) = read?;
+                for entity in &entities {
+                    if events.len() == limit {
+                        more = true;
+                        break 'days;
+                    }
+                    events.push(from_entity(tenant, entity)?);
+                    last = Some((day.clone(), entity.row_key.clone()));
                 }
-                events.push(from_entity(tenant, entity)?);
-                last = Some((day.clone(), entity.row_key.clone()));
             }
         }
         Ok(AuditPage {
@@ -550,37 +578,8 @@ impl AuditStore for TableAuditStore {
 
     async fn trim(&self, keep_from: Date, tenants: &[Uuid]) -> Result<Trimmed, AuditError> {
         let mut trimmed = Trimmed::default();
-        // every day with a table before `keep_from`: its table goes whole
-        let mut query = Query::filter(format!(
-            "PartitionKey eq {} and RowKey lt {}",
-            literal(DAYS_PARTITION),
-            literal(&format!("{:08}", day_number(keep_from)))
-        ));
-        query.select = Some(Vec::new());
-        for row in self.table.query_all(query).await? {
-            let day: u32 = row
-                .row_key
-                .parse()
-                .map_err(|_| AuditError::Malformed(format!("day {}", row.row_key)))?;
-            self.table
-                .client()
-                .delete_table(self.day_table(day).name())
-                .await?;
-            match self
-                .table
-                .delete(DAYS_PARTITION, &row.row_key, IfMatch::Any)
-                .await
-            {
-                Err(e) if !e.is_not_found() => return Err(e.into()),
-                _ => {}
-            }
-            self.tables_listed
-                .lock()
-                .expect("not poisoned")
-                .remove(&day);
-            trimmed.days += 1;
-        }
-        // then the tenants' lists of those days (inverted: older days have larger keys)
+        // first the tenants' lists of the expiring days, so no query walks into a table
+        // being dropped (inverted: older days have larger keys)
         let keep = inverted_day(keep_from);
         for tenant in tenants {
             for day in self.days(*tenant).await? {
@@ -603,6 +602,37 @@ impl AuditStore for TableAuditStore {
                 }
                 trimmed.day_rows += 1;
             }
+        }
+        // then every day with a table before `keep_from`: the table goes whole, and its
+        // row last, so an interrupted trim finds it again
+        let mut query = Query::filter(format!(
+            "PartitionKey eq {} and RowKey lt {}",
+            literal(DAYS_PARTITION),
+            literal(&format!("{:08}", day_number(keep_from)))
+        ));
+        query.select = Some(Vec::new());
+        for row in self.table.query_all(query).await? {
+            let day: u32 = row
+                .row_key
+                .parse()
+                .map_err(|_| AuditError::Malformed(format!("day {}", row.row_key)))?;
+            self.tables_listed
+                .lock()
+                .expect("not poisoned")
+                .remove(&day);
+            self.table
+                .client()
+                .delete_table(self.day_table(day).name())
+                .await?;
+            match self
+                .table
+                .delete(DAYS_PARTITION, &row.row_key, IfMatch::Any)
+                .await
+            {
+                Err(e) if !e.is_not_found() => return Err(e.into()),
+                _ => {}
+            }
+            trimmed.days += 1;
         }
         Ok(trimmed)
     }

@@ -153,7 +153,7 @@ const ATTEMPTS: u32 = 10;
 
 /// A random pause before attempt `attempt` (from 1) after a lost race: concurrent writers
 /// that collided on a row (a counter shard, a first insert) would collide again if they
-/// retried at once. Up to 5 ms doubled per attempt, at most 320 ms.
+/// retried at once. Up to 10 ms after the first collision, doubling, at most 320 ms.
 async fn back_off(attempt: u32) {
     let most = 5u64 << attempt.min(6);
     let pause = (Uuid::new_v4().as_u128() % u128::from(most)) as u64;

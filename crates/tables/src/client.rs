@@ -204,14 +204,15 @@ impl TableServiceClient {
             .remove(name);
     }
 
-    /// Deletes a table and everything in it. A missing table is not an error.
+    /// Deletes a table and everything in it. A missing table, or one already being deleted,
+    /// is not an error.
     pub async fn delete_table(&self, name: &str) -> Result<(), Error> {
         validate_table_name(name)?;
         let resource = format!("Tables('{name}')");
         self.forget_table(name);
         match self.send(Call::new(Method::DELETE, &resource)).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) if e.is_not_found() || e.is_table_being_deleted() => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -624,7 +625,12 @@ impl Table {
             }
         }
         let answer = match self.client.send(call).await {
-            Err(Error::NotFound { code }) if code == "TableNotFound" => {
+            // Table Storage takes 40 s or more to delete a table and answers 409
+            // TableBeingDeleted meanwhile: either way there is nothing to read
+            Err(e)
+                if matches!(&e, Error::NotFound { code } if code == "TableNotFound")
+                    || e.is_table_being_deleted() =>
+            {
                 self.client.forget_table(&self.name);
                 return Ok(Page {
                     entities: Vec::new(),

@@ -80,6 +80,12 @@ impl Error {
         self.status() == Some(409)
     }
 
+    /// True for 409 `TableBeingDeleted`: the table was deleted and Table Storage has not
+    /// finished (it takes 40 s or more; the name cannot be used meanwhile).
+    pub fn is_table_being_deleted(&self) -> bool {
+        matches!(self, Error::Conflict { code, .. } if code == "TableBeingDeleted")
+    }
+
     /// True for 412 (a stale ETag).
     pub fn is_precondition_failed(&self) -> bool {
         self.status() == Some(412)

@@ -163,7 +163,7 @@ impl TableNames {
         format!("{}Hr", self.prefix)
     }
 
-    /// The audit trail: one partition per tenant and day.
+    /// The audit trail: its lists of days; the events are in `{this}{yyyymmdd}`, a table per day.
     pub fn audit(&self) -> String {
         format!("{}Audit", self.prefix)
     }
