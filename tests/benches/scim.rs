@@ -107,7 +107,19 @@ fn run(binary: std::path::PathBuf, large_groups: bool) {
         }
         let mut ids = Vec::new();
         for t in tasks {
-            ids.extend(t.await.unwrap());
+            match t.await {
+                Ok(some) => ids.extend(some),
+                Err(e) => {
+                    let said: Vec<String> = handler
+                        .output()
+                        .lines()
+                        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                        .take(20)
+                        .map(str::to_string)
+                        .collect();
+                    panic!("seeding failed: {e}; the handler said:\n{}", said.join("\n"));
+                }
+            }
         }
         let rate = users as f64 / started.elapsed().as_secs_f64();
         (token, base, ids, rate)

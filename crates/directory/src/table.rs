@@ -170,6 +170,76 @@ pub struct TableDirectory {
     graph_rows: std::sync::Arc<std::sync::Mutex<HashMap<String, CounterRow>>>,
     /// Tenants whose Graph counter row is known to say `ScimSeen`: set once, never unset.
     scim_marked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The SCIM counter shards this process's writers hold, per tenant.
+    shards: std::sync::Arc<ShardPool>,
+}
+
+/// Hands each concurrent SCIM write of this process its own counter shard, so that they
+/// never race each other for one row (with random picks, 16 writers on 8 shards collided on
+/// most attempts); a write waits when all are held. Each process starts at its own random
+/// shard, so that instances at low load tend to write different rows too.
+struct ShardPool {
+    held: std::sync::Mutex<HashMap<String, u32>>,
+    freed: tokio::sync::Notify,
+    start: u32,
+}
+
+/// A shard held until dropped.
+struct HeldShard<'a> {
+    pool: &'a ShardPool,
+    tenant: String,
+    shard: u32,
+}
+
+impl ShardPool {
+    fn new() -> ShardPool {
+        ShardPool {
+            held: Default::default(),
+            freed: tokio::sync::Notify::new(),
+            start: (Uuid::new_v4().as_u128() % u128::from(layout::SCIM_COUNTER_SHARDS)) as u32,
+        }
+    }
+
+    fn try_take(&self, tenant: &str) -> Option<u32> {
+        let mut held = self.held.lock().expect("shards");
+        let bits = held.get(tenant).copied().unwrap_or(0);
+        let shard = (0..layout::SCIM_COUNTER_SHARDS)
+            .map(|i| (self.start + i) % layout::SCIM_COUNTER_SHARDS)
+            .find(|s| bits & (1 << s) == 0)?;
+        held.insert(tenant.to_string(), bits | (1 << shard));
+        Some(shard)
+    }
+
+    async fn take(&self, tenant: &str) -> HeldShard<'_> {
+        loop {
+            // registered before looking, so a release in between is not missed
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(shard) = self.try_take(tenant) {
+                return HeldShard {
+                    pool: self,
+                    tenant: tenant.to_string(),
+                    shard,
+                };
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for HeldShard<'_> {
+    fn drop(&mut self) {
+        let mut held = self.pool.held.lock().expect("shards");
+        if let Some(bits) = held.get_mut(&self.tenant) {
+            *bits &= !(1 << self.shard);
+            if *bits == 0 {
+                held.remove(&self.tenant);
+            }
+        }
+        drop(held);
+        self.pool.freed.notify_waiters();
+    }
 }
 
 /// Tenants whose rows are remembered at most (beyond, the memory starts afresh).
@@ -570,6 +640,7 @@ impl TableDirectory {
             table,
             graph_rows: Default::default(),
             scim_marked: Default::default(),
+            shards: std::sync::Arc::new(ShardPool::new()),
         }
     }
 
@@ -625,6 +696,7 @@ impl TableDirectory {
         &self,
         tenant: &str,
         writer: Writer,
+        shard: Option<u32>,
     ) -> Result<(bool, CounterRow, Option<Operation>), DirectoryError> {
         match writer {
             Writer::Graph => {
@@ -651,8 +723,9 @@ impl TableDirectory {
             }
             Writer::Scim => {
                 // SCIM always reads before writing, so it needs no totals: its own row will do
-                let shard =
-                    (Uuid::new_v4().as_u128() % u128::from(layout::SCIM_COUNTER_SHARDS)) as u32;
+                let shard = shard.unwrap_or_else(|| {
+                    (Uuid::new_v4().as_u128() % u128::from(layout::SCIM_COUNTER_SHARDS)) as u32
+                });
                 let own = self
                     .read_counter_row(tenant, layout::counter_scim(shard))
                     .await?;
@@ -975,7 +1048,14 @@ impl TableDirectory {
         mode: ApplyMode,
         applied: &mut Applied,
     ) -> Result<(), Failure> {
-        let (scim_seen, counter, mark) = self.read_counters(tenant, writer).await?;
+        // the shard is held from its read to the transaction that writes it
+        let held = match writer {
+            Writer::Scim => Some(self.shards.take(tenant).await),
+            Writer::Graph => None,
+        };
+        let (scim_seen, counter, mark) = self
+            .read_counters(tenant, writer, held.as_ref().map(|h| h.shard))
+            .await?;
         // a SCIM user may be the same person: only reading can tell
         let lookups = scim_seen || writer == Writer::Scim;
         let mode = if lookups { ApplyMode::Read } else { mode };
@@ -1167,7 +1247,14 @@ impl TableDirectory {
         mode: ApplyMode,
         applied: &mut Applied,
     ) -> Result<(), Failure> {
-        let (scim_seen, counter, mark) = self.read_counters(tenant, writer).await?;
+        // the shard is held from its read to the transaction that writes it
+        let held = match writer {
+            Writer::Scim => Some(self.shards.take(tenant).await),
+            Writer::Graph => None,
+        };
+        let (scim_seen, counter, mark) = self
+            .read_counters(tenant, writer, held.as_ref().map(|h| h.shard))
+            .await?;
         // members named by Entra id may be linked to SCIM-first records (o- rows, which
         // outlive the SCIM source): resolved whenever anything may exist
         let lookups = scim_seen || mode == ApplyMode::Read;
