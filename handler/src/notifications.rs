@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// The queue notices wait in (see functions/NotificationDelivery/function.json).
-pub const QUEUE: &str = "notifications";
+pub const QUEUE: &str = audit::incident::NOTICE_QUEUE;
 /// The header carrying a webhook body's HMAC-SHA256, as `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "x-entra-connector-signature";
 /// Webhook attempts per delivery (the queue retries the delivery after that).

@@ -348,3 +348,144 @@ async fn the_test_button_mails_and_calls_the_webhook_and_settings_refuse_plain_h
     assert!(text.contains("webhook_secret"));
     assert!(!text.contains(&secret));
 }
+
+/// The tenant's audit events of `action` (a prefix), newest first.
+async fn audit_of(s: &Scim, tenant: Uuid, action: &str) -> Vec<Value> {
+    let page: Value = s
+        .http
+        .get(format!(
+            "{}/api/v1/tenants/{tenant}/audit?action={action}",
+            s.handler.base_url()
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits (up to 90 s) until `tenant` has `count` `queue.poison` events.
+async fn poison_events(s: &Scim, tenant: Uuid, count: usize) -> Vec<Value> {
+    for _ in 0..180 {
+        let events = audit_of(s, tenant, "queue.poison").await;
+        if events.len() >= count {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "no {count} queue.poison events for {tenant}; handler said:\n{}",
+        s.handler.output()
+    );
+}
+
+async fn queue(name: &str) -> queues::Queue {
+    let q = system_tests::Azurite::shared()
+        .queues()
+        .queue(name)
+        .unwrap();
+    q.create_if_missing().await.unwrap();
+    q
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_sync_message_is_recorded_and_notified_once_and_a_poisoned_notice_only_recorded()
+{
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["poison_message"],
+        }),
+    )
+    .await;
+    // no app credential is configured: the tenant's sync fails on every attempt
+    queue("sync-tenants")
+        .await
+        .send_json(&json!({"tenant_id": s.tenant, "reason": "due"}))
+        .await
+        .unwrap();
+    // a notice NotificationDelivery cannot read fails on every attempt too
+    queue("notifications")
+        .await
+        .send_json(&json!({"tenant": s.tenant, "what": "not a notice"}))
+        .await
+        .unwrap();
+    let events = poison_events(&s, s.tenant, 2).await;
+    let by_queue = |q: &str| {
+        events
+            .iter()
+            .find(|e| e["outcome"]["code"] == q)
+            .unwrap_or_else(|| panic!("no queue.poison of {q}: {events:?}"))
+            .clone()
+    };
+    let sync = by_queue("sync-tenants");
+    assert_eq!(sync["outcome"]["status"], "failure", "{sync}");
+    assert_eq!(sync["target"]["type"], "tenant");
+    assert_eq!(sync["target"]["id"], s.tenant.to_string());
+    assert_eq!(sync["actor"]["id"], "SyncTenantPoison");
+    let reason = sync["outcome"]["reason"].as_str().unwrap();
+    assert!(reason.contains("sync-tenants-poison"), "{reason}");
+    assert!(reason.contains("dequeue count"), "{reason}");
+    by_queue("notifications");
+
+    wait_for("the poison_message webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    // the poisoned notice opened nothing: one call, about the sync message
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let opened: Value = serde_json::from_slice(&calls[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "poison_message");
+    assert_eq!(opened["tenant"], s.tenant.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_that_is_not_json_is_recorded_for_the_deployment_and_taken_off_the_queue()
+{
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let s = start_handler(&smtp).await;
+    let admin_tenant: Uuid = "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap();
+    let marker = Uuid::new_v4().to_string();
+    queue("sync-tenants-poison")
+        .await
+        .send_text(
+            &queues::encoding::encode_text(&format!("not json {marker}")),
+            None,
+        )
+        .await
+        .unwrap();
+    let events = poison_events(&s, admin_tenant, 1).await;
+    let event = &events[0];
+    assert_eq!(event["outcome"]["status"], "failure", "{event}");
+    assert_eq!(event["outcome"]["code"], "sync-tenants");
+    assert_eq!(event["target"]["type"], "queue");
+    assert!(
+        event["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("names no tenant"),
+        "{event}"
+    );
+    // it succeeded on its first attempt: nothing left to poison the poison queue with
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for name in ["sync-tenants-poison", "sync-tenants-poison-poison"] {
+        let left = queue(name).await.peek(32).await.unwrap();
+        assert!(
+            !left.iter().any(|m| m.text.contains(&marker)
+                || queues::encoding::decode_text(&m.text).is_ok_and(|t| t.contains(&marker))),
+            "{name} still holds it"
+        );
+    }
+}

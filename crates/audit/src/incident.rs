@@ -56,6 +56,10 @@ pub enum Signal {
     Recovery(&'static [IncidentKind]),
 }
 
+/// The queue incident notices travel through: its poison messages are recorded, never
+/// notified (a notice about notices failing would take the road that fails).
+pub const NOTICE_QUEUE: &str = "notifications";
+
 /// The incident signal of an event, if any. SCIM's 404 and 412 are Entra's normal flow
 /// (matching, concurrency), not failures.
 pub fn signal_of(event: &Event) -> Option<Signal> {
@@ -79,11 +83,22 @@ pub fn signal_of(event: &Event) -> Option<Signal> {
                 failure(IncidentKind::ConsentRevoked, code, reason)
             }
             Outcome::Failure { code, reason } => failure(IncidentKind::SyncFailing, code, reason),
+            // a round that completes also ends a poisoned sync message's incident: the
+            // tenant's sync works again
             Outcome::Success => Some(Signal::Recovery(&[
                 IncidentKind::SyncFailing,
                 IncidentKind::ConsentRevoked,
+                IncidentKind::PoisonMessage,
             ])),
             Outcome::Pending => None,
+        };
+    }
+    // `queue.poison`: the failure's code is the queue the message came from
+    if event.action == "queue.poison" {
+        return match &event.outcome {
+            Outcome::Failure { code, .. } if code == NOTICE_QUEUE => None,
+            Outcome::Failure { code, reason } => failure(IncidentKind::PoisonMessage, code, reason),
+            _ => None,
         };
     }
     None
@@ -181,6 +196,28 @@ mod tests {
         assert_eq!(incident.as_ref().unwrap().failures, 1000);
         assert_eq!(on_success(incident.as_ref()), Some(NoticeKind::Recovered));
         assert_eq!(on_success(None), None);
+    }
+
+    fn poisoned(queue: &str) -> Event {
+        Event::new(
+            uuid::Uuid::nil(),
+            crate::Actor::system("SyncTenantPoison"),
+            "queue.poison",
+            crate::Target::new("tenant", uuid::Uuid::nil()),
+        )
+        .failed(queue, "moved to the poison queue")
+    }
+
+    #[test]
+    fn a_poisoned_sync_message_opens_a_poison_incident_but_a_poisoned_notice_does_not() {
+        match signal_of(&poisoned("sync-tenants")) {
+            Some(Signal::Failure { kind, reason }) => {
+                assert_eq!(kind, IncidentKind::PoisonMessage);
+                assert!(reason.contains("sync-tenants"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(signal_of(&poisoned(NOTICE_QUEUE)), None);
     }
 
     #[test]
