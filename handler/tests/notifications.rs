@@ -489,3 +489,140 @@ async fn a_poison_message_that_is_not_json_is_recorded_for_the_deployment_and_ta
         );
     }
 }
+
+/// Housekeeping's timer invocation, as the host sends it.
+async fn housekeeping(s: &Scim) {
+    let body = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},
+        "Metadata":{"sys":{"MethodName":"Housekeeping","UtcNow":"2026-12-01T10:15:00.012Z","RandGuid":"0f8fad5b-d9cb-469f-a165-70867728950e"}}}"#;
+    let r = s
+        .http
+        .post(format!("{}/Housekeeping", s.handler.base_url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, StatusCode::OK, "{}", r.text().await.unwrap());
+}
+
+/// A self-signed certificate that expires `days` from now, DER.
+fn expiring_in_days(days: i64) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "about to expire");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_recovers() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["certificate_expiring"],
+        }),
+    )
+    .await;
+    let t = s.tenant;
+    let r = s
+        .http
+        .post(format!(
+            "{}/api/v1/tenants/{t}/pki/ca",
+            s.handler.base_url()
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // a valid CA: nothing to say
+    housekeeping(&s).await;
+    assert!(audit_of(&s, t, "certificate.").await.is_empty());
+
+    // the CA's certificate in storage now expires in 10 days
+    let table = system_tests::Azurite::shared()
+        .client()
+        .table(format!("{}Certificates", s.prefix));
+    let row = table.get(&t.to_string(), "ca").await.unwrap();
+    let renewed = match row.get("Der") {
+        Some(tables::Value::Binary(b)) => b.clone(),
+        other => panic!("no CA DER: {other:?}"),
+    };
+    let set_der = |der: Vec<u8>| {
+        let table = table.clone();
+        async move {
+            table
+                .merge(
+                    &tables::Entity::new(t.to_string(), "ca")
+                        .with("Der", tables::Value::Binary(der)),
+                    tables::IfMatch::Any,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_der(expiring_in_days(10)).await;
+    // checked a moment ago and found nothing: not checked again before a day has passed
+    housekeeping(&s).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(calls.lock().unwrap().is_empty());
+    assert!(audit_of(&s, t, "certificate.").await.is_empty());
+
+    // a day later (the check's last run moved back a day)
+    let runs = system_tests::Azurite::shared()
+        .client()
+        .table(format!("{}Runs", s.prefix));
+    // (upserted: a handler that never checked has no such row, and must still fail below)
+    runs.upsert_merge(&tables::Entity::new("CertificateExpiry", "latest").with(
+        "StartedAt",
+        time::OffsetDateTime::now_utc() - time::Duration::hours(25),
+    ))
+    .await
+    .unwrap();
+    housekeeping(&s).await;
+    wait_for("the certificate_expiring webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    let events = audit_of(&s, t, "certificate.expiring").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "failure");
+    assert_eq!(events[0]["target"]["type"], "certificate");
+    let reason = events[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("issuing CA") && reason.contains("(9 days left)"),
+        "{reason}"
+    );
+    // while it is expiring every run checks, counted into the incident: no second notice
+    housekeeping(&s).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    assert_eq!(
+        audit_of(&s, t, "certificate.expiring").await.len(),
+        1,
+        "one event a day"
+    );
+
+    // renewed: the next run closes the incident
+    set_der(renewed).await;
+    housekeeping(&s).await;
+    wait_for("the recovery webhook", || calls.lock().unwrap().len() == 2).await;
+    let calls = calls.lock().unwrap().clone();
+    let opened: Value = serde_json::from_slice(&calls[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "certificate_expiring");
+    let recovered: Value = serde_json::from_slice(&calls[1].1).unwrap();
+    assert_eq!(recovered["notice"], "recovered");
+    assert_eq!(recovered["kind"], "certificate_expiring");
+    assert_eq!(recovered["incident"]["failures"], 2);
+}

@@ -93,6 +93,16 @@ pub fn signal_of(event: &Event) -> Option<Signal> {
             Outcome::Pending => None,
         };
     }
+    // a certificate within 30 days of its expiry; success: none is any more (renewed)
+    if event.action == "certificate.expiring" {
+        return match &event.outcome {
+            Outcome::Failure { code, reason } => {
+                failure(IncidentKind::CertificateExpiring, code, reason)
+            }
+            Outcome::Success => Some(Signal::Recovery(&[IncidentKind::CertificateExpiring])),
+            Outcome::Pending => None,
+        };
+    }
     // `queue.poison`: the failure's code is the queue the message came from
     if event.action == "queue.poison" {
         return match &event.outcome {
