@@ -626,3 +626,75 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
     assert_eq!(recovered["kind"], "certificate_expiring");
     assert_eq!(recovered["incident"]["failures"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_scim_failures_among_many_successes_open_no_incident_until_the_rate_is_crossed() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    let answer = put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["scim_failing"],
+        }),
+    )
+    .await;
+    assert_eq!(answer["scim_failure_rate_percent"], 10, "the default");
+    assert_eq!(answer["scim_min_requests"], 10);
+    let (_, user) = s
+        .call("POST", "/Users", Some(entra_user("eve@contoso.com", "eve")))
+        .await;
+    let id = user["id"].as_str().unwrap().to_string();
+    let patch = |op: &str, value: bool| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": op, "path": "active", "value": value}],
+        })
+    };
+    // 5 failures in 100 requests: 5 %, under the default 10 %
+    for i in 0..99 {
+        let (op, expected) = match i % 20 {
+            10 => ("Frobnicate", StatusCode::BAD_REQUEST),
+            _ => ("Replace", StatusCode::OK),
+        };
+        let (status, _) = s
+            .call(
+                "PATCH",
+                &format!("/Users/{id}"),
+                Some(patch(op, i % 2 == 0)),
+            )
+            .await;
+        assert_eq!(status, expected);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "a few failures are no incident"
+    );
+    // 11 more failures: over 10 % from the 6th on
+    for _ in 0..11 {
+        let (status, _) = s
+            .call(
+                "PATCH",
+                &format!("/Users/{id}"),
+                Some(patch("Frobnicate", true)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    wait_for("the incident's webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let opened: Value = serde_json::from_slice(&calls[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "scim_failing");
+    // it opened at the 6th more failure (11 of 106, over 10 %) with every failure of the
+    // window in it, not only the one that crossed the rate
+    assert_eq!(opened["incident"]["failures"], 11, "{opened}");
+}
