@@ -144,8 +144,13 @@ fn signed_by(secret: &str, body: &[u8], header: &str) -> bool {
 }
 
 async fn start_handler(smtp: &Smtp) -> Scim {
-    // the SMTP password is read from the vault, as in Azure
     let data = std::env::temp_dir().join(format!("notify-{}", Uuid::new_v4()));
+    start_handler_in(smtp, &data).await
+}
+
+/// [`start_handler`] with its local data (the vault) in `data`.
+async fn start_handler_in(smtp: &Smtp, data: &Path) -> Scim {
+    // the SMTP password is read from the vault, as in Azure
     let vault = vault::LocalVault::new(data.join("vault"));
     use vault::Vault as _;
     vault
@@ -697,4 +702,46 @@ async fn a_few_scim_failures_among_many_successes_open_no_incident_until_the_rat
     // it opened at the 6th more failure (11 of 106, over 10 %) with every failure of the
     // window in it, not only the one that crossed the rate
     assert_eq!(opened["incident"]["failures"], 11, "{opened}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_app_credential_expiring_notifies_the_tenants_whose_graph_calls_use_it() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let data = std::env::temp_dir().join(format!("notify-{}", Uuid::new_v4()));
+    // the deployment's app credential (as POST /api/v1/app-credential/certificate stores
+    // it in the local vault) expires in 20 days
+    let certificates = data.join("vault").join("certificates");
+    std::fs::create_dir_all(&certificates).unwrap();
+    std::fs::write(
+        certificates.join("app-credential-global"),
+        expiring_in_days(20),
+    )
+    .unwrap();
+    let s = start_handler_in(&smtp, &data).await;
+    put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["certificate_expiring"],
+        }),
+    )
+    .await;
+    housekeeping(&s).await;
+    wait_for("the certificate_expiring webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    let opened: Value = serde_json::from_slice(&calls.lock().unwrap()[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "certificate_expiring");
+    let events = audit_of(&s, s.tenant, "certificate.expiring").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0]["target"]["display"],
+        "service's app credential (global)"
+    );
+    let reason = events[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(reason.contains("(19 days left)"), "{reason}");
 }
