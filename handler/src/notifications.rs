@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use audit::incident::{self, IncidentKind, Signal};
+use audit::incident::{self, FailureRate, IncidentKind, Signal};
 use audit::notify::{Notice, NotificationSettings, NotificationStore};
 use audit::{AuditError, Event, EventObserver};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// The queue notices wait in (see functions/NotificationDelivery/function.json).
-pub const QUEUE: &str = "notifications";
+pub const QUEUE: &str = audit::incident::NOTICE_QUEUE;
 /// The header carrying a webhook body's HMAC-SHA256, as `sha256=<hex>`.
 pub const SIGNATURE_HEADER: &str = "x-entra-connector-signature";
 /// Webhook attempts per delivery (the queue retries the delivery after that).
@@ -65,6 +65,8 @@ pub struct Notifications {
     settings: Mutex<HashMap<Uuid, (Instant, Option<NotificationSettings>)>>,
     /// Whether an incident is open, as last seen.
     open: Mutex<HashMap<(Uuid, IncidentKind), (Instant, bool)>>,
+    /// Each tenant's SCIM requests of the last minutes, as this instance served them.
+    scim_rates: Mutex<HashMap<Uuid, FailureRate>>,
 }
 
 /// Feeds recorded events to the incident worker without waiting for it.
@@ -101,6 +103,7 @@ impl Notifications {
             receiver: Mutex::new(Some(receiver)),
             settings: Mutex::new(HashMap::new()),
             open: Mutex::new(HashMap::new()),
+            scim_rates: Mutex::new(HashMap::new()),
         }
     }
 
@@ -146,15 +149,25 @@ impl Notifications {
         };
         match signal {
             Signal::Failure { kind, reason } if settings.wants(kind) => {
+                let now = time::OffsetDateTime::now_utc();
+                // SCIM failures are an incident only above the tenant's failure rate
+                let window =
+                    (kind == IncidentKind::ScimFailing).then(|| self.count_scim(tenant, now, true));
                 for _ in 0..8 {
                     let current = self.store.incident(tenant, kind).await?;
+                    let count = match (&current, window) {
+                        (None, Some((requests, failures)))
+                            if !settings.scim_failure_rate.crossed(requests, failures) =>
+                        {
+                            return Ok(());
+                        }
+                        // the failures that crossed it are all counted into the incident
+                        (None, Some((_, failures))) => failures,
+                        _ => 1,
+                    };
                     let version = current.as_ref().map(|(_, v)| v.clone());
-                    let (next, notice) = incident::on_failure(
-                        current.map(|(i, _)| i),
-                        kind,
-                        &reason,
-                        time::OffsetDateTime::now_utc(),
-                    );
+                    let (next, notice) =
+                        incident::on_failures(current.map(|(i, _)| i), kind, &reason, now, count);
                     if self
                         .store
                         .save_incident(tenant, &next, version.as_ref())
@@ -177,6 +190,11 @@ impl Notifications {
                 Ok(())
             }
             Signal::Recovery(kinds) => {
+                if kinds.contains(&IncidentKind::ScimFailing)
+                    && settings.wants(IncidentKind::ScimFailing)
+                {
+                    self.count_scim(tenant, time::OffsetDateTime::now_utc(), false);
+                }
                 for kind in kinds.iter().copied().filter(|k| settings.wants(*k)) {
                     if self.known_closed(tenant, kind) {
                         continue;
@@ -186,6 +204,10 @@ impl Notifications {
                         Some((open, version)) => {
                             if self.store.close_incident(tenant, kind, &version).await? {
                                 self.set_open(tenant, kind, false);
+                                if kind == IncidentKind::ScimFailing {
+                                    // a new incident needs a new rate, not the old failures
+                                    self.reset_scim(tenant);
+                                }
                                 if let Some(notice) = incident::on_success(Some(&open)) {
                                     self.enqueue(Notice {
                                         id: Uuid::new_v4().to_string(),
@@ -203,6 +225,25 @@ impl Notifications {
                 Ok(())
             }
             Signal::Failure { .. } => Ok(()),
+        }
+    }
+
+    /// Counts a SCIM request of `tenant`; returns the window's (requests, failures).
+    fn count_scim(&self, tenant: Uuid, now: time::OffsetDateTime, failed: bool) -> (u64, u64) {
+        let mut rates = self.scim_rates.lock().expect("not poisoned");
+        let rate = rates.entry(tenant).or_default();
+        rate.record(now, failed);
+        rate.counts(now)
+    }
+
+    fn reset_scim(&self, tenant: Uuid) {
+        if let Some(rate) = self
+            .scim_rates
+            .lock()
+            .expect("not poisoned")
+            .get_mut(&tenant)
+        {
+            rate.reset();
         }
     }
 

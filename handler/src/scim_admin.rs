@@ -187,7 +187,8 @@ pub fn code_tenant(code: &str) -> Option<Uuid> {
     parse_code(code).map(|(tenant, _)| tenant)
 }
 
-fn parse_code(code: &str) -> Option<(Uuid, Uuid)> {
+/// The tenant and invitation an activation code names, if it is one (not checked).
+pub fn parse_code(code: &str) -> Option<(Uuid, Uuid)> {
     let bytes = URL_SAFE_NO_PAD
         .decode(code.trim().strip_prefix("inv_")?)
         .ok()?;

@@ -663,3 +663,82 @@ async fn a_time_range_given_in_another_offset_reads_the_utc_days_it_covers() {
         "the event at 23:30 UTC is in the range"
     );
 }
+
+#[tokio::test]
+async fn invitation_redemptions_are_audited_by_admin_api_and_activation_link_with_their_refusals() {
+    let s = Scim::start().await;
+    let invite = |login: &'static str| {
+        let s = &s;
+        async move {
+            let (status, created) = s
+                .call("POST", "/Users", Some(entra_user(login, login)))
+                .await;
+            assert_eq!(status, StatusCode::CREATED);
+            let id = created["id"].as_str().unwrap().to_string();
+            let (status, invitation) = s
+                .admin_call("POST", &format!("users/{id}/invitation"), None)
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{invitation}");
+            let link = invitation["link"].as_str().unwrap();
+            (id, link.split("code=").nth(1).unwrap().to_string())
+        }
+    };
+    // by the admin API
+    let (ada, code) = invite("ada@contoso.com").await;
+    let redeem = |code: String| {
+        let s = &s;
+        async move {
+            s.http
+                .post(format!(
+                    "{}/api/v1/invitations/redeem",
+                    s.handler.base_url()
+                ))
+                .bearer_auth(&s.admin)
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(redeem(code.clone()).await, StatusCode::OK);
+    assert_eq!(redeem(code).await, StatusCode::GONE);
+    // by the link's holder, in a browser
+    let (grace, code) = invite("grace@contoso.com").await;
+    let activate = |code: String| {
+        let s = &s;
+        async move {
+            s.http
+                .post(format!("{}/api/activate", s.handler.base_url()))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("code={code}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(activate(code.clone()).await, StatusCode::OK);
+    assert_eq!(activate(code).await, StatusCode::GONE);
+
+    let events = s.events("action=invitation.redeem").await;
+    assert_eq!(events.len(), 4, "{events:?}");
+    // newest first
+    let (refused_link, by_link, refused_admin, by_admin) =
+        (&events[0], &events[1], &events[2], &events[3]);
+    assert_eq!(by_admin["outcome"]["status"], "success");
+    assert_eq!(by_admin["actor"]["kind"], "admin");
+    assert_eq!(by_admin["target"]["type"], "user");
+    assert_eq!(by_admin["target"]["id"], ada.as_str());
+    assert_eq!(change(by_admin, "status").unwrap()["old"], "Invited");
+    assert_eq!(change(by_admin, "status").unwrap()["new"], "Active");
+    assert_eq!(refused_admin["outcome"]["status"], "failure");
+    assert_eq!(refused_admin["outcome"]["code"], "used");
+    assert_eq!(refused_admin["target"]["type"], "invitation");
+    assert_eq!(by_link["outcome"]["status"], "success");
+    assert_eq!(by_link["actor"]["kind"], "system");
+    assert_eq!(by_link["actor"]["id"], "Activate");
+    assert_eq!(by_link["target"]["id"], grace.as_str());
+    assert_eq!(refused_link["outcome"]["code"], "used");
+    assert_eq!(refused_link["actor"]["id"], "Activate");
+}

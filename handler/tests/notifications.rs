@@ -144,8 +144,13 @@ fn signed_by(secret: &str, body: &[u8], header: &str) -> bool {
 }
 
 async fn start_handler(smtp: &Smtp) -> Scim {
-    // the SMTP password is read from the vault, as in Azure
     let data = std::env::temp_dir().join(format!("notify-{}", Uuid::new_v4()));
+    start_handler_in(smtp, &data).await
+}
+
+/// [`start_handler`] with its local data (the vault) in `data`.
+async fn start_handler_in(smtp: &Smtp, data: &Path) -> Scim {
+    // the SMTP password is read from the vault, as in Azure
     let vault = vault::LocalVault::new(data.join("vault"));
     use vault::Vault as _;
     vault
@@ -347,4 +352,396 @@ async fn the_test_button_mails_and_calls_the_webhook_and_settings_refuse_plain_h
     let text = r.text().await.unwrap();
     assert!(text.contains("webhook_secret"));
     assert!(!text.contains(&secret));
+}
+
+/// The tenant's audit events of `action` (a prefix), newest first.
+async fn audit_of(s: &Scim, tenant: Uuid, action: &str) -> Vec<Value> {
+    let page: Value = s
+        .http
+        .get(format!(
+            "{}/api/v1/tenants/{tenant}/audit?action={action}",
+            s.handler.base_url()
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits (up to 90 s) until `tenant` has `count` `queue.poison` events.
+async fn poison_events(s: &Scim, tenant: Uuid, count: usize) -> Vec<Value> {
+    for _ in 0..180 {
+        let events = audit_of(s, tenant, "queue.poison").await;
+        if events.len() >= count {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "no {count} queue.poison events for {tenant}; handler said:\n{}",
+        s.handler.output()
+    );
+}
+
+async fn queue(name: &str) -> queues::Queue {
+    let q = system_tests::Azurite::shared()
+        .queues()
+        .queue(name)
+        .unwrap();
+    q.create_if_missing().await.unwrap();
+    q
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_sync_message_is_recorded_and_notified_once_and_a_poisoned_notice_only_recorded()
+{
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["poison_message"],
+        }),
+    )
+    .await;
+    // no app credential is configured: the tenant's sync fails on every attempt
+    queue("sync-tenants")
+        .await
+        .send_json(&json!({"tenant_id": s.tenant, "reason": "due"}))
+        .await
+        .unwrap();
+    // a notice NotificationDelivery cannot read fails on every attempt too
+    queue("notifications")
+        .await
+        .send_json(&json!({"tenant": s.tenant, "what": "not a notice"}))
+        .await
+        .unwrap();
+    let events = poison_events(&s, s.tenant, 2).await;
+    let by_queue = |q: &str| {
+        events
+            .iter()
+            .find(|e| e["outcome"]["code"] == q)
+            .unwrap_or_else(|| panic!("no queue.poison of {q}: {events:?}"))
+            .clone()
+    };
+    let sync = by_queue("sync-tenants");
+    assert_eq!(sync["outcome"]["status"], "failure", "{sync}");
+    assert_eq!(sync["target"]["type"], "tenant");
+    assert_eq!(sync["target"]["id"], s.tenant.to_string());
+    assert_eq!(sync["actor"]["id"], "SyncTenantPoison");
+    let reason = sync["outcome"]["reason"].as_str().unwrap();
+    assert!(reason.contains("sync-tenants-poison"), "{reason}");
+    assert!(reason.contains("dequeue count"), "{reason}");
+    by_queue("notifications");
+
+    wait_for("the poison_message webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    // the poisoned notice opened nothing: one call, about the sync message
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let opened: Value = serde_json::from_slice(&calls[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "poison_message");
+    assert_eq!(opened["tenant"], s.tenant.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_that_is_not_json_is_recorded_for_the_deployment_and_taken_off_the_queue()
+{
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let s = start_handler(&smtp).await;
+    let admin_tenant: Uuid = "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap();
+    let marker = Uuid::new_v4().to_string();
+    queue("sync-tenants-poison")
+        .await
+        .send_text(
+            &queues::encoding::encode_text(&format!("not json {marker}")),
+            None,
+        )
+        .await
+        .unwrap();
+    let events = poison_events(&s, admin_tenant, 1).await;
+    let event = &events[0];
+    assert_eq!(event["outcome"]["status"], "failure", "{event}");
+    assert_eq!(event["outcome"]["code"], "sync-tenants");
+    assert_eq!(event["target"]["type"], "queue");
+    assert!(
+        event["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("names no tenant"),
+        "{event}"
+    );
+    // it succeeded on its first attempt: nothing left to poison the poison queue with
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for name in ["sync-tenants-poison", "sync-tenants-poison-poison"] {
+        let left = queue(name).await.peek(32).await.unwrap();
+        assert!(
+            !left.iter().any(|m| m.text.contains(&marker)
+                || queues::encoding::decode_text(&m.text).is_ok_and(|t| t.contains(&marker))),
+            "{name} still holds it"
+        );
+    }
+}
+
+/// Housekeeping's timer invocation, as the host sends it.
+async fn housekeeping(s: &Scim) {
+    let body = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},
+        "Metadata":{"sys":{"MethodName":"Housekeeping","UtcNow":"2026-12-01T10:15:00.012Z","RandGuid":"0f8fad5b-d9cb-469f-a165-70867728950e"}}}"#;
+    let r = s
+        .http
+        .post(format!("{}/Housekeeping", s.handler.base_url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, StatusCode::OK, "{}", r.text().await.unwrap());
+}
+
+/// A self-signed certificate that expires `days` from now, DER.
+fn expiring_in_days(days: i64) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "about to expire");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_recovers() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["certificate_expiring"],
+        }),
+    )
+    .await;
+    let t = s.tenant;
+    let r = s
+        .http
+        .post(format!(
+            "{}/api/v1/tenants/{t}/pki/ca",
+            s.handler.base_url()
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // a valid CA: nothing to say
+    housekeeping(&s).await;
+    assert!(audit_of(&s, t, "certificate.").await.is_empty());
+
+    // the CA's certificate in storage now expires in 10 days
+    let table = system_tests::Azurite::shared()
+        .client()
+        .table(format!("{}Certificates", s.prefix));
+    let row = table.get(&t.to_string(), "ca").await.unwrap();
+    let renewed = match row.get("Der") {
+        Some(tables::Value::Binary(b)) => b.clone(),
+        other => panic!("no CA DER: {other:?}"),
+    };
+    let set_der = |der: Vec<u8>| {
+        let table = table.clone();
+        async move {
+            table
+                .merge(
+                    &tables::Entity::new(t.to_string(), "ca")
+                        .with("Der", tables::Value::Binary(der)),
+                    tables::IfMatch::Any,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_der(expiring_in_days(10)).await;
+    // checked a moment ago and found nothing: not checked again before a day has passed
+    housekeeping(&s).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(calls.lock().unwrap().is_empty());
+    assert!(audit_of(&s, t, "certificate.").await.is_empty());
+
+    // a day later (the check's last run moved back a day)
+    let runs = system_tests::Azurite::shared()
+        .client()
+        .table(format!("{}Runs", s.prefix));
+    // (upserted: a handler that never checked has no such row, and must still fail below)
+    runs.upsert_merge(&tables::Entity::new("CertificateExpiry", "latest").with(
+        "StartedAt",
+        time::OffsetDateTime::now_utc() - time::Duration::hours(25),
+    ))
+    .await
+    .unwrap();
+    housekeeping(&s).await;
+    wait_for("the certificate_expiring webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    let events = audit_of(&s, t, "certificate.expiring").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "failure");
+    assert_eq!(events[0]["target"]["type"], "certificate");
+    let reason = events[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("issuing CA") && reason.contains("(9 days left)"),
+        "{reason}"
+    );
+    // while it is expiring every run checks, counted into the incident: no second notice
+    housekeeping(&s).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    assert_eq!(
+        audit_of(&s, t, "certificate.expiring").await.len(),
+        1,
+        "one event a day"
+    );
+
+    // renewed: the next run closes the incident
+    set_der(renewed).await;
+    housekeeping(&s).await;
+    wait_for("the recovery webhook", || calls.lock().unwrap().len() == 2).await;
+    let calls = calls.lock().unwrap().clone();
+    let opened: Value = serde_json::from_slice(&calls[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "certificate_expiring");
+    let recovered: Value = serde_json::from_slice(&calls[1].1).unwrap();
+    assert_eq!(recovered["notice"], "recovered");
+    assert_eq!(recovered["kind"], "certificate_expiring");
+    assert_eq!(recovered["incident"]["failures"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_scim_failures_among_many_successes_open_no_incident_until_the_rate_is_crossed() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    let answer = put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["scim_failing"],
+        }),
+    )
+    .await;
+    assert_eq!(answer["scim_failure_rate_percent"], 10, "the default");
+    assert_eq!(answer["scim_min_requests"], 10);
+    let (_, user) = s
+        .call("POST", "/Users", Some(entra_user("eve@contoso.com", "eve")))
+        .await;
+    let id = user["id"].as_str().unwrap().to_string();
+    let patch = |op: &str, value: bool| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": op, "path": "active", "value": value}],
+        })
+    };
+    // 5 failures in 100 requests: 5 %, under the default 10 %
+    for i in 0..99 {
+        let (op, expected) = match i % 20 {
+            10 => ("Frobnicate", StatusCode::BAD_REQUEST),
+            _ => ("Replace", StatusCode::OK),
+        };
+        let (status, _) = s
+            .call(
+                "PATCH",
+                &format!("/Users/{id}"),
+                Some(patch(op, i % 2 == 0)),
+            )
+            .await;
+        assert_eq!(status, expected);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "a few failures are no incident"
+    );
+    // 11 more failures: over 10 % from the 6th on
+    for _ in 0..11 {
+        let (status, _) = s
+            .call(
+                "PATCH",
+                &format!("/Users/{id}"),
+                Some(patch("Frobnicate", true)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    wait_for("the incident's webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let opened: Value = serde_json::from_slice(&calls[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "scim_failing");
+    // it opened at the 6th more failure (11 of 106, over 10 %) with every failure of the
+    // window in it, not only the one that crossed the rate
+    assert_eq!(opened["incident"]["failures"], 11, "{opened}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_app_credential_expiring_notifies_the_tenants_whose_graph_calls_use_it() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let data = std::env::temp_dir().join(format!("notify-{}", Uuid::new_v4()));
+    // the deployment's app credential (as POST /api/v1/app-credential/certificate stores
+    // it in the local vault) expires in 20 days
+    let certificates = data.join("vault").join("certificates");
+    std::fs::create_dir_all(&certificates).unwrap();
+    std::fs::write(
+        certificates.join("app-credential-global"),
+        expiring_in_days(20),
+    )
+    .unwrap();
+    let s = start_handler_in(&smtp, &data).await;
+    put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["certificate_expiring"],
+        }),
+    )
+    .await;
+    housekeeping(&s).await;
+    wait_for("the certificate_expiring webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    let opened: Value = serde_json::from_slice(&calls.lock().unwrap()[0].1).unwrap();
+    assert_eq!(opened["notice"], "opened");
+    assert_eq!(opened["kind"], "certificate_expiring");
+    let events = audit_of(&s, s.tenant, "certificate.expiring").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0]["target"]["display"],
+        "service's app credential (global)"
+    );
+    let reason = events[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(reason.contains("(19 days left)"), "{reason}");
 }

@@ -56,6 +56,10 @@ pub enum Signal {
     Recovery(&'static [IncidentKind]),
 }
 
+/// The queue incident notices travel through: its poison messages are recorded, never
+/// notified (a notice about notices failing would take the road that fails).
+pub const NOTICE_QUEUE: &str = "notifications";
+
 /// The incident signal of an event, if any. SCIM's 404 and 412 are Entra's normal flow
 /// (matching, concurrency), not failures.
 pub fn signal_of(event: &Event) -> Option<Signal> {
@@ -79,11 +83,32 @@ pub fn signal_of(event: &Event) -> Option<Signal> {
                 failure(IncidentKind::ConsentRevoked, code, reason)
             }
             Outcome::Failure { code, reason } => failure(IncidentKind::SyncFailing, code, reason),
+            // a round that completes also ends a poisoned sync message's incident: the
+            // tenant's sync works again
             Outcome::Success => Some(Signal::Recovery(&[
                 IncidentKind::SyncFailing,
                 IncidentKind::ConsentRevoked,
+                IncidentKind::PoisonMessage,
             ])),
             Outcome::Pending => None,
+        };
+    }
+    // a certificate within 30 days of its expiry; success: none is any more (renewed)
+    if event.action == "certificate.expiring" {
+        return match &event.outcome {
+            Outcome::Failure { code, reason } => {
+                failure(IncidentKind::CertificateExpiring, code, reason)
+            }
+            Outcome::Success => Some(Signal::Recovery(&[IncidentKind::CertificateExpiring])),
+            Outcome::Pending => None,
+        };
+    }
+    // `queue.poison`: the failure's code is the queue the message came from
+    if event.action == "queue.poison" {
+        return match &event.outcome {
+            Outcome::Failure { code, .. } if code == NOTICE_QUEUE => None,
+            Outcome::Failure { code, reason } => failure(IncidentKind::PoisonMessage, code, reason),
+            _ => None,
         };
     }
     None
@@ -129,13 +154,26 @@ pub fn on_failure(
     reason: &str,
     now: OffsetDateTime,
 ) -> (Incident, Option<NoticeKind>) {
+    on_failures(current, kind, reason, now, 1)
+}
+
+/// [`on_failure`] for `count` failures at once (those that made a rate cross its
+/// threshold are all counted into the incident they open).
+pub fn on_failures(
+    current: Option<Incident>,
+    kind: IncidentKind,
+    reason: &str,
+    now: OffsetDateTime,
+    count: u64,
+) -> (Incident, Option<NoticeKind>) {
+    let count = count.max(1);
     match current {
         None => (
             Incident {
                 kind,
                 opened_at: now,
                 last_failure_at: now,
-                failures: 1,
+                failures: count,
                 last_notified_at: now,
                 reason: reason.to_string(),
                 last_reason: reason.to_string(),
@@ -143,7 +181,7 @@ pub fn on_failure(
             Some(NoticeKind::Opened),
         ),
         Some(mut open) => {
-            open.failures += 1;
+            open.failures += count;
             open.last_failure_at = now;
             open.last_reason = reason.to_string();
             if now - open.last_notified_at >= REMINDER_EVERY {
@@ -159,6 +197,80 @@ pub fn on_failure(
 /// After a success: an open incident closes with a recovery notice.
 pub fn on_success(current: Option<&Incident>) -> Option<NoticeKind> {
     current.map(|_| NoticeKind::Recovered)
+}
+
+/// How long SCIM requests are counted for their failure rate.
+pub const RATE_WINDOW: Duration = Duration::minutes(5);
+
+/// When failing SCIM requests are an incident: at least `percent` of the requests of the
+/// last [`RATE_WINDOW`] failed, over at least `min_requests` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateThreshold {
+    pub percent: u8,
+    pub min_requests: u32,
+}
+
+impl Default for RateThreshold {
+    fn default() -> Self {
+        RateThreshold {
+            percent: 10,
+            min_requests: 10,
+        }
+    }
+}
+
+impl RateThreshold {
+    /// Whether `failures` of `requests` cross it.
+    pub fn crossed(&self, requests: u64, failures: u64) -> bool {
+        requests > 0
+            && requests >= u64::from(self.min_requests)
+            && failures * 100 >= u64::from(self.percent) * requests
+    }
+}
+
+/// One tenant's SCIM requests over the last [`RATE_WINDOW`], counted per second (bounded
+/// memory whatever the traffic).
+#[derive(Debug, Clone, Default)]
+pub struct FailureRate {
+    /// (unix second, requests, failures), oldest first.
+    seconds: std::collections::VecDeque<(i64, u64, u64)>,
+}
+
+impl FailureRate {
+    /// Counts a request at `now`.
+    pub fn record(&mut self, now: OffsetDateTime, failed: bool) {
+        let second = now.unix_timestamp();
+        self.forget_before(now);
+        match self.seconds.back_mut() {
+            Some((s, requests, failures)) if *s == second => {
+                *requests += 1;
+                *failures += u64::from(failed);
+            }
+            _ => self.seconds.push_back((second, 1, u64::from(failed))),
+        }
+    }
+
+    /// (requests, failures) of the window ending at `now`.
+    pub fn counts(&mut self, now: OffsetDateTime) -> (u64, u64) {
+        self.forget_before(now);
+        self.seconds
+            .iter()
+            .fold((0, 0), |(r, f), (_, requests, failures)| {
+                (r + requests, f + failures)
+            })
+    }
+
+    /// Starts counting afresh (after an incident closed: its failures are not counted twice).
+    pub fn reset(&mut self) {
+        self.seconds.clear();
+    }
+
+    fn forget_before(&mut self, now: OffsetDateTime) {
+        let oldest = (now - RATE_WINDOW).unix_timestamp();
+        while self.seconds.front().is_some_and(|(s, _, _)| *s <= oldest) {
+            self.seconds.pop_front();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +293,49 @@ mod tests {
         assert_eq!(incident.as_ref().unwrap().failures, 1000);
         assert_eq!(on_success(incident.as_ref()), Some(NoticeKind::Recovered));
         assert_eq!(on_success(None), None);
+    }
+
+    #[test]
+    fn a_few_failures_among_many_successes_stay_under_the_rate() {
+        let threshold = RateThreshold::default();
+        let mut rate = FailureRate::default();
+        let now = datetime!(2026-12-01 10:00 UTC);
+        for i in 0..100 {
+            rate.record(now + Duration::milliseconds(i * 10), i % 20 == 0);
+        }
+        let (requests, failures) = rate.counts(now + Duration::seconds(2));
+        assert_eq!((requests, failures), (100, 5));
+        assert!(!threshold.crossed(requests, failures));
+        // too few requests to judge, however many failed
+        assert!(!threshold.crossed(9, 9));
+        assert!(threshold.crossed(10, 1));
+        // requests older than the window no longer count
+        assert_eq!(
+            rate.counts(now + RATE_WINDOW + Duration::seconds(2)),
+            (0, 0)
+        );
+    }
+
+    fn poisoned(queue: &str) -> Event {
+        Event::new(
+            uuid::Uuid::nil(),
+            crate::Actor::system("SyncTenantPoison"),
+            "queue.poison",
+            crate::Target::new("tenant", uuid::Uuid::nil()),
+        )
+        .failed(queue, "moved to the poison queue")
+    }
+
+    #[test]
+    fn a_poisoned_sync_message_opens_a_poison_incident_but_a_poisoned_notice_does_not() {
+        match signal_of(&poisoned("sync-tenants")) {
+            Some(Signal::Failure { kind, reason }) => {
+                assert_eq!(kind, IncidentKind::PoisonMessage);
+                assert!(reason.contains("sync-tenants"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(signal_of(&poisoned(NOTICE_QUEUE)), None);
     }
 
     #[test]

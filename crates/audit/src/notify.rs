@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tables::{ETag, Entity, IfMatch, Table};
 use uuid::Uuid;
 
-use crate::incident::{Incident, IncidentKind, NoticeKind};
+use crate::incident::{Incident, IncidentKind, NoticeKind, RateThreshold};
 use crate::store::AuditError;
 
 /// A tenant's notification settings.
@@ -22,6 +22,9 @@ pub struct NotificationSettings {
     /// Which incidents notify.
     #[serde(default = "all_kinds")]
     pub notify_on: Vec<IncidentKind>,
+    /// When SCIM requests fail often enough to be an incident.
+    #[serde(default)]
+    pub scim_failure_rate: RateThreshold,
 }
 
 fn all_kinds() -> Vec<IncidentKind> {

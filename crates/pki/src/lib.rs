@@ -206,7 +206,8 @@ pub struct CertificateInfo {
 }
 
 impl CertificateInfo {
-    fn of(der: &[u8]) -> Result<CertificateInfo, PkiError> {
+    /// Reads a certificate's DER (any certificate: a CA's, an app credential's).
+    pub fn of(der: &[u8]) -> Result<CertificateInfo, PkiError> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| PkiError::Internal(format!("a stored certificate is unreadable: {e}")))?;
         let time = |t: x509_parser::time::ASN1Time| {

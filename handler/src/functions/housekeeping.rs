@@ -1,6 +1,7 @@
 //! `Housekeeping`: a timer every 15 minutes that trims old records, confirms pending
-//! consents (dropping those never confirmed within `CONSENT_PENDING_MINUTES`) and records
-//! its run. Later capabilities add their purge work here.
+//! consents (dropping those never confirmed within `CONSENT_PENDING_MINUTES`), checks
+//! certificates for their expiry once a day (see `certificate_expiry`) and records its run. Later
+//! capabilities add their purge work here.
 
 use futures::future::BoxFuture;
 use host::{InvocationRequest, InvocationResponse, InvokeError};
@@ -33,7 +34,14 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     }
 
     let cutoff = started_at - time::Duration::days(RUN_HISTORY_DAYS);
-    let purged = app.run_log.purge_history(NAME, cutoff).await;
+    let purged = match app.run_log.purge_history(NAME, cutoff).await {
+        Ok(n) => app
+            .run_log
+            .purge_history(crate::certificate_expiry::RUN_NAME, cutoff)
+            .await
+            .map(|m| n + m),
+        Err(e) => Err(e),
+    };
     let pending = app.onboarding.confirm_pending().await;
     if let Ok(pending) = &pending {
         // this instance sees the new status at once, others within the tenants cache's hard age (cache::limits::TENANTS)
@@ -67,20 +75,36 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     }
     let finished = finish_scim_deletions(app).await;
     let trimmed = trim_audit(app, started_at).await;
-    let (outcome, summary) = match (&purged, &pending, &finished, &trimmed) {
-        (Ok(purged), Ok(pending), Ok(finished), Ok(trimmed)) => (
+    let certificates = crate::certificate_expiry::check_if_due(app, started_at).await;
+    match &certificates {
+        Ok(None) => {}
+        Ok(Some(c)) => {
+            response.log(format!(
+                "certificates: {} checked, {} expire within 30 days, {} tenants' incidents closed",
+                c.checked, c.expiring, c.recovered
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "certificates not checked for their expiry"),
+    }
+    let certificates = certificates.map_err(|e| format!("certificate expiry check: {e}"));
+    let (outcome, summary) = match (&purged, &pending, &finished, &trimmed, &certificates) {
+        (Ok(purged), Ok(pending), Ok(finished), Ok(trimmed), Ok(_)) => (
             RunOutcome::Succeeded,
             format!(
                 "purged {purged} run records older than {RUN_HISTORY_DAYS} days; confirmed {} pending tenants; dropped {} pending tenants not confirmed within CONSENT_PENDING_MINUTES; finished {finished} SCIM deletions; dropped {} days of audit events older than {} days",
                 pending.confirmed, pending.dropped, trimmed.days, app.audit_retention_days
             ),
         ),
-        (_, _, _, Err(e)) => (
+        (_, _, _, Err(e), _) => (
             RunOutcome::Failed(e.to_string()),
             "housekeeping work failed".to_string(),
         ),
-        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) => (
+        (Err(e), _, _, _, _) | (_, Err(e), _, _, _) | (_, _, Err(e), _, _) => (
             RunOutcome::Failed(e.to_string()),
+            "housekeeping work failed".to_string(),
+        ),
+        (_, _, _, _, Err(e)) => (
+            RunOutcome::Failed(e.clone()),
             "housekeeping work failed".to_string(),
         ),
     };

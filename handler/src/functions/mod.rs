@@ -16,6 +16,7 @@ pub mod notifications;
 pub mod openapi;
 pub mod ping;
 pub mod pki;
+pub mod poison;
 pub mod scim;
 pub mod scim_admin;
 pub mod sync;
@@ -187,6 +188,10 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
         Handler::Invoked(notifications::invoke),
     ),
     (
+        "NotificationDeliveryPoison",
+        Handler::Invoked(poison::invoke_notifications),
+    ),
+    (
         "ProvisioningLog",
         Handler::Http {
             route: "v1/tenants/{tenant_id}/provisioning-log",
@@ -194,6 +199,7 @@ pub const FUNCTIONS: &[(&str, Handler)] = &[
     ),
     ("DirectorySync", Handler::Invoked(sync::invoke_timer)),
     ("SyncTenant", Handler::Invoked(sync::invoke_queue)),
+    ("SyncTenantPoison", Handler::Invoked(poison::invoke_sync)),
     (
         "TenantSync",
         Handler::Http {

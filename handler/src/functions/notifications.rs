@@ -3,7 +3,7 @@
 //! test notice (`POST .../notifications/test`), and the queue function that delivers
 //! notices (a notice that cannot be delivered is itself an audit event).
 
-use audit::incident::{IncidentKind, NoticeKind};
+use audit::incident::{IncidentKind, NoticeKind, RateThreshold};
 use audit::notify::{Notice, NotificationSettings};
 use audit::{Actor, Change, Event, Target};
 use futures::future::BoxFuture;
@@ -50,6 +50,8 @@ fn settings_json(s: &NotificationSettings, secret_set: bool) -> Value {
         "webhook_url": s.webhook_url,
         "webhook_secret_set": secret_set,
         "notify_on": s.notify_on.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        "scim_failure_rate_percent": s.scim_failure_rate.percent,
+        "scim_min_requests": s.scim_failure_rate.min_requests,
     })
 }
 
@@ -85,6 +87,7 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
                 emails: Vec::new(),
                 webhook_url: None,
                 notify_on: IncidentKind::ALL.to_vec(),
+                scim_failure_rate: RateThreshold::default(),
             });
     Ok(json_reply(
         StatusCode::OK,
@@ -112,6 +115,15 @@ struct SettingsBody {
     /// Makes a new webhook signing secret even if one exists.
     #[serde(default)]
     rotate_webhook_secret: bool,
+    /// `scim_failing` opens when at least this share of the SCIM requests of the last 5
+    /// minutes failed (default 10).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100, nullable = false)]
+    scim_failure_rate_percent: Option<u8>,
+    /// ... over at least this many requests (default 10).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000, nullable = false)]
+    scim_min_requests: Option<u32>,
 }
 
 #[utoipa::path(
@@ -165,10 +177,27 @@ async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
+    let defaults = RateThreshold::default();
+    let percent = body.scim_failure_rate_percent.unwrap_or(defaults.percent);
+    if !(1..=100).contains(&percent) {
+        return Err(ApiError::bad_request(
+            "scim_failure_rate_percent must be 1 to 100",
+        ));
+    }
+    let min_requests = body.scim_min_requests.unwrap_or(defaults.min_requests);
+    if !(1..=100_000).contains(&min_requests) {
+        return Err(ApiError::bad_request(
+            "scim_min_requests must be 1 to 100000",
+        ));
+    }
     let settings = NotificationSettings {
         emails: body.emails,
         webhook_url,
         notify_on,
+        scim_failure_rate: RateThreshold {
+            percent,
+            min_requests,
+        },
     };
     let before = app.notifications.store.settings(tenant).await?;
     // the signing secret is shown once, when it is made

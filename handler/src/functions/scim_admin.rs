@@ -367,11 +367,56 @@ async fn tenant_allows(app: &App, code: &str) -> Result<(), ScimError> {
     }
 }
 
+/// The `invitation.redeem` event of a redemption by `actor`: the user activated, or why
+/// the code was refused. None for a code that names no tenant (nothing to record it in).
+fn redemption_event(
+    actor: audit::Actor,
+    code: &str,
+    outcome: &Result<crate::scim_admin::Redeemed, ScimError>,
+) -> Option<audit::Event> {
+    let (tenant, invitation) = crate::scim_admin::parse_code(code)?;
+    let event = match outcome {
+        Ok(done) => audit::Event::new(
+            done.tenant,
+            actor,
+            "invitation.redeem",
+            audit::Target::new("user", done.user).display(done.user_name.clone()),
+        )
+        .change(audit::Change::new(
+            "status",
+            Some(json!(UserStatus::Invited.as_str())),
+            Some(json!(UserStatus::Active.as_str())),
+        )),
+        Err(e) => audit::Event::new(
+            tenant,
+            actor,
+            "invitation.redeem",
+            audit::Target::new("invitation", invitation),
+        )
+        .failed(
+            e.scim_type
+                .map(str::to_string)
+                .unwrap_or_else(|| e.status.to_string()),
+            e.detail.clone(),
+        ),
+    };
+    Some(event.correlation(format!("invitation {invitation}")))
+}
+
 async fn redeem(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
-    auth::admin(app, authorization).await?;
+    let admin = crate::trail::admin(&auth::admin(app, authorization).await?);
     let body: RedeemBody = parse_json(body)?;
-    tenant_allows(app, &body.code).await?;
-    let redeemed = app.scim.redeem(&body.code, false).await?;
+    let redeemed = match tenant_allows(app, &body.code).await {
+        Ok(()) => app.scim.redeem(&body.code, false).await,
+        Err(e) => Err(e),
+    };
+    // a refusal the store caused is no decision about the code: not recorded as one
+    if !matches!(&redeemed, Err(e) if e.status >= 500)
+        && let Some(event) = redemption_event(admin, &body.code, &redeemed)
+    {
+        crate::trail::record(app, event).await?;
+    }
+    let redeemed = redeemed?;
     tracing::info!(tenant_id = %redeemed.tenant, user = %redeemed.user, "invitation redeemed");
     ok(&json!({
         "tenant_id": redeemed.tenant,
@@ -428,6 +473,23 @@ async fn activate(app: &App, code: Option<&str>) -> Response {
         Ok(()) => app.scim.redeem(code, false).await,
         Err(e) => Err(e),
     };
+    // the holder of the link is known by nothing but the link: the actor is the function
+    let actor = audit::Actor {
+        name: Some("holder of the activation link".into()),
+        ..audit::Actor::system("Activate")
+    };
+    if !matches!(&redeemed, Err(e) if e.status >= 500)
+        && let Some(event) = redemption_event(actor, code, &redeemed)
+        && let Err(e) = app.audit.record(event).await
+    {
+        // an activation that cannot be recorded is not reported as done
+        tracing::error!(error = %e, "activation not recorded");
+        return refusal(&ScimError::new(
+            503,
+            None,
+            "the service is busy; try the link again in a minute",
+        ));
+    }
     match redeemed {
         Ok(done) => {
             tracing::info!(tenant_id = %done.tenant, user = %done.user, "invitation redeemed");

@@ -1056,6 +1056,13 @@ pub struct NotificationSettingsBody {
     /// A signing secret for the webhook exists.
     pub webhook_secret_set: bool,
     pub notify_on: Vec<IncidentKindName>,
+    /// `scim_failing` opens when at least this share (%) of the SCIM requests of the last
+    /// 5 minutes failed...
+    #[schema(minimum = 1, maximum = 100)]
+    pub scim_failure_rate_percent: u8,
+    /// ... over at least this many requests.
+    #[schema(minimum = 1, maximum = 100000)]
+    pub scim_min_requests: u32,
     /// The webhook signing secret, only in the answer of the `PUT` that made it (shown once).
     #[schema(nullable = false)]
     pub webhook_secret: Option<String>,
