@@ -848,3 +848,149 @@ async fn an_employee_body_that_is_not_an_object_is_refused_and_the_handler_keeps
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["employee_id"], "E1");
 }
+
+impl World {
+    /// The tenant's audit events whose action starts with `action`, newest first.
+    async fn audit(&self, action: &str) -> Vec<Value> {
+        let (s, trail) = self
+            .call(
+                "GET",
+                &format!(
+                    "/api/v1/tenants/{}/audit?action={action}&limit=100",
+                    self.tenant
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{trail}");
+        trail["events"].as_array().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_manager_cleared_in_hr_is_removed_in_entra_and_one_already_gone_is_done() {
+    let w = World::start().await;
+    let mut ada = employee("E1", "Ada", "Lovelace", "Engineering");
+    ada["manager_employee_id"] = json!("E0");
+    w.import(json!([employee("E0", "Grace", "Hopper", "Sales"), ada]))
+        .await;
+    w.plan_and_apply().await;
+    let id = w.fake.user(&w.tenant, "ada.lovelace@contoso.com").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(w.fake.hr_state(&w.tenant, &id).manager.is_some());
+
+    // HR no longer names a manager: two plans made before either is applied
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    let first = w.plan().await;
+    assert_eq!(actions(&first), ["remove_manager"], "{first}");
+    let second = w.plan().await;
+    let (s, report) = w.apply(&first, false).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(report["done"], 1, "{report}");
+    assert_eq!(w.fake.hr_state(&w.tenant, &id).manager, None);
+    // Graph's 404 for a manager that is gone means the state asked for holds
+    let (s, report) = w.apply(&second, false).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["done"], 1, "{report}");
+    assert_eq!(actions(&w.plan().await), Vec::<String>::new());
+    let events = w.audit("hr.user.remove_manager").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+}
+
+#[tokio::test]
+async fn a_user_in_150_groups_gets_only_the_group_steps_hr_asks_for() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    let id = w.fake.user(&w.tenant, "ada.lovelace@contoso.com").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // 149 groups HR does not manage, whose ids sort first: Graph's first page of 100
+    // holds none of the groups the rules manage
+    for i in 0..149 {
+        let g = w.fake.add_group(
+            &w.tenant,
+            json!({"id": format!("00000000-0000-0000-0000-{i:012}"), "displayName": format!("Other {i}")}),
+        );
+        w.fake.add_member(&w.tenant, &g, &id);
+    }
+    assert_eq!(w.fake.groups_of(&w.tenant, &id).len(), 150);
+    assert_eq!(actions(&w.plan().await), Vec::<String>::new());
+
+    // a mover leaves the group on the second page and joins the other
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Sales")]))
+        .await;
+    let (plan, _) = w.plan_and_apply().await;
+    let mut got = actions(&plan);
+    got.sort();
+    assert_eq!(
+        got,
+        ["add_member", "remove_member", "update_user"],
+        "{plan}"
+    );
+    let groups = w.fake.groups_of(&w.tenant, &id);
+    assert_eq!(groups.len(), 150);
+    assert!(groups.contains(&w.sales) && !groups.contains(&w.engineers));
+}
+
+#[tokio::test]
+async fn an_update_event_records_the_old_and_the_new_value() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    let mut mover = employee("E1", "Ada", "Lovelace", "Sales");
+    mover["job_title"] = json!("Account Manager");
+    w.import(json!([mover])).await;
+    w.plan_and_apply().await;
+    let events = w.audit("hr.user.update").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let mut changes = events[0]["changes"].as_array().unwrap().clone();
+    changes.sort_by_key(|c| c["attribute"].as_str().unwrap().to_string());
+    assert_eq!(
+        Value::Array(changes),
+        json!([
+            {"attribute": "department", "old": "Engineering", "new": "Sales"},
+            {"attribute": "jobTitle", "old": "Engineer", "new": "Account Manager"},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_direct_password_reset_is_audited_with_the_admin_and_without_the_password() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    let (s, body) = w
+        .call("POST", &w.hr("employees/E1/reset-password"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let password = body["temporary_password"].as_str().unwrap();
+    let events = w.audit("hr.user.reset_password").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["actor"]["kind"], "admin", "{e}");
+    assert_eq!(e["target"]["id"], body["user_id"], "{e}");
+    assert_eq!(e["outcome"]["status"], "success", "{e}");
+    assert_eq!(e["changes"][0]["attribute"], "password", "{e}");
+    assert!(!e.to_string().contains(password), "{e}");
+
+    // a refused reset is recorded as failed
+    let id = body["user_id"].as_str().unwrap();
+    w.fake
+        .assign_directory_role(&w.tenant, id, "Global Administrator");
+    let (s, _) = w
+        .call("POST", &w.hr("employees/E1/reset-password"), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let events = w.audit("hr.user.reset_password").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "failure", "{events:?}");
+}

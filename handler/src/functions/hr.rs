@@ -250,21 +250,9 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
         last_error: None,
     };
     app.hr
-        .store
-        .put_connection(&connection)
+        .save_connection(&app.vault, &connection)
         .await
-        .map_err(store_error)?;
-    // what an earlier connection kept is not left behind (one connection is active)
-    app.vault
-        .delete_secret(&refresh_name(tenant.tenant_id))
-        .await
-        .ok();
-    if credential == CredentialKind::Certificate {
-        app.vault
-            .delete_secret(&secret_name(tenant.tenant_id))
-            .await
-            .ok();
-    }
+        .map_err(api_error)?;
     tracing::info!(tenant_id = %tenant.tenant_id, %client_id, %cloud, "HR connection set (customer-owned)");
     Ok(json_reply(StatusCode::OK, &connection_json(&connection)))
 }
@@ -551,14 +539,9 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
         last_error: None,
     };
     app.hr
-        .store
-        .put_connection(&connection)
+        .save_connection(&app.vault, &connection)
         .await
-        .map_err(store_error)?;
-    app.vault
-        .delete_secret(&secret_name(link.tenant_id))
-        .await
-        .ok();
+        .map_err(api_error)?;
     tracing::info!(tenant_id = %link.tenant_id, "HR connection linked (delegated)");
     Ok(json_reply(
         StatusCode::OK,
@@ -967,7 +950,7 @@ async fn apply(app: &App, req: &Request) -> Result<Response, ApiError> {
     )
 )]
 async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     let employee_id = req.param("employee_id").unwrap_or_default().to_string();
     let (connection, registration) = connection_of(app, tenant.tenant_id).await?;
@@ -976,6 +959,21 @@ async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> 
         .user_of(&app.directory, tenant.tenant_id, &employee_id)
         .await
         .map_err(api_error)?;
+    // write-ahead: a reset that cannot be recorded is not made; the password itself is
+    // never a value of the event, only that it changed
+    let pending = app
+        .audit
+        .begin(
+            crate::trail::event(
+                &req.headers,
+                tenant.tenant_id,
+                crate::trail::admin(&caller),
+                "hr.user.reset_password",
+                audit::Target::new("user", user).display(format!("employee {employee_id}")),
+            )
+            .change(audit::Change::secret("password")),
+        )
+        .await?;
     let password = crate::writeback::temporary_password();
     let request = entra::writes::reset_password(user, &password);
     let answer = app
@@ -986,9 +984,25 @@ async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> 
             std::slice::from_ref(&request),
         )
         .await
-        .map_err(|e| api_error(e.into()))?;
-    let answer = answer.into_iter().next().expect("one answer");
-    match entra::writes::write_answer(&request, answer) {
+        .map(|a| a.into_iter().next().expect("one answer"));
+    let outcome = match answer {
+        Ok(answer) => entra::writes::write_answer(&request, answer),
+        Err(e) => entra::writes::WriteAnswer::Failed(e),
+    };
+    let failure = match &outcome {
+        entra::writes::WriteAnswer::Done(_) => None,
+        entra::writes::WriteAnswer::Failed(e) => Some(e.to_string()),
+        entra::writes::WriteAnswer::UpnInUse(m) => Some(m.clone()),
+    };
+    // the reset is made (or refused) by now: an event left pending is logged, not answered
+    pending
+        .finish(|e| match failure {
+            None => e,
+            Some(why) => e.failed("graph_refused", why),
+        })
+        .await
+        .ok();
+    match outcome {
         entra::writes::WriteAnswer::Done(_) => {}
         entra::writes::WriteAnswer::Failed(entra::graph::GraphError::Forbidden(m)) => {
             return Err(ApiError::new(
