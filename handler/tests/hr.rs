@@ -45,6 +45,16 @@ fn day(offset: i64) -> String {
 impl World {
     /// A tenant with a customer-owned HR connection (certificate) in `cloud`, and rules.
     async fn start_in(cloud: &str) -> World {
+        World::start_on(
+            cloud,
+            unique_table("h"),
+            Azurite::shared().connection_string(),
+        )
+        .await
+    }
+
+    /// As [`World::start_in`], with tables named `prefix...` reached through `storage`.
+    async fn start_on(cloud: &str, prefix: String, storage: String) -> World {
         let fake = FakeMicrosoft::start().await;
         fake.register_secret_app(CLIENT_ID, SECRET);
         let tenant = Uuid::new_v4().to_string();
@@ -54,8 +64,8 @@ impl World {
         let sales = fake.add_group(&tenant, json!({"displayName": "Sales"}));
         let data = std::env::temp_dir().join(format!("hr-{}", Uuid::new_v4()));
         let env: Vec<(&'static str, String)> = vec![
-            ("AzureWebJobsStorage", Azurite::shared().connection_string()),
-            ("STORAGE_TABLE_PREFIX", unique_table("h")),
+            ("AzureWebJobsStorage", storage),
+            ("STORAGE_TABLE_PREFIX", prefix),
             ("ENTRA_CLIENT_ID", CLIENT_ID.into()),
             ("ENTRA_ADMIN_TENANT_ID", ADMIN_TENANT.into()),
             ("ENTRA_LOGIN_ENDPOINT", fake.login_url.clone()),
@@ -850,6 +860,13 @@ async fn an_employee_body_that_is_not_an_object_is_refused_and_the_handler_keeps
 }
 
 impl World {
+    /// The status of a GET of one HR record.
+    async fn status_of(&self, employee_id: &str) -> StatusCode {
+        self.call("GET", &self.hr(&format!("employees/{employee_id}")), None)
+            .await
+            .0
+    }
+
     /// The tenant's audit events whose action starts with `action`, newest first.
     async fn audit(&self, action: &str) -> Vec<Value> {
         let (s, trail) = self
@@ -993,4 +1010,61 @@ async fn a_direct_password_reset_is_audited_with_the_admin_and_without_the_passw
     let events = w.audit("hr.user.reset_password").await;
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0]["outcome"]["status"], "failure", "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_that_storage_fails_midway_is_in_whole_or_not_at_all() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let prefix = unique_table("h");
+    let hr_table = format!("{prefix}Hr");
+    // armed: the HR table's transactions from the `pass`-th on fail, retries included
+    let armed = Arc::new(AtomicBool::new(false));
+    let pass = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let port = {
+        let (armed, pass, seen) = (armed.clone(), pass.clone(), seen.clone());
+        system_tests::faulty_table_endpoint(move |r| {
+            armed.load(Ordering::SeqCst)
+                && r.path.ends_with("/$batch")
+                && r.body.contains(hr_table.as_str())
+                && seen.fetch_add(1, Ordering::SeqCst) >= pass.load(Ordering::SeqCst)
+        })
+        .await
+    };
+    let w = World::start_on("global", prefix, system_tests::connection_string_via(port)).await;
+    let rows: Vec<Value> = (0..150)
+        .map(|i| employee(&format!("E{i}"), "Ada", &format!("L{i}"), "Engineering"))
+        .collect();
+    for failing_from in [0, 1] {
+        let tenant_rows = json!(rows);
+        pass.store(failing_from, Ordering::SeqCst);
+        seen.store(0, Ordering::SeqCst);
+        armed.store(true, Ordering::SeqCst);
+        let (status, answer) = w.call("POST", &w.hr("import"), Some(tenant_rows)).await;
+        armed.store(false, Ordering::SeqCst);
+        let first = w.status_of("E0").await;
+        let last = w.status_of("E149").await;
+        if status == StatusCode::OK {
+            assert_eq!(answer["imported"], 150, "{answer}");
+            assert_eq!((first, last), (StatusCode::OK, StatusCode::OK), "all in");
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was imported"),
+            "{answer}"
+        );
+        assert_eq!(
+            (first, last),
+            (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
+            "a failed import leaves no row (failing from transaction {failing_from})"
+        );
+    }
+    // the same file again, storage well: every row is in
+    w.import(json!(rows)).await;
+    assert_eq!(w.status_of("E149").await, StatusCode::OK);
 }

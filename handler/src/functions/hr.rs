@@ -657,6 +657,7 @@ async fn test_connection(app: &App, req: &Request) -> Result<Response, ApiError>
     ),
     responses(
         (status = 200, description = "Every row was imported", body = HrImported),
+        (status = 503, description = "Storage failed: nothing was imported (the rows are staged apart and committed by one write); send the same file again", body = ErrorBody),
         (status = 415, description = "Neither JSON nor CSV", body = ErrorBody),
         (status = 422, description = "Rows were rejected; nothing was imported", body = HrRowsRejected),
     )
@@ -695,14 +696,24 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
         }
         Err(e) => return Err(ApiError::bad_request(e.to_string())),
     };
+    // all or nothing: on a storage failure nothing is imported, and sending the same
+    // file again converges
+    let import_id = Uuid::new_v4();
     app.hr
         .store
-        .put_records(tenant.tenant_id, &records)
+        .import_records(tenant.tenant_id, import_id, &records)
         .await
-        .map_err(store_error)?;
+        .map_err(|e| {
+            tracing::warn!(tenant_id = %tenant.tenant_id, %import_id, error = %e, "HR import not committed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "storage is unavailable; nothing was imported: send the same file again",
+            )
+        })?;
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"imported": records.len()}),
+        &json!({"imported": records.len(), "import_id": import_id}),
     ))
 }
 
