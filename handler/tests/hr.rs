@@ -1068,3 +1068,19 @@ async fn an_import_that_storage_fails_midway_is_in_whole_or_not_at_all() {
     w.import(json!(rows)).await;
     assert_eq!(w.status_of("E149").await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_position_held_today_gives_the_job_title_in_entra() {
+    let w = World::start().await;
+    let mut ada = employee("E1", "Ada", "Lovelace", "Engineering");
+    ada["positions"] = json!([
+        {"title": "Engineer", "start": day(-30), "end": day(-6)},
+        {"title": "Lead Engineer", "start": day(-5)},
+        {"title": "Director", "start": day(10)},
+    ]);
+    w.import(json!([ada])).await;
+    w.plan_and_apply().await;
+    let user = w.fake.user(&w.tenant, "ada.lovelace@contoso.com").unwrap();
+    assert_eq!(user["jobTitle"], "Lead Engineer", "{user}");
+    assert_eq!(user["department"], "Engineering", "the position names none");
+}

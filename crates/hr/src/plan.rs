@@ -353,8 +353,11 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                 }
             }
             Stage::Active(since) => {
-                let desired: BTreeMap<String, String> = rules.properties(r).into_iter().collect();
-                let groups = rules.groups_for(r);
+                // the position held today drives job title and department (see `as_of`)
+                let current = r.as_of(today);
+                let desired: BTreeMap<String, String> =
+                    rules.properties(&current).into_iter().collect();
+                let groups = rules.groups_for(&current);
                 let (target, due, current_groups) = match user {
                     None => {
                         let Some(local) = rules.upn_local(r) else {
