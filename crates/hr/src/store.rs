@@ -168,6 +168,13 @@ impl TableHrStore {
         let staging = import_partition(tenant, commit.import_id);
         let staged = self.table.query_all(prefix(&staging, "rows-")).await?;
         if staged.len() != commit.rows {
+            // a concurrent finisher may have dropped the staged rows after copying them
+            let now = self.table.try_get(&pk, IMPORT_COMMIT).await?;
+            if now.is_none_or(|e| {
+                parse::<ImportCommit>(&e).ok().map(|c| c.import_id) != Some(commit.import_id)
+            }) {
+                return Ok(());
+            }
             return Err(HrStoreError::Corrupt(format!(
                 "import {} committed {} staged rows, {} found",
                 commit.import_id,
