@@ -1084,3 +1084,51 @@ async fn the_position_held_today_gives_the_job_title_in_entra() {
     assert_eq!(user["jobTitle"], "Lead Engineer", "{user}");
     assert_eq!(user["department"], "Engineering", "the position names none");
 }
+
+#[tokio::test]
+async fn every_hr_admin_change_is_in_the_audit_trail_without_its_secrets() {
+    let w = World::start().await;
+    // World::start set a customer-owned connection and rules
+    let set = w.audit("hr.connection.set").await;
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_eq!(set[0]["actor"]["kind"], "admin");
+    assert!(
+        set[0]["changes"].to_string().contains(CUSTOMER_APP),
+        "{set:?}"
+    );
+    let rules = w.audit("hr.rules.set").await;
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(rules[0]["changes"].to_string().contains("contoso.com"));
+
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    let import = w.audit("hr.import").await;
+    assert_eq!(import.len(), 1, "{import:?}");
+    assert_eq!(import[0]["changes"][0]["new"], 1, "{import:?}");
+
+    let mut moved = employee("E1", "Ada", "Lovelace", "Sales");
+    moved.as_object_mut().unwrap().remove("employee_id");
+    let (s, _) = w.call("PUT", &w.hr("employees/E1"), Some(moved)).await;
+    assert_eq!(s, StatusCode::OK);
+    let update = w.audit("hr.employee.update").await;
+    assert_eq!(update.len(), 1, "{update:?}");
+    assert_eq!(
+        update[0]["changes"],
+        json!([{"attribute": "department", "old": "Engineering", "new": "Sales"}])
+    );
+
+    // a delegated link replaces it: the refresh token is only said to have changed
+    let url = w.link_url().await;
+    let admin = Uuid::new_v4().to_string();
+    let (s, linked) = w.follow(&w.fake.sign_in(&url, &w.tenant, &admin)).await;
+    assert_eq!(s, StatusCode::OK, "{linked}");
+    let link = w.audit("hr.connection.link").await;
+    assert_eq!(link.len(), 1, "{link:?}");
+    assert_eq!(link[0]["actor"]["id"], json!(admin), "{link:?}");
+    assert!(!link[0].to_string().contains("fake-refresh"), "{link:?}");
+    assert!(link[0]["changes"].to_string().contains("refresh_token"));
+
+    let (s, _) = w.call("DELETE", &w.hr("connection"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(w.audit("hr.connection.delete").await.len(), 1);
+}
