@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use entra::credentials::{AppCredential, AppRegistration};
-use entra::graph::{BatchRequest, GraphClient, GraphError, GraphErrorClass};
+use entra::graph::{BatchRequest, BatchResponse, GraphClient, GraphError, GraphErrorClass};
 use entra::writes::{self, WriteAnswer};
 use hr::plan::compute;
 use hr::{
@@ -249,6 +249,32 @@ impl Writeback {
         }
     }
 
+    /// Keeps `connection` as the tenant's one active connection, and removes from the
+    /// vault what another kind of connection kept there (a refresh token, a client secret),
+    /// so nothing of a replaced connection is left behind. The removal is best effort: a
+    /// secret left is never used, as the connection names which one is read.
+    pub async fn save_connection(
+        &self,
+        vault: &Arc<dyn vault::Vault>,
+        connection: &Connection,
+    ) -> Result<(), WritebackError> {
+        self.store.put_connection(connection).await?;
+        let tenant = connection.tenant_id;
+        let stale: Vec<String> = match (connection.kind, connection.credential) {
+            (ConnectionType::Delegated, _) => vec![secret_name(tenant)],
+            (ConnectionType::CustomerOwned, Some(CredentialKind::Secret)) => {
+                vec![refresh_name(tenant)]
+            }
+            (ConnectionType::CustomerOwned, _) => vec![refresh_name(tenant), secret_name(tenant)],
+        };
+        for name in stale {
+            if let Err(e) = vault.delete_secret(&name).await {
+                tracing::warn!(%tenant, secret = %name, error = %e, "a replaced HR connection's secret was not removed");
+            }
+        }
+        Ok(())
+    }
+
     /// The tenant's compiled rules.
     pub async fn rules(&self, tenant: Uuid) -> Result<CompiledRules, WritebackError> {
         self.store
@@ -388,8 +414,9 @@ impl Writeback {
     }
 
     /// Reads users and their direct groups fresh from Graph (20 per `$batch`) into
-    /// `users`; one Graph no longer knows is dropped. Only the first page of a user's
-    /// groups is read (Graph's default of 100): rules manage few groups.
+    /// `users`; one Graph no longer knows is dropped. Every page of a user's groups is
+    /// read (Graph pages `memberOf` at 100): a group missed would be added again, or kept
+    /// when a rule no longer puts them there.
     #[allow(clippy::too_many_arguments)]
     async fn refresh(
         &self,
@@ -418,38 +445,56 @@ impl Writeback {
                 body: None,
             });
         }
-        let mut answers = graph
-            .batch(registration, tenant, &requests)
-            .await?
-            .into_iter();
-        for id in ids {
+        let answers = graph.batch(registration, tenant, &requests).await?;
+        let mut read: Vec<(Uuid, BatchResponse, BTreeSet<Uuid>)> = Vec::new();
+        // a user's groups past the first page: (user, the nextLink as a relative URL)
+        let mut more: Vec<(Uuid, String)> = Vec::new();
+        let base = format!("{}/v1.0", graph.graph_base(registration.cloud));
+        let mut answers = answers.into_iter();
+        for (i, id) in ids.iter().enumerate() {
             let (Some(answer), Some(groups)) = (answers.next(), answers.next()) else {
                 break;
             };
-            let groups: BTreeSet<Uuid> = match groups.status {
-                200..=299 => groups.body["value"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|g| g["id"].as_str().and_then(|i| Uuid::try_parse(i).ok()))
-                    .filter(|g| managed.contains(g))
-                    .collect(),
-                404 => BTreeSet::new(),
-                _ => {
-                    return Err(writes::write_answer(&requests[1], groups)
-                        .into_error()
-                        .into());
+            let mut mine = BTreeSet::new();
+            let request = &requests[2 * i + 1];
+            if let Some(link) = group_page(&base, request, groups, managed, &mut mine)? {
+                more.push((*id, link));
+            }
+            read.push((*id, answer, mine));
+        }
+        // inside `$batch` a nextLink is absolute; each page after the first is another
+        // batch item with its relative URL, until no page names a next one
+        let mut extra: HashMap<Uuid, BTreeSet<Uuid>> = HashMap::new();
+        while !more.is_empty() {
+            let requests: Vec<BatchRequest> = more
+                .iter()
+                .map(|(_, url)| BatchRequest {
+                    method: "GET".into(),
+                    url: url.clone(),
+                    body: None,
+                })
+                .collect();
+            let answers = graph.batch(registration, tenant, &requests).await?;
+            let mut next = Vec::new();
+            for (((id, _), request), answer) in more.iter().zip(&requests).zip(answers) {
+                let mine = extra.entry(*id).or_default();
+                if let Some(link) = group_page(&base, request, answer, managed, mine)? {
+                    next.push((*id, link));
                 }
-            };
+            }
+            more = next;
+        }
+        for (id, answer, mut groups) in read {
+            groups.extend(extra.remove(&id).unwrap_or_default());
             let raw = answer.body.clone();
             match writes::read_answer(answer)? {
                 None => {
-                    users.remove(id);
+                    users.remove(&id);
                 }
                 Some(u) => {
                     if let Some(mut user) = entra_user(&u, select, &raw) {
                         user.groups = groups;
-                        users.insert(*id, user);
+                        users.insert(id, user);
                     }
                 }
             }
@@ -572,6 +617,41 @@ impl Writeback {
     }
 }
 
+/// Adds the managed groups of one `memberOf` page to `into`; the next page's URL,
+/// relative to `base` (`{graph}/v1.0`), when there is one. A user Graph no longer knows
+/// (404) has no groups. A nextLink on another host is refused: the token goes nowhere else.
+fn group_page(
+    base: &str,
+    request: &BatchRequest,
+    page: BatchResponse,
+    managed: &BTreeSet<Uuid>,
+    into: &mut BTreeSet<Uuid>,
+) -> Result<Option<String>, WritebackError> {
+    match page.status {
+        200..=299 => {}
+        404 => return Ok(None),
+        _ => return Err(writes::write_answer(request, page).into_error().into()),
+    }
+    into.extend(
+        page.body["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["id"].as_str().and_then(|i| Uuid::try_parse(i).ok()))
+            .filter(|g| managed.contains(g)),
+    );
+    match page.body["@odata.nextLink"].as_str() {
+        None => Ok(None),
+        Some(link) => match link.strip_prefix(base) {
+            Some(relative) if relative.starts_with('/') => Ok(Some(relative.to_string())),
+            _ => Err(WritebackError::Graph(GraphError::Rejected {
+                status: 200,
+                message: "a memberOf nextLink that is not on this cloud's Graph host".into(),
+            })),
+        },
+    }
+}
+
 /// A temporary password Entra accepts (upper, lower, digit and symbol; 16 characters).
 /// Shown at most once, never logged or stored.
 pub fn temporary_password() -> String {
@@ -651,6 +731,7 @@ impl EntraWriter for GraphWriter<'_> {
                     self.graph.set_manager(cloud, *user, *manager)
                 }
                 Write::RevokeSessions { user } => writes::revoke_sessions(*user),
+                Write::RemoveManager { user } => writes::remove_manager(*user),
             })
             .collect();
         let answers = match self
@@ -726,6 +807,7 @@ fn hr_action(step: &hr::Action) -> &'static str {
         hr::Action::ResetPassword { .. } => "hr.user.reset_password",
         hr::Action::SetManager { .. } => "hr.user.set_manager",
         hr::Action::RevokeSessions { .. } => "hr.user.revoke_sessions",
+        hr::Action::RemoveManager { .. } => "hr.user.remove_manager",
     }
 }
 
@@ -759,14 +841,19 @@ impl hr::HrEvents for HrTrail {
                     ));
                 }
             }
-            hr::Action::UpdateUser { changes, .. } => {
+            hr::Action::UpdateUser { changes, old, .. } => {
+                // old: what Entra held when the plan compared (a plan made before old
+                // values were kept has none)
                 for (name, value) in changes {
                     event = event.change(audit::Change::new(
                         name.as_str(),
-                        None,
+                        old.get(name).cloned().map(serde_json::Value::String),
                         value.clone().map(serde_json::Value::String),
                     ));
                 }
+            }
+            hr::Action::ResetPassword { .. } => {
+                event = event.change(audit::Change::secret("password"));
             }
             _ => {}
         }

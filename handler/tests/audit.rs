@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use system_tests::{Azurite, HandlerProcess, free_port, run_to_exit, unique_table};
+use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
 use uuid::Uuid;
 
 impl Scim {
@@ -450,68 +450,13 @@ async fn housekeeping_trims_only_the_days_older_than_the_retention() {
 /// A Table endpoint in front of Azurite that fails (503) every request touching a table
 /// whose name is in `rules` while that rule's flag is set.
 async fn faulty_table_endpoint(rules: Vec<(String, Arc<AtomicBool>)>) -> u16 {
-    use warp::Filter;
-    let azurite = Azurite::shared().account().table_endpoint.clone();
-    let port = free_port();
-    let http = reqwest::Client::new();
-    let rules = Arc::new(rules);
-    let route = warp::method()
-        .and(warp::path::full())
-        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::bytes())
-        .then(
-            move |method: warp::http::Method,
-                  path: warp::path::FullPath,
-                  query: String,
-                  headers: warp::http::HeaderMap,
-                  body: bytes::Bytes| {
-                let (http, azurite, rules) = (http.clone(), azurite.clone(), rules.clone());
-                async move {
-                    // a batch names its table in the body
-                    let text = String::from_utf8_lossy(&body);
-                    let failing = rules.iter().any(|(table, on)| {
-                        on.load(Ordering::SeqCst)
-                            && (path.as_str().contains(table.as_str()) || text.contains(table.as_str()))
-                    });
-                    if failing {
-                        return warp::http::Response::builder()
-                            .status(503)
-                            .header("content-type", "application/json")
-                            .body(br#"{"odata.error":{"code":"ServerBusy","message":{"value":"injected"}}}"#.to_vec())
-                            .unwrap();
-                    }
-                    let origin = format!("{}://{}", azurite.scheme(), azurite.authority());
-                    let url = if query.is_empty() {
-                        format!("{origin}{}", path.as_str())
-                    } else {
-                        format!("{origin}{}?{query}", path.as_str())
-                    };
-                    let mut request = http.request(method, url).body(body);
-                    for (name, value) in &headers {
-                        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
-                            request = request.header(name, value);
-                        }
-                    }
-                    let answer = request.send().await.unwrap();
-                    let mut response = warp::http::Response::builder().status(answer.status());
-                    for (name, value) in answer.headers() {
-                        if !matches!(
-                            name.as_str(),
-                            "content-length" | "transfer-encoding" | "connection"
-                        ) {
-                            response = response.header(name, value);
-                        }
-                    }
-                    response
-                        .body(answer.bytes().await.unwrap().to_vec())
-                        .unwrap()
-                }
-            },
-        );
-    tokio::spawn(warp::serve(route).run(([127, 0, 0, 1], port)));
-    system_tests::wait_for_port(port, std::time::Duration::from_secs(5)).unwrap();
-    port
+    system_tests::faulty_table_endpoint(move |r| {
+        rules.iter().any(|(table, on)| {
+            on.load(Ordering::SeqCst)
+                && (r.path.contains(table.as_str()) || r.body.contains(table.as_str()))
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,16 @@ fn day(offset: i64) -> String {
 impl World {
     /// A tenant with a customer-owned HR connection (certificate) in `cloud`, and rules.
     async fn start_in(cloud: &str) -> World {
+        World::start_on(
+            cloud,
+            unique_table("h"),
+            Azurite::shared().connection_string(),
+        )
+        .await
+    }
+
+    /// As [`World::start_in`], with tables named `prefix...` reached through `storage`.
+    async fn start_on(cloud: &str, prefix: String, storage: String) -> World {
         let fake = FakeMicrosoft::start().await;
         fake.register_secret_app(CLIENT_ID, SECRET);
         let tenant = Uuid::new_v4().to_string();
@@ -54,8 +64,8 @@ impl World {
         let sales = fake.add_group(&tenant, json!({"displayName": "Sales"}));
         let data = std::env::temp_dir().join(format!("hr-{}", Uuid::new_v4()));
         let env: Vec<(&'static str, String)> = vec![
-            ("AzureWebJobsStorage", Azurite::shared().connection_string()),
-            ("STORAGE_TABLE_PREFIX", unique_table("h")),
+            ("AzureWebJobsStorage", storage),
+            ("STORAGE_TABLE_PREFIX", prefix),
             ("ENTRA_CLIENT_ID", CLIENT_ID.into()),
             ("ENTRA_ADMIN_TENANT_ID", ADMIN_TENANT.into()),
             ("ENTRA_LOGIN_ENDPOINT", fake.login_url.clone()),
@@ -847,4 +857,278 @@ async fn an_employee_body_that_is_not_an_object_is_refused_and_the_handler_keeps
     let (s, b) = w.call("PUT", &w.hr("employees/E1"), Some(record)).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["employee_id"], "E1");
+}
+
+impl World {
+    /// The status of a GET of one HR record.
+    async fn status_of(&self, employee_id: &str) -> StatusCode {
+        self.call("GET", &self.hr(&format!("employees/{employee_id}")), None)
+            .await
+            .0
+    }
+
+    /// The tenant's audit events whose action starts with `action`, newest first.
+    async fn audit(&self, action: &str) -> Vec<Value> {
+        let (s, trail) = self
+            .call(
+                "GET",
+                &format!(
+                    "/api/v1/tenants/{}/audit?action={action}&limit=100",
+                    self.tenant
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{trail}");
+        trail["events"].as_array().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_manager_cleared_in_hr_is_removed_in_entra_and_one_already_gone_is_done() {
+    let w = World::start().await;
+    let mut ada = employee("E1", "Ada", "Lovelace", "Engineering");
+    ada["manager_employee_id"] = json!("E0");
+    w.import(json!([employee("E0", "Grace", "Hopper", "Sales"), ada]))
+        .await;
+    w.plan_and_apply().await;
+    let id = w.fake.user(&w.tenant, "ada.lovelace@contoso.com").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(w.fake.hr_state(&w.tenant, &id).manager.is_some());
+
+    // HR no longer names a manager: two plans made before either is applied
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    let first = w.plan().await;
+    assert_eq!(actions(&first), ["remove_manager"], "{first}");
+    let second = w.plan().await;
+    let (s, report) = w.apply(&first, false).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(report["done"], 1, "{report}");
+    assert_eq!(w.fake.hr_state(&w.tenant, &id).manager, None);
+    // Graph's 404 for a manager that is gone means the state asked for holds
+    let (s, report) = w.apply(&second, false).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["done"], 1, "{report}");
+    assert_eq!(actions(&w.plan().await), Vec::<String>::new());
+    let events = w.audit("hr.user.remove_manager").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+}
+
+#[tokio::test]
+async fn a_user_in_150_groups_gets_only_the_group_steps_hr_asks_for() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    let id = w.fake.user(&w.tenant, "ada.lovelace@contoso.com").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // 149 groups HR does not manage, whose ids sort first: Graph's first page of 100
+    // holds none of the groups the rules manage
+    for i in 0..149 {
+        let g = w.fake.add_group(
+            &w.tenant,
+            json!({"id": format!("00000000-0000-0000-0000-{i:012}"), "displayName": format!("Other {i}")}),
+        );
+        w.fake.add_member(&w.tenant, &g, &id);
+    }
+    assert_eq!(w.fake.groups_of(&w.tenant, &id).len(), 150);
+    assert_eq!(actions(&w.plan().await), Vec::<String>::new());
+
+    // a mover leaves the group on the second page and joins the other
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Sales")]))
+        .await;
+    let (plan, _) = w.plan_and_apply().await;
+    let mut got = actions(&plan);
+    got.sort();
+    assert_eq!(
+        got,
+        ["add_member", "remove_member", "update_user"],
+        "{plan}"
+    );
+    let groups = w.fake.groups_of(&w.tenant, &id);
+    assert_eq!(groups.len(), 150);
+    assert!(groups.contains(&w.sales) && !groups.contains(&w.engineers));
+}
+
+#[tokio::test]
+async fn an_update_event_records_the_old_and_the_new_value() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    let mut mover = employee("E1", "Ada", "Lovelace", "Sales");
+    mover["job_title"] = json!("Account Manager");
+    w.import(json!([mover])).await;
+    w.plan_and_apply().await;
+    let events = w.audit("hr.user.update").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let mut changes = events[0]["changes"].as_array().unwrap().clone();
+    changes.sort_by_key(|c| c["attribute"].as_str().unwrap().to_string());
+    assert_eq!(
+        Value::Array(changes),
+        json!([
+            {"attribute": "department", "old": "Engineering", "new": "Sales"},
+            {"attribute": "jobTitle", "old": "Engineer", "new": "Account Manager"},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_direct_password_reset_is_audited_with_the_admin_and_without_the_password() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    let (s, body) = w
+        .call("POST", &w.hr("employees/E1/reset-password"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let password = body["temporary_password"].as_str().unwrap();
+    let events = w.audit("hr.user.reset_password").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["actor"]["kind"], "admin", "{e}");
+    assert_eq!(e["target"]["id"], body["user_id"], "{e}");
+    assert_eq!(e["outcome"]["status"], "success", "{e}");
+    assert_eq!(e["changes"][0]["attribute"], "password", "{e}");
+    assert!(!e.to_string().contains(password), "{e}");
+
+    // a refused reset is recorded as failed
+    let id = body["user_id"].as_str().unwrap();
+    w.fake
+        .assign_directory_role(&w.tenant, id, "Global Administrator");
+    let (s, _) = w
+        .call("POST", &w.hr("employees/E1/reset-password"), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let events = w.audit("hr.user.reset_password").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "failure", "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_that_storage_fails_midway_is_in_whole_or_not_at_all() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let prefix = unique_table("h");
+    let hr_table = format!("{prefix}Hr");
+    // armed: the HR table's transactions from the `pass`-th on fail, retries included
+    let armed = Arc::new(AtomicBool::new(false));
+    let pass = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let port = {
+        let (armed, pass, seen) = (armed.clone(), pass.clone(), seen.clone());
+        system_tests::faulty_table_endpoint(move |r| {
+            armed.load(Ordering::SeqCst)
+                && r.path.ends_with("/$batch")
+                && r.body.contains(hr_table.as_str())
+                && seen.fetch_add(1, Ordering::SeqCst) >= pass.load(Ordering::SeqCst)
+        })
+        .await
+    };
+    let w = World::start_on("global", prefix, system_tests::connection_string_via(port)).await;
+    let rows: Vec<Value> = (0..150)
+        .map(|i| employee(&format!("E{i}"), "Ada", &format!("L{i}"), "Engineering"))
+        .collect();
+    for failing_from in [0, 1] {
+        let tenant_rows = json!(rows);
+        pass.store(failing_from, Ordering::SeqCst);
+        seen.store(0, Ordering::SeqCst);
+        armed.store(true, Ordering::SeqCst);
+        let (status, answer) = w.call("POST", &w.hr("import"), Some(tenant_rows)).await;
+        armed.store(false, Ordering::SeqCst);
+        let first = w.status_of("E0").await;
+        let last = w.status_of("E149").await;
+        if status == StatusCode::OK {
+            assert_eq!(answer["imported"], 150, "{answer}");
+            assert_eq!((first, last), (StatusCode::OK, StatusCode::OK), "all in");
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was imported"),
+            "{answer}"
+        );
+        assert_eq!(
+            (first, last),
+            (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
+            "a failed import leaves no row (failing from transaction {failing_from})"
+        );
+    }
+    // the same file again, storage well: every row is in
+    w.import(json!(rows)).await;
+    assert_eq!(w.status_of("E149").await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_position_held_today_gives_the_job_title_in_entra() {
+    let w = World::start().await;
+    let mut ada = employee("E1", "Ada", "Lovelace", "Engineering");
+    ada["positions"] = json!([
+        {"title": "Engineer", "start": day(-30), "end": day(-6)},
+        {"title": "Lead Engineer", "start": day(-5)},
+        {"title": "Director", "start": day(10)},
+    ]);
+    w.import(json!([ada])).await;
+    w.plan_and_apply().await;
+    let user = w.fake.user(&w.tenant, "ada.lovelace@contoso.com").unwrap();
+    assert_eq!(user["jobTitle"], "Lead Engineer", "{user}");
+    assert_eq!(user["department"], "Engineering", "the position names none");
+}
+
+#[tokio::test]
+async fn every_hr_admin_change_is_in_the_audit_trail_without_its_secrets() {
+    let w = World::start().await;
+    // World::start set a customer-owned connection and rules
+    let set = w.audit("hr.connection.set").await;
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_eq!(set[0]["actor"]["kind"], "admin");
+    assert!(
+        set[0]["changes"].to_string().contains(CUSTOMER_APP),
+        "{set:?}"
+    );
+    let rules = w.audit("hr.rules.set").await;
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(rules[0]["changes"].to_string().contains("contoso.com"));
+
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    let import = w.audit("hr.import").await;
+    assert_eq!(import.len(), 1, "{import:?}");
+    assert_eq!(import[0]["changes"][0]["new"], 1, "{import:?}");
+
+    let mut moved = employee("E1", "Ada", "Lovelace", "Sales");
+    moved.as_object_mut().unwrap().remove("employee_id");
+    let (s, _) = w.call("PUT", &w.hr("employees/E1"), Some(moved)).await;
+    assert_eq!(s, StatusCode::OK);
+    let update = w.audit("hr.employee.update").await;
+    assert_eq!(update.len(), 1, "{update:?}");
+    assert_eq!(
+        update[0]["changes"],
+        json!([{"attribute": "department", "old": "Engineering", "new": "Sales"}])
+    );
+
+    // a delegated link replaces it: the refresh token is only said to have changed
+    let url = w.link_url().await;
+    let admin = Uuid::new_v4().to_string();
+    let (s, linked) = w.follow(&w.fake.sign_in(&url, &w.tenant, &admin)).await;
+    assert_eq!(s, StatusCode::OK, "{linked}");
+    let link = w.audit("hr.connection.link").await;
+    assert_eq!(link.len(), 1, "{link:?}");
+    assert_eq!(link[0]["actor"]["id"], json!(admin), "{link:?}");
+    assert!(!link[0].to_string().contains("fake-refresh"), "{link:?}");
+    assert!(link[0]["changes"].to_string().contains("refresh_token"));
+
+    let (s, _) = w.call("DELETE", &w.hr("connection"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(w.audit("hr.connection.delete").await.len(), 1);
 }

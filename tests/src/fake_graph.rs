@@ -1584,7 +1584,7 @@ fn graph_answer(
                 .to_ascii_uppercase();
             let (status, body) = if method != "GET" {
                 writes::write(s, &tenant, &client, &method, path, &item["body"])
-            } else if let Some(answer) = writes::read(s, &tenant, path) {
+            } else if let Some(answer) = writes::read(s, &tenant, path, query) {
                 answer
             } else {
                 read(s, &tenant, path, query)
@@ -1598,7 +1598,7 @@ fn graph_answer(
         let (status, body) = writes::write(s, &tenant, &client, method, relative, &request);
         return json_response(status, body);
     }
-    if let Some((status, body)) = writes::read(s, &tenant, relative) {
+    if let Some((status, body)) = writes::read(s, &tenant, relative, query) {
         return json_response(status, body);
     }
     let (status, body) = read(s, &tenant, relative, query);

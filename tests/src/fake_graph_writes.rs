@@ -1,7 +1,9 @@
 //! The Graph stand-in's writes, for HR write-back: `POST /users`, `PATCH /users/{id}`
 //! (properties, accountEnabled, passwordProfile), `POST /users/{id}/revokeSignInSessions`,
-//! group members `$ref` add and remove, `PUT /users/{id}/manager/$ref`, and reads of a
-//! user's directory roles (`memberOf/microsoft.graph.directoryRole`). Errors follow Graph's
+//! group members `$ref` add and remove, `PUT` and `DELETE /users/{id}/manager/$ref`, and
+//! reads of a user's groups (`memberOf/microsoft.graph.group`, 100 a page with an
+//! absolute `@odata.nextLink`, as Graph pages) and directory roles
+//! (`memberOf/microsoft.graph.directoryRole`). Errors follow Graph's
 //! documentation: 400 `Request_BadRequest` (also for a UPN in use and a member added
 //! twice), 404 `Request_ResourceNotFound`, 403 `Authorization_RequestDenied` when the
 //! app's token lacks the application permission. Tokens are JWT-shaped (unsigned) so that
@@ -146,22 +148,39 @@ pub(super) fn extras<'a>(d: &'a Directory, id: &str) -> Option<&'a Map<String, V
     d.hr.users.get(id).map(|h| &h.extra)
 }
 
-/// A read this module answers (directory roles), or None.
-pub(super) fn read(s: &State, tenant: &str, path: &str) -> Option<(u16, Value)> {
+/// Graph's default page size of `memberOf`.
+const MEMBER_OF_PAGE: usize = 100;
+
+/// A read this module answers (a user's groups, paged as Graph does, and directory
+/// roles), or None.
+pub(super) fn read(s: &State, tenant: &str, path: &str, query: &str) -> Option<(u16, Value)> {
     let rest = path.strip_prefix("/users/")?;
-    if let Some(id) = rest.strip_suffix("/memberOf/microsoft.graph.group") {
+    if let Some(key) = rest.strip_suffix("/memberOf/microsoft.graph.group") {
         let d = &s.tenants[tenant].dir;
-        let Some(id) = active_user(d, id) else {
-            return Some(not_found(id));
+        let Some(id) = active_user(d, key) else {
+            return Some(not_found(key));
         };
-        let groups: Vec<Value> = d
-            .member_of
-            .get(&id)
-            .into_iter()
-            .flatten()
+        // the skiptoken is opaque to clients; here it is the offset of the next page
+        let skip: usize = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "$skiptoken")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let all: Vec<&String> = d.member_of.get(&id).into_iter().flatten().collect();
+        let groups: Vec<Value> = all
+            .iter()
+            .skip(skip)
+            .take(MEMBER_OF_PAGE)
             .map(|g| json!({"@odata.type": "#microsoft.graph.group", "id": g}))
             .collect();
-        return Some((200, json!({"value": groups})));
+        let mut body = json!({"value": groups});
+        if skip + MEMBER_OF_PAGE < all.len() {
+            body["@odata.nextLink"] = json!(format!(
+                "{}/v1.0/users/{key}/memberOf/microsoft.graph.group?$select=id&$skiptoken={}",
+                s.graph_url,
+                skip + MEMBER_OF_PAGE
+            ));
+        }
+        return Some((200, body));
     }
     let id = rest.strip_suffix("/memberOf/microsoft.graph.directoryRole")?;
     let d = &s.tenants[tenant].dir;
@@ -315,6 +334,20 @@ pub(super) fn write(
             }
             d.hr.users.entry(id).or_default().manager = Some(manager);
             (204, Value::Null)
+        }
+        ("DELETE", ["users", key, "manager", "$ref"]) => {
+            if !has("User.ReadWrite.All") {
+                return denied();
+            }
+            let d = &mut s.tenants.get_mut(tenant).unwrap().dir;
+            let Some(id) = active_user(d, key) else {
+                return not_found(key);
+            };
+            // Graph answers 404 to removing a manager the user does not have
+            match d.hr.users.get_mut(&id).and_then(|h| h.manager.take()) {
+                Some(_) => (204, Value::Null),
+                None => not_found("manager"),
+            }
         }
         ("POST", ["groups", group, "members", "$ref"]) => {
             if !has("Group.ReadWrite.All") {

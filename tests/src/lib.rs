@@ -500,3 +500,90 @@ pub fn run_to_exit(binary: &str, args: &[&str], env: &[(&str, String)]) -> (Opti
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code(), text)
 }
+
+/// One Table Storage request as a fault rule sees it: method, path (with the table name,
+/// or `/$batch`) and body (a batch names its table in the body).
+pub struct TableRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: &'a str,
+}
+
+/// A Table endpoint on loopback in front of the shared Azurite that answers 503
+/// `ServerBusy` to every request `fail` says yes to, and passes the rest on. Returns its
+/// port: point a connection string's `TableEndpoint` at it.
+pub async fn faulty_table_endpoint(
+    fail: impl Fn(&TableRequest<'_>) -> bool + Send + Sync + 'static,
+) -> u16 {
+    use warp::Filter;
+    let azurite = Azurite::shared().account().table_endpoint.clone();
+    let port = free_port();
+    let http = reqwest::Client::new();
+    let fail = Arc::new(fail);
+    let route = warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .then(
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers: warp::http::HeaderMap,
+                  body: bytes::Bytes| {
+                let (http, azurite, fail) = (http.clone(), azurite.clone(), fail.clone());
+                async move {
+                    let text = String::from_utf8_lossy(&body);
+                    if fail(&TableRequest {
+                        method: method.as_str(),
+                        path: path.as_str(),
+                        body: &text,
+                    }) {
+                        return warp::http::Response::builder()
+                            .status(503)
+                            .header("content-type", "application/json")
+                            .body(br#"{"odata.error":{"code":"ServerBusy","message":{"value":"injected"}}}"#.to_vec())
+                            .unwrap();
+                    }
+                    let origin = format!("{}://{}", azurite.scheme(), azurite.authority());
+                    let url = if query.is_empty() {
+                        format!("{origin}{}", path.as_str())
+                    } else {
+                        format!("{origin}{}?{query}", path.as_str())
+                    };
+                    let mut request = http.request(method, url).body(body);
+                    for (name, value) in &headers {
+                        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+                            request = request.header(name, value);
+                        }
+                    }
+                    let answer = request.send().await.unwrap();
+                    let mut response = warp::http::Response::builder().status(answer.status());
+                    for (name, value) in answer.headers() {
+                        if !matches!(
+                            name.as_str(),
+                            "content-length" | "transfer-encoding" | "connection"
+                        ) {
+                            response = response.header(name, value);
+                        }
+                    }
+                    response
+                        .body(answer.bytes().await.unwrap().to_vec())
+                        .unwrap()
+                }
+            },
+        );
+    tokio::spawn(warp::serve(route).run(([127, 0, 0, 1], port)));
+    wait_for_port(port, Duration::from_secs(5)).unwrap();
+    port
+}
+
+/// The shared Azurite's connection string with its Table endpoint on `port` instead.
+pub fn connection_string_via(port: u16) -> String {
+    let azurite = Azurite::shared();
+    let table_port = azurite.account().table_endpoint.port().unwrap();
+    azurite.connection_string().replace(
+        &format!("127.0.0.1:{table_port}"),
+        &format!("127.0.0.1:{port}"),
+    )
+}

@@ -1,5 +1,6 @@
 //! Microsoft Graph writes for HR-driven provisioning: the requests (create a user, patch
-//! one, enable or disable, reset a password, members `$ref`, manager `$ref`,
+//! one, enable or disable, reset a password, members `$ref`, manager `$ref` (set and
+//! removed),
 //! `revokeSignInSessions`) built for `$batch`, and their answers typed, including the
 //! answers that mean "already so" (a member added twice, one removed twice).
 //!
@@ -131,6 +132,15 @@ pub fn remove_member(group: Uuid, user: Uuid) -> BatchRequest {
     }
 }
 
+/// `DELETE /users/{id}/manager/$ref`: 404 means the user has no manager (done).
+pub fn remove_manager(user: Uuid) -> BatchRequest {
+    BatchRequest {
+        method: "DELETE".into(),
+        url: format!("/users/{user}/manager/$ref"),
+        body: None,
+    }
+}
+
 /// `GET /users/{id or UPN}?$select=...`: a fresh read.
 pub fn read_user(id_or_upn: &str) -> BatchRequest {
     BatchRequest {
@@ -204,8 +214,9 @@ impl GraphClient {
 }
 
 /// Types one answer of a write sent through `$batch`. A member that is already one (400
-/// "added object references already exist") and a member removed that was not one (404)
-/// are done: the state asked for holds.
+/// "added object references already exist"), a member removed that was not one and a
+/// manager removed where there was none (404 to a `DELETE .../$ref`) are done: the state
+/// asked for holds.
 pub fn write_answer(request: &BatchRequest, r: BatchResponse) -> WriteAnswer {
     let message = graph_message(&r.body);
     match r.status {
@@ -271,7 +282,19 @@ mod tests {
             body: json!({}),
             retry_after: None,
         };
-        assert!(matches!(write_answer(&remove, gone), WriteAnswer::Done(_)));
+        assert!(matches!(
+            write_answer(&remove, gone.clone()),
+            WriteAnswer::Done(_)
+        ));
+        let no_manager = remove_manager(Uuid::nil());
+        assert_eq!(
+            no_manager.url,
+            format!("/users/{}/manager/$ref", Uuid::nil())
+        );
+        assert!(matches!(
+            write_answer(&no_manager, gone),
+            WriteAnswer::Done(_)
+        ));
         let create = create_user("a@b.c", "a", &BTreeMap::new(), "pw");
         let taken = BatchResponse {
             status: 400,

@@ -55,6 +55,10 @@ pub enum Write {
     RevokeSessions {
         user: Uuid,
     },
+    /// Removes the user's manager (done when there is none).
+    RemoveManager {
+        user: Uuid,
+    },
 }
 
 /// What a write answered.
@@ -325,13 +329,17 @@ impl Applier<'_> {
                     let r = match outcome {
                         Ok(_) => {
                             finished.push((s.index, StepState::Done { user_id: user }));
-                            if let Action::SetManager {
-                                manager_employee_id,
-                                ..
-                            } = &s.action
-                            {
+                            let manager = match &s.action {
+                                Action::SetManager {
+                                    manager_employee_id,
+                                    ..
+                                } => Some(Some(manager_employee_id.clone())),
+                                Action::RemoveManager { .. } => Some(None),
+                                _ => None,
+                            };
+                            if let Some(manager) = manager {
                                 let entry = applied.entry(s.employee_id.clone()).or_default();
-                                entry.manager_employee_id = Some(manager_employee_id.clone());
+                                entry.manager_employee_id = manager;
                                 manager_links.push((s.employee_id.clone(), entry.clone()));
                             }
                             result(s, StepStatus::Done, user, None)
@@ -553,7 +561,8 @@ fn write_user(w: &Write) -> Option<Uuid> {
         | Write::RemoveMember { user, .. }
         | Write::ResetPassword { user }
         | Write::SetManager { user, .. }
-        | Write::RevokeSessions { user } => Some(*user),
+        | Write::RevokeSessions { user }
+        | Write::RemoveManager { user } => Some(*user),
         Write::FindUser { .. } | Write::CreateUser { .. } => None,
     }
 }
@@ -565,7 +574,9 @@ fn write_for(s: &Step, resolve: &dyn Fn(UserRef, &str) -> Option<Uuid>) -> Resul
     };
     Ok(match &s.action {
         Action::CreateUser { .. } => unreachable!("creates are applied apart"),
-        Action::UpdateUser { user: u, changes } => Write::UpdateUser {
+        Action::UpdateUser {
+            user: u, changes, ..
+        } => Write::UpdateUser {
             user: user(*u)?,
             changes: changes.clone(),
         },
@@ -587,6 +598,7 @@ fn write_for(s: &Step, resolve: &dyn Fn(UserRef, &str) -> Option<Uuid>) -> Resul
         },
         Action::ResetPassword { user: u } => Write::ResetPassword { user: user(*u)? },
         Action::RevokeSessions { user: u } => Write::RevokeSessions { user: user(*u)? },
+        Action::RemoveManager { user: u } => Write::RemoveManager { user: user(*u)? },
         Action::SetManager {
             user: u,
             manager_employee_id,

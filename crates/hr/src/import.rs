@@ -1,6 +1,7 @@
 //! Bulk import of HR records from JSON or CSV: every row is parsed and checked, and each
-//! rejected row gets its reason. The caller stores nothing unless every row passed, so an
-//! import is never half-applied.
+//! rejected row gets its reason. The caller stores nothing unless every row passed, and
+//! then stores them all or none ([`crate::HrRecordStore::import_records`]), so an import is
+//! never half-applied.
 
 use std::collections::HashMap;
 

@@ -67,6 +67,10 @@ pub enum Action {
     UpdateUser {
         user: UserRef,
         changes: BTreeMap<String, Option<String>>,
+        /// What the changed properties held in Entra when the plan compared them (a
+        /// property that had no value is absent): the audit trail records old and new.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        old: BTreeMap<String, String>,
     },
     EnableUser {
         user: UserRef,
@@ -95,6 +99,10 @@ pub enum Action {
     RevokeSessions {
         user: UserRef,
     },
+    /// HR no longer names a manager: the one Entra has is removed.
+    RemoveManager {
+        user: UserRef,
+    },
 }
 
 impl Action {
@@ -110,6 +118,7 @@ impl Action {
             Action::ResetPassword { .. } => "reset_password",
             Action::SetManager { .. } => "set_manager",
             Action::RevokeSessions { .. } => "revoke_sessions",
+            Action::RemoveManager { .. } => "remove_manager",
         }
     }
 
@@ -124,7 +133,8 @@ impl Action {
             | Action::RemoveMember { user, .. }
             | Action::ResetPassword { user }
             | Action::SetManager { user, .. }
-            | Action::RevokeSessions { user } => Some(*user),
+            | Action::RevokeSessions { user }
+            | Action::RemoveManager { user } => Some(*user),
         }
     }
 }
@@ -343,8 +353,11 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                 }
             }
             Stage::Active(since) => {
-                let desired: BTreeMap<String, String> = rules.properties(r).into_iter().collect();
-                let groups = rules.groups_for(r);
+                // the position held today drives job title and department (see `as_of`)
+                let current = r.as_of(today);
+                let desired: BTreeMap<String, String> =
+                    rules.properties(&current).into_iter().collect();
+                let groups = rules.groups_for(&current);
                 let (target, due, current_groups) = match user {
                     None => {
                         let Some(local) = rules.upn_local(r) else {
@@ -396,6 +409,7 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                             );
                         }
                         let mut changes = BTreeMap::new();
+                        let mut old = BTreeMap::new();
                         for (p, v) in &desired {
                             if u.properties.get(p) != Some(v) {
                                 changes.insert(p.clone(), Some(v.clone()));
@@ -407,6 +421,11 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                                 changes.insert(p.clone(), None);
                             }
                         }
+                        for p in changes.keys() {
+                            if let Some(was) = u.properties.get(p) {
+                                old.insert(p.clone(), was.clone());
+                            }
+                        }
                         if !changes.is_empty() {
                             let names: Vec<&str> = changes.keys().map(String::as_str).collect();
                             push(
@@ -415,6 +434,7 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                                 Action::UpdateUser {
                                     user: target,
                                     changes: changes.clone(),
+                                    old,
                                 },
                                 format!("HR data changed: {}", names.join(", ")),
                                 None,
@@ -449,31 +469,43 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                         due,
                     );
                 }
-                if let Some(m) = &r.manager_employee_id {
-                    let applied = view
-                        .applied
-                        .get(&r.employee_id)
-                        .and_then(|a| a.manager_employee_id.as_deref());
-                    if applied != Some(m.as_str()) {
-                        let manager = matched(m).ok().flatten().map(|u| u.id);
-                        if manager.is_none() && !in_hr.contains(m.as_str()) {
-                            skipped.push(Skipped {
-                                employee_id: r.employee_id.clone(),
-                                reason: format!("manager {m:?} has no Entra user and no HR record"),
-                            });
-                        } else {
-                            push(
-                                &mut steps,
-                                r,
-                                Action::SetManager {
-                                    user: target,
-                                    manager_employee_id: m.clone(),
-                                    manager,
-                                },
-                                "HR names a manager".into(),
-                                due,
-                            );
-                        }
+                let applied_manager = view
+                    .applied
+                    .get(&r.employee_id)
+                    .and_then(|a| a.manager_employee_id.as_deref());
+                if r.manager_employee_id.is_none()
+                    && let Some(was) = applied_manager
+                {
+                    // the manager an apply set stays in Entra until it is removed
+                    push(
+                        &mut steps,
+                        r,
+                        Action::RemoveManager { user: target },
+                        format!("HR no longer names a manager (was {was:?})"),
+                        due,
+                    );
+                }
+                if let Some(m) = &r.manager_employee_id
+                    && applied_manager != Some(m.as_str())
+                {
+                    let manager = matched(m).ok().flatten().map(|u| u.id);
+                    if manager.is_none() && !in_hr.contains(m.as_str()) {
+                        skipped.push(Skipped {
+                            employee_id: r.employee_id.clone(),
+                            reason: format!("manager {m:?} has no Entra user and no HR record"),
+                        });
+                    } else {
+                        push(
+                            &mut steps,
+                            r,
+                            Action::SetManager {
+                                user: target,
+                                manager_employee_id: m.clone(),
+                                manager,
+                            },
+                            "HR names a manager".into(),
+                            due,
+                        );
                     }
                 }
                 if let Some(end) = r.end_date {

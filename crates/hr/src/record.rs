@@ -50,6 +50,8 @@ pub struct HrRecord {
     #[serde(default, with = "ymd_opt", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Date)]
     pub end_date: Option<Date>,
+    /// Positions with dates: the one held on a plan's day gives `job_title` and
+    /// `department` where these are empty, or when it began after `start_date`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub positions: Vec<HrPosition>,
 }
@@ -152,6 +154,45 @@ impl HrRecord {
         v.filter(|v| !v.is_empty())
     }
 
+    /// The position held on `today`: begun on or before it, not ended before it, and of
+    /// those the one begun last (on a tie, the later in the list).
+    pub fn current_position(&self, today: Date) -> Option<&HrPosition> {
+        self.positions
+            .iter()
+            .filter(|p| p.start <= today && p.end.is_none_or(|end| end >= today))
+            .max_by_key(|p| p.start)
+    }
+
+    /// The record as of `today`, with its current position's title and department as
+    /// `job_title` and `department` where the record's own is empty, or older: the
+    /// record's fields date from its start date, so a position begun after it is newer.
+    /// Unchanged (borrowed) when no position applies.
+    pub fn as_of(&self, today: Date) -> std::borrow::Cow<'_, HrRecord> {
+        use std::borrow::Cow;
+        let Some(p) = self.current_position(today) else {
+            return Cow::Borrowed(self);
+        };
+        let newer = p.start > self.start_date;
+        let empty = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
+        let title = (newer || empty(&self.job_title)) && !p.title.trim().is_empty();
+        let department = p
+            .department
+            .as_ref()
+            .filter(|d| !d.trim().is_empty())
+            .filter(|_| newer || empty(&self.department));
+        if !title && department.is_none() {
+            return Cow::Borrowed(self);
+        }
+        let mut r = self.clone();
+        if title {
+            r.job_title = Some(p.title.clone());
+        }
+        if let Some(d) = department {
+            r.department = Some(d.clone());
+        }
+        Cow::Owned(r)
+    }
+
     /// Checks what serde cannot: required text present, ids sane, dates in order.
     pub fn check(mut self) -> Result<HrRecord, String> {
         self.employee_id = self.employee_id.trim().to_string();
@@ -239,5 +280,51 @@ mod tests {
         let mut bad = record();
         bad.usage_location = Some("GBR".into());
         assert!(bad.check().is_err());
+    }
+
+    fn position(
+        title: &str,
+        department: Option<&str>,
+        start: &str,
+        end: Option<&str>,
+    ) -> HrPosition {
+        HrPosition {
+            title: title.into(),
+            department: department.map(str::to_string),
+            start: parse_date(start).unwrap(),
+            end: end.map(|e| parse_date(e).unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_current_position_gives_title_and_department_when_newer_or_the_record_has_none() {
+        let today = parse_date("2026-03-01").unwrap();
+        let mut r = record();
+        r.job_title = Some("Engineer".into());
+        r.department = Some("R&D".into());
+        r.positions = vec![
+            position("Intern", Some("Lab"), "2025-06-01", Some("2025-12-31")),
+            position("Lead", Some("Platform"), "2026-02-01", None),
+            position("Director", Some("Board"), "2026-04-01", None),
+        ];
+        // the ended one and the future one do not count; the current one is newer
+        let now = r.as_of(today);
+        assert_eq!(now.job_title.as_deref(), Some("Lead"));
+        assert_eq!(now.department.as_deref(), Some("Platform"));
+        // a position from the start date on is not newer than the record's own fields
+        r.positions = vec![position("Trainee", Some("Lab"), "2026-01-05", None)];
+        assert_eq!(r.as_of(today).job_title.as_deref(), Some("Engineer"));
+        r.job_title = None;
+        let now = r.as_of(today);
+        assert_eq!(now.job_title.as_deref(), Some("Trainee"));
+        assert_eq!(now.department.as_deref(), Some("R&D"));
+        // the latest start wins; without positions nothing changes
+        r.positions = vec![
+            position("B", None, "2026-02-10", None),
+            position("A", None, "2026-02-01", None),
+        ];
+        assert_eq!(r.as_of(today).job_title.as_deref(), Some("B"));
+        r.positions.clear();
+        assert!(matches!(r.as_of(today), std::borrow::Cow::Borrowed(_)));
     }
 }

@@ -1,7 +1,8 @@
 //! Where HR data is kept: records, rules, plans and their step journals, what applies did
 //! per employee, and connections. Traits that speak the domain, and one Table Storage
 //! implementation: per tenant a partition (`record-*`, `applied-*`, `rules`,
-//! `connection`), and per plan a partition (`plan`, `steps-*` chunks, `step-*` journal).
+//! `connection`, `import-commit`), per plan a partition (`plan`, `steps-*` chunks, `step-*`
+//! journal), and per bulk import a staging partition (`rows-*` chunks) until it is in.
 
 use std::collections::HashMap;
 
@@ -35,7 +36,17 @@ impl From<tables::Error> for HrStoreError {
 #[async_trait]
 pub trait HrRecordStore: Send + Sync {
     /// Creates or replaces records (100 per transaction; repeating a call is harmless).
+    /// Not atomic past 100 records: a bulk import goes through [`Self::import_records`].
     async fn put_records(&self, tenant: Uuid, records: &[HrRecord]) -> Result<(), HrStoreError>;
+    /// Creates or replaces any number of records all or nothing: on `Ok` every record is
+    /// the tenant's (those not copied in yet are copied by the next read); on an error
+    /// none is, and the same records imported again (under any id) converge.
+    async fn import_records(
+        &self,
+        tenant: Uuid,
+        import: Uuid,
+        records: &[HrRecord],
+    ) -> Result<(), HrStoreError>;
     /// Every record of a tenant.
     async fn records(&self, tenant: Uuid) -> Result<Vec<HrRecord>, HrStoreError>;
     /// One record.
@@ -65,6 +76,25 @@ pub trait HrSettingsStore: Send + Sync {
     async fn put_link(&self, state_hash: &str, link: &DelegatedLink) -> Result<(), HrStoreError>;
     /// Takes a link: it is gone afterwards, so a state works once.
     async fn take_link(&self, state_hash: &str) -> Result<Option<DelegatedLink>, HrStoreError>;
+}
+
+/// The row whose existence commits an import: while it is there, the staged records it
+/// names are the tenant's, and every read or write of records copies them in first.
+const IMPORT_COMMIT: &str = "import-commit";
+
+/// Records per staged row of an import (a string property holds 64 KiB).
+const RECORDS_PER_ROW: usize = 40;
+
+/// A committed import.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ImportCommit {
+    import_id: Uuid,
+    /// Staged rows, to tell a staging partition read whole from one read short.
+    rows: usize,
+}
+
+fn import_partition(tenant: Uuid, import: Uuid) -> String {
+    format!("import-{tenant}-{import}")
 }
 
 /// The partition of delegated links in progress.
@@ -126,6 +156,67 @@ impl TableHrStore {
         TableHrStore { table }
     }
 
+    /// Copies a committed import's staged records in, then drops the commit (and the
+    /// staged rows, best effort). Nothing to do without a commit. Copying is idempotent:
+    /// finishers racing write the same records.
+    async fn finish_import(&self, tenant: Uuid) -> Result<(), HrStoreError> {
+        let pk = tenant.to_string();
+        let Some(commit_row) = self.table.try_get(&pk, IMPORT_COMMIT).await? else {
+            return Ok(());
+        };
+        let commit: ImportCommit = parse(&commit_row)?;
+        let staging = import_partition(tenant, commit.import_id);
+        let staged = self.table.query_all(prefix(&staging, "rows-")).await?;
+        if staged.len() != commit.rows {
+            // a concurrent finisher may have dropped the staged rows after copying them
+            let now = self.table.try_get(&pk, IMPORT_COMMIT).await?;
+            if now.is_none_or(|e| {
+                parse::<ImportCommit>(&e).ok().map(|c| c.import_id) != Some(commit.import_id)
+            }) {
+                return Ok(());
+            }
+            return Err(HrStoreError::Corrupt(format!(
+                "import {} committed {} staged rows, {} found",
+                commit.import_id,
+                commit.rows,
+                staged.len()
+            )));
+        }
+        let mut ops = Vec::new();
+        for e in &staged {
+            let records: Vec<HrRecord> = parse(e)?;
+            ops.extend(
+                records.iter().map(|r| {
+                    Operation::UpsertReplace(row(pk.clone(), record_key(&r.employee_id), r))
+                }),
+            );
+        }
+        self.table.transact_chunked(ops).await?;
+        let etag = commit_row
+            .etag
+            .clone()
+            .map(IfMatch::ETag)
+            .unwrap_or(IfMatch::Any);
+        match self.table.delete(&pk, IMPORT_COMMIT, etag).await {
+            Ok(_) => {}
+            // finished by a concurrent reader, or a newer import committed after it
+            Err(e) if e.is_not_found() || e.is_precondition_failed() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let drops = staged
+            .iter()
+            .map(|e| Operation::Delete {
+                partition_key: e.partition_key.clone(),
+                row_key: e.row_key.clone(),
+                if_match: IfMatch::Any,
+            })
+            .collect();
+        if let Err(e) = self.table.transact_chunked(drops).await {
+            tracing::warn!(%tenant, import = %commit.import_id, error = %e, "a finished import's staged rows were left");
+        }
+        Ok(())
+    }
+
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
         pk: &str,
@@ -141,6 +232,8 @@ impl TableHrStore {
 #[async_trait]
 impl HrRecordStore for TableHrStore {
     async fn put_records(&self, tenant: Uuid, records: &[HrRecord]) -> Result<(), HrStoreError> {
+        // an import committed before this write is older: it goes in first
+        self.finish_import(tenant).await?;
         let pk = tenant.to_string();
         let ops = records
             .iter()
@@ -150,7 +243,53 @@ impl HrRecordStore for TableHrStore {
         Ok(())
     }
 
+    async fn import_records(
+        &self,
+        tenant: Uuid,
+        import: Uuid,
+        records: &[HrRecord],
+    ) -> Result<(), HrStoreError> {
+        // staged apart, where no read looks: a failure here leaves the records as they were
+        let staging = import_partition(tenant, import);
+        let ops: Vec<Operation> = records
+            .chunks(RECORDS_PER_ROW)
+            .enumerate()
+            .map(|(i, chunk)| {
+                Operation::UpsertReplace(row(staging.clone(), format!("rows-{i:06}"), &chunk))
+            })
+            .collect();
+        let rows = ops.len();
+        self.table.transact_chunked(ops).await?;
+        // the commit: one row, so the import is in whole or not at all; an earlier commit
+        // not copied in yet goes first (a commit never replaces one)
+        let commit = row(
+            tenant.to_string(),
+            IMPORT_COMMIT,
+            &ImportCommit {
+                import_id: import,
+                rows,
+            },
+        );
+        let mut tries = 0;
+        loop {
+            match self.table.insert(&commit).await {
+                Ok(_) => break,
+                Err(e) if e.is_conflict() && tries < 3 => {
+                    tries += 1;
+                    self.finish_import(tenant).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // committed: a failure copying in is finished by the next read or write of records
+        if let Err(e) = self.finish_import(tenant).await {
+            tracing::warn!(%tenant, %import, error = %e, "an import is committed; its records are copied in by the next read");
+        }
+        Ok(())
+    }
+
     async fn records(&self, tenant: Uuid) -> Result<Vec<HrRecord>, HrStoreError> {
+        self.finish_import(tenant).await?;
         self.table
             .query_all(prefix(&tenant.to_string(), "record-"))
             .await?
@@ -164,6 +303,7 @@ impl HrRecordStore for TableHrStore {
         tenant: Uuid,
         employee_id: &str,
     ) -> Result<Option<HrRecord>, HrStoreError> {
+        self.finish_import(tenant).await?;
         self.get(&tenant.to_string(), &record_key(employee_id))
             .await
     }

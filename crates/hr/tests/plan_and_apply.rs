@@ -122,6 +122,60 @@ fn a_mover_changes_only_what_changed_and_switches_groups() {
 }
 
 #[test]
+fn a_position_begun_since_the_start_date_moves_title_department_and_groups_and_the_update_keeps_old_values()
+ {
+    let g = Uuid::new_v4();
+    let rules = rules(g);
+    let ada = record("E1", "Ada", "Lovelace");
+    let user = entra_user(&ada, &rules, Some(g));
+    let mut promoted = ada.clone();
+    promoted.positions = vec![
+        HrPosition {
+            title: "Engineer".into(),
+            department: Some("R&D".into()),
+            start: parse_date("2026-01-05").unwrap(),
+            end: Some(parse_date("2026-01-31").unwrap()),
+        },
+        HrPosition {
+            title: "Account Lead".into(),
+            department: Some("Sales".into()),
+            start: parse_date("2026-02-01").unwrap(),
+            end: None,
+        },
+        // not begun yet on the plan's day
+        HrPosition {
+            title: "Director".into(),
+            department: None,
+            start: parse_date("2026-06-01").unwrap(),
+            end: None,
+        },
+    ];
+    let view = DirectoryView {
+        users: vec![user.clone()],
+        ..Default::default()
+    };
+    let p = plan(&[promoted], &rules, &view);
+    assert_eq!(actions(&p), ["update_user", "remove_member"]);
+    let Action::UpdateUser { changes, old, .. } = &p.steps[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        changes,
+        &BTreeMap::from([
+            ("department".to_string(), Some("Sales".to_string())),
+            ("jobTitle".to_string(), Some("Account Lead".to_string())),
+        ])
+    );
+    assert_eq!(
+        old,
+        &BTreeMap::from([
+            ("department".to_string(), "R&D".to_string()),
+            ("jobTitle".to_string(), "Engineer".to_string()),
+        ])
+    );
+}
+
+#[test]
 fn a_leaver_is_disabled_leaves_groups_and_sessions_but_a_privileged_one_is_not() {
     let g = Uuid::new_v4();
     let rules = rules(g);

@@ -138,3 +138,41 @@ async fn a_delegated_link_is_taken_once_and_connections_note_outcomes() {
         "a note never recreates a connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_comes_in_whole_and_leaves_no_staging_behind() {
+    let table = Azurite::shared().client().table(unique_table("hri"));
+    table.create_if_not_exists().await.unwrap();
+    let s = TableHrStore::new(table.clone());
+    let tenant = Uuid::new_v4();
+    let records: Vec<HrRecord> = (0..250).map(record).collect();
+    s.import_records(tenant, Uuid::new_v4(), &records)
+        .await
+        .unwrap();
+    assert_eq!(s.records(tenant).await.unwrap().len(), 250);
+    // a second import replaces the records it names and keeps the others
+    let mut changed: Vec<HrRecord> = (0..120).map(record).collect();
+    for r in &mut changed {
+        r.department = Some("Sales".into());
+    }
+    s.import_records(tenant, Uuid::new_v4(), &changed)
+        .await
+        .unwrap();
+    let now = s.records(tenant).await.unwrap();
+    assert_eq!(now.len(), 250);
+    let sales = now
+        .iter()
+        .filter(|r| r.department.as_deref() == Some("Sales"))
+        .count();
+    assert_eq!(sales, 120);
+    // nothing but the tenant's own rows is left: no commit, no staged rows
+    let rows = table.query_all(tables::Query::default()).await.unwrap();
+    assert!(
+        rows.iter()
+            .all(|e| e.partition_key == tenant.to_string() && e.row_key.starts_with("record-")),
+        "{:?}",
+        rows.iter()
+            .map(|e| (&e.partition_key, &e.row_key))
+            .find(|(_, k)| !k.starts_with("record-"))
+    );
+}

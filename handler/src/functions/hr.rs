@@ -121,6 +121,24 @@ fn api_error(e: WritebackError) -> ApiError {
     }
 }
 
+/// Records an HR admin change after it is made and before the answer: a change that
+/// cannot be recorded answers 503 (nothing changes without its record).
+async fn record_change(
+    app: &App,
+    req: &Request,
+    tenant: Uuid,
+    actor: audit::Actor,
+    action: &str,
+    target: audit::Target,
+    changes: Vec<audit::Change>,
+) -> Result<(), ApiError> {
+    crate::trail::record(
+        app,
+        crate::trail::event(&req.headers, tenant, actor, action, target).changes(changes),
+    )
+    .await
+}
+
 fn store_error(e: hr::HrStoreError) -> ApiError {
     api_error(WritebackError::Store(e))
 }
@@ -250,21 +268,23 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
         last_error: None,
     };
     app.hr
-        .store
-        .put_connection(&connection)
+        .save_connection(&app.vault, &connection)
         .await
-        .map_err(store_error)?;
-    // what an earlier connection kept is not left behind (one connection is active)
-    app.vault
-        .delete_secret(&refresh_name(tenant.tenant_id))
-        .await
-        .ok();
-    if credential == CredentialKind::Certificate {
-        app.vault
-            .delete_secret(&secret_name(tenant.tenant_id))
-            .await
-            .ok();
+        .map_err(api_error)?;
+    let mut changes = audit::diff(&serde_json::Value::Null, &connection_json(&connection));
+    if credential == CredentialKind::Secret {
+        changes.push(audit::Change::secret("client_secret"));
     }
+    record_change(
+        app,
+        req,
+        tenant.tenant_id,
+        crate::trail::admin(&caller),
+        "hr.connection.set",
+        audit::Target::new("hr_connection", tenant.tenant_id).display("customer_owned"),
+        changes,
+    )
+    .await?;
     tracing::info!(tenant_id = %tenant.tenant_id, %client_id, %cloud, "HR connection set (customer-owned)");
     Ok(json_reply(StatusCode::OK, &connection_json(&connection)))
 }
@@ -301,7 +321,7 @@ async fn get_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
     responses((status = 204, description = "Deleted, with what the vault kept for it"))
 )]
 async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     if !app
         .hr
@@ -318,6 +338,16 @@ async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiErro
     ] {
         app.vault.delete_secret(&name).await.ok();
     }
+    record_change(
+        app,
+        req,
+        tenant.tenant_id,
+        crate::trail::admin(&caller),
+        "hr.connection.delete",
+        audit::Target::new("hr_connection", tenant.tenant_id),
+        Vec::new(),
+    )
+    .await?;
     Ok(no_content())
 }
 
@@ -551,14 +581,27 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
         last_error: None,
     };
     app.hr
-        .store
-        .put_connection(&connection)
+        .save_connection(&app.vault, &connection)
         .await
-        .map_err(store_error)?;
-    app.vault
-        .delete_secret(&secret_name(link.tenant_id))
-        .await
-        .ok();
+        .map_err(api_error)?;
+    // the tenant's administrator who signed in; the refresh token is only said to change
+    let mut changes = audit::diff(&serde_json::Value::Null, &connection_json(&connection));
+    changes.push(audit::Change::secret("refresh_token"));
+    record_change(
+        app,
+        req,
+        link.tenant_id,
+        audit::Actor::tenant_admin(
+            redeemed
+                .object_id
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+        ),
+        "hr.connection.link",
+        audit::Target::new("hr_connection", link.tenant_id).display("delegated"),
+        changes,
+    )
+    .await?;
     tracing::info!(tenant_id = %link.tenant_id, "HR connection linked (delegated)");
     Ok(json_reply(
         StatusCode::OK,
@@ -674,12 +717,13 @@ async fn test_connection(app: &App, req: &Request) -> Result<Response, ApiError>
     ),
     responses(
         (status = 200, description = "Every row was imported", body = HrImported),
+        (status = 503, description = "Storage failed: nothing was imported (the rows are staged apart and committed by one write); send the same file again", body = ErrorBody),
         (status = 415, description = "Neither JSON nor CSV", body = ErrorBody),
         (status = 422, description = "Rows were rejected; nothing was imported", body = HrRowsRejected),
     )
 )]
 async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     let content_type = req
         .headers
@@ -712,14 +756,38 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
         }
         Err(e) => return Err(ApiError::bad_request(e.to_string())),
     };
+    // all or nothing: on a storage failure nothing is imported, and sending the same
+    // file again converges
+    let import_id = Uuid::new_v4();
     app.hr
         .store
-        .put_records(tenant.tenant_id, &records)
+        .import_records(tenant.tenant_id, import_id, &records)
         .await
-        .map_err(store_error)?;
+        .map_err(|e| {
+            tracing::warn!(tenant_id = %tenant.tenant_id, %import_id, error = %e, "HR import not committed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "storage is unavailable; nothing was imported: send the same file again",
+            )
+        })?;
+    record_change(
+        app,
+        req,
+        tenant.tenant_id,
+        crate::trail::admin(&caller),
+        "hr.import",
+        audit::Target::new("hr_import", import_id),
+        vec![audit::Change::new(
+            "records",
+            None,
+            Some(json!(records.len())),
+        )],
+    )
+    .await?;
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"imported": records.len()}),
+        &json!({"imported": records.len(), "import_id": import_id}),
     ))
 }
 
@@ -738,7 +806,7 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
     )
 )]
 async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     let employee_id = req.param("employee_id").unwrap_or_default().to_string();
     // an object, checked before it is indexed: indexing an array or a string panics, and
@@ -754,18 +822,36 @@ async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
     let record: hr::HrRecord = serde_json::from_value(serde_json::Value::Object(body))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let record = record.check().map_err(ApiError::bad_request)?;
-    let existed = app
+    let before = app
         .hr
         .store
         .record(tenant.tenant_id, &record.employee_id)
         .await
-        .map_err(store_error)?
-        .is_some();
+        .map_err(store_error)?;
+    let existed = before.is_some();
     app.hr
         .store
         .put_records(tenant.tenant_id, std::slice::from_ref(&record))
         .await
         .map_err(store_error)?;
+    let old = before
+        .map(|b| serde_json::to_value(b).expect("serializes"))
+        .unwrap_or_default();
+    let new = serde_json::to_value(&record).expect("serializes");
+    record_change(
+        app,
+        req,
+        tenant.tenant_id,
+        crate::trail::admin(&caller),
+        if existed {
+            "hr.employee.update"
+        } else {
+            "hr.employee.create"
+        },
+        audit::Target::new("hr_employee", &record.employee_id),
+        audit::diff(&old, &new),
+    )
+    .await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -830,15 +916,36 @@ async fn get_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
     responses((status = 200, description = "The rules as kept, defaults filled in", body = hr::Rules))
 )]
 async fn put_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     let rules: Rules = req.json()?;
     let compiled = rules.clone().compile().map_err(ApiError::bad_request)?;
+    let before = app
+        .hr
+        .store
+        .rules(tenant.tenant_id)
+        .await
+        .map_err(store_error)?
+        .map(|r| serde_json::to_value(r).expect("serializes"))
+        .unwrap_or_default();
     app.hr
         .store
         .put_rules(tenant.tenant_id, &compiled.rules)
         .await
         .map_err(store_error)?;
+    record_change(
+        app,
+        req,
+        tenant.tenant_id,
+        crate::trail::admin(&caller),
+        "hr.rules.set",
+        audit::Target::new("hr_rules", tenant.tenant_id),
+        audit::diff(
+            &before,
+            &serde_json::to_value(&compiled.rules).expect("serializes"),
+        ),
+    )
+    .await?;
     Ok(json_reply(StatusCode::OK, &compiled.rules))
 }
 
@@ -967,7 +1074,7 @@ async fn apply(app: &App, req: &Request) -> Result<Response, ApiError> {
     )
 )]
 async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
     let employee_id = req.param("employee_id").unwrap_or_default().to_string();
     let (connection, registration) = connection_of(app, tenant.tenant_id).await?;
@@ -976,6 +1083,21 @@ async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> 
         .user_of(&app.directory, tenant.tenant_id, &employee_id)
         .await
         .map_err(api_error)?;
+    // write-ahead: a reset that cannot be recorded is not made; the password itself is
+    // never a value of the event, only that it changed
+    let pending = app
+        .audit
+        .begin(
+            crate::trail::event(
+                &req.headers,
+                tenant.tenant_id,
+                crate::trail::admin(&caller),
+                "hr.user.reset_password",
+                audit::Target::new("user", user).display(format!("employee {employee_id}")),
+            )
+            .change(audit::Change::secret("password")),
+        )
+        .await?;
     let password = crate::writeback::temporary_password();
     let request = entra::writes::reset_password(user, &password);
     let answer = app
@@ -986,9 +1108,25 @@ async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> 
             std::slice::from_ref(&request),
         )
         .await
-        .map_err(|e| api_error(e.into()))?;
-    let answer = answer.into_iter().next().expect("one answer");
-    match entra::writes::write_answer(&request, answer) {
+        .map(|a| a.into_iter().next().expect("one answer"));
+    let outcome = match answer {
+        Ok(answer) => entra::writes::write_answer(&request, answer),
+        Err(e) => entra::writes::WriteAnswer::Failed(e),
+    };
+    let failure = match &outcome {
+        entra::writes::WriteAnswer::Done(_) => None,
+        entra::writes::WriteAnswer::Failed(e) => Some(e.to_string()),
+        entra::writes::WriteAnswer::UpnInUse(m) => Some(m.clone()),
+    };
+    // the reset is made (or refused) by now: an event left pending is logged, not answered
+    pending
+        .finish(|e| match failure {
+            None => e,
+            Some(why) => e.failed("graph_refused", why),
+        })
+        .await
+        .ok();
+    match outcome {
         entra::writes::WriteAnswer::Done(_) => {}
         entra::writes::WriteAnswer::Failed(entra::graph::GraphError::Forbidden(m)) => {
             return Err(ApiError::new(

@@ -856,10 +856,13 @@ pub struct HrConsentRequired {
     pub relink_url: Option<String>,
 }
 
-/// HR records imported.
+/// HR records imported, all of them.
 #[derive(Serialize, ToSchema)]
 pub struct HrImported {
     pub imported: u64,
+    /// This import's id (its rows were staged under it, then committed at once).
+    #[schema(format = Uuid)]
+    pub import_id: String,
 }
 
 /// An import refused as a whole, with every rejected row and why.
