@@ -170,6 +170,10 @@ pub struct TableDirectory {
     graph_rows: std::sync::Arc<std::sync::Mutex<HashMap<String, CounterRow>>>,
     /// Tenants whose Graph counter row is known to say `ScimSeen`: set once, never unset.
     scim_marked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Tenants whose Graph counter row has counted users: SCIM writes there look users up
+    /// by UPN (Graph may have found the person first). Set once, never unset; a tenant
+    /// not in it has its Graph row read on each SCIM write.
+    graph_users: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The SCIM counter shards this process's writers hold, per tenant.
     shards: std::sync::Arc<ShardPool>,
 }
@@ -640,6 +644,7 @@ impl TableDirectory {
             table,
             graph_rows: Default::default(),
             scim_marked: Default::default(),
+            graph_users: Default::default(),
             shards: std::sync::Arc::new(ShardPool::new()),
         }
     }
@@ -690,8 +695,9 @@ impl TableDirectory {
             .map_err(DirectoryError::from)
     }
 
-    /// The writer's counter row and whether SCIM users may exist (then changes are looked
-    /// up by UPN too), plus, for SCIM, the write that marks the Graph row on its first write.
+    /// The writer's counter row and whether the other writer's users may exist (then
+    /// changes are looked up by UPN too: for Graph, SCIM users; for SCIM, users Graph
+    /// created), plus, for SCIM, the write that marks the Graph row on its first write.
     async fn read_counters(
         &self,
         tenant: &str,
@@ -734,15 +740,27 @@ impl TableDirectory {
                     .lock()
                     .expect("scim marked")
                     .contains(tenant);
-                if marked {
+                let graph_known = self
+                    .graph_users
+                    .lock()
+                    .expect("graph users")
+                    .contains(tenant);
+                if marked && graph_known {
                     return Ok((true, own, None));
                 }
+                // one point read tells both: whether SCIM's mark is there, and whether Graph
+                // has created users (a by-UPN lookup is a range query, which Azurite answers
+                // by scanning the whole table: skipped where Graph never wrote a user)
                 let mut graph = self
                     .read_counter_row(tenant, layout::counter_graph())
                     .await?;
-                if graph.scim_seen == Some(true) {
+                let graph_users = graph.values.users > 0;
+                if graph_users {
+                    self.remember(&self.graph_users, tenant);
+                }
+                if marked || graph.scim_seen == Some(true) {
                     self.remember_scim_mark(tenant);
-                    return Ok((true, own, None));
+                    return Ok((graph_users, own, None));
                 }
                 graph.scim_seen = Some(true);
                 let entity = counters_entity(tenant, &graph, &graph.values);
@@ -750,7 +768,7 @@ impl TableDirectory {
                     Some(etag) => Operation::Merge(entity, IfMatch::ETag(etag)),
                     None => Operation::Insert(entity),
                 };
-                Ok((true, own, Some(mark)))
+                Ok((graph_users, own, Some(mark)))
             }
         }
     }
@@ -770,11 +788,15 @@ impl TableDirectory {
     }
 
     fn remember_scim_mark(&self, tenant: &str) {
-        let mut marked = self.scim_marked.lock().expect("scim marked");
-        if marked.len() >= REMEMBERED_TENANTS {
-            marked.clear();
+        self.remember(&self.scim_marked, tenant);
+    }
+
+    fn remember(&self, set: &std::sync::Mutex<std::collections::HashSet<String>>, tenant: &str) {
+        let mut set = set.lock().expect("remembered tenants");
+        if set.len() >= REMEMBERED_TENANTS {
+            set.clear();
         }
-        marked.insert(tenant.to_string());
+        set.insert(tenant.to_string());
     }
 
     fn remember_graph_row(&self, tenant: &str, row: CounterRow) {
@@ -1000,6 +1022,10 @@ impl TableDirectory {
                         return Ok(Some(found));
                     }
                 }
+                if !lookups {
+                    // Graph has created no user here: none can be this person
+                    return Ok(None);
+                }
                 let Some(upn) = upn else { return Ok(None) };
                 // a user Graph sync found first
                 Ok(self
@@ -1053,12 +1079,16 @@ impl TableDirectory {
             Writer::Scim => Some(self.shards.take(tenant).await),
             Writer::Graph => None,
         };
-        let (scim_seen, counter, mark) = self
+        let (others_seen, counter, mark) = self
             .read_counters(tenant, writer, held.as_ref().map(|h| h.shard))
             .await?;
-        // a SCIM user may be the same person: only reading can tell
-        let lookups = scim_seen || writer == Writer::Scim;
-        let mode = if lookups { ApplyMode::Read } else { mode };
+        // the other writer's user may be the same person: only reading can tell
+        let lookups = others_seen;
+        let mode = if lookups || writer == Writer::Scim {
+            ApplyMode::Read
+        } else {
+            mode
+        };
         let mut existing = match mode {
             ApplyMode::Read => self.resolve_users(tenant, changes, lookups).await?,
             // nothing to read for what is new; a removal must find what it removes (an

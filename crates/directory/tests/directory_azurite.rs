@@ -824,3 +824,53 @@ async fn an_older_round_never_moves_a_user_back_into_the_sweep() {
     dir.sweep(tenant, 5).await.unwrap();
     assert!(dir.user(tenant, id).await.unwrap().unwrap().is_active());
 }
+
+// SCIM skips the by-UPN lookup (a table scan in Azurite) while Graph has created no user
+// in the tenant; an instance that skipped it before must not go on skipping once another
+// instance's Graph round has created the person.
+#[tokio::test]
+async fn scim_finds_a_graph_user_created_by_another_instance_after_scim_wrote_first() {
+    let dir = directory().await;
+    let other = another_instance(&dir);
+    let tenant = Uuid::new_v4();
+    let scim = |id: Uuid, upn: &str| UserChange::Scim {
+        id,
+        fields: UserFields {
+            upn: Field::Set(upn.into()),
+            enabled: Some(true),
+            ..UserFields::default()
+        },
+    };
+    // SCIM writes first here: its mark is made and remembered, Graph has no users yet
+    dir.apply_users(
+        tenant,
+        Writer::Scim,
+        vec![scim(Uuid::new_v4(), "ada@contoso.com")],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let entra_id = Uuid::new_v4();
+    other
+        .apply_users(
+            tenant,
+            Writer::Graph,
+            vec![graph_user(entra_id, "eve@contoso.com", "Eve", true, 1)],
+            ApplyMode::Optimistic,
+        )
+        .await
+        .unwrap();
+    let scim_id = Uuid::new_v4();
+    dir.apply_users(
+        tenant,
+        Writer::Scim,
+        vec![scim(scim_id, "EVE@contoso.com")],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    let u = dir.user(tenant, entra_id).await.unwrap().unwrap();
+    assert_eq!(u.scim_id, Some(scim_id), "one record for Eve");
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!((c.users, c.scim_users), (2, 2));
+}
