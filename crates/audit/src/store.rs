@@ -98,6 +98,8 @@ pub struct TableAuditStore {
     days_written: Mutex<HashSet<(Uuid, u32)>>,
     /// Days whose table this process has listed (`days` rows).
     tables_listed: Mutex<HashSet<u32>>,
+    /// Concurrent writes share transactions.
+    commit: crate::commit::GroupCommit,
 }
 
 /// What a trim removed.
@@ -213,6 +215,18 @@ fn literal(s: &str) -> String {
 /// The most characters stored for the changes (a Table string property holds 32K).
 const MAX_CHANGES_CHARS: usize = 30_000;
 
+/// The most characters kept of a free-text value (a name, a display, a reason): a Table
+/// string property holds 32K, and a value past that would make the event, and the
+/// change it records, fail.
+const MAX_TEXT_CHARS: usize = 1024;
+
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 fn to_entity(event: &Event, partition: &str, row: String) -> Entity {
     let mut changes = serde_json::to_string(&event.changes).unwrap_or_else(|_| "[]".into());
     if changes.len() > MAX_CHANGES_CHARS {
@@ -223,16 +237,24 @@ fn to_entity(event: &Event, partition: &str, row: String) -> Entity {
             .map(|c| Change::new(c.attribute.clone(), None, None))
             .collect();
         changes = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
-        changes.truncate(MAX_CHANGES_CHARS);
+        if changes.len() > MAX_CHANGES_CHARS {
+            // still too long: the names of as many changes as fit (a cut inside the JSON
+            // would lose them all, one inside a character would panic)
+            let mut kept = names;
+            while serde_json::to_string(&kept).map_or(0, |j| j.len()) > MAX_CHANGES_CHARS {
+                kept.truncate(kept.len() / 2);
+            }
+            changes = serde_json::to_string(&kept).unwrap_or_else(|_| "[]".into());
+        }
     }
     let mut e = Entity::new(partition, row)
         .with("Id", event.id.as_str())
         .with("Time", Value::DateTime(event.time))
         .with("Action", event.action.as_str())
         .with("ActorKind", event.actor.kind.as_str())
-        .with("ActorId", event.actor.id.as_str())
+        .with("ActorId", shortened(&event.actor.id))
         .with("TargetType", event.target.kind.as_str())
-        .with("TargetId", event.target.id.as_str())
+        .with("TargetId", shortened(&event.target.id))
         .with("Outcome", event.outcome.as_str())
         .with("Changes", changes);
     let optional = [
@@ -243,12 +265,12 @@ fn to_entity(event: &Event, partition: &str, row: String) -> Entity {
     ];
     for (name, value) in optional {
         if let Some(v) = value {
-            e.set(name, v);
+            e.set(name, shortened(v));
         }
     }
     if let Outcome::Failure { code, reason } = &event.outcome {
-        e.set("Code", code.as_str());
-        e.set("Reason", reason.as_str());
+        e.set("Code", shortened(code));
+        e.set("Reason", shortened(reason));
     }
     e
 }
@@ -317,6 +339,7 @@ impl TableAuditStore {
             table,
             days_written: Mutex::new(HashSet::new()),
             tables_listed: Mutex::new(HashSet::new()),
+            commit: Default::default(),
         }
     }
 
@@ -374,18 +397,19 @@ impl TableAuditStore {
 #[async_trait]
 impl AuditStore for TableAuditStore {
     async fn append(&self, events: &[Event]) -> Result<(), AuditError> {
-        // one transaction list per day table (a batch at midnight may span two)
-        let mut ops: Vec<(u32, Vec<Operation>)> = Vec::new();
+        // one job per day table and tenant (a batch at midnight may span two days)
+        let mut ops: Vec<((u32, Uuid), Vec<Operation>)> = Vec::new();
         let mut new_days = Vec::new();
         for event in events {
             let date = utc_date(event.time);
             let partition = event.tenant.to_string();
             let stamp = format!("{}{}", inverted_micros(event.time), event.id);
             let number = day_number(date);
-            let ops = match ops.iter().position(|(d, _)| *d == number) {
+            let job = (number, event.tenant);
+            let ops = match ops.iter().position(|(j, _)| *j == job) {
                 Some(i) => &mut ops[i].1,
                 None => {
-                    ops.push((number, Vec::with_capacity(events.len() * 2)));
+                    ops.push((job, Vec::with_capacity(events.len() * 2)));
                     &mut ops.last_mut().expect("just pushed").1
                 }
             };
@@ -411,7 +435,10 @@ impl AuditStore for TableAuditStore {
             }
         }
         // the day rows first: an event is never stored where a query or trim cannot find it
-        for (day, _) in &ops {
+        let mut days: Vec<u32> = ops.iter().map(|((day, _), _)| *day).collect();
+        days.sort_unstable();
+        days.dedup();
+        for day in &days {
             if recent(*day)
                 && self
                     .tables_listed
@@ -443,8 +470,15 @@ impl AuditStore for TableAuditStore {
             .expect("not poisoned")
             .extend(new_days.into_iter().filter(|(_, day)| recent(*day)));
         // the day's table is made by its first write
-        for (day, ops) in ops {
-            self.day_table(day).transact_chunked(ops).await?;
+        let writes = ops.into_iter().map(|((day, tenant), ops)| {
+            self.commit.write(crate::commit::Job {
+                table: self.day_table(day),
+                partition: tenant.to_string(),
+                ops,
+            })
+        });
+        for written in futures::future::join_all(writes).await {
+            written?;
         }
         Ok(())
     }
@@ -467,8 +501,12 @@ impl AuditStore for TableAuditStore {
                 if_match: IfMatch::Any,
             });
         }
-        self.day_table(day_number(utc_date(done.time)))
-            .transact(&ops)
+        self.commit
+            .write(crate::commit::Job {
+                table: self.day_table(day_number(utc_date(done.time))),
+                partition,
+                ops,
+            })
             .await?;
         Ok(())
     }
