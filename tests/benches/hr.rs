@@ -259,6 +259,7 @@ async fn apply_at_scale(joiners: usize) {
         writes as f64 / elapsed,
         graph.request_count() - before,
     );
+    let before = graph.request_count();
     let started = Instant::now();
     let again = applier.apply(&plan, &|_| true).await.unwrap();
     println!(
