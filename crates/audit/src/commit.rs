@@ -4,7 +4,8 @@
 //! operations on one partition of one day table. One worker takes every job waiting, packs
 //! the jobs of each partition into as few transactions as Table Storage allows (100
 //! operations, a body well under 4 MiB, each row once) and answers each job when its
-//! transaction committed. A lone request still costs one transaction; eight at once cost
+//! transaction committed; up to four turns commit at once, so a slow partition holds up
+//! only its own. A lone request still costs one transaction; eight at once cost
 //! about one between them instead of eight. Nothing is acknowledged before it is stored,
 //! so durability is the same as writing alone. A combined transaction that fails is tried
 //! again job by job, so one bad event fails only its own request.
@@ -23,6 +24,9 @@ const MAX_OPERATIONS: usize = 100;
 const MAX_BYTES: usize = 2 * 1024 * 1024;
 /// Most jobs taken in one turn.
 const MAX_JOBS: usize = 512;
+/// Turns committing at once: a slow partition holds up only its own turn, and while all
+/// are busy the next jobs queue up and share the next turn's transactions.
+const TURNS_AT_ONCE: usize = 4;
 
 /// Operations that must commit together, in one partition of one table.
 pub struct Job {
@@ -142,7 +146,12 @@ impl Packed {
 }
 
 async fn run(mut receiver: mpsc::UnboundedReceiver<(Job, Reply)>) {
+    let turns = std::sync::Arc::new(tokio::sync::Semaphore::new(TURNS_AT_ONCE));
     while let Some(first) = receiver.recv().await {
+        // wait for a free turn first: what queues up meanwhile joins this one
+        let Ok(turn) = turns.clone().acquire_owned().await else {
+            return;
+        };
         let mut waiting = vec![first];
         while waiting.len() < MAX_JOBS {
             match receiver.try_recv() {
@@ -180,6 +189,9 @@ async fn run(mut receiver: mpsc::UnboundedReceiver<(Job, Reply)>) {
             }
         }
         // partitions commit side by side; the next turn takes what arrived meanwhile
-        join_all(packed.into_iter().map(Packed::commit)).await;
+        tokio::spawn(async move {
+            join_all(packed.into_iter().map(Packed::commit)).await;
+            drop(turn);
+        });
     }
 }

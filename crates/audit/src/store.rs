@@ -252,7 +252,7 @@ fn to_entity(event: &Event, partition: &str, row: String) -> Entity {
         .with("Time", Value::DateTime(event.time))
         .with("Action", event.action.as_str())
         .with("ActorKind", event.actor.kind.as_str())
-        .with("ActorId", shortened(&event.actor.id))
+        .with("ActorId", event.actor.id.as_str())
         .with("TargetType", event.target.kind.as_str())
         .with("TargetId", shortened(&event.target.id))
         .with("Outcome", event.outcome.as_str())

@@ -170,7 +170,7 @@ pub struct TableDirectory {
     graph_rows: std::sync::Arc<std::sync::Mutex<HashMap<String, CounterRow>>>,
     /// Tenants whose Graph counter row is known to say `ScimSeen`: set once, never unset.
     scim_marked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-    /// Tenants whose Graph counter row has counted users: SCIM writes there look users up
+    /// Tenants whose Graph counter row says Graph wrote there: SCIM writes look users up
     /// by UPN (Graph may have found the person first). Set once, never unset; a tenant
     /// not in it has its Graph row read on each SCIM write.
     graph_users: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -272,6 +272,12 @@ struct CounterRow {
     /// pages know whether to look users up by UPN without reading SCIM's counter shards.
     /// `None` on rows written before the mark existed.
     scim_seen: Option<bool>,
+    /// On the Graph row: whether Graph sync ever wrote to this directory (set by its first
+    /// transaction, never unset). SCIM looks users up by UPN unless it is `Some(false)`
+    /// (the row SCIM's mark made) or the row is absent; `None` on rows from before it
+    /// existed, which count as written. The row's counts cannot say it: a Graph user merged
+    /// from a SCIM-first record counts nothing on the Graph row.
+    graph_wrote: Option<bool>,
 }
 
 enum Failure {
@@ -444,6 +450,9 @@ fn counters_entity(tenant: &str, row: &CounterRow, c: &Counters) -> Entity {
         .with("Memberships", c.memberships);
     if let Some(seen) = row.scim_seen {
         e.set("ScimSeen", seen);
+    }
+    if let Some(wrote) = row.graph_wrote {
+        e.set("GraphWrote", wrote);
     }
     e
 }
@@ -754,7 +763,7 @@ impl TableDirectory {
                 let mut graph = self
                     .read_counter_row(tenant, layout::counter_graph())
                     .await?;
-                let graph_users = graph.values.users > 0;
+                let graph_users = graph.etag.is_some() && graph.graph_wrote != Some(false);
                 if graph_users {
                     self.remember(&self.graph_users, tenant);
                 }
@@ -763,6 +772,10 @@ impl TableDirectory {
                     return Ok((graph_users, own, None));
                 }
                 graph.scim_seen = Some(true);
+                if graph.etag.is_none() {
+                    // SCIM makes the row: Graph has not written here yet
+                    graph.graph_wrote = Some(false);
+                }
                 let entity = counters_entity(tenant, &graph, &graph.values);
                 let mark = match graph.etag {
                     Some(etag) => Operation::Merge(entity, IfMatch::ETag(etag)),
@@ -783,6 +796,7 @@ impl TableDirectory {
             key,
             values: row.as_ref().map(counters_from).unwrap_or_default(),
             scim_seen: row.as_ref().and_then(|r| r.get_bool("ScimSeen")),
+            graph_wrote: row.as_ref().and_then(|r| r.get_bool("GraphWrote")),
             etag: row.and_then(|r| r.etag),
         })
     }
@@ -824,6 +838,7 @@ impl TableDirectory {
             values: Counters::default(),
             etag: None,
             scim_seen: None,
+            graph_wrote: None,
         };
         for row in rows.iter().flatten() {
             let values = counters_from(row);
@@ -832,6 +847,7 @@ impl TableDirectory {
                 graph.values = values;
                 graph.etag = row.etag.clone();
                 graph.scim_seen = row.get_bool("ScimSeen");
+                graph.graph_wrote = row.get_bool("GraphWrote");
             }
         }
         Ok((total, graph))
@@ -917,7 +933,15 @@ impl TableDirectory {
         // updates) still carries the Graph row while it says no SCIM user exists, so that
         // its ETag fails the transaction if SCIM marked the row meanwhile
         let guarded = !counted && !ops.is_empty() && counter.scim_seen == Some(false);
-        if counted || guarded {
+        // Graph's first write says so on its row, in the same transaction
+        let first_graph_write = !ops.is_empty()
+            && counter.key == layout::counter_graph()
+            && counter.graph_wrote != Some(true);
+        let wrote_before = counter.graph_wrote;
+        if first_graph_write {
+            counter.graph_wrote = Some(true);
+        }
+        if counted || guarded || first_graph_write {
             values.add(&delta);
             let row = counters_entity(tenant, counter, &values);
             ops.push(match &counter.etag {
@@ -929,8 +953,14 @@ impl TableDirectory {
             applied.add(&done);
             return Ok(());
         }
-        let etags = self.table.transact(&ops).await?;
-        if counted || guarded {
+        let etags = match self.table.transact(&ops).await {
+            Ok(etags) => etags,
+            Err(e) => {
+                counter.graph_wrote = wrote_before;
+                return Err(e.into());
+            }
+        };
+        if counted || guarded || first_graph_write {
             counter.values = values;
             counter.etag = etags.last().cloned().flatten();
         }

@@ -874,3 +874,55 @@ async fn scim_finds_a_graph_user_created_by_another_instance_after_scim_wrote_fi
     let c = dir.counters(tenant).await.unwrap();
     assert_eq!((c.users, c.scim_users), (2, 2));
 }
+
+// Found in review: whether SCIM must look a user up by UPN was read from the Graph row's
+// user count, but a Graph user merged from a SCIM-first record counts nothing there; after
+// SCIM deleted and re-created that person, SCIM made a second record.
+#[tokio::test]
+async fn a_person_scim_made_first_then_graph_merged_is_still_one_record_when_scim_creates_them_again()
+ {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let scim = |id: Uuid| UserChange::Scim {
+        id,
+        fields: UserFields {
+            upn: Field::Set("ada@contoso.com".into()),
+            enabled: Some(true),
+            ..UserFields::default()
+        },
+    };
+    let first = Uuid::new_v4();
+    dir.apply_users(tenant, Writer::Scim, vec![scim(first)], ApplyMode::Read)
+        .await
+        .unwrap();
+    let entra_id = Uuid::new_v4();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(entra_id, "ada@contoso.com", "Ada", true, 1)],
+        ApplyMode::Optimistic,
+    )
+    .await
+    .unwrap();
+    dir.apply_users(
+        tenant,
+        Writer::Scim,
+        vec![UserChange::ScimDeleted { id: first }],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    // a fresh instance: nothing remembered
+    let again = another_instance(&dir);
+    let second = Uuid::new_v4();
+    again
+        .apply_users(tenant, Writer::Scim, vec![scim(second)], ApplyMode::Read)
+        .await
+        .unwrap();
+    // the record SCIM made first, which Graph merged into
+    let u = dir.user(tenant, first).await.unwrap().unwrap();
+    assert_eq!(u.entra_id, Some(entra_id));
+    assert_eq!(u.scim_id, Some(second), "one record for Ada");
+    let c = dir.counters(tenant).await.unwrap();
+    assert_eq!(c.users, 1);
+}
