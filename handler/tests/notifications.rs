@@ -1,7 +1,7 @@
 //! Notifications against a real local SMTP server (aiosmtpd with STARTTLS and AUTH,
 //! started by the test tooling) and a local webhook receiver that checks the signature:
 //! a thousand SCIM failures make one incident, one mail and one webhook call, and the
-//! first success after them one recovery notice of each.
+//! successes that bring the rate back under its threshold one recovery notice of each.
 //!
 //! Every handler of this file listens to the same `notifications` queue on the shared
 //! Azurite while its tables are its own: a notice taken by another test's handler finds no
@@ -216,6 +216,8 @@ async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recover
             "emails": ["ops@contoso.com"],
             "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
             "notify_on": ["scim_failing"],
+            // so that a few dozen successes bring the rate back under it
+            "scim_failure_rate_percent": 95,
         }),
     )
     .await;
@@ -260,8 +262,27 @@ async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recover
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
         "Operations": [{"op": "Replace", "path": "active", "value": false}],
     });
-    let (status, _) = s.call("PATCH", &format!("/Users/{id}"), Some(good)).await;
-    assert_eq!(status, StatusCode::OK);
+    let succeed = |n: usize| {
+        let (s, id, good) = (&s, &id, &good);
+        async move {
+            for _ in 0..n {
+                let (status, _) = s
+                    .call("PATCH", &format!("/Users/{id}"), Some(good.clone()))
+                    .await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+    };
+    // 1,000 failures of 1,011 requests are still over 95 %: no recovery yet
+    succeed(10).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        smtp.mails().len(),
+        1,
+        "a success alone does not end the incident"
+    );
+    // 1,000 of 1,061: under 95 %
+    succeed(50).await;
     wait_for("the recovery mail", || smtp.mails().len() == 2).await;
     wait_for("the recovery webhook", || calls.lock().unwrap().len() == 2).await;
     let mails = smtp.mails();
@@ -279,6 +300,62 @@ async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recover
     let recovered: Value = serde_json::from_slice(&calls[1].1).unwrap();
     assert_eq!(recovered["notice"], "recovered");
     assert_eq!(recovered["incident"]["failures"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_scim_failure_rate_above_the_threshold_opens_one_incident_and_never_recovers() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["scim_failing"],
+        }),
+    )
+    .await;
+    let (_, user) = s
+        .call("POST", "/Users", Some(entra_user("eve@contoso.com", "eve")))
+        .await;
+    let id = user["id"].as_str().unwrap().to_string();
+    let patch = |op: &str| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": op, "path": "active", "value": true}],
+        })
+    };
+    // one request in five fails: 20 %, over the default 10 %, with successes in between
+    for i in 0..200 {
+        let (op, expected) = match i % 5 {
+            0 => ("Frobnicate", StatusCode::BAD_REQUEST),
+            _ => ("Replace", StatusCode::OK),
+        };
+        let (status, _) = s
+            .call("PATCH", &format!("/Users/{id}"), Some(patch(op)))
+            .await;
+        assert_eq!(status, expected);
+    }
+    wait_for("the incident's webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let notices: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            format!(
+                "{} {}",
+                v["notice"].as_str().unwrap(),
+                v["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(notices, vec!["opened scim_failing"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
