@@ -822,3 +822,72 @@ async fn the_service_app_credential_expiring_notifies_the_tenants_whose_graph_ca
     let reason = events[0]["outcome"]["reason"].as_str().unwrap();
     assert!(reason.contains("(19 days left)"), "{reason}");
 }
+
+// Found in review: one tenant whose certificates could not be read ended the check, so the
+// tenants after it were never checked (and, no run being recorded, every run stopped there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_ca_cannot_be_read_does_not_keep_the_next_tenant_from_being_checked() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let s = start_handler(&smtp).await;
+    let other = Uuid::new_v4();
+    let r = s
+        .http
+        .post(format!("{}/api/v1/tenants", s.handler.base_url()))
+        .bearer_auth(&s.admin)
+        .json(&json!({"tenant_id": other, "display_name": "Fabrikam"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for t in [s.tenant, other] {
+        let r = s
+            .http
+            .post(format!(
+                "{}/api/v1/tenants/{t}/pki/ca",
+                s.handler.base_url()
+            ))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    // tenants are checked in the order of their ids: the first one's CA is unreadable,
+    // the second one's expires in 10 days
+    let (first, second) = match s.tenant.to_string() < other.to_string() {
+        true => (s.tenant, other),
+        false => (other, s.tenant),
+    };
+    let table = system_tests::Azurite::shared()
+        .client()
+        .table(format!("{}Certificates", s.prefix));
+    for (t, der) in [
+        (first, b"not a certificate".to_vec()),
+        (second, expiring_in_days(10)),
+    ] {
+        table
+            .merge(
+                &tables::Entity::new(t.to_string(), "ca").with("Der", tables::Value::Binary(der)),
+                tables::IfMatch::Any,
+            )
+            .await
+            .unwrap();
+    }
+    // the run fails (a tenant was not checked), but only after checking the rest
+    let body = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}"#;
+    let r = s
+        .http
+        .post(format!("{}/Housekeeping", s.handler.base_url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let answer = r.text().await.unwrap();
+    assert!(answer.contains(&first.to_string()), "{answer}");
+    let events = audit_of(&s, second, "certificate.expiring").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "failure");
+    assert!(audit_of(&s, first, "certificate.expiring").await.is_empty());
+}
