@@ -891,3 +891,40 @@ async fn a_tenant_whose_ca_cannot_be_read_does_not_keep_the_next_tenant_from_bei
     assert_eq!(events[0]["outcome"]["status"], "failure");
     assert!(audit_of(&s, first, "certificate.expiring").await.is_empty());
 }
+
+// Found in review: without an InsertionTime the event's time was the attempt's, so each
+// retry of the poison function stored the poison message once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_without_an_insertion_time_is_recorded_once_however_often_it_is_retried() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let s = start_handler(&smtp).await;
+    let message = json!({"tenant_id": s.tenant, "reason": "due"}).to_string();
+    let id = Uuid::new_v4();
+    for attempt in 1..=2 {
+        // as the host sends it, but with no InsertionTime in the metadata
+        let invocation = json!({
+            "Data": {"msg": message},
+            "Metadata": {"Id": id.to_string(), "DequeueCount": attempt.to_string()},
+        });
+        let r = s
+            .http
+            .post(format!("{}/SyncTenantPoison", s.handler.base_url()))
+            .json(&invocation)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(status, StatusCode::OK, "{}", r.text().await.unwrap());
+        // a later attempt is a later time
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = audit_of(&s, s.tenant, "queue.poison").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0]["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&id.to_string())
+    );
+}

@@ -107,6 +107,9 @@ pub fn signal_of(event: &Event) -> Option<Signal> {
     if event.action == "queue.poison" {
         return match &event.outcome {
             Outcome::Failure { code, .. } if code == NOTICE_QUEUE => None,
+            // a message naming no tenant is recorded in the admin tenant's trail, but no
+            // sync round of that tenant would ever close an incident about it
+            Outcome::Failure { .. } if event.target.kind != "tenant" => None,
             Outcome::Failure { code, reason } => failure(IncidentKind::PoisonMessage, code, reason),
             _ => None,
         };
@@ -402,6 +405,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(signal_of(&poisoned(NOTICE_QUEUE)), None);
+    }
+
+    #[test]
+    fn a_poisoned_message_naming_no_tenant_opens_no_incident() {
+        let mut event = poisoned("sync-tenants");
+        event.target = crate::Target::new("queue", "sync-tenants-poison");
+        assert_eq!(signal_of(&event), None);
     }
 
     #[test]
