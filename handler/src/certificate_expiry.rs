@@ -3,11 +3,13 @@
 //! app, the service's app credential certificate in the tenant's cloud. One within
 //! [`WARN_WITHIN`] of its expiry is a `certificate.expiring` failure event in the tenant's
 //! trail (which opens the tenant's `certificate_expiring` incident); once none of the
-//! tenant's is, a `certificate.expiring` success event closes it.
+//! tenant's is, or the tenant is no longer active, a `certificate.expiring` success event
+//! closes it.
 //!
 //! Housekeeping runs every 15 minutes; certificates change rarely, so the check runs once
-//! a day, and at every run while one was found expiring (a renewal then closes the
-//! incident within 15 minutes).
+//! a day, and at every run while one was found expiring or a tenant could not be checked
+//! (a renewal then closes the incident within 15 minutes). One tenant that cannot be
+//! checked does not keep the others from being checked.
 
 use std::collections::HashMap;
 
@@ -15,10 +17,11 @@ use audit::incident::IncidentKind;
 use audit::{Actor, Event, Target};
 use entra::Cloud;
 use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
 
 use crate::app::App;
 use crate::app_credentials::CredentialNames;
-use crate::domain::TenantStatus;
+use crate::domain::{Tenant, TenantStatus};
 use crate::store::{RunOutcome, RunRecord};
 
 /// How long before its expiry a certificate is reported.
@@ -90,6 +93,8 @@ pub struct Checked {
     pub expiring: usize,
     /// Tenants whose incident was closed.
     pub recovered: usize,
+    /// Tenants that could not be checked, and why (the others were checked all the same).
+    pub failed: Vec<(Uuid, CheckError)>,
 }
 
 /// Why a check could not finish.
@@ -105,6 +110,9 @@ pub enum CheckError {
     Audit(#[from] audit::AuditError),
     #[error("run log: {0}")]
     RunLog(String),
+    /// The service's app credential could not be read (read once per cloud and check).
+    #[error("service's app credential: {0}")]
+    ServiceCredential(String),
 }
 
 fn read(der: &[u8], what: String) -> Result<Watched, CheckError> {
@@ -117,6 +125,8 @@ fn read(der: &[u8], what: String) -> Result<Watched, CheckError> {
 }
 
 /// Checks every active tenant's certificates if a check is due; `None` when it was not.
+/// A tenant that cannot be checked is in [`Checked::failed`] and the run is recorded as
+/// failed, so the next run (15 minutes later) checks again.
 pub async fn check_if_due(app: &App, now: OffsetDateTime) -> Result<Option<Checked>, CheckError> {
     let last = app
         .run_log
@@ -127,10 +137,14 @@ pub async fn check_if_due(app: &App, now: OffsetDateTime) -> Result<Option<Check
         return Ok(None);
     }
     let checked = check(app, now).await?;
+    let outcome = match checked.failed.as_slice() {
+        [] => RunOutcome::Succeeded,
+        failed => RunOutcome::Failed(failures(failed)),
+    };
     let run = RunRecord {
         started_at: now,
         finished_at: OffsetDateTime::now_utc(),
-        outcome: RunOutcome::Succeeded,
+        outcome,
         past_due: false,
         summary: summary(checked.expiring, checked.checked),
     };
@@ -141,100 +155,135 @@ pub async fn check_if_due(app: &App, now: OffsetDateTime) -> Result<Option<Check
     Ok(Some(checked))
 }
 
+/// The tenants that could not be checked, for the run log: `n tenants not checked: ...`.
+pub fn failures(failed: &[(Uuid, CheckError)]) -> String {
+    let each: Vec<String> = failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
+    format!("{} tenants not checked: {}", failed.len(), each.join("; "))
+}
+
+/// The service's app credential of a cloud, read once per check (an error too, so a
+/// failing vault is asked once, not once per tenant).
+type ServiceCredentials = HashMap<Cloud, Result<Option<Watched>, String>>;
+
 async fn check(app: &App, now: OffsetDateTime) -> Result<Checked, CheckError> {
     let tenants = app
         .tenants
         .list()
         .await
         .map_err(|e| CheckError::Tenants(e.to_string()))?;
-    // the service's credential is read once per cloud
-    let mut service: HashMap<Cloud, Option<Watched>> = HashMap::new();
+    let mut service = ServiceCredentials::new();
     let mut found = Checked::default();
-    for tenant in tenants.iter().filter(|t| t.status == TenantStatus::Active) {
-        let mut watched = Vec::new();
-        if let Some(ca) = app
-            .pki
-            .authority(tenant.tenant_id)
-            .await
-            .map_err(|e| CheckError::Pki(e.to_string()))?
-        {
-            watched.push(read(&ca.der, "tenant's issuing CA".into())?);
-        }
-        let (names, what) = match tenant.app_client_id {
-            Some(_) => (
-                CredentialNames::tenant(tenant.tenant_id),
-                "tenant's own app credential".to_string(),
-            ),
-            None => (
-                CredentialNames::service(tenant.cloud),
-                format!("service's app credential ({})", tenant.cloud.as_str()),
-            ),
+    for tenant in &tenants {
+        // one tenant's failure does not keep the others unchecked
+        let checked = match tenant.status {
+            TenantStatus::Active => check_tenant(app, tenant, now, &mut service, &mut found).await,
+            // an incident opened while it was active would never close otherwise
+            _ => close_incident(app, tenant, &mut found).await,
         };
-        let credential = match (tenant.app_client_id, service.get(&tenant.cloud)) {
-            (None, Some(known)) => known.clone(),
-            _ => {
-                let read_now = app
-                    .vault
-                    .get_certificate(&names.certificate)
-                    .await
-                    .map_err(|e| CheckError::Vault(e.to_string()))?
-                    .map(|der| read(&der, what))
-                    .transpose()?;
-                if tenant.app_client_id.is_none() {
-                    service.insert(tenant.cloud, read_now.clone());
-                }
-                read_now
-            }
-        };
-        watched.extend(credential);
-        found.checked += watched.len();
-        let expiring: Vec<&Watched> = watched.iter().filter(|w| w.expiring(now)).collect();
-        found.expiring += expiring.len();
-        let mut events = Vec::new();
-        for w in &expiring {
-            let date = now.date().to_string();
-            events.push(
-                Event::new(
-                    tenant.tenant_id,
-                    Actor::system(ACTOR),
-                    "certificate.expiring",
-                    Target::new("certificate", &w.serial).display(w.what.clone()),
-                )
-                .failed("expiring", w.reason(now))
-                // one event per certificate and day, however often it is checked
-                .idempotent(
-                    now.replace_time(time::Time::MIDNIGHT),
-                    &[
-                        "certificate.expiring",
-                        &tenant.tenant_id.to_string(),
-                        &w.serial,
-                        &date,
-                    ],
-                ),
-            );
-        }
-        if expiring.is_empty() {
-            // renewed: close the incident the earlier checks opened
-            let open = app
-                .notifications
-                .store
-                .incident(tenant.tenant_id, IncidentKind::CertificateExpiring)
-                .await?;
-            if open.is_some() {
-                events.push(Event::new(
-                    tenant.tenant_id,
-                    Actor::system(ACTOR),
-                    "certificate.expiring",
-                    Target::new("tenant", tenant.tenant_id).display(tenant.display_name.clone()),
-                ));
-                found.recovered += 1;
-            }
-        }
-        if !events.is_empty() {
-            app.audit.record_all(&events).await?;
+        if let Err(e) = checked {
+            tracing::warn!(tenant = %tenant.tenant_id, error = %e, "certificates of a tenant not checked for their expiry");
+            found.failed.push((tenant.tenant_id, e));
         }
     }
     Ok(found)
+}
+
+async fn check_tenant(
+    app: &App,
+    tenant: &Tenant,
+    now: OffsetDateTime,
+    service: &mut ServiceCredentials,
+    found: &mut Checked,
+) -> Result<(), CheckError> {
+    let mut watched = Vec::new();
+    if let Some(ca) = app
+        .pki
+        .authority(tenant.tenant_id)
+        .await
+        .map_err(|e| CheckError::Pki(e.to_string()))?
+    {
+        watched.push(read(&ca.der, "tenant's issuing CA".into())?);
+    }
+    let (names, what) = match tenant.app_client_id {
+        Some(_) => (
+            CredentialNames::tenant(tenant.tenant_id),
+            "tenant's own app credential".to_string(),
+        ),
+        None => (
+            CredentialNames::service(tenant.cloud),
+            format!("service's app credential ({})", tenant.cloud.as_str()),
+        ),
+    };
+    let credential = match (tenant.app_client_id, service.get(&tenant.cloud)) {
+        (None, Some(known)) => known.clone().map_err(CheckError::ServiceCredential)?,
+        _ => {
+            let read_now = match app.vault.get_certificate(&names.certificate).await {
+                Ok(der) => der.map(|der| read(&der, what)).transpose(),
+                Err(e) => Err(CheckError::Vault(e.to_string())),
+            };
+            if tenant.app_client_id.is_none() {
+                let known = read_now.as_ref().cloned();
+                service.insert(tenant.cloud, known.map_err(|e| e.to_string()));
+            }
+            read_now?
+        }
+    };
+    watched.extend(credential);
+    let expiring: Vec<&Watched> = watched.iter().filter(|w| w.expiring(now)).collect();
+    if expiring.is_empty() {
+        found.checked += watched.len();
+        // renewed: close the incident the earlier checks opened
+        return close_incident(app, tenant, found).await;
+    }
+    let date = now.date().to_string();
+    let events: Vec<Event> = expiring
+        .iter()
+        .map(|w| {
+            Event::new(
+                tenant.tenant_id,
+                Actor::system(ACTOR),
+                "certificate.expiring",
+                Target::new("certificate", &w.serial).display(w.what.clone()),
+            )
+            .failed("expiring", w.reason(now))
+            // one event per certificate and day, however often it is checked
+            .idempotent(
+                now.replace_time(time::Time::MIDNIGHT),
+                &[
+                    "certificate.expiring",
+                    &tenant.tenant_id.to_string(),
+                    &w.serial,
+                    &date,
+                ],
+            )
+        })
+        .collect();
+    app.audit.record_all(&events).await?;
+    found.checked += watched.len();
+    found.expiring += expiring.len();
+    Ok(())
+}
+
+/// Records the success event that closes the tenant's open `certificate_expiring`
+/// incident, if it has one.
+async fn close_incident(app: &App, tenant: &Tenant, found: &mut Checked) -> Result<(), CheckError> {
+    let open = app
+        .notifications
+        .store
+        .incident(tenant.tenant_id, IncidentKind::CertificateExpiring)
+        .await?;
+    if open.is_some() {
+        app.audit
+            .record(Event::new(
+                tenant.tenant_id,
+                Actor::system(ACTOR),
+                "certificate.expiring",
+                Target::new("tenant", tenant.tenant_id).display(tenant.display_name.clone()),
+            ))
+            .await?;
+        found.recovered += 1;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -51,7 +51,9 @@ pub enum DeliveryError {
     Webhook(String),
 }
 
-type Signals = mpsc::UnboundedSender<(Uuid, Signal)>;
+/// A signal, its tenant and when its event happened.
+type Signalled = (Uuid, time::OffsetDateTime, Signal);
+type Signals = mpsc::UnboundedSender<Signalled>;
 
 /// Incidents and their notices.
 pub struct Notifications {
@@ -61,7 +63,7 @@ pub struct Notifications {
     smtp: Option<SmtpSettings>,
     http: reqwest::Client,
     signals: Signals,
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<(Uuid, Signal)>>>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Signalled>>>,
     settings: Mutex<HashMap<Uuid, (Instant, Option<NotificationSettings>)>>,
     /// Whether an incident is open, as last seen.
     open: Mutex<HashMap<(Uuid, IncidentKind), (Instant, bool)>>,
@@ -75,7 +77,7 @@ struct Observer(Signals);
 impl EventObserver for Observer {
     fn recorded(&self, event: &Event) {
         if let Some(signal) = incident::signal_of(event) {
-            let _ = self.0.send((event.tenant, signal));
+            let _ = self.0.send((event.tenant, event.time, signal));
         }
     }
 }
@@ -136,14 +138,21 @@ impl Notifications {
         let Some(mut receiver) = self.receiver.lock().expect("not poisoned").take() else {
             return;
         };
-        while let Some((tenant, signal)) = receiver.recv().await {
-            if let Err(e) = self.handle(tenant, signal).await {
+        while let Some((tenant, at, signal)) = receiver.recv().await {
+            if let Err(e) = self.handle(tenant, at, signal).await {
                 tracing::warn!(%tenant, error = %e, "incident not updated");
             }
         }
     }
 
-    async fn handle(&self, tenant: Uuid, signal: Signal) -> Result<(), AuditError> {
+    /// `at`: when the event happened (the SCIM rate counts by it, not by when the signal
+    /// is processed, which may be much later under load).
+    async fn handle(
+        &self,
+        tenant: Uuid,
+        at: time::OffsetDateTime,
+        signal: Signal,
+    ) -> Result<(), AuditError> {
         let Some(settings) = self.settings_of(tenant).await? else {
             return Ok(());
         };
@@ -151,8 +160,9 @@ impl Notifications {
             Signal::Failure { kind, reason } if settings.wants(kind) => {
                 let now = time::OffsetDateTime::now_utc();
                 // SCIM failures are an incident only above the tenant's failure rate
-                let window =
-                    (kind == IncidentKind::ScimFailing).then(|| self.count_scim(tenant, now, true));
+                let window = (kind == IncidentKind::ScimFailing)
+                    .then(|| self.count_scim(tenant, at, true))
+                    .map(|(requests, failures, _)| (requests, failures));
                 for _ in 0..8 {
                     let current = self.store.incident(tenant, kind).await?;
                     let count = match (&current, window) {
@@ -190,13 +200,21 @@ impl Notifications {
                 Ok(())
             }
             Signal::Recovery(kinds) => {
-                if kinds.contains(&IncidentKind::ScimFailing)
+                // a SCIM success ends the incident only once the rate has cleared
+                // (hysteresis), and the window is kept: a rate that stays above the
+                // threshold keeps its one incident open
+                let scim_cleared = kinds.contains(&IncidentKind::ScimFailing)
                     && settings.wants(IncidentKind::ScimFailing)
-                {
-                    self.count_scim(tenant, time::OffsetDateTime::now_utc(), false);
-                }
+                    && {
+                        let (requests, failures, whole) = self.count_scim(tenant, at, false);
+                        settings
+                            .scim_failure_rate
+                            .cleared(requests, failures, whole)
+                    };
                 for kind in kinds.iter().copied().filter(|k| settings.wants(*k)) {
-                    if self.known_closed(tenant, kind) {
+                    if (kind == IncidentKind::ScimFailing && !scim_cleared)
+                        || self.known_closed(tenant, kind)
+                    {
                         continue;
                     }
                     match self.store.incident(tenant, kind).await? {
@@ -204,10 +222,6 @@ impl Notifications {
                         Some((open, version)) => {
                             if self.store.close_incident(tenant, kind, &version).await? {
                                 self.set_open(tenant, kind, false);
-                                if kind == IncidentKind::ScimFailing {
-                                    // a new incident needs a new rate, not the old failures
-                                    self.reset_scim(tenant);
-                                }
                                 if let Some(notice) = incident::on_success(Some(&open)) {
                                     self.enqueue(Notice {
                                         id: Uuid::new_v4().to_string(),
@@ -228,23 +242,14 @@ impl Notifications {
         }
     }
 
-    /// Counts a SCIM request of `tenant`; returns the window's (requests, failures).
-    fn count_scim(&self, tenant: Uuid, now: time::OffsetDateTime, failed: bool) -> (u64, u64) {
+    /// Counts a SCIM request of `tenant` made at `at`; returns the window's (requests,
+    /// failures) and whether it is a whole window.
+    fn count_scim(&self, tenant: Uuid, at: time::OffsetDateTime, failed: bool) -> (u64, u64, bool) {
         let mut rates = self.scim_rates.lock().expect("not poisoned");
         let rate = rates.entry(tenant).or_default();
-        rate.record(now, failed);
-        rate.counts(now)
-    }
-
-    fn reset_scim(&self, tenant: Uuid) {
-        if let Some(rate) = self
-            .scim_rates
-            .lock()
-            .expect("not poisoned")
-            .get_mut(&tenant)
-        {
-            rate.reset();
-        }
+        rate.record(at, failed);
+        let (requests, failures) = rate.counts(at);
+        (requests, failures, rate.whole_window(at))
     }
 
     fn known_closed(&self, tenant: Uuid, kind: IncidentKind) -> bool {
@@ -416,6 +421,114 @@ pub fn check_webhook_url(raw: &str) -> Result<url::Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use audit::incident::Incident;
+
+    /// Incidents in memory, versioned like the table's ETags.
+    #[derive(Default)]
+    struct Memory {
+        settings: Option<NotificationSettings>,
+        incidents: Mutex<HashMap<(Uuid, IncidentKind), (Incident, u64)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl NotificationStore for Memory {
+        async fn settings(&self, _: Uuid) -> Result<Option<NotificationSettings>, AuditError> {
+            Ok(self.settings.clone())
+        }
+        async fn put_settings(&self, _: Uuid, _: &NotificationSettings) -> Result<(), AuditError> {
+            unimplemented!("not used")
+        }
+        async fn incident(
+            &self,
+            tenant: Uuid,
+            kind: IncidentKind,
+        ) -> Result<Option<(Incident, tables::ETag)>, AuditError> {
+            let incidents = self.incidents.lock().unwrap();
+            Ok(incidents
+                .get(&(tenant, kind))
+                .map(|(i, v)| (i.clone(), tables::ETag(v.to_string()))))
+        }
+        async fn save_incident(
+            &self,
+            tenant: Uuid,
+            incident: &Incident,
+            version: Option<&tables::ETag>,
+        ) -> Result<bool, AuditError> {
+            let mut incidents = self.incidents.lock().unwrap();
+            let key = (tenant, incident.kind);
+            let current = incidents.get(&key).map(|(_, v)| v.to_string());
+            if current.as_deref() != version.map(|v| v.0.as_str()) {
+                return Ok(false);
+            }
+            let next = current.map_or(1, |v| v.parse::<u64>().unwrap() + 1);
+            incidents.insert(key, (incident.clone(), next));
+            Ok(true)
+        }
+        async fn close_incident(
+            &self,
+            tenant: Uuid,
+            kind: IncidentKind,
+            version: &tables::ETag,
+        ) -> Result<bool, AuditError> {
+            let mut incidents = self.incidents.lock().unwrap();
+            match incidents.get(&(tenant, kind)) {
+                Some((_, v)) if v.to_string() == version.0 => {
+                    incidents.remove(&(tenant, kind));
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+    }
+
+    fn service(store: Arc<Memory>) -> Notifications {
+        let vault = vault::LocalVault::new(
+            std::env::temp_dir().join(format!("notifications-unit-{}", Uuid::new_v4())),
+        );
+        // no queue and no SMTP: a notice's delivery fails at once, which is not looked at
+        Notifications::new(store, Arc::new(vault), None, None)
+    }
+
+    #[tokio::test]
+    async fn the_scim_rate_counts_each_request_at_its_event_time_not_when_it_is_processed() {
+        let store = Arc::new(Memory {
+            settings: Some(NotificationSettings {
+                emails: vec!["ops@contoso.com".into()],
+                webhook_url: None,
+                notify_on: vec![IncidentKind::ScimFailing],
+                scim_failure_rate: Default::default(),
+            }),
+            ..Memory::default()
+        });
+        let notifications = service(store.clone());
+        let tenant = Uuid::new_v4();
+        let failure = || Signal::Failure {
+            kind: IncidentKind::ScimFailing,
+            reason: "scim.user.update: refused (400)".into(),
+        };
+        let success = || Signal::Recovery(&[IncidentKind::ScimFailing]);
+        let now = time::OffsetDateTime::now_utc();
+        // nine failures ten minutes ago (too few to judge then), processed only now
+        for _ in 0..9 {
+            notifications
+                .handle(tenant, now - time::Duration::minutes(10), failure())
+                .await
+                .unwrap();
+        }
+        // the last minute: ten successes and one failure, 9 %, under the default 10 %
+        for _ in 0..10 {
+            notifications.handle(tenant, now, success()).await.unwrap();
+        }
+        notifications.handle(tenant, now, failure()).await.unwrap();
+        let open = store
+            .incident(tenant, IncidentKind::ScimFailing)
+            .await
+            .unwrap();
+        assert!(
+            open.is_none(),
+            "the failures of ten minutes ago are out of the window: {open:?}"
+        );
+    }
 
     #[test]
     fn webhooks_are_https_except_on_loopback() {

@@ -687,3 +687,115 @@ async fn invitation_redemptions_are_audited_by_admin_api_and_activation_link_wit
     assert_eq!(refused_link["outcome"]["code"], "used");
     assert_eq!(refused_link["actor"]["id"], "Activate");
 }
+
+/// An activation code as the service makes them (`inv_` and base64url of tenant,
+/// invitation and 32 more bytes), for codes that were never issued.
+fn forged_code(tenant: Uuid, invitation: Uuid) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = Vec::with_capacity(64);
+    bytes.extend_from_slice(tenant.as_bytes());
+    bytes.extend_from_slice(invitation.as_bytes());
+    bytes.extend_from_slice(Uuid::new_v4().as_bytes());
+    bytes.extend_from_slice(Uuid::new_v4().as_bytes());
+    let mut out = String::from("inv_");
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+// Found in review: the anonymous activation route recorded a refusal for any well-formed
+// code in the tenant it names, so anyone could write (unbounded) into any tenant's trail,
+// even an unregistered one's.
+#[tokio::test]
+async fn made_up_activation_codes_write_nothing_into_any_trail_but_a_real_invitations_refusal_is_recorded()
+ {
+    let s = Scim::start().await;
+    let activate = |code: String| {
+        let s = &s;
+        async move {
+            s.http
+                .post(format!("{}/api/activate", s.handler.base_url()))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("code={code}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let (status, created) = s
+        .call("POST", "/Users", Some(entra_user("ada@contoso.com", "ada")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, invitation) = s
+        .admin_call("POST", &format!("users/{id}/invitation"), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{invitation}");
+    let real = invitation["link"]
+        .as_str()
+        .unwrap()
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let invitation_id: Uuid = invitation["id"].as_str().unwrap().parse().unwrap();
+
+    let unregistered = Uuid::new_v4();
+    // no such invitation in a registered tenant; a real invitation's id without its
+    // secret; an unregistered tenant; not a code at all
+    for (code, expected) in [
+        (forged_code(s.tenant, Uuid::new_v4()), StatusCode::NOT_FOUND),
+        (forged_code(s.tenant, invitation_id), StatusCode::NOT_FOUND),
+        (
+            forged_code(unregistered, Uuid::new_v4()),
+            StatusCode::NOT_FOUND,
+        ),
+        ("inv_AAAA".to_string(), StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(activate(code.clone()).await, expected, "{code}");
+    }
+    // nor through the admin API a back end relays codes to
+    let r = s
+        .http
+        .post(format!(
+            "{}/api/v1/invitations/redeem",
+            s.handler.base_url()
+        ))
+        .bearer_auth(&s.admin)
+        .json(&json!({ "code": forged_code(unregistered, Uuid::new_v4()) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        s.events("action=invitation.redeem").await.is_empty(),
+        "made-up codes are not recorded"
+    );
+    let store = audit::TableAuditStore::new(
+        Azurite::shared()
+            .client()
+            .table(format!("{}Audit", s.prefix)),
+    );
+    use audit::AuditStore as _;
+    let elsewhere = store
+        .page(unregistered, &audit::AuditQuery::default(), None, 10)
+        .await
+        .unwrap();
+    assert!(elsewhere.events.is_empty(), "{:?}", elsewhere.events);
+
+    // the real code: redeemed once, then refused as used, both recorded
+    assert_eq!(activate(real.clone()).await, StatusCode::OK);
+    assert_eq!(activate(real).await, StatusCode::GONE);
+    let events = s.events("action=invitation.redeem").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["outcome"]["code"], "used");
+    assert_eq!(events[1]["outcome"]["status"], "success");
+}

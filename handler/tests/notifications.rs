@@ -1,7 +1,7 @@
 //! Notifications against a real local SMTP server (aiosmtpd with STARTTLS and AUTH,
 //! started by the test tooling) and a local webhook receiver that checks the signature:
 //! a thousand SCIM failures make one incident, one mail and one webhook call, and the
-//! first success after them one recovery notice of each.
+//! successes that bring the rate back under its threshold one recovery notice of each.
 //!
 //! Every handler of this file listens to the same `notifications` queue on the shared
 //! Azurite while its tables are its own: a notice taken by another test's handler finds no
@@ -216,6 +216,8 @@ async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recover
             "emails": ["ops@contoso.com"],
             "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
             "notify_on": ["scim_failing"],
+            // so that a few dozen successes bring the rate back under it
+            "scim_failure_rate_percent": 95,
         }),
     )
     .await;
@@ -260,8 +262,27 @@ async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recover
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
         "Operations": [{"op": "Replace", "path": "active", "value": false}],
     });
-    let (status, _) = s.call("PATCH", &format!("/Users/{id}"), Some(good)).await;
-    assert_eq!(status, StatusCode::OK);
+    let succeed = |n: usize| {
+        let (s, id, good) = (&s, &id, &good);
+        async move {
+            for _ in 0..n {
+                let (status, _) = s
+                    .call("PATCH", &format!("/Users/{id}"), Some(good.clone()))
+                    .await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+    };
+    // 1,000 failures of 1,011 requests are still over 95 %: no recovery yet
+    succeed(10).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        smtp.mails().len(),
+        1,
+        "a success alone does not end the incident"
+    );
+    // 1,000 of 1,061: under 95 %
+    succeed(50).await;
     wait_for("the recovery mail", || smtp.mails().len() == 2).await;
     wait_for("the recovery webhook", || calls.lock().unwrap().len() == 2).await;
     let mails = smtp.mails();
@@ -279,6 +300,62 @@ async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recover
     let recovered: Value = serde_json::from_slice(&calls[1].1).unwrap();
     assert_eq!(recovered["notice"], "recovered");
     assert_eq!(recovered["incident"]["failures"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_scim_failure_rate_above_the_threshold_opens_one_incident_and_never_recovers() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let (hook_port, calls) = webhook_receiver().await;
+    let s = start_handler(&smtp).await;
+    put_settings(
+        &s,
+        json!({
+            "webhook_url": format!("http://127.0.0.1:{hook_port}/hook"),
+            "notify_on": ["scim_failing"],
+        }),
+    )
+    .await;
+    let (_, user) = s
+        .call("POST", "/Users", Some(entra_user("eve@contoso.com", "eve")))
+        .await;
+    let id = user["id"].as_str().unwrap().to_string();
+    let patch = |op: &str| {
+        json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": op, "path": "active", "value": true}],
+        })
+    };
+    // one request in five fails: 20 %, over the default 10 %, with successes in between
+    for i in 0..200 {
+        let (op, expected) = match i % 5 {
+            0 => ("Frobnicate", StatusCode::BAD_REQUEST),
+            _ => ("Replace", StatusCode::OK),
+        };
+        let (status, _) = s
+            .call("PATCH", &format!("/Users/{id}"), Some(patch(op)))
+            .await;
+        assert_eq!(status, expected);
+    }
+    wait_for("the incident's webhook", || {
+        !calls.lock().unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let notices: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            format!(
+                "{} {}",
+                v["notice"].as_str().unwrap(),
+                v["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(notices, vec!["opened scim_failing"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -744,4 +821,110 @@ async fn the_service_app_credential_expiring_notifies_the_tenants_whose_graph_ca
     );
     let reason = events[0]["outcome"]["reason"].as_str().unwrap();
     assert!(reason.contains("(19 days left)"), "{reason}");
+}
+
+// Found in review: one tenant whose certificates could not be read ended the check, so the
+// tenants after it were never checked (and, no run being recorded, every run stopped there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_ca_cannot_be_read_does_not_keep_the_next_tenant_from_being_checked() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let s = start_handler(&smtp).await;
+    let other = Uuid::new_v4();
+    let r = s
+        .http
+        .post(format!("{}/api/v1/tenants", s.handler.base_url()))
+        .bearer_auth(&s.admin)
+        .json(&json!({"tenant_id": other, "display_name": "Fabrikam"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for t in [s.tenant, other] {
+        let r = s
+            .http
+            .post(format!(
+                "{}/api/v1/tenants/{t}/pki/ca",
+                s.handler.base_url()
+            ))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    // tenants are checked in the order of their ids: the first one's CA is unreadable,
+    // the second one's expires in 10 days
+    let (first, second) = match s.tenant.to_string() < other.to_string() {
+        true => (s.tenant, other),
+        false => (other, s.tenant),
+    };
+    let table = system_tests::Azurite::shared()
+        .client()
+        .table(format!("{}Certificates", s.prefix));
+    for (t, der) in [
+        (first, b"not a certificate".to_vec()),
+        (second, expiring_in_days(10)),
+    ] {
+        table
+            .merge(
+                &tables::Entity::new(t.to_string(), "ca").with("Der", tables::Value::Binary(der)),
+                tables::IfMatch::Any,
+            )
+            .await
+            .unwrap();
+    }
+    // the run fails (a tenant was not checked), but only after checking the rest
+    let body = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}"#;
+    let r = s
+        .http
+        .post(format!("{}/Housekeeping", s.handler.base_url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let answer = r.text().await.unwrap();
+    assert!(answer.contains(&first.to_string()), "{answer}");
+    let events = audit_of(&s, second, "certificate.expiring").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "failure");
+    assert!(audit_of(&s, first, "certificate.expiring").await.is_empty());
+}
+
+// Found in review: without an InsertionTime the event's time was the attempt's, so each
+// retry of the poison function stored the poison message once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_without_an_insertion_time_is_recorded_once_however_often_it_is_retried() {
+    let _turn = TURN.lock().await;
+    let smtp = start_smtp();
+    let s = start_handler(&smtp).await;
+    let message = json!({"tenant_id": s.tenant, "reason": "due"}).to_string();
+    let id = Uuid::new_v4();
+    for attempt in 1..=2 {
+        // as the host sends it, but with no InsertionTime in the metadata
+        let invocation = json!({
+            "Data": {"msg": message},
+            "Metadata": {"Id": id.to_string(), "DequeueCount": attempt.to_string()},
+        });
+        let r = s
+            .http
+            .post(format!("{}/SyncTenantPoison", s.handler.base_url()))
+            .json(&invocation)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert_eq!(status, StatusCode::OK, "{}", r.text().await.unwrap());
+        // a later attempt is a later time
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = audit_of(&s, s.tenant, "queue.poison").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0]["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&id.to_string())
+    );
 }

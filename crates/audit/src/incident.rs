@@ -107,6 +107,9 @@ pub fn signal_of(event: &Event) -> Option<Signal> {
     if event.action == "queue.poison" {
         return match &event.outcome {
             Outcome::Failure { code, .. } if code == NOTICE_QUEUE => None,
+            // a message naming no tenant is recorded in the admin tenant's trail, but no
+            // sync round of that tenant would ever close an incident about it
+            Outcome::Failure { .. } if event.target.kind != "tenant" => None,
             Outcome::Failure { code, reason } => failure(IncidentKind::PoisonMessage, code, reason),
             _ => None,
         };
@@ -226,33 +229,56 @@ impl RateThreshold {
             && requests >= u64::from(self.min_requests)
             && failures * 100 >= u64::from(self.percent) * requests
     }
+
+    /// Whether an open incident has cleared (hysteresis: a success alone is not enough,
+    /// else a steady rate above the threshold would open and close it every few requests):
+    /// the rate is under the threshold over at least `min_requests` requests, or a whole
+    /// window (`whole_window`: counted for at least [`RATE_WINDOW`]) passed with requests
+    /// and without a failure.
+    pub fn cleared(&self, requests: u64, failures: u64, whole_window: bool) -> bool {
+        let under = requests >= u64::from(self.min_requests.max(1))
+            && failures * 100 < u64::from(self.percent) * requests;
+        let quiet = whole_window && requests > 0 && failures == 0;
+        under || quiet
+    }
 }
 
 /// One tenant's SCIM requests over the last [`RATE_WINDOW`], counted per second (bounded
-/// memory whatever the traffic).
+/// memory whatever the traffic) by the time each happened, so a signal processed late or
+/// out of order still counts in its own second.
 #[derive(Debug, Clone, Default)]
 pub struct FailureRate {
     /// (unix second, requests, failures), oldest first.
     seconds: std::collections::VecDeque<(i64, u64, u64)>,
+    /// The earliest request counted: whether the window is whole yet.
+    since: Option<OffsetDateTime>,
 }
 
 impl FailureRate {
-    /// Counts a request at `now`.
-    pub fn record(&mut self, now: OffsetDateTime, failed: bool) {
-        let second = now.unix_timestamp();
-        self.forget_before(now);
-        match self.seconds.back_mut() {
-            Some((s, requests, failures)) if *s == second => {
-                *requests += 1;
-                *failures += u64::from(failed);
+    /// Counts a request made at `at`.
+    pub fn record(&mut self, at: OffsetDateTime, failed: bool) {
+        let second = at.unix_timestamp();
+        let newest = self.newest().max(second);
+        self.forget_before(newest);
+        if second <= newest - RATE_WINDOW.whole_seconds() {
+            return; // older than the window
+        }
+        self.since = Some(self.since.map_or(at, |s| s.min(at)));
+        let failed = u64::from(failed);
+        match self.seconds.iter().rposition(|(s, _, _)| *s <= second) {
+            Some(i) if self.seconds[i].0 == second => {
+                self.seconds[i].1 += 1;
+                self.seconds[i].2 += failed;
             }
-            _ => self.seconds.push_back((second, 1, u64::from(failed))),
+            Some(i) => self.seconds.insert(i + 1, (second, 1, failed)),
+            None => self.seconds.push_front((second, 1, failed)),
         }
     }
 
-    /// (requests, failures) of the window ending at `now`.
+    /// (requests, failures) of the window ending at `now` (or at the newest request
+    /// counted, when that is later).
     pub fn counts(&mut self, now: OffsetDateTime) -> (u64, u64) {
-        self.forget_before(now);
+        self.forget_before(self.newest().max(now.unix_timestamp()));
         self.seconds
             .iter()
             .fold((0, 0), |(r, f), (_, requests, failures)| {
@@ -260,13 +286,18 @@ impl FailureRate {
             })
     }
 
-    /// Starts counting afresh (after an incident closed: its failures are not counted twice).
-    pub fn reset(&mut self) {
-        self.seconds.clear();
+    /// Whether requests were counted for a whole [`RATE_WINDOW`] up to `now`: only then
+    /// does a window without failures say that none happened.
+    pub fn whole_window(&self, now: OffsetDateTime) -> bool {
+        self.since.is_some_and(|s| now - s >= RATE_WINDOW)
     }
 
-    fn forget_before(&mut self, now: OffsetDateTime) {
-        let oldest = (now - RATE_WINDOW).unix_timestamp();
+    fn newest(&self) -> i64 {
+        self.seconds.back().map_or(i64::MIN, |(s, _, _)| *s)
+    }
+
+    fn forget_before(&mut self, newest_second: i64) {
+        let oldest = newest_second - RATE_WINDOW.whole_seconds();
         while self.seconds.front().is_some_and(|(s, _, _)| *s <= oldest) {
             self.seconds.pop_front();
         }
@@ -316,6 +347,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_open_rate_incident_clears_only_under_the_rate_over_enough_requests_or_after_a_quiet_window()
+     {
+        let threshold = RateThreshold::default(); // 10 % over at least 10
+        // a steady 20 %: a success among them does not clear it
+        assert!(!threshold.cleared(10, 2, false));
+        assert!(!threshold.cleared(1000, 200, true));
+        // exactly at the rate is still failing
+        assert!(!threshold.cleared(100, 10, false));
+        assert!(threshold.cleared(100, 9, false));
+        // too few requests to say the rate is down, unless a whole window had no failure
+        assert!(!threshold.cleared(5, 0, false));
+        assert!(threshold.cleared(5, 0, true));
+        assert!(!threshold.cleared(0, 0, true));
+    }
+
+    #[test]
+    fn requests_count_in_the_second_they_happened_even_when_counted_out_of_order() {
+        let now = datetime!(2026-12-01 10:00 UTC);
+        let mut rate = FailureRate::default();
+        rate.record(now + Duration::seconds(10), true);
+        // a request of an earlier second whose signal came later
+        rate.record(now + Duration::seconds(3), false);
+        rate.record(now + Duration::seconds(10), false);
+        assert_eq!(rate.counts(now + Duration::seconds(10)), (3, 1));
+        // the earlier second leaves the window first
+        assert_eq!(
+            rate.counts(now + RATE_WINDOW + Duration::seconds(5)),
+            (2, 1)
+        );
+        // one older than the window of the newest is not counted
+        rate.record(now + Duration::seconds(10) - RATE_WINDOW, true);
+        assert_eq!(rate.counts(now + Duration::seconds(10)), (2, 1));
+        // counted from the earliest request on
+        assert!(!rate.whole_window(now + Duration::seconds(10)));
+        assert!(rate.whole_window(now + RATE_WINDOW + Duration::seconds(3)));
+    }
+
     fn poisoned(queue: &str) -> Event {
         Event::new(
             uuid::Uuid::nil(),
@@ -336,6 +405,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(signal_of(&poisoned(NOTICE_QUEUE)), None);
+    }
+
+    #[test]
+    fn a_poisoned_message_naming_no_tenant_opens_no_incident() {
+        let mut event = poisoned("sync-tenants");
+        event.target = crate::Target::new("queue", "sync-tenants-poison");
+        assert_eq!(signal_of(&event), None);
     }
 
     #[test]

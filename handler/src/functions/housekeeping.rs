@@ -86,7 +86,14 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         }
         Err(e) => tracing::warn!(error = %e, "certificates not checked for their expiry"),
     }
-    let certificates = certificates.map_err(|e| format!("certificate expiry check: {e}"));
+    // a tenant that could not be checked fails the run (the others were checked)
+    let certificates = match certificates {
+        Ok(Some(c)) if !c.failed.is_empty() => Err(format!(
+            "certificate expiry check: {}",
+            crate::certificate_expiry::failures(&c.failed)
+        )),
+        other => other.map_err(|e| format!("certificate expiry check: {e}")),
+    };
     let (outcome, summary) = match (&purged, &pending, &finished, &trimmed, &certificates) {
         (Ok(purged), Ok(pending), Ok(finished), Ok(trimmed), Ok(_)) => (
             RunOutcome::Succeeded,

@@ -2,8 +2,10 @@
 //! poison queues (`sync-tenants-poison`, `notifications-poison`) the Functions host (or the
 //! standalone runtime) moves a message to once it failed every attempt. Each poisoned
 //! message becomes a `queue.poison` audit event (a failure whose code is the original
-//! queue), which for `sync-tenants` opens the tenant's `poison_message` incident. A
-//! poisoned notice is only recorded: notifying about notices failing would loop.
+//! queue), which for a `sync-tenants` message naming its tenant opens the tenant's
+//! `poison_message` incident. A poisoned notice is only recorded: notifying about notices
+//! failing would loop; so is a message naming no tenant (recorded in the admin tenant's
+//! trail, whose sync rounds would never clear an incident about it).
 //!
 //! These functions must not poison themselves: a message they cannot read is recorded as
 //! far as it can be and taken off the queue.
@@ -108,9 +110,22 @@ async fn record(
         .failed(from.queue, &reason)
         .correlation(format!("{poison_queue} message {id}"));
     if !id.is_empty() {
-        // a retry of this function stores the same event once
-        let at = inserted.unwrap_or_else(OffsetDateTime::now_utc);
-        event = event.idempotent(at, &["queue.poison", from.queue, &id]);
+        // a retry of this function stores the same event once: its id comes from the
+        // message's, its time from the message's insertion
+        let parts = ["queue.poison", from.queue, id.as_str()];
+        event = match inserted {
+            Some(at) => event.idempotent(at, &parts),
+            // without an insertion time no time is the same on a retry (the event is kept
+            // by time): the message id alone says whether an attempt recorded it already
+            None => {
+                let event = event.idempotent(OffsetDateTime::now_utc(), &parts);
+                if recorded_before(app, &event).await {
+                    response.log(format!("already recorded: {reason}"));
+                    return Ok(response);
+                }
+                event
+            }
+        };
     }
     match app.audit.record(event).await {
         Ok(()) => {
@@ -130,6 +145,40 @@ async fn record(
             tracing::error!(tenant = %tenant, queue = from.queue, message_id = %id, error = %e, "poison message not recorded: {reason}");
             response.log(format!("poison message not recorded ({e}): {reason}"));
             Ok(response)
+        }
+    }
+}
+
+/// How far back an earlier attempt's event is looked for (retries come minutes apart).
+const RETRIES_WITHIN: time::Duration = time::Duration::days(1);
+
+/// Whether an event with `event`'s id is in its tenant's trail already (recorded by an
+/// earlier attempt at another time). A store that cannot say is taken as no: the record
+/// that follows fails too and is retried.
+async fn recorded_before(app: &App, event: &Event) -> bool {
+    let query = audit::AuditQuery {
+        since: Some(event.time - RETRIES_WITHIN),
+        action_prefix: Some(event.action.clone()),
+        target_id: Some(event.target.id.clone()),
+        ..audit::AuditQuery::default()
+    };
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = match app
+            .audit
+            .store()
+            .page(event.tenant, &query, cursor.as_deref(), 200)
+            .await
+        {
+            Ok(page) => page,
+            Err(_) => return false,
+        };
+        if page.events.iter().any(|e| e.id == event.id) {
+            return true;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return false,
         }
     }
 }

@@ -410,8 +410,9 @@ async fn redeem(app: &App, authorization: Option<&str>, body: &[u8]) -> Result<R
         Ok(()) => app.scim.redeem(&body.code, false).await,
         Err(e) => Err(e),
     };
-    // a refusal the store caused is no decision about the code: not recorded as one
-    if !matches!(&redeemed, Err(e) if e.status >= 500)
+    // the product's back end relays codes its users typed: made-up ones are not recorded
+    // here either
+    if recordable(app, &body.code, &redeemed).await
         && let Some(event) = redemption_event(admin, &body.code, &redeemed)
     {
         crate::trail::record(app, event).await?;
@@ -464,6 +465,44 @@ async fn activation_page(app: &App, code: Option<&str>) -> Response {
     }
 }
 
+/// Refusals that come only after the code matched a stored invitation of its tenant.
+const REAL_INVITATION_REFUSALS: [&str; 5] = [
+    "used",
+    "revoked",
+    "expired",
+    "user_deleted",
+    "user_inactive",
+];
+
+/// Whether a redemption is recorded: a success, or the refusal of a real invitation of a
+/// registered tenant (an invitation row found, the code matching it). Anyone can post a
+/// made-up code naming any tenant to the activation page (or to a back end that relays it),
+/// so `malformed_code`, `unknown_code` (no such invitation, or an unregistered tenant) and
+/// store failures (no decision about the code) are never written into a trail.
+async fn recordable(
+    app: &App,
+    code: &str,
+    redeemed: &Result<crate::scim_admin::Redeemed, ScimError>,
+) -> bool {
+    let real = |e: &ScimError| {
+        e.scim_type
+            .is_some_and(|t| REAL_INVITATION_REFUSALS.contains(&t))
+    };
+    match redeemed {
+        Ok(_) => true,
+        Err(e) if real(e) => true,
+        // refused before its invitation was looked at: record it only when the code
+        // matches one (checked, changing nothing)
+        Err(e) if e.scim_type == Some("tenant_offboarded") => {
+            match app.scim.redeem(code, true).await {
+                Ok(_) => true,
+                Err(e) => real(&e),
+            }
+        }
+        Err(_) => false,
+    }
+}
+
 /// POST: redeems the code once.
 async fn activate(app: &App, code: Option<&str>) -> Response {
     let Some(code) = code else {
@@ -478,7 +517,7 @@ async fn activate(app: &App, code: Option<&str>) -> Response {
         name: Some("holder of the activation link".into()),
         ..audit::Actor::system("Activate")
     };
-    if !matches!(&redeemed, Err(e) if e.status >= 500)
+    if recordable(app, code, &redeemed).await
         && let Some(event) = redemption_event(actor, code, &redeemed)
         && let Err(e) = app.audit.record(event).await
     {
