@@ -450,6 +450,7 @@ impl Writeback {
         // a user's groups past the first page: (user, the nextLink as a relative URL)
         let mut more: Vec<(Uuid, String)> = Vec::new();
         let base = format!("{}/v1.0", graph.graph_base(registration.cloud));
+        let mut pages = GroupPages::default();
         let mut answers = answers.into_iter();
         for (i, id) in ids.iter().enumerate() {
             let (Some(answer), Some(groups)) = (answers.next(), answers.next()) else {
@@ -458,7 +459,7 @@ impl Writeback {
             let mut mine = BTreeSet::new();
             let request = &requests[2 * i + 1];
             if let Some(link) = group_page(&base, request, groups, managed, &mut mine)? {
-                more.push((*id, link));
+                more.push(pages.follow(*id, link)?);
             }
             read.push((*id, answer, mine));
         }
@@ -479,7 +480,7 @@ impl Writeback {
             for (((id, _), request), answer) in more.iter().zip(&requests).zip(answers) {
                 let mine = extra.entry(*id).or_default();
                 if let Some(link) = group_page(&base, request, answer, managed, mine)? {
-                    next.push((*id, link));
+                    next.push(pages.follow(*id, link)?);
                 }
             }
             more = next;
@@ -614,6 +615,42 @@ impl Writeback {
         }
         report.results.sort_by_key(|r| r.index);
         Ok(report)
+    }
+}
+
+/// Most pages of one user's groups a refresh reads (100 groups a page by default).
+const MAX_GROUP_PAGES: usize = 100;
+
+/// The memberOf pages followed per user, so a Graph answer that names a page again (a
+/// loop) or never ends stops the read with an error instead of paging forever.
+#[derive(Default)]
+struct GroupPages {
+    links: HashMap<Uuid, HashSet<String>>,
+}
+
+impl GroupPages {
+    /// The next page of `user`'s groups to read, or why it is not read.
+    fn follow(&mut self, user: Uuid, link: String) -> Result<(Uuid, String), WritebackError> {
+        let seen = self.links.entry(user).or_default();
+        let refused = |message: String| {
+            WritebackError::Graph(GraphError::Rejected {
+                status: 200,
+                message,
+            })
+        };
+        if seen.contains(&link) {
+            return Err(refused(format!(
+                "Graph named the same page of user {user}'s groups twice; their groups were not read"
+            )));
+        }
+        // the first page came without a link: this one would be page seen.len() + 2
+        if seen.len() + 2 > MAX_GROUP_PAGES {
+            return Err(refused(format!(
+                "user {user}'s groups run past {MAX_GROUP_PAGES} pages; they were not read whole"
+            )));
+        }
+        seen.insert(link.clone());
+        Ok((user, link))
     }
 }
 
@@ -855,6 +892,17 @@ impl hr::HrEvents for HrTrail {
             hr::Action::ResetPassword { .. } => {
                 event = event.change(audit::Change::secret("password"));
             }
+            hr::Action::RemoveManager {
+                manager_employee_id,
+                ..
+            } => {
+                // the manager as HR named it (an employee id); Entra's is no more
+                event = event.change(audit::Change::new(
+                    "manager",
+                    manager_employee_id.clone().map(serde_json::Value::String),
+                    None,
+                ));
+            }
             _ => {}
         }
         if result.status == hr::StepStatus::Failed {
@@ -877,6 +925,25 @@ impl hr::HrEvents for HrTrail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_paging_stops_at_a_repeated_link_and_past_100_pages() {
+        let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut pages = GroupPages::default();
+        pages.follow(ada, "/users/a?page=2".into()).unwrap();
+        // another user's pages are apart
+        pages.follow(bob, "/users/a?page=2".into()).unwrap();
+        let again = pages.follow(ada, "/users/a?page=2".into()).unwrap_err();
+        assert!(again.to_string().contains("twice"), "{again}");
+
+        let mut pages = GroupPages::default();
+        // pages 2 to 100 are read
+        for p in 2..=MAX_GROUP_PAGES {
+            pages.follow(ada, format!("/p{p}")).unwrap();
+        }
+        let past = pages.follow(ada, "/p101".into()).unwrap_err();
+        assert!(past.to_string().contains("100 pages"), "{past}");
+    }
 
     #[test]
     fn temporary_passwords_have_every_character_class() {

@@ -916,6 +916,14 @@ async fn a_manager_cleared_in_hr_is_removed_in_entra_and_one_already_gone_is_don
     assert_eq!(actions(&w.plan().await), Vec::<String>::new());
     let events = w.audit("hr.user.remove_manager").await;
     assert_eq!(events.len(), 2, "{events:?}");
+    // each says which manager went (as HR named them)
+    for e in &events {
+        assert_eq!(
+            e["changes"],
+            json!([{"attribute": "manager", "old": "E0", "new": null}]),
+            "{e}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1131,4 +1139,81 @@ async fn every_hr_admin_change_is_in_the_audit_trail_without_its_secrets() {
     let (s, _) = w.call("DELETE", &w.hr("connection"), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert_eq!(w.audit("hr.connection.delete").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hr_admin_change_whose_audit_event_cannot_be_stored_is_not_made() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let prefix = unique_table("h");
+    let audit_table = format!("{prefix}Audit");
+    // armed: every request to the audit tables fails, retries included
+    let armed = Arc::new(AtomicBool::new(false));
+    let port = {
+        let armed = armed.clone();
+        system_tests::faulty_table_endpoint(move |r| {
+            armed.load(Ordering::SeqCst)
+                && (r.path.contains(audit_table.as_str()) || r.body.contains(audit_table.as_str()))
+        })
+        .await
+    };
+    let w = World::start_on("global", prefix, system_tests::connection_string_via(port)).await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    armed.store(true, Ordering::SeqCst);
+    let (put, answer) = w
+        .call(
+            "PUT",
+            &w.hr("employees/E1"),
+            Some(employee("E1", "Ada", "Lovelace", "Sales")),
+        )
+        .await;
+    let (import, _) = w
+        .call(
+            "POST",
+            &w.hr("import"),
+            Some(json!([employee("E2", "Grace", "Hopper", "Sales")])),
+        )
+        .await;
+    armed.store(false, Ordering::SeqCst);
+    assert_eq!(put, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(import, StatusCode::SERVICE_UNAVAILABLE);
+    let (_, e1) = w.call("GET", &w.hr("employees/E1"), None).await;
+    assert_eq!(
+        e1["department"], "Engineering",
+        "a change that cannot be recorded is not made"
+    );
+    assert_eq!(w.status_of("E2").await, StatusCode::NOT_FOUND);
+    assert!(w.audit("hr.employee.update").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_graph_that_names_a_group_page_twice_fails_the_plan_instead_of_paging_forever() {
+    let w = World::start().await;
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Engineering")]))
+        .await;
+    w.plan_and_apply().await;
+    let id = w.fake.user(&w.tenant, "ada.lovelace@contoso.com").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..149 {
+        let g = w.fake.add_group(
+            &w.tenant,
+            json!({"id": format!("00000000-0000-0000-0000-{i:012}"), "displayName": format!("Other {i}")}),
+        );
+        w.fake.add_member(&w.tenant, &g, &id);
+    }
+    // a mover, so the plan reads her groups fresh; their second page names itself as the
+    // next one
+    w.import(json!([employee("E1", "Ada", "Lovelace", "Sales")]))
+        .await;
+    w.fake.loop_member_of_pages();
+    let (s, answer) = w.call("POST", &w.hr("plan"), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(answer["error"], "graph_rejected", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("twice"),
+        "{answer}"
+    );
 }

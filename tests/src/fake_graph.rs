@@ -193,6 +193,9 @@ struct State {
     requests: Vec<GraphRequest>,
     /// Delegated sign-ins: authorization codes and refresh tokens (see `writes`).
     delegated: writes::DelegatedState,
+    /// A user's groups past the first page are served with a nextLink to the page itself
+    /// (a faulty Graph that pages forever).
+    member_of_loops: bool,
 }
 
 impl Default for State {
@@ -215,6 +218,7 @@ impl Default for State {
             graph_calls: Vec::new(),
             requests: Vec::new(),
             delegated: writes::DelegatedState::default(),
+            member_of_loops: false,
         }
     }
 }
@@ -545,6 +549,12 @@ impl FakeMicrosoft {
             groups: groups.max(1),
             members: members.max(1),
         };
+    }
+
+    /// From now on every page of a user's groups after the first names itself as the next
+    /// page: a faulty Graph that pages forever.
+    pub fn loop_member_of_pages(&self) {
+        self.state.lock().unwrap().member_of_loops = true;
     }
 
     /// The next `pages` delta requests of the collection in the tenant answer an empty

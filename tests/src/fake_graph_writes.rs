@@ -173,11 +173,16 @@ pub(super) fn read(s: &State, tenant: &str, path: &str, query: &str) -> Option<(
             .map(|g| json!({"@odata.type": "#microsoft.graph.group", "id": g}))
             .collect();
         let mut body = json!({"value": groups});
-        if skip + MEMBER_OF_PAGE < all.len() {
-            body["@odata.nextLink"] = json!(format!(
-                "{}/v1.0/users/{key}/memberOf/microsoft.graph.group?$select=id&$skiptoken={}",
-                s.graph_url,
+        if skip + MEMBER_OF_PAGE < all.len() || (s.member_of_loops && skip > 0) {
+            // a looping Graph sends a page after the first back to itself
+            let next = if s.member_of_loops && skip > 0 {
+                skip
+            } else {
                 skip + MEMBER_OF_PAGE
+            };
+            body["@odata.nextLink"] = json!(format!(
+                "{}/v1.0/users/{key}/memberOf/microsoft.graph.group?$select=id&$skiptoken={next}",
+                s.graph_url,
             ));
         }
         return Some((200, body));

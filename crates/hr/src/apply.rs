@@ -598,7 +598,7 @@ fn write_for(s: &Step, resolve: &dyn Fn(UserRef, &str) -> Option<Uuid>) -> Resul
         },
         Action::ResetPassword { user: u } => Write::ResetPassword { user: user(*u)? },
         Action::RevokeSessions { user: u } => Write::RevokeSessions { user: user(*u)? },
-        Action::RemoveManager { user: u } => Write::RemoveManager { user: user(*u)? },
+        Action::RemoveManager { user: u, .. } => Write::RemoveManager { user: user(*u)? },
         Action::SetManager {
             user: u,
             manager_employee_id,

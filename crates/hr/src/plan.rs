@@ -102,6 +102,10 @@ pub enum Action {
     /// HR no longer names a manager: the one Entra has is removed.
     RemoveManager {
         user: UserRef,
+        /// The employee id of the manager an apply set, the one removed (a plan made
+        /// before it was kept has none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        manager_employee_id: Option<String>,
     },
 }
 
@@ -134,7 +138,7 @@ impl Action {
             | Action::ResetPassword { user }
             | Action::SetManager { user, .. }
             | Action::RevokeSessions { user }
-            | Action::RemoveManager { user } => Some(*user),
+            | Action::RemoveManager { user, .. } => Some(*user),
         }
     }
 }
@@ -480,7 +484,10 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
                     push(
                         &mut steps,
                         r,
-                        Action::RemoveManager { user: target },
+                        Action::RemoveManager {
+                            user: target,
+                            manager_employee_id: Some(was.to_string()),
+                        },
                         format!("HR no longer names a manager (was {was:?})"),
                         due,
                     );

@@ -1,10 +1,12 @@
 //! Where HR data is kept: records, rules, plans and their step journals, what applies did
 //! per employee, and connections. Traits that speak the domain, and one Table Storage
 //! implementation: per tenant a partition (`record-*`, `applied-*`, `rules`,
-//! `connection`, `import-commit`), per plan a partition (`plan`, `steps-*` chunks, `step-*`
-//! journal), and per bulk import a staging partition (`rows-*` chunks) until it is in.
+//! `connection`, `import-commit`), per plan a partition (`plan`, `steps-*`, `waiting-*` and
+//! `skipped-*` chunks, `step-*` journal), and per bulk import a staging partition (`rows-*`
+//! chunks) until it is in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tables::{Entity, IfMatch, Operation, Query, Table};
@@ -13,7 +15,7 @@ use uuid::Uuid;
 
 use crate::apply::{AppliedStore, StepJournal, StepState};
 use crate::connection::{Connection, DelegatedLink};
-use crate::plan::{Applied, Plan, Step};
+use crate::plan::{Applied, Plan, Skipped, Step, Waiting};
 use crate::record::HrRecord;
 use crate::rules::Rules;
 
@@ -24,10 +26,28 @@ pub enum HrStoreError {
     Unavailable(#[source] tables::Error),
     #[error("stored HR data is unreadable: {0}")]
     Corrupt(String),
+    /// Larger than Table Storage keeps (a record past 32K characters of JSON): sending it
+    /// again cannot work, it must be made smaller.
+    #[error("too large to store: {0}")]
+    TooLarge(String),
+    /// Another instance is copying an import in and did not finish in time.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl From<tables::Error> for HrStoreError {
     fn from(e: tables::Error) -> HrStoreError {
+        fn too_large(e: &tables::Error) -> bool {
+            match e {
+                tables::Error::TooLarge(_) => true,
+                tables::Error::Rejected { status: 413, .. } => true,
+                tables::Error::Batch { source, .. } => too_large(source),
+                _ => false,
+            }
+        }
+        if too_large(&e) {
+            return HrStoreError::TooLarge(e.to_string());
+        }
         HrStoreError::Unavailable(e)
     }
 }
@@ -35,8 +55,9 @@ impl From<tables::Error> for HrStoreError {
 /// HR records.
 #[async_trait]
 pub trait HrRecordStore: Send + Sync {
-    /// Creates or replaces records (100 per transaction; repeating a call is harmless).
-    /// Not atomic past 100 records: a bulk import goes through [`Self::import_records`].
+    /// Creates or replaces records (up to 100 per transaction; repeating a call is
+    /// harmless), after any committed import is in. Not atomic past one transaction: a
+    /// bulk import goes through [`Self::import_records`].
     async fn put_records(&self, tenant: Uuid, records: &[HrRecord]) -> Result<(), HrStoreError>;
     /// Creates or replaces any number of records all or nothing: on `Ok` every record is
     /// the tenant's (those not copied in yet are copied by the next read); on an error
@@ -82,8 +103,19 @@ pub trait HrSettingsStore: Send + Sync {
 /// names are the tenant's, and every read or write of records copies them in first.
 const IMPORT_COMMIT: &str = "import-commit";
 
-/// Records per staged row of an import (a string property holds 64 KiB).
-const RECORDS_PER_ROW: usize = 40;
+/// The property of a record row naming the import it was copied from (none: written by
+/// `put_records`), so a finisher taking over a copy skips what is in already.
+const FROM_IMPORT: &str = "Import";
+
+/// How long a finisher's claim on a commit holds without renewal: another finisher waits
+/// for it that long before taking over.
+const LEASE: Duration = Duration::from_secs(30);
+/// A claim is renewed between transactions once this much of it has passed.
+const RENEW_AFTER: Duration = Duration::from_secs(10);
+/// How often a waiter looks whether the finisher is done.
+const POLL: Duration = Duration::from_millis(200);
+/// The longest a read or write of records waits for another finisher.
+const MAX_WAIT: Duration = Duration::from_secs(120);
 
 /// A committed import.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -91,6 +123,69 @@ struct ImportCommit {
     import_id: Uuid,
     /// Staged rows, to tell a staging partition read whole from one read short.
     rows: usize,
+    /// When the commit was written: the Timestamp of the row as inserted, kept here by the
+    /// first claim (a claim rewrites the row). A record row written at or after it is
+    /// newer than the import and is not copied over.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    committed_at: Option<OffsetDateTime>,
+    /// The finisher copying it, by call, and until when its claim holds.
+    #[serde(default)]
+    owner: Option<Uuid>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    lease_until: Option<OffsetDateTime>,
+}
+
+/// How a finisher's copy ended.
+enum CopyEnd {
+    /// Copied in and the commit dropped (by it or a concurrent finisher).
+    Done,
+    /// Its claim lapsed and another finisher took the commit over: wait for that one.
+    Lost,
+}
+
+/// Chunk rows of `items`: JSON arrays packed up to what one string property holds (32K
+/// UTF-16 units), so records of several positions or long steps never overflow a row.
+/// `name` says which item is too large for any row.
+fn packed_rows<T: serde::Serialize>(
+    items: &[T],
+    name: impl Fn(&T) -> String,
+) -> Result<Vec<String>, HrStoreError> {
+    let max = tables::entity::MAX_STRING_UTF16;
+    let mut rows = Vec::new();
+    let mut row = String::from("[");
+    let mut units = 1;
+    for item in items {
+        let json = serde_json::to_string(item).expect("serializes");
+        let n = json.encode_utf16().count();
+        if n + 2 > max {
+            return Err(HrStoreError::TooLarge(format!(
+                "{} is {n} characters as JSON; at most {} are kept",
+                name(item),
+                max - 2
+            )));
+        }
+        // a comma before it unless first, and the closing bracket after
+        if units > 1 && units + 1 + n + 1 > max {
+            row.push(']');
+            rows.push(std::mem::replace(&mut row, String::from("[")));
+            units = 1;
+        }
+        if units > 1 {
+            row.push(',');
+            units += 1;
+        }
+        row.push_str(&json);
+        units += n;
+    }
+    if units > 1 {
+        row.push(']');
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn if_match(e: &Entity) -> IfMatch {
+    e.etag.clone().map(IfMatch::ETag).unwrap_or(IfMatch::Any)
 }
 
 fn import_partition(tenant: Uuid, import: Uuid) -> String {
@@ -100,12 +195,11 @@ fn import_partition(tenant: Uuid, import: Uuid) -> String {
 /// The partition of delegated links in progress.
 const LINKS: &str = "delegated-links";
 
-/// Steps per stored chunk row (a string property holds 64 KiB).
-const STEPS_PER_ROW: usize = 40;
-
 /// All of the above on one table.
 pub struct TableHrStore {
     table: Table,
+    /// A pause after claiming an import's commit, before copying (tests only).
+    copy_pause: Option<Duration>,
 }
 
 fn record_key(employee_id: &str) -> String {
@@ -153,18 +247,95 @@ fn prefix(partition: &str, prefix: &str) -> Query {
 impl TableHrStore {
     /// The store on `table`.
     pub fn new(table: Table) -> TableHrStore {
-        TableHrStore { table }
+        TableHrStore {
+            table,
+            copy_pause: None,
+        }
+    }
+
+    /// The same store pausing `pause` after it claims an import's commit and before it
+    /// copies (for tests of concurrent writes; never set in the service).
+    #[doc(hidden)]
+    pub fn with_copy_pause(mut self, pause: Duration) -> TableHrStore {
+        self.copy_pause = Some(pause);
+        self
     }
 
     /// Copies a committed import's staged records in, then drops the commit (and the
-    /// staged rows, best effort). Nothing to do without a commit. Copying is idempotent:
-    /// finishers racing write the same records.
+    /// staged rows, best effort). Nothing to do without a commit. One finisher copies: it
+    /// claims the commit row (ETag-guarded, with a lease it renews); others wait until the
+    /// row is gone, or take over when the lease lapses. A record row written after the
+    /// commit (a `put_records` that did not see it) is newer and is kept.
     async fn finish_import(&self, tenant: Uuid) -> Result<(), HrStoreError> {
         let pk = tenant.to_string();
-        let Some(commit_row) = self.table.try_get(&pk, IMPORT_COMMIT).await? else {
-            return Ok(());
-        };
-        let commit: ImportCommit = parse(&commit_row)?;
+        let me = Uuid::new_v4();
+        let started = Instant::now();
+        loop {
+            let Some(commit_row) = self.table.try_get(&pk, IMPORT_COMMIT).await? else {
+                return Ok(());
+            };
+            let mut commit: ImportCommit = parse(&commit_row)?;
+            let now = OffsetDateTime::now_utc();
+            if commit.owner.is_some() && commit.lease_until.is_some_and(|t| t > now) {
+                // another finisher is copying: its records must be in before ours are read
+                // or written
+                if started.elapsed() > MAX_WAIT {
+                    return Err(HrStoreError::Busy(format!(
+                        "import {} is still being copied in",
+                        commit.import_id
+                    )));
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            if commit.committed_at.is_none() {
+                commit.committed_at = commit_row.timestamp;
+            }
+            commit.owner = Some(me);
+            commit.lease_until = Some(now + LEASE);
+            let claimed = self
+                .table
+                .replace(
+                    &row(pk.clone(), IMPORT_COMMIT, &commit),
+                    if_match(&commit_row),
+                )
+                .await;
+            let mut lease = match claimed {
+                Ok(etag) => etag,
+                // claimed or finished by a concurrent finisher: look again
+                Err(e) if e.is_precondition_failed() || e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match self.copy_import(tenant, &mut commit, &mut lease).await {
+                Ok(CopyEnd::Done) => return Ok(()),
+                Ok(CopyEnd::Lost) => continue,
+                Err(e) => {
+                    // the claim goes, so the next read or write takes over at once rather
+                    // than waiting out the lease (best effort: else it lapses)
+                    commit.owner = None;
+                    commit.lease_until = None;
+                    self.table
+                        .replace(
+                            &row(pk.clone(), IMPORT_COMMIT, &commit),
+                            IfMatch::ETag(lease),
+                        )
+                        .await
+                        .ok();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// The copy of a commit this call has claimed (`lease`: the claimed row's ETag, kept
+    /// current as the claim is renewed).
+    async fn copy_import(
+        &self,
+        tenant: Uuid,
+        commit: &mut ImportCommit,
+        lease: &mut tables::ETag,
+    ) -> Result<CopyEnd, HrStoreError> {
+        let pk = tenant.to_string();
         let staging = import_partition(tenant, commit.import_id);
         let staged = self.table.query_all(prefix(&staging, "rows-")).await?;
         if staged.len() != commit.rows {
@@ -173,7 +344,7 @@ impl TableHrStore {
             if now.is_none_or(|e| {
                 parse::<ImportCommit>(&e).ok().map(|c| c.import_id) != Some(commit.import_id)
             }) {
-                return Ok(());
+                return Ok(CopyEnd::Done);
             }
             return Err(HrStoreError::Corrupt(format!(
                 "import {} committed {} staged rows, {} found",
@@ -182,28 +353,75 @@ impl TableHrStore {
                 staged.len()
             )));
         }
-        let mut ops = Vec::new();
-        for e in &staged {
-            let records: Vec<HrRecord> = parse(e)?;
-            ops.extend(
-                records.iter().map(|r| {
-                    Operation::UpsertReplace(row(pk.clone(), record_key(&r.employee_id), r))
-                }),
-            );
+        if let Some(pause) = self.copy_pause {
+            tokio::time::sleep(pause).await;
         }
-        self.table.transact_chunked(ops).await?;
-        let etag = commit_row
-            .etag
-            .clone()
-            .map(IfMatch::ETag)
-            .unwrap_or(IfMatch::Any);
-        match self.table.delete(&pk, IMPORT_COMMIT, etag).await {
+        let Some(committed_at) = commit.committed_at else {
+            return Err(HrStoreError::Corrupt(format!(
+                "import {} has a commit without a Timestamp",
+                commit.import_id
+            )));
+        };
+        let import = commit.import_id.to_string();
+        // read after the claim: a row written since has another ETag, and its write wins
+        let current: HashMap<String, Entity> = self
+            .table
+            .query_all(prefix(&pk, "record-"))
+            .await?
+            .into_iter()
+            .map(|e| (e.row_key.clone(), e))
+            .collect();
+        let mut records = BTreeMap::new();
+        for e in &staged {
+            for r in parse::<Vec<HrRecord>>(e)? {
+                records.insert(record_key(&r.employee_id), r);
+            }
+        }
+        let mut ops = Vec::new();
+        for (key, r) in &records {
+            let new = row(pk.clone(), key.clone(), r).with(FROM_IMPORT, import.as_str());
+            match current.get(key) {
+                None => ops.push(Operation::Insert(new)),
+                // copied in already by a finisher whose claim lapsed
+                Some(old) if old.get_str(FROM_IMPORT) == Some(import.as_str()) => {}
+                // written after the commit: newer than the import
+                Some(old) if old.timestamp.is_some_and(|t| t >= committed_at) => {}
+                Some(old) => ops.push(Operation::Replace(new, if_match(old))),
+            }
+        }
+        let mut renewed = Instant::now();
+        for chunk in ops.chunks(tables::batch::MAX_OPERATIONS) {
+            if renewed.elapsed() > RENEW_AFTER {
+                commit.lease_until = Some(OffsetDateTime::now_utc() + LEASE);
+                match self
+                    .table
+                    .replace(
+                        &row(pk.clone(), IMPORT_COMMIT, &*commit),
+                        IfMatch::ETag(lease.clone()),
+                    )
+                    .await
+                {
+                    Ok(etag) => *lease = etag,
+                    Err(e) if e.is_precondition_failed() || e.is_not_found() => {
+                        return Ok(CopyEnd::Lost);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                renewed = Instant::now();
+            }
+            self.write_fitting(chunk, true).await?;
+        }
+        match self
+            .table
+            .delete(&pk, IMPORT_COMMIT, IfMatch::ETag(lease.clone()))
+            .await
+        {
             Ok(_) => {}
-            // finished by a concurrent reader, or a newer import committed after it
-            Err(e) if e.is_not_found() || e.is_precondition_failed() => return Ok(()),
+            // our claim lapsed and another finisher took over; it drops the commit
+            Err(e) if e.is_not_found() || e.is_precondition_failed() => return Ok(CopyEnd::Lost),
             Err(e) => return Err(e.into()),
         }
-        let drops = staged
+        let drops: Vec<Operation> = staged
             .iter()
             .map(|e| Operation::Delete {
                 partition_key: e.partition_key.clone(),
@@ -211,8 +429,61 @@ impl TableHrStore {
                 if_match: IfMatch::Any,
             })
             .collect();
-        if let Err(e) = self.table.transact_chunked(drops).await {
+        if let Err(e) = self.write_all(&drops).await {
             tracing::warn!(%tenant, import = %commit.import_id, error = %e, "a finished import's staged rows were left");
+        }
+        Ok(CopyEnd::Done)
+    }
+
+    /// Runs operations of one partition in transactions of at most 100 that fit the
+    /// transaction body limit (4 MiB).
+    async fn write_all(&self, ops: &[Operation]) -> Result<(), HrStoreError> {
+        for chunk in ops.chunks(tables::batch::MAX_OPERATIONS) {
+            self.write_fitting(chunk, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs up to 100 operations of one partition, halving any transaction too large to
+    /// send (records of many positions or non-ASCII names are large). With `keep_newer`,
+    /// a transaction refused for an If-Match (412) or an insert of an existing row (409)
+    /// runs again one operation at a time, leaving those out: that row was written after
+    /// it was read, and the newer write stays.
+    async fn write_fitting(&self, ops: &[Operation], keep_newer: bool) -> Result<(), HrStoreError> {
+        let mut pending: Vec<&[Operation]> = vec![ops];
+        while let Some(chunk) = pending.pop() {
+            if chunk.is_empty() {
+                continue;
+            }
+            match self.table.transact(chunk).await {
+                Ok(_) => {}
+                Err(tables::Error::TooLarge(_)) if chunk.len() > 1 => {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    pending.push(b);
+                    pending.push(a);
+                }
+                Err(e) if keep_newer && (e.is_precondition_failed() || e.is_conflict()) => {
+                    for op in chunk {
+                        let one = match op {
+                            Operation::Insert(e) => self.table.insert(e).await.map(drop),
+                            Operation::Replace(e, m) => {
+                                self.table.replace(e, m.clone()).await.map(drop)
+                            }
+                            other => self
+                                .table
+                                .transact(std::slice::from_ref(other))
+                                .await
+                                .map(drop),
+                        };
+                        match one {
+                            Ok(()) => {}
+                            Err(e) if e.is_precondition_failed() || e.is_conflict() => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -232,15 +503,15 @@ impl TableHrStore {
 #[async_trait]
 impl HrRecordStore for TableHrStore {
     async fn put_records(&self, tenant: Uuid, records: &[HrRecord]) -> Result<(), HrStoreError> {
-        // an import committed before this write is older: it goes in first
+        // an import committed before this write is older: it goes in first (or, being
+        // copied by another call, is waited for)
         self.finish_import(tenant).await?;
         let pk = tenant.to_string();
-        let ops = records
+        let ops: Vec<Operation> = records
             .iter()
             .map(|r| Operation::UpsertReplace(row(pk.clone(), record_key(&r.employee_id), r)))
             .collect();
-        self.table.transact_chunked(ops).await?;
-        Ok(())
+        self.write_all(&ops).await
     }
 
     async fn import_records(
@@ -251,15 +522,19 @@ impl HrRecordStore for TableHrStore {
     ) -> Result<(), HrStoreError> {
         // staged apart, where no read looks: a failure here leaves the records as they were
         let staging = import_partition(tenant, import);
-        let ops: Vec<Operation> = records
-            .chunks(RECORDS_PER_ROW)
-            .enumerate()
-            .map(|(i, chunk)| {
-                Operation::UpsertReplace(row(staging.clone(), format!("rows-{i:06}"), &chunk))
-            })
-            .collect();
+        let ops: Vec<Operation> = packed_rows(records, |r| {
+            format!("the record of employee {:?}", r.employee_id)
+        })?
+        .into_iter()
+        .enumerate()
+        .map(|(i, json)| {
+            Operation::UpsertReplace(
+                Entity::new(staging.clone(), format!("rows-{i:06}")).with("Json", json),
+            )
+        })
+        .collect();
         let rows = ops.len();
-        self.table.transact_chunked(ops).await?;
+        self.write_all(&ops).await?;
         // the commit: one row, so the import is in whole or not at all; an earlier commit
         // not copied in yet goes first (a commit never replaces one)
         let commit = row(
@@ -268,6 +543,9 @@ impl HrRecordStore for TableHrStore {
             &ImportCommit {
                 import_id: import,
                 rows,
+                committed_at: None,
+                owner: None,
+                lease_until: None,
             },
         );
         let mut tries = 0;
@@ -325,17 +603,40 @@ impl HrSettingsStore for TableHrStore {
     async fn save_plan(&self, plan: &Plan) -> Result<(), HrStoreError> {
         let pk = plan_partition(plan.tenant_id, plan.id);
         let mut header = plan.clone();
+        // the lists in chunk rows of their own: a header holding thousands of waiting hires
+        // would overflow its row
         header.steps = Vec::new();
-        let mut ops: Vec<Operation> = plan
-            .steps
-            .chunks(STEPS_PER_ROW)
-            .enumerate()
-            .map(|(i, chunk)| Operation::Insert(row(pk.clone(), format!("steps-{i:06}"), &chunk)))
-            .collect();
+        header.waiting = Vec::new();
+        header.skipped = Vec::new();
+        let chunks = |kind: &str, rows: Vec<String>| -> Vec<Operation> {
+            rows.into_iter()
+                .enumerate()
+                .map(|(i, json)| {
+                    Operation::Insert(
+                        Entity::new(pk.clone(), format!("{kind}-{i:06}")).with("Json", json),
+                    )
+                })
+                .collect()
+        };
+        let mut ops = chunks(
+            "steps",
+            packed_rows(&plan.steps, |s| format!("step {}", s.index))?,
+        );
+        ops.extend(chunks(
+            "waiting",
+            packed_rows(&plan.waiting, |w| {
+                format!("the wait of employee {:?}", w.employee_id)
+            })?,
+        ));
+        ops.extend(chunks(
+            "skipped",
+            packed_rows(&plan.skipped, |w| {
+                format!("the skip of employee {:?}", w.employee_id)
+            })?,
+        ));
         // the header last: a plan without it was never saved whole and is not found
         ops.push(Operation::Insert(row(pk.clone(), "plan", &header)));
-        self.table.transact_chunked(ops).await?;
-        Ok(())
+        self.write_all(&ops).await
     }
 
     async fn plan(&self, tenant: Uuid, id: Uuid) -> Result<Option<Plan>, HrStoreError> {
@@ -346,6 +647,14 @@ impl HrSettingsStore for TableHrStore {
         for e in self.table.query_all(prefix(&pk, "steps-")).await? {
             let steps: Vec<Step> = parse(&e)?;
             plan.steps.extend(steps);
+        }
+        // in key order, so in the order computed (a plan saved before these rows has its
+        // lists in the header)
+        for e in self.table.query_all(prefix(&pk, "waiting-")).await? {
+            plan.waiting.extend(parse::<Vec<Waiting>>(&e)?);
+        }
+        for e in self.table.query_all(prefix(&pk, "skipped-")).await? {
+            plan.skipped.extend(parse::<Vec<Skipped>>(&e)?);
         }
         plan.steps.sort_by_key(|s| s.index);
         Ok(Some(plan))

@@ -176,3 +176,144 @@ async fn an_import_comes_in_whole_and_leaves_no_staging_behind() {
             .find(|(_, k)| !k.starts_with("record-"))
     );
 }
+
+/// Waits until `tenant` has a committed import (its commit row exists).
+async fn until_committed(table: &tables::Table, tenant: Uuid) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while table
+        .try_get(&tenant.to_string(), "import-commit")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never committed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_written_while_an_import_is_copied_in_keep_their_newer_values() {
+    let table = Azurite::shared().client().table(unique_table("hrc"));
+    table.create_if_not_exists().await.unwrap();
+    // this finisher pauses between claiming the commit and copying
+    let slow = std::sync::Arc::new(
+        TableHrStore::new(table.clone()).with_copy_pause(std::time::Duration::from_secs(2)),
+    );
+    let other = TableHrStore::new(table.clone());
+    let tenant = Uuid::new_v4();
+    let records: Vec<HrRecord> = (0..250).map(record).collect();
+    let importing = {
+        let (slow, records) = (slow.clone(), records.clone());
+        tokio::spawn(async move { slow.import_records(tenant, Uuid::new_v4(), &records).await })
+    };
+    until_committed(&table, tenant).await;
+    // a write that looked for a commit just before the import's was stored: it lands
+    // after the commit, so it is the newer value
+    let mut raw = record(5);
+    raw.surname = "Raw".into();
+    table
+        .upsert_replace(
+            &tables::Entity::new(
+                tenant.to_string(),
+                format!("record-{}", tables::key::encode("E/5")),
+            )
+            .with("Json", serde_json::to_string(&raw).unwrap()),
+        )
+        .await
+        .unwrap();
+    // a PUT while the import is being copied in: it waits for the copy, then writes
+    let mut put = record(240);
+    put.surname = "Put".into();
+    other.put_records(tenant, &[put]).await.unwrap();
+    importing.await.unwrap().unwrap();
+    let now = other.records(tenant).await.unwrap();
+    assert_eq!(now.len(), 250);
+    let surname = |id: &str| {
+        now.iter()
+            .find(|r| r.employee_id == id)
+            .map(|r| r.surname.clone())
+            .unwrap()
+    };
+    assert_eq!(surname("E/240"), "Put", "the PUT is not overwritten");
+    assert_eq!(surname("E/5"), "Raw", "a write after the commit is kept");
+    assert_eq!(surname("E/6"), "L6");
+    assert!(
+        table
+            .try_get(&tenant.to_string(), "import-commit")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_records_with_positions_and_non_ascii_names_import_whole() {
+    let s = store().await;
+    let tenant = Uuid::new_v4();
+    let title = "Ingénieure principale — Qualité et fiabilité, Île-de-France (Zürich, Kraków)";
+    let records: Vec<HrRecord> = (0..10_000)
+        .map(|i| {
+            let mut r = record(i);
+            r.given_name = "Zoë-Łucja".into();
+            r.surname = format!("Ørsted-Ünal 李{i}");
+            r.display_name = Some(format!("Zoë-Łucja Ørsted-Ünal 李{i} (Ελληνικά)"));
+            r.positions = (0..4)
+                .map(|p| HrPosition {
+                    title: format!("{title} {p}"),
+                    department: Some("Recherche & Développement".into()),
+                    start: parse_date(&format!("202{p}-01-01")).unwrap(),
+                    end: None,
+                })
+                .collect();
+            r
+        })
+        .collect();
+    s.import_records(tenant, Uuid::new_v4(), &records)
+        .await
+        .unwrap();
+    let back = s.records(tenant).await.unwrap();
+    assert_eq!(back.len(), 10_000);
+    let one = back.iter().find(|r| r.employee_id == "E/9999").unwrap();
+    assert_eq!(one, &records[9999]);
+
+    // one record past what a row holds is refused as too large, not as unavailable
+    let mut huge = record(1);
+    huge.job_title = Some("é".repeat(40_000));
+    match s.import_records(tenant, Uuid::new_v4(), &[huge]).await {
+        Err(HrStoreError::TooLarge(m)) => assert!(m.contains("E/1"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_waiting_on_thousands_of_future_hires_is_saved_and_read_back() {
+    let s = store().await;
+    let tenant = Uuid::new_v4();
+    let records: Vec<HrRecord> = (0..3000)
+        .map(|i| {
+            let mut r = record(i);
+            r.start_date = parse_date("2030-01-07").unwrap();
+            r
+        })
+        .collect();
+    let rules: Rules = serde_json::from_value(serde_json::json!({
+        "upn": {"pattern": "lower(join(\".\", given_name, surname))", "domain": "contoso.com"},
+    }))
+    .unwrap();
+    let rules = rules.compile().unwrap();
+    let plan = hr::plan::compute(PlanInput {
+        tenant_id: tenant,
+        today: parse_date("2026-03-01").unwrap(),
+        records: &records,
+        rules: &rules,
+        view: &DirectoryView::default(),
+        max_disable_percent: 5.0,
+    });
+    // far more than one row holds as JSON (32K characters)
+    assert_eq!(plan.waiting.len(), 3000, "{:?}", plan.waiting.first());
+    s.save_plan(&plan).await.unwrap();
+    assert_eq!(s.plan(tenant, plan.id).await.unwrap().unwrap(), plan);
+}

@@ -99,6 +99,12 @@ fn api_error(e: WritebackError) -> ApiError {
         }
         WritebackError::InvalidRules(_) => ApiError::bad_request(e.to_string()),
         WritebackError::NoUser(m) => ApiError::not_found(m),
+        // sending the same again cannot work: the value must be made smaller
+        WritebackError::Store(hr::HrStoreError::TooLarge(m)) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_large",
+            format!("too large to store: {m}"),
+        ),
         WritebackError::Store(s) => ApiError::unavailable(s),
         WritebackError::Directory(d) => d.into(),
         WritebackError::Vault(v) => match v {
@@ -121,22 +127,38 @@ fn api_error(e: WritebackError) -> ApiError {
     }
 }
 
-/// Records an HR admin change after it is made and before the answer: a change that
-/// cannot be recorded answers 503 (nothing changes without its record).
-async fn record_change(
-    app: &App,
+/// Records an HR admin change write-ahead, before it is made: a change that cannot be
+/// recorded is not made (503). [`finish_change`] records how it ended.
+async fn begin_change<'a>(
+    app: &'a App,
     req: &Request,
     tenant: Uuid,
     actor: audit::Actor,
     action: &str,
     target: audit::Target,
     changes: Vec<audit::Change>,
-) -> Result<(), ApiError> {
-    crate::trail::record(
-        app,
-        crate::trail::event(&req.headers, tenant, actor, action, target).changes(changes),
-    )
-    .await
+) -> Result<audit::Pending<'a>, ApiError> {
+    Ok(app
+        .audit
+        .begin(crate::trail::event(&req.headers, tenant, actor, action, target).changes(changes))
+        .await?)
+}
+
+/// Replaces a pending change's event by its outcome and gives the outcome back. The change
+/// is made (or failed) by now: an event left pending is logged, not answered.
+async fn finish_change<T>(
+    pending: audit::Pending<'_>,
+    outcome: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let failure = outcome.as_ref().err().map(|e| (e.code, e.message.clone()));
+    pending
+        .finish(|e| match failure {
+            None => e,
+            Some((code, why)) => e.failed(code, why),
+        })
+        .await
+        .ok();
+    outcome
 }
 
 fn store_error(e: hr::HrStoreError) -> ApiError {
@@ -247,10 +269,6 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
             if secret.trim().is_empty() {
                 return Err(ApiError::bad_request("client_secret is empty"));
             }
-            app.vault
-                .set_secret(&secret_name(tenant.tenant_id), secret)
-                .await
-                .map_err(|e| api_error(e.into()))?;
         }
     }
     let connection = Connection {
@@ -267,15 +285,11 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
         last_success: None,
         last_error: None,
     };
-    app.hr
-        .save_connection(&app.vault, &connection)
-        .await
-        .map_err(api_error)?;
     let mut changes = audit::diff(&serde_json::Value::Null, &connection_json(&connection));
     if credential == CredentialKind::Secret {
         changes.push(audit::Change::secret("client_secret"));
     }
-    record_change(
+    let pending = begin_change(
         app,
         req,
         tenant.tenant_id,
@@ -285,6 +299,20 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
         changes,
     )
     .await?;
+    let made: Result<(), ApiError> = async {
+        if let Some(secret) = body.client_secret.as_deref() {
+            app.vault
+                .set_secret(&secret_name(tenant.tenant_id), secret)
+                .await
+                .map_err(|e| api_error(e.into()))?;
+        }
+        app.hr
+            .save_connection(&app.vault, &connection)
+            .await
+            .map_err(api_error)
+    }
+    .await;
+    finish_change(pending, made).await?;
     tracing::info!(tenant_id = %tenant.tenant_id, %client_id, %cloud, "HR connection set (customer-owned)");
     Ok(json_reply(StatusCode::OK, &connection_json(&connection)))
 }
@@ -323,22 +351,14 @@ async fn get_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
 async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiError> {
     let caller = auth::admin(app, req.authorization()).await?;
     let tenant = registered(app, req).await?;
-    if !app
-        .hr
+    let missing = || ApiError::not_found("the tenant has no HR connection");
+    app.hr
         .store
-        .delete_connection(tenant.tenant_id)
+        .connection(tenant.tenant_id)
         .await
         .map_err(store_error)?
-    {
-        return Err(ApiError::not_found("the tenant has no HR connection"));
-    }
-    for name in [
-        secret_name(tenant.tenant_id),
-        refresh_name(tenant.tenant_id),
-    ] {
-        app.vault.delete_secret(&name).await.ok();
-    }
-    record_change(
+        .ok_or_else(missing)?;
+    let pending = begin_change(
         app,
         req,
         tenant.tenant_id,
@@ -348,6 +368,27 @@ async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiErro
         Vec::new(),
     )
     .await?;
+    let made: Result<(), ApiError> = async {
+        if !app
+            .hr
+            .store
+            .delete_connection(tenant.tenant_id)
+            .await
+            .map_err(store_error)?
+        {
+            // deleted by a concurrent request since it was read
+            return Err(missing());
+        }
+        for name in [
+            secret_name(tenant.tenant_id),
+            refresh_name(tenant.tenant_id),
+        ] {
+            app.vault.delete_secret(&name).await.ok();
+        }
+        Ok(())
+    }
+    .await;
+    finish_change(pending, made).await?;
     Ok(no_content())
 }
 
@@ -553,10 +594,6 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
             "the signed-in user does not belong to this tenant; sign in with an administrator of it",
         ));
     }
-    app.vault
-        .set_secret(&refresh_name(link.tenant_id), &redeemed.refresh_token)
-        .await
-        .map_err(|e| api_error(e.into()))?;
     let linked_by = format!(
         "user {}{}",
         redeemed
@@ -580,14 +617,10 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
         last_success: None,
         last_error: None,
     };
-    app.hr
-        .save_connection(&app.vault, &connection)
-        .await
-        .map_err(api_error)?;
     // the tenant's administrator who signed in; the refresh token is only said to change
     let mut changes = audit::diff(&serde_json::Value::Null, &connection_json(&connection));
     changes.push(audit::Change::secret("refresh_token"));
-    record_change(
+    let pending = begin_change(
         app,
         req,
         link.tenant_id,
@@ -602,6 +635,18 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
         changes,
     )
     .await?;
+    let made: Result<(), ApiError> = async {
+        app.vault
+            .set_secret(&refresh_name(link.tenant_id), &redeemed.refresh_token)
+            .await
+            .map_err(|e| api_error(e.into()))?;
+        app.hr
+            .save_connection(&app.vault, &connection)
+            .await
+            .map_err(api_error)
+    }
+    .await;
+    finish_change(pending, made).await?;
     tracing::info!(tenant_id = %link.tenant_id, "HR connection linked (delegated)");
     Ok(json_reply(
         StatusCode::OK,
@@ -719,7 +764,7 @@ async fn test_connection(app: &App, req: &Request) -> Result<Response, ApiError>
         (status = 200, description = "Every row was imported", body = HrImported),
         (status = 503, description = "Storage failed: nothing was imported (the rows are staged apart and committed by one write); send the same file again", body = ErrorBody),
         (status = 415, description = "Neither JSON nor CSV", body = ErrorBody),
-        (status = 422, description = "Rows were rejected; nothing was imported", body = HrRowsRejected),
+        (status = 422, description = "Rows were rejected (`rows_rejected`), or a record is too large to store (`record_too_large`, over 32K characters as JSON); nothing was imported", body = HrRowsRejected),
     )
 )]
 async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
@@ -759,19 +804,7 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
     // all or nothing: on a storage failure nothing is imported, and sending the same
     // file again converges
     let import_id = Uuid::new_v4();
-    app.hr
-        .store
-        .import_records(tenant.tenant_id, import_id, &records)
-        .await
-        .map_err(|e| {
-            tracing::warn!(tenant_id = %tenant.tenant_id, %import_id, error = %e, "HR import not committed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "storage is unavailable; nothing was imported: send the same file again",
-            )
-        })?;
-    record_change(
+    let pending = begin_change(
         app,
         req,
         tenant.tenant_id,
@@ -785,6 +818,27 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
         )],
     )
     .await?;
+    let made = app
+        .hr
+        .store
+        .import_records(tenant.tenant_id, import_id, &records)
+        .await
+        .map_err(|e| {
+            tracing::warn!(tenant_id = %tenant.tenant_id, %import_id, error = %e, "HR import not committed");
+            match e {
+                hr::HrStoreError::TooLarge(m) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "record_too_large",
+                    format!("{m}; nothing was imported: shorten that record"),
+                ),
+                _ => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "storage is unavailable; nothing was imported: send the same file again",
+                ),
+            }
+        });
+    finish_change(pending, made).await?;
     Ok(json_reply(
         StatusCode::OK,
         &json!({"imported": records.len(), "import_id": import_id}),
@@ -829,16 +883,11 @@ async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
         .await
         .map_err(store_error)?;
     let existed = before.is_some();
-    app.hr
-        .store
-        .put_records(tenant.tenant_id, std::slice::from_ref(&record))
-        .await
-        .map_err(store_error)?;
     let old = before
         .map(|b| serde_json::to_value(b).expect("serializes"))
         .unwrap_or_default();
     let new = serde_json::to_value(&record).expect("serializes");
-    record_change(
+    let pending = begin_change(
         app,
         req,
         tenant.tenant_id,
@@ -852,6 +901,13 @@ async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
         audit::diff(&old, &new),
     )
     .await?;
+    let made = app
+        .hr
+        .store
+        .put_records(tenant.tenant_id, std::slice::from_ref(&record))
+        .await
+        .map_err(store_error);
+    finish_change(pending, made).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -928,12 +984,7 @@ async fn put_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
         .map_err(store_error)?
         .map(|r| serde_json::to_value(r).expect("serializes"))
         .unwrap_or_default();
-    app.hr
-        .store
-        .put_rules(tenant.tenant_id, &compiled.rules)
-        .await
-        .map_err(store_error)?;
-    record_change(
+    let pending = begin_change(
         app,
         req,
         tenant.tenant_id,
@@ -946,6 +997,13 @@ async fn put_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
         ),
     )
     .await?;
+    let made = app
+        .hr
+        .store
+        .put_rules(tenant.tenant_id, &compiled.rules)
+        .await
+        .map_err(store_error);
+    finish_change(pending, made).await?;
     Ok(json_reply(StatusCode::OK, &compiled.rules))
 }
 
