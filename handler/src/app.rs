@@ -66,6 +66,9 @@ pub struct App {
     pub hr: crate::writeback::Writeback,
     /// The audit trail every change is recorded in.
     pub audit: audit::Audit,
+    /// Moves the events SCIM user writes commit in their own transactions (outbox rows of
+    /// the SCIM table) to the trail.
+    pub outbox: Arc<audit::outbox::Outbox>,
     /// `AUDIT_RETENTION_DAYS`.
     pub audit_retention_days: u32,
     /// Incidents and their notices.
@@ -241,6 +244,7 @@ impl App {
             pki,
             certificates: settings.certificates,
             hr,
+            outbox: Arc::new(audit::outbox::Outbox::new(audit.clone())),
             audit,
             audit_retention_days: settings.audit_retention_days,
             notifications,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use scim::{Filter, patch};
 use serde_json::{Value, json};
-use tables::{Entity, IfMatch, Table};
+use tables::{Entity, IfMatch, Operation, Table};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -17,6 +17,14 @@ use crate::cache::{TtlCache, json_bytes, limits};
 use crate::store::StoreError;
 use crate::store::scim::{ScimUserStore, StoredResource, WriteOutcome};
 use crate::store::scim_groups::{MemberChanges, ScimGroupStore};
+
+/// Writes a user change's audit event inside the change's own transaction (an outbox
+/// row of the tenant's partition, see `audit::outbox`), so that the change and its record
+/// commit together.
+pub trait Journal: Sync {
+    /// The row recording that user `id` changed by `changes`.
+    fn row(&self, id: Uuid, changes: &[audit::Change]) -> Entity;
+}
 
 /// A SCIM failure: HTTP status, `scimType`, detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +190,11 @@ impl ScimService {
         }
     }
 
+    /// The SCIM table (its tenant partitions also hold the user writes' audit outbox rows).
+    pub fn table(&self) -> &Table {
+        &self.tokens
+    }
+
     /// Applies every SCIM user write to `directory` as well.
     pub fn with_directory(mut self, directory: Arc<dyn directory::Directory>) -> ScimService {
         self.directory = Some(directory);
@@ -318,28 +331,32 @@ impl ScimService {
         Ok(())
     }
 
-    /// Creates a user from a SCIM body.
+    /// Creates a user from a SCIM body; answers the user and its attributes (for the audit
+    /// trail, whose event `journal` writes in the create's transaction).
     pub async fn create_user(
         &self,
         tenant: Uuid,
         base: &str,
         body: &Value,
-    ) -> Result<Value, ScimError> {
+        journal: Option<&dyn Journal>,
+    ) -> Result<(Value, Vec<audit::Change>), ScimError> {
         let mut data = clean_user(body)?;
         let id = stamp_new(&mut data, "User", USER_KEYS)?;
         let user_name = data["userName"].as_str().unwrap_or_default().to_string();
         // users arrive Staged, or Invited with their invitation when the tenant says so
-        let (admin, invitation) = self.admin_for_new_user(tenant, id, &data).await?;
+        let (admin, mut extra) = self.admin_for_new_user(tenant, id, &data).await?;
+        let changes = audit::diff(&Value::Null, &data);
+        extra.extend(journal.map(|j| j.row(id, &changes)));
         // a read that raced this create must not be cached
         let _forget = self.forget_on_drop(tenant, id, &[&data]);
         match self
             .users
-            .create(tenant, id, &user_name, &data, &admin, invitation)
+            .create(tenant, id, &user_name, &data, &admin, extra)
             .await?
         {
             WriteOutcome::Written(stored) => {
                 self.mirror(tenant, &stored).await?;
-                Ok(present(&stored, base))
+                Ok((present(&stored, base), changes))
             }
             WriteOutcome::Duplicate => Err(ScimError::new(
                 409,
@@ -427,7 +444,7 @@ impl ScimService {
         body: &Value,
         if_match: Option<&str>,
     ) -> Result<Value, ScimError> {
-        self.patch_user_changes(tenant, base, id, body, if_match)
+        self.patch_user_changes(tenant, base, id, body, if_match, None)
             .await
             .map(|(user, _)| user)
     }
@@ -440,6 +457,7 @@ impl ScimService {
         id: &str,
         body: &Value,
         if_match: Option<&str>,
+        journal: Option<&dyn Journal>,
     ) -> Result<(Value, Vec<audit::Change>), ScimError> {
         let ops = patch::parse_request(body)
             .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
@@ -451,10 +469,14 @@ impl ScimService {
                 .map_err(|e| ScimError::new(400, Some(e.scim_type), e.detail))?;
             let data = finish_update(&current, data)?;
             let _forget = self.forget_on_drop(tenant, current.id, &[&current.data, &data]);
-            match self.users.replace(tenant, &current, &data).await? {
+            let changes = audit::diff(&current.data, &data);
+            let extra = journal
+                .map(|j| j.row(current.id, &changes))
+                .into_iter()
+                .collect();
+            match self.users.replace(tenant, &current, &data, extra).await? {
                 WriteOutcome::Written(stored) => {
                     self.mirror(tenant, &stored).await?;
-                    let changes = audit::diff(&current.data, &stored.data);
                     return Ok((present(&stored, base), changes));
                 }
                 WriteOutcome::Duplicate => {
@@ -479,6 +501,7 @@ impl ScimService {
         id: &str,
         body: &Value,
         if_match: Option<&str>,
+        journal: Option<&dyn Journal>,
     ) -> Result<(Value, Vec<audit::Change>), ScimError> {
         let body = clean_user(body)?;
         for _ in 0..8 {
@@ -486,10 +509,14 @@ impl ScimService {
             check_if_match(&current, if_match)?;
             let data = finish_update(&current, body.clone())?;
             let _forget = self.forget_on_drop(tenant, current.id, &[&current.data, &data]);
-            match self.users.replace(tenant, &current, &data).await? {
+            let changes = audit::diff(&current.data, &data);
+            let extra = journal
+                .map(|j| j.row(current.id, &changes))
+                .into_iter()
+                .collect();
+            match self.users.replace(tenant, &current, &data, extra).await? {
                 WriteOutcome::Written(stored) => {
                     self.mirror(tenant, &stored).await?;
-                    let changes = audit::diff(&current.data, &stored.data);
                     return Ok((present(&stored, base), changes));
                 }
                 WriteOutcome::Duplicate => {
@@ -516,6 +543,7 @@ impl ScimService {
         tenant: Uuid,
         id: &str,
         if_match: Option<&str>,
+        journal: Option<&dyn Journal>,
     ) -> Result<(), ScimError> {
         let not_found = || ScimError::new(404, None, format!("User {id} not found"));
         let user_id = Uuid::try_parse(id).map_err(|_| not_found())?;
@@ -530,6 +558,7 @@ impl ScimService {
             // a pending invitation dies with its user
             let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
                 .into_iter()
+                .chain(journal.map(|j| Operation::Insert(j.row(current.id, &[]))))
                 .collect();
             let _forget = self.forget_on_drop(tenant, current.id, &[&current.data]);
             match self.users.delete(tenant, &current, &groups, extra).await? {

@@ -55,3 +55,15 @@ pub fn event(
 ) -> Event {
     Event::new(tenant, actor, action, target).invocation(invocation_id(headers))
 }
+
+/// Brings the tenant's trail up to date before it is read: this process's moves finish,
+/// and outbox rows any process left behind are moved (a query then sees every change
+/// committed before it, whichever instance made it).
+pub async fn settled(app: &App, tenant: uuid::Uuid) -> Result<(), ApiError> {
+    app.outbox.flush().await;
+    app.outbox
+        .sweep(app.scim.table(), &tenant.to_string())
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from)
+}

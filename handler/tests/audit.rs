@@ -460,8 +460,8 @@ async fn faulty_table_endpoint(rules: Vec<(String, Arc<AtomicBool>)>) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scim_change_is_not_made_when_its_event_cannot_be_stored_and_a_failed_change_is_recorded()
-{
+async fn a_scim_user_change_commits_with_its_event_so_an_audit_outage_loses_neither_and_a_failed_change_is_recorded()
+ {
     let prefix = unique_table("f");
     let fail_audit = Arc::new(AtomicBool::new(false));
     let fail_scim = Arc::new(AtomicBool::new(false));
@@ -526,41 +526,53 @@ async fn a_scim_change_is_not_made_when_its_event_cannot_be_stored_and_a_failed_
             .send()
     };
 
-    // the audit table fails: the create answers 503 and makes no user
+    // the audit table fails: the user is created all the same, its event committed in the
+    // create's own transaction; the trail shows it once the audit table is back
     fail_audit.store(true, Ordering::SeqCst);
-    let r = create("lost@contoso.com").await.unwrap();
+    let r = create("kept@contoso.com").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let kept = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = |status: Option<&str>| {
+        let url = format!(
+            "{}/api/v1/tenants/{tenant}/provisioning-log{}",
+            handler.base_url(),
+            status.map(|s| format!("?status={s}")).unwrap_or_default()
+        );
+        http.get(url).bearer_auth(&admin).send()
+    };
+    let r = log(None).await.unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     fail_audit.store(false, Ordering::SeqCst);
-    let r = http
-        .get(format!(
-            "{scim}/Users?filter={}",
-            percent_encode("userName eq \"lost@contoso.com\"")
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["totalResults"], 0);
+    let log_now: Value = log(None).await.unwrap().json().await.unwrap();
+    let entries = log_now["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{log_now}");
+    assert_eq!(entries[0]["status"], "success", "{log_now}");
+    assert_eq!(entries[0]["target"]["id"], kept.as_str(), "{log_now}");
 
     // the SCIM table fails mid-change: the failure is recorded with its reason
     fail_scim.store(true, Ordering::SeqCst);
     let r = create("midway@contoso.com").await.unwrap();
     assert!(r.status().is_server_error(), "{}", r.status());
     fail_scim.store(false, Ordering::SeqCst);
+    let failures: Value = log(Some("failure")).await.unwrap().json().await.unwrap();
+    let entries = failures["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{failures}");
+    assert_eq!(entries[0]["status"], "failure");
+    assert_eq!(entries[0]["target"]["display"], "midway@contoso.com");
+    // and no user was made
     let r = http
         .get(format!(
-            "{}/api/v1/tenants/{tenant}/provisioning-log",
-            handler.base_url()
+            "{scim}/Users?filter={}",
+            percent_encode("userName eq \"midway@contoso.com\"")
         ))
-        .bearer_auth(&admin)
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap();
-    let log: Value = r.json().await.unwrap();
-    let entries = log["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 1, "{log}");
-    assert_eq!(entries[0]["status"], "failure");
-    assert_eq!(entries[0]["target"]["display"], "midway@contoso.com");
+    assert_eq!(r.json::<Value>().await.unwrap()["totalResults"], 0);
 
     // and once both work, the retry is made and recorded
     let r = create("midway@contoso.com").await.unwrap();
@@ -798,4 +810,47 @@ async fn made_up_activation_codes_write_nothing_into_any_trail_but_a_real_invita
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0]["outcome"]["code"], "used");
     assert_eq!(events[1]["outcome"]["status"], "success");
+}
+
+// A writer that dies between its commit and the move leaves the event in its outbox row:
+// Housekeeping (and any query of the trail) moves it, whichever process finds it.
+#[tokio::test]
+async fn a_scim_event_a_dead_writer_left_in_its_outbox_row_reaches_the_trail_through_housekeeping()
+{
+    let s = Scim::start().await;
+    let scim_table = Azurite::shared()
+        .client()
+        .table(format!("{}ScimResources", s.prefix));
+    let event = audit::Event::new(
+        s.tenant,
+        audit::Actor::entra_provisioning(),
+        "scim.user.update",
+        audit::Target::new("user", Uuid::new_v4()).display("left@contoso.com"),
+    )
+    .change(audit::Change::new(
+        "active",
+        Some(json!(true)),
+        Some(json!(false)),
+    ));
+    let partition = s.tenant.to_string();
+    scim_table
+        .insert(&audit::outbox::entity(&event, &partition))
+        .await
+        .unwrap();
+    let logs = s.housekeeping().await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("audit: moved 1 SCIM events")),
+        "{logs:?}"
+    );
+    let left = scim_table
+        .try_get(&partition, &audit::outbox::row_key(&event))
+        .await
+        .unwrap();
+    assert!(left.is_none(), "the outbox row is gone");
+    let events = s.events("action=scim.user.update").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["id"], event.id.as_str());
+    assert_eq!(events[0]["target"]["display"], "left@contoso.com");
+    assert_eq!(events[0]["changes"][0]["new"], false);
 }

@@ -23,9 +23,13 @@
 //! - secrets are never values: use [`Change::secret`] (shown as `"changed"`);
 //! - writers that may repeat work (sync pages, queue retries) use [`Event::idempotent`] so
 //!   writing the same event again stores it once;
+//! - a change that commits in one transaction of its own table writes its event in that
+//!   transaction as an outbox row, moved to the trail after the commit ([`outbox`]: SCIM
+//!   user writes do this);
 //! - a change in a store the audit table cannot share a transaction with may be recorded
 //!   write-ahead: [`Audit::begin`] stores it as pending before the change (no change
-//!   when that fails), [`Pending::finish`] records how it ended (SCIM does this);
+//!   when that fails), [`Pending::finish`] records how it ended (SCIM group writes, which may take several
+//!   transactions, do this);
 //! - [`Audit::record_all`] writes many events in transactions of up to 50 events (the
 //!   event row and its per-target copy share a partition and a transaction);
 //! - writes made at the same time (concurrent SCIM requests) share transactions: each
@@ -36,6 +40,7 @@ mod commit;
 pub mod event;
 pub mod incident;
 pub mod notify;
+pub mod outbox;
 pub mod store;
 
 use std::sync::Arc;

@@ -227,7 +227,7 @@ fn shortened(text: &str) -> String {
     }
 }
 
-fn to_entity(event: &Event, partition: &str, row: String) -> Entity {
+pub(crate) fn to_entity(event: &Event, partition: &str, row: String) -> Entity {
     let mut changes = serde_json::to_string(&event.changes).unwrap_or_else(|_| "[]".into());
     if changes.len() > MAX_CHANGES_CHARS {
         // keep the attribute names readable: drop values, which are what grows
@@ -275,7 +275,7 @@ fn to_entity(event: &Event, partition: &str, row: String) -> Entity {
     e
 }
 
-fn from_entity(tenant: Uuid, e: &Entity) -> Result<Event, AuditError> {
+pub(crate) fn from_entity(tenant: Uuid, e: &Entity) -> Result<Event, AuditError> {
     let text = |name: &str| e.get_str(name).map(str::to_string);
     let need = |name: &str| text(name).ok_or_else(|| AuditError::Malformed(format!("no {name}")));
     let kind = need("ActorKind")?;

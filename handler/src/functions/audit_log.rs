@@ -113,6 +113,7 @@ async fn audit_log(app: &App, req: &Request) -> Result<Response, ApiError> {
     let tenant = tenant_of(req)?;
     let query = query_of(req, "outcome")?;
     let cursor = req.query_param("cursor")?;
+    crate::trail::settled(app, tenant).await?;
     match req.query_param("format")?.as_deref() {
         None | Some("json") => {}
         Some("ndjson") => {
@@ -245,6 +246,7 @@ async fn provisioning_log(app: &App, req: &Request) -> Result<Response, ApiError
         None => "scim.".to_string(),
     });
     let cursor = req.query_param("cursor")?;
+    crate::trail::settled(app, tenant).await?;
     let page = app
         .audit
         .store()

@@ -74,6 +74,16 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         }
     }
     let finished = finish_scim_deletions(app).await;
+    match move_audit_outbox(app).await {
+        Ok(0) => {}
+        Ok(n) => {
+            response.log(format!(
+                "audit: moved {n} SCIM events whose writer stopped before moving them to the trail"
+            ));
+        }
+        // the rows stay where they are (the next run or a query of the trail moves them)
+        Err(e) => tracing::warn!(error = %e, "audit outbox rows not moved"),
+    }
     let trimmed = trim_audit(app, started_at).await;
     let certificates = crate::certificate_expiry::check_if_due(app, started_at).await;
     match &certificates {
@@ -157,6 +167,25 @@ async fn finish_scim_deletions(app: &App) -> Result<usize, StoreError> {
         None => Ok(finished),
         Some(e) => Err(e),
     }
+}
+
+/// Moves to the trail the SCIM user events still in their outbox rows (their writer
+/// stopped between the commit and the move), in every tenant's partition.
+async fn move_audit_outbox(app: &App) -> Result<usize, audit::AuditError> {
+    let tenants = app
+        .access
+        .tenants
+        .list()
+        .await
+        .map_err(|e| audit::AuditError::Malformed(format!("tenants not listed: {e}")))?;
+    let mut moved = 0;
+    for tenant in tenants {
+        moved += app
+            .outbox
+            .sweep(app.scim.table(), &tenant.tenant_id.to_string())
+            .await?;
+    }
+    Ok(moved)
 }
 
 /// Deletes audit events older than `AUDIT_RETENTION_DAYS`, whole days at a time (every

@@ -835,7 +835,10 @@ fn patch_changes(body: &Value) -> Vec<Change> {
 }
 
 /// Runs a change and records it (or its failure) before answering; a change whose record
-/// cannot be written answers 503 so that Entra retries it.
+/// cannot be written answers 503 so that Entra retries it. A user write commits its event
+/// in its own transaction (an outbox row, moved to the trail after the answer); a group
+/// write, which may take several transactions, records its event write-ahead (pending,
+/// then finished).
 async fn audited(
     app: &App,
     tenant: uuid::Uuid,
@@ -862,34 +865,100 @@ async fn audited(
         .find_map(|h| request.headers.get(*h).and_then(|v| v.to_str().ok()))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let event = Event::new(
-        tenant,
-        Actor::entra_provisioning(),
-        action,
-        requested_target(parts, parsed.as_ref()),
-    )
-    .invocation(crate::trail::invocation_id(request.headers))
-    .correlation(correlation);
-    // recorded before the change: a change is never made without its record
-    let pending = app.audit.begin(event).await.map_err(|_| unrecorded())?;
-    let result = change(app, tenant, base, request, parts, body).await;
-    let finished = pending
-        .finish(|event| match &result {
-            Ok((_, id, changes)) => {
-                let mut event = event.changes(changes.clone());
-                if let Some(id) = id {
-                    event.target.id = id.clone();
+    let new_event = || {
+        Event::new(
+            tenant,
+            Actor::entra_provisioning(),
+            action,
+            requested_target(parts, parsed.as_ref()),
+        )
+        .invocation(crate::trail::invocation_id(request.headers))
+        .correlation(correlation.clone())
+    };
+    // the bench baseline measures SCIM without any audit write
+    let journaled = parts.first() == Some(&"Users") && !cfg!(feature = "bench-without-audit");
+    if journaled {
+        let journal = Outboxed {
+            event: new_event(),
+            partition: tenant.to_string(),
+            written: std::sync::Mutex::new(None),
+        };
+        let result = change(app, tenant, base, request, parts, body, Some(&journal)).await;
+        let written = journal
+            .written
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((response, _, _)) => {
+                // the last row made is the one that committed
+                if let Some(event) = written {
+                    app.outbox
+                        .moved(app.scim.table(), &journal.partition, event);
                 }
-                event
+                Ok(response)
             }
-            Err(e) => event.failed(e.status, e.detail.clone()),
-        })
-        .await;
-    if finished.is_err() {
-        // the event stays pending: what happened is in the trail, how it ended is not
-        return Err(unrecorded());
+            Err(e) => {
+                // a row may have committed before a later step failed (the change was
+                // made): it goes to the trail first, then the failure as its own event;
+                // a row that cannot be looked at now is the sweep's
+                if let Some(event) = written
+                    && let Err(settle) = app
+                        .outbox
+                        .settle(app.scim.table(), &journal.partition, &event)
+                        .await
+                {
+                    tracing::warn!(error = %settle, "SCIM outbox row left to the sweep");
+                }
+                crate::trail::record(app, new_event().failed(e.status, e.detail.clone()))
+                    .await
+                    .map_err(|_| unrecorded())?;
+                Err(e)
+            }
+        }
+    } else {
+        // recorded before the change: a change is never made without its record
+        let pending = app
+            .audit
+            .begin(new_event())
+            .await
+            .map_err(|_| unrecorded())?;
+        let result = change(app, tenant, base, request, parts, body, None).await;
+        let finished = pending
+            .finish(|event| match &result {
+                Ok((_, id, changes)) => {
+                    let mut event = event.changes(changes.clone());
+                    if let Some(id) = id {
+                        event.target.id = id.clone();
+                    }
+                    event
+                }
+                Err(e) => event.failed(e.status, e.detail.clone()),
+            })
+            .await;
+        if finished.is_err() {
+            // the event stays pending: what happened is in the trail, how it ended is not
+            return Err(unrecorded());
+        }
+        result.map(|(response, _, _)| response)
     }
-    result.map(|(response, _, _)| response)
+}
+
+/// The audit outbox row of a SCIM user write: the request's event with the user's id and
+/// what changed, remembered so that the one that committed is the one moved.
+struct Outboxed {
+    event: Event,
+    partition: String,
+    written: std::sync::Mutex<Option<Event>>,
+}
+
+impl crate::scim_service::Journal for Outboxed {
+    fn row(&self, id: uuid::Uuid, changes: &[Change]) -> tables::Entity {
+        let mut event = self.event.clone().changes(changes.to_vec());
+        event.target.id = id.to_string();
+        let row = audit::outbox::entity(&event, &self.partition);
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(event);
+        row
+    }
 }
 
 /// A changing request: the answer, the object's id and what changed.
@@ -900,34 +969,50 @@ async fn change(
     request: &ScimRequest<'_>,
     parts: &[&str],
     body: &[u8],
+    journal: Option<&dyn crate::scim_service::Journal>,
 ) -> Result<(Response, Option<String>, Vec<Change>), ScimError> {
     use warp::http::Method;
     let id_of = |v: &Value| v.get("id").and_then(Value::as_str).map(str::to_string);
     match (request.method, parts) {
         (&Method::POST, ["Users"]) => {
-            let user = app
+            let (user, changes) = app
                 .scim
-                .create_user(tenant, base, &parse_body(body)?)
+                .create_user(tenant, base, &parse_body(body)?, journal)
                 .await?;
-            let changes = audit::diff(&Value::Null, &user);
             Ok((scim_reply(201, &user), id_of(&user), changes))
         }
         (&Method::PUT, ["Users", id]) => {
             let (user, changes) = app
                 .scim
-                .replace_user_changes(tenant, base, id, &parse_body(body)?, request.if_match)
+                .replace_user_changes(
+                    tenant,
+                    base,
+                    id,
+                    &parse_body(body)?,
+                    request.if_match,
+                    journal,
+                )
                 .await?;
             Ok((scim_reply(200, &user), None, changes))
         }
         (&Method::PATCH, ["Users", id]) => {
             let (user, changes) = app
                 .scim
-                .patch_user_changes(tenant, base, id, &parse_body(body)?, request.if_match)
+                .patch_user_changes(
+                    tenant,
+                    base,
+                    id,
+                    &parse_body(body)?,
+                    request.if_match,
+                    journal,
+                )
                 .await?;
             Ok((scim_reply(200, &user), None, changes))
         }
         (&Method::DELETE, ["Users", id]) => {
-            app.scim.delete_user(tenant, id, request.if_match).await?;
+            app.scim
+                .delete_user(tenant, id, request.if_match, journal)
+                .await?;
             Ok((no_content(), None, Vec::new()))
         }
         (&Method::POST, ["Groups"]) => {

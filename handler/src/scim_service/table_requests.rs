@@ -55,9 +55,10 @@ async fn scim_operations_make_the_documented_number_of_table_requests() {
     let counted = || client.request_count();
     let before = counted();
     let created = service
-        .create_user(tenant, BASE, &user("ada@contoso.com"))
+        .create_user(tenant, BASE, &user("ada@contoso.com"), None)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert_eq!(counted() - before, 1, "create");
     let id = created["id"].as_str().unwrap().to_string();
 
@@ -101,16 +102,17 @@ async fn scim_operations_make_the_documented_number_of_table_requests() {
     assert_eq!(counted() - before, 2, "PATCH");
 
     let before = counted();
-    service.delete_user(tenant, &id, None).await.unwrap();
+    service.delete_user(tenant, &id, None, None).await.unwrap();
     assert_eq!(counted() - before, 2, "delete");
 
     // members: 250 added to a new group, then one member in it deleted
     let mut ids = Vec::new();
     for i in 0..250 {
         let u = service
-            .create_user(tenant, BASE, &user(&format!("u{i}@contoso.com")))
+            .create_user(tenant, BASE, &user(&format!("u{i}@contoso.com")), None)
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         ids.push(u["id"].as_str().unwrap().to_string());
     }
     let group = service
@@ -139,7 +141,10 @@ async fn scim_operations_make_the_documented_number_of_table_requests() {
     assert!(added <= 7, "adding 250 members took {added} requests");
 
     let before = counted();
-    service.delete_user(tenant, &ids[0], None).await.unwrap();
+    service
+        .delete_user(tenant, &ids[0], None, None)
+        .await
+        .unwrap();
     assert_eq!(
         counted() - before,
         2,
@@ -214,9 +219,10 @@ async fn the_read_cache_serves_repeated_gets_and_never_hides_this_instances_writ
         .unwrap();
     assert_eq!(found["totalResults"], 0);
     let created = service
-        .create_user(tenant, BASE, &user("bob@contoso.com"))
+        .create_user(tenant, BASE, &user("bob@contoso.com"), None)
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     let id = created["id"].as_str().unwrap().to_string();
     let found = service
         .list_users(tenant, BASE, Some(&by_name("bob@contoso.com")), 1, 10)
@@ -260,7 +266,7 @@ async fn the_read_cache_serves_repeated_gets_and_never_hides_this_instances_writ
     assert_eq!(new["userName"], "robert@contoso.com");
 
     // and a delete
-    service.delete_user(tenant, &id, None).await.unwrap();
+    service.delete_user(tenant, &id, None, None).await.unwrap();
     assert_eq!(
         service
             .get_user(tenant, BASE, &id)
@@ -428,8 +434,9 @@ impl ScimUserStore for Held {
         tenant: Uuid,
         previous: &StoredResource,
         data: &Value,
+        extra: Vec<tables::Entity>,
     ) -> Result<WriteOutcome, StoreError> {
-        self.inner.replace(tenant, previous, data).await
+        self.inner.replace(tenant, previous, data, extra).await
     }
     async fn set_admin(
         &self,
@@ -471,9 +478,10 @@ async fn an_unfiltered_listing_holds_one_page_and_counts_every_user() {
     let mut ids = Vec::new();
     for i in 0..30 {
         let u = service
-            .create_user(tenant, BASE, &user(&format!("p{i}@contoso.com")))
+            .create_user(tenant, BASE, &user(&format!("p{i}@contoso.com")), None)
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         ids.push(u["id"].as_str().unwrap().to_string());
     }
     // members sit between user rows: they must neither count nor show
@@ -521,4 +529,81 @@ async fn an_unfiltered_listing_holds_one_page_and_counts_every_user() {
     assert_eq!(list["totalResults"], 11, "p1 and p10-p19");
     assert_eq!(list["Resources"].as_array().unwrap().len(), 3);
     assert!(held() <= 7);
+}
+
+/// A journal writing outbox rows the way the SCIM function does.
+struct Rows(Uuid);
+
+impl super::Journal for Rows {
+    fn row(&self, id: Uuid, changes: &[audit::Change]) -> tables::Entity {
+        let event = audit::Event::new(
+            self.0,
+            audit::Actor::entra_provisioning(),
+            "scim.user.update",
+            audit::Target::new("user", id),
+        )
+        .changes(changes.to_vec());
+        audit::outbox::entity(&event, &self.0.to_string())
+    }
+}
+
+#[tokio::test]
+async fn user_writes_carry_their_audit_event_in_their_own_transaction_at_no_extra_request() {
+    let (client, service) = service("rj", Duration::ZERO).await;
+    let tenant = Uuid::new_v4();
+    service.settings(tenant).await.unwrap();
+    let journal = Rows(tenant);
+    let counted = || client.request_count();
+    let before = counted();
+    let (created, changes) = service
+        .create_user(tenant, BASE, &user("ada@contoso.com"), Some(&journal))
+        .await
+        .unwrap();
+    assert_eq!(counted() - before, 1, "create");
+    assert!(changes.iter().any(|c| c.attribute == "userName"));
+    let id = created["id"].as_str().unwrap().to_string();
+    let before = counted();
+    service
+        .patch_user_changes(
+            tenant,
+            BASE,
+            &id,
+            &patch(json!([{"op": "Replace", "path": "displayName", "value": "Ada"}])),
+            None,
+            Some(&journal),
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted() - before, 2, "PATCH");
+    let before = counted();
+    service
+        .delete_user(tenant, &id, None, Some(&journal))
+        .await
+        .unwrap();
+    assert_eq!(counted() - before, 2, "delete");
+    // one outbox row per write, each holding its changes
+    let rows: Vec<tables::Entity> = service
+        .table()
+        .query_all(tables::Query::partition(&tenant.to_string()))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| audit::outbox::is_outbox_row(&e.row_key))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    let events: Vec<audit::Event> = rows
+        .iter()
+        .map(|r| audit::outbox::event_of(r).unwrap())
+        .collect();
+    assert!(events.iter().any(|e| {
+        e.changes
+            .iter()
+            .any(|c| c.attribute == "displayName" && c.new == Some(json!("Ada")))
+    }));
+    // the user is gone, its listing does not show the outbox rows as users
+    let listed = service
+        .list_users(tenant, BASE, None, 1, 100)
+        .await
+        .unwrap();
+    assert_eq!(listed["totalResults"], 0);
 }

@@ -81,12 +81,14 @@ pub trait ScimUserStore: Send + Sync {
         start: usize,
         count: usize,
     ) -> Result<(Vec<StoredResource>, usize), StoreError>;
-    /// Replaces `previous` (as read) with `data`; keeps the index rows in step.
+    /// Replaces `previous` (as read) with `data`; keeps the index rows in step; writes
+    /// `extra` (rows of the tenant's partition) in the same transaction.
     async fn replace(
         &self,
         tenant: Uuid,
         previous: &StoredResource,
         data: &Value,
+        extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError>;
     /// Changes only the product's state of `previous` (as read), with `extra` operations
     /// on rows of the tenant's partition in the same transaction.
@@ -567,13 +569,15 @@ impl ScimUserStore for TableScimUserStore {
         tenant: Uuid,
         previous: &StoredResource,
         data: &Value,
+        extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError> {
         let user = Written {
             data,
             version: previous.version + 1,
             admin: &previous.admin,
         };
-        self.rewrite(tenant, previous, user, Vec::new()).await
+        let extra = extra.into_iter().map(Operation::Insert).collect();
+        self.rewrite(tenant, previous, user, extra).await
     }
 
     async fn set_admin(

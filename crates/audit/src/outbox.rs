@@ -1,0 +1,265 @@
+//! Events written in the same transaction as their change, then moved to the trail.
+//!
+//! A change that commits in one transaction on a partition of its own table (a SCIM user
+//! write) cannot share that transaction with the audit table. Instead its event goes into
+//! the change's partition as an outbox row ([`entity`], row key [`PREFIX`]...) inside the
+//! change's own transaction: the change and its record commit together or not at all, at
+//! the cost of one more operation in a transaction that is sent anyway. After the commit
+//! the writer hands the event to [`Outbox::moved`], and a worker copies it to the trail
+//! (through [`Audit::record_all`], so concurrent requests share its transactions) and
+//! deletes the outbox row, off the request's path.
+//!
+//! Nothing is lost when a process dies between the commit and the move: the rows stay in
+//! the partition, and [`Outbox::sweep`] (run by Housekeeping for every tenant, and before
+//! every query of a tenant's trail) moves whatever it finds. Moving is idempotent: the
+//! trail row is an upsert of the same event, a delete of a row already gone is fine, so
+//! two processes moving the same row at once store it once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tables::{Entity, IfMatch, Operation, Query, Table, Value};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::store::AuditError;
+use crate::{Audit, Event};
+
+/// Row keys of outbox rows start with this; a partition that holds them leaves the
+/// prefix to them.
+pub const PREFIX: &str = "audit-";
+/// The first row key after every outbox row (`.` follows `-`).
+const PREFIX_END: &str = "audit.";
+/// Events moved in one turn of the worker.
+const MAX_TURN: usize = 200;
+/// Attempts at moving one turn's events before they are left to the sweep.
+const ATTEMPTS: u32 = 4;
+/// How long a query waits for this process's moves to finish before it reads.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// The outbox row key of `event`: oldest first, unique by the event's id.
+pub fn row_key(event: &Event) -> String {
+    let micros = (event.time.unix_timestamp_nanos() / 1000).max(0) as u64;
+    format!("{PREFIX}{micros:020}-{}", event.id)
+}
+
+/// True for an outbox row's key.
+pub fn is_outbox_row(row_key: &str) -> bool {
+    row_key.starts_with(PREFIX)
+}
+
+/// The outbox row of `event` in `partition`, to write in the change's transaction.
+pub fn entity(event: &Event, partition: &str) -> Entity {
+    crate::store::to_entity(event, partition, row_key(event))
+        .with("Tenant", event.tenant.to_string())
+}
+
+/// The event an outbox row holds.
+pub fn event_of(row: &Entity) -> Result<Event, AuditError> {
+    let tenant = row
+        .get_str("Tenant")
+        .and_then(|t| Uuid::try_parse(t).ok())
+        .ok_or_else(|| AuditError::Malformed("outbox row without Tenant".into()))?;
+    crate::store::from_entity(tenant, row)
+}
+
+/// One committed event whose outbox row waits to be moved.
+struct Job {
+    table: Table,
+    partition: String,
+    event: Event,
+}
+
+/// The mover: takes committed events, records them in the trail, deletes their rows.
+pub struct Outbox {
+    audit: Audit,
+    jobs: OnceLock<mpsc::UnboundedSender<Job>>,
+    /// Jobs handed in, and (from the worker) jobs finished, so a query can wait for the
+    /// moves handed in before it.
+    handed: Arc<AtomicU64>,
+    finished: watch::Sender<u64>,
+}
+
+impl Outbox {
+    /// A mover recording through `audit`; its worker starts on first use.
+    pub fn new(audit: Audit) -> Outbox {
+        Outbox {
+            audit,
+            jobs: OnceLock::new(),
+            handed: Arc::new(AtomicU64::new(0)),
+            finished: watch::channel(0).0,
+        }
+    }
+
+    /// `event` committed with its outbox row in `partition` of `table`: move it soon. The
+    /// caller does not wait; the row is the record until then.
+    pub fn moved(&self, table: &Table, partition: &str, event: Event) {
+        let sender = self.jobs.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(run(self.audit.clone(), receiver, self.finished.clone()));
+            sender
+        });
+        self.handed.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            table: table.clone(),
+            partition: partition.to_string(),
+            event,
+        };
+        if sender.send(job).is_err() {
+            // no worker (its runtime is shutting down): the sweep moves the row later
+            self.finished.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Waits (a few seconds at most) until every event handed to [`Outbox::moved`] before
+    /// this call is in the trail or left to the sweep.
+    pub async fn flush(&self) {
+        let target = self.handed.load(Ordering::SeqCst);
+        let mut finished = self.finished.subscribe();
+        let _ = tokio::time::timeout(FLUSH_WAIT, finished.wait_for(|n| *n >= target)).await;
+    }
+
+    /// Moves `event`'s outbox row to the trail if it is there (its transaction committed,
+    /// though the request went on to fail); answers whether it was.
+    pub async fn settle(
+        &self,
+        table: &Table,
+        partition: &str,
+        event: &Event,
+    ) -> Result<bool, AuditError> {
+        let key = row_key(event);
+        let Some(row) = table.try_get(partition, &key).await? else {
+            return Ok(false);
+        };
+        self.audit.record_all(&[event_of(&row)?]).await?;
+        delete_rows(table, partition, vec![key]).await?;
+        Ok(true)
+    }
+
+    /// Moves every outbox row of `partition` in `table` to the trail (rows another process
+    /// committed and did not move, for instance because it died); answers how many.
+    pub async fn sweep(&self, table: &Table, partition: &str) -> Result<usize, AuditError> {
+        let mut query = Query::filter(format!(
+            "PartitionKey eq {} and RowKey ge {} and RowKey lt {}",
+            Value::from(partition).filter_literal(),
+            Value::from(PREFIX).filter_literal(),
+            Value::from(PREFIX_END).filter_literal()
+        ));
+        query.page_size = Some(MAX_TURN as u32);
+        let mut moved = 0;
+        loop {
+            let rows = match table.query_page(&query, None).await {
+                Ok(page) => page.entities,
+                Err(e) if e.is_not_found() => return Ok(moved),
+                Err(e) => return Err(e.into()),
+            };
+            if rows.is_empty() {
+                return Ok(moved);
+            }
+            let mut events = Vec::with_capacity(rows.len());
+            let mut keys = Vec::with_capacity(rows.len());
+            for row in &rows {
+                match event_of(row) {
+                    Ok(event) => events.push(event),
+                    // a row that cannot be read is kept out of the trail but not lost: it
+                    // is logged and removed so that the rows after it move
+                    Err(e) => {
+                        tracing::error!(error = %e, row = %row.row_key, "unreadable audit outbox row dropped")
+                    }
+                }
+                keys.push(row.row_key.clone());
+            }
+            self.audit.record_all(&events).await?;
+            delete_rows(table, partition, keys).await?;
+            moved += events.len();
+            // a full page may have more behind it; each round starts again at the prefix,
+            // which the deletes have emptied
+            if rows.len() < MAX_TURN {
+                return Ok(moved);
+            }
+        }
+    }
+}
+
+/// Deletes outbox rows of one partition; rows already gone (moved by another process)
+/// are fine.
+async fn delete_rows(table: &Table, partition: &str, keys: Vec<String>) -> Result<(), AuditError> {
+    for chunk in keys.chunks(tables::batch::MAX_OPERATIONS) {
+        let mut ops: Vec<Operation> = chunk
+            .iter()
+            .map(|row_key| Operation::Delete {
+                partition_key: partition.to_string(),
+                row_key: row_key.clone(),
+                if_match: IfMatch::Any,
+            })
+            .collect();
+        loop {
+            match table.transact(&ops).await {
+                Ok(_) => break,
+                Err(tables::Error::Batch { index, source })
+                    if source.is_not_found() && index < ops.len() =>
+                {
+                    ops.remove(index);
+                    if ops.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) if e.is_not_found() && ops.len() == 1 => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The worker: each turn takes every job waiting (up to [`MAX_TURN`]), records their
+/// events together and deletes their rows, so the more requests in flight, the fewer
+/// transactions each costs.
+async fn run(audit: Audit, mut jobs: mpsc::UnboundedReceiver<Job>, finished: watch::Sender<u64>) {
+    let mut turn: Vec<Job> = Vec::with_capacity(MAX_TURN);
+    while jobs.recv_many(&mut turn, MAX_TURN).await > 0 {
+        let events: Vec<Event> = turn.iter().map(|j| j.event.clone()).collect();
+        let mut recorded = false;
+        for attempt in 0..ATTEMPTS {
+            match audit.record_all(&events).await {
+                Ok(()) => {
+                    recorded = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = events.len(), attempt, "audit outbox move failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        if recorded {
+            // rows by table and partition, each deleted in as few transactions as fit
+            let mut groups: Vec<(&Table, &str, Vec<String>)> = Vec::new();
+            for job in &turn {
+                let key = row_key(&job.event);
+                match groups
+                    .iter_mut()
+                    .find(|(t, p, _)| t.name() == job.table.name() && *p == job.partition)
+                {
+                    Some((_, _, keys)) => keys.push(key),
+                    None => groups.push((&job.table, &job.partition, vec![key])),
+                }
+            }
+            for (table, partition, keys) in groups {
+                if let Err(e) = delete_rows(table, partition, keys).await {
+                    // the events are in the trail; a sweep removes the rows later
+                    tracing::warn!(error = %e, "audit outbox rows not deleted after their move");
+                }
+            }
+        } else {
+            tracing::error!(
+                events = events.len(),
+                "audit events left in their outbox rows; Housekeeping or the next query of their trail moves them"
+            );
+        }
+        let n = turn.len() as u64;
+        turn.clear();
+        finished.send_modify(|done| *done += n);
+    }
+}
