@@ -315,6 +315,9 @@ output scimTenantUrlPattern string = '${publicUrl}/api/scim/{tenant_id}/v2'
 @description('Redirect URI (Web platform) to register on the app registration, exactly.')
 output consentRedirectUri string = '${publicUrl}/api/consent/callback'
 
+@description('Redirect URI (Web platform) of delegated HR connections (an administrator signs in through the app), to register on the app registration too, exactly.')
+output hrConnectionRedirectUri string = '${publicUrl}/api/v1/hr/connection/callback'
+
 @description('Key Vault URI (the app\'s client secret goes here as app-client-secret).')
 output keyVaultUri string = keyVault.outputs.uri
 

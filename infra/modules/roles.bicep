@@ -28,7 +28,7 @@ var storageRoles = [
 ]
 
 var keyVaultRoles = [
-  roleIds.keyVaultSecretsOfficer // reads the app's client secret and the SMTP password; writes and deletes HR refresh tokens, HR client secrets and webhook signing secrets
+  roleIds.keyVaultSecretsOfficer // reads the app's client secret and the SMTP password; writes and deletes HR refresh tokens, HR client secrets and webhook signing secrets, and recovers a deleted one set again
   roleIds.keyVaultCryptoOfficer // creates CA keys, reads public keys, signs digests
   roleIds.keyVaultCertificatesOfficer // creates and reads the app's credential certificates
 ]

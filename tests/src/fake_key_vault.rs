@@ -2,6 +2,13 @@
 //! it answers the first unauthenticated request with Key Vault's 401 challenge, then serves
 //! secrets, RSA key creation and signing in Key Vault's documented JSON, signing with real
 //! RSA keys so signatures verify.
+//!
+//! Secrets are soft-deleted as in every Key Vault (soft delete cannot be turned off): a
+//! deleted secret keeps its name, a PUT of that name answers 409 `Conflict` with inner code
+//! `ObjectIsDeletedButRecoverable` until `POST /deletedsecrets/{name}/recover`, and recovery
+//! finishes in the background (GET answers 404 and PUT 409 `ObjectIsBeingRecovered` until
+//! it has). Deletion is asynchronous too: the first PUT right after a DELETE answers 409
+//! `ObjectIsBeingDeleted`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -46,9 +53,23 @@ impl TokenCredential for FakeCredential {
     }
 }
 
+/// A soft-deleted secret on its way back: its versions, and how many more GETs of its name
+/// answer 404 before the recovery has finished.
+struct Recovering {
+    versions: Vec<String>,
+    polls_left: u32,
+}
+
 #[derive(Default)]
 struct State {
     secrets: HashMap<String, Vec<String>>,
+    /// soft-deleted secrets: name -> versions, kept until recovered
+    deleted_secrets: HashMap<String, Vec<String>>,
+    /// names deleted so recently that the deletion is still under way
+    being_deleted: std::collections::HashSet<String>,
+    recovering: HashMap<String, Recovering>,
+    /// GETs a recovery takes to finish (`None`: one; `Some(u32::MAX)`: never)
+    recovery_polls: Option<u32>,
     keys: HashMap<String, Vec<RsaKeyPair>>,
     /// certificate name -> (DER, operation completed)
     certificates: HashMap<String, (Vec<u8>, bool)>,
@@ -131,6 +152,21 @@ impl FakeKeyVault {
     pub fn log(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
     }
+
+    /// Makes a recovery finish only after `polls` GETs of the secret (`u32::MAX`: never), as
+    /// a slow Key Vault would; the default is one.
+    pub fn recovery_takes(&self, polls: u32) {
+        self.state.lock().unwrap().recovery_polls = Some(polls);
+    }
+}
+
+/// Key Vault's 409 for a name in one of the soft-delete states: the top-level code is
+/// `Conflict`, the state is the inner error's code.
+fn conflict(inner: &str, message: String) -> AsyncRawResponse {
+    respond(
+        409,
+        json!({"error": {"code": "Conflict", "message": message, "innererror": {"code": inner}}}),
+    )
 }
 
 fn respond(status: u16, body: Value) -> AsyncRawResponse {
@@ -212,6 +248,62 @@ impl HttpClient for FakeKeyVault {
         };
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let response = match (method, segments.as_slice()) {
+            (Method::Put, ["secrets", name]) if state.being_deleted.remove(*name) => conflict(
+                "ObjectIsBeingDeleted",
+                format!("Secret {name} is currently being deleted."),
+            ),
+            (Method::Put, ["secrets", name]) if state.deleted_secrets.contains_key(*name) => {
+                conflict(
+                    "ObjectIsDeletedButRecoverable",
+                    format!(
+                        "Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged."
+                    ),
+                )
+            }
+            (Method::Put, ["secrets", name]) if state.recovering.contains_key(*name) => conflict(
+                "ObjectIsBeingRecovered",
+                format!(
+                    "Secret {name} is currently being recovered and cannot be re-created; retry later."
+                ),
+            ),
+            (Method::Post, ["deletedsecrets", name, "recover"]) => {
+                match state.deleted_secrets.remove(*name) {
+                    Some(versions) => {
+                        let polls_left = state.recovery_polls.unwrap_or(1);
+                        state.being_deleted.remove(*name);
+                        state.recovering.insert(
+                            name.to_string(),
+                            Recovering {
+                                versions,
+                                polls_left,
+                            },
+                        );
+                        // the bundle of the recovered secret, without its value
+                        respond(
+                            200,
+                            json!({"id": format!("{VAULT_URI}secrets/{name}/1"), "attributes": attributes()}),
+                        )
+                    }
+                    None => not_found("SecretNotFound", &format!("deleted secret {name}")),
+                }
+            }
+            (Method::Get, ["secrets", name] | ["secrets", name, ""])
+                if state.recovering.contains_key(*name) =>
+            {
+                let recovering = state.recovering.get_mut(*name).unwrap();
+                if recovering.polls_left == 0 {
+                    let versions = state.recovering.remove(*name).unwrap().versions;
+                    let value = versions.last().cloned().unwrap_or_default();
+                    state.secrets.insert(name.to_string(), versions);
+                    respond(
+                        200,
+                        json!({"value": value, "id": format!("{VAULT_URI}secrets/{name}"), "attributes": attributes()}),
+                    )
+                } else {
+                    recovering.polls_left = recovering.polls_left.saturating_sub(1);
+                    not_found("SecretNotFound", &format!("secret with (name/id) {name}"))
+                }
+            }
             (Method::Put, ["secrets", name]) => {
                 let Some(value) = body["value"].as_str() else {
                     return Ok(respond(
@@ -236,10 +328,15 @@ impl HttpClient for FakeKeyVault {
                 }
             }
             (Method::Delete, ["secrets", name]) => match state.secrets.remove(*name) {
-                Some(_) => respond(
-                    200,
-                    json!({"recoveryId": format!("{VAULT_URI}deletedsecrets/{name}"), "id": format!("{VAULT_URI}secrets/{name}"), "attributes": attributes()}),
-                ),
+                Some(versions) => {
+                    // soft delete: the name stays taken until the secret is recovered
+                    state.deleted_secrets.insert(name.to_string(), versions);
+                    state.being_deleted.insert(name.to_string());
+                    respond(
+                        200,
+                        json!({"recoveryId": format!("{VAULT_URI}deletedsecrets/{name}"), "id": format!("{VAULT_URI}secrets/{name}"), "attributes": attributes()}),
+                    )
+                }
                 None => not_found("SecretNotFound", &format!("secret with (name/id) {name}")),
             },
             (Method::Post, ["keys", name, "create"]) => {

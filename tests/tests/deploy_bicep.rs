@@ -367,6 +367,53 @@ fn every_module_output_main_bicep_uses_is_declared_by_that_module() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+#[test]
+fn every_callback_route_has_a_redirect_uri_output_and_the_guide_lists_every_output() {
+    let main = read("infra/main.bicep");
+    let output = Regex::new(r"(?m)^output\s+(\w+)\s+\w+\s*=\s*(.+?)\s*$").unwrap();
+    let outputs: BTreeMap<String, String> = output
+        .captures_iter(&main)
+        .map(|c| (c[1].to_string(), c[2].to_string()))
+        .collect();
+    assert!(outputs.len() > 5, "outputs not parsed: {outputs:?}");
+
+    // every browser callback the handler serves is a redirect URI to register: the
+    // deployment names each, built from the public URL the handler is given
+    let route = Regex::new(r#"route!\(\s*GET\s+"(/api/[^"]*/callback)""#).unwrap();
+    let mut callbacks = BTreeSet::new();
+    for (_, source) in production_sources(&[]) {
+        callbacks.extend(route.captures_iter(&source).map(|c| c[1].to_string()));
+    }
+    assert!(
+        callbacks.contains("/api/consent/callback"),
+        "the scan found no callback routes: {callbacks:?}"
+    );
+    let mut problems = Vec::new();
+    for path in &callbacks {
+        let value = format!("'${{publicUrl}}{path}'");
+        if !outputs.values().any(|v| *v == value) {
+            problems.push(format!(
+                "the handler serves GET {path} (a redirect URI), but infra/main.bicep has no output = {value}"
+            ));
+        }
+    }
+
+    // docs/deploy.md's "Outputs:" paragraph names every output
+    let guide = read("docs/deploy.md");
+    let paragraph = guide
+        .split("\n\n")
+        .find(|p| p.trim_start().starts_with("Outputs:"))
+        .expect("docs/deploy.md has an \"Outputs:\" paragraph");
+    for name in outputs.keys() {
+        if !paragraph.contains(&format!("`{name}`")) {
+            problems.push(format!(
+                "docs/deploy.md's \"Outputs:\" paragraph does not list `{name}`"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// A built-in role: its name in Bicep's `roleIds`, its definition id, and the data actions
 /// (relative to its family) that it allows; `*` is every one.
 struct Role {
@@ -444,17 +491,56 @@ const OTHER_ROLES: [(&str, &str); 4] = [
     ),
 ];
 
-/// Each `vault::Vault` method: the Key Vault family it touches and the data action it needs.
-const VAULT_CALLS: [(&str, &str, &str); 8] = [
-    ("get_secret", "secrets", "getSecret"),
-    ("set_secret", "secrets", "setSecret"),
-    ("delete_secret", "secrets", "delete"),
-    ("create_rsa_key", "keys", "create"),
-    ("public_key", "keys", "read"),
-    ("sign_digest", "keys", "sign"),
-    ("create_certificate", "certificates", "create"),
-    ("get_certificate", "certificates", "read"),
+/// Each `vault::Vault` method: the Key Vault family it touches and the data actions it needs.
+/// `vault_calls_name_every_method_of_the_vault_trait` keeps it equal to the trait.
+const VAULT_CALLS: [(&str, &str, &[&str]); 8] = [
+    ("get_secret", "secrets", &["getSecret"]),
+    // a name deleted before is soft-deleted: Key Vault's set_secret recovers it first
+    ("set_secret", "secrets", &["setSecret", "recover"]),
+    ("delete_secret", "secrets", &["delete"]),
+    ("create_rsa_key", "keys", &["create"]),
+    ("public_key", "keys", &["read"]),
+    ("sign_digest", "keys", &["sign"]),
+    ("create_certificate", "certificates", &["create"]),
+    ("get_certificate", "certificates", &["read"]),
 ];
+
+/// The `async fn` names of `pub trait Vault` in crates/vault/src/lib.rs.
+fn vault_trait_methods() -> BTreeSet<String> {
+    let lib = production_part(&read("crates/vault/src/lib.rs")).to_string();
+    let start = Regex::new(r"(?m)^pub trait Vault\b[^{]*\{").unwrap();
+    let at = start
+        .find(&lib)
+        .expect("crates/vault/src/lib.rs declares pub trait Vault")
+        .start();
+    let trait_block = block(&lib[at..], "pub trait Vault");
+    let method = Regex::new(r"\basync\s+fn\s+([a-z_][a-z0-9_]*)").unwrap();
+    method
+        .captures_iter(trait_block)
+        .map(|c| c[1].to_string())
+        .collect()
+}
+
+#[test]
+fn vault_calls_name_every_method_of_the_vault_trait() {
+    let declared = vault_trait_methods();
+    assert!(
+        declared.len() >= 5,
+        "the scan of pub trait Vault found too few methods: {declared:?}"
+    );
+    let listed: BTreeSet<String> = VAULT_CALLS.iter().map(|c| c.0.to_string()).collect();
+    assert_eq!(
+        listed.len(),
+        VAULT_CALLS.len(),
+        "VAULT_CALLS names a method twice"
+    );
+    let missing: Vec<&String> = declared.difference(&listed).collect();
+    let stale: Vec<&String> = listed.difference(&declared).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "VAULT_CALLS must list exactly the methods of vault::Vault, so that the role derivation sees every vault call: missing {missing:?} (give each its family and data actions), not in the trait {stale:?}"
+    );
+}
 
 /// The Key Vault roles the code needs: the vault methods production code calls (outside
 /// crates/vault, which implements them), then per family the least role allowing them all.
@@ -462,12 +548,12 @@ fn vault_roles_needed() -> (BTreeSet<&'static str>, Vec<String>) {
     let mut needed: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut seen = Vec::new();
     for (file, source) in production_sources(&["vault"]) {
-        for (method, family, action) in VAULT_CALLS {
+        for (method, family, actions) in VAULT_CALLS {
             // a call with an argument (every Vault method takes one; rcgen's and
             // aws-lc's `public_key()` take none)
             let call = Regex::new(&format!(r"\.\s*{method}\s*\(\s*[^)\s]")).unwrap();
             if call.is_match(&source) {
-                needed.entry(family).or_default().insert(action);
+                needed.entry(family).or_default().extend(actions);
                 seen.push(format!(
                     "{method} in {}",
                     file.strip_prefix(root()).unwrap_or(&file).display()
@@ -475,12 +561,19 @@ fn vault_roles_needed() -> (BTreeSet<&'static str>, Vec<String>) {
             }
         }
     }
-    let mut roles = BTreeSet::new();
-    for (family, ladder) in [
+    let ladders = [
         ("secrets", &SECRETS),
         ("keys", &KEYS),
         ("certificates", &CERTIFICATES),
-    ] {
+    ];
+    for (method, family, _) in VAULT_CALLS {
+        assert!(
+            ladders.iter().any(|(f, _)| *f == family),
+            "{method}: no role ladder for the Key Vault family {family:?}"
+        );
+    }
+    let mut roles = BTreeSet::new();
+    for (family, ladder) in ladders {
         let Some(actions) = needed.get(family) else {
             continue;
         };

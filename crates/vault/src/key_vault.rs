@@ -1,7 +1,14 @@
 //! Azure Key Vault through the official 1.x SDK clients: secrets with `SecretClient`, RSA
 //! keys created and used for signing with `KeyClient` (the private key never leaves).
+//!
+//! Soft delete is always on in Key Vault: a deleted secret keeps its name until it is purged
+//! or its retention (90 days by default) ends, and setting that name again is refused with
+//! 409 `ObjectIsDeletedButRecoverable`. The service deletes and later sets secrets of fixed
+//! names (an HR connection removed and made again), so `set_secret` recovers such a secret
+//! and then writes the new value as a new version.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
@@ -20,11 +27,56 @@ use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 
 use crate::{RsaPublicKey, SignAlgorithm, Vault, VaultError, check_name};
 
+/// How long `set_secret` waits, by default, for a soft-deleted secret to come back (Key
+/// Vault recovers in the background, usually within seconds).
+const RECOVERY_WAIT: Duration = Duration::from_secs(30);
+/// The first pause between polls; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
 /// A Key Vault (`https://<name>.vault.azure.net/`).
 pub struct KeyVault {
     keys: KeyClient,
     secrets: SecretClient,
     certificates: CertificateClient,
+    recovery_wait: Duration,
+}
+
+/// The soft-delete state a 409 names (Key Vault's top-level code is `Conflict`; the state
+/// is the inner error's code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conflict {
+    /// Deleted, name kept: recover it (or purge it) before the name can be set.
+    DeletedButRecoverable,
+    /// A deletion or recovery of the name is still under way: try again shortly.
+    InProgress,
+}
+
+fn conflict(e: &azure_core::Error) -> Option<Conflict> {
+    let azure_core::error::ErrorKind::HttpResponse {
+        status,
+        error_code,
+        raw_response,
+    } = e.kind()
+    else {
+        return None;
+    };
+    if u16::from(*status) != 409 {
+        return None;
+    }
+    let inner = raw_response
+        .as_ref()
+        .and_then(|r| serde_json::from_slice::<serde_json::Value>(r.body().as_ref()).ok())
+        .and_then(|body| {
+            body["error"]["innererror"]["code"]
+                .as_str()
+                .map(str::to_owned)
+        });
+    match inner.as_deref().or(error_code.as_deref()) {
+        Some("ObjectIsDeletedButRecoverable") => Some(Conflict::DeletedButRecoverable),
+        Some("ObjectIsBeingDeleted" | "ObjectIsBeingRecovered") => Some(Conflict::InProgress),
+        _ => None,
+    }
 }
 
 fn unavailable(e: azure_core::Error) -> VaultError {
@@ -78,8 +130,66 @@ impl KeyVault {
             keys,
             secrets,
             certificates,
+            recovery_wait: RECOVERY_WAIT,
         })
     }
+
+    /// Sets how long `set_secret` waits for a soft-deleted secret of the same name to be
+    /// recovered and for deletions under way to finish (30 s unless set).
+    pub fn with_recovery_wait(mut self, wait: Duration) -> KeyVault {
+        self.recovery_wait = wait;
+        self
+    }
+
+    /// One PUT of the secret.
+    async fn put_secret(&self, name: &str, value: &str) -> azure_core::Result<()> {
+        let parameters = SetSecretParameters {
+            value: Some(value.to_string()),
+            ..SetSecretParameters::default()
+        };
+        let body: RequestContent<SetSecretParameters> = parameters.try_into()?;
+        self.secrets.set_secret(name, body, None).await?;
+        Ok(())
+    }
+
+    /// Recovers the soft-deleted secret `name` and waits, until `deadline`, for the
+    /// recovery to finish (GET answers 200 once it has).
+    async fn recover_secret(&self, name: &str, deadline: Instant) -> Result<(), VaultError> {
+        tracing::info!(secret = %name, "recovering a soft-deleted secret so that its name can be set again");
+        match self.secrets.recover_deleted_secret(name, None).await {
+            Ok(_) => {}
+            // recovered meanwhile by a concurrent call, or being recovered: wait for it
+            Err(e) if is_not_found(&e) || conflict(&e).is_some() => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        let mut pause = FIRST_PAUSE;
+        loop {
+            match self.secrets.get_secret(name, None).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_not_found(&e) || conflict(&e).is_some() => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            pause = pause_until(deadline, pause)
+                .await
+                .ok_or_else(|| self.gave_up(name))?;
+        }
+    }
+
+    fn gave_up(&self, name: &str) -> VaultError {
+        VaultError::Unavailable(format!(
+            "the secret {name:?} was still being deleted or recovered after {:?}",
+            self.recovery_wait
+        ))
+    }
+}
+
+/// Sleeps `pause` unless that would pass `deadline` (then `None`); the next, doubled pause.
+async fn pause_until(deadline: Instant, pause: Duration) -> Option<Duration> {
+    if Instant::now() + pause > deadline {
+        return None;
+    }
+    tokio::time::sleep(pause).await;
+    Some((pause * 2).min(MAX_PAUSE))
 }
 
 #[async_trait]
@@ -141,17 +251,27 @@ impl Vault for KeyVault {
 
     async fn set_secret(&self, name: &str, value: &str) -> Result<(), VaultError> {
         check_name(name)?;
-        let parameters = SetSecretParameters {
-            value: Some(value.to_string()),
-            ..SetSecretParameters::default()
-        };
-        let body: RequestContent<SetSecretParameters> =
-            parameters.try_into().map_err(unavailable)?;
-        self.secrets
-            .set_secret(name, body, None)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        let deadline = Instant::now() + self.recovery_wait;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let e = match self.put_secret(name, value).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            match conflict(&e) {
+                // the old secret comes back with its versions; the new value is then
+                // written as its current version
+                Some(Conflict::DeletedButRecoverable) => {
+                    self.recover_secret(name, deadline).await?
+                }
+                Some(Conflict::InProgress) => {
+                    pause = pause_until(deadline, pause)
+                        .await
+                        .ok_or_else(|| self.gave_up(name))?;
+                }
+                None => return Err(unavailable(e)),
+            }
+        }
     }
 
     async fn get_secret(&self, name: &str) -> Result<Option<String>, VaultError> {

@@ -58,7 +58,9 @@ pub fn check_name(name: &str) -> Result<(), VaultError> {
 /// Secrets and keys.
 #[async_trait]
 pub trait Vault: Send + Sync {
-    /// Stores a secret (a new version when it exists).
+    /// Stores a secret (a new version when it exists). A name deleted before can be set
+    /// again: Key Vault keeps deleted secrets' names (soft delete), so it recovers the
+    /// deleted secret first; the local vault deletes for good.
     async fn set_secret(&self, name: &str, value: &str) -> Result<(), VaultError>;
     /// The current version of a secret.
     async fn get_secret(&self, name: &str) -> Result<Option<String>, VaultError>;

@@ -35,6 +35,23 @@ async fn secrets_round_trip(v: &dyn Vault) {
     ));
 }
 
+/// What the HR connection does: a secret of a fixed name deleted (connection removed or
+/// replaced) and set again later (connection made again).
+async fn a_deleted_secret_can_be_set_again(v: &dyn Vault) {
+    v.set_secret("hr-refresh-token-x", "first connection")
+        .await
+        .unwrap();
+    v.delete_secret("hr-refresh-token-x").await.unwrap();
+    assert_eq!(v.get_secret("hr-refresh-token-x").await.unwrap(), None);
+    v.set_secret("hr-refresh-token-x", "second connection")
+        .await
+        .unwrap();
+    assert_eq!(
+        v.get_secret("hr-refresh-token-x").await.unwrap().as_deref(),
+        Some("second connection")
+    );
+}
+
 async fn keys_sign_without_leaving(v: &dyn Vault) {
     assert_eq!(v.public_key("app-credential").await.unwrap(), None);
     let public = v.create_rsa_key("app-credential", 2048).await.unwrap();
@@ -238,4 +255,68 @@ async fn key_vault_makes_certificates_through_the_sdk_poller() {
             .any(|l| l.starts_with("GET /certificates/app-credential-global/pending")),
         "polled: {log:?}"
     );
+}
+
+#[tokio::test]
+async fn local_vault_sets_a_secret_again_after_deleting_it() {
+    let (v, dir) = local();
+    a_deleted_secret_can_be_set_again(&v).await;
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn key_vault_recovers_a_soft_deleted_secret_to_set_it_again() {
+    let (v, fake, _) = key_vault();
+    a_deleted_secret_can_be_set_again(&v).await;
+    let log = fake.log();
+    let at = |line: &str| {
+        log.iter()
+            .position(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line}: {log:?}"))
+    };
+    // refused while the name is soft-deleted, recovered, polled until back, then set
+    let recover = at("POST /deletedsecrets/hr-refresh-token-x/recover");
+    assert!(
+        log[recover + 1..]
+            .iter()
+            .any(|l| l.starts_with("GET /secrets/hr-refresh-token-x")),
+        "polled after recovering: {log:?}"
+    );
+    assert!(
+        log[recover + 1..]
+            .iter()
+            .any(|l| l.starts_with("PUT /secrets/hr-refresh-token-x")),
+        "set after recovering: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn key_vault_gives_up_on_a_recovery_that_does_not_finish_in_time() {
+    let (v, fake, _) = key_vault();
+    let v = v.with_recovery_wait(std::time::Duration::from_millis(300));
+    fake.recovery_takes(u32::MAX);
+    v.set_secret("hr-client-secret-x", "one").await.unwrap();
+    v.delete_secret("hr-client-secret-x").await.unwrap();
+    let started = std::time::Instant::now();
+    let result = v.set_secret("hr-client-secret-x", "two").await;
+    assert!(
+        matches!(&result, Err(VaultError::Unavailable(why)) if why.contains("recover")),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    let log = fake.log();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("POST /deletedsecrets/hr-client-secret-x/recover")),
+        "{log:?}"
+    );
+    let polls = log
+        .iter()
+        .filter(|l| l.starts_with("GET /secrets/hr-client-secret-x"))
+        .count();
+    assert!(polls >= 2, "polled until the wait ran out: {log:?}");
 }
