@@ -65,8 +65,25 @@ impl GroupCommit {
     }
 }
 
+/// Writes one job's operations in transactions of at most [`MAX_OPERATIONS`] and
+/// [`MAX_BYTES`] each (a large job, such as a backlog of events with long changes, would
+/// otherwise pass Table Storage's 4 MiB), in order.
 async fn write_alone(job: Job) -> Result<(), tables::Error> {
-    job.table.transact_chunked(job.ops).await.map(|_| ())
+    let mut chunk: Vec<Operation> = Vec::new();
+    let mut size = 0;
+    for op in job.ops {
+        let op_bytes = bytes(&op);
+        if !chunk.is_empty() && (chunk.len() == MAX_OPERATIONS || size + op_bytes > MAX_BYTES) {
+            job.table.transact(&std::mem::take(&mut chunk)).await?;
+            size = 0;
+        }
+        size += op_bytes;
+        chunk.push(op);
+    }
+    if !chunk.is_empty() {
+        job.table.transact(&chunk).await?;
+    }
+    Ok(())
 }
 
 fn row_key(op: &Operation) -> &str {

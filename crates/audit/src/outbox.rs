@@ -108,6 +108,7 @@ impl Outbox {
         };
         if sender.send(job).is_err() {
             // no worker (its runtime is shutting down): the sweep moves the row later
+            tracing::error!("audit outbox mover gone: an event waits in its row for a sweep");
             self.finished.send_modify(|n| *n += 1);
         }
     }
@@ -132,13 +133,17 @@ impl Outbox {
         let Some(row) = table.try_get(partition, &key).await? else {
             return Ok(false);
         };
-        self.audit.record_all(&[event_of(&row)?]).await?;
+        // stored without telling the observers: the request is counted by its own outcome
+        self.audit.store().append(&[event_of(&row)?]).await?;
         delete_rows(table, partition, vec![key]).await?;
         Ok(true)
     }
 
     /// Moves every outbox row of `partition` in `table` to the trail (rows another process
-    /// committed and did not move, for instance because it died); answers how many.
+    /// committed and did not move, for instance because it died); answers how many. The
+    /// observers are not told: the request a row records was counted, or will be, by the
+    /// process that served it. An event the trail refuses on its own is logged and left in
+    /// its row; the rest move.
     pub async fn sweep(&self, table: &Table, partition: &str) -> Result<usize, AuditError> {
         let mut query = Query::filter(format!(
             "PartitionKey eq {} and RowKey ge {} and RowKey lt {}",
@@ -148,37 +153,63 @@ impl Outbox {
         ));
         query.page_size = Some(MAX_TURN as u32);
         let mut moved = 0;
+        let mut continuation = None;
         loop {
-            let rows = match table.query_page(&query, None).await {
-                Ok(page) => page.entities,
+            let page = match table.query_page(&query, continuation.as_ref()).await {
+                Ok(page) => page,
                 Err(e) if e.is_not_found() => return Ok(moved),
                 Err(e) => return Err(e.into()),
             };
-            if rows.is_empty() {
-                return Ok(moved);
-            }
-            let mut events = Vec::with_capacity(rows.len());
-            let mut keys = Vec::with_capacity(rows.len());
-            for row in &rows {
-                match event_of(row) {
-                    Ok(event) => events.push(event),
-                    // a row that cannot be read is kept out of the trail but not lost: it
-                    // is logged and removed so that the rows after it move
+            let mut rows = Vec::with_capacity(page.entities.len());
+            for row in page.entities {
+                match event_of(&row) {
+                    Ok(event) => rows.push((event, row.row_key)),
+                    // not an event this code can read: kept (and said) rather than lost
                     Err(e) => {
-                        tracing::error!(error = %e, row = %row.row_key, "unreadable audit outbox row dropped")
+                        tracing::error!(error = %e, row = %row.row_key, "unreadable audit outbox row left in place")
                     }
                 }
-                keys.push(row.row_key.clone());
             }
-            self.audit.record_all(&events).await?;
-            delete_rows(table, partition, keys).await?;
-            moved += events.len();
-            // a full page may have more behind it; each round starts again at the prefix,
-            // which the deletes have emptied
-            if rows.len() < MAX_TURN {
-                return Ok(moved);
+            moved += self.move_rows(table, partition, rows).await?;
+            match page.continuation {
+                Some(next) => continuation = Some(next),
+                None => return Ok(moved),
             }
         }
+    }
+
+    /// Stores `rows`' events and deletes the rows; when the batch fails, event by event,
+    /// so that one the trail refuses does not hold the others back.
+    async fn move_rows(
+        &self,
+        table: &Table,
+        partition: &str,
+        rows: Vec<(Event, String)>,
+    ) -> Result<usize, AuditError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let store = self.audit.store();
+        let events: Vec<Event> = rows.iter().map(|(e, _)| e.clone()).collect();
+        if store.append(&events).await.is_ok() {
+            let n = rows.len();
+            delete_rows(table, partition, rows.into_iter().map(|(_, k)| k).collect()).await?;
+            return Ok(n);
+        }
+        let mut moved = Vec::new();
+        for (i, (event, key)) in rows.into_iter().enumerate() {
+            match store.append(std::slice::from_ref(&event)).await {
+                Ok(()) => moved.push(key),
+                // the first fails alone too: the trail is down, not this event
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, event = %event.id, action = %event.action, "audit event refused by the trail; left in its outbox row")
+                }
+            }
+        }
+        let n = moved.len();
+        delete_rows(table, partition, moved).await?;
+        Ok(n)
     }
 }
 
@@ -219,6 +250,25 @@ async fn delete_rows(table: &Table, partition: &str, keys: Vec<String>) -> Resul
 async fn run(audit: Audit, mut jobs: mpsc::UnboundedReceiver<Job>, finished: watch::Sender<u64>) {
     let mut turn: Vec<Job> = Vec::with_capacity(MAX_TURN);
     while jobs.recv_many(&mut turn, MAX_TURN).await > 0 {
+        // a turn that panics loses nothing (its rows wait for a sweep); where panics unwind
+        // it also stops nothing: it is counted, said, and the worker goes on (a release
+        // build aborts the process instead, and its rows wait for the sweep all the same)
+        let moving = std::panic::AssertUnwindSafe(move_turn(&audit, &turn));
+        if futures::FutureExt::catch_unwind(moving).await.is_err() {
+            tracing::error!(
+                events = turn.len(),
+                "audit outbox move panicked; its events wait in their rows for a sweep"
+            );
+        }
+        let n = turn.len() as u64;
+        turn.clear();
+        finished.send_modify(|done| *done += n);
+    }
+}
+
+/// One turn: the events recorded together (observers told), then their rows deleted.
+async fn move_turn(audit: &Audit, turn: &[Job]) {
+    {
         let events: Vec<Event> = turn.iter().map(|j| j.event.clone()).collect();
         let mut recorded = false;
         for attempt in 0..ATTEMPTS {
@@ -236,7 +286,7 @@ async fn run(audit: Audit, mut jobs: mpsc::UnboundedReceiver<Job>, finished: wat
         if recorded {
             // rows by table and partition, each deleted in as few transactions as fit
             let mut groups: Vec<(&Table, &str, Vec<String>)> = Vec::new();
-            for job in &turn {
+            for job in turn {
                 let key = row_key(&job.event);
                 match groups
                     .iter_mut()
@@ -258,8 +308,5 @@ async fn run(audit: Audit, mut jobs: mpsc::UnboundedReceiver<Job>, finished: wat
                 "audit events left in their outbox rows; Housekeeping or the next query of their trail moves them"
             );
         }
-        let n = turn.len() as u64;
-        turn.clear();
-        finished.send_modify(|done| *done += n);
     }
 }

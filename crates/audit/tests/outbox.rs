@@ -2,9 +2,12 @@
 //! its own process moves it or another process sweeps it up after a crash, once each.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use audit::outbox::{self, Outbox};
-use audit::{Actor, Audit, AuditQuery, AuditStore, Change, Event, TableAuditStore, Target};
+use audit::{
+    Actor, Audit, AuditQuery, AuditStore, Change, Event, EventObserver, TableAuditStore, Target,
+};
 use system_tests::{Azurite, unique_table};
 use tables::{Entity, Operation, Query, Table};
 use uuid::Uuid;
@@ -151,4 +154,39 @@ async fn settle_moves_a_committed_row_and_reports_a_missing_one() {
     let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, vec![committed.id.as_str()]);
     assert_eq!(outbox_rows(&changes, &partition).await, 0);
+}
+
+/// Counts the events observers are told of.
+#[derive(Default)]
+struct Counted(AtomicUsize);
+
+impl EventObserver for Counted {
+    fn recorded(&self, _event: &Event) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// Found in review: a sweep (another instance's, a query's) and a settle told the observers
+// again of requests their own process had counted, so a failing tenant's failure rate
+// halved and an open incident could close while every request failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_writers_own_move_tells_the_observers() {
+    let (changes, _store, audit) = stores().await;
+    let counted = Arc::new(Counted::default());
+    let audit = audit.with_observer(counted.clone());
+    let tenant = Uuid::new_v4();
+    let partition = tenant.to_string();
+    let mover = Outbox::new(audit);
+    let own = event(tenant, 1);
+    commit(&changes, &partition, &own).await;
+    mover.moved(&changes, &partition, own);
+    mover.flush().await;
+    assert_eq!(counted.0.load(Ordering::SeqCst), 1);
+    let left = event(tenant, 2);
+    commit(&changes, &partition, &left).await;
+    assert_eq!(mover.sweep(&changes, &partition).await.unwrap(), 1);
+    let settled = event(tenant, 3);
+    commit(&changes, &partition, &settled).await;
+    assert!(mover.settle(&changes, &partition, &settled).await.unwrap());
+    assert_eq!(counted.0.load(Ordering::SeqCst), 1);
 }

@@ -36,6 +36,19 @@ pub enum DirectoryError {
     /// Rows kept changing under concurrent writers; the caller may try again.
     #[error("the directory changed concurrently; try again")]
     Contended,
+    /// What a write was about to change could not be recorded ([`BeforeCommit`]), so it
+    /// was not written.
+    #[error("{0}")]
+    Unrecorded(String),
+}
+
+/// Told what a write is about to change, before any of it commits: a record kept there (the
+/// audit trail) cannot then be lost to a crash between the commit and the record. A write
+/// retried (a conflict, a page replayed after a crash) names its changes again, so the
+/// record must be idempotent. An error stops the write before anything is written.
+#[async_trait]
+pub trait BeforeCommit: Send + Sync {
+    async fn changing(&self, objects: &[ObjectChange]) -> Result<(), String>;
 }
 
 impl From<tables::Error> for DirectoryError {
@@ -61,6 +74,18 @@ pub trait Directory: Send + Sync {
         writer: Writer,
         changes: Vec<UserChange>,
         mode: ApplyMode,
+    ) -> Result<Applied, DirectoryError> {
+        self.apply_users_noting(tenant, writer, changes, mode, None)
+            .await
+    }
+    /// [`Directory::apply_users`], telling `hook` what will change before it commits.
+    async fn apply_users_noting(
+        &self,
+        tenant: Uuid,
+        writer: Writer,
+        changes: Vec<UserChange>,
+        mode: ApplyMode,
+        hook: Option<&dyn BeforeCommit>,
     ) -> Result<Applied, DirectoryError>;
     /// Applies a page of group changes (records and direct members), idempotently.
     async fn apply_groups(
@@ -69,10 +94,28 @@ pub trait Directory: Send + Sync {
         writer: Writer,
         changes: Vec<GroupChange>,
         mode: ApplyMode,
+    ) -> Result<Applied, DirectoryError> {
+        self.apply_groups_noting(tenant, writer, changes, mode, None)
+            .await
+    }
+    /// [`Directory::apply_groups`], telling `hook` what will change before it commits.
+    async fn apply_groups_noting(
+        &self,
+        tenant: Uuid,
+        writer: Writer,
+        changes: Vec<GroupChange>,
+        mode: ApplyMode,
+        hook: Option<&dyn BeforeCommit>,
     ) -> Result<Applied, DirectoryError>;
     /// After a full round numbered `round`: marks every Graph user it did not see as
-    /// deleted in Entra, and removes Graph groups and memberships it did not see.
-    async fn sweep(&self, tenant: Uuid, round: i64) -> Result<Applied, DirectoryError>;
+    /// deleted in Entra, and removes Graph groups and memberships it did not see; `hook`
+    /// hears of each batch of changes before it commits.
+    async fn sweep(
+        &self,
+        tenant: Uuid,
+        round: i64,
+        hook: Option<&dyn BeforeCommit>,
+    ) -> Result<Applied, DirectoryError>;
     /// One user by local id.
     async fn user(&self, tenant: Uuid, id: Uuid) -> Result<Option<User>, DirectoryError>;
     /// One user by Entra object id.

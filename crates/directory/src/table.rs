@@ -17,7 +17,7 @@ use crate::model::{
     Counters, Field, Group, GroupChange, ListFilter, MemberChange, Page, Sources, User, UserChange,
     UserFields, Writer,
 };
-use crate::{Directory, DirectoryError, layout, search};
+use crate::{BeforeCommit, Directory, DirectoryError, layout, search};
 
 /// How a page of changes finds what already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -646,6 +646,24 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
     rows
 }
 
+/// Tells `hook` what `groups` will change, before any of them commits; its refusal
+/// stops the write.
+async fn tell(hook: Option<&dyn BeforeCommit>, groups: &[OpGroup]) -> Result<(), Failure> {
+    let Some(hook) = hook else {
+        return Ok(());
+    };
+    let objects: Vec<ObjectChange> = groups
+        .iter()
+        .flat_map(|g| g.applied.objects.iter().cloned())
+        .collect();
+    if objects.is_empty() {
+        return Ok(());
+    }
+    hook.changing(&objects)
+        .await
+        .map_err(|reason| Failure::Fatal(DirectoryError::Unrecorded(reason)))
+}
+
 impl TableDirectory {
     /// The directory in `table`.
     pub fn new(table: Table) -> TableDirectory {
@@ -1103,6 +1121,7 @@ impl TableDirectory {
         changes: &[UserChange],
         mode: ApplyMode,
         applied: &mut Applied,
+        hook: Option<&dyn BeforeCommit>,
     ) -> Result<(), Failure> {
         // the shard is held from its read to the transaction that writes it
         let held = match writer {
@@ -1165,6 +1184,7 @@ impl TableDirectory {
             let after = state.remove(&key).flatten();
             groups.extend(self.user_ops(tenant, before, after).await?);
         }
+        tell(hook, &groups).await?;
         self.commit_page(tenant, writer, groups, counter, mark, applied)
             .await
     }
@@ -1306,6 +1326,7 @@ impl TableDirectory {
         changes: &[GroupChange],
         mode: ApplyMode,
         applied: &mut Applied,
+        hook: Option<&dyn BeforeCommit>,
     ) -> Result<(), Failure> {
         // the shard is held from its read to the transaction that writes it
         let held = match writer {
@@ -1449,6 +1470,7 @@ impl TableDirectory {
                     .await?,
             );
         }
+        tell(hook, &groups).await?;
         self.commit_page(tenant, writer, groups, counter, mark, applied)
             .await
     }
@@ -1715,19 +1737,20 @@ impl TableDirectory {
 
 #[async_trait]
 impl Directory for TableDirectory {
-    async fn apply_users(
+    async fn apply_users_noting(
         &self,
         tenant: Uuid,
         writer: Writer,
         changes: Vec<UserChange>,
         mode: ApplyMode,
+        hook: Option<&dyn BeforeCommit>,
     ) -> Result<Applied, DirectoryError> {
         let tenant = tenant.to_string();
         let mut applied = Applied::default();
         let mut mode = mode;
         for attempt in 1..=ATTEMPTS {
             match self
-                .try_apply_users(&tenant, writer, &changes, mode, &mut applied)
+                .try_apply_users(&tenant, writer, &changes, mode, &mut applied, hook)
                 .await
             {
                 Ok(()) => return Ok(applied),
@@ -1743,19 +1766,20 @@ impl Directory for TableDirectory {
         Err(DirectoryError::Contended)
     }
 
-    async fn apply_groups(
+    async fn apply_groups_noting(
         &self,
         tenant: Uuid,
         writer: Writer,
         changes: Vec<GroupChange>,
         mode: ApplyMode,
+        hook: Option<&dyn BeforeCommit>,
     ) -> Result<Applied, DirectoryError> {
         let tenant = tenant.to_string();
         let mut applied = Applied::default();
         let mut mode = mode;
         for attempt in 1..=ATTEMPTS {
             match self
-                .try_apply_groups(&tenant, writer, &changes, mode, &mut applied)
+                .try_apply_groups(&tenant, writer, &changes, mode, &mut applied, hook)
                 .await
             {
                 Ok(()) => return Ok(applied),
@@ -1771,7 +1795,12 @@ impl Directory for TableDirectory {
         Err(DirectoryError::Contended)
     }
 
-    async fn sweep(&self, tenant: Uuid, round: i64) -> Result<Applied, DirectoryError> {
+    async fn sweep(
+        &self,
+        tenant: Uuid,
+        round: i64,
+        hook: Option<&dyn BeforeCommit>,
+    ) -> Result<Applied, DirectoryError> {
         let pk = tenant.to_string();
         let unseen = vec![
             "FromGraph eq true".to_string(),
@@ -1796,7 +1825,7 @@ impl Directory for TableDirectory {
                 .collect();
             applied.add(
                 &self
-                    .apply_groups(tenant, Writer::Graph, changes, ApplyMode::Read)
+                    .apply_groups_noting(tenant, Writer::Graph, changes, ApplyMode::Read, hook)
                     .await?,
             );
         }
@@ -1829,7 +1858,7 @@ impl Directory for TableDirectory {
             }
             applied.add(
                 &self
-                    .apply_groups(tenant, Writer::Graph, changes, ApplyMode::Read)
+                    .apply_groups_noting(tenant, Writer::Graph, changes, ApplyMode::Read, hook)
                     .await?,
             );
         }
@@ -1848,7 +1877,7 @@ impl Directory for TableDirectory {
                 .collect();
             applied.add(
                 &self
-                    .apply_users(tenant, Writer::Graph, changes, ApplyMode::Read)
+                    .apply_users_noting(tenant, Writer::Graph, changes, ApplyMode::Read, hook)
                     .await?,
             );
         }

@@ -321,7 +321,7 @@ async fn sweep_after_a_full_round_marks_only_what_it_did_not_see() {
     .unwrap();
     // nothing flapped while the round ran
     assert!(dir.user(tenant, gone).await.unwrap().unwrap().is_active());
-    dir.sweep(tenant, 2).await.unwrap();
+    dir.sweep(tenant, 2, None).await.unwrap();
     let g = dir.user(tenant, gone).await.unwrap().unwrap();
     assert!(!g.is_active() && g.deleted_in_entra_at.is_some());
     assert!(dir.user(tenant, kept).await.unwrap().unwrap().is_active());
@@ -340,7 +340,7 @@ async fn sweep_after_a_full_round_marks_only_what_it_did_not_see() {
         (2, 1, 1, 1)
     );
     // a second sweep finds nothing left to do
-    assert_eq!(dir.sweep(tenant, 2).await.unwrap().changes(), 0);
+    assert_eq!(dir.sweep(tenant, 2, None).await.unwrap().changes(), 0);
 }
 
 #[tokio::test]
@@ -788,7 +788,7 @@ async fn a_linked_user_stays_one_record_after_its_scim_source_goes() {
     )
     .await
     .unwrap();
-    dir.sweep(tenant, 3).await.unwrap();
+    dir.sweep(tenant, 3, None).await.unwrap();
     assert!(
         dir.user(tenant, scim_id)
             .await
@@ -821,7 +821,7 @@ async fn an_older_round_never_moves_a_user_back_into_the_sweep() {
     .await
     .unwrap();
     assert_eq!(dir.user(tenant, id).await.unwrap().unwrap().seen_round, 5);
-    dir.sweep(tenant, 5).await.unwrap();
+    dir.sweep(tenant, 5, None).await.unwrap();
     assert!(dir.user(tenant, id).await.unwrap().unwrap().is_active());
 }
 
@@ -925,4 +925,81 @@ async fn a_person_scim_made_first_then_graph_merged_is_still_one_record_when_sci
     assert_eq!(u.scim_id, Some(second), "one record for Ada");
     let c = dir.counters(tenant).await.unwrap();
     assert_eq!(c.users, 1);
+}
+
+/// Keeps what it is told is about to change; refuses while `refuse` is set.
+#[derive(Default)]
+struct Noted {
+    refuse: std::sync::atomic::AtomicBool,
+    objects: std::sync::Mutex<Vec<directory::ObjectChange>>,
+}
+
+#[async_trait::async_trait]
+impl directory::BeforeCommit for Noted {
+    async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the audit trail is unavailable".into());
+        }
+        self.objects.lock().unwrap().extend_from_slice(objects);
+        Ok(())
+    }
+}
+
+// A sync page's audit events were written after its commit: a crash in between left the
+// changes made and, since a replay finds nothing left to change, never recorded. The hook
+// now hears of a page's changes before any of its writes commits, and a refusal writes
+// nothing.
+#[tokio::test]
+async fn a_pages_changes_are_told_before_they_commit_and_a_refusal_writes_nothing() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let id = Uuid::new_v4();
+    let noted = Noted::default();
+    noted
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let page = vec![graph_user(id, "ada@contoso.com", "Ada Lovelace", true, 1)];
+    let refused = dir
+        .apply_users_noting(
+            tenant,
+            Writer::Graph,
+            page.clone(),
+            ApplyMode::Read,
+            Some(&noted),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(directory::DirectoryError::Unrecorded(_))),
+        "{refused:?}"
+    );
+    assert!(dir.user_by_entra_id(tenant, id).await.unwrap().is_none());
+    assert_eq!(dir.counters(tenant).await.unwrap().users, 0);
+    noted
+        .refuse
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    dir.apply_users_noting(tenant, Writer::Graph, page, ApplyMode::Read, Some(&noted))
+        .await
+        .unwrap();
+    assert!(dir.user_by_entra_id(tenant, id).await.unwrap().is_some());
+    let objects = noted.objects.lock().unwrap().clone();
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0].kind, directory::ObjectChangeKind::Created);
+    // the sweep of a later full round tells of the user it marks deleted before it does so
+    noted
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(dir.sweep(tenant, 2, Some(&noted)).await.is_err());
+    assert!(
+        dir.user_by_entra_id(tenant, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active()
+    );
+    noted
+        .refuse
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    dir.sweep(tenant, 2, Some(&noted)).await.unwrap();
+    let objects = noted.objects.lock().unwrap().clone();
+    assert_eq!(objects.len(), 2, "{objects:?}");
 }

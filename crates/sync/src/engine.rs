@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use directory::{Applied, ApplyMode, Directory, Writer};
+use directory::{Applied, ApplyMode, Directory, DirectoryError, Writer};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -21,10 +21,12 @@ pub trait RoundObserver: Send + Sync {
     /// for the same users, so it must be idempotent. An error stops the round (retried).
     async fn users_inactive(&self, tenant: Uuid, users: &[Uuid]) -> Result<(), String>;
 
-    /// The objects a page (or the sweep) of `round` changed, before the page's
-    /// checkpoint; a replayed page may name them again. An error stops the round.
+    /// The objects a page (or a batch of the sweep) of `round` is about to change, before
+    /// any of its writes commits, so a record kept here is never lost to a crash between
+    /// the commit and the record; a retried or replayed page names them again (record
+    /// idempotently). An error stops the round before the page is written.
     /// `started` is when the round started (the same on every instance that resumes it).
-    async fn page_applied(
+    async fn page_changing(
         &self,
         _tenant: Uuid,
         _round: i64,
@@ -370,6 +372,23 @@ async fn acquire(
     }
 }
 
+/// Hands what a page is about to change to the round's observer, before it commits.
+struct Changing<'a> {
+    observer: &'a dyn RoundObserver,
+    tenant: Uuid,
+    round: i64,
+    started: OffsetDateTime,
+}
+
+#[async_trait::async_trait]
+impl directory::BeforeCommit for Changing<'_> {
+    async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+        self.observer
+            .page_changing(self.tenant, self.round, self.started, objects)
+            .await
+    }
+}
+
 /// Reads and applies pages until the round completes or Graph stops it.
 async fn pages(
     tenant: Uuid,
@@ -414,6 +433,12 @@ async fn pages(
                 s.round_started.unwrap_or(OffsetDateTime::UNIX_EPOCH),
             )
         };
+        let changing = Changing {
+            observer,
+            tenant,
+            round,
+            started,
+        };
         let step = match phase {
             Phase::Users | Phase::Groups => {
                 let fetched = match ahead.take() {
@@ -439,12 +464,24 @@ async fn pages(
                             match page {
                                 Fetched::Users(p) => {
                                     directory
-                                        .apply_users(tenant, Writer::Graph, p.items, mode)
+                                        .apply_users_noting(
+                                            tenant,
+                                            Writer::Graph,
+                                            p.items,
+                                            mode,
+                                            Some(&changing),
+                                        )
                                         .await
                                 }
                                 Fetched::Groups(p) => {
                                     directory
-                                        .apply_groups(tenant, Writer::Graph, p.items, mode)
+                                        .apply_groups_noting(
+                                            tenant,
+                                            Writer::Graph,
+                                            p.items,
+                                            mode,
+                                            Some(&changing),
+                                        )
                                         .await
                                 }
                             }
@@ -458,21 +495,27 @@ async fn pages(
                             "sync page written (the next one read meanwhile)"
                         );
                         ahead = read;
-                        Ok((written?, next))
+                        match written {
+                            Ok(n) => Ok((n, next)),
+                            Err(DirectoryError::Unrecorded(reason)) => {
+                                return Ok((Outcome::Failed { reason }, pages, applied));
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                     Err(e) => Err(e),
                 }
             }
             Phase::Sweep => {
-                let mut n = directory.sweep(tenant, round).await?;
+                let mut n = match directory.sweep(tenant, round, Some(&changing)).await {
+                    Ok(n) => n,
+                    Err(DirectoryError::Unrecorded(reason)) => {
+                        return Ok((Outcome::Failed { reason }, pages, applied));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if !n.inactive.is_empty()
                     && let Err(reason) = observer.users_inactive(tenant, &n.inactive).await
-                {
-                    return Ok((Outcome::Failed { reason }, pages, applied));
-                }
-                if let Err(reason) = observer
-                    .page_applied(tenant, round, started, &n.objects)
-                    .await
                 {
                     return Ok((Outcome::Failed { reason }, pages, applied));
                 }
@@ -492,13 +535,6 @@ async fn pages(
             Ok((mut n, next)) => {
                 if !n.inactive.is_empty()
                     && let Err(reason) = observer.users_inactive(tenant, &n.inactive).await
-                {
-                    return Ok((Outcome::Failed { reason }, pages, applied));
-                }
-                if !n.objects.is_empty()
-                    && let Err(reason) = observer
-                        .page_applied(tenant, round, started, &n.objects)
-                        .await
                 {
                     return Ok((Outcome::Failed { reason }, pages, applied));
                 }

@@ -179,13 +179,25 @@ async fn move_audit_outbox(app: &App) -> Result<usize, audit::AuditError> {
         .await
         .map_err(|e| audit::AuditError::Malformed(format!("tenants not listed: {e}")))?;
     let mut moved = 0;
+    let mut failed = None;
     for tenant in tenants {
-        moved += app
+        // one tenant's failure does not keep the others waiting
+        match app
             .outbox
             .sweep(app.scim.table(), &tenant.tenant_id.to_string())
-            .await?;
+            .await
+        {
+            Ok(n) => moved += n,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.tenant_id, error = %e, "audit outbox rows not moved");
+                failed.get_or_insert(e);
+            }
+        }
     }
-    Ok(moved)
+    match failed {
+        None => Ok(moved),
+        Some(e) => Err(e),
+    }
 }
 
 /// Deletes audit events older than `AUDIT_RETENTION_DAYS`, whole days at a time (every

@@ -97,7 +97,7 @@ impl sync::RoundObserver for RevokeCertificates<'_> {
             .map_err(|e| format!("revoking certificates of inactive users: {e}"))
     }
 
-    async fn page_applied(
+    async fn page_changing(
         &self,
         tenant: Uuid,
         round: i64,

@@ -3,6 +3,7 @@
 //!
 //! | row key                                   | holds                                        |
 //! |-------------------------------------------|----------------------------------------------|
+//! | `audit-<µs>-<event id>`                   | a user write's audit event, committed with it, until moved to the trail (`audit::outbox`) |
 //! | `deleted-group-<id>`, `deleted-user-<id>` | a deletion whose membership cleanup is not finished |
 //! | `group-<id>`                              | a group, without its members                 |
 //! | `groupname-<lowercased displayName>`      | a copy of the group; makes names unique      |
@@ -234,6 +235,15 @@ mod tests {
             ("invitation", invitation(u)),
             ("token", TOKEN.to_string()),
             ("settings", SETTINGS.to_string()),
+            ("audit outbox", {
+                let event = audit::Event::new(
+                    u,
+                    audit::Actor::entra_provisioning(),
+                    "scim.user.update",
+                    audit::Target::new("user", u),
+                );
+                audit::outbox::row_key(&event)
+            }),
         ];
         let ranges = [
             ("users", users()),
