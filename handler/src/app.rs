@@ -145,14 +145,35 @@ impl App {
         let directory = Arc::new(directory::TableDirectory::new(
             tables.table(table_names.directory()),
         ));
-        let pki = Arc::new(pki::Pki::new(
-            vault.clone(),
-            Arc::new(pki::TableCertificateStore::new(
-                tables.table(table_names.certificates()),
+        let notifications = Arc::new(crate::notifications::Notifications::new(
+            Arc::new(audit::notify::TableNotificationStore::new(
+                tables.table(table_names.notifications()),
             )),
-            settings.public_base_url.as_str(),
-            pki::KeyPool::new(settings.certificates.key_pool_size),
+            vault.clone(),
+            notification_queue,
+            settings.smtp.clone(),
         ));
+        let audit_store: Arc<dyn audit::AuditStore> = Arc::new(audit::TableAuditStore::new(
+            tables.table(table_names.audit()),
+        ));
+        #[cfg(feature = "bench-without-audit")]
+        let audit_store: Arc<dyn audit::AuditStore> = {
+            drop(audit_store);
+            tracing::warn!("built with bench-without-audit: the audit trail stores nothing");
+            Arc::new(unaudited::Discard)
+        };
+        let audit = audit::Audit::new(audit_store).with_observer(notifications.observer());
+        let pki = Arc::new(
+            pki::Pki::new(
+                vault.clone(),
+                Arc::new(pki::TableCertificateStore::new(
+                    tables.table(table_names.certificates()),
+                )),
+                settings.public_base_url.as_str(),
+                pki::KeyPool::new(settings.certificates.key_pool_size),
+            )
+            .with_journal(Arc::new(crate::trail::RevocationTrail(audit.clone()))),
+        );
         let scim_table = tables.table(table_names.scim());
         let scim = crate::scim_service::ScimService::new(
             Arc::new(crate::store::scim::TableScimUserStore::new(
@@ -200,24 +221,6 @@ impl App {
                 tables.table(table_names.employees()),
             )),
         );
-        let notifications = Arc::new(crate::notifications::Notifications::new(
-            Arc::new(audit::notify::TableNotificationStore::new(
-                tables.table(table_names.notifications()),
-            )),
-            app_vault.clone(),
-            notification_queue,
-            settings.smtp.clone(),
-        ));
-        let audit_store: Arc<dyn audit::AuditStore> = Arc::new(audit::TableAuditStore::new(
-            tables.table(table_names.audit()),
-        ));
-        #[cfg(feature = "bench-without-audit")]
-        let audit_store: Arc<dyn audit::AuditStore> = {
-            drop(audit_store);
-            tracing::warn!("built with bench-without-audit: the audit trail stores nothing");
-            Arc::new(unaudited::Discard)
-        };
-        let audit = audit::Audit::new(audit_store).with_observer(notifications.observer());
         let hr = crate::writeback::Writeback {
             store: Arc::new(hr::TableHrStore::new(tables.table(table_names.hr()))),
             max_disable_percent: settings.hr_max_disable_percent,

@@ -67,3 +67,47 @@ pub async fn settled(app: &App, tenant: uuid::Uuid) -> Result<(), ApiError> {
         .map(|_| ())
         .map_err(ApiError::from)
 }
+
+/// Records every automatic certificate revocation (a user disabled or deleted by sync or
+/// SCIM, a tenant offboarded) as its own `certificate.revoke` event, by whoever triggered
+/// it. The event's time is the revocation's and its id comes from the certificate, so a
+/// revocation told twice (a crash before the certificate row noted it) is stored once.
+pub struct RevocationTrail(pub audit::Audit);
+
+#[async_trait::async_trait]
+impl pki::RevocationJournal for RevocationTrail {
+    async fn revoked(&self, record: &pki::CertificateRecord) -> Result<(), String> {
+        let by = record.revoked_by.as_deref().unwrap_or("system");
+        let actor = match by {
+            "graph_sync" => audit::Actor::graph_sync(),
+            "scim" => audit::Actor::entra_provisioning(),
+            other => audit::Actor::system(other),
+        };
+        let id = record.id.to_string();
+        let at = record
+            .revoked_at
+            .unwrap_or_else(time::OffsetDateTime::now_utc);
+        let event = Event::new(
+            record.tenant,
+            actor,
+            "certificate.revoke",
+            audit::Target::new("certificate", &id).display(record.subject.clone()),
+        )
+        .change(audit::Change::new(
+            "status",
+            Some(serde_json::json!("active")),
+            Some(serde_json::json!("revoked")),
+        ))
+        .change(audit::Change::new(
+            "reason",
+            None,
+            record.reason.map(|r| serde_json::json!(r.as_str())),
+        ))
+        .correlation(format!("revoked by {by}"))
+        .idempotent(at, &[&id, "certificate.revoke"]);
+        self.0
+            .record(event)
+            .await
+            .map_err(|e| format!("recording the revocation in the audit trail: {e}"))
+    }
+}

@@ -327,6 +327,31 @@ async fn a_scim_disable_or_delete_revokes_the_users_certificates() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, _, crl) = s.published(t, "crl").await;
     assert_eq!(crl_serials(&crl).len(), 3);
+    // each automatic revocation is its own event, by Entra's provisioning, told once
+    let (status, trail) = s
+        .api(
+            "GET",
+            &format!("/api/v1/tenants/{t}/audit?action=certificate.revoke"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{trail}");
+    let events = trail["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "{trail}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["actor"]["kind"] == "entra-provisioning"
+                && e["changes"].to_string().contains("cessationOfOperation")),
+        "{trail}"
+    );
+    let mut targets: Vec<&str> = events
+        .iter()
+        .map(|e| e["target"]["id"].as_str().unwrap())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(targets.len(), 3);
 }
 
 #[tokio::test]

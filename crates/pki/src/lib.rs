@@ -36,6 +36,10 @@ pub enum PkiError {
     /// A defect here.
     #[error("internal: {0}")]
     Internal(String),
+    /// A revocation is stored but its record (the journal) could not be written; the next
+    /// revocation of the same users writes it.
+    #[error("revocation not recorded: {0}")]
+    Unrecorded(String),
 }
 
 impl PkiError {
@@ -246,7 +250,20 @@ pub struct CertificateRecord {
     pub reason: Option<RevocationReason>,
     /// What revoked it: `admin`, `scim`, `graph_sync`, `offboarding`.
     pub revoked_by: Option<String>,
+    /// For an automatic revocation ([`Pki::revoke_all`]) with a [`RevocationJournal`]:
+    /// whether the journal has it yet (`Some(false)` until it has; `None` otherwise).
+    pub revocation_recorded: Option<bool>,
     pub created_at: OffsetDateTime,
+}
+
+/// Told of every certificate an automatic revocation ([`Pki::revoke_all`]: a user disabled
+/// or deleted, a tenant offboarded) revoked, after the revocation is stored (the audit trail
+/// listens here). Until it answers Ok the certificate row says so, and the next
+/// `revoke_all` naming its user tells it again: a crash in between loses no record, and
+/// the record must be idempotent (same certificate, same record).
+#[async_trait::async_trait]
+pub trait RevocationJournal: Send + Sync {
+    async fn revoked(&self, record: &CertificateRecord) -> Result<(), String>;
 }
 
 impl CertificateRecord {
@@ -335,6 +352,7 @@ pub struct Pki {
     /// `PUBLIC_BASE_URL` without a trailing slash: CRL and AIA URLs are under it.
     base_url: String,
     pool: KeyPool,
+    journal: Option<Arc<dyn RevocationJournal>>,
 }
 
 fn now_seconds() -> OffsetDateTime {
@@ -355,7 +373,14 @@ impl Pki {
             store,
             base_url: base_url.trim_end_matches('/').to_string(),
             pool,
+            journal: None,
         }
+    }
+
+    /// The same service, telling `journal` of every automatic revocation.
+    pub fn with_journal(mut self, journal: Arc<dyn RevocationJournal>) -> Pki {
+        self.journal = Some(journal);
+        self
     }
 
     /// The key pool.
@@ -642,6 +667,7 @@ impl Pki {
             revoked_at: None,
             reason: None,
             revoked_by: None,
+            revocation_recorded: None,
             created_at: OffsetDateTime::now_utc(),
         };
         let private_key = match user_key {
@@ -770,7 +796,7 @@ impl Pki {
         reason: RevocationReason,
         by: &str,
     ) -> Result<CertificateRecord, PkiError> {
-        let record = self.mark_revoked(tenant, id, reason, by).await?;
+        let record = self.mark_revoked(tenant, id, reason, by, None).await?;
         self.publish_if_missing(tenant, std::slice::from_ref(&record))
             .await?;
         Ok(record)
@@ -782,6 +808,7 @@ impl Pki {
         id: Uuid,
         reason: RevocationReason,
         by: &str,
+        recorded: Option<bool>,
     ) -> Result<CertificateRecord, PkiError> {
         for _ in 0..8 {
             let (mut record, etag) = self.store.get(tenant, id).await?.ok_or_else(|| {
@@ -794,6 +821,7 @@ impl Pki {
             record.revoked_at = Some(now_seconds());
             record.reason = Some(reason);
             record.revoked_by = Some(by.to_string());
+            record.revocation_recorded = recorded;
             if self.store.replace(&record, &etag).await? {
                 tracing::info!(%tenant, certificate = %id, reason = reason.as_str(), by, "certificate revoked");
                 return Ok(record);
@@ -842,9 +870,14 @@ impl Pki {
         let all = self.store.list(tenant, users, None).await?;
         let mut revoked = Vec::new();
         let mut count = 0;
+        // with a journal, a revocation is marked unrecorded until the journal has it
+        let unrecorded = self.journal.as_ref().map(|_| false);
         for record in all {
             if record.status == CertificateStatus::Active {
-                revoked.push(self.mark_revoked(tenant, record.id, reason, by).await?);
+                revoked.push(
+                    self.mark_revoked(tenant, record.id, reason, by, unrecorded)
+                        .await?,
+                );
                 count += 1;
             } else {
                 revoked.push(record);
@@ -853,7 +886,37 @@ impl Pki {
         if !revoked.is_empty() {
             self.publish_if_missing(tenant, &revoked).await?;
         }
+        if let Some(journal) = &self.journal {
+            // this call's revocations, and earlier ones a crash kept from the journal
+            for record in revoked
+                .iter()
+                .filter(|r| r.revocation_recorded == Some(false))
+            {
+                journal
+                    .revoked(record)
+                    .await
+                    .map_err(PkiError::Unrecorded)?;
+                self.mark_recorded(tenant, record.id).await?;
+            }
+        }
         Ok(count)
+    }
+
+    /// Notes on the certificate's row that the journal has its revocation.
+    async fn mark_recorded(&self, tenant: Uuid, id: Uuid) -> Result<(), PkiError> {
+        for _ in 0..8 {
+            let Some((mut record, etag)) = self.store.get(tenant, id).await? else {
+                return Ok(());
+            };
+            if record.revocation_recorded != Some(false) {
+                return Ok(());
+            }
+            record.revocation_recorded = Some(true);
+            if self.store.replace(&record, &etag).await? {
+                return Ok(());
+            }
+        }
+        Err(PkiError::Contended)
     }
 }
 

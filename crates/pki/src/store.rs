@@ -154,6 +154,9 @@ fn record_entity(r: &CertificateRecord) -> Entity {
     if let Some(by) = &r.revoked_by {
         e.set("RevokedBy", by.as_str());
     }
+    if let Some(recorded) = r.revocation_recorded {
+        e.set("RevocationRecorded", recorded);
+    }
     e
 }
 
@@ -184,6 +187,7 @@ fn record_of(e: &Entity) -> Result<CertificateRecord, StoreError> {
             .map(|r| RevocationReason::parse(r).ok_or_else(|| corrupt(row, "Reason")))
             .transpose()?,
         revoked_by: e.get_str("RevokedBy").map(str::to_string),
+        revocation_recorded: e.get_bool("RevocationRecorded"),
         created_at: when(e, "CreatedAt")?,
     })
 }

@@ -653,3 +653,73 @@ async fn the_key_pool_fills_in_the_background_and_hands_each_key_out_once() {
     let b = pool.take(4096).await.unwrap();
     assert_ne!(a.public.bits, b.public.bits);
 }
+
+/// Keeps the revocations it is told of; refuses while `refuse` is set.
+#[derive(Default)]
+struct Told {
+    refuse: std::sync::atomic::AtomicBool,
+    ids: std::sync::Mutex<Vec<Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl pki::RevocationJournal for Told {
+    async fn revoked(&self, record: &pki::CertificateRecord) -> Result<(), String> {
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the audit trail is unavailable".into());
+        }
+        self.ids.lock().unwrap().push(record.id);
+        Ok(())
+    }
+}
+
+// Automatic revocations (a user disabled by sync or SCIM, a tenant offboarded) left no
+// per-certificate record. The journal now hears of each; when it cannot take one, the
+// certificate row remembers it and the next revocation of the user tells it again.
+#[tokio::test]
+async fn every_automatic_revocation_reaches_the_journal_once_even_after_it_failed() {
+    let dir = scratch();
+    let told = Arc::new(Told::default());
+    let pki = pki_with(Arc::new(vault::LocalVault::new(dir.join("vault"))))
+        .await
+        .with_journal(told.clone());
+    let tenant = Uuid::new_v4();
+    let h = holder(tenant);
+    for _ in 0..2 {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut req = request(h.clone(), CertificateType::ClientAuth, None);
+        req.csr = Some(csr_of(&key));
+        pki.issue(req, "Contoso").await.unwrap();
+    }
+    let users = [h.user_id];
+    let revoke = || {
+        pki.revoke_all(
+            tenant,
+            Some(&users),
+            RevocationReason::CessationOfOperation,
+            "graph_sync",
+        )
+    };
+    told.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(revoke().await, Err(pki::PkiError::Unrecorded(_))));
+    // revoked all the same (the CRL lists them), not yet told
+    let mine = pki
+        .certificates(tenant, Some(&[h.user_id]), None)
+        .await
+        .unwrap();
+    assert!(
+        mine.iter()
+            .all(|c| c.status == pki::CertificateStatus::Revoked)
+    );
+    assert!(told.ids.lock().unwrap().is_empty());
+    told.refuse
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(revoke().await.unwrap(), 0, "nothing left to revoke");
+    assert_eq!(
+        told.ids.lock().unwrap().len(),
+        2,
+        "both told once the journal works"
+    );
+    revoke().await.unwrap();
+    assert_eq!(told.ids.lock().unwrap().len(), 2, "and never again");
+    std::fs::remove_dir_all(dir).ok();
+}
