@@ -256,7 +256,9 @@ async fn eligible_user(app: &App, tenant: Uuid, user_id: &str) -> Result<User, A
     params(("tenant_id" = Option<uuid::Uuid>, Query)),
     request_body = ProvisionBody,
     responses(
-        (status = 201, description = "The certificate, and its private key once when made here (`Cache-Control: no-store`)", body = crate::openapi::schemas::ProvisionedCertificate),
+        (status = 201, description = "The certificate, and its private key once when made here (`Cache-Control: no-store`)", body = crate::openapi::schemas::ProvisionedCertificate, links(
+            ("RevokeCertificate" = (operation_id = "revokeCertificate", parameters(("certificate_id" = "$response.body#/certificate/id"), ("tenant_id" = "$response.body#/certificate/tenant_id"))))
+        )),
         (status = 404, description = "Unknown tenant, or nothing of that id in it", body = crate::openapi::schemas::ErrorBody),
         (status = 409, description = "The tenant (or user) is not active", body = crate::openapi::schemas::ErrorBody),
     )

@@ -127,3 +127,55 @@ fn every_operation_has_an_id_a_tag_and_its_security() {
         }
     }
 }
+
+/// Every operation of the document by its id: (METHOD path, the operation).
+fn operations_by_id(
+    doc: &serde_json::Value,
+) -> std::collections::BTreeMap<String, (String, serde_json::Value)> {
+    let mut found = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            found.insert(
+                id,
+                (
+                    format!("{} {path}", method.to_ascii_uppercase()),
+                    op.clone(),
+                ),
+            );
+        }
+    }
+    found
+}
+
+#[test]
+fn every_link_names_an_operation_and_only_its_parameters() {
+    let doc = serde_json::from_str::<serde_json::Value>(&json()).unwrap();
+    let operations = operations_by_id(&doc);
+    let mut links = 0;
+    for (id, (_, op)) in &operations {
+        for (status, response) in op["responses"].as_object().unwrap() {
+            let Some(named) = response.get("links").and_then(|l| l.as_object()) else {
+                continue;
+            };
+            for (name, link) in named {
+                links += 1;
+                let target = link["operationId"].as_str().unwrap_or_default();
+                let Some((_, target_op)) = operations.get(target) else {
+                    panic!("{id} {status} link {name}: no operation {target}");
+                };
+                let parameters: BTreeSet<&str> = target_op["parameters"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+                    .unwrap_or_default();
+                for parameter in link["parameters"].as_object().unwrap().keys() {
+                    assert!(
+                        parameters.contains(parameter.as_str()),
+                        "{id} {status} link {name}: {target} has no parameter {parameter}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(links > 0, "the document has no links");
+}
