@@ -1043,6 +1043,7 @@ async fn plan(app: &App, req: &Request) -> Result<Response, ApiError> {
 /// The plan to apply.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"plan_id": "c0ffee00-1234-4abc-9def-0123456789ab", "confirm": false}))]
 struct ApplyBody {
     #[schema(format = Uuid)]
     plan_id: String,

@@ -420,6 +420,7 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
 /// Why a certificate is revoked (the body may be empty).
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "keyCompromise", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47"}))]
 struct RevokeBody {
     /// An RFC 5280 reason name; `unspecified` by default.
     #[schema(value_type = Option<crate::openapi::schemas::RevocationReasonName>)]
@@ -434,7 +435,7 @@ struct RevokeBody {
     tag = "Certificates",
     security(("entra_admin" = [])),
     params(("certificate_id" = uuid::Uuid, Path), ("tenant_id" = Option<uuid::Uuid>, Query)),
-    request_body(content = Option<RevokeBody>, description = "Optional"),
+    request_body(content = Option<RevokeBody>, description = "Optional", example = json!({"reason": "keyCompromise", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47"})),
     responses(
         (status = 200, description = "The certificate, revoked (again: the first revocation, unchanged)", body = crate::openapi::schemas::UserCertificate),
         (status = 404, description = "Unknown tenant, or nothing of that id in it", body = crate::openapi::schemas::ErrorBody),

@@ -179,3 +179,64 @@ fn every_link_names_an_operation_and_only_its_parameters() {
     }
     assert!(links > 0, "the document has no links");
 }
+
+/// Whether a schema (followed through `$ref`s to the components) shows an example; a
+/// `oneOf`/`anyOf` (an optional body: null or a type) does when each branch but `null` does.
+fn schema_has_example(doc: &serde_json::Value, schema: &serde_json::Value) -> bool {
+    if schema.get("example").is_some() || schema.get("examples").is_some() {
+        return true;
+    }
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        return schema_has_example(doc, &doc["components"]["schemas"][name]);
+    }
+    for combinator in ["oneOf", "anyOf"] {
+        if let Some(branches) = schema[combinator].as_array() {
+            return branches
+                .iter()
+                .filter(|b| b["type"] != "null")
+                .all(|b| schema_has_example(doc, b));
+        }
+    }
+    false
+}
+
+/// Operations allowed to lack an example, each with why. Empty: every JSON body has one.
+const WITHOUT_EXAMPLE: &[&str] = &[];
+
+#[test]
+fn every_json_request_body_and_success_answer_has_an_example() {
+    let doc = serde_json::from_str::<serde_json::Value>(&json()).unwrap();
+    let mut missing = BTreeSet::new();
+    for (id, (operation, op)) in operations_by_id(&doc) {
+        let mut bodies = Vec::new();
+        if let Some(content) = op["requestBody"]["content"].as_object() {
+            bodies.extend(content.iter().map(|(t, m)| (format!("request {t}"), m)));
+        }
+        for (status, response) in op["responses"].as_object().unwrap() {
+            if !status.starts_with('2') {
+                continue;
+            }
+            if let Some(content) = response["content"].as_object() {
+                bodies.extend(content.iter().map(|(t, m)| (format!("{status} {t}"), m)));
+            }
+        }
+        for (what, media) in bodies {
+            if !what.contains("json") {
+                continue; // PEM, HTML, CSV: not JSON
+            }
+            let shown = media.get("example").is_some()
+                || media.get("examples").is_some()
+                || schema_has_example(&doc, &media["schema"]);
+            if !shown && !WITHOUT_EXAMPLE.contains(&id.as_str()) {
+                missing.insert(format!("{id} ({operation}): {what}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "JSON bodies without an example (add #[schema(example = json!(...))] to the type, \
+         or `example = json!(...)` to the path attribute):\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
