@@ -168,6 +168,10 @@ fn every_link_names_an_operation_and_only_its_parameters() {
                     .as_array()
                     .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
                     .unwrap_or_default();
+                assert!(
+                    link.get("requestBody").is_none() || target_op.get("requestBody").is_some(),
+                    "{id} {status} link {name}: {target} takes no body"
+                );
                 for parameter in link["parameters"].as_object().unwrap().keys() {
                     assert!(
                         parameters.contains(parameter.as_str()),
