@@ -47,6 +47,28 @@ fn generated_document_is_valid_openapi() {
     );
 }
 
+/// Schemathesis sends the document's examples as they are, and readers copy them: each one
+/// must be valid against the schema it illustrates (tests/openapi/check_examples.py).
+#[test]
+fn every_example_is_valid_against_its_own_schema() {
+    let (code, document) = run_to_exit(BIN, &["openapi"], &[]);
+    assert_eq!(code, Some(0), "handler openapi failed: {document}");
+    let file = std::env::temp_dir().join(format!("openapi-{}.json", Uuid::new_v4()));
+    std::fs::write(&file, &document).unwrap();
+    let output = Command::new(openapi_tools().join("python"))
+        .arg(repo().join("tests/openapi/check_examples.py"))
+        .arg(&file)
+        .output()
+        .expect("the example check runs");
+    std::fs::remove_file(&file).ok();
+    assert!(
+        output.status.success(),
+        "examples that break their own schema:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The release handler on Azurite, with Microsoft faked, a registered tenant with users,
 /// its SCIM token, and a Connector API principal with a grant.
 struct World {

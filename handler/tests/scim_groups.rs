@@ -516,3 +516,32 @@ async fn resources_whose_schemas_or_external_id_have_the_wrong_type_are_refused(
         .await;
     assert_eq!(status, StatusCode::CREATED, "{group}");
 }
+
+/// RFC 7644 §3.3: a create answers 201 with the new group's URI in `Location` (the same as
+/// its meta.location) and its version in `ETag`.
+#[tokio::test]
+async fn a_created_group_answers_201_with_its_location_and_etag_headers() {
+    let s = Scim::start().await;
+    let response = s
+        .http
+        .post(format!("{}/Groups", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", SCIM)
+        .body(json!({"displayName": "Located"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (location, etag) = (header("location"), header("etag"));
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(location, Some(format!("{}/Groups/{id}", s.base)));
+    assert_eq!(location.as_deref(), created["meta"]["location"].as_str());
+    assert_eq!(etag.as_deref(), created["meta"]["version"].as_str());
+}

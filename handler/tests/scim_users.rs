@@ -899,3 +899,32 @@ async fn many_concurrent_creates_into_a_new_tenant_all_succeed() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["totalResults"], 96);
 }
+
+/// RFC 7644 §3.3: a create answers 201 with the new resource's URI in `Location` (the same
+/// as its meta.location) and its version in `ETag`.
+#[tokio::test]
+async fn a_created_user_answers_201_with_its_location_and_etag_headers() {
+    let s = Scim::start().await;
+    let response = s
+        .http
+        .post(format!("{}/Users", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", SCIM)
+        .body(entra_user("Grace@Contoso.com", "grace").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (location, etag) = (header("location"), header("etag"));
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(location, Some(format!("{}/Users/{id}", s.base)));
+    assert_eq!(location.as_deref(), created["meta"]["location"].as_str());
+    assert_eq!(etag.as_deref(), created["meta"]["version"].as_str());
+}

@@ -191,6 +191,7 @@ pub struct StepResult {
 
 /// An apply's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"plan_id": "c0ffee00-1234-4abc-9def-0123456789ab", "done": 1, "already_done": 0, "failed": 1, "results": [{"index": 0, "action": "create_user", "employee_id": "E-10442", "status": "done", "user_id": "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b"}, {"index": 1, "action": "disable_user", "employee_id": "E-09120", "status": "failed", "user_id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "error": "Microsoft Graph answered 429", "error_kind": "throttled"}]}))]
 pub struct ApplyReport {
     pub plan_id: Uuid,
     pub done: usize,

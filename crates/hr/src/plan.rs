@@ -181,6 +181,7 @@ pub struct Skipped {
 
 /// A computed plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "c0ffee00-1234-4abc-9def-0123456789ab", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "created_at": "2026-12-01T09:00:00Z", "today": "2026-12-01", "steps": [{"index": 0, "employee_id": "E-10442", "reason": "joiner: starts on 2026-12-02", "due_on": "2026-12-01", "action": "create_user", "upn": "ada.lovelace@contoso.com", "mail_nickname": "ada.lovelace", "properties": {"displayName": "Ada Lovelace", "givenName": "Ada", "surname": "Lovelace", "usageLocation": "GB"}}, {"index": 1, "employee_id": "E-09120", "reason": "leaver: left on 2026-11-30", "due_on": "2026-11-30", "action": "disable_user", "user": {"existing": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f"}}], "waiting": [{"employee_id": "E-10501", "event": "hire", "due_on": "2027-01-04"}], "skipped": [{"employee_id": "E-10007", "reason": "no start_date in the future and no account to match"}], "disables": 1, "directory_users": 120, "max_disable_percent": 10.0, "needs_confirmation": false}))]
 pub struct Plan {
     pub id: Uuid,
     pub tenant_id: Uuid,

@@ -22,6 +22,7 @@ pub struct HrPosition {
 /// An employee's HR record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"employee_id": "E-10442", "given_name": "Ada", "surname": "Lovelace", "display_name": "Ada Lovelace", "personal_email": "ada.l@example.net", "work_email": "ada.lovelace@contoso.com", "job_title": "Engineer", "department": "Research", "manager_employee_id": "E-10001", "location": "London", "usage_location": "GB", "start_date": "2026-12-02", "positions": [{"title": "Engineer", "department": "Research", "start": "2026-12-02"}]}))]
 pub struct HrRecord {
     pub employee_id: String,
     pub given_name: String,

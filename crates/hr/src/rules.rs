@@ -264,6 +264,7 @@ impl Default for LeaverPolicy {
 /// A tenant's rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"mappings": [{"property": "displayName", "expression": "display_name"}, {"property": "department", "expression": "department"}, {"property": "usageLocation", "expression": "upper(usage_location)"}], "upn": {"pattern": "lower(ascii(join(\".\", given_name, surname)))", "domain": "contoso.com"}, "groups": [{"field": "department", "equals": "Research", "groups": ["d4c3b2a1-0f9e-4d8c-b7a6-5f4e3d2c1b0a"]}], "leaver": {"grace_days": 0, "remove_groups": true, "revoke_sessions": true}, "joiner_days_before_start": 1}))]
 pub struct Rules {
     #[serde(default = "default_mappings")]
     pub mappings: Vec<Mapping>,

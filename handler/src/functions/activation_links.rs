@@ -66,7 +66,7 @@ fn link_json(link: &ActivationLink) -> Value {
     operation_id = "createActivationLink",
     tag = "Onboarding",
     security(("entra_admin" = [])),
-    request_body(content = Option<NewLink>, description = "Optional"),
+    request_body(content = Option<NewLink>, description = "Optional", example = json!({"cloud": "global", "expires_in_minutes": 60})),
     responses((status = 201, description = "The link; `link` is shown only here", body = ActivationLinkBody, links(
         ("RevokeLink" = (operation_id = "revokeActivationLink", parameters(("link_id" = "$response.body#/id"))))
     )))

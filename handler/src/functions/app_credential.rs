@@ -46,6 +46,7 @@ fn wants_pem(req: &Request) -> Result<bool, ApiError> {
 /// Which cloud's app the certificate is for (the body may be empty: `global`).
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"cloud": "global"}))]
 struct CloudBody {
     #[serde(default)]
     #[schema(value_type = Option<crate::openapi::schemas::CloudName>)]
@@ -55,6 +56,7 @@ struct CloudBody {
 /// The tenant's own app registration.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"client_id": "6e74172b-be56-4843-9ff4-e66a39bb12e3"}))]
 struct TenantAppBody {
     #[schema(format = Uuid)]
     client_id: String,
@@ -102,7 +104,7 @@ fn export_reply(
     operation_id = "createServiceCertificate",
     tag = "App credentials",
     security(("entra_admin" = [])),
-    request_body(content = Option<CloudBody>, description = "Optional"),
+    request_body(content = Option<CloudBody>, description = "Optional", example = json!({"cloud": "global"})),
     responses((status = 201, description = "A new key in the vault and its self-signed certificate, to upload to the app registration", body = crate::openapi::schemas::CredentialCertificate))
 )]
 async fn create_service(app: &App, req: &Request) -> Result<Response, ApiError> {

@@ -83,7 +83,10 @@ async fn registered_tenant(app: &App, req: &Request) -> Result<uuid::Uuid, ApiEr
     request_body = EmployeeBody,
     responses(
         (status = 200, description = "Replaced", body = EmployeeRecord),
-        (status = 201, description = "Created", body = EmployeeRecord),
+        (status = 201, description = "Created", body = EmployeeRecord, links(
+            ("GetEmployee" = (operation_id = "getEmployee", parameters(("tenant_id" = "$request.path.tenant_id"), ("employee_id" = "$response.body#/employee_id")))),
+            ("DeleteEmployee" = (operation_id = "deleteEmployee", parameters(("tenant_id" = "$request.path.tenant_id"), ("employee_id" = "$response.body#/employee_id"))))
+        )),
         (status = 409, description = "The object id belongs to another employee record of the tenant", body = ErrorBody),
     )
 )]

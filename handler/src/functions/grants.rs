@@ -81,6 +81,7 @@ struct NewGrant {
 /// A grant's new scopes.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"scopes": ["records.read", "records.write"]}))]
 struct GrantUpdate {
     scopes: Vec<String>,
 }

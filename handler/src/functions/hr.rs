@@ -1028,7 +1028,9 @@ async fn compute_plan(app: &App, tenant: Uuid) -> Result<Plan, ApiError> {
     security(("entra_admin" = [])),
     params(("tenant_id" = uuid::Uuid, Path)),
     responses(
-        (status = 200, description = "The plan (kept for 24 hours for apply): each write, what waits, what is left alone", body = hr::Plan),
+        (status = 200, description = "The plan (kept for 24 hours for apply): each write, what waits, what is left alone", body = hr::Plan, links(
+            ("ApplyPlan" = (operation_id = "applyHrPlan", parameters(("tenant_id" = "$request.path.tenant_id")), request_body = json!({"plan_id": "{$response.body#/id}"})))
+        )),
         (status = 409, description = "The tenant is not active (`tenant_not_active`), has no HR connection (`not_configured`), or its delegated connection must be linked again (`relink_required`)", body = ErrorBody),
         (status = 502, description = "The tenant refused the connection (`tenant_access_refused`) or Microsoft Graph refused the request (`graph_rejected`)", body = ErrorBody),
     )
@@ -1043,6 +1045,7 @@ async fn plan(app: &App, req: &Request) -> Result<Response, ApiError> {
 /// The plan to apply.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"plan_id": "c0ffee00-1234-4abc-9def-0123456789ab", "confirm": false}))]
 struct ApplyBody {
     #[schema(format = Uuid)]
     plan_id: String,

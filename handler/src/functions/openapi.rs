@@ -26,7 +26,7 @@ pub struct Api;
     operation_id = "getOpenApiDocument",
     tag = "Service",
     security(()),
-    responses((status = 200, description = "This document", content_type = "application/json", body = serde_json::Value))
+    responses((status = 200, description = "This document", content_type = "application/json", body = serde_json::Value, example = json!({"openapi": "3.1.0", "info": {"title": "entra-connector", "version": "0.1.0"}, "paths": {}})))
 )]
 async fn serve(_app: &App, _req: &Request) -> Result<Response, ApiError> {
     static DOCUMENT: OnceLock<String> = OnceLock::new();

@@ -256,7 +256,9 @@ async fn eligible_user(app: &App, tenant: Uuid, user_id: &str) -> Result<User, A
     params(("tenant_id" = Option<uuid::Uuid>, Query)),
     request_body = ProvisionBody,
     responses(
-        (status = 201, description = "The certificate, and its private key once when made here (`Cache-Control: no-store`)", body = crate::openapi::schemas::ProvisionedCertificate),
+        (status = 201, description = "The certificate, and its private key once when made here (`Cache-Control: no-store`)", body = crate::openapi::schemas::ProvisionedCertificate, links(
+            ("RevokeCertificate" = (operation_id = "revokeCertificate", parameters(("certificate_id" = "$response.body#/certificate/id"), ("tenant_id" = "$response.body#/certificate/tenant_id"))))
+        )),
         (status = 404, description = "Unknown tenant, or nothing of that id in it", body = crate::openapi::schemas::ErrorBody),
         (status = 409, description = "The tenant (or user) is not active", body = crate::openapi::schemas::ErrorBody),
     )
@@ -418,6 +420,7 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
 /// Why a certificate is revoked (the body may be empty).
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "keyCompromise", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47"}))]
 struct RevokeBody {
     /// An RFC 5280 reason name; `unspecified` by default.
     #[schema(value_type = Option<crate::openapi::schemas::RevocationReasonName>)]
@@ -432,7 +435,7 @@ struct RevokeBody {
     tag = "Certificates",
     security(("entra_admin" = [])),
     params(("certificate_id" = uuid::Uuid, Path), ("tenant_id" = Option<uuid::Uuid>, Query)),
-    request_body(content = Option<RevokeBody>, description = "Optional"),
+    request_body(content = Option<RevokeBody>, description = "Optional", example = json!({"reason": "keyCompromise", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47"})),
     responses(
         (status = 200, description = "The certificate, revoked (again: the first revocation, unchanged)", body = crate::openapi::schemas::UserCertificate),
         (status = 404, description = "Unknown tenant, or nothing of that id in it", body = crate::openapi::schemas::ErrorBody),

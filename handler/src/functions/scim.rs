@@ -22,6 +22,8 @@ use audit::{Actor, Change, Event, Target};
 /// Largest SCIM request body (Entra's are a few KiB).
 pub const MAX_SCIM_BODY: usize = 1024 * 1024;
 
+/// A SCIM answer: `ETag` carries the resource's meta.version, and a 201 names the new
+/// resource's URI (its meta.location) in `Location` (RFC 7644 section 3.3).
 fn scim_reply(status: u16, body: &Value) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = warp::reply::with_status(warp::reply::json(body), status).into_response();
@@ -29,10 +31,18 @@ fn scim_reply(status: u16, body: &Value) -> Response {
         "content-type",
         HeaderValue::from_static("application/scim+json"),
     );
-    if let Some(version) = body.pointer("/meta/version").and_then(Value::as_str)
-        && let Ok(etag) = HeaderValue::from_str(version)
-    {
+    let header = |pointer: &str| {
+        body.pointer(pointer)
+            .and_then(Value::as_str)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+    };
+    if let Some(etag) = header("/meta/version") {
         response.headers_mut().insert("etag", etag);
+    }
+    if status == StatusCode::CREATED
+        && let Some(location) = header("/meta/location")
+    {
+        response.headers_mut().insert("location", location);
     }
     response
 }
@@ -555,11 +565,14 @@ mod operations {
         params(("tenant_id" = uuid::Uuid, Path)),
         request_body(content = crate::openapi::schemas::ScimUserRequest, content_type = "application/scim+json"),
         responses(
-            (status = 201, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, links(
+            (status = 201, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, headers(("ETag" = String, description = "The resource's `meta.version`, for `If-Match`"), ("Location" = String, description = "The new resource's URI, its `meta.location`")), links(
                 ("GetUser" = (operation_id = "getScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
                 ("ReplaceUser" = (operation_id = "replaceScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
                 ("PatchUser" = (operation_id = "patchScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
-                ("DeleteUser" = (operation_id = "deleteScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id"))))
+                ("DeleteUser" = (operation_id = "deleteScimUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("GetProvisionedUser" = (operation_id = "getProvisionedUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("GetProvisionedUserSettings" = (operation_id = "getProvisionedUserSettings", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id")))),
+                ("InviteProvisionedUser" = (operation_id = "inviteProvisionedUser", parameters(("tenant_id" = "$request.path.tenant_id"), ("user_id" = "$response.body#/id"))))
             )),
             (status = 409, description = "`uniqueness`: the userName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
         )
@@ -586,7 +599,7 @@ mod operations {
         security(("scim_token" = [])),
         params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
         responses(
-            (status = 200, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 200, description = "The user", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, headers(("ETag" = String, description = "The resource's `meta.version`, for `If-Match`"))),
         )
     )]
     pub(super) fn get_scim_user() {}
@@ -599,7 +612,7 @@ mod operations {
         params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         request_body(content = crate::openapi::schemas::ScimUserRequest, content_type = "application/scim+json"),
         responses(
-            (status = 200, description = "The user, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 200, description = "The user, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, headers(("ETag" = String, description = "The resource's `meta.version`, for `If-Match`"))),
             (status = 409, description = "`uniqueness`: the userName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
             (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
         )
@@ -614,7 +627,7 @@ mod operations {
         params(("tenant_id" = uuid::Uuid, Path), ("user_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         request_body(content = crate::openapi::schemas::ScimPatchOp, content_type = "application/scim+json"),
         responses(
-            (status = 200, description = "The user, changed", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 200, description = "The user, changed", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, headers(("ETag" = String, description = "The resource's `meta.version`, for `If-Match`"))),
             (status = 409, description = "`uniqueness`: the userName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
             (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
         )
@@ -654,11 +667,12 @@ mod operations {
         params(("tenant_id" = uuid::Uuid, Path)),
         request_body(content = crate::openapi::schemas::ScimGroupRequest, content_type = "application/scim+json"),
         responses(
-            (status = 201, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, links(
+            (status = 201, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, headers(("ETag" = String, description = "The resource's `meta.version`, for `If-Match`"), ("Location" = String, description = "The new resource's URI, its `meta.location`")), links(
                 ("GetGroup" = (operation_id = "getScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
                 ("ReplaceGroup" = (operation_id = "replaceScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
                 ("PatchGroup" = (operation_id = "patchScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
-                ("DeleteGroup" = (operation_id = "deleteScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id"))))
+                ("DeleteGroup" = (operation_id = "deleteScimGroup", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id")))),
+                ("GetProvisionedGroupSettings" = (operation_id = "getProvisionedGroupSettings", parameters(("tenant_id" = "$request.path.tenant_id"), ("group_id" = "$response.body#/id"))))
             )),
             (status = 409, description = "`uniqueness`: the displayName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
         )
@@ -685,7 +699,7 @@ mod operations {
         security(("scim_token" = [])),
         params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("attributes" = Option<String>, Query), ("excludedAttributes" = Option<String>, Query)),
         responses(
-            (status = 200, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 200, description = "The group", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, headers(("ETag" = String, description = "The resource's `meta.version`, for `If-Match`"))),
         )
     )]
     pub(super) fn get_scim_group() {}
@@ -698,7 +712,7 @@ mod operations {
         params(("tenant_id" = uuid::Uuid, Path), ("group_id" = String, Path, min_length = 1, max_length = 256), ("If-Match" = Option<String>, Header, description = "A `meta.version`: the change applies only to that version")),
         request_body(content = crate::openapi::schemas::ScimGroupRequest, content_type = "application/scim+json"),
         responses(
-            (status = 200, description = "The group, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource),
+            (status = 200, description = "The group, replaced", content_type = "application/scim+json", body = crate::openapi::schemas::ScimResource, headers(("ETag" = String, description = "The resource's `meta.version`, for `If-Match`"))),
             (status = 409, description = "`uniqueness`: the displayName is taken", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
             (status = 412, description = "`If-Match` names another version", content_type = "application/scim+json", body = crate::openapi::schemas::ScimErrorBody),
         )

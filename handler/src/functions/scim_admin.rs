@@ -177,6 +177,7 @@ fn method_not_allowed(allowed: &str) -> Result<Response, ApiError> {
 /// A user's or group's overrides of the tenant's settings (null: the tenant's).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"settings": {"require_mobile_auth": true}}))]
 struct OverridesBody {
     settings: Overrides,
 }
@@ -342,6 +343,7 @@ fn admin_change(method: &Method, parts: &[&str]) -> Option<(&'static str, audit:
 /// The invitation code, as the activation link carries it.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"code": "Xw7pQ2rT9vK4mB1n"}))]
 struct RedeemBody {
     code: String,
 }

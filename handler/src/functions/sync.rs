@@ -569,6 +569,7 @@ async fn sync_user(app: &App, req: &Request) -> Result<Response, ApiError> {
 /// Users to read from Graph now.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "user_principal_names": ["ada@contoso.com", "grace@contoso.com"]}))]
 struct BulkBody {
     /// 1 to 50 names.
     #[schema(min_items = 1, max_items = 50)]

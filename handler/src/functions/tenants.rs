@@ -77,7 +77,9 @@ struct NewTenant {
     security(("entra_admin" = [])),
     request_body = NewTenant,
     responses(
-        (status = 201, description = "The tenant, registered", body = TenantBody),
+        (status = 201, description = "The tenant, registered", body = TenantBody, links(
+            ("GetTenant" = (operation_id = "getTenant", parameters(("tenant_id" = "$response.body#/tenant_id"))))
+        )),
         (status = 409, description = "Already registered (an offboarded tenant registers again)", body = ErrorBody),
     )
 )]

@@ -32,6 +32,7 @@ pub struct Api;
 /// The token to check.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6ImV4YW1wbGUifQ.eyJhdWQiOiJhcGk6Ly9jb25uZWN0b3IiLCJ0aWQiOiI3MmY5ODhiZi04NmYxLTQxYWYtOTFhYi0yZDdjZDAxMWRiNDcifQ.c2lnbmF0dXJl"}))]
 struct TokenBody {
     token: String,
 }

@@ -198,18 +198,25 @@ pub fn json() -> String {
     text
 }
 
-/// utoipa 5.5 writes a Link Object's `operationId` as `operation_id`; OpenAPI names it
-/// `operationId`, so renamed here.
+/// utoipa 5.5 writes a Link Object's `operationId`, `operationRef` and `requestBody` in
+/// snake case; OpenAPI names them in camel case, so renamed here.
 fn link_field_names(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
         Value::Object(map) => {
             if let Some(Value::Object(links)) = map.get_mut("links") {
                 for link in links.values_mut() {
-                    if let Some(link) = link.as_object_mut()
-                        && let Some(id) = link.remove("operation_id")
-                    {
-                        link.insert("operationId".into(), id);
+                    let Some(link) = link.as_object_mut() else {
+                        continue;
+                    };
+                    for (written, named) in [
+                        ("operation_id", "operationId"),
+                        ("operation_ref", "operationRef"),
+                        ("request_body", "requestBody"),
+                    ] {
+                        if let Some(value) = link.remove(written) {
+                            link.insert(named.into(), value);
+                        }
                     }
                 }
             }

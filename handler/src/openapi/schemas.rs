@@ -134,12 +134,14 @@ pub struct TenantBody {
 
 /// The tenant registry.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenants": [{"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "display_name": "Contoso", "cloud": "global", "status": "active", "added_by": "admin_consent", "created_at": "2026-01-05T09:12:44Z", "consented_at": "2026-01-05T09:14:02Z", "offboarded_at": null, "app_client_id": null}]}))]
 pub struct TenantList {
     pub tenants: Vec<TenantBody>,
 }
 
 /// An offboarded tenant, with what this call revoked.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "display_name": "Contoso", "cloud": "global", "status": "offboarded", "added_by": "admin_api", "created_at": "2026-01-05T09:12:44Z", "consented_at": "2026-01-05T09:14:02Z", "offboarded_at": "2026-11-30T16:00:00Z", "app_client_id": null, "revoked_grants": 2, "revoked_scim_token": true, "revoked_certificates": 1}))]
 pub struct OffboardedTenant {
     #[serde(flatten)]
     pub tenant: TenantBody,
@@ -158,6 +160,7 @@ pub enum PrincipalKind {
 
 /// A grant of Connector API scopes to a principal of a tenant.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "kind": "service_principal", "client_id": "6e74172b-be56-4843-9ff4-e66a39bb12e3", "scopes": ["records.read"], "created_at": "2026-02-01T10:00:00Z", "updated_at": "2026-02-01T10:00:00Z", "last_used_at": "2026-11-30T08:21:17Z", "revoked_at": null}))]
 pub struct GrantBody {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -181,12 +184,14 @@ pub struct GrantBody {
 
 /// Grants.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"grants": [{"id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "kind": "user", "object_id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "scopes": ["records.read", "records.write"], "created_at": "2026-02-01T10:00:00Z", "updated_at": "2026-03-15T12:30:00Z", "last_used_at": null, "revoked_at": null}]}))]
 pub struct GrantList {
     pub grants: Vec<GrantBody>,
 }
 
 /// An employee record.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "employee_id": "E-10442", "object_id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "positions": [{"title": "Engineer", "start": "2024-03-01", "end": "2025-12-31"}, {"title": "Senior Engineer", "start": "2026-01-01"}], "active": true, "updated_at": "2026-01-02T08:00:00Z"}))]
 pub struct EmployeeRecord {
     pub tenant_id: Uuid,
     pub employee_id: String,
@@ -211,6 +216,7 @@ pub enum LinkState {
 
 /// An activation link (its secret is shown only when it is created).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "0d4c1f5e-8b6a-4f3e-9d2c-7a1b0e9f8c6d", "cloud": "global", "state": "pending", "created_at": "2026-12-01T09:00:00Z", "expires_at": "2026-12-01T10:00:00Z", "used_at": null, "revoked_at": null, "tenant_id": null, "failed_at": null, "failure_reason": null, "link": "https://connector.contoso.com/api/v1/activate/0d4c1f5e-8b6a-4f3e-9d2c-7a1b0e9f8c6d?secret=q9Vh3mJxR2sT7wYk"}))]
 pub struct ActivationLinkBody {
     pub id: Uuid,
     pub cloud: CloudName,
@@ -234,6 +240,7 @@ pub struct ActivationLinkBody {
 
 /// Activation links.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"activation_links": [{"id": "0d4c1f5e-8b6a-4f3e-9d2c-7a1b0e9f8c6d", "cloud": "global", "state": "used", "created_at": "2026-12-01T09:00:00Z", "expires_at": "2026-12-01T10:00:00Z", "used_at": "2026-12-01T09:20:00Z", "revoked_at": null, "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "failed_at": null, "failure_reason": null}]}))]
 pub struct ActivationLinkList {
     pub activation_links: Vec<ActivationLinkBody>,
 }
@@ -248,6 +255,7 @@ pub struct RsaJwk {
 
 /// A certificate whose key stays in the vault, to upload to an app registration.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"certificate_pem": "-----BEGIN CERTIFICATE-----\nMIIC8jCCAdqgAwIBAgIUB3...\n-----END CERTIFICATE-----\n", "certificate_der_base64": "MIIC8jCCAdqgAwIBAgIUB3...", "thumbprint_sha256": "mQ3k8lZ0yq7Xz2b3v0b5Jc1hQxq6mS1w0Kp9r2YtV8E", "thumbprint_sha1_hex": "2F1A9C3B7D4E5F60718293A4B5C6D7E8F9011223", "public_key_jwk": {"kty": "RSA", "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw", "e": "AQAB"}, "client_id": "6e74172b-be56-4843-9ff4-e66a39bb12e3", "cloud": "global"}))]
 pub struct CredentialCertificate {
     pub certificate_pem: String,
     pub certificate_der_base64: String,
@@ -266,6 +274,7 @@ pub struct CredentialCertificate {
 /// A valid token's claims (those it has of `sub`, `oid`, `tid`, `upn`, `email`, `name`,
 /// `roles`, `groups`, `scp`, `exp`, `iat`, `ver`).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"valid": true, "payload": {"sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "oid": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "tid": "72f988bf-86f1-41af-91ab-2d7cd011db47", "upn": "ada@contoso.com", "name": "Ada Lovelace", "roles": [], "scp": "User.Read", "exp": 1796133600, "iat": 1796130000, "ver": "2.0"}}))]
 pub struct TokenAccepted {
     pub valid: bool,
     pub payload: Value,
@@ -308,6 +317,7 @@ pub struct StorageReachable {
 
 /// The service's health.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "healthy", "version": "0.1.0", "mode": "host", "storage": {"reachable": true}, "housekeeping": {"last_run_at": "2026-12-01T03:00:00Z", "finished_at": "2026-12-01T03:00:04Z", "outcome": "succeeded", "past_due": false, "summary": "expired 2 activation links, 0 invitations"}}))]
 pub struct HealthReport {
     /// `healthy` or `unhealthy`.
     pub status: String,
@@ -320,6 +330,7 @@ pub struct HealthReport {
 
 /// The Connector API's answer to a caller allowed in.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "principal": {"kind": "service_principal", "id": "6e74172b-be56-4843-9ff4-e66a39bb12e3"}, "scopes": ["records.read"]}))]
 pub struct PingAnswerBody {
     pub tenant_id: Uuid,
     pub principal: PingPrincipal,
@@ -335,6 +346,7 @@ pub struct PingPrincipal {
 
 /// A certificate issued to a directory user (never its key).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "type": "entra_user", "certificate_type": "client_auth", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "user_id": "5b8f0c3e-2d1a-4e6b-9f7c-8a9b0c1d2e3f", "serial": "4f2a91c07d3e5b68", "subject": "CN=Ada Lovelace,E=ada@contoso.com", "not_before": "2026-12-01T09:00:00Z", "not_after": "2027-12-01T09:00:00Z", "thumbprint_sha256": "b5d7e0c2a9f14e6b8d3c7a1f0e9b2d4c6a8f1e3b5d7c9a0e2f4b6d8c1a3e5f70", "status": "revoked", "key_source": "server", "revoked_at": "2026-12-01T11:30:00Z", "revocation_reason": "keyCompromise", "revoked_by": "admin 9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "pem": "-----BEGIN CERTIFICATE-----\nMIIC+zCCAeOgAwIBAgIITypJwH0+W2gw...\n-----END CERTIFICATE-----\n"}))]
 pub struct UserCertificate {
     pub id: Uuid,
     /// Always `entra_user`.
@@ -375,6 +387,7 @@ pub struct UserGroup {
 
 /// A user of a tenant's directory.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "5b8f0c3e-2d1a-4e6b-9f7c-8a9b0c1d2e3f", "name": "Ada Lovelace", "email": "ada@contoso.com", "entra_id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "entra_upn": "ada@contoso.com", "is_active": true, "account_enabled": true, "entra_last_sync": "2026-12-01T08:00:00Z", "deleted_in_entra_at": null, "given_name": "Ada", "surname": "Lovelace", "job_title": "Engineer", "department": "Research", "employee_id": "E-10442", "sources": ["graph"], "updated_at": "2026-12-01T08:00:00Z", "entra_groups": [{"id": "7e1c2b3a-4d5f-4a6b-8c7d-9e0f1a2b3c4d", "entra_id": "d4c3b2a1-0f9e-4d8c-b7a6-5f4e3d2c1b0a", "name": "Research"}]}))]
 pub struct DirectoryUser {
     pub id: Uuid,
     pub name: Option<String>,
@@ -409,6 +422,7 @@ pub struct DirectoryUser {
 
 /// A page of a tenant's directory users.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "per_page": 50, "users": [{"id": "5b8f0c3e-2d1a-4e6b-9f7c-8a9b0c1d2e3f", "name": "Ada Lovelace", "email": "ada@contoso.com", "entra_id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "entra_upn": "ada@contoso.com", "is_active": true, "account_enabled": true, "entra_last_sync": "2026-12-01T08:00:00Z", "deleted_in_entra_at": null, "given_name": "Ada", "surname": "Lovelace", "job_title": "Engineer", "department": "Research", "employee_id": "E-10442", "sources": ["graph", "scim"], "updated_at": "2026-12-01T08:00:00Z", "certificates": []}], "next_cursor": null}))]
 pub struct DirectoryUserPage {
     pub tenant_id: Uuid,
     pub per_page: u32,
@@ -431,6 +445,7 @@ pub struct BulkSyncResult {
 
 /// What a bulk sync did.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "total": 2, "successful": 1, "failed": 1, "results": [{"user_principal_name": "ada@contoso.com", "status": "success", "user": {"id": "5b8f0c3e-2d1a-4e6b-9f7c-8a9b0c1d2e3f", "name": "Ada Lovelace", "email": "ada@contoso.com", "entra_id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "entra_upn": "ada@contoso.com", "is_active": true, "account_enabled": true, "entra_last_sync": "2026-12-01T08:00:00Z", "deleted_in_entra_at": null, "given_name": "Ada", "surname": "Lovelace", "job_title": null, "department": null, "employee_id": null, "sources": ["graph"], "updated_at": "2026-12-01T08:00:00Z"}}, {"user_principal_name": "nobody@contoso.com", "status": "failed", "error": {"error": "not_found", "message": "no user nobody@contoso.com in Microsoft Graph"}}]}))]
 pub struct BulkSyncAnswer {
     pub tenant_id: Uuid,
     pub total: u64,
@@ -469,6 +484,7 @@ pub struct FinishedRound {
 
 /// A tenant's directory sync.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "status": "idle", "round": null, "last_round": {"round": 42, "started_at": "2026-12-01T08:00:00Z", "finished_at": "2026-12-01T08:00:07Z", "duration_ms": 7120, "outcome": "success", "full": false, "pages": 3, "changes": 5}, "next_due_at": "2026-12-01T08:15:00Z", "error": null}))]
 pub struct SyncStatus {
     pub tenant_id: Uuid,
     /// `idle`, `queued` or `running`.
@@ -510,6 +526,7 @@ pub struct TenantStatistics {
 
 /// Directory statistics.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"total": {"tenants": 1, "users": {"total": 120, "active": 112, "inactive": 8}, "groups": 14, "memberships": 310}, "tenants": [{"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "display_name": "Contoso", "status": "idle", "round": null, "last_round": null, "next_due_at": "2026-12-01T08:15:00Z", "error": null, "users": {"total": 120, "active": 112, "inactive": 8}, "groups": 14, "memberships": 310}]}))]
 pub struct Statistics {
     pub total: StatisticsTotal,
     pub tenants: Vec<TenantStatistics>,
@@ -517,6 +534,7 @@ pub struct Statistics {
 
 /// Directory sync health (no tenant ids, no user data).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "up", "storage": "reachable", "last_rounds": {"success": 3, "access_revoked": 1}}))]
 pub struct DirectoryHealth {
     /// `up` or `degraded`.
     pub status: String,
@@ -528,6 +546,7 @@ pub struct DirectoryHealth {
 
 /// A tenant's issuing CA.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "subject": "CN=Contoso Issuing CA", "serial": "01", "not_before": "2026-01-05T09:20:00Z", "not_after": "2036-01-05T09:20:00Z", "thumbprint_sha256": "c3a1e5f70b5d7e0c2a9f14e6b8d3c7a1f0e9b2d4c6a8f1e3b5d7c9a0e2f4b6d8", "crl_number": 3, "ca_url": "https://connector.contoso.com/api/v1/pki/72f988bf-86f1-41af-91ab-2d7cd011db47/ca.crt", "crl_url": "https://connector.contoso.com/api/v1/pki/72f988bf-86f1-41af-91ab-2d7cd011db47/crl", "pem": "-----BEGIN CERTIFICATE-----\nMIIDBTCCAe2gAwIBAgIBATAN...\n-----END CERTIFICATE-----\n"}))]
 pub struct CaBody {
     pub tenant_id: Uuid,
     pub subject: String,
@@ -561,6 +580,7 @@ pub struct IssuedKey {
 
 /// A certificate issued to a directory user.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"certificate": {"id": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "type": "entra_user", "certificate_type": "client_auth", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "user_id": "5b8f0c3e-2d1a-4e6b-9f7c-8a9b0c1d2e3f", "serial": "4f2a91c07d3e5b68", "subject": "CN=Ada Lovelace,E=ada@contoso.com", "not_before": "2026-12-01T09:00:00Z", "not_after": "2027-12-01T09:00:00Z", "thumbprint_sha256": "b5d7e0c2a9f14e6b8d3c7a1f0e9b2d4c6a8f1e3b5d7c9a0e2f4b6d8c1a3e5f70", "status": "active", "key_source": "server", "revoked_at": null, "revocation_reason": null, "revoked_by": null, "pem": "-----BEGIN CERTIFICATE-----\nMIIC+zCCAeOgAwIBAgIITypJwH0+W2gw...\n-----END CERTIFICATE-----\n", "chain": ["-----BEGIN CERTIFICATE-----\nMIIC+zCCAeOgAwIBAgIITypJwH0+W2gw...\n-----END CERTIFICATE-----\n", "-----BEGIN CERTIFICATE-----\nMIIDBTCCAe2gAwIBAgIBATAN...\n-----END CERTIFICATE-----\n"]}, "private_key": {"format": "pkcs8", "pem": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC...\n-----END PRIVATE KEY-----\n"}, "user": {"id": "5b8f0c3e-2d1a-4e6b-9f7c-8a9b0c1d2e3f", "name": "Ada Lovelace", "email": "ada@contoso.com", "entra_id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "entra_upn": "ada@contoso.com", "is_active": true, "account_enabled": true, "entra_last_sync": "2026-12-01T08:00:00Z", "deleted_in_entra_at": null, "given_name": "Ada", "surname": "Lovelace", "job_title": "Engineer", "department": "Research", "employee_id": "E-10442", "sources": ["graph"], "updated_at": "2026-12-01T08:00:00Z", "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47"}}))]
 pub struct ProvisionedCertificate {
     pub certificate: UserCertificate,
     /// Null when the request carried a CSR.
@@ -570,6 +590,7 @@ pub struct ProvisionedCertificate {
 
 /// The SCIM Secret Token and the Tenant URL to paste beside it.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"token": "scim_4q7Z2m9XkP1vR8tY3wB6nC5dF0gH", "tenant_url": "https://connector.contoso.com/api/scim/72f988bf-86f1-41af-91ab-2d7cd011db47/v2"}))]
 pub struct ScimTokenBody {
     /// Shown once.
     pub token: String,
@@ -592,6 +613,7 @@ pub struct ResourceSettings {
 
 /// A provisioned user as the product sees it.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "2819c223-7f76-453a-919d-413861904646", "user_name": "bjensen@contoso.com", "external_id": "bjensen", "display_name": "Barbara Jensen", "email": "bjensen@contoso.com", "active": true, "source": "scim", "status": "Invited", "invitation_id": "e3b0c442-98fc-4c14-9afb-f4c8996fb924", "activated_at": null, "settings": {"require_mobile_auth": {"override": true, "effective": true}}}))]
 pub struct ProvisionedUser {
     pub id: Uuid,
     pub user_name: Value,
@@ -610,12 +632,14 @@ pub struct ProvisionedUser {
 
 /// Provisioned users.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"users": [{"id": "2819c223-7f76-453a-919d-413861904646", "user_name": "bjensen@contoso.com", "external_id": "bjensen", "display_name": "Barbara Jensen", "email": "bjensen@contoso.com", "active": true, "source": "scim", "status": "Staged", "invitation_id": null, "activated_at": null, "settings": {"require_mobile_auth": {"override": null, "effective": false}}}]}))]
 pub struct ProvisionedUserList {
     pub users: Vec<ProvisionedUser>,
 }
 
 /// A provisioned group as the product sees it.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "e9e30dba-f08f-4109-8486-d5c6a331660a", "display_name": "Sales", "external_id": "sales", "settings": {"require_mobile_auth": {"override": true, "effective": true}}}))]
 pub struct ProvisionedGroup {
     pub id: Uuid,
     pub display_name: Value,
@@ -625,6 +649,7 @@ pub struct ProvisionedGroup {
 
 /// An invitation of the outbox.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "e3b0c442-98fc-4c14-9afb-f4c8996fb924", "user_id": "2819c223-7f76-453a-919d-413861904646", "user_name": "bjensen@contoso.com", "email": "bjensen@contoso.com", "display_name": "Barbara Jensen", "state": "pending", "created_at": "2026-12-01T09:00:00Z", "expires_at": "2026-12-08T09:00:00Z", "sent_at": null, "redeemed_at": null, "link": "https://connector.contoso.com/api/v1/invitations/activate?code=Xw7pQ2rT9vK4mB1n"}))]
 pub struct InvitationBody {
     pub id: Option<String>,
     pub user_id: Option<String>,
@@ -647,12 +672,14 @@ pub struct InvitationBody {
 
 /// The invitation outbox.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"invitations": [{"id": "e3b0c442-98fc-4c14-9afb-f4c8996fb924", "user_id": "2819c223-7f76-453a-919d-413861904646", "user_name": "bjensen@contoso.com", "email": "bjensen@contoso.com", "display_name": "Barbara Jensen", "state": "sent", "created_at": "2026-12-01T09:00:00Z", "expires_at": "2026-12-08T09:00:00Z", "sent_at": "2026-12-01T09:05:00Z", "redeemed_at": null, "link": "https://connector.contoso.com/api/v1/invitations/activate?code=Xw7pQ2rT9vK4mB1n"}]}))]
 pub struct InvitationList {
     pub invitations: Vec<InvitationBody>,
 }
 
 /// A redeemed invitation.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "user_id": "2819c223-7f76-453a-919d-413861904646", "user_name": "bjensen@contoso.com", "status": "Active"}))]
 pub struct RedeemedInvitation {
     pub tenant_id: Uuid,
     pub user_id: Uuid,
@@ -741,6 +768,7 @@ pub struct ScimMember {
 
 /// A SCIM ListResponse (RFC 7644 section 3.4.2).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"], "totalResults": 1, "startIndex": 1, "itemsPerPage": 1, "Resources": [{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "2819c223-7f76-453a-919d-413861904646", "userName": "bjensen@contoso.com", "externalId": "bjensen", "active": true, "meta": {"resourceType": "User", "version": "W/\"3\"", "location": "https://connector.contoso.com/api/scim/72f988bf-86f1-41af-91ab-2d7cd011db47/v2/Users/2819c223-7f76-453a-919d-413861904646"}}]}))]
 pub struct ScimListResponse {
     pub schemas: Vec<String>,
     #[serde(rename = "totalResults")]
@@ -776,6 +804,7 @@ pub struct ScimPatchOperation {
 
 /// A SCIM search request (RFC 7644 section 3.4.3).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "userName eq \"bjensen@contoso.com\"", "startIndex": 1, "count": 10, "attributes": ["userName", "active"]}))]
 pub struct ScimSearchRequest {
     pub schemas: Vec<String>,
     #[schema(nullable = false)]
@@ -820,6 +849,7 @@ pub struct HrMissingPermission {
 
 /// The outcome of trying the HR connection.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ok": false, "organization": {"id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "display_name": "Contoso"}, "granted_permissions": ["User.ReadWrite.All"], "missing_permissions": [{"permission": "GroupMember.ReadWrite.All", "needed_to": "add and remove group members"}]}))]
 pub struct HrConnectionTest {
     /// No permission is missing.
     pub ok: bool,
@@ -830,6 +860,7 @@ pub struct HrConnectionTest {
 
 /// Microsoft's sign-in page for linking a delegated HR connection (single use).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"authorize_url": "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/authorize?client_id=6e74172b-be56-4843-9ff4-e66a39bb12e3&response_type=code&state=k3Jq9", "expires_at": "2026-12-01T09:10:00Z", "scopes": "User.ReadWrite.All GroupMember.ReadWrite.All offline_access"}))]
 pub struct HrLink {
     pub authorize_url: String,
     #[schema(format = DateTime)]
@@ -840,6 +871,7 @@ pub struct HrLink {
 
 /// A delegated HR connection, linked.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"linked": true, "connection": {"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "type": "delegated", "cloud": "global", "client_id": null, "credential": null, "linked_by": "ada@contoso.com", "linked_at": "2026-12-01T09:04:00Z", "last_success": null, "last_error": null}}))]
 pub struct HrLinked {
     pub linked: bool,
     pub connection: HrConnectionBody,
@@ -858,6 +890,7 @@ pub struct HrConsentRequired {
 
 /// HR records imported, all of them.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"imported": 120, "import_id": "8d3f2a1b-6c5e-4f7a-9b8c-0d1e2f3a4b5c"}))]
 pub struct HrImported {
     pub imported: u64,
     /// This import's id (its rows were staged under it, then committed at once).
@@ -876,6 +909,7 @@ pub struct HrRowsRejected {
 
 /// A temporary password, shown once (the answer is `Cache-Control: no-store`).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"employee_id": "E-10442", "user_id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "temporary_password": "Tq8#vL2m!Rz5wK9p", "force_change_password_next_sign_in": true, "shown_once": true}))]
 pub struct HrTemporaryPassword {
     pub employee_id: String,
     pub user_id: Uuid,
@@ -887,6 +921,7 @@ pub struct HrTemporaryPassword {
 /// The JSON form of an HR import: the records, or an object with them as `employees`.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
+#[schema(example = json!([{"employee_id": "E-10442", "given_name": "Ada", "surname": "Lovelace", "work_email": "ada.lovelace@contoso.com", "department": "Research", "usage_location": "GB", "start_date": "2026-12-02"}, {"employee_id": "E-09120", "given_name": "Charles", "surname": "Babbage", "start_date": "2019-04-01", "end_date": "2026-11-30"}]))]
 pub enum HrImportJson {
     Records(Vec<hr::HrRecord>),
     Wrapped { employees: Vec<hr::HrRecord> },
@@ -966,6 +1001,7 @@ pub struct AuditChange {
 
 /// One audit event (also one line of the NDJSON export).
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "01JDX5K3M8Q2R7T9V4W6Y8Z0AB", "time": "2026-12-01T09:00:00Z", "tenant": "72f988bf-86f1-41af-91ab-2d7cd011db47", "actor": {"kind": "admin", "id": "9c7d1a52-3e2b-4c7a-9a5e-0b1f2d3c4e5f", "name": "ada@contoso.com"}, "action": "grant.update", "target": {"type": "grant", "id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301"}, "outcome": {"status": "success"}, "changes": [{"attribute": "scopes", "old": ["records.read"], "new": ["records.read", "records.write"]}], "invocation_id": "b9f1c6a2-3d4e-4f5a-8b6c-7d8e9f0a1b2c", "correlation": "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"}))]
 pub struct AuditEvent {
     pub id: String,
     #[schema(format = DateTime)]
@@ -989,6 +1025,7 @@ pub struct AuditEvent {
 
 /// A page of a tenant's audit trail, newest first.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"events": [{"id": "01JDX5K3M8Q2R7T9V4W6Y8Z0AB", "time": "2026-12-01T09:00:00Z", "tenant": "72f988bf-86f1-41af-91ab-2d7cd011db47", "actor": {"kind": "entra-provisioning", "id": "entra-provisioning"}, "action": "scim.user.update", "target": {"type": "user", "id": "2819c223-7f76-453a-919d-413861904646", "display": "bjensen@contoso.com"}, "outcome": {"status": "success"}, "changes": [{"attribute": "active", "old": true, "new": false}], "correlation": "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"}], "next_cursor": "MjAyNi0xMi0wMVQwOTowMDowMFo"}))]
 pub struct AuditPage {
     pub events: Vec<AuditEvent>,
     /// Pass it back as `cursor` for the next (older) page.
@@ -1033,6 +1070,7 @@ pub struct ProvisioningLogEntry {
 
 /// A page of a tenant's provisioning log, newest first.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"entries": [{"id": "01JDX5K3M8Q2R7T9V4W6Y8Z0AC", "time": "2026-12-01T09:01:00Z", "action": "scim.user.create", "operation": "Create", "target": {"type": "user", "id": "bjensen", "display": "bjensen@contoso.com"}, "status": "failure", "correlation": "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9", "error": {"code": "uniqueness", "reason": "userName is taken"}}], "next_cursor": null}))]
 pub struct ProvisioningLogPage {
     pub entries: Vec<ProvisioningLogEntry>,
     /// Pass it back as `cursor` for the next (older) page.
@@ -1052,6 +1090,7 @@ pub enum IncidentKindName {
 
 /// Who hears about a tenant's incidents.
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"emails": ["it-ops@contoso.com"], "webhook_url": "https://hooks.contoso.com/entra-connector", "webhook_secret_set": true, "notify_on": ["sync_failing", "scim_failing", "consent_revoked"], "scim_failure_rate_percent": 20, "scim_min_requests": 10}))]
 pub struct NotificationSettingsBody {
     #[schema(format = Email)]
     pub emails: Vec<String>,
@@ -1092,6 +1131,7 @@ pub struct TestNoticeFailed {
 /// What came of a test notice.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
+#[schema(example = json!({"delivered": true, "id": "notice-8f7e6d5c"}))]
 pub enum TestNoticeOutcome {
     Delivered(TestNoticeDelivered),
     Failed(TestNoticeFailed),

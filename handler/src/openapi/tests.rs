@@ -127,3 +127,120 @@ fn every_operation_has_an_id_a_tag_and_its_security() {
         }
     }
 }
+
+/// Every operation of the document by its id: (METHOD path, the operation).
+fn operations_by_id(
+    doc: &serde_json::Value,
+) -> std::collections::BTreeMap<String, (String, serde_json::Value)> {
+    let mut found = std::collections::BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            found.insert(
+                id,
+                (
+                    format!("{} {path}", method.to_ascii_uppercase()),
+                    op.clone(),
+                ),
+            );
+        }
+    }
+    found
+}
+
+#[test]
+fn every_link_names_an_operation_and_only_its_parameters() {
+    let doc = serde_json::from_str::<serde_json::Value>(&json()).unwrap();
+    let operations = operations_by_id(&doc);
+    let mut links = 0;
+    for (id, (_, op)) in &operations {
+        for (status, response) in op["responses"].as_object().unwrap() {
+            let Some(named) = response.get("links").and_then(|l| l.as_object()) else {
+                continue;
+            };
+            for (name, link) in named {
+                links += 1;
+                let target = link["operationId"].as_str().unwrap_or_default();
+                let Some((_, target_op)) = operations.get(target) else {
+                    panic!("{id} {status} link {name}: no operation {target}");
+                };
+                let parameters: BTreeSet<&str> = target_op["parameters"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+                    .unwrap_or_default();
+                assert!(
+                    link.get("requestBody").is_none() || target_op.get("requestBody").is_some(),
+                    "{id} {status} link {name}: {target} takes no body"
+                );
+                for parameter in link["parameters"].as_object().unwrap().keys() {
+                    assert!(
+                        parameters.contains(parameter.as_str()),
+                        "{id} {status} link {name}: {target} has no parameter {parameter}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(links > 0, "the document has no links");
+}
+
+/// Whether a schema (followed through `$ref`s to the components) shows an example; a
+/// `oneOf`/`anyOf` (an optional body: null or a type) does when each branch but `null` does.
+fn schema_has_example(doc: &serde_json::Value, schema: &serde_json::Value) -> bool {
+    if schema.get("example").is_some() || schema.get("examples").is_some() {
+        return true;
+    }
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference.trim_start_matches("#/components/schemas/");
+        return schema_has_example(doc, &doc["components"]["schemas"][name]);
+    }
+    for combinator in ["oneOf", "anyOf"] {
+        if let Some(branches) = schema[combinator].as_array() {
+            return branches
+                .iter()
+                .filter(|b| b["type"] != "null")
+                .all(|b| schema_has_example(doc, b));
+        }
+    }
+    false
+}
+
+/// Operations allowed to lack an example, each with why. Empty: every JSON body has one.
+const WITHOUT_EXAMPLE: &[&str] = &[];
+
+#[test]
+fn every_json_request_body_and_success_answer_has_an_example() {
+    let doc = serde_json::from_str::<serde_json::Value>(&json()).unwrap();
+    let mut missing = BTreeSet::new();
+    for (id, (operation, op)) in operations_by_id(&doc) {
+        let mut bodies = Vec::new();
+        if let Some(content) = op["requestBody"]["content"].as_object() {
+            bodies.extend(content.iter().map(|(t, m)| (format!("request {t}"), m)));
+        }
+        for (status, response) in op["responses"].as_object().unwrap() {
+            if !status.starts_with('2') {
+                continue;
+            }
+            if let Some(content) = response["content"].as_object() {
+                bodies.extend(content.iter().map(|(t, m)| (format!("{status} {t}"), m)));
+            }
+        }
+        for (what, media) in bodies {
+            if !what.contains("json") {
+                continue; // PEM, HTML, CSV: not JSON
+            }
+            let shown = media.get("example").is_some()
+                || media.get("examples").is_some()
+                || schema_has_example(&doc, &media["schema"]);
+            if !shown && !WITHOUT_EXAMPLE.contains(&id.as_str()) {
+                missing.insert(format!("{id} ({operation}): {what}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "JSON bodies without an example (add #[schema(example = json!(...))] to the type, \
+         or `example = json!(...)` to the path attribute):\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
