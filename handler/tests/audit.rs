@@ -878,9 +878,20 @@ impl Scim {
 /// The SCIM harness on a Table endpoint whose audit tables fail (503) while the flag is
 /// set; every other table works.
 async fn failing_audit() -> (Scim, Arc<AtomicBool>) {
+    failing_audit_writes("").await
+}
+
+/// [`failing_audit`], failing only the audit requests whose body contains `body`.
+async fn failing_audit_writes(body: &'static str) -> (Scim, Arc<AtomicBool>) {
     let prefix = unique_table("w");
     let fail = Arc::new(AtomicBool::new(false));
-    let proxy = faulty_table_endpoint(vec![(format!("{prefix}Audit"), fail.clone())]).await;
+    let (table, on) = (format!("{prefix}Audit"), fail.clone());
+    let proxy = system_tests::faulty_table_endpoint(move |r| {
+        on.load(Ordering::SeqCst)
+            && (r.path.contains(table.as_str()) || r.body.contains(table.as_str()))
+            && r.body.contains(body)
+    })
+    .await;
     let azurite = Azurite::shared();
     let table_port = azurite.account().table_endpoint.port().unwrap();
     let connection = azurite.connection_string().replace(
@@ -1001,4 +1012,27 @@ async fn a_certificate_revoke_whose_event_cannot_be_stored_answers_503_and_leave
     let event = succeeded(&s, "certificate.revoke").await;
     assert_eq!(event["target"]["id"], id.as_str());
     assert_eq!(change(&event, "status").unwrap()["new"], "revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_outcome_cannot_be_stored_answers_503_and_leaves_its_event_pending() {
+    // the pending event is stored, the write of how it ended fails
+    let (s, fail) = failing_audit_writes(r#""Outcome":"success""#).await;
+    let t = s.tenant;
+    let new = json!({"tenant_id": t, "kind": "user", "object_id": Uuid::new_v4(), "scopes": ["records.read"]});
+    let (status, grant) = s.api("POST", "access/grants", Some(new)).await;
+    assert_eq!(status, StatusCode::CREATED, "{grant}");
+    let id = grant["id"].as_str().unwrap().to_string();
+
+    fail.store(true, Ordering::SeqCst);
+    let (status, _) = s.api("DELETE", &format!("access/grants/{id}"), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    fail.store(false, Ordering::SeqCst);
+    // the change was made; its event says it may have been
+    let (status, _) = s.api("GET", &format!("access/grants/{id}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let events = s.events("action=grant.delete").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "pending", "{events:?}");
+    assert_eq!(events[0]["target"]["id"], id.as_str());
 }

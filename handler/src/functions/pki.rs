@@ -109,6 +109,7 @@ async fn create_ca(app: &App, req: &Request) -> Result<Response, ApiError> {
                     .ensure_authority(tenant_id, &tenant.display_name)
                     .await?;
                 Ok(Made::report((authority, created), move |event| {
+                    // another request made it first: this one changed nothing
                     if created {
                         event
                     } else {
