@@ -1,5 +1,6 @@
 //! What the function adapters need to record audit events: the actor from an admin token,
-//! the invocation id from the request, and the 503 a failed recording answers.
+//! the invocation id from the request, the 503 a failed recording answers, and [`around`],
+//! which records an admin change write-ahead so that none is made without its record.
 
 use audit::{Actor, AuditError, Event};
 use entra::ValidatedToken;
@@ -40,7 +41,8 @@ impl From<AuditError> for ApiError {
     }
 }
 
-/// Records one event; a failure is the 503 the request answers.
+/// Records one event; a failure is the 503 the request answers. For a change, use
+/// [`around`]: this is for events of what changed nothing (a refusal before any write).
 pub async fn record(app: &App, event: Event) -> Result<(), ApiError> {
     app.audit.record(event).await.map_err(ApiError::from)
 }
@@ -109,5 +111,56 @@ impl pki::RevocationJournal for RevocationTrail {
             .record(event)
             .await
             .map_err(|e| format!("recording the revocation in the audit trail: {e}"))
+    }
+}
+
+/// What a change made: the value it answers with, and what its event learns only from the
+/// change (changes seen in the result, a display name, an outcome other than success).
+pub struct Made<T> {
+    value: T,
+    report: Box<dyn FnOnce(Event) -> Event + Send>,
+}
+
+impl<T> Made<T> {
+    /// `value`, its event completed by `report` (given the event as begun, with outcome
+    /// success).
+    pub fn report(value: T, report: impl FnOnce(Event) -> Event + Send + 'static) -> Made<T> {
+        Made {
+            value,
+            report: Box::new(report),
+        }
+    }
+}
+
+impl<T> From<T> for Made<T> {
+    /// `value`, its event as it was begun.
+    fn from(value: T) -> Made<T> {
+        Made::report(value, |event| event)
+    }
+}
+
+/// Makes a change write-ahead: `event` is stored as pending before `change` runs (when it
+/// cannot be, the change is not run and the answer is 503), then replaced by how the change
+/// ended: success completed by the change's [`Made`] report, or a failure with the error's
+/// status and message. When that last write fails the answer is 503 too, and the event
+/// stays pending: it says the change may have been made.
+pub async fn around<T>(
+    app: &App,
+    event: Event,
+    change: impl std::future::Future<Output = Result<Made<T>, ApiError>>,
+) -> Result<T, ApiError> {
+    let pending = app.audit.begin(event).await?;
+    match change.await {
+        Ok(made) => {
+            pending.finish(made.report).await?;
+            Ok(made.value)
+        }
+        Err(e) => {
+            let (status, message) = (e.status.as_u16(), e.message.clone());
+            pending
+                .finish(move |event| event.failed(status, message))
+                .await?;
+            Err(e)
+        }
     }
 }

@@ -854,3 +854,185 @@ async fn a_scim_event_a_dead_writer_left_in_its_outbox_row_reaches_the_trail_thr
     assert_eq!(events[0]["target"]["display"], "left@contoso.com");
     assert_eq!(events[0]["changes"][0]["new"], false);
 }
+
+impl Scim {
+    /// An admin API call (`path` from `/api/v1/`): status and JSON body (null when none).
+    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!("{}/api/v1/{path}", self.handler.base_url()),
+            )
+            .bearer_auth(&self.admin);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+/// The SCIM harness on a Table endpoint whose audit tables fail (503) while the flag is
+/// set; every other table works.
+async fn failing_audit() -> (Scim, Arc<AtomicBool>) {
+    failing_audit_writes("").await
+}
+
+/// [`failing_audit`], failing only the audit requests whose body contains `body`.
+async fn failing_audit_writes(body: &'static str) -> (Scim, Arc<AtomicBool>) {
+    let prefix = unique_table("w");
+    let fail = Arc::new(AtomicBool::new(false));
+    let (table, on) = (format!("{prefix}Audit"), fail.clone());
+    let proxy = system_tests::faulty_table_endpoint(move |r| {
+        on.load(Ordering::SeqCst)
+            && (r.path.contains(table.as_str()) || r.body.contains(table.as_str()))
+            && r.body.contains(body)
+    })
+    .await;
+    let azurite = Azurite::shared();
+    let table_port = azurite.account().table_endpoint.port().unwrap();
+    let connection = azurite.connection_string().replace(
+        &format!("127.0.0.1:{table_port}"),
+        &format!("127.0.0.1:{proxy}"),
+    );
+    let s = Scim::start_with(vec![
+        ("AzureWebJobsStorage", connection),
+        ("STORAGE_TABLE_PREFIX", prefix),
+    ])
+    .await;
+    (s, fail)
+}
+
+/// The one event of `action` in the tenant's trail, which must have succeeded.
+async fn succeeded(s: &Scim, action: &str) -> Value {
+    let events = s.events(&format!("action={action}")).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "success", "{events:?}");
+    events[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_change_whose_event_cannot_be_stored_answers_503_and_is_not_made() {
+    let (s, fail) = failing_audit().await;
+    let t = s.tenant;
+    let new = json!({"tenant_id": t, "kind": "user", "object_id": Uuid::new_v4(), "scopes": ["records.read"]});
+    let list = format!("access/grants?tenant_id={t}");
+    let grants = || s.api("GET", &list, None);
+
+    fail.store(true, Ordering::SeqCst);
+    let (status, _) = s.api("POST", "access/grants", Some(new.clone())).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    fail.store(false, Ordering::SeqCst);
+    let (_, list) = grants().await;
+    assert_eq!(list["grants"], json!([]), "no grant without its record");
+    assert!(s.events("action=grant.").await.is_empty());
+
+    let (status, grant) = s.api("POST", "access/grants", Some(new)).await;
+    assert_eq!(status, StatusCode::CREATED, "{grant}");
+    let id = grant["id"].as_str().unwrap().to_string();
+    assert_eq!(succeeded(&s, "grant.create").await["target"]["id"], id);
+
+    fail.store(true, Ordering::SeqCst);
+    let (status, _) = s.api("DELETE", &format!("access/grants/{id}"), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    fail.store(false, Ordering::SeqCst);
+    let (status, kept) = s.api("GET", &format!("access/grants/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "the grant stays: {kept}");
+
+    let (status, _) = s.api("DELETE", &format!("access/grants/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(succeeded(&s, "grant.delete").await["target"]["id"], id);
+    let (_, list) = grants().await;
+    assert_eq!(list["grants"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offboarding_whose_event_cannot_be_stored_answers_503_and_leaves_the_tenant_active() {
+    let (s, fail) = failing_audit().await;
+    let t = s.tenant;
+    fail.store(true, Ordering::SeqCst);
+    let (status, _) = s.api("DELETE", &format!("tenants/{t}"), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    fail.store(false, Ordering::SeqCst);
+    let (_, tenant) = s.api("GET", &format!("tenants/{t}"), None).await;
+    assert_eq!(tenant["status"], "active", "{tenant}");
+    let (status, _) = s.call("GET", "/Users", None).await;
+    assert_eq!(status, StatusCode::OK, "the SCIM token still works");
+    assert!(s.events("action=tenant.offboard").await.is_empty());
+
+    let (status, gone) = s.api("DELETE", &format!("tenants/{t}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{gone}");
+    let event = succeeded(&s, "tenant.offboard").await;
+    assert_eq!(change(&event, "status").unwrap()["new"], "offboarded");
+    let (_, tenant) = s.api("GET", &format!("tenants/{t}"), None).await;
+    assert_eq!(tenant["status"], "offboarded", "{tenant}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_revoke_whose_event_cannot_be_stored_answers_503_and_leaves_it_active() {
+    let (s, fail) = failing_audit().await;
+    let (status, user) = s
+        .call(
+            "POST",
+            "/Users",
+            Some(entra_user("cert@contoso.com", "cert")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let user = user["id"].as_str().unwrap().to_string();
+    let (status, issued) = s
+        .api(
+            "POST",
+            "entra-id/provision-certificate",
+            Some(json!({"user_id": user})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let id = issued["certificate"]["id"].as_str().unwrap().to_string();
+    let status_of = || async {
+        let (_, detail) = s.api("GET", &format!("entra-id/users/{user}"), None).await;
+        detail["certificates"][0]["status"].clone()
+    };
+
+    fail.store(true, Ordering::SeqCst);
+    let revoke = json!({"reason": "keyCompromise"});
+    let path = format!("certificates/{id}/revoke");
+    let (status, _) = s.api("POST", &path, Some(revoke.clone())).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    fail.store(false, Ordering::SeqCst);
+    assert_eq!(status_of().await, "active");
+    assert!(s.events("action=certificate.revoke").await.is_empty());
+
+    let (status, revoked) = s.api("POST", &path, Some(revoke)).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert_eq!(status_of().await, "revoked");
+    let event = succeeded(&s, "certificate.revoke").await;
+    assert_eq!(event["target"]["id"], id.as_str());
+    assert_eq!(change(&event, "status").unwrap()["new"], "revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_outcome_cannot_be_stored_answers_503_and_leaves_its_event_pending() {
+    // the pending event is stored, the write of how it ended fails
+    let (s, fail) = failing_audit_writes(r#""Outcome":"success""#).await;
+    let t = s.tenant;
+    let new = json!({"tenant_id": t, "kind": "user", "object_id": Uuid::new_v4(), "scopes": ["records.read"]});
+    let (status, grant) = s.api("POST", "access/grants", Some(new)).await;
+    assert_eq!(status, StatusCode::CREATED, "{grant}");
+    let id = grant["id"].as_str().unwrap().to_string();
+
+    fail.store(true, Ordering::SeqCst);
+    let (status, _) = s.api("DELETE", &format!("access/grants/{id}"), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    fail.store(false, Ordering::SeqCst);
+    // the change was made; its event says it may have been
+    let (status, _) = s.api("GET", &format!("access/grants/{id}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let events = s.events("action=grant.delete").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"]["status"], "pending", "{events:?}");
+    assert_eq!(events[0]["target"]["id"], id.as_str());
+}

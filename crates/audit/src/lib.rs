@@ -5,8 +5,10 @@
 //! # Recording an event
 //!
 //! A capability builds an [`Event`] and hands it to [`Audit::record`] before it answers;
-//! when recording fails the capability fails too (the HTTP layer answers 503), so nothing
-//! changes without its record:
+//! when recording fails the capability fails too (the HTTP layer answers 503). Recorded
+//! after its change, a change whose record fails stays made: changes record write-ahead
+//! or in their own transaction instead (below), and `record` is for refusals and for
+//! work that cannot know its event before it runs:
 //!
 //! ```ignore
 //! use audit::{Actor, Change, Event, Target};
@@ -28,8 +30,9 @@
 //!   user writes do this);
 //! - a change in a store the audit table cannot share a transaction with may be recorded
 //!   write-ahead: [`Audit::begin`] stores it as pending before the change (no change
-//!   when that fails), [`Pending::finish`] records how it ended (SCIM group writes, which may take several
-//!   transactions, do this);
+//!   when that fails), [`Pending::finish`] records how it ended (SCIM group writes, which
+//!   may take several transactions, and the handler's admin API changes through its
+//!   `trail::around` do this);
 //! - [`Audit::record_all`] writes many events in transactions of up to 50 events (the
 //!   event row and its per-target copy share a partition and a transaction);
 //! - writes made at the same time (concurrent SCIM requests) share transactions: each

@@ -15,7 +15,7 @@ use crate::openapi::schemas::{ActivationLinkBody, ActivationLinkList};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
-use crate::trail;
+use crate::trail::{self, Made};
 use audit::{Change, Target};
 
 /// The routes (served before the tenant routes, whose `{tenant_id}` would match too).
@@ -78,7 +78,7 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
     } else {
         req.json()?
     };
-    let cloud =
+    let cloud: entra::Cloud =
         new.cloud.as_deref().unwrap_or("global").parse().map_err(
             |e: entra::cloud::UnknownCloud| ApiError::bad_request(format!("cloud: {e}")),
         )?;
@@ -88,24 +88,27 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
             "expires_in_minutes: 1-{MAX_LINK_MINUTES} (7 days)"
         )));
     }
-    let (link, url) = app.onboarding.create_link(cloud, minutes).await?;
     // a link belongs to no tenant yet: it is recorded in the service's own (admin) tenant
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            app.entra.admin_tenant_id,
-            admin,
-            "activation_link.create",
-            Target::new("activation_link", link.id),
-        )
-        .change(Change::new("cloud", None, Some(json!(cloud.as_str()))))
-        .change(Change::new(
-            "expires_at",
-            None,
-            Some(json!(host::invocation::format_timestamp(link.expires_at))),
-        )),
+    let event = trail::event(
+        &req.headers,
+        app.entra.admin_tenant_id,
+        admin,
+        "activation_link.create",
+        Target::new("activation_link", ""),
     )
+    .change(Change::new("cloud", None, Some(json!(cloud.as_str()))));
+    let (link, url) = trail::around(app, event, async {
+        let (link, url) = app.onboarding.create_link(cloud, minutes).await?;
+        let (id, expires_at) = (link.id, link.expires_at);
+        Ok(Made::report((link, url), move |mut event| {
+            event.target.id = id.to_string();
+            event.change(Change::new(
+                "expires_at",
+                None,
+                Some(json!(host::invocation::format_timestamp(expires_at))),
+            ))
+        }))
+    })
     .await?;
     let mut body = link_json(&link);
     body["link"] = json!(url);
@@ -144,19 +147,19 @@ async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
     let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let id = uuid::Uuid::try_parse(req.param("link_id").unwrap_or_default())
         .map_err(|_| ApiError::bad_request("link id must be a GUID"))?;
-    if !app.onboarding.revoke_link(id).await? {
-        return Err(ApiError::not_found(format!("no activation link {id}")));
-    }
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            app.entra.admin_tenant_id,
-            admin,
-            "activation_link.revoke",
-            Target::new("activation_link", id),
-        ),
-    )
+    let event = trail::event(
+        &req.headers,
+        app.entra.admin_tenant_id,
+        admin,
+        "activation_link.revoke",
+        Target::new("activation_link", id),
+    );
+    trail::around(app, event, async {
+        if !app.onboarding.revoke_link(id).await? {
+            return Err(ApiError::not_found(format!("no activation link {id}")));
+        }
+        Ok(Made::from(()))
+    })
     .await?;
     Ok(no_content())
 }

@@ -16,7 +16,7 @@ use crate::openapi::schemas::CredentialCertificate;
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
-use crate::trail;
+use crate::trail::{self, Made};
 use audit::{Change, Target};
 
 /// The routes.
@@ -76,6 +76,14 @@ fn vault_error(e: vault::VaultError) -> ApiError {
     }
 }
 
+/// A new certificate, its event adding its thumbprint (known once it is made).
+fn with_thumbprint(export: CertificateExport) -> Made<CertificateExport> {
+    let thumbprint = entra::credentials::thumbprint_s256(&export.der);
+    Made::report(export, move |event| {
+        event.change(Change::new("thumbprint", None, Some(json!(thumbprint))))
+    })
+}
+
 /// JSON, or the PEM itself with `?format=pem`.
 fn export_reply(
     status: StatusCode,
@@ -115,28 +123,27 @@ async fn create_service(app: &App, req: &Request) -> Result<Response, ApiError> 
         req.json()?
     };
     let cloud = cloud_of(request.cloud.as_deref())?;
-    let export = app
-        .credentials
-        .create_certificate(
-            &CredentialNames::service(cloud),
-            &format!("entra-connector {cloud}"),
-        )
-        .await
-        .map_err(vault_error)?;
-    let thumbprint = entra::credentials::thumbprint_s256(&export.der);
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            app.entra.admin_tenant_id,
-            admin,
-            "app_credential.create",
-            Target::new("app_credential", cloud.as_str()),
-        )
-        .change(Change::new("thumbprint", None, Some(json!(thumbprint))))
-        .change(Change::secret("private_key")),
+    let event = trail::event(
+        &req.headers,
+        app.entra.admin_tenant_id,
+        admin,
+        "app_credential.create",
+        Target::new("app_credential", cloud.as_str()),
     )
+    .change(Change::secret("private_key"));
+    let export = trail::around(app, event, async {
+        let export = app
+            .credentials
+            .create_certificate(
+                &CredentialNames::service(cloud),
+                &format!("entra-connector {cloud}"),
+            )
+            .await
+            .map_err(vault_error)?;
+        Ok(with_thumbprint(export))
+    })
     .await?;
+    let thumbprint = entra::credentials::thumbprint_s256(&export.der);
     tracing::info!(%cloud, %thumbprint, "app credential certificate created");
     let extra = json!({"cloud": cloud.as_str(), "client_id": app.entra.client_id_in(cloud)});
     Ok(export_reply(StatusCode::CREATED, &export, extra, false))
@@ -207,48 +214,43 @@ async fn create_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
     let request: TenantAppBody = req.json()?;
     let client_id = uuid::Uuid::try_parse(&request.client_id)
         .map_err(|_| ApiError::bad_request("client_id must be a GUID"))?;
-    let export = app
-        .credentials
-        .create_certificate(
-            &CredentialNames::tenant(tenant.tenant_id),
-            &format!("entra-connector {}", tenant.tenant_id),
-        )
-        .await
-        .map_err(vault_error)?;
-    // the tenant may have gone since it was read (a pending tenant dropped by housekeeping)
-    let switched = app
-        .access
-        .tenants
-        .set_app(tenant.tenant_id, Some(client_id))
-        .await?;
-    app.access.invalidate_tenant(tenant.tenant_id);
-    if switched.is_none() {
-        return Err(ApiError::not_found(format!(
-            "tenant {} is not registered",
-            tenant.tenant_id
-        )));
-    }
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            tenant.tenant_id,
-            admin,
-            "app_credential.create",
-            Target::new("tenant", tenant.tenant_id).display(tenant.display_name.clone()),
-        )
-        .change(Change::new(
-            "app_client_id",
-            tenant.app_client_id.map(|c| json!(c)),
-            Some(json!(client_id)),
-        ))
-        .change(Change::new(
-            "thumbprint",
-            None,
-            Some(json!(entra::credentials::thumbprint_s256(&export.der))),
-        ))
-        .change(Change::secret("private_key")),
+    let event = trail::event(
+        &req.headers,
+        tenant.tenant_id,
+        admin,
+        "app_credential.create",
+        Target::new("tenant", tenant.tenant_id).display(tenant.display_name.clone()),
     )
+    .change(Change::new(
+        "app_client_id",
+        tenant.app_client_id.map(|c| json!(c)),
+        Some(json!(client_id)),
+    ))
+    .change(Change::secret("private_key"));
+    let export = trail::around(app, event, async {
+        let export = app
+            .credentials
+            .create_certificate(
+                &CredentialNames::tenant(tenant.tenant_id),
+                &format!("entra-connector {}", tenant.tenant_id),
+            )
+            .await
+            .map_err(vault_error)?;
+        // the tenant may have gone since it was read (a pending tenant dropped by housekeeping)
+        let switched = app
+            .access
+            .tenants
+            .set_app(tenant.tenant_id, Some(client_id))
+            .await?;
+        app.access.invalidate_tenant(tenant.tenant_id);
+        if switched.is_none() {
+            return Err(ApiError::not_found(format!(
+                "tenant {} is not registered",
+                tenant.tenant_id
+            )));
+        }
+        Ok(with_thumbprint(export))
+    })
     .await?;
     tracing::info!(tenant_id = %tenant.tenant_id, %client_id, "tenant switched to its own app registration");
     let extra = json!({"tenant_id": tenant.tenant_id, "client_id": client_id, "cloud": tenant.cloud.as_str()});
@@ -302,24 +304,26 @@ async fn get_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
 async fn delete_tenant(app: &App, req: &Request) -> Result<Response, ApiError> {
     let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let tenant_id = tenant_param(req)?;
-    let switched = app.access.tenants.set_app(tenant_id, None).await?;
-    app.access.invalidate_tenant(tenant_id);
-    if switched.is_none() {
-        return Err(ApiError::not_found(format!(
-            "tenant {tenant_id} is not registered"
-        )));
-    }
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            tenant_id,
-            admin,
-            "app_credential.delete",
-            Target::new("tenant", tenant_id),
-        )
-        .change(Change::new("app_client_id", None, None)),
+    // an unknown tenant is refused before anything is written into a trail under its id
+    registered(app, req).await?;
+    let event = trail::event(
+        &req.headers,
+        tenant_id,
+        admin,
+        "app_credential.delete",
+        Target::new("tenant", tenant_id),
     )
+    .change(Change::new("app_client_id", None, None));
+    trail::around(app, event, async {
+        let switched = app.access.tenants.set_app(tenant_id, None).await?;
+        app.access.invalidate_tenant(tenant_id);
+        if switched.is_none() {
+            return Err(ApiError::not_found(format!(
+                "tenant {tenant_id} is not registered"
+            )));
+        }
+        Ok(Made::from(()))
+    })
     .await?;
     Ok(no_content())
 }

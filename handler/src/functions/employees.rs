@@ -14,7 +14,7 @@ use crate::openapi::schemas::{EmployeeRecord, ErrorBody};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
-use crate::trail;
+use crate::trail::{self, Made};
 use audit::Target;
 
 /// The routes.
@@ -106,32 +106,40 @@ async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
         positions: record.positions,
         updated_at: OffsetDateTime::now_utc(),
     };
-    let created = app.access.employees.put(&employee).await?;
-    app.access.invalidate_employee(tenant_id, object_id);
     let before = previous
         .as_ref()
         .map(employee_json)
         .unwrap_or(serde_json::Value::Null);
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            tenant_id,
-            admin,
-            if created {
+    let changes: Vec<audit::Change> = audit::diff(&before, &employee_json(&employee))
+        .into_iter()
+        .filter(|c| c.attribute != "updated_at")
+        .collect();
+    // create or update as read now; a record made or removed since is named by the write
+    let event = trail::event(
+        &req.headers,
+        tenant_id,
+        admin,
+        if previous.is_none() {
+            "employee.create"
+        } else {
+            "employee.update"
+        },
+        Target::new("employee", &employee.employee_id),
+    )
+    .changes(changes);
+    let created = trail::around(app, event, async {
+        let created = app.access.employees.put(&employee).await?;
+        app.access.invalidate_employee(tenant_id, object_id);
+        Ok(Made::report(created, move |mut event| {
+            event.action = if created {
                 "employee.create"
             } else {
                 "employee.update"
-            },
-            Target::new("employee", &employee.employee_id),
-        )
-        .changes(
-            audit::diff(&before, &employee_json(&employee))
-                .into_iter()
-                .filter(|c| c.attribute != "updated_at")
-                .collect(),
-        ),
-    )
+            }
+            .into();
+            event
+        }))
+    })
     .await?;
     if let Some(previous) = previous {
         app.access
@@ -193,23 +201,23 @@ async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
             "no employee {employee_id:?} in tenant {tenant_id}"
         )));
     };
-    app.access.employees.delete(tenant_id, &employee_id).await?;
-    app.access.invalidate_employee(tenant_id, record.object_id);
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            tenant_id,
-            admin,
-            "employee.delete",
-            Target::new("employee", &employee_id),
-        )
-        .change(audit::Change::new(
-            "object_id",
-            Some(serde_json::json!(record.object_id)),
-            None,
-        )),
+    let event = trail::event(
+        &req.headers,
+        tenant_id,
+        admin,
+        "employee.delete",
+        Target::new("employee", &employee_id),
     )
+    .change(audit::Change::new(
+        "object_id",
+        Some(serde_json::json!(record.object_id)),
+        None,
+    ));
+    trail::around(app, event, async {
+        app.access.employees.delete(tenant_id, &employee_id).await?;
+        app.access.invalidate_employee(tenant_id, record.object_id);
+        Ok(Made::from(()))
+    })
     .await?;
     Ok(no_content())
 }

@@ -16,7 +16,7 @@ use crate::openapi::schemas::{ErrorBody, GrantBody, GrantList};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
-use crate::trail;
+use crate::trail::{self, Made};
 use audit::{Change, Target};
 
 /// The routes.
@@ -159,39 +159,29 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
         admin,
         "grant.create",
         Target::new("grant", grant.id).display(principal_display(&grant.principal)),
-    );
-    let created =
+    )
+    .change(Change::new(
+        "kind",
+        None,
+        Some(json!(grant.principal.kind())),
+    ))
+    .change(Change::new(
+        "principal",
+        None,
+        Some(json!(principal_display(&grant.principal))),
+    ))
+    .change(Change::new("scopes", None, Some(json!(grant.scopes))));
+    trail::around(app, event, async {
         lifecycle::create_grant(&app.access, &grant)
             .await
+            .map(Made::from)
             .map_err(|refusal| match refusal {
                 AccessRefusal::NotRegistered(_) => ApiError::bad_request(refusal.to_string()),
                 AccessRefusal::Offboarded(_) => ApiError::conflict(refusal.to_string()),
                 AccessRefusal::Store(e) => e.into(),
-            });
-    match created {
-        Ok(_) => {
-            trail::record(
-                app,
-                event
-                    .change(Change::new(
-                        "kind",
-                        None,
-                        Some(json!(grant.principal.kind())),
-                    ))
-                    .change(Change::new(
-                        "principal",
-                        None,
-                        Some(json!(principal_display(&grant.principal))),
-                    ))
-                    .change(Change::new("scopes", None, Some(json!(grant.scopes)))),
-            )
-            .await?
-        }
-        Err(e) => {
-            trail::record(app, event.failed(e.status.as_u16(), e.message.clone())).await?;
-            return Err(e);
-        }
-    }
+            })
+    })
+    .await?;
     tracing::info!(grant_id = %grant.id, %tenant_id, kind = grant.principal.kind(), "grant created");
     Ok(json_reply(StatusCode::CREATED, &grant_json(&grant)))
 }
@@ -255,28 +245,31 @@ async fn update(app: &App, req: &Request) -> Result<Response, ApiError> {
     let before = app.access.grants.get(id).await?;
     let scopes =
         parse_scopes(&change.scopes, &app.connector_scopes).map_err(ApiError::bad_request)?;
-    let grant = app
-        .access
-        .grants
-        .update_scopes(id, &scopes, OffsetDateTime::now_utc())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no grant {id}")))?;
-    app.access.invalidate_grants(grant.tenant_id);
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            grant.tenant_id,
-            admin,
-            "grant.update",
-            Target::new("grant", grant.id).display(principal_display(&grant.principal)),
-        )
-        .change(Change::new(
-            "scopes",
-            before.map(|b| json!(b.scopes)),
-            Some(json!(grant.scopes)),
-        )),
+    let Some(before) = before else {
+        return Err(ApiError::not_found(format!("no grant {id}")));
+    };
+    let event = trail::event(
+        &req.headers,
+        before.tenant_id,
+        admin,
+        "grant.update",
+        Target::new("grant", id).display(principal_display(&before.principal)),
     )
+    .change(Change::new(
+        "scopes",
+        Some(json!(before.scopes)),
+        Some(json!(scopes)),
+    ));
+    let grant = trail::around(app, event, async {
+        let grant = app
+            .access
+            .grants
+            .update_scopes(id, &scopes, OffsetDateTime::now_utc())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no grant {id}")))?;
+        app.access.invalidate_grants(grant.tenant_id);
+        Ok(Made::from(grant))
+    })
     .await?;
     Ok(json_reply(StatusCode::OK, &grant_json(&grant)))
 }
@@ -299,19 +292,19 @@ async fn delete(app: &App, req: &Request) -> Result<Response, ApiError> {
         .get(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no grant {id}")))?;
-    app.access.grants.delete(id).await?;
-    app.access.invalidate_grants(grant.tenant_id);
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            grant.tenant_id,
-            admin,
-            "grant.delete",
-            Target::new("grant", grant.id).display(principal_display(&grant.principal)),
-        )
-        .change(Change::new("scopes", Some(json!(grant.scopes)), None)),
+    let event = trail::event(
+        &req.headers,
+        grant.tenant_id,
+        admin,
+        "grant.delete",
+        Target::new("grant", grant.id).display(principal_display(&grant.principal)),
     )
+    .change(Change::new("scopes", Some(json!(grant.scopes)), None));
+    trail::around(app, event, async {
+        app.access.grants.delete(id).await?;
+        app.access.invalidate_grants(grant.tenant_id);
+        Ok(Made::from(()))
+    })
     .await?;
     tracing::info!(grant_id = %id, tenant_id = %grant.tenant_id, "grant deleted");
     Ok(no_content())

@@ -25,6 +25,7 @@ use crate::openapi::schemas::{
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply, no_content};
+use crate::trail::Made;
 use crate::writeback::{APP_PERMISSIONS, WritebackError, refresh_name, secret_name};
 
 /// Largest import body (10,000 rows).
@@ -127,38 +128,16 @@ fn api_error(e: WritebackError) -> ApiError {
     }
 }
 
-/// Records an HR admin change write-ahead, before it is made: a change that cannot be
-/// recorded is not made (503). [`finish_change`] records how it ended.
-async fn begin_change<'a>(
-    app: &'a App,
+/// The event of an HR admin change, recorded around it by [`crate::trail::around`].
+fn change_event(
     req: &Request,
     tenant: Uuid,
     actor: audit::Actor,
     action: &str,
     target: audit::Target,
     changes: Vec<audit::Change>,
-) -> Result<audit::Pending<'a>, ApiError> {
-    Ok(app
-        .audit
-        .begin(crate::trail::event(&req.headers, tenant, actor, action, target).changes(changes))
-        .await?)
-}
-
-/// Replaces a pending change's event by its outcome and gives the outcome back. The change
-/// is made (or failed) by now: an event left pending is logged, not answered.
-async fn finish_change<T>(
-    pending: audit::Pending<'_>,
-    outcome: Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    let failure = outcome.as_ref().err().map(|e| (e.code, e.message.clone()));
-    pending
-        .finish(|e| match failure {
-            None => e,
-            Some((code, why)) => e.failed(code, why),
-        })
-        .await
-        .ok();
-    outcome
+) -> audit::Event {
+    crate::trail::event(&req.headers, tenant, actor, action, target).changes(changes)
 }
 
 fn store_error(e: hr::HrStoreError) -> ApiError {
@@ -289,17 +268,15 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
     if credential == CredentialKind::Secret {
         changes.push(audit::Change::secret("client_secret"));
     }
-    let pending = begin_change(
-        app,
+    let event = change_event(
         req,
         tenant.tenant_id,
         crate::trail::admin(&caller),
         "hr.connection.set",
         audit::Target::new("hr_connection", tenant.tenant_id).display("customer_owned"),
         changes,
-    )
-    .await?;
-    let made: Result<(), ApiError> = async {
+    );
+    crate::trail::around(app, event, async {
         if let Some(secret) = body.client_secret.as_deref() {
             app.vault
                 .set_secret(&secret_name(tenant.tenant_id), secret)
@@ -309,10 +286,10 @@ async fn put_connection(app: &App, req: &Request) -> Result<Response, ApiError> 
         app.hr
             .save_connection(&app.vault, &connection)
             .await
-            .map_err(api_error)
-    }
-    .await;
-    finish_change(pending, made).await?;
+            .map_err(api_error)?;
+        Ok(Made::from(()))
+    })
+    .await?;
     tracing::info!(tenant_id = %tenant.tenant_id, %client_id, %cloud, "HR connection set (customer-owned)");
     Ok(json_reply(StatusCode::OK, &connection_json(&connection)))
 }
@@ -358,17 +335,15 @@ async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiErro
         .await
         .map_err(store_error)?
         .ok_or_else(missing)?;
-    let pending = begin_change(
-        app,
+    let event = change_event(
         req,
         tenant.tenant_id,
         crate::trail::admin(&caller),
         "hr.connection.delete",
         audit::Target::new("hr_connection", tenant.tenant_id),
         Vec::new(),
-    )
-    .await?;
-    let made: Result<(), ApiError> = async {
+    );
+    crate::trail::around(app, event, async {
         if !app
             .hr
             .store
@@ -385,10 +360,9 @@ async fn delete_connection(app: &App, req: &Request) -> Result<Response, ApiErro
         ] {
             app.vault.delete_secret(&name).await.ok();
         }
-        Ok(())
-    }
-    .await;
-    finish_change(pending, made).await?;
+        Ok(Made::from(()))
+    })
+    .await?;
     Ok(no_content())
 }
 
@@ -620,8 +594,7 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
     // the tenant's administrator who signed in; the refresh token is only said to change
     let mut changes = audit::diff(&serde_json::Value::Null, &connection_json(&connection));
     changes.push(audit::Change::secret("refresh_token"));
-    let pending = begin_change(
-        app,
+    let event = change_event(
         req,
         link.tenant_id,
         audit::Actor::tenant_admin(
@@ -633,9 +606,8 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
         "hr.connection.link",
         audit::Target::new("hr_connection", link.tenant_id).display("delegated"),
         changes,
-    )
-    .await?;
-    let made: Result<(), ApiError> = async {
+    );
+    crate::trail::around(app, event, async {
         app.vault
             .set_secret(&refresh_name(link.tenant_id), &redeemed.refresh_token)
             .await
@@ -643,10 +615,10 @@ async fn callback(app: &App, req: &Request) -> Result<Response, ApiError> {
         app.hr
             .save_connection(&app.vault, &connection)
             .await
-            .map_err(api_error)
-    }
-    .await;
-    finish_change(pending, made).await?;
+            .map_err(api_error)?;
+        Ok(Made::from(()))
+    })
+    .await?;
     tracing::info!(tenant_id = %link.tenant_id, "HR connection linked (delegated)");
     Ok(json_reply(
         StatusCode::OK,
@@ -804,8 +776,7 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
     // all or nothing: on a storage failure nothing is imported, and sending the same
     // file again converges
     let import_id = Uuid::new_v4();
-    let pending = begin_change(
-        app,
+    let event = change_event(
         req,
         tenant.tenant_id,
         crate::trail::admin(&caller),
@@ -816,29 +787,30 @@ async fn import(app: &App, req: &Request) -> Result<Response, ApiError> {
             None,
             Some(json!(records.len())),
         )],
-    )
+    );
+    crate::trail::around(app, event, async {
+        app.hr
+            .store
+            .import_records(tenant.tenant_id, import_id, &records)
+            .await
+            .map_err(|e| {
+                tracing::warn!(tenant_id = %tenant.tenant_id, %import_id, error = %e, "HR import not committed");
+                match e {
+                    hr::HrStoreError::TooLarge(m) => ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "record_too_large",
+                        format!("{m}; nothing was imported: shorten that record"),
+                    ),
+                    _ => ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "storage is unavailable; nothing was imported: send the same file again",
+                    ),
+                }
+            })
+            .map(Made::from)
+    })
     .await?;
-    let made = app
-        .hr
-        .store
-        .import_records(tenant.tenant_id, import_id, &records)
-        .await
-        .map_err(|e| {
-            tracing::warn!(tenant_id = %tenant.tenant_id, %import_id, error = %e, "HR import not committed");
-            match e {
-                hr::HrStoreError::TooLarge(m) => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "record_too_large",
-                    format!("{m}; nothing was imported: shorten that record"),
-                ),
-                _ => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "storage is unavailable; nothing was imported: send the same file again",
-                ),
-            }
-        });
-    finish_change(pending, made).await?;
     Ok(json_reply(
         StatusCode::OK,
         &json!({"imported": records.len(), "import_id": import_id}),
@@ -887,8 +859,7 @@ async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
         .map(|b| serde_json::to_value(b).expect("serializes"))
         .unwrap_or_default();
     let new = serde_json::to_value(&record).expect("serializes");
-    let pending = begin_change(
-        app,
+    let event = change_event(
         req,
         tenant.tenant_id,
         crate::trail::admin(&caller),
@@ -899,15 +870,16 @@ async fn put_employee(app: &App, req: &Request) -> Result<Response, ApiError> {
         },
         audit::Target::new("hr_employee", &record.employee_id),
         audit::diff(&old, &new),
-    )
+    );
+    crate::trail::around(app, event, async {
+        app.hr
+            .store
+            .put_records(tenant.tenant_id, std::slice::from_ref(&record))
+            .await
+            .map_err(store_error)
+            .map(Made::from)
+    })
     .await?;
-    let made = app
-        .hr
-        .store
-        .put_records(tenant.tenant_id, std::slice::from_ref(&record))
-        .await
-        .map_err(store_error);
-    finish_change(pending, made).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -984,8 +956,7 @@ async fn put_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
         .map_err(store_error)?
         .map(|r| serde_json::to_value(r).expect("serializes"))
         .unwrap_or_default();
-    let pending = begin_change(
-        app,
+    let event = change_event(
         req,
         tenant.tenant_id,
         crate::trail::admin(&caller),
@@ -995,15 +966,16 @@ async fn put_rules(app: &App, req: &Request) -> Result<Response, ApiError> {
             &before,
             &serde_json::to_value(&compiled.rules).expect("serializes"),
         ),
-    )
+    );
+    crate::trail::around(app, event, async {
+        app.hr
+            .store
+            .put_rules(tenant.tenant_id, &compiled.rules)
+            .await
+            .map_err(store_error)
+            .map(Made::from)
+    })
     .await?;
-    let made = app
-        .hr
-        .store
-        .put_rules(tenant.tenant_id, &compiled.rules)
-        .await
-        .map_err(store_error);
-    finish_change(pending, made).await?;
     Ok(json_reply(StatusCode::OK, &compiled.rules))
 }
 
@@ -1144,73 +1116,57 @@ async fn reset_password(app: &App, req: &Request) -> Result<Response, ApiError> 
         .user_of(&app.directory, tenant.tenant_id, &employee_id)
         .await
         .map_err(api_error)?;
-    // write-ahead: a reset that cannot be recorded is not made; the password itself is
-    // never a value of the event, only that it changed
-    let pending = app
-        .audit
-        .begin(
-            crate::trail::event(
-                &req.headers,
-                tenant.tenant_id,
-                crate::trail::admin(&caller),
-                "hr.user.reset_password",
-                audit::Target::new("user", user).display(format!("employee {employee_id}")),
-            )
-            .change(audit::Change::secret("password")),
-        )
-        .await?;
+    // the password itself is never a value of the event, only that it changed
+    let event = change_event(
+        req,
+        tenant.tenant_id,
+        crate::trail::admin(&caller),
+        "hr.user.reset_password",
+        audit::Target::new("user", user).display(format!("employee {employee_id}")),
+        vec![audit::Change::secret("password")],
+    );
     let password = crate::writeback::temporary_password();
-    let request = entra::writes::reset_password(user, &password);
-    let answer = app
-        .graph
-        .batch(
-            &registration,
-            &tenant.tenant_id.to_string(),
-            std::slice::from_ref(&request),
-        )
-        .await
-        .map(|a| a.into_iter().next().expect("one answer"));
-    let outcome = match answer {
-        Ok(answer) => entra::writes::write_answer(&request, answer),
-        Err(e) => entra::writes::WriteAnswer::Failed(e),
-    };
-    let failure = match &outcome {
-        entra::writes::WriteAnswer::Done(_) => None,
-        entra::writes::WriteAnswer::Failed(e) => Some(e.to_string()),
-        entra::writes::WriteAnswer::UpnInUse(m) => Some(m.clone()),
-    };
-    // the reset is made (or refused) by now: an event left pending is logged, not answered
-    pending
-        .finish(|e| match failure {
-            None => e,
-            Some(why) => e.failed("graph_refused", why),
-        })
-        .await
-        .ok();
-    match outcome {
-        entra::writes::WriteAnswer::Done(_) => {}
-        entra::writes::WriteAnswer::Failed(entra::graph::GraphError::Forbidden(m)) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_missing",
-                format!(
-                    "Entra refused the reset ({m}); a {} connection needs {}",
-                    match connection.kind {
-                        ConnectionType::CustomerOwned => "customer-owned",
-                        ConnectionType::Delegated => "delegated",
-                    },
-                    match connection.kind {
-                        ConnectionType::CustomerOwned =>
-                            "Directory.ReadWrite.All (or User.ReadWrite.All) and the User Administrator role for the app; resetting an admin needs Privileged Authentication Administrator",
-                        ConnectionType::Delegated =>
-                            "Directory.AccessAsUser.All with a signed-in administrator",
-                    }
-                ),
-            ));
+    crate::trail::around(app, event, async {
+        let request = entra::writes::reset_password(user, &password);
+        let answer = app
+            .graph
+            .batch(
+                &registration,
+                &tenant.tenant_id.to_string(),
+                std::slice::from_ref(&request),
+            )
+            .await
+            .map(|a| a.into_iter().next().expect("one answer"));
+        let outcome = match answer {
+            Ok(answer) => entra::writes::write_answer(&request, answer),
+            Err(e) => entra::writes::WriteAnswer::Failed(e),
+        };
+        match outcome {
+            entra::writes::WriteAnswer::Done(_) => Ok(Made::from(())),
+            entra::writes::WriteAnswer::Failed(entra::graph::GraphError::Forbidden(m)) => {
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "permission_missing",
+                    format!(
+                        "Entra refused the reset ({m}); a {} connection needs {}",
+                        match connection.kind {
+                            ConnectionType::CustomerOwned => "customer-owned",
+                            ConnectionType::Delegated => "delegated",
+                        },
+                        match connection.kind {
+                            ConnectionType::CustomerOwned =>
+                                "Directory.ReadWrite.All (or User.ReadWrite.All) and the User Administrator role for the app; resetting an admin needs Privileged Authentication Administrator",
+                            ConnectionType::Delegated =>
+                                "Directory.AccessAsUser.All with a signed-in administrator",
+                        }
+                    ),
+                ))
+            }
+            entra::writes::WriteAnswer::Failed(e) => Err(api_error(e.into())),
+            entra::writes::WriteAnswer::UpnInUse(m) => Err(ApiError::conflict(m)),
         }
-        entra::writes::WriteAnswer::Failed(e) => return Err(api_error(e.into())),
-        entra::writes::WriteAnswer::UpnInUse(m) => return Err(ApiError::conflict(m)),
-    }
+    })
+    .await?;
     tracing::info!(tenant_id = %tenant.tenant_id, %user, "temporary password set (not logged)");
     let mut response = json_reply(
         StatusCode::OK,

@@ -207,18 +207,8 @@ async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
     {
         let mut bytes = [0u8; 32];
         aws_lc_rs::rand::fill(&mut bytes).map_err(|_| ApiError::unavailable("no randomness"))?;
-        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        app.vault
-            .set_secret(&webhook_secret_name(tenant), &secret)
-            .await
-            .map_err(ApiError::unavailable)?;
-        new_secret = Some(secret);
+        new_secret = Some(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
     }
-    app.notifications
-        .store
-        .put_settings(tenant, &settings)
-        .await?;
-    app.notifications.forget(tenant);
     let old = before
         .as_ref()
         .map(|b| settings_json(b, false))
@@ -228,17 +218,28 @@ async fn put(app: &App, req: &Request) -> Result<Response, ApiError> {
     if new_secret.is_some() {
         changes.push(Change::secret("webhook_secret"));
     }
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            tenant,
-            admin,
-            "notifications.update",
-            Target::new("notifications", tenant),
-        )
-        .changes(changes),
+    let event = trail::event(
+        &req.headers,
+        tenant,
+        admin,
+        "notifications.update",
+        Target::new("notifications", tenant),
     )
+    .changes(changes);
+    trail::around(app, event, async {
+        if let Some(secret) = &new_secret {
+            app.vault
+                .set_secret(&webhook_secret_name(tenant), secret)
+                .await
+                .map_err(ApiError::unavailable)?;
+        }
+        app.notifications
+            .store
+            .put_settings(tenant, &settings)
+            .await?;
+        app.notifications.forget(tenant);
+        Ok(trail::Made::from(()))
+    })
     .await?;
     let mut answer = settings_json(&settings, settings.webhook_url.is_some());
     if let Some(secret) = new_secret {

@@ -17,7 +17,7 @@ use crate::functions::directory::{certificate_json, tenant_for, user_json};
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply};
-use crate::trail;
+use crate::trail::{self, Made};
 use audit::{Change, Target};
 
 /// The routes.
@@ -56,6 +56,18 @@ fn tenant_segment(req: &Request) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad_request("tenant_id must be a GUID"))
 }
 
+/// The event of making the tenant's certificate authority.
+fn ca_event(req: &Request, tenant: Uuid, admin: audit::Actor, display: &str) -> audit::Event {
+    trail::event(
+        &req.headers,
+        tenant,
+        admin,
+        "certificate_authority.create",
+        Target::new("certificate_authority", tenant).display(display),
+    )
+    .change(Change::secret("private_key"))
+}
+
 fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
@@ -86,26 +98,29 @@ async fn create_ca(app: &App, req: &Request) -> Result<Response, ApiError> {
         .get(tenant_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no tenant {tenant_id}")))?;
-    let (authority, created) = app
-        .pki
-        .ensure_authority(tenant_id, &tenant.display_name)
-        .await?;
+    let existing = app.pki.authority(tenant_id).await?;
+    let (authority, created) = match existing {
+        Some(authority) => (authority, false),
+        None => {
+            let event = ca_event(req, tenant_id, admin, &tenant.display_name);
+            trail::around(app, event, async {
+                let (authority, created) = app
+                    .pki
+                    .ensure_authority(tenant_id, &tenant.display_name)
+                    .await?;
+                Ok(Made::report((authority, created), move |event| {
+                    // another request made it first: this one changed nothing
+                    if created {
+                        event
+                    } else {
+                        event.failed(409, "made by a concurrent request")
+                    }
+                }))
+            })
+            .await?
+        }
+    };
     let info = authority.describe()?;
-    if created {
-        trail::record(
-            app,
-            trail::event(
-                &req.headers,
-                tenant_id,
-                admin,
-                "certificate_authority.create",
-                Target::new("certificate_authority", tenant_id)
-                    .display(tenant.display_name.clone()),
-            )
-            .change(Change::secret("private_key")),
-        )
-        .await?;
-    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -335,64 +350,63 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
         csr,
         key_format,
     };
-    // the first issuance makes the tenant's CA: that is a change of its own
-    let had_ca = app.pki.authority(tenant_id).await?.is_some();
-    let issued = app.pki.issue(request, &tenant.display_name).await?;
-    if !had_ca && app.pki.authority(tenant_id).await?.is_some() {
-        trail::record(
-            app,
-            trail::event(
-                &req.headers,
-                tenant_id,
-                admin.clone(),
-                "certificate_authority.create",
-                Target::new("certificate_authority", tenant_id)
-                    .display(tenant.display_name.clone()),
-            )
-            .change(Change::secret("private_key")),
-        )
-        .await?;
-    }
-    // a disable, delete or offboarding that ran while the certificate was made did not see
-    // it: check again now that it is stored, and take it back if so
-    let still_active = app
-        .directory
-        .user(tenant_id, user.id)
-        .await?
-        .is_some_and(|u| u.is_active())
-        && app
-            .tenants
-            .get(tenant_id)
-            .await?
-            .is_some_and(|t| t.status == crate::domain::TenantStatus::Active);
-    if !still_active {
-        app.pki
-            .revoke_inactive_users(tenant_id, &[user.id], "issuance_recheck")
-            .await?;
-        return Err(ApiError::conflict(
-            "the user or tenant stopped being active while the certificate was made; it was revoked",
-        ));
-    }
-    let r = &issued.record;
-    let mut event = trail::event(
+    let event = trail::event(
         &req.headers,
         tenant_id,
-        admin,
+        admin.clone(),
         "certificate.issue",
-        Target::new("certificate", r.id).display(r.subject.clone()),
-    )
-    .change(Change::new("user_id", None, Some(json!(r.user_id))))
-    .change(Change::new("serial", None, Some(json!(r.serial))))
-    .change(Change::new("thumbprint", None, Some(json!(r.thumbprint))))
-    .change(Change::new(
-        "not_after",
-        None,
-        Some(json!(host::invocation::format_timestamp(r.not_after))),
-    ));
-    if issued.private_key.is_some() {
-        event = event.change(Change::secret("private_key"));
-    }
-    trail::record(app, event).await?;
+        Target::new("certificate", ""),
+    );
+    let issue = trail::around(app, event, async {
+        let issued = app.pki.issue(request, &tenant.display_name).await?;
+        // a disable, delete or offboarding that ran while the certificate was made did not
+        // see it: check again now that it is stored, and take it back if so
+        let still_active = app
+            .directory
+            .user(tenant_id, user.id)
+            .await?
+            .is_some_and(|u| u.is_active())
+            && app
+                .tenants
+                .get(tenant_id)
+                .await?
+                .is_some_and(|t| t.status == crate::domain::TenantStatus::Active);
+        if !still_active {
+            app.pki
+                .revoke_inactive_users(tenant_id, &[user.id], "issuance_recheck")
+                .await?;
+            return Err(ApiError::conflict(
+                "the user or tenant stopped being active while the certificate was made; it was revoked",
+            ));
+        }
+        let r = &issued.record;
+        let mut changes = vec![
+            Change::new("user_id", None, Some(json!(r.user_id))),
+            Change::new("serial", None, Some(json!(r.serial))),
+            Change::new("thumbprint", None, Some(json!(r.thumbprint))),
+            Change::new(
+                "not_after",
+                None,
+                Some(json!(host::invocation::format_timestamp(r.not_after))),
+            ),
+        ];
+        if issued.private_key.is_some() {
+            changes.push(Change::secret("private_key"));
+        }
+        let target = Target::new("certificate", r.id).display(r.subject.clone());
+        Ok(Made::report(issued, move |mut event| {
+            event.target = target;
+            event.changes(changes)
+        }))
+    });
+    // the first issuance makes the tenant's CA, a change of its own: recorded around the
+    // issuance, which makes it
+    let issued = if app.pki.authority(tenant_id).await?.is_some() {
+        issue.await?
+    } else {
+        let event = ca_event(req, tenant_id, admin, &tenant.display_name);
+        trail::around(app, event, async { issue.await.map(Made::from) }).await?
+    };
     let mut certificate = certificate_json(&issued.record);
     certificate["chain"] = json!(issued.chain);
     let private_key = match issued.private_key {
@@ -462,24 +476,24 @@ async fn revoke(app: &App, req: &Request) -> Result<Response, ApiError> {
             ))
         })?,
     };
-    let record = app.pki.revoke(tenant, id, reason, "admin").await?;
-    let shown = certificate_json(&record);
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            tenant,
-            admin,
-            "certificate.revoke",
-            Target::new("certificate", record.id).display(record.subject.clone()),
-        )
-        .change(Change::new(
-            "status",
-            Some(json!("active")),
-            Some(shown["status"].clone()),
-        ))
-        .change(Change::new("reason", None, shown.get("reason").cloned())),
-    )
+    let event = trail::event(
+        &req.headers,
+        tenant,
+        admin,
+        "certificate.revoke",
+        Target::new("certificate", id),
+    );
+    let shown = trail::around(app, event, async {
+        let record = app.pki.revoke(tenant, id, reason, "admin").await?;
+        let shown = certificate_json(&record);
+        let (status, reason) = (shown["status"].clone(), shown.get("reason").cloned());
+        Ok(Made::report(shown, move |mut event| {
+            event.target = event.target.display(record.subject);
+            event
+                .change(Change::new("status", Some(json!("active")), Some(status)))
+                .change(Change::new("reason", None, reason))
+        }))
+    })
     .await?;
     Ok(json_reply(StatusCode::OK, &shown))
 }

@@ -161,20 +161,33 @@ async fn token(
         )
         .change(Change::secret("token"))
     };
+    // an unknown tenant is refused before anything is written into a trail under its id
+    if matches!(
+        method,
+        warp::http::Method::POST | warp::http::Method::DELETE
+    ) && app.access.tenants.get(tenant_id).await?.is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "tenant {tenant_id} is not registered"
+        )));
+    }
     match method {
         warp::http::Method::POST => {
-            let token = lifecycle::issue_scim_token(&app.access, &app.scim, tenant_id)
-                .await
-                .map_err(|refusal| match refusal {
-                    AccessRefusal::NotRegistered(_) => ApiError::not_found(refusal.to_string()),
-                    AccessRefusal::Offboarded(_) => ApiError::conflict(refusal.to_string()),
-                    AccessRefusal::Store(e) => e.into(),
-                })?;
+            let token = crate::trail::around(app, event("scim_token.create"), async {
+                lifecycle::issue_scim_token(&app.access, &app.scim, tenant_id)
+                    .await
+                    .map(crate::trail::Made::from)
+                    .map_err(|refusal| match refusal {
+                        AccessRefusal::NotRegistered(_) => ApiError::not_found(refusal.to_string()),
+                        AccessRefusal::Offboarded(_) => ApiError::conflict(refusal.to_string()),
+                        AccessRefusal::Store(e) => e.into(),
+                    })
+            })
+            .await?;
             let tenant_url = format!(
                 "{}/api/scim/{tenant_id}/v2",
                 app.public_base_url.as_str().trim_end_matches('/')
             );
-            crate::trail::record(app, event("scim_token.create")).await?;
             tracing::info!(%tenant_id, "SCIM secret token generated");
             Ok(json_reply(
                 StatusCode::CREATED,
@@ -182,15 +195,13 @@ async fn token(
             ))
         }
         warp::http::Method::DELETE => {
-            if app.access.tenants.get(tenant_id).await?.is_none() {
-                return Err(ApiError::not_found(format!(
-                    "tenant {tenant_id} is not registered"
-                )));
-            }
-            if !app.scim.revoke_token(tenant_id).await? {
-                return Err(ApiError::not_found("the tenant has no SCIM token"));
-            }
-            crate::trail::record(app, event("scim_token.revoke")).await?;
+            crate::trail::around(app, event("scim_token.revoke"), async {
+                if !app.scim.revoke_token(tenant_id).await? {
+                    return Err(ApiError::not_found("the tenant has no SCIM token"));
+                }
+                Ok(crate::trail::Made::from(()))
+            })
+            .await?;
             Ok(no_content())
         }
         _ => Err(ApiError::bad_request(

@@ -211,105 +211,107 @@ async fn handle(app: &App, request: AdminRequest<'_>, body: &[u8]) -> Result<Res
     };
     let scim = &app.scim;
     let method = request.method;
-    let answer = match (method, parts.as_slice()) {
-        (&Method::GET, ["settings"]) => ok(&json!(scim.settings(tenant_id).await?)),
-        (&Method::PUT, ["settings"]) => {
-            writable()?;
-            let settings: ScimSettings = parse_json(body)?;
-            settings.validate().map_err(ApiError::bad_request)?;
-            scim.put_settings(tenant_id, &settings).await?;
-            tracing::info!(%tenant_id, ?settings, "SCIM settings changed");
-            ok(&json!(settings))
-        }
-        (_, ["settings"]) => method_not_allowed("GET or PUT"),
-        (&Method::GET, ["users"]) => {
-            let status = match request.query.get("status") {
-                None => None,
-                Some(s) => Some(UserStatus::parse(s).ok_or_else(|| {
-                    ApiError::bad_request("status must be Staged, Invited or Active")
-                })?),
-            };
-            let users = scim.admin_users(tenant_id, status).await?;
-            ok(&json!({ "users": users }))
-        }
-        (&Method::GET, ["users", id]) => {
-            let id = guid_segment(id, "user id")?;
-            ok(&scim.admin_user(tenant_id, id).await?)
-        }
-        (_, ["users"] | ["users", _]) => method_not_allowed("GET"),
-        (&Method::GET, ["users", id, "settings"]) => {
-            let id = guid_segment(id, "user id")?;
-            ok(&scim.admin_user(tenant_id, id).await?)
-        }
-        (&Method::PUT, ["users", id, "settings"]) => {
-            writable()?;
-            let id = guid_segment(id, "user id")?;
-            let body: OverridesBody = parse_json(body)?;
-            ok(&scim
-                .set_user_overrides(tenant_id, id, body.settings)
-                .await?)
-        }
-        (_, ["users", _, "settings"]) => method_not_allowed("GET or PUT"),
-        (&Method::POST, ["users", id, "invitation"]) => {
-            writable()?;
-            let id = guid_segment(id, "user id")?;
-            let invitation = scim.invite(tenant_id, id).await?;
-            tracing::info!(%tenant_id, user = %id, "invitation created");
-            Ok(json_reply(StatusCode::CREATED, &invitation))
-        }
-        (_, ["users", _, "invitation"]) => method_not_allowed("POST"),
-        (&Method::GET, ["groups", id, "settings"]) => {
-            let id = guid_segment(id, "group id")?;
-            ok(&scim.set_group_overrides(tenant_id, id, None).await?)
-        }
-        (&Method::PUT, ["groups", id, "settings"]) => {
-            writable()?;
-            let id = guid_segment(id, "group id")?;
-            let body: OverridesBody = parse_json(body)?;
-            ok(&scim
-                .set_group_overrides(tenant_id, id, Some(body.settings))
-                .await?)
-        }
-        (_, ["groups", _, "settings"]) => method_not_allowed("GET or PUT"),
-        (&Method::GET, ["invitations"]) => {
-            let state = request.query.get("state").map(String::as_str);
-            if let Some(s) = state
-                && !["pending", "sent", "redeemed", "revoked", "expired"].contains(&s)
-            {
-                return Err(ApiError::bad_request(
-                    "state must be pending, sent, redeemed, revoked or expired",
-                ));
+    let route = async {
+        match (method, parts.as_slice()) {
+            (&Method::GET, ["settings"]) => ok(&json!(scim.settings(tenant_id).await?)),
+            (&Method::PUT, ["settings"]) => {
+                writable()?;
+                let settings: ScimSettings = parse_json(body)?;
+                settings.validate().map_err(ApiError::bad_request)?;
+                scim.put_settings(tenant_id, &settings).await?;
+                tracing::info!(%tenant_id, ?settings, "SCIM settings changed");
+                ok(&json!(settings))
             }
-            ok(&json!({ "invitations": scim.invitations(tenant_id, state).await? }))
+            (_, ["settings"]) => method_not_allowed("GET or PUT"),
+            (&Method::GET, ["users"]) => {
+                let status = match request.query.get("status") {
+                    None => None,
+                    Some(s) => Some(UserStatus::parse(s).ok_or_else(|| {
+                        ApiError::bad_request("status must be Staged, Invited or Active")
+                    })?),
+                };
+                let users = scim.admin_users(tenant_id, status).await?;
+                ok(&json!({ "users": users }))
+            }
+            (&Method::GET, ["users", id]) => {
+                let id = guid_segment(id, "user id")?;
+                ok(&scim.admin_user(tenant_id, id).await?)
+            }
+            (_, ["users"] | ["users", _]) => method_not_allowed("GET"),
+            (&Method::GET, ["users", id, "settings"]) => {
+                let id = guid_segment(id, "user id")?;
+                ok(&scim.admin_user(tenant_id, id).await?)
+            }
+            (&Method::PUT, ["users", id, "settings"]) => {
+                writable()?;
+                let id = guid_segment(id, "user id")?;
+                let body: OverridesBody = parse_json(body)?;
+                ok(&scim
+                    .set_user_overrides(tenant_id, id, body.settings)
+                    .await?)
+            }
+            (_, ["users", _, "settings"]) => method_not_allowed("GET or PUT"),
+            (&Method::POST, ["users", id, "invitation"]) => {
+                writable()?;
+                let id = guid_segment(id, "user id")?;
+                let invitation = scim.invite(tenant_id, id).await?;
+                tracing::info!(%tenant_id, user = %id, "invitation created");
+                Ok(json_reply(StatusCode::CREATED, &invitation))
+            }
+            (_, ["users", _, "invitation"]) => method_not_allowed("POST"),
+            (&Method::GET, ["groups", id, "settings"]) => {
+                let id = guid_segment(id, "group id")?;
+                ok(&scim.set_group_overrides(tenant_id, id, None).await?)
+            }
+            (&Method::PUT, ["groups", id, "settings"]) => {
+                writable()?;
+                let id = guid_segment(id, "group id")?;
+                let body: OverridesBody = parse_json(body)?;
+                ok(&scim
+                    .set_group_overrides(tenant_id, id, Some(body.settings))
+                    .await?)
+            }
+            (_, ["groups", _, "settings"]) => method_not_allowed("GET or PUT"),
+            (&Method::GET, ["invitations"]) => {
+                let state = request.query.get("state").map(String::as_str);
+                if let Some(s) = state
+                    && !["pending", "sent", "redeemed", "revoked", "expired"].contains(&s)
+                {
+                    return Err(ApiError::bad_request(
+                        "state must be pending, sent, redeemed, revoked or expired",
+                    ));
+                }
+                ok(&json!({ "invitations": scim.invitations(tenant_id, state).await? }))
+            }
+            (_, ["invitations"]) => method_not_allowed("GET"),
+            (&Method::DELETE, ["invitations", id]) => {
+                let id = guid_segment(id, "invitation id")?;
+                scim.revoke_invitation(tenant_id, id).await?;
+                Ok(no_content())
+            }
+            (_, ["invitations", _]) => method_not_allowed("DELETE"),
+            (&Method::POST, ["invitations", id, "sent"]) => {
+                let id = guid_segment(id, "invitation id")?;
+                ok(&scim.mark_sent(tenant_id, id).await?)
+            }
+            (_, ["invitations", _, "sent"]) => method_not_allowed("POST"),
+            _ => Err(ApiError::not_found("no such route")),
         }
-        (_, ["invitations"]) => method_not_allowed("GET"),
-        (&Method::DELETE, ["invitations", id]) => {
-            let id = guid_segment(id, "invitation id")?;
-            scim.revoke_invitation(tenant_id, id).await?;
-            Ok(no_content())
-        }
-        (_, ["invitations", _]) => method_not_allowed("DELETE"),
-        (&Method::POST, ["invitations", id, "sent"]) => {
-            let id = guid_segment(id, "invitation id")?;
-            ok(&scim.mark_sent(tenant_id, id).await?)
-        }
-        (_, ["invitations", _, "sent"]) => method_not_allowed("POST"),
-        _ => Err(ApiError::not_found("no such route")),
     };
-    // a change that went through is recorded before it is answered
-    if let (Ok(response), Some((action, target))) = (&answer, admin_change(method, &parts))
-        && response.status().is_success()
-    {
-        let changes = serde_json::from_slice::<serde_json::Value>(body)
-            .map(|b| audit::diff(&serde_json::Value::Null, &b))
-            .unwrap_or_default();
-        crate::trail::record(
-            app,
-            audit::Event::new(tenant_id, admin, action, target).changes(changes),
-        )
-        .await?;
+    // a change is recorded before it is made, and made only when it is recorded
+    match admin_change(method, &parts) {
+        Some((action, target)) => {
+            let changes = serde_json::from_slice::<serde_json::Value>(body)
+                .map(|b| audit::diff(&serde_json::Value::Null, &b))
+                .unwrap_or_default();
+            let event = audit::Event::new(tenant_id, admin, action, target).changes(changes);
+            crate::trail::around(app, event, async {
+                route.await.map(crate::trail::Made::from)
+            })
+            .await
+        }
+        None => route.await,
     }
-    answer
 }
 
 /// The audit action and target of an admin request that changes something.

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -17,7 +18,7 @@ use crate::openapi::schemas::{ErrorBody, OffboardedTenant, TenantBody, TenantLis
 use crate::route;
 use crate::routes::router::{Request, Route};
 use crate::routes::{ApiError, json_reply};
-use crate::trail;
+use crate::trail::{self, Made};
 use audit::{Change, Target};
 
 /// The routes.
@@ -107,24 +108,24 @@ async fn create(app: &App, req: &Request) -> Result<Response, ApiError> {
         offboarded_at: None,
         app_client_id: None,
     };
-    let created = app.access.tenants.create(&tenant).await?;
-    app.access.invalidate_tenant(tenant_id);
-    trail::record(
-        app,
-        trail::event(
-            &req.headers,
-            tenant_id,
-            admin,
-            "tenant.create",
-            Target::new("tenant", tenant_id).display(created.display_name.clone()),
-        )
-        .change(Change::new(
-            "display_name",
-            None,
-            Some(json!(created.display_name)),
-        ))
-        .change(Change::new("cloud", None, Some(json!(cloud.to_string())))),
+    let event = trail::event(
+        &req.headers,
+        tenant_id,
+        admin,
+        "tenant.create",
+        Target::new("tenant", tenant_id).display(tenant.display_name.clone()),
     )
+    .change(Change::new(
+        "display_name",
+        None,
+        Some(json!(tenant.display_name)),
+    ))
+    .change(Change::new("cloud", None, Some(json!(cloud.to_string()))));
+    let created = trail::around(app, event, async {
+        let created = app.access.tenants.create(&tenant).await?;
+        app.access.invalidate_tenant(tenant_id);
+        Ok(Made::from(created))
+    })
     .await?;
     tracing::info!(%tenant_id, cloud = %cloud, "tenant registered");
     Ok(json_reply(StatusCode::CREATED, &tenant_json(&created)))
@@ -179,6 +180,10 @@ async fn get(app: &App, req: &Request) -> Result<Response, ApiError> {
 async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
     let admin = trail::admin(&auth::admin(app, req.authorization()).await?);
     let tenant_id = tenant_param(req)?;
+    // an unknown tenant is refused before anything is written into a trail under its id
+    if app.access.tenants.get(tenant_id).await?.is_none() {
+        return Err(not_registered(tenant_id));
+    }
     let event = trail::event(
         &req.headers,
         tenant_id,
@@ -186,47 +191,52 @@ async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
         "tenant.offboard",
         Target::new("tenant", tenant_id),
     );
-    let outcome = Offboarding::new(&app.access, &app.scim, &*app.sync.states)
-        .with_certificates(&app.pki)
-        .run(tenant_id)
-        .await;
-    match &outcome {
-        Ok(done) => {
+    let done = trail::around(app, event, async {
+        let done = Offboarding::new(&app.access, &app.scim, &*app.sync.states)
+            .with_certificates(&app.pki)
+            .run(tenant_id)
+            .await
+            .map_err(|e| offboard_error(tenant_id, e))?;
+        let counts = (
+            done.count("grants"),
+            done.count("certificates"),
+            done.count("scim_token"),
+        );
+        Ok(Made::report(done, move |event| {
+            let (grants, certificates, scim_token) = counts;
             let event = event
                 .change(Change::new("status", None, Some(json!("offboarded"))))
-                .change(Change::new(
-                    "revoked_grants",
-                    None,
-                    Some(json!(done.count("grants"))),
-                ))
+                .change(Change::new("revoked_grants", None, Some(json!(grants))))
                 .change(Change::new(
                     "revoked_certificates",
                     None,
-                    Some(json!(done.count("certificates"))),
+                    Some(json!(certificates)),
                 ));
-            let event = if done.count("scim_token") > 0 {
+            if scim_token > 0 {
                 event.change(Change::secret("scim_token"))
             } else {
                 event
-            };
-            trail::record(app, event).await?;
-        }
-        Err(OffboardError::NotRegistered(_)) => {}
-        Err(e) => trail::record(app, event.failed("offboard_incomplete", e.to_string())).await?,
-    }
-    match outcome {
-        Ok(done) => {
-            let mut body = tenant_json(&done.tenant);
-            body["revoked_grants"] = json!(done.count("grants"));
-            body["revoked_scim_token"] = json!(done.count("scim_token") > 0);
-            body["revoked_certificates"] = json!(done.count("certificates"));
-            Ok(json_reply(StatusCode::OK, &body))
-        }
-        Err(OffboardError::NotRegistered(_)) => Err(ApiError::not_found(format!(
-            "tenant {tenant_id} is not registered"
-        ))),
-        Err(OffboardError::Status(e)) => Err(e.into()),
-        Err(OffboardError::Incomplete { failed, .. }) => {
+            }
+        }))
+    })
+    .await?;
+    let mut body = tenant_json(&done.tenant);
+    body["revoked_grants"] = json!(done.count("grants"));
+    body["revoked_scim_token"] = json!(done.count("scim_token") > 0);
+    body["revoked_certificates"] = json!(done.count("certificates"));
+    Ok(json_reply(StatusCode::OK, &body))
+}
+
+fn not_registered(tenant_id: Uuid) -> ApiError {
+    ApiError::not_found(format!("tenant {tenant_id} is not registered"))
+}
+
+/// What an offboarding that stopped answers.
+fn offboard_error(tenant_id: Uuid, e: OffboardError) -> ApiError {
+    match e {
+        OffboardError::NotRegistered(_) => not_registered(tenant_id),
+        OffboardError::Status(e) => e.into(),
+        OffboardError::Incomplete { failed, .. } => {
             let steps: Vec<&str> = failed.iter().map(|(name, _)| *name).collect();
             // the status of the first failure (503 unavailable, 500 unreadable data, ...)
             let (_, first) = failed.into_iter().next().expect("at least one failed step");
@@ -235,7 +245,7 @@ async fn offboard(app: &App, req: &Request) -> Result<Response, ApiError> {
                 "tenant {tenant_id} is offboarded and refused everywhere, but these steps did not complete: {}; DELETE it again to complete them",
                 steps.join(", ")
             );
-            Err(error)
+            error
         }
     }
 }
