@@ -69,16 +69,22 @@ async fn raw_ceiling(entities: usize) -> (f64, f64) {
     (sequential, parallel)
 }
 
-/// Azurite's raw rate for the volume a round writes: `users` user-sized records plus two
-/// small search rows each, `groups` group rows and two rows per membership, written in
-/// 100-entity batches one at a time into one fresh partition, with row keys in random
-/// order as the round's are. Azurite's cost per insert grows with the table (its indices
-/// are sorted arrays), so a ceiling measured on a small partition overstates what it can
-/// take for 500,000 rows; this is the like-for-like figure.
+/// Azurite's raw rate for the volume a round writes, in the directory's layout: `users`
+/// user-sized records, `groups` group rows and two rows per membership in one fresh table,
+/// two small search rows per user in another (as the directory keeps them), written in
+/// 100-entity batches one at a time, one partition each, with row keys in random order as
+/// the round's are. Azurite's cost per insert grows with the table (its indices are sorted
+/// arrays), so a ceiling measured on a small partition overstates what it can take for
+/// 500,000 rows; this is the like-for-like figure.
 async fn raw_ceiling_at_volume(users: usize, groups: usize, memberships: usize) -> (f64, usize) {
-    let name = unique_table("vol");
-    let table = Azurite::shared().client().table(name.clone());
+    let names = [unique_table("vol"), unique_table("volsearch")];
+    let client = Azurite::shared().client();
+    let (table, search) = (
+        client.table(names[0].clone()),
+        client.table(names[1].clone()),
+    );
     table.create_if_not_exists().await.unwrap();
+    search.create_if_not_exists().await.unwrap();
     let p = "volume";
     let key = |kind: &str, i: usize| {
         format!(
@@ -87,9 +93,10 @@ async fn raw_ceiling_at_volume(users: usize, groups: usize, memberships: usize) 
         )
     };
     let mut rows: Vec<Entity> = Vec::new();
+    let mut search_rows: Vec<Entity> = Vec::new();
     let mut written = 0;
     let started = Instant::now();
-    let flush = |rows: &mut Vec<Entity>| {
+    let flush = |table: &tables::Table, rows: &mut Vec<Entity>| {
         let ops: Vec<Operation> = rows.drain(..).map(Operation::UpsertReplace).collect();
         let table = table.clone();
         async move { table.transact(&ops).await.unwrap() }
@@ -109,23 +116,27 @@ async fn raw_ceiling_at_volume(users: usize, groups: usize, memberships: usize) 
                 .with("SeenRound", 1i64),
         );
         for t in ["s", "n"] {
-            rows.push(
+            search_rows.push(
                 Entity::new(p, key(t, i))
                     .with("Id", format!("{i:032x}"))
                     .with("Term", format!("user{i}@contoso.com"))
                     .with("Terms", format!("user{i}@contoso.com\nuser {i}")),
             );
         }
-        if rows.len() >= 99 {
+        if rows.len() >= 100 {
             written += rows.len();
-            flush(&mut rows).await;
+            flush(&table, &mut rows).await;
+        }
+        if search_rows.len() >= 100 {
+            written += search_rows.len();
+            flush(&search, &mut search_rows).await;
         }
     }
     for i in 0..groups {
         rows.push(Entity::new(p, key("g", i)).with("Name", format!("Group {i}")));
         if rows.len() >= 100 {
             written += rows.len();
-            flush(&mut rows).await;
+            flush(&table, &mut rows).await;
         }
     }
     for i in 0..memberships {
@@ -134,20 +145,20 @@ async fn raw_ceiling_at_volume(users: usize, groups: usize, memberships: usize) 
         }
         if rows.len() >= 100 {
             written += rows.len();
-            flush(&mut rows).await;
+            flush(&table, &mut rows).await;
         }
     }
-    if !rows.is_empty() {
-        written += rows.len();
-        flush(&mut rows).await;
+    for (t, left) in [(&table, &mut rows), (&search, &mut search_rows)] {
+        if !left.is_empty() {
+            written += left.len();
+            flush(t, left).await;
+        }
     }
     let rate = written as f64 / started.elapsed().as_secs_f64();
     // free Azurite's memory before the round
-    Azurite::shared()
-        .client()
-        .delete_table(&name)
-        .await
-        .unwrap();
+    for name in &names {
+        client.delete_table(name).await.unwrap();
+    }
     (rate, written)
 }
 
@@ -299,16 +310,21 @@ fn main() {
         let memberships = t["memberships"].as_u64().unwrap() as usize;
         assert_eq!(t["users"]["total"].as_u64(), Some(users as u64), "{stats}");
         let (user_rows, search_rows, entities) = if users <= 20_000 {
-            let table = client.table(format!("{prefix}Directory"));
-            let rows = table
-                .query_all(tables::Query {
-                    filter: Some(format!("PartitionKey eq '{tenant}'")),
-                    select: Some(vec!["RowKey".into()]),
-                    page_size: Some(1000),
-                    limit: None,
-                })
-                .await
-                .unwrap();
+            let mut rows = Vec::new();
+            for name in ["Directory", "DirectorySearch"] {
+                rows.extend(
+                    client
+                        .table(format!("{prefix}{name}"))
+                        .query_all(tables::Query {
+                            filter: Some(format!("PartitionKey eq '{tenant}'")),
+                            select: Some(vec!["RowKey".into()]),
+                            page_size: Some(1000),
+                            limit: None,
+                        })
+                        .await
+                        .unwrap(),
+                );
+            }
             let count = |p: &str| rows.iter().filter(|r| r.row_key.starts_with(p)).count();
             (count("u-"), count("s-"), rows.len())
         } else {
@@ -390,7 +406,7 @@ fn main() {
         println!("search first page at {users} users: p50 {:.1} ms", p50(samples).as_secs_f64() * 1000.0);
         // the one range query a search page makes, sent by a plain client: Azurite's share
         // (it evaluates every query's filter on every row of the table)
-        let directory_table = client.table(format!("{prefix}Directory"));
+        let directory_table = client.table(format!("{prefix}DirectorySearch"));
         let mut raw = Vec::new();
         for i in 0..50 {
             let term = format!("user{}", (i * 7919) % users);

@@ -5,7 +5,7 @@
 //! | `u-<id>` | a user record |
 //! | `o-<entra id>` | the local id of a user whose id is not its Entra object id |
 //! | `x-<scim id>` | the local id of a user whose id is not its SCIM id |
-//! | `s-<term>\|<id>` | a search term of a user (lowercased UPN, e-mail, name) |
+//! | `s-<term>\|<id>` | a search term of a user (lowercased UPN, e-mail, name), in the search table beside the directory's (`{directory}Search`), same partition |
 //! | `g-<id>` | a group record |
 //! | `gm-<group>.<user>` | a direct membership, group side |
 //! | `ug-<user>.<group>` | the same membership, user side |
@@ -16,6 +16,13 @@ use uuid::Uuid;
 
 pub const USER: &str = "u-";
 pub const GROUP: &str = "g-";
+/// Search rows start with this (and live in the search table).
+pub const SEARCH: &str = "s-";
+
+/// True for a search row's key.
+pub fn is_search(row_key: &str) -> bool {
+    row_key.starts_with(SEARCH)
+}
 
 /// SCIM requests run concurrently: their counter deltas go to one of this many rows.
 pub const SCIM_COUNTER_SHARDS: u32 = 8;

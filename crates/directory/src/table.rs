@@ -164,6 +164,13 @@ async fn back_off(attempt: u32) {
 #[derive(Clone)]
 pub struct TableDirectory {
     table: Table,
+    /// The search rows (`s-…`), in a table of their own beside `table` (`{table}Search`):
+    /// a store that evaluates a range query against every row of its table (Azurite) then
+    /// reads only search rows for a search, not the records and memberships too. A page's
+    /// new rows are written before its records and its old rows deleted after them, so a
+    /// user is always found under the terms its record has; a row whose record lacks its
+    /// term (a crash between, a write that lost a race) is skipped when read.
+    search: Table,
     /// The Graph writer's counter row per tenant as its last successful page left it, so
     /// that the next page of a round does not read it again (its ETag guards any write
     /// made meanwhile: a stale copy fails the page's transaction, which reads again).
@@ -253,6 +260,8 @@ const REMEMBERED_TENANTS: usize = 10_000;
 #[derive(Default)]
 struct OpGroup {
     ops: Vec<Operation>,
+    /// Writes of the search table (its rows for the same user), made before `ops`.
+    search_ops: Vec<Operation>,
     delta: Counters,
     applied: Applied,
 }
@@ -646,6 +655,31 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
     rows
 }
 
+/// Runs one transaction whose unconditional deletes may find their rows gone already (a
+/// replay after a crash between the search rows and the records): such a delete is
+/// dropped and the rest run again.
+async fn transact_tolerant(table: &Table, ops: &[Operation]) -> Result<(), tables::Error> {
+    let mut ops = ops.to_vec();
+    while !ops.is_empty() {
+        match table.transact(&ops).await {
+            Err(tables::Error::Batch { index, source })
+                if source.is_not_found()
+                    && matches!(
+                        ops.get(index),
+                        Some(Operation::Delete {
+                            if_match: IfMatch::Any,
+                            ..
+                        })
+                    ) =>
+            {
+                ops.remove(index);
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+    Ok(())
+}
+
 /// Tells `hook` what `groups` will change, before any of them commits; its refusal
 /// stops the write.
 async fn tell(hook: Option<&dyn BeforeCommit>, groups: &[OpGroup]) -> Result<(), Failure> {
@@ -667,8 +701,10 @@ async fn tell(hook: Option<&dyn BeforeCommit>, groups: &[OpGroup]) -> Result<(),
 impl TableDirectory {
     /// The directory in `table`.
     pub fn new(table: Table) -> TableDirectory {
+        let search = table.client().table(format!("{}Search", table.name()));
         TableDirectory {
             table,
+            search,
             graph_rows: Default::default(),
             scim_marked: Default::default(),
             graph_users: Default::default(),
@@ -679,6 +715,11 @@ impl TableDirectory {
     /// The table.
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    /// The table of search rows.
+    pub fn search_table(&self) -> &Table {
+        &self.search
     }
 
     async fn get(&self, tenant: &str, row_key: &str) -> Result<Option<Entity>, DirectoryError> {
@@ -710,13 +751,18 @@ impl TableDirectory {
         extra: &[String],
         select: Option<&[&str]>,
     ) -> impl futures::Stream<Item = Result<Vec<Entity>, DirectoryError>> + Send + 'a {
+        let table = if range.0.starts_with(layout::SEARCH) {
+            &self.search
+        } else {
+            &self.table
+        };
         let query = Query {
             filter: Some(layout::range_filter(tenant, range, extra)),
             select: select.map(|s| s.iter().map(|f| f.to_string()).collect()),
             page_size: Some(1000),
             limit: None,
         };
-        self.table
+        table
             .query(query)
             .map_ok(|page| page.entities)
             .map_err(DirectoryError::from)
@@ -905,10 +951,18 @@ impl TableDirectory {
     async fn commit(
         &self,
         tenant: &str,
-        groups: Vec<OpGroup>,
+        mut groups: Vec<OpGroup>,
         counter: &mut CounterRow,
         applied: &mut Applied,
     ) -> Result<(), Failure> {
+        // new search rows before the records, old ones removed after them: a search never
+        // loses a user that has its term, and a row whose user lacks the term (a crash, a
+        // lost race) is skipped when read
+        let (removed, added): (Vec<Operation>, Vec<Operation>) = groups
+            .iter_mut()
+            .flat_map(|g| std::mem::take(&mut g.search_ops))
+            .partition(|op| matches!(op, Operation::Delete { .. }));
+        self.write_search(&added, applied).await?;
         let mut pending: Vec<OpGroup> = Vec::new();
         let mut size = 0;
         for group in groups {
@@ -926,6 +980,17 @@ impl TableDirectory {
         }
         if !pending.is_empty() {
             self.commit_one(tenant, pending, counter, applied).await?;
+        }
+        self.write_search(&removed, applied).await?;
+        Ok(())
+    }
+
+    /// Writes search rows, 100 to a transaction (deletes of rows gone already are fine).
+    async fn write_search(&self, ops: &[Operation], applied: &mut Applied) -> Result<(), Failure> {
+        for chunk in ops.chunks(MAX_OPERATIONS) {
+            transact_tolerant(&self.search, chunk).await?;
+            applied.entities += chunk.len() as u64;
+            applied.transactions += 1;
         }
         Ok(())
     }
@@ -1107,6 +1172,8 @@ impl TableDirectory {
             }
             if let Some(id) = opt_uuid(row, "Id")?
                 && let Some(found) = self.read_user(tenant, id).await?
+                // a row left by a write that lost a race names a UPN its user lacks
+                && layout::term(&found.0.upn) == term
             {
                 users.push(found);
             }
@@ -1255,9 +1322,12 @@ impl TableDirectory {
         let new_keys: Vec<&str> = new_rows.iter().map(|r| r.row_key.as_str()).collect();
         for old in &old_rows {
             if !new_keys.contains(&old.row_key.as_str()) {
-                group
-                    .ops
-                    .push(delete(tenant, old.row_key.clone(), IfMatch::Any));
+                let op = delete(tenant, old.row_key.clone(), IfMatch::Any);
+                if layout::is_search(&old.row_key) {
+                    group.search_ops.push(op);
+                } else {
+                    group.ops.push(op);
+                }
             }
         }
         for row in new_rows {
@@ -1265,7 +1335,11 @@ impl TableDirectory {
                 .iter()
                 .any(|o| o.row_key == row.row_key && o.properties == row.properties);
             if !unchanged {
-                group.ops.push(Operation::UpsertReplace(row));
+                if layout::is_search(&row.row_key) {
+                    group.search_ops.push(Operation::UpsertReplace(row));
+                } else {
+                    group.ops.push(Operation::UpsertReplace(row));
+                }
             }
         }
         out.push(group);
@@ -1286,6 +1360,7 @@ impl TableDirectory {
         for row in rows.iter().flatten() {
             let group = opt_uuid(row, "Group")?.ok_or_else(|| corrupt(&row.row_key, "Group"))?;
             out.push(OpGroup {
+                search_ops: Vec::new(),
                 ops: vec![
                     delete(tenant, layout::group_member(group, user), IfMatch::Any),
                     delete(tenant, row.row_key.clone(), IfMatch::Any),
@@ -1559,6 +1634,7 @@ impl TableDirectory {
         for row in rows.iter().flatten() {
             let user = opt_uuid(row, "User")?.ok_or_else(|| corrupt(&row.row_key, "User"))?;
             out.push(OpGroup {
+                search_ops: Vec::new(),
                 ops: vec![
                     delete(tenant, row.row_key.clone(), IfMatch::Any),
                     delete(tenant, layout::user_group(user, group.id), IfMatch::Any),
@@ -1574,6 +1650,7 @@ impl TableDirectory {
             });
         }
         out.push(OpGroup {
+            search_ops: Vec::new(),
             ops: vec![delete(tenant, layout::group(group.id), IfMatch::ETag(etag))],
             delta: Counters {
                 groups: -1,
@@ -1675,7 +1752,7 @@ impl TableDirectory {
                 page_size: Some(batch as u32),
                 limit: Some(batch),
             };
-            let rows = self.table.query_all(query).await?;
+            let rows = self.search.query_all(query).await?;
             if rows.is_empty() {
                 break;
             }
@@ -1696,10 +1773,15 @@ impl TableDirectory {
                 .collect();
             let users: Vec<(String, Option<User>)> = stream::iter(candidates)
                 .map(|(key, id)| async move {
-                    Ok::<_, DirectoryError>((
-                        key,
-                        self.read_user(tenant, id).await?.map(|(u, _)| u),
-                    ))
+                    let user = self.read_user(tenant, id).await?.map(|(u, _)| u);
+                    // a row left by a write that lost a race names a term its user lacks
+                    let term = key
+                        .strip_prefix(layout::SEARCH)
+                        .and_then(|k| k.rsplit_once('|'))
+                        .map(|(t, _)| t.to_string());
+                    let user = user
+                        .filter(|u| term.as_ref().is_some_and(|t| search::terms(u).contains(t)));
+                    Ok::<_, DirectoryError>((key, user))
                 })
                 .buffered(READ_CONCURRENCY)
                 .try_collect()

@@ -148,6 +148,12 @@ impl TableNames {
         format!("{}Directory", self.prefix)
     }
 
+    /// The directory's search rows, one partition per tenant (the directory crate names it
+    /// after the directory's table).
+    pub fn directory_search(&self) -> String {
+        format!("{}Search", self.directory())
+    }
+
     /// Directory sync state and leases.
     pub fn sync(&self) -> String {
         format!("{}Sync", self.prefix)
@@ -183,6 +189,7 @@ impl TableNames {
             self.links(),
             self.scim(),
             self.directory(),
+            self.directory_search(),
             self.sync(),
             self.certificates(),
             self.hr(),
