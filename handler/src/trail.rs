@@ -142,8 +142,10 @@ impl<T> From<T> for Made<T> {
 /// Makes a change write-ahead: `event` is stored as pending before `change` runs (when it
 /// cannot be, the change is not run and the answer is 503), then replaced by how the change
 /// ended: success completed by the change's [`Made`] report, or a failure with the error's
-/// status and message. When that last write fails the answer is 503 too, and the event
-/// stays pending: it says the change may have been made.
+/// status and message. When that last write fails after a change that was made, the
+/// answer is still the change's (it may carry what is shown only once: a temporary
+/// password, a token, a key) and the event stays pending, which says the change may have
+/// been made; after a failed change it is 503.
 pub async fn around<T>(
     app: &App,
     event: Event,
@@ -152,7 +154,11 @@ pub async fn around<T>(
     let pending = app.audit.begin(event).await?;
     match change.await {
         Ok(made) => {
-            pending.finish(made.report).await?;
+            // the change is made and its pending event says it may have been: the answer
+            // still carries what only it shows (a temporary password, a new token, a key)
+            if let Err(e) = pending.finish(made.report).await {
+                tracing::error!(error = %e, "a change was made but its outcome not recorded: its event stays pending");
+            }
             Ok(made.value)
         }
         Err(e) => {

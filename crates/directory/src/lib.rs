@@ -49,6 +49,13 @@ pub enum DirectoryError {
 #[async_trait]
 pub trait BeforeCommit: Send + Sync {
     async fn changing(&self, objects: &[ObjectChange]) -> Result<(), String>;
+
+    /// A write committed with `applied` (its users left inactive among them): what must
+    /// follow at once (revoking their certificates) is done here, before the next write
+    /// (a sweep's next batch), so that a later failure does not lose it.
+    async fn committed(&self, _applied: &Applied) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl From<tables::Error> for DirectoryError {

@@ -985,6 +985,25 @@ impl TableDirectory {
         Ok(())
     }
 
+    /// Deletes a search row whose user is gone or lacks its term, unless it changed since
+    /// it was read (a write that gave the user that term again rewrote it). Best effort: a
+    /// row left is skipped again by the next read.
+    async fn drop_stale_search_row(&self, row: &Entity) {
+        let Some(etag) = row.etag.clone() else {
+            return;
+        };
+        let deleted = self
+            .search
+            .delete(&row.partition_key, &row.row_key, IfMatch::ETag(etag))
+            .await;
+        if let Err(e) = deleted
+            && !e.is_not_found()
+            && !e.is_precondition_failed()
+        {
+            tracing::debug!(error = %e, "stale search row left");
+        }
+    }
+
     /// Writes search rows, 100 to a transaction (deletes of rows gone already are fine).
     async fn write_search(&self, ops: &[Operation], applied: &mut Applied) -> Result<(), Failure> {
         for chunk in ops.chunks(MAX_OPERATIONS) {
@@ -1167,15 +1186,17 @@ impl TableDirectory {
             .await?;
         let mut users = Vec::new();
         for row in rows.iter().flatten() {
-            if row.get_str("Term") != Some(term.as_str()) || row.get_bool("IsUpn") != Some(true) {
+            if row.get_str("Term") != Some(term.as_str()) {
                 continue;
             }
-            if let Some(id) = opt_uuid(row, "Id")?
-                && let Some(found) = self.read_user(tenant, id).await?
-                // a row left by a write that lost a race names a UPN its user lacks
-                && layout::term(&found.0.upn) == term
-            {
-                users.push(found);
+            let Some(id) = opt_uuid(row, "Id")? else {
+                continue;
+            };
+            // the record decides, not the row (a stale row may say IsUpn either way)
+            match self.read_user(tenant, id).await? {
+                Some(found) if layout::term(&found.0.upn) == term => users.push(found),
+                Some((user, _)) if search::terms(&user).contains(&term) => {}
+                _ => self.drop_stale_search_row(row).await,
             }
         }
         Ok(users)
@@ -1323,11 +1344,15 @@ impl TableDirectory {
         for old in &old_rows {
             if !new_keys.contains(&old.row_key.as_str()) {
                 let op = delete(tenant, old.row_key.clone(), IfMatch::Any);
-                if layout::is_search(&old.row_key) {
-                    group.search_ops.push(op);
-                } else {
+                if !layout::is_search(&old.row_key) {
                     group.ops.push(op);
+                } else if after.is_none() {
+                    // a user deleted: its search rows go after its record
+                    group.search_ops.push(op);
                 }
+                // a term the user no longer has keeps its row until a read finds it stale
+                // and deletes it unless rewritten since: deleting it here, unconditionally,
+                // could remove the row of a concurrent write that gave the term back
             }
         }
         for row in new_rows {
@@ -1757,35 +1782,44 @@ impl TableDirectory {
                 break;
             }
             let full = rows.len() >= batch;
-            let candidates: Vec<(String, Uuid)> = rows
+            // each user read once, whatever rows name it; what the rows say of the user's
+            // terms is not trusted (a write that failed after its search rows went in
+            // leaves them stale): the record decides
+            let mut ids: Vec<Uuid> = rows
                 .iter()
-                .filter_map(|row| {
-                    let term = row.get_str("Term")?;
-                    let terms: Vec<String> = row
-                        .get_str("Terms")?
-                        .split('\n')
-                        .map(str::to_string)
-                        .collect();
-                    let id = Uuid::try_parse(row.get_str("Id")?).ok()?;
-                    search::shown_under(term, &terms, &query_term)
-                        .then(|| (row.row_key.clone(), id))
-                })
+                .filter_map(|r| Uuid::try_parse(r.get_str("Id")?).ok())
                 .collect();
-            let users: Vec<(String, Option<User>)> = stream::iter(candidates)
-                .map(|(key, id)| async move {
-                    let user = self.read_user(tenant, id).await?.map(|(u, _)| u);
-                    // a row left by a write that lost a race names a term its user lacks
-                    let term = key
-                        .strip_prefix(layout::SEARCH)
-                        .and_then(|k| k.rsplit_once('|'))
-                        .map(|(t, _)| t.to_string());
-                    let user = user
-                        .filter(|u| term.as_ref().is_some_and(|t| search::terms(u).contains(t)));
-                    Ok::<_, DirectoryError>((key, user))
+            ids.sort_unstable();
+            ids.dedup();
+            let read: HashMap<Uuid, User> = stream::iter(ids)
+                .map(|id| async move {
+                    Ok::<_, DirectoryError>(self.read_user(tenant, id).await?.map(|(u, _)| (id, u)))
                 })
                 .buffered(READ_CONCURRENCY)
-                .try_collect()
-                .await?;
+                .try_collect::<Vec<_>>()
+                .await?
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut users: Vec<(String, Option<User>)> = Vec::new();
+            for row in &rows {
+                let (Some(term), Some(id)) = (
+                    row.get_str("Term"),
+                    row.get_str("Id").and_then(|i| Uuid::try_parse(i).ok()),
+                ) else {
+                    continue;
+                };
+                let user = read.get(&id);
+                let terms = user.map(search::terms).unwrap_or_default();
+                if !terms.iter().any(|t| t == term) {
+                    // the user is gone or no longer has this term: the row is stale
+                    self.drop_stale_search_row(row).await;
+                    continue;
+                }
+                if search::shown_under(term, &terms, &query_term) {
+                    users.push((row.row_key.clone(), user.cloned()));
+                }
+            }
             for (key, user) in users {
                 let Some(user) = user else { continue };
                 let wanted = filter.active.is_none_or(|a| user.is_active() == a)
@@ -1835,7 +1869,14 @@ impl Directory for TableDirectory {
                 .try_apply_users(&tenant, writer, &changes, mode, &mut applied, hook)
                 .await
             {
-                Ok(()) => return Ok(applied),
+                Ok(()) => {
+                    if let Some(hook) = hook {
+                        hook.committed(&applied)
+                            .await
+                            .map_err(DirectoryError::Unrecorded)?;
+                    }
+                    return Ok(applied);
+                }
                 Err(Failure::Conflict) => {
                     mode = ApplyMode::Read;
                     if attempt < ATTEMPTS {
@@ -1864,7 +1905,14 @@ impl Directory for TableDirectory {
                 .try_apply_groups(&tenant, writer, &changes, mode, &mut applied, hook)
                 .await
             {
-                Ok(()) => return Ok(applied),
+                Ok(()) => {
+                    if let Some(hook) = hook {
+                        hook.committed(&applied)
+                            .await
+                            .map_err(DirectoryError::Unrecorded)?;
+                    }
+                    return Ok(applied);
+                }
                 Err(Failure::Conflict) => {
                     mode = ApplyMode::Read;
                     if attempt < ATTEMPTS {

@@ -1076,6 +1076,40 @@ async fn search_rows_live_in_their_own_table_and_a_row_naming_a_term_its_user_la
             .len(),
         1
     );
+    // the old name's row was left by the rename (deleting it then could race a write
+    // giving the name back) and removed by the read that found it stale
+    assert!(
+        rows(dir.search_table())
+            .await
+            .iter()
+            .all(|r| !r.row_key.starts_with("s-ada lovelace"))
+    );
+    // a row whose copy of the user's terms is stale (a write that failed after its search
+    // rows went in) does not hide the user: the record's terms decide where it is shown
+    dir.search_table()
+        .upsert_replace(
+            &tables::Entity::new(partition.as_str(), format!("s-bob@contoso.com|{bob}"))
+                .with("Id", bob.to_string())
+                .with("Term", "bob@contoso.com")
+                .with("Terms", "bob@a\nbob@contoso.com")
+                .with("IsUpn", false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dir.list_users(tenant, &search("bob@", 10, None))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert!(
+        dir.user_by_upn(tenant, "bob@contoso.com")
+            .await
+            .unwrap()
+            .is_some()
+    );
     // a stale row (left by a write that lost its race) naming Bob under a term he lacks
     dir.search_table()
         .upsert_replace(

@@ -36,10 +36,6 @@ pub enum PkiError {
     /// A defect here.
     #[error("internal: {0}")]
     Internal(String),
-    /// A revocation is stored but its record (the journal) could not be written; the next
-    /// revocation of the same users writes it.
-    #[error("revocation not recorded: {0}")]
-    Unrecorded(String),
 }
 
 impl PkiError {
@@ -259,8 +255,10 @@ pub struct CertificateRecord {
 /// Told of every certificate an automatic revocation ([`Pki::revoke_all`]: a user disabled
 /// or deleted, a tenant offboarded) revoked, after the revocation is stored (the audit trail
 /// listens here). Until it answers Ok the certificate row says so, and the next
-/// `revoke_all` naming its user tells it again: a crash in between loses no record, and
-/// the record must be idempotent (same certificate, same record).
+/// `revoke_all` naming its user, or [`Pki::record_unrecorded`] (Housekeeping), tells it
+/// again: a crash or an outage in between loses no record, and the record must be
+/// idempotent (same certificate, same record). Its failure never undoes or stops a
+/// revocation.
 #[async_trait::async_trait]
 pub trait RevocationJournal: Send + Sync {
     async fn revoked(&self, record: &CertificateRecord) -> Result<(), String>;
@@ -886,20 +884,51 @@ impl Pki {
         if !revoked.is_empty() {
             self.publish_if_missing(tenant, &revoked).await?;
         }
-        if let Some(journal) = &self.journal {
-            // this call's revocations, and earlier ones a crash kept from the journal
-            for record in revoked
-                .iter()
-                .filter(|r| r.revocation_recorded == Some(false))
-            {
-                journal
-                    .revoked(record)
-                    .await
-                    .map_err(PkiError::Unrecorded)?;
-                self.mark_recorded(tenant, record.id).await?;
+        // this call's revocations, and earlier ones a crash or an outage kept from it
+        self.tell_journal(tenant, &revoked).await?;
+        Ok(count)
+    }
+
+    /// Tells the journal of the revocations in `records` it has not had yet. One it cannot
+    /// take stays marked on its row, for the next revocation of its user or
+    /// [`Pki::record_unrecorded`]: the revocations themselves are done, whatever it says.
+    async fn tell_journal(
+        &self,
+        tenant: Uuid,
+        records: &[CertificateRecord],
+    ) -> Result<usize, PkiError> {
+        let Some(journal) = &self.journal else {
+            return Ok(0);
+        };
+        let mut told = 0;
+        for record in records
+            .iter()
+            .filter(|r| r.revocation_recorded == Some(false))
+        {
+            match journal.revoked(record).await {
+                Ok(()) => {
+                    self.mark_recorded(tenant, record.id).await?;
+                    told += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(%tenant, certificate = %record.id, error = %e, "revocation not recorded yet; Housekeeping tries again");
+                }
             }
         }
-        Ok(count)
+        Ok(told)
+    }
+
+    /// Tells the journal of every revocation of the tenant it has not had (its record
+    /// failed before); Housekeeping calls this. Answers how many it told.
+    pub async fn record_unrecorded(&self, tenant: Uuid) -> Result<usize, PkiError> {
+        if self.journal.is_none() {
+            return Ok(0);
+        }
+        let revoked = self
+            .store
+            .list(tenant, None, Some(CertificateStatus::Revoked))
+            .await?;
+        self.tell_journal(tenant, &revoked).await
     }
 
     /// Notes on the certificate's row that the journal has its revocation.

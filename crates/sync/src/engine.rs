@@ -16,9 +16,11 @@ use crate::{DirectorySource, Next, SourceError, SyncError};
 /// What must follow the changes a round applies.
 #[async_trait::async_trait]
 pub trait RoundObserver: Send + Sync {
-    /// Users a page left inactive (disabled, soft- or hard-deleted), replays included.
-    /// Called before the page's checkpoint: a round that stops in between calls it again
-    /// for the same users, so it must be idempotent. An error stops the round (retried).
+    /// Users a page (or a batch of the sweep) left inactive (disabled, soft- or
+    /// hard-deleted), replays included. Called as soon as that write commits, before the
+    /// next one and the page's checkpoint: a round that stops in between calls it again
+    /// for the same users (a page replayed reports them again), so it must be idempotent.
+    /// An error stops the round (retried).
     async fn users_inactive(&self, tenant: Uuid, users: &[Uuid]) -> Result<(), String>;
 
     /// The objects a page (or a batch of the sweep) of `round` is about to change, before
@@ -387,6 +389,15 @@ impl directory::BeforeCommit for Changing<'_> {
             .page_changing(self.tenant, self.round, self.started, objects)
             .await
     }
+
+    async fn committed(&self, applied: &Applied) -> Result<(), String> {
+        if applied.inactive.is_empty() {
+            return Ok(());
+        }
+        self.observer
+            .users_inactive(self.tenant, &applied.inactive)
+            .await
+    }
 }
 
 /// Reads and applies pages until the round completes or Graph stops it.
@@ -514,11 +525,6 @@ async fn pages(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                if !n.inactive.is_empty()
-                    && let Err(reason) = observer.users_inactive(tenant, &n.inactive).await
-                {
-                    return Ok((Outcome::Failed { reason }, pages, applied));
-                }
                 // the round's report keeps counts, not every object
                 n.objects.clear();
                 applied.add(&n);
@@ -533,11 +539,6 @@ async fn pages(
         let now = OffsetDateTime::now_utc();
         match step {
             Ok((mut n, next)) => {
-                if !n.inactive.is_empty()
-                    && let Err(reason) = observer.users_inactive(tenant, &n.inactive).await
-                {
-                    return Ok((Outcome::Failed { reason }, pages, applied));
-                }
                 n.objects.clear();
                 applied.add(&n);
                 pages += 1;

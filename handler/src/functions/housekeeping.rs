@@ -74,6 +74,15 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         }
     }
     let finished = finish_scim_deletions(app).await;
+    match record_revocations(app).await {
+        Ok(0) => {}
+        Ok(n) => {
+            response.log(format!(
+                "audit: recorded {n} certificate revocations whose events had failed"
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "certificate revocations not recorded"),
+    }
     match move_audit_outbox(app).await {
         Ok(0) => {}
         Ok(n) => {
@@ -165,6 +174,32 @@ async fn finish_scim_deletions(app: &App) -> Result<usize, StoreError> {
     }
     match failed {
         None => Ok(finished),
+        Some(e) => Err(e),
+    }
+}
+
+/// Records the automatic certificate revocations whose events failed (the audit trail
+/// was unavailable), in every tenant.
+async fn record_revocations(app: &App) -> Result<usize, String> {
+    let tenants = app
+        .access
+        .tenants
+        .list()
+        .await
+        .map_err(|e| format!("tenants not listed: {e}"))?;
+    let mut told = 0;
+    let mut failed = None;
+    for tenant in tenants {
+        match app.pki.record_unrecorded(tenant.tenant_id).await {
+            Ok(n) => told += n,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.tenant_id, error = %e, "certificate revocations not recorded");
+                failed.get_or_insert(e.to_string());
+            }
+        }
+    }
+    match failed {
+        None => Ok(told),
         Some(e) => Err(e),
     }
 }
