@@ -399,27 +399,22 @@ async fn provision(app: &App, req: &Request) -> Result<Response, ApiError> {
             event.changes(changes)
         }))
     });
-    // the first issuance makes the tenant's CA first, a change of its own with its own
-    // event (an issuance that then fails leaves the CA made, and recorded as made)
-    if app.pki.authority(tenant_id).await?.is_none() {
-        let event = ca_event(req, tenant_id, admin.clone(), &tenant.display_name);
+    // the first issuance makes the tenant's CA (once its checks pass), a change of its own:
+    // recorded around the issuance, and as made whenever the CA exists afterwards, even if
+    // the issuance itself then failed
+    let issued = if app.pki.authority(tenant_id).await?.is_some() {
+        issue.await?
+    } else {
+        let event = ca_event(req, tenant_id, admin, &tenant.display_name);
         trail::around(app, event, async {
-            let (_, created) = app
-                .pki
-                .ensure_authority(tenant_id, &tenant.display_name)
-                .await?;
-            Ok(Made::report((), move |event| {
-                // another request made it first: this one changed nothing
-                if created {
-                    event
-                } else {
-                    event.failed(409, "made by a concurrent request")
-                }
-            }))
+            match issue.await {
+                Ok(issued) => Ok(Made::from(Ok(issued))),
+                Err(e) if app.pki.authority(tenant_id).await?.is_some() => Ok(Made::from(Err(e))),
+                Err(e) => Err(e),
+            }
         })
-        .await?;
-    }
-    let issued = issue.await?;
+        .await??
+    };
     let mut certificate = certificate_json(&issued.record);
     certificate["chain"] = json!(issued.chain);
     let private_key = match issued.private_key {
