@@ -217,7 +217,7 @@ impl Outbox {
 /// are fine.
 async fn delete_rows(table: &Table, partition: &str, keys: Vec<String>) -> Result<(), AuditError> {
     for chunk in keys.chunks(tables::batch::MAX_OPERATIONS) {
-        let mut ops: Vec<Operation> = chunk
+        let ops: Vec<Operation> = chunk
             .iter()
             .map(|row_key| Operation::Delete {
                 partition_key: partition.to_string(),
@@ -225,21 +225,7 @@ async fn delete_rows(table: &Table, partition: &str, keys: Vec<String>) -> Resul
                 if_match: IfMatch::Any,
             })
             .collect();
-        loop {
-            match table.transact(&ops).await {
-                Ok(_) => break,
-                Err(tables::Error::Batch { index, source })
-                    if source.is_not_found() && index < ops.len() =>
-                {
-                    ops.remove(index);
-                    if ops.is_empty() {
-                        break;
-                    }
-                }
-                Err(e) if e.is_not_found() && ops.len() == 1 => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        table.transact_tolerant(&ops).await?;
     }
     Ok(())
 }

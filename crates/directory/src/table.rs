@@ -655,31 +655,6 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
     rows
 }
 
-/// Runs one transaction whose unconditional deletes may find their rows gone already (a
-/// replay after a crash between the search rows and the records): such a delete is
-/// dropped and the rest run again.
-async fn transact_tolerant(table: &Table, ops: &[Operation]) -> Result<(), tables::Error> {
-    let mut ops = ops.to_vec();
-    while !ops.is_empty() {
-        match table.transact(&ops).await {
-            Err(tables::Error::Batch { index, source })
-                if source.is_not_found()
-                    && matches!(
-                        ops.get(index),
-                        Some(Operation::Delete {
-                            if_match: IfMatch::Any,
-                            ..
-                        })
-                    ) =>
-            {
-                ops.remove(index);
-            }
-            other => return other.map(|_| ()),
-        }
-    }
-    Ok(())
-}
-
 /// Tells `hook` what `groups` will change, before any of them commits; its refusal
 /// stops the write.
 async fn tell(hook: Option<&dyn BeforeCommit>, groups: &[OpGroup]) -> Result<(), Failure> {
@@ -1007,7 +982,7 @@ impl TableDirectory {
     /// Writes search rows, 100 to a transaction (deletes of rows gone already are fine).
     async fn write_search(&self, ops: &[Operation], applied: &mut Applied) -> Result<(), Failure> {
         for chunk in ops.chunks(MAX_OPERATIONS) {
-            transact_tolerant(&self.search, chunk).await?;
+            self.search.transact_tolerant(chunk).await?;
             applied.entities += chunk.len() as u64;
             applied.transactions += 1;
         }

@@ -221,6 +221,31 @@ fn failed_index(part: &PartAnswer, position: usize) -> usize {
 }
 
 impl Table {
+    /// [`Table::transact`], where an unconditional delete (`IfMatch::Any`) may find its row
+    /// gone already (a concurrent cleanup, a replay took it): that delete is dropped and the
+    /// rest run again, so only the other operations decide the outcome. The ETags answered
+    /// are those of the operations that ran.
+    pub async fn transact_tolerant(&self, ops: &[Operation]) -> Result<Vec<Option<ETag>>, Error> {
+        let mut ops = ops.to_vec();
+        loop {
+            match self.transact(&ops).await {
+                Err(Error::Batch { index, source })
+                    if source.is_not_found()
+                        && matches!(
+                            ops.get(index),
+                            Some(Operation::Delete {
+                                if_match: IfMatch::Any,
+                                ..
+                            })
+                        ) =>
+                {
+                    ops.remove(index);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Runs up to 100 operations on one partition as one atomic transaction. Returns each
     /// operation's new ETag (none for deletes). On failure nothing was applied and
     /// `Error::Batch` says which operation failed and why.

@@ -249,39 +249,6 @@ impl TableScimUserStore {
     }
 }
 
-/// True for a delete that any version of its row satisfies, and that an absent row
-/// satisfies too.
-fn deletes_any(op: &Operation) -> bool {
-    matches!(
-        op,
-        Operation::Delete {
-            if_match: IfMatch::Any,
-            ..
-        }
-    )
-}
-
-/// Runs one transaction in which an unconditional delete may find its row gone already
-/// (a concurrent cleanup took it): that delete is dropped and the rest run again, so only
-/// the conditional operations decide the outcome. The ETags answered are those of the
-/// operations that ran; the first is the first operation's unless that was such a delete.
-pub(super) async fn transact_tolerant(
-    table: &Table,
-    ops: &[Operation],
-) -> Result<Vec<Option<ETag>>, TableError> {
-    let mut ops = ops.to_vec();
-    loop {
-        match table.transact(&ops).await {
-            Err(TableError::Batch { index, source })
-                if source.is_not_found() && ops.get(index).is_some_and(deletes_any) =>
-            {
-                ops.remove(index);
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Deletes rows of one partition (absent ones are fine), 100 to a transaction; `last`
 /// (a tombstone's delete) goes in the final transaction, once every row is gone.
 pub(super) async fn delete_rows(
@@ -306,7 +273,7 @@ pub(super) async fn delete_rows(
     });
     ops.extend(last);
     for chunk in ops.chunks(tables::batch::MAX_OPERATIONS) {
-        transact_tolerant(table, chunk).await?;
+        table.transact_tolerant(chunk).await?;
     }
     Ok(())
 }
@@ -641,7 +608,7 @@ impl ScimUserStore for TableScimUserStore {
             Vec::new()
         };
         ops.extend(memberships);
-        if let Err(e) = transact_tolerant(&self.table, &ops).await {
+        if let Err(e) = self.table.transact_tolerant(&ops).await {
             return outcome_of(e);
         }
         if !later.is_empty() {
@@ -718,7 +685,7 @@ mod tests {
             delete("c"),
             delete("d"),
         ];
-        transact_tolerant(&table, &ops).await.unwrap();
+        table.transact_tolerant(&ops).await.unwrap();
         assert_eq!(table.get("p", "a").await.unwrap().get_i64("n"), Some(2));
         assert!(table.try_get("p", "c").await.unwrap().is_none());
         // the conditional operation still decides
@@ -727,7 +694,7 @@ mod tests {
             delete("e"),
             Operation::Replace(Entity::new("p", "a").with("n", 3), IfMatch::ETag(etag)),
         ];
-        let error = transact_tolerant(&table, &stale).await.unwrap_err();
+        let error = table.transact_tolerant(&stale).await.unwrap_err();
         assert!(error.is_precondition_failed(), "{error}");
         assert!(table.try_get("p", "e").await.unwrap().is_some());
         // so does a conditional delete of a row that is gone
@@ -737,7 +704,7 @@ mod tests {
             if_match: IfMatch::ETag(ETag("W/\"datetime'2020-01-01T00%3A00%3A00Z'\"".into())),
         }];
         assert!(matches!(
-            outcome_of(transact_tolerant(&table, &gone).await.unwrap_err()),
+            outcome_of(table.transact_tolerant(&gone).await.unwrap_err()),
             Ok(WriteOutcome::Missing)
         ));
     }

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::StoreError;
 use super::scim::{
     StoredResource, WriteOutcome, Written, delete_rows, membership_deletes, outcome_of,
-    read_resource, tombstone, tombstones, transact_tolerant, with_admin,
+    read_resource, tombstone, tombstones, with_admin,
 };
 use super::scim_keys as keys;
 
@@ -222,7 +222,7 @@ impl TableScimGroupStore {
             let mut ops = Self::rewrite_ops(tenant, &current, &group);
             let head = ops.len();
             fill(&mut ops, &mut pending);
-            match transact_tolerant(&self.table, &ops).await {
+            match self.table.transact_tolerant(&ops).await {
                 Ok(etags) => {
                     current = Self::written(&current, &group, etags[0].clone());
                 }
@@ -395,7 +395,7 @@ impl ScimGroupStore for TableScimGroupStore {
         let mut pending = pairs(tenant, previous.id, changes);
         let mut ops = Self::rewrite_ops(tenant, previous, &group);
         fill(&mut ops, &mut pending);
-        let current = match transact_tolerant(&self.table, &ops).await {
+        let current = match self.table.transact_tolerant(&ops).await {
             Ok(etags) => Self::written(previous, &group, etags[0].clone()),
             Err(e) => return outcome_of(e),
         };
@@ -456,7 +456,7 @@ impl ScimGroupStore for TableScimGroupStore {
                     .filter_map(|m| m.get("value").and_then(Value::as_str))
                     .flat_map(|value| membership_deletes(tenant, previous.id, value)),
             );
-            return match transact_tolerant(&self.table, &ops).await {
+            return match self.table.transact_tolerant(&ops).await {
                 Ok(_) => Ok(WriteOutcome::Written(previous.clone())),
                 Err(e) => outcome_of(e),
             };
@@ -467,7 +467,7 @@ impl ScimGroupStore for TableScimGroupStore {
             tenant,
             keys::deleted_group(previous.id),
         )));
-        if let Err(e) = transact_tolerant(&self.table, &ops).await {
+        if let Err(e) = self.table.transact_tolerant(&ops).await {
             return outcome_of(e);
         }
         if let Err(e) = self.finish_tombstoned(tenant, previous.id).await {
