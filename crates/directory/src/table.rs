@@ -655,22 +655,74 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
     rows
 }
 
-/// Tells `hook` what `groups` will change, before any of them commits; its refusal
-/// stops the write.
-async fn tell(hook: Option<&dyn BeforeCommit>, groups: &[OpGroup]) -> Result<(), Failure> {
-    let Some(hook) = hook else {
-        return Ok(());
-    };
-    let objects: Vec<ObjectChange> = groups
-        .iter()
-        .flat_map(|g| g.applied.objects.iter().cloned())
-        .collect();
-    if objects.is_empty() {
-        return Ok(());
+/// One apply call's hook, with what its attempts announced to it: a conflicted attempt's
+/// retry may no longer make a change it announced.
+struct Announcer<'a> {
+    hook: Option<&'a dyn BeforeCommit>,
+    told: Vec<ObjectChange>,
+}
+
+impl<'a> Announcer<'a> {
+    fn new(hook: Option<&'a dyn BeforeCommit>) -> Announcer<'a> {
+        Announcer {
+            hook,
+            told: Vec::new(),
+        }
     }
-    hook.changing(&objects)
-        .await
-        .map_err(|reason| Failure::Fatal(DirectoryError::Unrecorded(reason)))
+
+    /// Tells the hook what `groups` will change, before any of them commits; its refusal
+    /// stops the write. What it was told is kept, unless the attempt assumed nothing
+    /// exists (`mode`): see [`BeforeCommit::not_made`].
+    async fn tell(&mut self, groups: &[OpGroup], mode: ApplyMode) -> Result<(), Failure> {
+        let Some(hook) = self.hook else {
+            return Ok(());
+        };
+        let objects: Vec<ObjectChange> = groups
+            .iter()
+            .flat_map(|g| g.applied.objects.iter().cloned())
+            .collect();
+        if objects.is_empty() {
+            return Ok(());
+        }
+        hook.changing(&objects)
+            .await
+            .map_err(|reason| Failure::Fatal(DirectoryError::Unrecorded(reason)))?;
+        if mode == ApplyMode::Read {
+            self.told.extend(objects);
+        }
+        Ok(())
+    }
+
+    /// Tells the hook of the announced changes that no transaction of `applied` made.
+    async fn tell_not_made(&self, applied: &Applied) -> Result<(), DirectoryError> {
+        let Some(hook) = self.hook else {
+            return Ok(());
+        };
+        let objects = not_made(&self.told, applied);
+        if objects.is_empty() {
+            return Ok(());
+        }
+        hook.not_made(&objects)
+            .await
+            .map_err(DirectoryError::Unrecorded)
+    }
+}
+
+/// The changes `told` names that no transaction of `applied` made, each once (its last
+/// announcement). Changes are the same when their object, id and kind are: that is what
+/// names their record (an audit event), whose details the attempt that made it rewrote.
+fn not_made(told: &[ObjectChange], applied: &Applied) -> Vec<ObjectChange> {
+    let same = |a: &ObjectChange, b: &ObjectChange| {
+        a.object == b.object && a.id == b.id && a.kind == b.kind
+    };
+    let mut out: Vec<ObjectChange> = Vec::new();
+    for o in told.iter().rev() {
+        if !applied.objects.iter().any(|m| same(m, o)) && !out.iter().any(|n| same(n, o)) {
+            out.push(o.clone());
+        }
+    }
+    out.reverse();
+    out
 }
 
 impl TableDirectory {
@@ -1184,7 +1236,7 @@ impl TableDirectory {
         changes: &[UserChange],
         mode: ApplyMode,
         applied: &mut Applied,
-        hook: Option<&dyn BeforeCommit>,
+        announcer: &mut Announcer<'_>,
     ) -> Result<(), Failure> {
         // the shard is held from its read to the transaction that writes it
         let held = match writer {
@@ -1247,7 +1299,7 @@ impl TableDirectory {
             let after = state.remove(&key).flatten();
             groups.extend(self.user_ops(tenant, before, after).await?);
         }
-        tell(hook, &groups).await?;
+        announcer.tell(&groups, mode).await?;
         self.commit_page(tenant, writer, groups, counter, mark, applied)
             .await
     }
@@ -1401,7 +1453,7 @@ impl TableDirectory {
         changes: &[GroupChange],
         mode: ApplyMode,
         applied: &mut Applied,
-        hook: Option<&dyn BeforeCommit>,
+        announcer: &mut Announcer<'_>,
     ) -> Result<(), Failure> {
         // the shard is held from its read to the transaction that writes it
         let held = match writer {
@@ -1545,7 +1597,7 @@ impl TableDirectory {
                     .await?,
             );
         }
-        tell(hook, &groups).await?;
+        announcer.tell(&groups, mode).await?;
         self.commit_page(tenant, writer, groups, counter, mark, applied)
             .await
     }
@@ -1839,12 +1891,21 @@ impl Directory for TableDirectory {
         let tenant = tenant.to_string();
         let mut applied = Applied::default();
         let mut mode = mode;
+        let mut announcer = Announcer::new(hook);
         for attempt in 1..=ATTEMPTS {
             match self
-                .try_apply_users(&tenant, writer, &changes, mode, &mut applied, hook)
+                .try_apply_users(
+                    &tenant,
+                    writer,
+                    &changes,
+                    mode,
+                    &mut applied,
+                    &mut announcer,
+                )
                 .await
             {
                 Ok(()) => {
+                    announcer.tell_not_made(&applied).await?;
                     if let Some(hook) = hook {
                         hook.committed(&applied)
                             .await
@@ -1861,6 +1922,7 @@ impl Directory for TableDirectory {
                 Err(Failure::Fatal(e)) => return Err(e),
             }
         }
+        announcer.tell_not_made(&applied).await?;
         Err(DirectoryError::Contended)
     }
 
@@ -1875,12 +1937,21 @@ impl Directory for TableDirectory {
         let tenant = tenant.to_string();
         let mut applied = Applied::default();
         let mut mode = mode;
+        let mut announcer = Announcer::new(hook);
         for attempt in 1..=ATTEMPTS {
             match self
-                .try_apply_groups(&tenant, writer, &changes, mode, &mut applied, hook)
+                .try_apply_groups(
+                    &tenant,
+                    writer,
+                    &changes,
+                    mode,
+                    &mut applied,
+                    &mut announcer,
+                )
                 .await
             {
                 Ok(()) => {
+                    announcer.tell_not_made(&applied).await?;
                     if let Some(hook) = hook {
                         hook.committed(&applied)
                             .await
@@ -1897,6 +1968,7 @@ impl Directory for TableDirectory {
                 Err(Failure::Fatal(e)) => return Err(e),
             }
         }
+        announcer.tell_not_made(&applied).await?;
         Err(DirectoryError::Contended)
     }
 
