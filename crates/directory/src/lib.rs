@@ -65,10 +65,11 @@ pub trait BeforeCommit: Send + Sync {
     /// its last attempt and before [`BeforeCommit::committed`], so that a record of the
     /// announcement can be corrected (idempotently: a replay may say it again). Not called
     /// when the write fails otherwise: a transaction in flight then may or may not have
-    /// committed, and the page, replayed, announces its changes again. Not called for an
-    /// attempt that assumed nothing existed yet ([`ApplyMode::Optimistic`]): its conflict
-    /// is usually this write's own earlier run (a page replayed after a crash), whose
-    /// changes were made. An error fails the write, as [`DirectoryError::Unrecorded`].
+    /// committed, and the page, replayed, announces its changes again. A user announced
+    /// as created by an attempt that did not read first ([`ApplyMode::Optimistic`]) is
+    /// named only if no attempt then found a record with its id: one found may be this
+    /// write's own, from its earlier run (a page replayed after a crash), so made. An error
+    /// fails the write, as [`DirectoryError::Unrecorded`].
     async fn not_made(&self, _objects: &[ObjectChange]) -> Result<(), String> {
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! rows they count change, even when a page is replayed after a crash. A user's record and
 //! its index rows always change in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
@@ -659,7 +659,15 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
 /// retry may no longer make a change it announced.
 struct Announcer<'a> {
     hook: Option<&'a dyn BeforeCommit>,
+    /// Announced changes of what was read.
     told: Vec<ObjectChange>,
+    /// Users announced as created without reading whether they exist (an optimistic
+    /// attempt): a record found later with the same id may be this write's own, from an
+    /// earlier run of the page (a replay after a crash), so they count as not made only
+    /// when no attempt found one.
+    unread: Vec<ObjectChange>,
+    /// Ids of the records the attempts found.
+    found: HashSet<Uuid>,
 }
 
 impl<'a> Announcer<'a> {
@@ -667,13 +675,15 @@ impl<'a> Announcer<'a> {
         Announcer {
             hook,
             told: Vec::new(),
+            unread: Vec::new(),
+            found: HashSet::new(),
         }
     }
 
     /// Tells the hook what `groups` will change, before any of them commits; its refusal
-    /// stops the write. What it was told is kept, unless the attempt assumed nothing
-    /// exists (`mode`): see [`BeforeCommit::not_made`].
-    async fn tell(&mut self, groups: &[OpGroup], mode: ApplyMode) -> Result<(), Failure> {
+    /// stops the write. What it was told is kept; with `unread`, the creations among it
+    /// were not read first.
+    async fn tell(&mut self, groups: &[OpGroup], unread: bool) -> Result<(), Failure> {
         let Some(hook) = self.hook else {
             return Ok(());
         };
@@ -687,10 +697,21 @@ impl<'a> Announcer<'a> {
         hook.changing(&objects)
             .await
             .map_err(|reason| Failure::Fatal(DirectoryError::Unrecorded(reason)))?;
-        if mode == ApplyMode::Read {
-            self.told.extend(objects);
+        for o in objects {
+            if unread && o.kind == ObjectChangeKind::Created {
+                self.unread.push(o);
+            } else {
+                self.told.push(o);
+            }
         }
         Ok(())
+    }
+
+    /// An attempt found the record `id`.
+    fn found(&mut self, id: Uuid) {
+        if self.hook.is_some() {
+            self.found.insert(id);
+        }
     }
 
     /// Tells the hook of the announced changes that no transaction of `applied` made.
@@ -698,7 +719,14 @@ impl<'a> Announcer<'a> {
         let Some(hook) = self.hook else {
             return Ok(());
         };
-        let objects = not_made(&self.told, applied);
+        let told: Vec<ObjectChange> = self
+            .unread
+            .iter()
+            .filter(|o| !self.found.contains(&o.id))
+            .chain(&self.told)
+            .cloned()
+            .collect();
+        let objects = not_made(&told, applied);
         if objects.is_empty() {
             return Ok(());
         }
@@ -1296,10 +1324,15 @@ impl TableDirectory {
         let mut groups = Vec::new();
         for key in order {
             let before = existing.remove(&key).flatten();
+            if let Some((u, _)) = &before {
+                announcer.found(u.id);
+            }
             let after = state.remove(&key).flatten();
             groups.extend(self.user_ops(tenant, before, after).await?);
         }
-        announcer.tell(&groups, mode).await?;
+        announcer
+            .tell(&groups, mode == ApplyMode::Optimistic)
+            .await?;
         self.commit_page(tenant, writer, groups, counter, mark, applied)
             .await
     }
@@ -1597,7 +1630,8 @@ impl TableDirectory {
                     .await?,
             );
         }
-        announcer.tell(&groups, mode).await?;
+        // group records are read in every mode
+        announcer.tell(&groups, false).await?;
         self.commit_page(tenant, writer, groups, counter, mark, applied)
             .await
     }

@@ -1004,30 +1004,41 @@ async fn a_pages_changes_are_told_before_they_commit_and_a_refusal_writes_nothin
     assert_eq!(objects.len(), 2, "{objects:?}");
 }
 
-/// A hook that, while a page's changes are announced, has another instance write `raced`'s
-/// record (as an on-demand sync of the same user would): the page's transaction then loses
-/// the race. Keeps what it is told, and what it hears was not made.
+/// A hook that, while a page's changes are announced, has another instance make a write
+/// (as SCIM or an on-demand sync of the same user would): the page's transaction then
+/// loses the race. Keeps what it is told, and what it hears was not made.
 struct Racing {
     other: TableDirectory,
     tenant: Uuid,
-    /// The user the other instance writes, and the name it gives them each time; `None`:
-    /// the page's own name, so that the page's retry finds nothing left to change there.
-    raced: Uuid,
-    names: std::sync::Mutex<Vec<Option<String>>>,
+    /// The other instance's write at each announcement, first to last (then none).
+    writes: std::sync::Mutex<Vec<(Writer, UserChange)>>,
     told: std::sync::Mutex<Vec<Vec<directory::ObjectChange>>>,
     not_made: std::sync::Mutex<Vec<Vec<directory::ObjectChange>>>,
 }
 
 impl Racing {
-    fn new(dir: &TableDirectory, tenant: Uuid, raced: Uuid, names: Vec<Option<String>>) -> Racing {
+    fn new(dir: &TableDirectory, tenant: Uuid, writes: Vec<(Writer, UserChange)>) -> Racing {
         Racing {
             other: another_instance(dir),
             tenant,
-            raced,
-            names: std::sync::Mutex::new(names),
+            writes: std::sync::Mutex::new(writes),
             told: Default::default(),
             not_made: Default::default(),
         }
+    }
+
+    /// Racing with Graph writes of Ada named `names`.
+    fn renaming(dir: &TableDirectory, tenant: Uuid, ada: Uuid, names: &[&str]) -> Racing {
+        let writes = names
+            .iter()
+            .map(|n| {
+                (
+                    Writer::Graph,
+                    graph_user(ada, "ada@contoso.com", n, true, 2),
+                )
+            })
+            .collect();
+        Racing::new(dir, tenant, writes)
     }
 }
 
@@ -1036,14 +1047,12 @@ impl directory::BeforeCommit for Racing {
     async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
         self.told.lock().unwrap().push(objects.to_vec());
         let next = {
-            let mut names = self.names.lock().unwrap();
-            (!names.is_empty()).then(|| names.remove(0))
+            let mut writes = self.writes.lock().unwrap();
+            (!writes.is_empty()).then(|| writes.remove(0))
         };
-        if let Some(name) = next {
-            let name = name.unwrap_or_else(|| "Ada Byron".into());
-            let change = graph_user(self.raced, "ada@contoso.com", &name, true, 2);
+        if let Some((writer, change)) = next {
             self.other
-                .apply_users(self.tenant, Writer::Graph, vec![change], ApplyMode::Read)
+                .apply_users(self.tenant, writer, vec![change], ApplyMode::Read)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -1080,7 +1089,7 @@ async fn a_change_announced_by_a_conflicted_attempt_that_its_retry_no_longer_mak
     let tenant = Uuid::new_v4();
     let (ada, bob) = ada_and_bob(&dir, tenant).await;
     // while round 2's page is announced, another instance gives Ada the page's own name
-    let racing = Racing::new(&dir, tenant, ada, vec![None]);
+    let racing = Racing::renaming(&dir, tenant, ada, &["Ada Byron"]);
     let page = vec![
         graph_user(ada, "ada@contoso.com", "Ada Byron", true, 2),
         graph_user(bob, "bob@contoso.com", "Bob Jones", true, 2),
@@ -1118,8 +1127,9 @@ async fn a_write_that_gives_up_after_conflicts_tells_each_announced_change_not_m
     let dir = directory().await;
     let tenant = Uuid::new_v4();
     let (ada, _) = ada_and_bob(&dir, tenant).await;
-    let names = (0..10).map(|i| Some(format!("Ada {i}"))).collect();
-    let racing = Racing::new(&dir, tenant, ada, names);
+    let names: Vec<String> = (0..10).map(|i| format!("Ada {i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let racing = Racing::renaming(&dir, tenant, ada, &names);
     let page = vec![graph_user(ada, "ada@contoso.com", "Ada Byron", true, 2)];
     let given_up = dir
         .apply_users_noting(tenant, Writer::Graph, page, ApplyMode::Read, Some(&racing))
@@ -1154,7 +1164,7 @@ async fn a_replayed_optimistic_page_whose_changes_its_earlier_run_made_is_not_to
     dir.apply_users(tenant, Writer::Graph, page.clone(), ApplyMode::Optimistic)
         .await
         .unwrap();
-    let racing = Racing::new(&dir, tenant, Uuid::new_v4(), Vec::new());
+    let racing = Racing::new(&dir, tenant, Vec::new());
     let again = dir
         .apply_users_noting(
             tenant,
@@ -1172,6 +1182,60 @@ async fn a_replayed_optimistic_page_whose_changes_its_earlier_run_made_is_not_to
         "the optimistic attempt"
     );
     assert!(racing.not_made.lock().unwrap().is_empty());
+}
+
+// A first round writes without reading; when SCIM provisions the same person (by UPN)
+// while a page is announced, the retry merges the Graph user into SCIM's record: the
+// creation announced was not made, and no record has its id.
+#[tokio::test]
+async fn a_creation_an_optimistic_attempt_announced_that_its_retry_merged_elsewhere_is_told_not_made()
+ {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let (entra_id, scim_id) = (Uuid::new_v4(), Uuid::new_v4());
+    let scim_eve = UserChange::Scim {
+        id: scim_id,
+        fields: UserFields {
+            upn: Field::Set("eve@contoso.com".into()),
+            name: Field::Set("Eve".into()),
+            enabled: Some(true),
+            ..UserFields::default()
+        },
+    };
+    let racing = Racing::new(&dir, tenant, vec![(Writer::Scim, scim_eve)]);
+    let page = vec![graph_user(
+        entra_id,
+        "eve@contoso.com",
+        "Eve Moneypenny",
+        true,
+        1,
+    )];
+    dir.apply_users_noting(
+        tenant,
+        Writer::Graph,
+        page,
+        ApplyMode::Optimistic,
+        Some(&racing),
+    )
+    .await
+    .unwrap();
+    let u = dir
+        .user_by_entra_id(tenant, entra_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.id, scim_id, "one record for Eve");
+    let told = racing.told.lock().unwrap().clone();
+    assert_eq!(told.len(), 2, "{told:?}");
+    let not_made = racing.not_made.lock().unwrap().clone();
+    let named: Vec<Vec<(Uuid, directory::ObjectChangeKind)>> = not_made
+        .iter()
+        .map(|n| n.iter().map(|o| (o.id, o.kind)).collect())
+        .collect();
+    assert_eq!(
+        named,
+        vec![vec![(entra_id, directory::ObjectChangeKind::Created)]]
+    );
 }
 
 // Search rows moved to a table of their own (Azurite evaluates a range query against every
