@@ -56,6 +56,23 @@ pub trait BeforeCommit: Send + Sync {
     async fn committed(&self, _applied: &Applied) -> Result<(), String> {
         Ok(())
     }
+
+    /// Changes [`BeforeCommit::changing`] announced that the write then did not make: an
+    /// attempt that lost a race (a conflict, so nothing of that transaction committed) was
+    /// retried, and the retry found nothing to change there any more (another writer made
+    /// the same change meanwhile) or made a different change; or the retries gave up
+    /// ([`DirectoryError::Contended`]). Called once, when the write ends that way, after
+    /// its last attempt and before [`BeforeCommit::committed`], so that a record of the
+    /// announcement can be corrected (idempotently: a replay may say it again). Not called
+    /// when the write fails otherwise: a transaction in flight then may or may not have
+    /// committed, and the page, replayed, announces its changes again. A user announced
+    /// as created by an attempt that did not read first ([`ApplyMode::Optimistic`]) is
+    /// named only if no attempt then found a record with its id: one found may be this
+    /// write's own, from its earlier run (a page replayed after a crash), so made. An error
+    /// fails the write, as [`DirectoryError::Unrecorded`].
+    async fn not_made(&self, _objects: &[ObjectChange]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl From<tables::Error> for DirectoryError {

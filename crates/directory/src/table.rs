@@ -5,7 +5,7 @@
 //! rows they count change, even when a page is replayed after a crash. A user's record and
 //! its index rows always change in one transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use futures::{StreamExt as _, TryStreamExt as _, stream};
@@ -655,22 +655,102 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
     rows
 }
 
-/// Tells `hook` what `groups` will change, before any of them commits; its refusal
-/// stops the write.
-async fn tell(hook: Option<&dyn BeforeCommit>, groups: &[OpGroup]) -> Result<(), Failure> {
-    let Some(hook) = hook else {
-        return Ok(());
-    };
-    let objects: Vec<ObjectChange> = groups
-        .iter()
-        .flat_map(|g| g.applied.objects.iter().cloned())
-        .collect();
-    if objects.is_empty() {
-        return Ok(());
+/// One apply call's hook, with what its attempts announced to it: a conflicted attempt's
+/// retry may no longer make a change it announced.
+struct Announcer<'a> {
+    hook: Option<&'a dyn BeforeCommit>,
+    /// Announced changes of what was read.
+    told: Vec<ObjectChange>,
+    /// Users announced as created without reading whether they exist (an optimistic
+    /// attempt): a record found later with the same id may be this write's own, from an
+    /// earlier run of the page (a replay after a crash), so they count as not made only
+    /// when no attempt found one.
+    unread: Vec<ObjectChange>,
+    /// Ids of the records the attempts found.
+    found: HashSet<Uuid>,
+}
+
+impl<'a> Announcer<'a> {
+    fn new(hook: Option<&'a dyn BeforeCommit>) -> Announcer<'a> {
+        Announcer {
+            hook,
+            told: Vec::new(),
+            unread: Vec::new(),
+            found: HashSet::new(),
+        }
     }
-    hook.changing(&objects)
-        .await
-        .map_err(|reason| Failure::Fatal(DirectoryError::Unrecorded(reason)))
+
+    /// Tells the hook what `groups` will change, before any of them commits; its refusal
+    /// stops the write. What it was told is kept; with `unread`, the creations among it
+    /// were not read first.
+    async fn tell(&mut self, groups: &[OpGroup], unread: bool) -> Result<(), Failure> {
+        let Some(hook) = self.hook else {
+            return Ok(());
+        };
+        let objects: Vec<ObjectChange> = groups
+            .iter()
+            .flat_map(|g| g.applied.objects.iter().cloned())
+            .collect();
+        if objects.is_empty() {
+            return Ok(());
+        }
+        hook.changing(&objects)
+            .await
+            .map_err(|reason| Failure::Fatal(DirectoryError::Unrecorded(reason)))?;
+        for o in objects {
+            if unread && o.kind == ObjectChangeKind::Created {
+                self.unread.push(o);
+            } else {
+                self.told.push(o);
+            }
+        }
+        Ok(())
+    }
+
+    /// An attempt found the record `id`.
+    fn found(&mut self, id: Uuid) {
+        if self.hook.is_some() {
+            self.found.insert(id);
+        }
+    }
+
+    /// Tells the hook of the announced changes that no transaction of `applied` made.
+    async fn tell_not_made(&self, applied: &Applied) -> Result<(), DirectoryError> {
+        let Some(hook) = self.hook else {
+            return Ok(());
+        };
+        let told: Vec<ObjectChange> = self
+            .unread
+            .iter()
+            .filter(|o| !self.found.contains(&o.id))
+            .chain(&self.told)
+            .cloned()
+            .collect();
+        let objects = not_made(&told, applied);
+        if objects.is_empty() {
+            return Ok(());
+        }
+        hook.not_made(&objects)
+            .await
+            .map_err(DirectoryError::Unrecorded)
+    }
+}
+
+/// The changes `told` names that no transaction of `applied` made, each once (its last
+/// announcement). Changes are the same when their object, id and kind are: that is what
+/// names their record (an audit event), whose details the attempt that made it rewrote.
+fn not_made(told: &[ObjectChange], applied: &Applied) -> Vec<ObjectChange> {
+    let same = |a: &ObjectChange, b: &ObjectChange| {
+        a.object == b.object && a.id == b.id && a.kind == b.kind
+    };
+    let mut out: Vec<ObjectChange> = Vec::new();
+    for o in told.iter().rev() {
+        if !applied.objects.iter().any(|m| same(m, o)) && !out.iter().any(|n| same(n, o)) {
+            out.push(o.clone());
+        }
+    }
+    out.reverse();
+    out
 }
 
 impl TableDirectory {
@@ -1184,7 +1264,7 @@ impl TableDirectory {
         changes: &[UserChange],
         mode: ApplyMode,
         applied: &mut Applied,
-        hook: Option<&dyn BeforeCommit>,
+        announcer: &mut Announcer<'_>,
     ) -> Result<(), Failure> {
         // the shard is held from its read to the transaction that writes it
         let held = match writer {
@@ -1244,10 +1324,15 @@ impl TableDirectory {
         let mut groups = Vec::new();
         for key in order {
             let before = existing.remove(&key).flatten();
+            if let Some((u, _)) = &before {
+                announcer.found(u.id);
+            }
             let after = state.remove(&key).flatten();
             groups.extend(self.user_ops(tenant, before, after).await?);
         }
-        tell(hook, &groups).await?;
+        announcer
+            .tell(&groups, mode == ApplyMode::Optimistic)
+            .await?;
         self.commit_page(tenant, writer, groups, counter, mark, applied)
             .await
     }
@@ -1401,7 +1486,7 @@ impl TableDirectory {
         changes: &[GroupChange],
         mode: ApplyMode,
         applied: &mut Applied,
-        hook: Option<&dyn BeforeCommit>,
+        announcer: &mut Announcer<'_>,
     ) -> Result<(), Failure> {
         // the shard is held from its read to the transaction that writes it
         let held = match writer {
@@ -1545,7 +1630,8 @@ impl TableDirectory {
                     .await?,
             );
         }
-        tell(hook, &groups).await?;
+        // group records are read in every mode
+        announcer.tell(&groups, false).await?;
         self.commit_page(tenant, writer, groups, counter, mark, applied)
             .await
     }
@@ -1839,12 +1925,21 @@ impl Directory for TableDirectory {
         let tenant = tenant.to_string();
         let mut applied = Applied::default();
         let mut mode = mode;
+        let mut announcer = Announcer::new(hook);
         for attempt in 1..=ATTEMPTS {
             match self
-                .try_apply_users(&tenant, writer, &changes, mode, &mut applied, hook)
+                .try_apply_users(
+                    &tenant,
+                    writer,
+                    &changes,
+                    mode,
+                    &mut applied,
+                    &mut announcer,
+                )
                 .await
             {
                 Ok(()) => {
+                    announcer.tell_not_made(&applied).await?;
                     if let Some(hook) = hook {
                         hook.committed(&applied)
                             .await
@@ -1861,6 +1956,7 @@ impl Directory for TableDirectory {
                 Err(Failure::Fatal(e)) => return Err(e),
             }
         }
+        announcer.tell_not_made(&applied).await?;
         Err(DirectoryError::Contended)
     }
 
@@ -1875,12 +1971,21 @@ impl Directory for TableDirectory {
         let tenant = tenant.to_string();
         let mut applied = Applied::default();
         let mut mode = mode;
+        let mut announcer = Announcer::new(hook);
         for attempt in 1..=ATTEMPTS {
             match self
-                .try_apply_groups(&tenant, writer, &changes, mode, &mut applied, hook)
+                .try_apply_groups(
+                    &tenant,
+                    writer,
+                    &changes,
+                    mode,
+                    &mut applied,
+                    &mut announcer,
+                )
                 .await
             {
                 Ok(()) => {
+                    announcer.tell_not_made(&applied).await?;
                     if let Some(hook) = hook {
                         hook.committed(&applied)
                             .await
@@ -1897,6 +2002,7 @@ impl Directory for TableDirectory {
                 Err(Failure::Fatal(e)) => return Err(e),
             }
         }
+        announcer.tell_not_made(&applied).await?;
         Err(DirectoryError::Contended)
     }
 

@@ -37,6 +37,21 @@ pub trait RoundObserver: Send + Sync {
     ) -> Result<(), String> {
         Ok(())
     }
+
+    /// Changes [`RoundObserver::page_changing`] announced for a page (or a batch of the
+    /// sweep) of `round` that its write did not make: the transaction lost a race and its
+    /// retry no longer made them, or the retries gave up (see
+    /// [`directory::BeforeCommit::not_made`]). A record of the announcement is corrected
+    /// here, idempotently. An error stops the round.
+    async fn page_not_made(
+        &self,
+        _tenant: Uuid,
+        _round: i64,
+        _started: OffsetDateTime,
+        _objects: &[directory::ObjectChange],
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Nothing follows.
@@ -387,6 +402,12 @@ impl directory::BeforeCommit for Changing<'_> {
     async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
         self.observer
             .page_changing(self.tenant, self.round, self.started, objects)
+            .await
+    }
+
+    async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+        self.observer
+            .page_not_made(self.tenant, self.round, self.started, objects)
             .await
     }
 

@@ -477,3 +477,109 @@ async fn a_lease_left_by_a_dead_instance_expires() {
         Err(sync::SyncError::LeaseLost)
     ));
 }
+
+/// Has another instance make a page's change to `raced` while the page is announced (once,
+/// in round 2), so that the page's transaction loses the race; keeps what it hears was
+/// not made.
+struct RaceOnce {
+    other: TableDirectory,
+    raced: Uuid,
+    raced_yet: std::sync::atomic::AtomicBool,
+    not_made: Mutex<Vec<(i64, Vec<Uuid>)>>,
+}
+
+#[async_trait]
+impl sync::RoundObserver for RaceOnce {
+    async fn users_inactive(&self, _tenant: Uuid, _users: &[Uuid]) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn page_changing(
+        &self,
+        tenant: Uuid,
+        round: i64,
+        _started: time::OffsetDateTime,
+        _objects: &[directory::ObjectChange],
+    ) -> Result<(), String> {
+        if round == 2
+            && !self
+                .raced_yet
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            // the same change the page makes, as an on-demand sync of the user would
+            self.other
+                .apply_users(
+                    tenant,
+                    directory::Writer::Graph,
+                    vec![user(self.raced, round)],
+                    directory::ApplyMode::Read,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn page_not_made(
+        &self,
+        _tenant: Uuid,
+        round: i64,
+        _started: time::OffsetDateTime,
+        objects: &[directory::ObjectChange],
+    ) -> Result<(), String> {
+        let ids = objects.iter().map(|o| o.id).collect();
+        self.not_made.lock().unwrap().push((round, ids));
+        Ok(())
+    }
+}
+
+// Issue 12: a page's changes that a retry after a lost race no longer made kept their
+// announcement (the audit trail said the round made them); the round's observer now hears
+// of them.
+#[tokio::test]
+async fn a_change_a_rounds_retry_no_longer_made_reaches_the_observer_as_not_made() {
+    let w = world().await;
+    let tenant = Uuid::new_v4();
+    let (raced, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let source = Scripted::new(
+        vec![
+            (None, Ok((vec![raced, other], Next::Done("d1".into())))),
+            (
+                Some("d1"),
+                Ok((vec![raced, other], Next::Done("d2".into()))),
+            ),
+        ],
+        vec![
+            (None, vec![], Next::Done("gd1".into())),
+            (Some("gd1"), vec![], Next::Done("gd2".into())),
+        ],
+    );
+    let states: Arc<dyn SyncStateStore> = w.states.clone();
+    let observer = RaceOnce {
+        other: TableDirectory::new(w.directory.table().clone()),
+        raced,
+        raced_yet: Default::default(),
+        not_made: Mutex::new(Vec::new()),
+    };
+    let first = run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states.clone(),
+        &options("one"),
+        &observer,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.outcome, Outcome::Completed);
+    let mut forced = options("one");
+    forced.force = true;
+    let second = run_round(tenant, &source, &w.directory, states, &forced, &observer)
+        .await
+        .unwrap();
+    assert_eq!((second.outcome, second.full), (Outcome::Completed, false));
+    assert_eq!(
+        observer.not_made.lock().unwrap().clone(),
+        vec![(2, vec![raced])]
+    );
+}

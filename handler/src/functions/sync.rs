@@ -39,9 +39,16 @@ pub struct Api;
 
 /// Revokes the certificates of users a round leaves inactive, before the page's checkpoint
 /// (a round that stops in between names them again: revocation is idempotent).
+/// It also keeps the round's audit trail of the objects it changes ([`SyncTrail`]).
 struct RevokeCertificates<'a> {
     pki: &'a pki::Pki,
     enabled: bool,
+    trail: SyncTrail<'a>,
+}
+
+/// The audit events of the objects a round changes: written as a page announces its
+/// changes (before they commit), corrected for those its write then did not make.
+struct SyncTrail<'a> {
     audit: &'a audit::Audit,
     /// Audit events the round's pages wrote (a replayed page counts again).
     events: std::sync::atomic::AtomicUsize,
@@ -104,7 +111,32 @@ impl sync::RoundObserver for RevokeCertificates<'_> {
         started: OffsetDateTime,
         objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
+        self.trail.changing(tenant, round, started, objects).await
+    }
+
+    async fn page_not_made(
+        &self,
+        tenant: Uuid,
+        round: i64,
+        started: OffsetDateTime,
+        objects: &[directory::ObjectChange],
+    ) -> Result<(), String> {
+        self.trail.not_made(tenant, round, started, objects).await
+    }
+}
+
+impl SyncTrail<'_> {
+    /// Records what a page is about to change; an error stops the round.
+    async fn changing(
+        &self,
+        tenant: Uuid,
+        round: i64,
+        started: OffsetDateTime,
+        objects: &[directory::ObjectChange],
+    ) -> Result<(), String> {
         let events = sync_events(tenant, round, started, objects);
+        // the observers (notifications) hear of these on every attempt and replay: harmless,
+        // as no sync.user/sync.group event opens or closes an incident (incident::signal_of)
         self.audit
             .record_all(&events)
             .await
@@ -113,7 +145,34 @@ impl sync::RoundObserver for RevokeCertificates<'_> {
             .fetch_add(events.len(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
+
+    /// Rewrites the events of announced changes a page's write did not make as failures;
+    /// an error stops the round.
+    async fn not_made(
+        &self,
+        tenant: Uuid,
+        round: i64,
+        started: OffsetDateTime,
+        objects: &[directory::ObjectChange],
+    ) -> Result<(), String> {
+        // the same ids as the announcement: the store replaces it (idempotently, a replay
+        // may correct it again); the observers, told of it already, need no correction
+        let events: Vec<audit::Event> = sync_events(tenant, round, started, objects)
+            .into_iter()
+            .map(|e| e.failed(NOT_MADE, NOT_MADE_REASON))
+            .collect();
+        self.audit
+            .store()
+            .append(&events)
+            .await
+            .map_err(|e| format!("correcting the audit events of changes not made: {e}"))
+    }
 }
+
+/// The failure code of a sync event whose change the round announced and then did not make.
+const NOT_MADE: &str = "not_made";
+/// Its reason, for a person reading the trail.
+const NOT_MADE_REASON: &str = "not applied: the object changed while this round's write was prepared; the retry made no such change";
 
 /// The queue `SyncTenant` is triggered by (see functions/SyncTenant/function.json).
 pub const QUEUE: &str = "sync-tenants";
@@ -257,8 +316,10 @@ async fn run_tenant(
     let observer = RevokeCertificates {
         pki: &app.pki,
         enabled: app.certificates.revoke_on_disable,
-        audit: &app.audit,
-        events: Default::default(),
+        trail: SyncTrail {
+            audit: &app.audit,
+            events: Default::default(),
+        },
     };
     let report = sync::run_round(
         tenant.tenant_id,
@@ -302,7 +363,10 @@ async fn run_tenant(
         report.outcome.name(),
         report.pages,
         report.applied.changes(),
-        observer.events.load(std::sync::atomic::Ordering::Relaxed),
+        observer
+            .trail
+            .events
+            .load(std::sync::atomic::Ordering::Relaxed),
         report.applied.entities,
         report.applied.transactions,
         app.tables.request_count() - requests_before,
@@ -722,5 +786,139 @@ mod tests {
             assert!(check_upn(bad).is_err(), "{bad}");
         }
         assert!(check_upn(&format!("{}@contoso.com", "a".repeat(110))).is_err());
+    }
+}
+
+#[cfg(test)]
+mod trail_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use directory::{
+        ApplyMode, Directory as _, Field, TableDirectory, UserChange, UserFields, Writer,
+    };
+    use system_tests::{Azurite, unique_table};
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use super::SyncTrail;
+
+    fn graph_user(id: Uuid, upn: &str, name: &str, round: i64) -> UserChange {
+        UserChange::Graph {
+            entra_id: id,
+            fields: UserFields {
+                upn: Field::Set(upn.into()),
+                name: Field::Set(name.into()),
+                enabled: Some(true),
+                ..UserFields::default()
+            },
+            round,
+        }
+    }
+
+    /// A round's page as the engine writes it, through the trail; while the page is first
+    /// announced, another instance gives `raced` the page's change (as an on-demand sync
+    /// of the same user would), so that the page's transaction loses the race.
+    struct RacedPage<'a> {
+        trail: SyncTrail<'a>,
+        other: TableDirectory,
+        tenant: Uuid,
+        raced: Uuid,
+        started: OffsetDateTime,
+        raced_yet: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl directory::BeforeCommit for RacedPage<'_> {
+        async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+            self.trail
+                .changing(self.tenant, 2, self.started, objects)
+                .await?;
+            if !self.raced_yet.swap(true, Ordering::SeqCst) {
+                let change = graph_user(self.raced, "ada@contoso.com", "Ada Byron", 2);
+                self.other
+                    .apply_users(self.tenant, Writer::Graph, vec![change], ApplyMode::Read)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+
+        async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+            self.trail
+                .not_made(self.tenant, 2, self.started, objects)
+                .await
+        }
+    }
+
+    // Issue 12: the audit trail said a round updated a user whose update a retry after a
+    // lost race no longer made (another writer had made it). That event now ends a failure
+    // saying so, in place (same id); the change the retry made stays a success.
+    #[tokio::test]
+    async fn a_sync_event_of_a_change_the_retry_did_not_make_ends_a_not_made_failure() {
+        let client = Azurite::shared().client();
+        let table = client.table(unique_table("trd"));
+        table.create_if_not_exists().await.unwrap();
+        let dir = TableDirectory::new(table.clone());
+        let store = Arc::new(audit::TableAuditStore::new(
+            client.table(unique_table("tra")),
+        ));
+        let audit = audit::Audit::new(store.clone());
+        let tenant = Uuid::new_v4();
+        let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let round1 = vec![
+            graph_user(ada, "ada@contoso.com", "Ada Lovelace", 1),
+            graph_user(bob, "bob@contoso.com", "Bob Smith", 1),
+        ];
+        dir.apply_users(tenant, Writer::Graph, round1, ApplyMode::Read)
+            .await
+            .unwrap();
+        let page = RacedPage {
+            trail: SyncTrail {
+                audit: &audit,
+                events: Default::default(),
+            },
+            other: TableDirectory::new(table),
+            tenant,
+            raced: ada,
+            started: OffsetDateTime::now_utc(),
+            raced_yet: AtomicBool::new(false),
+        };
+        let round2 = vec![
+            graph_user(ada, "ada@contoso.com", "Ada Byron", 2),
+            graph_user(bob, "bob@contoso.com", "Bob Jones", 2),
+        ];
+        dir.apply_users_noting(tenant, Writer::Graph, round2, ApplyMode::Read, Some(&page))
+            .await
+            .unwrap();
+        let events = audit::AuditStore::page(
+            store.as_ref(),
+            tenant,
+            &audit::AuditQuery::default(),
+            None,
+            50,
+        )
+        .await
+        .unwrap()
+        .events;
+        let of = |id: Uuid| -> Vec<&audit::Event> {
+            events
+                .iter()
+                .filter(|e| e.target.id == id.to_string())
+                .collect()
+        };
+        let ada_events = of(ada);
+        assert_eq!(ada_events.len(), 1, "{ada_events:?}");
+        assert_eq!(ada_events[0].action, "sync.user.update");
+        match &ada_events[0].outcome {
+            audit::Outcome::Failure { code, reason } => {
+                assert_eq!(code, "not_made");
+                assert!(reason.starts_with("not applied"), "{reason}");
+            }
+            other => panic!("Ada's update was not made: {other:?}"),
+        }
+        let bob_events = of(bob);
+        assert_eq!(bob_events.len(), 1, "{bob_events:?}");
+        assert_eq!(bob_events[0].outcome, audit::Outcome::Success);
     }
 }
