@@ -971,3 +971,75 @@ async fn audit_events(w: &World, query: &str) -> Vec<Value> {
         .await;
     all["events"].as_array().unwrap().clone()
 }
+
+// Found in review (issue 12): an on-demand sync (sync-user, bulk-sync-users) changed the
+// directory and recorded nothing, so the trail could not say who made a user appear or
+// change, nor that a request for a UPN Graph does not know failed.
+#[tokio::test]
+async fn on_demand_syncs_record_each_change_and_failure_by_the_admin_who_asked() {
+    let w = World::start().await;
+    let t = w.tenant.clone();
+    let ada = w.fake.add_user(
+        &t,
+        json!({"userPrincipalName": "ada@contoso.com", "displayName": "Ada", "jobTitle": "Analyst", "accountEnabled": true}),
+    );
+    let r = w
+        .post(
+            "/api/v1/entra-id/sync-user",
+            json!({"user_principal_name": "ada@contoso.com"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let user: Value = r.json().await.unwrap();
+    let id = user["id"].as_str().unwrap().to_string();
+    w.fake
+        .update_user(&t, &ada, json!({"jobTitle": "Engineer"}));
+    let r = w
+        .post(
+            "/api/v1/entra-id/bulk-sync-users",
+            json!({"user_principal_names": ["ada@contoso.com", "ghost@contoso.com"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = w
+        .post(
+            "/api/v1/entra-id/sync-user",
+            json!({"user_principal_name": "nobody@contoso.com"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let trail = w
+        .json(&format!(
+            "/api/v1/tenants/{t}/audit?action=sync.user&limit=100"
+        ))
+        .await;
+    let events = trail["events"].as_array().unwrap();
+    let of = |action: &str, target: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["action"] == action && e["target"]["id"] == target)
+            .collect()
+    };
+    let created = of("sync.user.create", &id);
+    assert_eq!(created.len(), 1, "{trail}");
+    assert_eq!(created[0]["actor"]["kind"], "admin", "{trail}");
+    assert_eq!(created[0]["outcome"]["status"], "success", "{trail}");
+    assert!(
+        created[0]["changes"].to_string().contains("Analyst"),
+        "{trail}"
+    );
+    let updated = of("sync.user.update", &id);
+    assert_eq!(updated.len(), 1, "{trail}");
+    let change = updated[0]["changes"].to_string();
+    assert!(
+        change.contains("Analyst") && change.contains("Engineer"),
+        "{trail}"
+    );
+    for ghost in ["ghost@contoso.com", "nobody@contoso.com"] {
+        let failed = of("sync.user.sync", ghost);
+        assert_eq!(failed.len(), 1, "{ghost}: {trail}");
+        assert_eq!(failed[0]["outcome"]["status"], "failure", "{trail}");
+        assert_eq!(failed[0]["actor"]["kind"], "admin", "{trail}");
+    }
+}

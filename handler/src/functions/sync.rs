@@ -62,7 +62,26 @@ fn sync_events(
     started: OffsetDateTime,
     objects: &[directory::ObjectChange],
 ) -> Vec<audit::Event> {
-    let round_text = round.to_string();
+    object_events(
+        tenant,
+        &audit::Actor::graph_sync(),
+        &format!("round {round}"),
+        started,
+        &round.to_string(),
+        objects,
+    )
+}
+
+/// Objects' changes as audit events by `actor`, each id made from `key`, the object and
+/// the action (at `started`), so an attempt repeated writes the same events again.
+fn object_events(
+    tenant: Uuid,
+    actor: &audit::Actor,
+    correlation: &str,
+    started: OffsetDateTime,
+    key: &str,
+    objects: &[directory::ObjectChange],
+) -> Vec<audit::Event> {
     objects
         .iter()
         .map(|o| {
@@ -83,12 +102,91 @@ fn sync_events(
                     )
                 })
                 .collect();
-            audit::Event::new(tenant, audit::Actor::graph_sync(), action.as_str(), target)
+            audit::Event::new(tenant, actor.clone(), action.as_str(), target)
                 .changes(changes)
-                .correlation(format!("round {round}"))
-                .idempotent(started, &[&round_text, &id, &action])
+                .correlation(correlation)
+                .idempotent(started, &[key, &id, &action])
         })
         .collect()
+}
+
+/// Records what an on-demand sync (`sync-user`, `bulk-sync-users`) changes, by the admin
+/// who asked, before it commits, as a round's pages do: a change is never made without its
+/// event, and a change a conflict's retry no longer makes has its event rewritten as a
+/// `not_made` failure.
+struct OnDemandTrail<'a> {
+    app: &'a App,
+    tenant: Uuid,
+    actor: audit::Actor,
+    invocation: Option<String>,
+    started: OffsetDateTime,
+    /// This request's part of the events' ids.
+    request: String,
+}
+
+impl<'a> OnDemandTrail<'a> {
+    fn new(app: &'a App, req: &Request, tenant: Uuid, actor: audit::Actor) -> OnDemandTrail<'a> {
+        OnDemandTrail {
+            app,
+            tenant,
+            actor,
+            invocation: crate::trail::invocation_id(&req.headers),
+            started: OffsetDateTime::now_utc(),
+            request: Uuid::new_v4().to_string(),
+        }
+    }
+
+    fn events(&self, objects: &[directory::ObjectChange]) -> Vec<audit::Event> {
+        object_events(
+            self.tenant,
+            &self.actor,
+            "on-demand sync",
+            self.started,
+            &self.request,
+            objects,
+        )
+        .into_iter()
+        .map(|e| e.invocation(self.invocation.clone()))
+        .collect()
+    }
+
+    /// A UPN this request could not sync, as a failure event (nothing was changed).
+    fn failure(&self, upn: &str, status: StatusCode, message: &str) -> audit::Event {
+        audit::Event::new(
+            self.tenant,
+            self.actor.clone(),
+            "sync.user.sync",
+            audit::Target::new("user", upn),
+        )
+        .correlation("on-demand sync")
+        .invocation(self.invocation.clone())
+        .failed(status.as_u16(), message)
+    }
+}
+
+#[async_trait::async_trait]
+impl directory::BeforeCommit for OnDemandTrail<'_> {
+    async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+        self.app
+            .audit
+            .record_all(&self.events(objects))
+            .await
+            .map_err(|e| format!("recording the sync's changes in the audit trail: {e}"))
+    }
+
+    async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+        let events: Vec<audit::Event> = self
+            .events(objects)
+            .into_iter()
+            .map(|e| e.failed(NOT_MADE, NOT_MADE_REASON))
+            .collect();
+        self.app
+            .audit
+            .store()
+            .append(&events)
+            .await
+            .map_err(|e| format!("correcting the audit events of changes not made: {e}"))
+    }
 }
 
 #[async_trait::async_trait]
@@ -172,7 +270,8 @@ impl SyncTrail<'_> {
 /// The failure code of a sync event whose change the round announced and then did not make.
 const NOT_MADE: &str = "not_made";
 /// Its reason, for a person reading the trail.
-const NOT_MADE_REASON: &str = "not applied: the object changed while this round's write was prepared; the retry made no such change";
+const NOT_MADE_REASON: &str =
+    "not applied: the object changed while this write was prepared; the retry made no such change";
 
 /// The queue `SyncTenant` is triggered by (see functions/SyncTenant/function.json).
 pub const QUEUE: &str = "sync-tenants";
@@ -599,11 +698,30 @@ struct SyncUserBody {
 )]
 
 async fn sync_user(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let actor = crate::trail::admin(&auth::admin(app, req.authorization()).await?);
     let body: SyncUserBody = req.json()?;
     let upn = check_upn(&body.user_principal_name).map_err(invalid_upn)?;
     let named = req.query_param("tenant_id")?.or(body.tenant_id);
     let tenant = tenant_for(app, named.as_deref()).await?;
+    let trail = OnDemandTrail::new(app, req, tenant, actor);
+    match sync_one(app, tenant, upn, &trail).await {
+        Ok(user) => Ok(json_reply(StatusCode::OK, &user)),
+        // a failure is an event too (nothing was changed, or what was has its own)
+        Err(e) => {
+            crate::trail::record(app, trail.failure(upn, e.status, &e.message)).await?;
+            Err(e)
+        }
+    }
+}
+
+/// Reads `upn` from Graph and writes it to the directory (its changes recorded by `trail`
+/// before they commit); answers the user as the API shows it.
+async fn sync_one(
+    app: &App,
+    tenant: Uuid,
+    upn: &str,
+    trail: &OnDemandTrail<'_>,
+) -> Result<Value, ApiError> {
     let registration = graph_for(app, tenant).await?;
     let found = app
         .graph
@@ -616,7 +734,13 @@ async fn sync_user(app: &App, req: &Request) -> Result<Response, ApiError> {
     let entra_id = Uuid::try_parse(&found.id).expect("checked by user_change");
     let applied = app
         .directory
-        .apply_users(tenant, Writer::Graph, vec![change], ApplyMode::Read)
+        .apply_users_noting(
+            tenant,
+            Writer::Graph,
+            vec![change],
+            ApplyMode::Read,
+            Some(trail),
+        )
         .await?;
     revoke_inactive(app, tenant, &applied.inactive).await?;
     let user = app
@@ -624,10 +748,7 @@ async fn sync_user(app: &App, req: &Request) -> Result<Response, ApiError> {
         .user_by_entra_id(tenant, entra_id)
         .await?
         .ok_or_else(|| ApiError::internal("a synced user could not be read back"))?;
-    Ok(json_reply(
-        StatusCode::OK,
-        &user_with_groups(app, tenant, &user).await?,
-    ))
+    user_with_groups(app, tenant, &user).await
 }
 
 /// Users to read from Graph now.
@@ -661,7 +782,7 @@ struct BulkBody {
 )]
 
 async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError> {
-    auth::admin(app, req.authorization()).await?;
+    let actor = crate::trail::admin(&auth::admin(app, req.authorization()).await?);
     let body: BulkBody = req.json()?;
     if body.user_principal_names.is_empty() || body.user_principal_names.len() > MAX_BULK {
         return Err(ApiError::new(
@@ -672,6 +793,7 @@ async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError>
     }
     let named = req.query_param("tenant_id")?.or(body.tenant_id);
     let tenant = tenant_for(app, named.as_deref()).await?;
+    let trail = OnDemandTrail::new(app, req, tenant, actor);
     // each UPN answered once, case-insensitively, in the order first given
     let mut seen = HashSet::new();
     let names: Vec<String> = body
@@ -692,51 +814,33 @@ async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError>
         })
         .collect();
     if !valid.is_empty() {
-        let registration = graph_for(app, tenant).await?;
-        let wanted: Vec<String> = valid.iter().map(|n| n.to_string()).collect();
-        let found = app
-            .graph
-            .users_by_upn(&registration, &tenant.to_string(), &wanted)
-            .await;
-        let round = current_round(app, tenant).await?;
-        let mut changes = Vec::new();
-        let mut synced = Vec::new();
-        for (upn, result) in found {
-            match result {
-                Ok(u) => match (sync::graph::user_change(&u, round), Uuid::try_parse(&u.id)) {
-                    (Some(change), Ok(id)) => {
-                        changes.push(change);
-                        synced.push((upn, id));
-                    }
-                    _ => results.push((
-                        upn,
-                        Err(json!({"error": "graph_rejected", "message": "Graph answered a user without an object id"})),
-                    )),
-                },
-                Err(e) => {
-                    let e = graph_error(e);
-                    results.push((upn, Err(json!({"error": e.code, "message": e.message}))));
-                }
-            }
-        }
-        if !changes.is_empty() {
-            let applied = app
-                .directory
-                .apply_users(tenant, Writer::Graph, changes, ApplyMode::Read)
-                .await?;
-            revoke_inactive(app, tenant, &applied.inactive).await?;
-        }
-        for (upn, id) in synced {
-            let user = app.directory.user_by_entra_id(tenant, id).await?;
-            results.push(match user {
-                Some(u) => (upn, Ok(user_with_groups(app, tenant, &u).await?)),
-                None => (
-                    upn,
-                    Err(json!({"error": "internal_error", "message": "a synced user could not be read back"})),
-                ),
-            });
+        // a failure of the whole request is every name's: each its event, as each failed
+        if let Err(e) = bulk_valid(app, tenant, &valid, &trail, &mut results).await {
+            let failures: Vec<audit::Event> = valid
+                .iter()
+                .map(|n| trail.failure(n, e.status, &e.message))
+                .collect();
+            app.audit.record_all(&failures).await?;
+            return Err(e);
         }
     }
+    // the names that failed on their own, as failure events (nothing was changed for them)
+    let failures: Vec<audit::Event> = results
+        .iter()
+        .filter_map(|(upn, r)| r.as_ref().err().map(|e| (upn, e)))
+        .map(|(upn, e)| {
+            let status = match e["error"].as_str() {
+                Some("invalid_upn") => StatusCode::UNPROCESSABLE_ENTITY,
+                Some("not_found") => StatusCode::NOT_FOUND,
+                Some("tenant_access_refused") => StatusCode::CONFLICT,
+                Some("graph_rejected") => StatusCode::BAD_GATEWAY,
+                Some("internal_error") => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            trail.failure(upn, status, e["message"].as_str().unwrap_or_default())
+        })
+        .collect();
+    app.audit.record_all(&failures).await?;
     // in the order given
     results.sort_by_key(|(upn, _)| names.iter().position(|n| n == upn));
     let successful = results.iter().filter(|(_, r)| r.is_ok()).count();
@@ -757,6 +861,63 @@ async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError>
             "results": rows,
         }),
     ))
+}
+
+/// Reads the valid names of a bulk request from Graph (in `$batch` requests), writes those
+/// found to the directory (their changes recorded by `trail` before they commit) and adds
+/// each name's outcome to `results`.
+async fn bulk_valid(
+    app: &App,
+    tenant: Uuid,
+    valid: &[&String],
+    trail: &OnDemandTrail<'_>,
+    results: &mut Vec<(String, Result<Value, Value>)>,
+) -> Result<(), ApiError> {
+    let registration = graph_for(app, tenant).await?;
+    let wanted: Vec<String> = valid.iter().map(|n| n.to_string()).collect();
+    let found = app
+        .graph
+        .users_by_upn(&registration, &tenant.to_string(), &wanted)
+        .await;
+    let round = current_round(app, tenant).await?;
+    let mut changes = Vec::new();
+    let mut synced = Vec::new();
+    for (upn, result) in found {
+        match result {
+            Ok(u) => match (sync::graph::user_change(&u, round), Uuid::try_parse(&u.id)) {
+                (Some(change), Ok(id)) => {
+                    changes.push(change);
+                    synced.push((upn, id));
+                }
+                _ => results.push((
+                    upn,
+                    Err(json!({"error": "graph_rejected", "message": "Graph answered a user without an object id"})),
+                )),
+            },
+            Err(e) => {
+                let e = graph_error(e);
+                results.push((upn, Err(json!({"error": e.code, "message": e.message}))));
+            }
+        }
+    }
+    if !changes.is_empty() {
+        let applied = app
+            .directory
+            .apply_users_noting(tenant, Writer::Graph, changes, ApplyMode::Read, Some(trail))
+            .await?;
+        revoke_inactive(app, tenant, &applied.inactive).await?;
+    }
+    for (upn, id) in synced {
+        let user = app.directory.user_by_entra_id(tenant, id).await?;
+        results.push(match user {
+            Some(u) => (upn, Ok(user_with_groups(app, tenant, &u).await?)),
+            None => (
+                upn,
+                Err(json!({"error": "internal_error", "message": "a synced user could not be read back"})),
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
