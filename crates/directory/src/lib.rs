@@ -52,24 +52,32 @@ pub trait BeforeCommit: Send + Sync {
 
     /// A write committed with `applied` (its users left inactive among them): what must
     /// follow at once (revoking their certificates) is done here, before the next write
-    /// (a sweep's next batch), so that a later failure does not lose it.
+    /// (a sweep's next batch), so that a later failure does not lose it. Also called when a
+    /// write fails after some of its transactions committed (`applied` holds those), since
+    /// a replay may no longer find their users (deleted); so it must be idempotent.
     async fn committed(&self, _applied: &Applied) -> Result<(), String> {
         Ok(())
     }
 
-    /// Changes [`BeforeCommit::changing`] announced that the write then did not make: an
-    /// attempt that lost a race (a conflict, so nothing of that transaction committed) was
-    /// retried, and the retry found nothing to change there any more (another writer made
-    /// the same change meanwhile) or made a different change; or the retries gave up
-    /// ([`DirectoryError::Contended`]). Called once, when the write ends that way, after
-    /// its last attempt and before [`BeforeCommit::committed`], so that a record of the
-    /// announcement can be corrected (idempotently: a replay may say it again). Not called
-    /// when the write fails otherwise: a transaction in flight then may or may not have
-    /// committed, and the page, replayed, announces its changes again. A user announced
-    /// as created by an attempt that did not read first ([`ApplyMode::Optimistic`]) is
-    /// named only if no attempt then found a record with its id: one found may be this
-    /// write's own, from its earlier run (a page replayed after a crash), so made. An error
-    /// fails the write, as [`DirectoryError::Unrecorded`].
+    /// Changes [`BeforeCommit::changing`] announced that the write then did not make, so
+    /// that a record of the announcement can be corrected (idempotently: a replay may say
+    /// it again). An attempt that lost a race (a conflict: nothing of that transaction
+    /// committed) is retried, and the retry may find nothing to change there any more
+    /// (another writer made the same change meanwhile) or make a different change. Called
+    /// once when the write ends, after [`BeforeCommit::committed`]:
+    /// - committed, or given up after conflicts ([`DirectoryError::Contended`]): every
+    ///   announced change no transaction made. A made change whose last announcement (by an
+    ///   attempt that then lost) described it otherwise is announced again first, through
+    ///   [`BeforeCommit::changing`], as it was made;
+    /// - failed otherwise (a transaction in flight may or may not have committed): the
+    ///   changes earlier attempts announced and lost that the failing attempt did not
+    ///   announce again (a replay of the page that makes one after all announces it again).
+    ///
+    /// A user announced as created by an attempt that did not read first
+    /// ([`ApplyMode::Optimistic`]) is named only if no attempt then found a record with its
+    /// id: one found may be this write's own, from its earlier run (a page replayed after a
+    /// crash), so made. An error fails a write that ended the first way, as
+    /// [`DirectoryError::Unrecorded`]; after a failure it is logged.
     async fn not_made(&self, _objects: &[ObjectChange]) -> Result<(), String> {
         Ok(())
     }

@@ -659,8 +659,11 @@ fn index_rows(tenant: &str, u: &User) -> Vec<Entity> {
 /// retry may no longer make a change it announced.
 struct Announcer<'a> {
     hook: Option<&'a dyn BeforeCommit>,
-    /// Announced changes of what was read.
+    /// Announced changes of what was read, by the attempts before the current one (each
+    /// lost a race: nothing of its failed transaction committed).
     told: Vec<ObjectChange>,
+    /// Announced changes of what was read, by the current attempt.
+    current: Vec<ObjectChange>,
     /// Users announced as created without reading whether they exist (an optimistic
     /// attempt): a record found later with the same id may be this write's own, from an
     /// earlier run of the page (a replay after a crash), so they count as not made only
@@ -675,6 +678,7 @@ impl<'a> Announcer<'a> {
         Announcer {
             hook,
             told: Vec::new(),
+            current: Vec::new(),
             unread: Vec::new(),
             found: HashSet::new(),
         }
@@ -701,10 +705,16 @@ impl<'a> Announcer<'a> {
             if unread && o.kind == ObjectChangeKind::Created {
                 self.unread.push(o);
             } else {
-                self.told.push(o);
+                self.current.push(o);
             }
         }
         Ok(())
+    }
+
+    /// The current attempt lost a race: what it announced and did not commit was not made
+    /// by it.
+    fn lost(&mut self) {
+        self.told.append(&mut self.current);
     }
 
     /// An attempt found the record `id`.
@@ -714,16 +724,61 @@ impl<'a> Announcer<'a> {
         }
     }
 
-    /// Tells the hook of the announced changes that no transaction of `applied` made.
-    async fn tell_not_made(&self, applied: &Applied) -> Result<(), DirectoryError> {
+    /// Unread creations no attempt found a record of.
+    fn unread_unfound(&self) -> impl Iterator<Item = &ObjectChange> {
+        self.unread.iter().filter(|o| !self.found.contains(&o.id))
+    }
+
+    /// The write ended (committed, or gave up after conflicts): tells the hook of the
+    /// announced changes that no transaction of `applied` made, and announces again each
+    /// made change whose last announcement (an attempt that then lost a race) described it
+    /// otherwise than the transaction that made it.
+    async fn settle(&self, applied: &Applied) -> Result<(), DirectoryError> {
         let Some(hook) = self.hook else {
             return Ok(());
         };
         let told: Vec<ObjectChange> = self
-            .unread
-            .iter()
-            .filter(|o| !self.found.contains(&o.id))
+            .unread_unfound()
             .chain(&self.told)
+            .chain(&self.current)
+            .cloned()
+            .collect();
+        let restated: Vec<ObjectChange> = applied
+            .objects
+            .iter()
+            .filter(|made| {
+                let last = told.iter().rev().find(|o| same_change(o, made));
+                last.is_some_and(|o| o != *made)
+            })
+            .cloned()
+            .collect();
+        if !restated.is_empty() {
+            hook.changing(&restated)
+                .await
+                .map_err(DirectoryError::Unrecorded)?;
+        }
+        let objects = not_made(&told, applied);
+        if objects.is_empty() {
+            return Ok(());
+        }
+        hook.not_made(&objects)
+            .await
+            .map_err(DirectoryError::Unrecorded)
+    }
+
+    /// The write failed otherwise (its last transaction may or may not have committed):
+    /// tells the hook of the changes earlier attempts announced, lost a race on, and the
+    /// failing attempt did not announce again (it found them made, or no longer wanted),
+    /// unless a transaction of `applied` made them. A replay that makes one after all
+    /// announces it again, under the same record.
+    async fn settle_failed(&self, applied: &Applied) -> Result<(), DirectoryError> {
+        let Some(hook) = self.hook else {
+            return Ok(());
+        };
+        let told: Vec<ObjectChange> = self
+            .unread_unfound()
+            .chain(&self.told)
+            .filter(|o| !self.current.iter().any(|c| same_change(c, o)))
             .cloned()
             .collect();
         let objects = not_made(&told, applied);
@@ -736,21 +791,39 @@ impl<'a> Announcer<'a> {
     }
 }
 
+/// Whether two announcements name the same change: object, id and kind, which is what
+/// names their record (an audit event).
+fn same_change(a: &ObjectChange, b: &ObjectChange) -> bool {
+    a.object == b.object && a.id == b.id && a.kind == b.kind
+}
+
 /// The changes `told` names that no transaction of `applied` made, each once (its last
-/// announcement). Changes are the same when their object, id and kind are: that is what
-/// names their record (an audit event), whose details the attempt that made it rewrote.
+/// announcement).
 fn not_made(told: &[ObjectChange], applied: &Applied) -> Vec<ObjectChange> {
-    let same = |a: &ObjectChange, b: &ObjectChange| {
-        a.object == b.object && a.id == b.id && a.kind == b.kind
-    };
     let mut out: Vec<ObjectChange> = Vec::new();
     for o in told.iter().rev() {
-        if !applied.objects.iter().any(|m| same(m, o)) && !out.iter().any(|n| same(n, o)) {
+        if !applied.objects.iter().any(|m| same_change(m, o))
+            && !out.iter().any(|n| same_change(n, o))
+        {
             out.push(o.clone());
         }
     }
     out.reverse();
     out
+}
+
+/// Tells `hook` that transactions of a write committed with `applied`.
+async fn committed(
+    hook: Option<&dyn BeforeCommit>,
+    applied: &Applied,
+) -> Result<(), DirectoryError> {
+    match hook {
+        Some(hook) => hook
+            .committed(applied)
+            .await
+            .map_err(DirectoryError::Unrecorded),
+        None => Ok(()),
+    }
 }
 
 impl TableDirectory {
@@ -1939,24 +2012,40 @@ impl Directory for TableDirectory {
                 .await
             {
                 Ok(()) => {
-                    announcer.tell_not_made(&applied).await?;
-                    if let Some(hook) = hook {
-                        hook.committed(&applied)
-                            .await
-                            .map_err(DirectoryError::Unrecorded)?;
-                    }
+                    // what must follow the commit first: a failed correction of the record
+                    // must not keep it from happening (a replay may not name those users)
+                    let committed = committed(hook, &applied).await;
+                    let settled = announcer.settle(&applied).await;
+                    committed?;
+                    settled?;
                     return Ok(applied);
                 }
                 Err(Failure::Conflict) => {
+                    announcer.lost();
                     mode = ApplyMode::Read;
                     if attempt < ATTEMPTS {
                         back_off(attempt).await;
                     }
                 }
-                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Fatal(e)) => {
+                    // transactions of this write that committed before the failure are
+                    // followed up now: their users may be gone when the page is replayed
+                    if !applied.inactive.is_empty()
+                        && let Err(c) = committed(hook, &applied).await
+                    {
+                        tracing::error!(error = %c, "what follows a partly committed write failed");
+                    }
+                    if let Err(c) = announcer.settle_failed(&applied).await {
+                        tracing::error!(error = %c, "announced changes not made left uncorrected");
+                    }
+                    return Err(e);
+                }
             }
         }
-        announcer.tell_not_made(&applied).await?;
+        let committed = committed(hook, &applied).await;
+        let settled = announcer.settle(&applied).await;
+        committed?;
+        settled?;
         Err(DirectoryError::Contended)
     }
 
@@ -1985,24 +2074,40 @@ impl Directory for TableDirectory {
                 .await
             {
                 Ok(()) => {
-                    announcer.tell_not_made(&applied).await?;
-                    if let Some(hook) = hook {
-                        hook.committed(&applied)
-                            .await
-                            .map_err(DirectoryError::Unrecorded)?;
-                    }
+                    // what must follow the commit first: a failed correction of the record
+                    // must not keep it from happening (a replay may not name those users)
+                    let committed = committed(hook, &applied).await;
+                    let settled = announcer.settle(&applied).await;
+                    committed?;
+                    settled?;
                     return Ok(applied);
                 }
                 Err(Failure::Conflict) => {
+                    announcer.lost();
                     mode = ApplyMode::Read;
                     if attempt < ATTEMPTS {
                         back_off(attempt).await;
                     }
                 }
-                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Fatal(e)) => {
+                    // transactions of this write that committed before the failure are
+                    // followed up now: their users may be gone when the page is replayed
+                    if !applied.inactive.is_empty()
+                        && let Err(c) = committed(hook, &applied).await
+                    {
+                        tracing::error!(error = %c, "what follows a partly committed write failed");
+                    }
+                    if let Err(c) = announcer.settle_failed(&applied).await {
+                        tracing::error!(error = %c, "announced changes not made left uncorrected");
+                    }
+                    return Err(e);
+                }
             }
         }
-        announcer.tell_not_made(&applied).await?;
+        let committed = committed(hook, &applied).await;
+        let settled = announcer.settle(&applied).await;
+        committed?;
+        settled?;
         Err(DirectoryError::Contended)
     }
 
@@ -2206,5 +2311,76 @@ impl TableDirectory {
             .filter_map(|e| e.row_key.rsplit('.').next())
             .filter_map(|id| Uuid::try_parse(id).ok())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps what it is told.
+    #[derive(Default)]
+    struct Told {
+        changing: std::sync::Mutex<Vec<ObjectChange>>,
+        not_made: std::sync::Mutex<Vec<ObjectChange>>,
+    }
+
+    #[async_trait::async_trait]
+    impl BeforeCommit for Told {
+        async fn changing(&self, objects: &[ObjectChange]) -> Result<(), String> {
+            self.changing
+                .lock()
+                .unwrap()
+                .extend(objects.iter().cloned());
+            Ok(())
+        }
+
+        async fn not_made(&self, objects: &[ObjectChange]) -> Result<(), String> {
+            self.not_made
+                .lock()
+                .unwrap()
+                .extend(objects.iter().cloned());
+            Ok(())
+        }
+    }
+
+    fn renamed(id: Uuid, old: &str, new: &str) -> ObjectChange {
+        ObjectChange {
+            object: "user",
+            id,
+            display: Some(new.into()),
+            kind: ObjectChangeKind::Updated,
+            attributes: vec![("name", Some(old.into()), Some(new.into()))],
+        }
+    }
+
+    // Found in review (issue 12): a change committed by one attempt and announced again,
+    // otherwise, by a later attempt that lost its race kept the later announcement's values
+    // in its record, values no write made. The made version is announced again.
+    #[tokio::test]
+    async fn a_made_change_last_announced_otherwise_is_announced_again_as_made() {
+        let hook = Told::default();
+        let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let made = renamed(ada, "Ada Lovelace", "Ada Byron");
+        let mut announcer = Announcer::new(Some(&hook));
+        // attempt 1 made Ada's change (its first transaction), then lost on another
+        announcer.current.push(made.clone());
+        announcer.lost();
+        // attempt 2 announced Ada's change described from other values, and Bob's; lost
+        announcer
+            .current
+            .push(renamed(ada, "Ada King", "Ada Byron"));
+        announcer
+            .current
+            .push(renamed(bob, "Bob Smith", "Bob Jones"));
+        announcer.lost();
+        let applied = Applied {
+            objects: vec![made.clone()],
+            ..Applied::default()
+        };
+        announcer.settle(&applied).await.unwrap();
+        assert_eq!(*hook.changing.lock().unwrap(), vec![made]);
+        let not_made: Vec<Uuid> = hook.not_made.lock().unwrap().iter().map(|o| o.id).collect();
+        assert_eq!(not_made, vec![bob]);
     }
 }

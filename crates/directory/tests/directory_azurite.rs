@@ -1364,3 +1364,110 @@ async fn search_rows_live_in_their_own_table_and_a_row_naming_a_term_its_user_la
     );
     assert!(dir.user_by_upn(tenant, "zed").await.unwrap().is_none());
 }
+
+/// A hook that loses the first attempt's race (another instance gives Ada the page's own
+/// name) and then fails as told: its second announcement refused, or its correction of
+/// what was not made refused. Keeps what it hears.
+struct RacingThenFailing {
+    racing: Racing,
+    refuse_second_announcement: bool,
+    refuse_not_made: bool,
+    calls: std::sync::Mutex<usize>,
+    committed: std::sync::Mutex<Vec<Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl directory::BeforeCommit for RacingThenFailing {
+    async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            *calls += 1;
+            *calls
+        };
+        if call == 2 && self.refuse_second_announcement {
+            return Err("the audit trail is down".into());
+        }
+        self.racing.changing(objects).await
+    }
+
+    async fn committed(&self, applied: &directory::Applied) -> Result<(), String> {
+        self.committed.lock().unwrap().extend(&applied.inactive);
+        Ok(())
+    }
+
+    async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+        self.racing.not_made(objects).await?;
+        if self.refuse_not_made {
+            return Err("the audit trail is down".into());
+        }
+        Ok(())
+    }
+}
+
+// Found in review (issue 12): a write that lost a race and then failed otherwise left the
+// lost attempt's announcements uncorrected, and the replay of the page does not announce a
+// change it no longer makes, so the audit trail kept a change nobody made.
+#[tokio::test]
+async fn a_write_failing_after_a_lost_race_tells_the_lost_attempts_announcements_not_made() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let (ada, bob) = ada_and_bob(&dir, tenant).await;
+    let hook = RacingThenFailing {
+        racing: Racing::renaming(&dir, tenant, ada, &["Ada Byron"]),
+        refuse_second_announcement: true,
+        refuse_not_made: false,
+        calls: Default::default(),
+        committed: Default::default(),
+    };
+    let page = vec![
+        graph_user(ada, "ada@contoso.com", "Ada Byron", true, 2),
+        graph_user(bob, "bob@contoso.com", "Bob Jones", true, 2),
+    ];
+    let failed = dir
+        .apply_users_noting(tenant, Writer::Graph, page, ApplyMode::Read, Some(&hook))
+        .await;
+    assert!(
+        matches!(failed, Err(directory::DirectoryError::Unrecorded(_))),
+        "{failed:?}"
+    );
+    // nothing of the page committed: both of the first attempt's announcements were not
+    // made (a replay that makes Bob's change announces it again, under the same record)
+    let not_made = hook.racing.not_made.lock().unwrap().clone();
+    let mut named: Vec<Uuid> = not_made.iter().flatten().map(|o| o.id).collect();
+    named.sort();
+    let mut both = vec![ada, bob];
+    both.sort();
+    assert_eq!(named, both, "{not_made:?}");
+    let u = dir.user(tenant, bob).await.unwrap().unwrap();
+    assert_eq!(u.name.as_deref(), Some("Bob Smith"));
+}
+
+// Found in review: a write that committed after a lost race asked for the correction of
+// the record first and stopped when it failed, before what must follow the commit (the
+// revocation of a disabled user's certificates), which a replay may then never do.
+#[tokio::test]
+async fn what_follows_a_commit_happens_even_when_correcting_the_record_fails() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let (ada, bob) = ada_and_bob(&dir, tenant).await;
+    let hook = RacingThenFailing {
+        racing: Racing::renaming(&dir, tenant, ada, &["Ada Byron"]),
+        refuse_second_announcement: false,
+        refuse_not_made: true,
+        calls: Default::default(),
+        committed: Default::default(),
+    };
+    let page = vec![
+        graph_user(ada, "ada@contoso.com", "Ada Byron", true, 2),
+        graph_user(bob, "bob@contoso.com", "Bob Smith", false, 2),
+    ];
+    let failed = dir
+        .apply_users_noting(tenant, Writer::Graph, page, ApplyMode::Read, Some(&hook))
+        .await;
+    assert!(
+        matches!(failed, Err(directory::DirectoryError::Unrecorded(_))),
+        "{failed:?}"
+    );
+    assert!(!dir.user(tenant, bob).await.unwrap().unwrap().enabled);
+    assert_eq!(*hook.committed.lock().unwrap(), vec![bob]);
+}

@@ -27,11 +27,14 @@ pub trait RoundObserver: Send + Sync {
     /// any of its writes commits, so a record kept here is never lost to a crash between
     /// the commit and the record; a retried or replayed page names them again (record
     /// idempotently). An error stops the round before the page is written.
-    /// `started` is when the round started (the same on every instance that resumes it).
+    /// `page` is the page's number in the round (the same when it is replayed), None for
+    /// the sweep's batches (an object is in one of them at most); `started` is when the
+    /// round started (the same on every instance that resumes it).
     async fn page_changing(
         &self,
         _tenant: Uuid,
         _round: i64,
+        _page: Option<i64>,
         _started: OffsetDateTime,
         _objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
@@ -47,6 +50,7 @@ pub trait RoundObserver: Send + Sync {
         &self,
         _tenant: Uuid,
         _round: i64,
+        _page: Option<i64>,
         _started: OffsetDateTime,
         _objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
@@ -394,6 +398,8 @@ struct Changing<'a> {
     observer: &'a dyn RoundObserver,
     tenant: Uuid,
     round: i64,
+    /// The page's number in the round; None in the sweep.
+    page: Option<i64>,
     started: OffsetDateTime,
 }
 
@@ -401,13 +407,13 @@ struct Changing<'a> {
 impl directory::BeforeCommit for Changing<'_> {
     async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
         self.observer
-            .page_changing(self.tenant, self.round, self.started, objects)
+            .page_changing(self.tenant, self.round, self.page, self.started, objects)
             .await
     }
 
     async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
         self.observer
-            .page_not_made(self.tenant, self.round, self.started, objects)
+            .page_not_made(self.tenant, self.round, self.page, self.started, objects)
             .await
     }
 
@@ -444,7 +450,7 @@ async fn pages(
         if !renewal.lease.lock().await.holds_for(options.lease_ttl / 3) {
             return Err(SyncError::LeaseLost);
         }
-        let (phase, round, link, mode, started) = {
+        let (phase, round, link, mode, started, page) = {
             let held = renewal.lease.lock().await;
             let s = &held.state;
             let mode = if s.optimistic {
@@ -463,12 +469,15 @@ async fn pages(
                 link,
                 mode,
                 s.round_started.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                // checkpointed with the page before it: a replay has the same number
+                (s.phase != Phase::Sweep).then_some(s.pages),
             )
         };
         let changing = Changing {
             observer,
             tenant,
             round,
+            page,
             started,
         };
         let step = match phase {

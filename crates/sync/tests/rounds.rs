@@ -498,6 +498,7 @@ impl sync::RoundObserver for RaceOnce {
         &self,
         tenant: Uuid,
         round: i64,
+        _page: Option<i64>,
         _started: time::OffsetDateTime,
         _objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
@@ -524,6 +525,7 @@ impl sync::RoundObserver for RaceOnce {
         &self,
         _tenant: Uuid,
         round: i64,
+        _page: Option<i64>,
         _started: time::OffsetDateTime,
         objects: &[directory::ObjectChange],
     ) -> Result<(), String> {

@@ -54,20 +54,26 @@ struct SyncTrail<'a> {
     events: std::sync::atomic::AtomicUsize,
 }
 
-/// A page's changes as audit events, ids from round and object so a replayed page writes
-/// the same events again rather than new ones.
+/// A page's changes as audit events, ids from round, page and object so a replayed page
+/// writes the same events again rather than new ones.
 fn sync_events(
     tenant: Uuid,
     round: i64,
+    page: Option<i64>,
     started: OffsetDateTime,
     objects: &[directory::ObjectChange],
 ) -> Vec<audit::Event> {
+    // an object Graph repeats on two pages of a round is two changes, each its event
+    let key = match page {
+        Some(page) => format!("{round}.{page}"),
+        None => format!("{round}.sweep"),
+    };
     object_events(
         tenant,
         &audit::Actor::graph_sync(),
         &format!("round {round}"),
         started,
-        &round.to_string(),
+        &key,
         objects,
     )
 }
@@ -175,17 +181,7 @@ impl directory::BeforeCommit for OnDemandTrail<'_> {
     }
 
     async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
-        let events: Vec<audit::Event> = self
-            .events(objects)
-            .into_iter()
-            .map(|e| e.failed(NOT_MADE, NOT_MADE_REASON))
-            .collect();
-        self.app
-            .audit
-            .store()
-            .append(&events)
-            .await
-            .map_err(|e| format!("correcting the audit events of changes not made: {e}"))
+        rewrite_not_made(&self.app.audit, self.events(objects)).await
     }
 }
 
@@ -206,20 +202,26 @@ impl sync::RoundObserver for RevokeCertificates<'_> {
         &self,
         tenant: Uuid,
         round: i64,
+        page: Option<i64>,
         started: OffsetDateTime,
         objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
-        self.trail.changing(tenant, round, started, objects).await
+        self.trail
+            .changing(tenant, round, page, started, objects)
+            .await
     }
 
     async fn page_not_made(
         &self,
         tenant: Uuid,
         round: i64,
+        page: Option<i64>,
         started: OffsetDateTime,
         objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
-        self.trail.not_made(tenant, round, started, objects).await
+        self.trail
+            .not_made(tenant, round, page, started, objects)
+            .await
     }
 }
 
@@ -229,10 +231,11 @@ impl SyncTrail<'_> {
         &self,
         tenant: Uuid,
         round: i64,
+        page: Option<i64>,
         started: OffsetDateTime,
         objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
-        let events = sync_events(tenant, round, started, objects);
+        let events = sync_events(tenant, round, page, started, objects);
         // the observers (notifications) hear of these on every attempt and replay: harmless,
         // as no sync.user/sync.group event opens or closes an incident (incident::signal_of)
         self.audit
@@ -250,20 +253,42 @@ impl SyncTrail<'_> {
         &self,
         tenant: Uuid,
         round: i64,
+        page: Option<i64>,
         started: OffsetDateTime,
         objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
-        // the same ids as the announcement: the store replaces it (idempotently, a replay
-        // may correct it again); the observers, told of it already, need no correction
-        let events: Vec<audit::Event> = sync_events(tenant, round, started, objects)
-            .into_iter()
-            .map(|e| e.failed(NOT_MADE, NOT_MADE_REASON))
-            .collect();
-        self.audit
-            .store()
-            .append(&events)
-            .await
-            .map_err(|e| format!("correcting the audit events of changes not made: {e}"))
+        rewrite_not_made(
+            self.audit,
+            sync_events(tenant, round, page, started, objects),
+        )
+        .await
+    }
+}
+
+/// Rewrites announced events as `not_made` failures, under the same ids (the store
+/// replaces them; the observers, told of them already, need no correction). Tried a few
+/// times: a replay of the write does not announce a change it no longer makes, so nothing
+/// later corrects the event if this fails.
+async fn rewrite_not_made(audit: &audit::Audit, events: Vec<audit::Event>) -> Result<(), String> {
+    let events: Vec<audit::Event> = events
+        .into_iter()
+        .map(|e| e.failed(NOT_MADE, NOT_MADE_REASON))
+        .collect();
+    let mut attempt = 0;
+    loop {
+        match audit.store().append(&events).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= 3 => {
+                tracing::error!(error = %e, events = events.len(), "audit events of changes not made left as announced");
+                return Err(format!(
+                    "correcting the audit events of changes not made: {e}"
+                ));
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
     }
 }
 
@@ -813,34 +838,23 @@ async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError>
             )
         })
         .collect();
-    if !valid.is_empty() {
-        // a failure of the whole request is every name's: each its event, as each failed
-        if let Err(e) = bulk_valid(app, tenant, &valid, &trail, &mut results).await {
-            let failures: Vec<audit::Event> = valid
+    if !valid.is_empty()
+        && let Err(e) = bulk_valid(app, tenant, &valid, &trail, &mut results).await
+    {
+        // a failure of the whole request is that of every name not failed on its own
+        let mut failures = failure_events(&trail, &results);
+        failures.extend(
+            valid
                 .iter()
-                .map(|n| trail.failure(n, e.status, &e.message))
-                .collect();
-            app.audit.record_all(&failures).await?;
-            return Err(e);
-        }
+                .filter(|n| !results.iter().any(|(upn, r)| upn == **n && r.is_err()))
+                .map(|n| trail.failure(n, e.status, &e.message)),
+        );
+        app.audit.record_all(&failures).await?;
+        return Err(e);
     }
-    // the names that failed on their own, as failure events (nothing was changed for them)
-    let failures: Vec<audit::Event> = results
-        .iter()
-        .filter_map(|(upn, r)| r.as_ref().err().map(|e| (upn, e)))
-        .map(|(upn, e)| {
-            let status = match e["error"].as_str() {
-                Some("invalid_upn") => StatusCode::UNPROCESSABLE_ENTITY,
-                Some("not_found") => StatusCode::NOT_FOUND,
-                Some("tenant_access_refused") => StatusCode::CONFLICT,
-                Some("graph_rejected") => StatusCode::BAD_GATEWAY,
-                Some("internal_error") => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            trail.failure(upn, status, e["message"].as_str().unwrap_or_default())
-        })
-        .collect();
-    app.audit.record_all(&failures).await?;
+    app.audit
+        .record_all(&failure_events(&trail, &results))
+        .await?;
     // in the order given
     results.sort_by_key(|(upn, _)| names.iter().position(|n| n == upn));
     let successful = results.iter().filter(|(_, r)| r.is_ok()).count();
@@ -861,6 +875,29 @@ async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError>
             "results": rows,
         }),
     ))
+}
+
+/// The names of a bulk request that failed on their own, as failure events (nothing was
+/// changed for them).
+fn failure_events(
+    trail: &OnDemandTrail<'_>,
+    results: &[(String, Result<Value, Value>)],
+) -> Vec<audit::Event> {
+    results
+        .iter()
+        .filter_map(|(upn, r)| r.as_ref().err().map(|e| (upn, e)))
+        .map(|(upn, e)| {
+            let status = match e["error"].as_str() {
+                Some("invalid_upn") => StatusCode::UNPROCESSABLE_ENTITY,
+                Some("not_found") => StatusCode::NOT_FOUND,
+                Some("tenant_access_refused") => StatusCode::CONFLICT,
+                Some("graph_rejected") => StatusCode::BAD_GATEWAY,
+                Some("internal_error") => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            trail.failure(upn, status, e["message"].as_str().unwrap_or_default())
+        })
+        .collect()
 }
 
 /// Reads the valid names of a bulk request from Graph (in `$batch` requests), writes those
@@ -923,6 +960,34 @@ async fn bulk_valid(
 #[cfg(test)]
 mod tests {
     use super::check_upn;
+
+    // Found in review (issue 12): events were keyed by round and object only, so a user Graph
+    // repeats on two pages of a round had one event, which the second page's announcement
+    // overwrote (and a correction of it as not made rewrote the first page's made change).
+    #[test]
+    fn each_page_of_a_round_has_its_own_events_and_a_replay_the_same() {
+        let tenant = uuid::Uuid::new_v4();
+        let started = time::OffsetDateTime::now_utc();
+        let object = directory::ObjectChange {
+            object: "user",
+            id: uuid::Uuid::new_v4(),
+            display: None,
+            kind: directory::ObjectChangeKind::Updated,
+            attributes: vec![("name", Some("Ada".into()), Some("Ada Byron".into()))],
+        };
+        let id = |page| {
+            super::sync_events(tenant, 2, page, started, std::slice::from_ref(&object))[0]
+                .id
+                .clone()
+        };
+        assert_ne!(id(Some(1)), id(Some(2)));
+        assert_ne!(id(Some(1)), id(None));
+        assert_eq!(
+            id(Some(1)),
+            id(Some(1)),
+            "a replayed page writes the same event"
+        );
+    }
 
     #[test]
     fn upns_entra_allows_pass_and_malformed_ones_do_not() {
@@ -993,7 +1058,7 @@ mod trail_tests {
     impl directory::BeforeCommit for RacedPage<'_> {
         async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
             self.trail
-                .changing(self.tenant, 2, self.started, objects)
+                .changing(self.tenant, 2, Some(0), self.started, objects)
                 .await?;
             if !self.raced_yet.swap(true, Ordering::SeqCst) {
                 let change = graph_user(self.raced, "ada@contoso.com", "Ada Byron", 2);
@@ -1007,7 +1072,7 @@ mod trail_tests {
 
         async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
             self.trail
-                .not_made(self.tenant, 2, self.started, objects)
+                .not_made(self.tenant, 2, Some(0), self.started, objects)
                 .await
         }
     }

@@ -101,7 +101,8 @@ impl From<directory::DirectoryError> for ApiError {
             E::Contended => ApiError::conflict("the directory changed concurrently; try again"),
             E::Unavailable(e) => ApiError::unavailable(e),
             E::Corrupt(e) => ApiError::internal(e),
-            // its record could not be stored: nothing was written, try again
+            // its record could not be stored: nothing was written (or, after a write,
+            // what must follow it or the correction of its record failed); try again
             E::Unrecorded(reason) => ApiError::unavailable(reason),
         }
     }
