@@ -63,6 +63,18 @@ impl Azurite {
         })
     }
 
+    /// A new Azurite of its own (both services), for a benchmark that compares two builds:
+    /// each then meets an Azurite in the same state (one that has served a run before is
+    /// slower, its heap larger). It lives as long as this process.
+    pub fn fresh() -> Azurite {
+        let table = Azurite::spawn(&TABLE);
+        let queue = Azurite::spawn(&QUEUE);
+        Azurite {
+            table_port: Azurite::ready(&TABLE, table),
+            queue_port: Azurite::ready(&QUEUE, queue),
+        }
+    }
+
     /// The port of a service: reused from the environment, or a child started on a free one.
     fn reuse_or_spawn(service: &Service) -> u16 {
         if let Some(port) = std::env::var(service.reuse_env)
@@ -71,6 +83,11 @@ impl Azurite {
         {
             return port;
         }
+        Azurite::spawn(service)
+    }
+
+    /// A child serving `service` on a free port.
+    fn spawn(service: &Service) -> u16 {
         let dir = azurite_dir();
         let bin = dir.join(service.main);
         if !bin.exists() {
