@@ -53,8 +53,10 @@ pub trait BeforeCommit: Send + Sync {
     /// A write committed with `applied` (its users left inactive among them): what must
     /// follow at once (revoking their certificates) is done here, before the next write
     /// (a sweep's next batch), so that a later failure does not lose it. Also called when a
-    /// write fails after some of its transactions committed (`applied` holds those), since
-    /// a replay may no longer find their users (deleted); so it must be idempotent.
+    /// write gives up after conflicts, and when one fails otherwise naming inactive users
+    /// (`applied` holds what its committed transactions did, and users it found inactive
+    /// already), since a replay may no longer find those users (deleted); so it must be
+    /// idempotent.
     async fn committed(&self, _applied: &Applied) -> Result<(), String> {
         Ok(())
     }
@@ -70,8 +72,9 @@ pub trait BeforeCommit: Send + Sync {
     ///   attempt that then lost) described it otherwise is announced again first, through
     ///   [`BeforeCommit::changing`], as it was made;
     /// - failed otherwise (a transaction in flight may or may not have committed): the
-    ///   changes earlier attempts announced and lost that the failing attempt did not
-    ///   announce again (a replay of the page that makes one after all announces it again).
+    ///   changes earlier attempts announced (of what they read) and lost that the failing
+    ///   attempt did not announce again (a replay of the page that makes one after all
+    ///   announces it again); creations announced without reading are not named then.
     ///
     /// A user announced as created by an attempt that did not read first
     /// ([`ApplyMode::Optimistic`]) is named only if no attempt then found a record with its

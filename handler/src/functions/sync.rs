@@ -183,6 +183,14 @@ impl directory::BeforeCommit for OnDemandTrail<'_> {
     async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
         rewrite_not_made(&self.app.audit, self.events(objects)).await
     }
+
+    /// Users the sync left disabled or deleted have their certificates revoked as soon as
+    /// the write commits, whatever happens after (a failed correction of the record).
+    async fn committed(&self, applied: &directory::Applied) -> Result<(), String> {
+        revoke_inactive(self.app, self.tenant, &applied.inactive)
+            .await
+            .map_err(|e| format!("revoking certificates of inactive users: {}", e.message))
+    }
 }
 
 #[async_trait::async_trait]
@@ -757,8 +765,8 @@ async fn sync_one(
     let change = sync::graph::user_change(&found, round)
         .ok_or_else(|| ApiError::unavailable("Graph answered a user without an object id"))?;
     let entra_id = Uuid::try_parse(&found.id).expect("checked by user_change");
-    let applied = app
-        .directory
+    // the trail's `committed` revokes the certificates of a user it leaves inactive
+    app.directory
         .apply_users_noting(
             tenant,
             Writer::Graph,
@@ -767,7 +775,6 @@ async fn sync_one(
             Some(trail),
         )
         .await?;
-    revoke_inactive(app, tenant, &applied.inactive).await?;
     let user = app
         .directory
         .user_by_entra_id(tenant, entra_id)
@@ -841,12 +848,13 @@ async fn bulk_sync_users(app: &App, req: &Request) -> Result<Response, ApiError>
     if !valid.is_empty()
         && let Err(e) = bulk_valid(app, tenant, &valid, &trail, &mut results).await
     {
-        // a failure of the whole request is that of every name not failed on its own
+        // a failure of the whole request is that of every name not answered already
         let mut failures = failure_events(&trail, &results);
         failures.extend(
             valid
                 .iter()
-                .filter(|n| !results.iter().any(|(upn, r)| upn == **n && r.is_err()))
+                // a name answered already (synced, or failed on its own) is not this failure's
+                .filter(|n| !results.iter().any(|(upn, _)| upn == **n))
                 .map(|n| trail.failure(n, e.status, &e.message)),
         );
         app.audit.record_all(&failures).await?;
@@ -938,11 +946,10 @@ async fn bulk_valid(
         }
     }
     if !changes.is_empty() {
-        let applied = app
-            .directory
+        // the trail's `committed` revokes the certificates of users it leaves inactive
+        app.directory
             .apply_users_noting(tenant, Writer::Graph, changes, ApplyMode::Read, Some(trail))
             .await?;
-        revoke_inactive(app, tenant, &applied.inactive).await?;
     }
     for (upn, id) in synced {
         let user = app.directory.user_by_entra_id(tenant, id).await?;
