@@ -39,7 +39,7 @@ const MAX_TURN: usize = 200;
 const FULL_TURN: usize = 50;
 /// How long a turn that is not full waits for more events; a query waiting for the moves
 /// ([`Outbox::flush`]) cuts it short.
-const LINGER: Duration = Duration::from_millis(50);
+const LINGER: Duration = Duration::from_millis(250);
 /// Attempts at moving one turn's events before they are left to the sweep.
 const ATTEMPTS: u32 = 4;
 /// How long a query waits for this process's moves to finish before it reads.
