@@ -729,6 +729,30 @@ impl<'a> Announcer<'a> {
         self.unread.iter().filter(|o| !self.found.contains(&o.id))
     }
 
+    /// The write committed, or gave up after conflicts: what must follow its commits first
+    /// (a failed correction of the record must not keep it from happening: a replay may not
+    /// name those users), then the record's corrections ([`Announcer::settle`]).
+    async fn ended(&self, applied: &Applied) -> Result<(), DirectoryError> {
+        let committed = committed(self.hook, applied).await;
+        let settled = self.settle(applied).await;
+        committed.and(settled)
+    }
+
+    /// The write failed otherwise: transactions of it that committed before the failure
+    /// are followed up now (their users may be gone when the page is replayed), and the
+    /// lost attempts' announcements corrected ([`Announcer::settle_failed`]); either
+    /// failing is logged, the write's own error being the one to report.
+    async fn failed(&self, applied: &Applied) {
+        if !applied.inactive.is_empty()
+            && let Err(e) = committed(self.hook, applied).await
+        {
+            tracing::error!(error = %e, "what follows a partly committed write failed");
+        }
+        if let Err(e) = self.settle_failed(applied).await {
+            tracing::error!(error = %e, "announced changes not made left uncorrected");
+        }
+    }
+
     /// The write ended (committed, or gave up after conflicts): tells the hook of the
     /// announced changes that no transaction of `applied` made, and announces again each
     /// made change whose last announcement (an attempt that then lost a race) described it
@@ -2028,12 +2052,7 @@ impl Directory for TableDirectory {
                 .await
             {
                 Ok(()) => {
-                    // what must follow the commit first: a failed correction of the record
-                    // must not keep it from happening (a replay may not name those users)
-                    let committed = committed(hook, &applied).await;
-                    let settled = announcer.settle(&applied).await;
-                    committed?;
-                    settled?;
+                    announcer.ended(&applied).await?;
                     return Ok(applied);
                 }
                 Err(Failure::Conflict) => {
@@ -2044,24 +2063,12 @@ impl Directory for TableDirectory {
                     }
                 }
                 Err(Failure::Fatal(e)) => {
-                    // transactions of this write that committed before the failure are
-                    // followed up now: their users may be gone when the page is replayed
-                    if !applied.inactive.is_empty()
-                        && let Err(c) = committed(hook, &applied).await
-                    {
-                        tracing::error!(error = %c, "what follows a partly committed write failed");
-                    }
-                    if let Err(c) = announcer.settle_failed(&applied).await {
-                        tracing::error!(error = %c, "announced changes not made left uncorrected");
-                    }
+                    announcer.failed(&applied).await;
                     return Err(e);
                 }
             }
         }
-        let committed = committed(hook, &applied).await;
-        let settled = announcer.settle(&applied).await;
-        committed?;
-        settled?;
+        announcer.ended(&applied).await?;
         Err(DirectoryError::Contended)
     }
 
@@ -2090,12 +2097,7 @@ impl Directory for TableDirectory {
                 .await
             {
                 Ok(()) => {
-                    // what must follow the commit first: a failed correction of the record
-                    // must not keep it from happening (a replay may not name those users)
-                    let committed = committed(hook, &applied).await;
-                    let settled = announcer.settle(&applied).await;
-                    committed?;
-                    settled?;
+                    announcer.ended(&applied).await?;
                     return Ok(applied);
                 }
                 Err(Failure::Conflict) => {
@@ -2106,24 +2108,12 @@ impl Directory for TableDirectory {
                     }
                 }
                 Err(Failure::Fatal(e)) => {
-                    // transactions of this write that committed before the failure are
-                    // followed up now: their users may be gone when the page is replayed
-                    if !applied.inactive.is_empty()
-                        && let Err(c) = committed(hook, &applied).await
-                    {
-                        tracing::error!(error = %c, "what follows a partly committed write failed");
-                    }
-                    if let Err(c) = announcer.settle_failed(&applied).await {
-                        tracing::error!(error = %c, "announced changes not made left uncorrected");
-                    }
+                    announcer.failed(&applied).await;
                     return Err(e);
                 }
             }
         }
-        let committed = committed(hook, &applied).await;
-        let settled = announcer.settle(&applied).await;
-        committed?;
-        settled?;
+        announcer.ended(&applied).await?;
         Err(DirectoryError::Contended)
     }
 

@@ -1376,6 +1376,24 @@ struct RacingThenFailing {
     committed: std::sync::Mutex<Vec<Uuid>>,
 }
 
+impl RacingThenFailing {
+    fn new(
+        dir: &TableDirectory,
+        tenant: Uuid,
+        ada: Uuid,
+        refuse_second_announcement: bool,
+        refuse_not_made: bool,
+    ) -> RacingThenFailing {
+        RacingThenFailing {
+            racing: Racing::renaming(dir, tenant, ada, &["Ada Byron"]),
+            refuse_second_announcement,
+            refuse_not_made,
+            calls: Default::default(),
+            committed: Default::default(),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl directory::BeforeCommit for RacingThenFailing {
     async fn changing(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
@@ -1412,13 +1430,7 @@ async fn a_write_failing_after_a_lost_race_tells_the_lost_attempts_announcements
     let dir = directory().await;
     let tenant = Uuid::new_v4();
     let (ada, bob) = ada_and_bob(&dir, tenant).await;
-    let hook = RacingThenFailing {
-        racing: Racing::renaming(&dir, tenant, ada, &["Ada Byron"]),
-        refuse_second_announcement: true,
-        refuse_not_made: false,
-        calls: Default::default(),
-        committed: Default::default(),
-    };
+    let hook = RacingThenFailing::new(&dir, tenant, ada, true, false);
     let page = vec![
         graph_user(ada, "ada@contoso.com", "Ada Byron", true, 2),
         graph_user(bob, "bob@contoso.com", "Bob Jones", true, 2),
@@ -1450,13 +1462,7 @@ async fn what_follows_a_commit_happens_even_when_correcting_the_record_fails() {
     let dir = directory().await;
     let tenant = Uuid::new_v4();
     let (ada, bob) = ada_and_bob(&dir, tenant).await;
-    let hook = RacingThenFailing {
-        racing: Racing::renaming(&dir, tenant, ada, &["Ada Byron"]),
-        refuse_second_announcement: false,
-        refuse_not_made: true,
-        calls: Default::default(),
-        committed: Default::default(),
-    };
+    let hook = RacingThenFailing::new(&dir, tenant, ada, false, true);
     let page = vec![
         graph_user(ada, "ada@contoso.com", "Ada Byron", true, 2),
         graph_user(bob, "bob@contoso.com", "Bob Smith", false, 2),
