@@ -108,11 +108,18 @@ impl Audit {
             return Err(e);
         }
         for event in events {
-            for observer in &self.observers {
-                observer.recorded(event);
-            }
+            self.tell(event);
         }
         Ok(())
+    }
+
+    /// Tells the observers about `event`, durable already where this recorder did not
+    /// store it (an outbox row committed with its change): they hear of it when it
+    /// happened, not when it reaches the trail.
+    pub fn tell(&self, event: &Event) {
+        for observer in &self.observers {
+            observer.recorded(event);
+        }
     }
 }
 

@@ -5,9 +5,10 @@
 //! the change's partition as an outbox row ([`entity`], row key [`PREFIX`]...) inside the
 //! change's own transaction: the change and its record commit together or not at all, at
 //! the cost of one more operation in a transaction that is sent anyway. After the commit
-//! the writer hands the event to [`Outbox::moved`], and a worker copies it to the trail
-//! (through [`Audit::record_all`], so concurrent requests share its transactions) and
-//! deletes the outbox row, off the request's path.
+//! the writer hands the event to [`Outbox::moved`], which tells the recorder's observers
+//! at once (the event is durable), and a worker copies it to the trail (a turn's events
+//! in shared transactions, so concurrent requests share them) and deletes the outbox row,
+//! off the request's path.
 //!
 //! Nothing is lost when a process dies between the commit and the move: the rows stay in
 //! the partition, and [`Outbox::sweep`] (run by Housekeeping for every tenant, and before
@@ -102,8 +103,9 @@ impl Outbox {
         }
     }
 
-    /// `event` committed with its outbox row in `partition` of `table`: move it soon. The
-    /// caller does not wait; the row is the record until then.
+    /// `event` committed with its outbox row in `partition` of `table`: tells the
+    /// observers and moves it soon. The caller does not wait; the row is the record until
+    /// then.
     pub fn moved(&self, table: &Table, partition: &str, event: Event) {
         let sender = self.jobs.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
@@ -115,6 +117,10 @@ impl Outbox {
             ));
             sender
         });
+        // the event is durable (its row committed): observers hear of it now, in the order
+        // of the requests, not a turn later; a failure recorded straight to the trail
+        // meanwhile would otherwise be counted before the successes that preceded it
+        self.audit.tell(&event);
         self.handed.fetch_add(1, Ordering::SeqCst);
         let job = Job {
             table: table.clone(),
@@ -288,13 +294,14 @@ async fn run(
     }
 }
 
-/// One turn: the events recorded together (observers told), then their rows deleted.
+/// One turn: the events stored together, then their rows deleted.
 async fn move_turn(audit: &Audit, turn: &[Job]) {
     {
         let events: Vec<Event> = turn.iter().map(|j| j.event.clone()).collect();
         let mut recorded = false;
         for attempt in 0..ATTEMPTS {
-            match audit.record_all(&events).await {
+            // observers were told when the job was handed in
+            match audit.store().append(&events).await {
                 Ok(()) => {
                     recorded = true;
                     break;
