@@ -29,7 +29,8 @@ fi
 echo "==> cargo zigbuild --release -p handler --target $target.$glibc"
 # the venv's python3 comes first on PATH: cargo-zigbuild finds zig through `python3 -m ziglang`
 PATH="$root/$venv/bin:$PATH" cargo zigbuild --release --locked -p handler --target "$target.$glibc"
-binary="target/$target/release/handler"
+# where cargo put it: a CARGO_TARGET_DIR set in the environment moves it
+binary="${CARGO_TARGET_DIR:-target}/$target/release/handler"
 
 rm -rf dist dist.zip
 mkdir -p dist
