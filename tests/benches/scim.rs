@@ -100,6 +100,7 @@ fn run(binary: std::path::PathBuf, large_groups: bool) {
         let base = answer["tenant_url"].as_str().unwrap().to_string();
         // seed with 16 concurrent creators
         let started = std::time::Instant::now();
+        let cpu_before = cpu(&azurite, &handler);
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..16 {
@@ -143,6 +144,7 @@ fn run(binary: std::path::PathBuf, large_groups: bool) {
             }
         }
         let rate = users as f64 / started.elapsed().as_secs_f64();
+        print_cpu(cpu_before, cpu(&azurite, &handler), users as f64, "create");
         (token, base, ids, rate)
     });
     println!(
@@ -207,11 +209,22 @@ end
             url.clone(),
         ];
         println!("== {name}\n$ wrk {}", args.join(" "));
+        let before = cpu(&azurite, &handler);
         let out = Command::new("wrk")
             .args(&args)
             .output()
             .expect("wrk runs (apt-get install wrk)");
-        println!("{}", String::from_utf8_lossy(&out.stdout));
+        let after = cpu(&azurite, &handler);
+        let said = String::from_utf8_lossy(&out.stdout);
+        println!("{said}");
+        // "N requests in 15.04s, ..."
+        let requests = said
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))
+            .and_then(|(n, _)| n.trim().parse::<f64>().ok());
+        if let Some(requests) = requests {
+            print_cpu(before, after, requests, "request");
+        }
     }
 
     // one group of SCIM_GROUP_MEMBERS members, added the way Entra does: PATCH after PATCH
@@ -221,6 +234,31 @@ end
     }
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&data).ok();
+}
+
+/// CPU seconds used so far by Azurite's table service and by the handler.
+fn cpu(azurite: &Azurite, handler: &HandlerProcess) -> (Option<f64>, Option<f64>) {
+    (azurite.table_cpu_seconds(), handler.cpu_seconds())
+}
+
+/// The CPU each of `n` operations cost Azurite and the handler between two readings: the
+/// store's share moves less with the machine's speed than throughput does, so it compares
+/// two builds more steadily.
+fn print_cpu(
+    before: (Option<f64>, Option<f64>),
+    after: (Option<f64>, Option<f64>),
+    n: f64,
+    what: &str,
+) {
+    let per = |b: Option<f64>, a: Option<f64>| match (b, a) {
+        (Some(b), Some(a)) => format!("{:.2} ms", (a - b) * 1000.0 / n),
+        _ => "unknown".into(),
+    };
+    println!(
+        "CPU per {what}: Azurite table service {}, handler {}",
+        per(before.0, after.0),
+        per(before.1, after.1)
+    );
 }
 
 async fn large_group(token: &str, base: &str, users: &[String], size: usize) {

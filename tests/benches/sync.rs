@@ -211,33 +211,6 @@ impl Bench {
     }
 }
 
-/// CPU seconds Azurite's table service (found by its port in /proc) has used so far: the
-/// incremental round's share of it tells whether the round waits on Azurite or on us.
-fn azurite_table_cpu_seconds() -> Option<f64> {
-    let port = Azurite::shared().table_port.to_string();
-    let ticks = 100.0; // USER_HZ on Linux
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let serves_table = args.iter().any(|a| a.ends_with(b"table/main.js"));
-        let on_port = args
-            .windows(2)
-            .any(|w| w[0] == b"--tablePort" && w[1] == port.as_bytes());
-        if serves_table && on_port {
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // fields after the command's closing parenthesis: utime and stime are 12th and 13th
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split(' ').collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            return Some((utime + stime) / ticks);
-        }
-    }
-    None
-}
-
 fn p50(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -404,7 +377,7 @@ fn main() {
         for i in 0..1000 {
             fake.update_user(&tenant, &user_id(i * (users / 1000)), json!({"jobTitle": format!("Title {i}")}));
         }
-        let cpu_before = azurite_table_cpu_seconds();
+        let cpu_before = Azurite::shared().table_cpu_seconds();
         let (inc, took) = b.sync().await;
         let round_secs = inc["last_round"]["duration_ms"].as_f64().unwrap() / 1000.0;
         println!(
@@ -413,7 +386,7 @@ fn main() {
             inc["last_round"]["pages"],
             inc["last_round"]["changes"]
         );
-        if let (Some(before), Some(after)) = (cpu_before, azurite_table_cpu_seconds()) {
+        if let (Some(before), Some(after)) = (cpu_before, Azurite::shared().table_cpu_seconds()) {
             println!(
                 "  Azurite's table service used {:.2} s of CPU from queueing to finish ({:.0}% of that time; it runs on one thread)",
                 after - before,

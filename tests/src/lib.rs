@@ -128,6 +128,27 @@ impl Azurite {
         port
     }
 
+    /// CPU seconds this Azurite's table service (found by its port in /proc) has used so
+    /// far, for benchmarks: a share of it per request is the store's cost of that request,
+    /// which the machine's changing speed moves less than throughput.
+    pub fn table_cpu_seconds(&self) -> Option<f64> {
+        let port = self.table_port.to_string();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let serves_table = args.iter().any(|a| a.ends_with(b"table/main.js"));
+            let on_port = args
+                .windows(2)
+                .any(|w| w[0] == TABLE.port_flag.as_bytes() && w[1] == port.as_bytes());
+            if serves_table && on_port {
+                return cpu_seconds(entry.file_name().to_str()?.parse().ok()?);
+            }
+        }
+        None
+    }
+
     /// The storage account as the handler's `AzureWebJobsStorage` would name it.
     pub fn connection_string(&self) -> String {
         format!(
@@ -389,6 +410,18 @@ fn spawn_owned(mut command: Command) {
         .expect("the child process starts");
 }
 
+/// CPU seconds (user and system) process `pid` has used so far, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command's closing parenthesis: utime and stime are 12th and 13th
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
 /// The built `handler` binary running as a child process, killed when dropped.
 pub struct HandlerProcess {
     child: Child,
@@ -457,6 +490,11 @@ impl HandlerProcess {
     /// The process id (to read its memory use from /proc).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU seconds the process has used so far; None where /proc has no answer.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid())
     }
 
     /// Peak resident memory so far (`VmHWM`), in KiB; None where /proc has no answer.
