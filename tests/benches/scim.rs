@@ -222,7 +222,7 @@ end
             .lines()
             .find_map(|l| l.trim().split_once(" requests in "))
             .and_then(|(n, _)| n.trim().parse::<f64>().ok());
-        if let Some(requests) = requests {
+        if let Some(requests) = requests.filter(|n| *n > 0.0) {
             print_cpu(before, after, requests, "request");
         }
     }

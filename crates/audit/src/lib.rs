@@ -53,7 +53,8 @@ pub use store::{AuditError, AuditPage, AuditQuery, AuditStore, TableAuditStore, 
 
 /// Told about every event recorded (incident tracking for notifications listens here).
 pub trait EventObserver: Send + Sync {
-    /// Called after `event` is stored.
+    /// Called once `event` is durable: stored in the trail, or committed in an outbox row
+    /// with its change (told then, moved to the trail later).
     fn recorded(&self, event: &Event);
 }
 
@@ -116,7 +117,7 @@ impl Audit {
     /// Tells the observers about `event`, durable already where this recorder did not
     /// store it (an outbox row committed with its change): they hear of it when it
     /// happened, not when it reaches the trail.
-    pub fn tell(&self, event: &Event) {
+    pub(crate) fn tell(&self, event: &Event) {
         for observer in &self.observers {
             observer.recorded(event);
         }
