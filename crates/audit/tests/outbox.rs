@@ -166,17 +166,22 @@ impl EventObserver for Counted {
     }
 }
 
+/// A change table and a mover whose recorder counts what its observers are told, with a
+/// tenant and its partition.
+async fn counted_mover() -> (Table, Arc<Counted>, Outbox, Uuid, String) {
+    let (changes, _store, audit) = stores().await;
+    let counted = Arc::new(Counted::default());
+    let mover = Outbox::new(audit.with_observer(counted.clone()));
+    let tenant = Uuid::new_v4();
+    (changes, counted, mover, tenant, tenant.to_string())
+}
+
 // Found in review: a sweep (another instance's, a query's) and a settle told the observers
 // again of requests their own process had counted, so a failing tenant's failure rate
 // halved and an open incident could close while every request failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_writers_own_move_tells_the_observers() {
-    let (changes, _store, audit) = stores().await;
-    let counted = Arc::new(Counted::default());
-    let audit = audit.with_observer(counted.clone());
-    let tenant = Uuid::new_v4();
-    let partition = tenant.to_string();
-    let mover = Outbox::new(audit);
+    let (changes, counted, mover, tenant, partition) = counted_mover().await;
     let own = event(tenant, 1);
     commit(&changes, &partition, &own).await;
     mover.moved(&changes, &partition, own);
@@ -197,12 +202,7 @@ async fn only_the_writers_own_move_tells_the_observers() {
 // 5 failures in 100 requests opened an incident over a 10% threshold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observers_hear_of_a_committed_event_when_it_is_handed_in_not_when_it_is_moved() {
-    let (changes, _store, audit) = stores().await;
-    let counted = Arc::new(Counted::default());
-    let audit = audit.with_observer(counted.clone());
-    let tenant = Uuid::new_v4();
-    let partition = tenant.to_string();
-    let mover = Outbox::new(audit);
+    let (changes, counted, mover, tenant, partition) = counted_mover().await;
     let committed = event(tenant, 1);
     commit(&changes, &partition, &committed).await;
     mover.moved(&changes, &partition, committed);
