@@ -905,34 +905,53 @@ async fn audited(
     if journaled {
         let journal = Outboxed {
             event: new_event(),
+            outbox: &app.outbox,
+            table: app.scim.table(),
             partition: tenant.to_string(),
-            written: std::sync::Mutex::new(None),
+            placed: std::sync::Mutex::new(Vec::new()),
         };
         let result = change(app, tenant, base, request, parts, body, Some(&journal)).await;
-        let written = journal
-            .written
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut placed = journal.take();
+        let last = placed.pop();
+        // every attempt but the last was refused (a conflict sent the change round again);
+        // each is looked at before its slot is taken again, in case it committed after all
+        for refused in placed {
+            app.outbox
+                .resolve(journal.table, &journal.partition, refused)
+                .await;
+        }
         match result {
             Ok((response, _, _)) => {
-                // the last row made is the one that committed
-                if let Some(event) = written {
+                // the last attempt is the one that committed
+                if let Some(committed) = last {
                     app.outbox
-                        .moved(app.scim.table(), &journal.partition, event);
+                        .moved(journal.table, &journal.partition, committed);
                 }
                 Ok(response)
             }
             Err(e) => {
-                // a row may have committed before a later step failed (the change was
-                // made): it goes to the trail first, then the failure as its own event;
-                // a row that cannot be looked at now is the sweep's
-                if let Some(event) = written
-                    && let Err(settle) = app
+                // the last attempt may have committed before a later step failed (the
+                // change was made): its event goes to the trail first, then the failure as
+                // its own event
+                if let Some(attempt) = last {
+                    match app
                         .outbox
-                        .settle(app.scim.table(), &journal.partition, &event)
+                        .settle(journal.table, &journal.partition, &attempt)
                         .await
-                {
-                    tracing::warn!(error = %settle, "SCIM outbox row left to the sweep");
+                    {
+                        Ok(true) => {}
+                        // not there, and the store answered (a refusal, not a timeout
+                        // that may still commit): its slot is free
+                        Ok(false) if e.status < 500 => {
+                            app.outbox
+                                .abandoned(journal.table, &journal.partition, attempt)
+                        }
+                        // not known yet: looked at again when it is
+                        Ok(false) | Err(_) => {
+                            app.outbox
+                                .resolve_later(journal.table, &journal.partition, attempt)
+                        }
+                    }
                 }
                 crate::trail::record(app, new_event().failed(e.status, e.detail.clone()))
                     .await
@@ -968,21 +987,44 @@ async fn audited(
     }
 }
 
-/// The audit outbox row of a SCIM user write: the request's event with the user's id and
-/// what changed, remembered so that the one that committed is the one moved.
-struct Outboxed {
+/// The audit outbox entry of a SCIM user write: the request's event with the user's id
+/// and what changed, each attempt's remembered so that the one that committed is moved
+/// and the refused ones free their slots.
+struct Outboxed<'a> {
     event: Event,
+    outbox: &'a audit::outbox::Outbox,
+    table: &'a tables::Table,
     partition: String,
-    written: std::sync::Mutex<Option<Event>>,
+    placed: std::sync::Mutex<Vec<audit::outbox::Placed>>,
 }
 
-impl crate::scim_service::Journal for Outboxed {
-    fn row(&self, id: uuid::Uuid, changes: &[Change]) -> tables::Entity {
+impl Outboxed<'_> {
+    /// The attempts placed so far, oldest first.
+    fn take(&self) -> Vec<audit::outbox::Placed> {
+        std::mem::take(&mut *self.placed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A request cut short (its future dropped) leaves attempts whose outcome is not known.
+impl Drop for Outboxed<'_> {
+    fn drop(&mut self) {
+        for placed in self.take() {
+            self.outbox
+                .resolve_later(self.table, &self.partition, placed);
+        }
+    }
+}
+
+impl crate::scim_service::Journal for Outboxed<'_> {
+    fn row(&self, id: uuid::Uuid, changes: &[Change]) -> tables::Operation {
         let mut event = self.event.clone().changes(changes.to_vec());
         event.target.id = id.to_string();
-        let row = audit::outbox::entity(&event, &self.partition);
-        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(event);
-        row
+        let (op, placed) = self.outbox.place(self.table, &self.partition, event);
+        self.placed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(placed);
+        op
     }
 }
 
