@@ -3,9 +3,10 @@
 //! a thousand SCIM failures make one incident, one mail and one webhook call, and the
 //! successes that bring the rate back under its threshold one recovery notice of each.
 //!
-//! Every handler of this file listens to the same `notifications` queue on the shared
-//! Azurite while its tables are its own: a notice taken by another test's handler finds no
-//! settings there and is dropped, so the tests take turns.
+//! Each test's handler polls its queues (`notifications`, `sync-tenants` and their poison
+//! queues) on an Azurite queue service of its own, its tables being its own too (by
+//! prefix, on the shared table service): no other test's handler takes its messages, so
+//! the tests run side by side.
 
 mod common;
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use system_tests::{free_port, smtp_python, smtp_server_script, wait_for_port};
+use system_tests::{Azurite, free_port, smtp_python, smtp_server_script, wait_for_port};
 use uuid::Uuid;
 
 /// The local SMTP server; its mails land in `out`.
@@ -103,8 +104,6 @@ impl Smtp {
     }
 }
 
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Webhook calls received: (signature header, body).
 type Calls = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
@@ -157,21 +156,25 @@ async fn start_handler_in(smtp: &Smtp, data: &Path) -> Scim {
         .set_secret("smtp-password", SMTP_PASSWORD)
         .await
         .unwrap();
-    Scim::start_with(vec![
-        ("LOCAL_DATA_DIR", data.display().to_string()),
-        ("SMTP_HOST", "127.0.0.1".into()),
-        ("SMTP_PORT", smtp.port.to_string()),
-        ("SMTP_USERNAME", SMTP_USER.into()),
-        ("SMTP_PASSWORD_SECRET_NAME", "smtp-password".into()),
-        (
-            "SMTP_FROM",
-            "Entra connector <connector@example.com>".into(),
-        ),
-        ("SMTP_CA_FILE", smtp.ca.display().to_string()),
-        // a notice another test's handler took is back within seconds
-        ("QUEUE_VISIBILITY_SECONDS", "3".into()),
-        ("QUEUE_MAX_POLLING_SECONDS", "1".into()),
-    ])
+    Scim::start_on(
+        Azurite::with_own_queues(),
+        vec![
+            ("LOCAL_DATA_DIR", data.display().to_string()),
+            ("SMTP_HOST", "127.0.0.1".into()),
+            ("SMTP_PORT", smtp.port.to_string()),
+            ("SMTP_USERNAME", SMTP_USER.into()),
+            ("SMTP_PASSWORD_SECRET_NAME", "smtp-password".into()),
+            (
+                "SMTP_FROM",
+                "Entra connector <connector@example.com>".into(),
+            ),
+            ("SMTP_CA_FILE", smtp.ca.display().to_string()),
+            // a failed message is retried when its hold runs out: the poison tests wait for
+            // five attempts
+            ("QUEUE_VISIBILITY_SECONDS", "3".into()),
+            ("QUEUE_MAX_POLLING_SECONDS", "1".into()),
+        ],
+    )
     .await
 }
 
@@ -206,7 +209,6 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recovery_of_each() {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let s = start_handler(&smtp).await;
@@ -304,7 +306,6 @@ async fn a_thousand_scim_failures_send_one_mail_and_one_webhook_then_one_recover
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_scim_failure_rate_above_the_threshold_opens_one_incident_and_never_recovers() {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let s = start_handler(&smtp).await;
@@ -360,7 +361,6 @@ async fn a_steady_scim_failure_rate_above_the_threshold_opens_one_incident_and_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_test_button_mails_and_calls_the_webhook_and_settings_refuse_plain_http() {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let s = start_handler(&smtp).await;
@@ -464,11 +464,9 @@ async fn poison_events(s: &Scim, tenant: Uuid, count: usize) -> Vec<Value> {
     );
 }
 
-async fn queue(name: &str) -> queues::Queue {
-    let q = system_tests::Azurite::shared()
-        .queues()
-        .queue(name)
-        .unwrap();
+/// The queue `name` of `s`'s own queue service, created if missing.
+async fn queue(s: &Scim, name: &str) -> queues::Queue {
+    let q = s.storage.queues().queue(name).unwrap();
     q.create_if_missing().await.unwrap();
     q
 }
@@ -476,7 +474,6 @@ async fn queue(name: &str) -> queues::Queue {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_sync_message_is_recorded_and_notified_once_and_a_poisoned_notice_only_recorded()
 {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let s = start_handler(&smtp).await;
@@ -489,13 +486,13 @@ async fn a_poisoned_sync_message_is_recorded_and_notified_once_and_a_poisoned_no
     )
     .await;
     // no app credential is configured: the tenant's sync fails on every attempt
-    queue("sync-tenants")
+    queue(&s, "sync-tenants")
         .await
         .send_json(&json!({"tenant_id": s.tenant, "reason": "due"}))
         .await
         .unwrap();
     // a notice NotificationDelivery cannot read fails on every attempt too
-    queue("notifications")
+    queue(&s, "notifications")
         .await
         .send_json(&json!({"tenant": s.tenant, "what": "not a notice"}))
         .await
@@ -535,12 +532,11 @@ async fn a_poisoned_sync_message_is_recorded_and_notified_once_and_a_poisoned_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_that_is_not_json_is_recorded_for_the_deployment_and_taken_off_the_queue()
 {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let s = start_handler(&smtp).await;
     let admin_tenant: Uuid = "72f988bf-86f1-41af-91ab-2d7cd011db47".parse().unwrap();
     let marker = Uuid::new_v4().to_string();
-    queue("sync-tenants-poison")
+    queue(&s, "sync-tenants-poison")
         .await
         .send_text(
             &queues::encoding::encode_text(&format!("not json {marker}")),
@@ -563,7 +559,7 @@ async fn a_poison_message_that_is_not_json_is_recorded_for_the_deployment_and_ta
     // it succeeded on its first attempt: nothing left to poison the poison queue with
     tokio::time::sleep(Duration::from_secs(4)).await;
     for name in ["sync-tenants-poison", "sync-tenants-poison-poison"] {
-        let left = queue(name).await.peek(32).await.unwrap();
+        let left = queue(&s, name).await.peek(32).await.unwrap();
         assert!(
             !left.iter().any(|m| m.text.contains(&marker)
                 || queues::encoding::decode_text(&m.text).is_ok_and(|t| t.contains(&marker))),
@@ -603,7 +599,6 @@ fn expiring_in_days(days: i64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_recovers() {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let s = start_handler(&smtp).await;
@@ -632,7 +627,8 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
     assert!(audit_of(&s, t, "certificate.").await.is_empty());
 
     // the CA's certificate in storage now expires in 10 days
-    let table = system_tests::Azurite::shared()
+    let table = s
+        .storage
         .client()
         .table(format!("{}Certificates", s.prefix));
     let row = table.get(&t.to_string(), "ca").await.unwrap();
@@ -661,9 +657,7 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
     assert!(audit_of(&s, t, "certificate.").await.is_empty());
 
     // a day later (the check's last run moved back a day)
-    let runs = system_tests::Azurite::shared()
-        .client()
-        .table(format!("{}Runs", s.prefix));
+    let runs = s.storage.client().table(format!("{}Runs", s.prefix));
     // (upserted: a handler that never checked has no such row, and must still fail below)
     runs.upsert_merge(&tables::Entity::new("CertificateExpiry", "latest").with(
         "StartedAt",
@@ -711,7 +705,6 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_scim_failures_among_many_successes_open_no_incident_until_the_rate_is_crossed() {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let s = start_handler(&smtp).await;
@@ -783,7 +776,6 @@ async fn a_few_scim_failures_among_many_successes_open_no_incident_until_the_rat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_app_credential_expiring_notifies_the_tenants_whose_graph_calls_use_it() {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let (hook_port, calls) = webhook_receiver().await;
     let data = std::env::temp_dir().join(format!("notify-{}", Uuid::new_v4()));
@@ -827,7 +819,6 @@ async fn the_service_app_credential_expiring_notifies_the_tenants_whose_graph_ca
 // tenants after it were never checked (and, no run being recorded, every run stopped there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_whose_ca_cannot_be_read_does_not_keep_the_next_tenant_from_being_checked() {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let s = start_handler(&smtp).await;
     let other = Uuid::new_v4();
@@ -859,7 +850,8 @@ async fn a_tenant_whose_ca_cannot_be_read_does_not_keep_the_next_tenant_from_bei
         true => (s.tenant, other),
         false => (other, s.tenant),
     };
-    let table = system_tests::Azurite::shared()
+    let table = s
+        .storage
         .client()
         .table(format!("{}Certificates", s.prefix));
     for (t, der) in [
@@ -896,7 +888,6 @@ async fn a_tenant_whose_ca_cannot_be_read_does_not_keep_the_next_tenant_from_bei
 // retry of the poison function stored the poison message once more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_without_an_insertion_time_is_recorded_once_however_often_it_is_retried() {
-    let _turn = TURN.lock().await;
     let smtp = start_smtp();
     let s = start_handler(&smtp).await;
     let message = json!({"tenant_id": s.tenant, "reason": "due"}).to_string();

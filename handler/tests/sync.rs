@@ -2,8 +2,9 @@
 //! Graph stand-in serving delta pages. Rounds are queued through the API or the
 //! `DirectorySync` timer invocation and run by the queue-triggered `SyncTenant`.
 //!
-//! Every handler of this file listens to the same `sync-tenants` queue on the shared
-//! Azurite, so the tests take turns.
+//! Each test's handlers poll `sync-tenants` (and its poison queue) on an Azurite queue
+//! service of their own, their tables being their own too (by prefix, on the shared table
+//! service): no other test's handler takes their messages, so the tests run side by side.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,6 @@ const CLIENT_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
 const ADMIN_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const SECRET: &str = "test-client-secret";
 
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 struct World {
     fake: FakeMicrosoft,
     handler: Option<HandlerProcess>,
@@ -28,7 +27,8 @@ struct World {
     admin: String,
     tenant: String,
     data: std::path::PathBuf,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
+    /// The shared tables with a queue service of this test's own.
+    storage: Azurite,
 }
 
 impl Drop for World {
@@ -39,15 +39,15 @@ impl Drop for World {
 
 impl World {
     async fn start() -> World {
-        let turn = TURN.lock().await;
         let fake = FakeMicrosoft::start().await;
         fake.register_secret_app(CLIENT_ID, SECRET);
         let tenant = Uuid::new_v4().to_string();
         fake.add_tenant(&tenant, "Contoso", "contoso.com");
         fake.consent(&tenant, CLIENT_ID, 0);
         let data = std::env::temp_dir().join(format!("sync-{}", Uuid::new_v4()));
+        let storage = Azurite::with_own_queues();
         let env: Vec<(&'static str, String)> = vec![
-            ("AzureWebJobsStorage", Azurite::shared().connection_string()),
+            ("AzureWebJobsStorage", storage.connection_string()),
             ("STORAGE_TABLE_PREFIX", unique_table("y")),
             ("ENTRA_CLIENT_ID", CLIENT_ID.into()),
             ("ENTRA_ADMIN_TENANT_ID", ADMIN_TENANT.into()),
@@ -71,7 +71,7 @@ impl World {
             admin: admin.trim().to_string(),
             tenant,
             data,
-            _turn: turn,
+            storage,
         };
         let r = w
             .post(
@@ -473,7 +473,7 @@ async fn resync_throttling_and_revoked_consent_are_handled() {
 #[tokio::test]
 async fn a_message_that_always_fails_ends_in_the_poison_queue_whose_function_records_it() {
     let w = World::start().await;
-    let queue = Azurite::shared().queues().queue("sync-tenants").unwrap();
+    let queue = w.storage.queues().queue("sync-tenants").unwrap();
     queue.create_if_missing().await.unwrap();
     queue
         .send_json(&json!({"tenant_id": "not-a-guid"}))

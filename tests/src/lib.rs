@@ -1,5 +1,6 @@
 //! Test tooling shared by the integration suites: a real Azurite (Table and Queue) started once per test
-//! process on free loopback ports, and the built `handler` run as a child process.
+//! process on free loopback ports (and a Queue service of its own for a test that needs
+//! one), and the built `handler` run as a child process.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,7 +15,9 @@ pub mod fake_entra;
 pub mod fake_graph;
 pub mod fake_key_vault;
 
-/// Azurite's table and queue services, shared by every test of one test binary.
+/// Azurite's table and queue services: the ones every test of one test binary shares
+/// ([`Azurite::shared`]), or ones of a test's own.
+#[derive(Clone, Debug)]
 pub struct Azurite {
     pub table_port: u16,
     pub queue_port: u16,
@@ -71,6 +74,18 @@ impl Azurite {
         let queue = Azurite::spawn(&QUEUE);
         Azurite {
             table_port: Azurite::ready(&TABLE, table),
+            queue_port: Azurite::ready(&QUEUE, queue),
+        }
+    }
+
+    /// The shared Table service with a Queue service of its own (a new Azurite queue
+    /// process, living as long as this process): for a test whose handler polls queues, so
+    /// that no other test's handler takes its messages, while its tables (named apart by
+    /// their prefix) stay on the shared service.
+    pub fn with_own_queues() -> Azurite {
+        let queue = Azurite::spawn(&QUEUE);
+        Azurite {
+            table_port: Azurite::shared().table_port,
             queue_port: Azurite::ready(&QUEUE, queue),
         }
     }

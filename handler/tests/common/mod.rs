@@ -19,6 +19,8 @@ pub struct Scim {
     pub base: String,
     /// STORAGE_TABLE_PREFIX: the handler's tables are `<prefix>ScimResources` and so on.
     pub prefix: String,
+    /// The Azurite the handler's `AzureWebJobsStorage` names.
+    pub storage: Azurite,
     data: std::path::PathBuf,
 }
 
@@ -35,10 +37,16 @@ impl Scim {
 
     /// [`Scim::start`] with more settings (later ones win).
     pub async fn start_with(extra: Vec<(&'static str, String)>) -> Scim {
+        Scim::start_on(Azurite::shared().clone(), extra).await
+    }
+
+    /// [`Scim::start_with`] on `storage` instead of the shared Azurite (e.g. one with a
+    /// queue service of its own: [`Azurite::with_own_queues`]).
+    pub async fn start_on(storage: Azurite, extra: Vec<(&'static str, String)>) -> Scim {
         let data = std::env::temp_dir().join(format!("scim-{}", Uuid::new_v4()));
         let prefix = unique_table("s");
         let mut env: Vec<(&str, String)> = vec![
-            ("AzureWebJobsStorage", Azurite::shared().connection_string()),
+            ("AzureWebJobsStorage", storage.connection_string()),
             ("STORAGE_TABLE_PREFIX", prefix.clone()),
             (
                 "ENTRA_CLIENT_ID",
@@ -87,6 +95,7 @@ impl Scim {
             tenant,
             base,
             prefix,
+            storage,
             data,
         }
     }
@@ -177,7 +186,7 @@ impl Scim {
 impl Scim {
     /// The handler's SCIM table, read and written directly in Azurite.
     pub fn scim_table(&self) -> tables::Table {
-        Azurite::shared()
+        self.storage
             .client()
             .table(format!("{}ScimResources", self.prefix))
     }
