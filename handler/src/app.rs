@@ -66,8 +66,8 @@ pub struct App {
     pub hr: crate::writeback::Writeback,
     /// The audit trail every change is recorded in.
     pub audit: audit::Audit,
-    /// Moves the events SCIM user writes commit in their own transactions (outbox rows and
-    /// slots of the SCIM table) to the trail.
+    /// Moves the events SCIM user writes commit in their own transactions (outbox rows of
+    /// the SCIM table) to the trail.
     pub outbox: Arc<audit::outbox::Outbox>,
     /// `AUDIT_RETENTION_DAYS`.
     pub audit_retention_days: u32,

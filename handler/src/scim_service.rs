@@ -19,11 +19,11 @@ use crate::store::scim::{ScimUserStore, StoredResource, WriteOutcome};
 use crate::store::scim_groups::{MemberChanges, ScimGroupStore};
 
 /// Writes a user change's audit event inside the change's own transaction (an outbox
-/// entry of the tenant's partition, see `audit::outbox`), so that the change and its
-/// record commit together.
+/// row of the tenant's partition, see `audit::outbox`), so that the change and its record
+/// commit together.
 pub trait Journal: Sync {
-    /// The operation recording that user `id` changed by `changes`.
-    fn row(&self, id: Uuid, changes: &[audit::Change]) -> Operation;
+    /// The row recording that user `id` changed by `changes`.
+    fn row(&self, id: Uuid, changes: &[audit::Change]) -> Entity;
 }
 
 /// A SCIM failure: HTTP status, `scimType`, detail.
@@ -190,7 +190,7 @@ impl ScimService {
         }
     }
 
-    /// The SCIM table (its tenant partitions also hold the user writes' audit outbox rows and slots).
+    /// The SCIM table (its tenant partitions also hold the user writes' audit outbox rows).
     pub fn table(&self) -> &Table {
         &self.tokens
     }
@@ -344,13 +344,9 @@ impl ScimService {
         let id = stamp_new(&mut data, "User", USER_KEYS)?;
         let user_name = data["userName"].as_str().unwrap_or_default().to_string();
         // users arrive Staged, or Invited with their invitation when the tenant says so
-        let (admin, rows) = self.admin_for_new_user(tenant, id, &data).await?;
+        let (admin, mut extra) = self.admin_for_new_user(tenant, id, &data).await?;
         let changes = audit::diff(&Value::Null, &data);
-        let extra = rows
-            .into_iter()
-            .map(Operation::Insert)
-            .chain(journal.map(|j| j.row(id, &changes)))
-            .collect();
+        extra.extend(journal.map(|j| j.row(id, &changes)));
         // a read that raced this create must not be cached
         let _forget = self.forget_on_drop(tenant, id, &[&data]);
         match self
@@ -562,7 +558,7 @@ impl ScimService {
             // a pending invitation dies with its user
             let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
                 .into_iter()
-                .chain(journal.map(|j| j.row(current.id, &[])))
+                .chain(journal.map(|j| Operation::Insert(j.row(current.id, &[]))))
                 .collect();
             let _forget = self.forget_on_drop(tenant, current.id, &[&current.data]);
             match self.users.delete(tenant, &current, &groups, extra).await? {

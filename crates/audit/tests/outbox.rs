@@ -140,18 +140,13 @@ async fn settle_moves_a_committed_row_and_reports_a_missing_one() {
     commit(&changes, &partition, &committed).await;
     assert!(
         mover
-            .settle(&changes, &partition, &committed.clone().into())
+            .settle(&changes, &partition, &committed)
             .await
             .unwrap()
     );
     // the transaction of this one failed: it has no row and nothing is recorded
     let lost = event(tenant, 2);
-    assert!(
-        !mover
-            .settle(&changes, &partition, &lost.clone().into())
-            .await
-            .unwrap()
-    );
+    assert!(!mover.settle(&changes, &partition, &lost).await.unwrap());
     let page = store
         .page(tenant, &AuditQuery::default(), None, 10)
         .await
@@ -197,12 +192,7 @@ async fn only_the_writers_own_move_tells_the_observers() {
     assert_eq!(mover.sweep(&changes, &partition).await.unwrap(), 1);
     let settled = event(tenant, 3);
     commit(&changes, &partition, &settled).await;
-    assert!(
-        mover
-            .settle(&changes, &partition, &settled.into())
-            .await
-            .unwrap()
-    );
+    assert!(mover.settle(&changes, &partition, &settled).await.unwrap());
     assert_eq!(counted.0.load(Ordering::SeqCst), 1);
 }
 
@@ -290,222 +280,4 @@ async fn a_trickle_of_events_is_moved_in_few_turns_and_flush_still_sees_them_all
         .unwrap();
     assert_eq!(page.events.len(), 40);
     assert_eq!(outbox_rows(&changes, &partition).await, 0);
-}
-
-/// Commits a change row with `outbox`'s placing of `event`, as a SCIM write does.
-async fn commit_placed(
-    changes: &Table,
-    partition: &str,
-    outbox: &Outbox,
-    event: Event,
-) -> outbox::Placed {
-    let (op, placed) = outbox.place(changes, partition, event);
-    changes
-        .transact(&[
-            Operation::UpsertReplace(
-                Entity::new(partition, format!("user-{}", placed.event().target.id))
-                    .with("V", 1i64),
-            ),
-            op,
-        ])
-        .await
-        .unwrap();
-    placed
-}
-
-/// The partition's outbox rows by kind: slots, marks, rows of their own.
-async fn outbox_kinds(changes: &Table, partition: &str) -> (usize, usize, usize) {
-    let rows = changes
-        .query_all(Query::partition(partition))
-        .await
-        .unwrap();
-    let keys: Vec<&str> = rows
-        .iter()
-        .map(|e| e.row_key.as_str())
-        .filter(|k| outbox::is_outbox_row(k))
-        .collect();
-    let slots = keys.iter().filter(|k| k.starts_with("audit-slot-")).count();
-    let marks = keys.iter().filter(|k| k.starts_with("audit-mark-")).count();
-    (slots, marks, keys.len() - slots - marks)
-}
-
-async fn trail_ids(store: &TableAuditStore, tenant: Uuid) -> Vec<String> {
-    let page = store
-        .page(tenant, &AuditQuery::default(), None, 1000)
-        .await
-        .unwrap();
-    let mut ids: Vec<String> = page.events.into_iter().map(|e| e.id).collect();
-    ids.sort();
-    ids
-}
-
-// Moving an event deleted its outbox row, and a delete costs Azurite more than the insert
-// it undoes (more the larger the table): about 40% of what auditing cost a SCIM create.
-// A process now reuses slot rows of its own and deletes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placed_events_reach_the_trail_through_slots_that_are_reused_not_deleted() {
-    let (changes, store, audit) = stores().await;
-    let tenant = Uuid::new_v4();
-    let partition = tenant.to_string();
-    let mover = Outbox::new(audit);
-    let mut sent = Vec::new();
-    // five rounds of 60: three hundred events through fewer slots than that
-    for round in 0..5 {
-        for i in 0..60 {
-            let e = event(tenant, round * 60 + i);
-            sent.push(e.id.clone());
-            let placed = commit_placed(&changes, &partition, &mover, e).await;
-            mover.moved(&changes, &partition, placed);
-        }
-        mover.flush().await;
-    }
-    sent.sort();
-    assert_eq!(trail_ids(&store, tenant).await, sent);
-    let (slots, marks, own) = outbox_kinds(&changes, &partition).await;
-    assert!(
-        slots <= 96,
-        "{slots} slot rows for 60 events in flight at most"
-    );
-    assert_eq!((marks, own), (1, 0));
-    // every slot is marked moved: a sweep finds nothing to move
-    assert_eq!(mover.sweep(&changes, &partition).await.unwrap(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn more_events_in_flight_than_slots_take_rows_of_their_own_and_all_arrive() {
-    let (changes, store, audit) = stores().await;
-    let tenant = Uuid::new_v4();
-    let partition = tenant.to_string();
-    let mover = Outbox::new(audit);
-    // all placed and committed before any is moved
-    let mut placed = Vec::new();
-    for i in 0..130 {
-        placed.push(commit_placed(&changes, &partition, &mover, event(tenant, i)).await);
-    }
-    let (slots, _, own) = outbox_kinds(&changes, &partition).await;
-    assert_eq!((slots, own), (96, 34));
-    let mut sent: Vec<String> = placed.iter().map(|p| p.event().id.clone()).collect();
-    for p in placed {
-        mover.moved(&changes, &partition, p);
-    }
-    mover.flush().await;
-    sent.sort();
-    assert_eq!(trail_ids(&store, tenant).await, sent);
-    let (_, _, own) = outbox_kinds(&changes, &partition).await;
-    assert_eq!(own, 0, "rows of their own are deleted once moved");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slots_a_dead_process_left_are_swept_once_and_tidied_when_idle() {
-    let (changes, store, audit) = stores().await;
-    let tenant = Uuid::new_v4();
-    let partition = tenant.to_string();
-    let dead = Outbox::new(audit.clone());
-    let mut sent = Vec::new();
-    // three events moved by their process, then five committed that it never moved
-    for i in 0..3 {
-        let placed = commit_placed(&changes, &partition, &dead, event(tenant, i)).await;
-        sent.push(placed.event().id.clone());
-        dead.moved(&changes, &partition, placed);
-    }
-    dead.flush().await;
-    for i in 3..8 {
-        let placed = commit_placed(&changes, &partition, &dead, event(tenant, i)).await;
-        sent.push(placed.event().id.clone());
-    }
-    drop(dead);
-    let other = Outbox::new(audit).with_idle_slots(std::time::Duration::ZERO);
-    assert_eq!(other.sweep(&changes, &partition).await.unwrap(), 5);
-    assert_eq!(other.sweep(&changes, &partition).await.unwrap(), 0);
-    sent.sort();
-    assert_eq!(trail_ids(&store, tenant).await, sent);
-    // a plain sweep leaves the slots; a tidy of a process idle long enough deletes them
-    assert_eq!(
-        outbox_kinds(&changes, &partition).await,
-        (5, 1, 0),
-        "the five slots used"
-    );
-    assert_eq!(other.sweep_and_tidy(&changes, &partition).await.unwrap(), 0);
-    assert_eq!(outbox_kinds(&changes, &partition).await, (0, 0, 0));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tidy_keeps_the_slots_of_a_process_with_an_event_still_to_move() {
-    let (changes, store, audit) = stores().await;
-    let tenant = Uuid::new_v4();
-    let partition = tenant.to_string();
-    let writer = Outbox::new(audit.clone());
-    let placed = commit_placed(&changes, &partition, &writer, event(tenant, 1)).await;
-    // idle at once, but the slot's event was not moved when the sweep read it: the
-    // writer's slots stay
-    let other = Outbox::new(audit).with_idle_slots(std::time::Duration::ZERO);
-    assert_eq!(other.sweep_and_tidy(&changes, &partition).await.unwrap(), 1);
-    assert_eq!(outbox_kinds(&changes, &partition).await, (1, 1, 0));
-    // the writer moves it too: the trail holds it once, and the slot is free again
-    let id = placed.event().id.clone();
-    writer.moved(&changes, &partition, placed);
-    writer.flush().await;
-    assert_eq!(trail_ids(&store, tenant).await, vec![id]);
-    let next = commit_placed(&changes, &partition, &writer, event(tenant, 2)).await;
-    assert_eq!(
-        outbox_kinds(&changes, &partition).await,
-        (1, 1, 0),
-        "slot reused"
-    );
-    writer.moved(&changes, &partition, next);
-    writer.flush().await;
-    assert_eq!(trail_ids(&store, tenant).await.len(), 2);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settle_finds_a_committed_slot_and_a_refused_one_frees_it() {
-    let (changes, store, audit) = stores().await;
-    let tenant = Uuid::new_v4();
-    let partition = tenant.to_string();
-    let mover = Outbox::new(audit);
-    let committed = commit_placed(&changes, &partition, &mover, event(tenant, 1)).await;
-    assert!(
-        mover
-            .settle(&changes, &partition, &committed)
-            .await
-            .unwrap()
-    );
-    // placed but never sent: not there
-    let (_, refused) = mover.place(&changes, &partition, event(tenant, 2));
-    assert!(!mover.settle(&changes, &partition, &refused).await.unwrap());
-    mover.abandoned(&changes, &partition, refused);
-    assert_eq!(
-        trail_ids(&store, tenant).await,
-        vec![committed.event().id.clone()]
-    );
-    // both slots free again: the next two events take the first two slots
-    let a = commit_placed(&changes, &partition, &mover, event(tenant, 3)).await;
-    let b = commit_placed(&changes, &partition, &mover, event(tenant, 4)).await;
-    assert_eq!(outbox_kinds(&changes, &partition).await, (2, 1, 0));
-    mover.moved(&changes, &partition, a);
-    mover.moved(&changes, &partition, b);
-    mover.flush().await;
-    assert_eq!(mover.sweep(&changes, &partition).await.unwrap(), 0);
-}
-
-// Found in review: a slot whose event another process swept (its own mover had failed)
-// stayed taken in its process for good, and enough of them pushed every write onto rows
-// of their own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_another_process_swept_is_free_again_after_its_owners_sweep() {
-    let (changes, _store, audit) = stores().await;
-    let tenant = Uuid::new_v4();
-    let partition = tenant.to_string();
-    let writer = Outbox::new(audit.clone());
-    // committed, and never moved by its writer (say its mover's turn failed)
-    let _stuck = commit_placed(&changes, &partition, &writer, event(tenant, 0)).await;
-    let other = Outbox::new(audit);
-    assert_eq!(other.sweep(&changes, &partition).await.unwrap(), 1);
-    assert_eq!(writer.sweep(&changes, &partition).await.unwrap(), 0);
-    // every one of the writer's slots is free: as many events as slots need no row of their own
-    for i in 1..=96 {
-        commit_placed(&changes, &partition, &writer, event(tenant, i)).await;
-    }
-    let (slots, _, own) = outbox_kinds(&changes, &partition).await;
-    assert_eq!((slots, own), (96, 0));
 }

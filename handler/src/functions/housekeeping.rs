@@ -204,9 +204,8 @@ async fn record_revocations(app: &App) -> Result<usize, String> {
     }
 }
 
-/// Moves to the trail the SCIM user events still in their outbox rows or slots (their
-/// writer stopped between the commit and the move), in every tenant's partition, and
-/// deletes the slot rows of processes that left them alone for an hour.
+/// Moves to the trail the SCIM user events still in their outbox rows (their writer
+/// stopped between the commit and the move), in every tenant's partition.
 async fn move_audit_outbox(app: &App) -> Result<usize, audit::AuditError> {
     let tenants = app
         .access
@@ -220,7 +219,7 @@ async fn move_audit_outbox(app: &App) -> Result<usize, audit::AuditError> {
         // one tenant's failure does not keep the others waiting
         match app
             .outbox
-            .sweep_and_tidy(app.scim.table(), &tenant.tenant_id.to_string())
+            .sweep(app.scim.table(), &tenant.tenant_id.to_string())
             .await
         {
             Ok(n) => moved += n,

@@ -905,53 +905,34 @@ async fn audited(
     if journaled {
         let journal = Outboxed {
             event: new_event(),
-            outbox: &app.outbox,
-            table: app.scim.table(),
             partition: tenant.to_string(),
-            placed: std::sync::Mutex::new(Vec::new()),
+            written: std::sync::Mutex::new(None),
         };
         let result = change(app, tenant, base, request, parts, body, Some(&journal)).await;
-        let mut placed = journal.take();
-        let last = placed.pop();
-        // every attempt but the last was refused (a conflict sent the change round again);
-        // each is looked at before its slot is taken again, in case it committed after all
-        for refused in placed {
-            app.outbox
-                .resolve(journal.table, &journal.partition, refused)
-                .await;
-        }
+        let written = journal
+            .written
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         match result {
             Ok((response, _, _)) => {
-                // the last attempt is the one that committed
-                if let Some(committed) = last {
+                // the last row made is the one that committed
+                if let Some(event) = written {
                     app.outbox
-                        .moved(journal.table, &journal.partition, committed);
+                        .moved(app.scim.table(), &journal.partition, event);
                 }
                 Ok(response)
             }
             Err(e) => {
-                // the last attempt may have committed before a later step failed (the
-                // change was made): its event goes to the trail first, then the failure as
-                // its own event
-                if let Some(attempt) = last {
-                    match app
+                // a row may have committed before a later step failed (the change was
+                // made): it goes to the trail first, then the failure as its own event;
+                // a row that cannot be looked at now is the sweep's
+                if let Some(event) = written
+                    && let Err(settle) = app
                         .outbox
-                        .settle(journal.table, &journal.partition, &attempt)
+                        .settle(app.scim.table(), &journal.partition, &event)
                         .await
-                    {
-                        Ok(true) => {}
-                        // not there, and the store answered (a refusal, not a timeout
-                        // that may still commit): its slot is free
-                        Ok(false) if e.status < 500 => {
-                            app.outbox
-                                .abandoned(journal.table, &journal.partition, attempt)
-                        }
-                        // not known yet: looked at again when it is
-                        Ok(false) | Err(_) => {
-                            app.outbox
-                                .resolve_later(journal.table, &journal.partition, attempt)
-                        }
-                    }
+                {
+                    tracing::warn!(error = %settle, "SCIM outbox row left to the sweep");
                 }
                 crate::trail::record(app, new_event().failed(e.status, e.detail.clone()))
                     .await
@@ -987,44 +968,21 @@ async fn audited(
     }
 }
 
-/// The audit outbox entry of a SCIM user write: the request's event with the user's id
-/// and what changed, each attempt's remembered so that the one that committed is moved
-/// and the refused ones free their slots.
-struct Outboxed<'a> {
+/// The audit outbox row of a SCIM user write: the request's event with the user's id and
+/// what changed, remembered so that the one that committed is the one moved.
+struct Outboxed {
     event: Event,
-    outbox: &'a audit::outbox::Outbox,
-    table: &'a tables::Table,
     partition: String,
-    placed: std::sync::Mutex<Vec<audit::outbox::Placed>>,
+    written: std::sync::Mutex<Option<Event>>,
 }
 
-impl Outboxed<'_> {
-    /// The attempts placed so far, oldest first.
-    fn take(&self) -> Vec<audit::outbox::Placed> {
-        std::mem::take(&mut *self.placed.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-/// A request cut short (its future dropped) leaves attempts whose outcome is not known.
-impl Drop for Outboxed<'_> {
-    fn drop(&mut self) {
-        for placed in self.take() {
-            self.outbox
-                .resolve_later(self.table, &self.partition, placed);
-        }
-    }
-}
-
-impl crate::scim_service::Journal for Outboxed<'_> {
-    fn row(&self, id: uuid::Uuid, changes: &[Change]) -> tables::Operation {
+impl crate::scim_service::Journal for Outboxed {
+    fn row(&self, id: uuid::Uuid, changes: &[Change]) -> tables::Entity {
         let mut event = self.event.clone().changes(changes.to_vec());
         event.target.id = id.to_string();
-        let (op, placed) = self.outbox.place(self.table, &self.partition, event);
-        self.placed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(placed);
-        op
+        let row = audit::outbox::entity(&event, &self.partition);
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(event);
+        row
     }
 }
 

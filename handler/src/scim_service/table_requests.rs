@@ -378,7 +378,7 @@ impl ScimUserStore for Held {
         user_name: &str,
         data: &Value,
         admin: &Value,
-        extra: Vec<tables::Operation>,
+        extra: Vec<tables::Entity>,
     ) -> Result<WriteOutcome, StoreError> {
         self.inner
             .create(tenant, id, user_name, data, admin, extra)
@@ -434,7 +434,7 @@ impl ScimUserStore for Held {
         tenant: Uuid,
         previous: &StoredResource,
         data: &Value,
-        extra: Vec<tables::Operation>,
+        extra: Vec<tables::Entity>,
     ) -> Result<WriteOutcome, StoreError> {
         self.inner.replace(tenant, previous, data, extra).await
     }
@@ -535,7 +535,7 @@ async fn an_unfiltered_listing_holds_one_page_and_counts_every_user() {
 struct Rows(Uuid);
 
 impl super::Journal for Rows {
-    fn row(&self, id: Uuid, changes: &[audit::Change]) -> tables::Operation {
+    fn row(&self, id: Uuid, changes: &[audit::Change]) -> tables::Entity {
         let event = audit::Event::new(
             self.0,
             audit::Actor::entra_provisioning(),
@@ -543,7 +543,7 @@ impl super::Journal for Rows {
             audit::Target::new("user", id),
         )
         .changes(changes.to_vec());
-        tables::Operation::Insert(audit::outbox::entity(&event, &self.0.to_string()))
+        audit::outbox::entity(&event, &self.0.to_string())
     }
 }
 

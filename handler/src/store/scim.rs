@@ -49,7 +49,7 @@ pub trait ScimUserStore: Send + Sync {
         user_name: &str,
         data: &Value,
         admin: &Value,
-        extra: Vec<Operation>,
+        extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError>;
     async fn get(&self, tenant: Uuid, id: Uuid) -> Result<Option<StoredResource>, StoreError>;
     /// A user and the groups it is a member of, in one request.
@@ -82,13 +82,13 @@ pub trait ScimUserStore: Send + Sync {
         count: usize,
     ) -> Result<(Vec<StoredResource>, usize), StoreError>;
     /// Replaces `previous` (as read) with `data`; keeps the index rows in step; writes
-    /// `extra` (operations on rows of the tenant's partition) in the same transaction.
+    /// `extra` (rows of the tenant's partition) in the same transaction.
     async fn replace(
         &self,
         tenant: Uuid,
         previous: &StoredResource,
         data: &Value,
-        extra: Vec<Operation>,
+        extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError>;
     /// Changes only the product's state of `previous` (as read), with `extra` operations
     /// on rows of the tenant's partition in the same transaction.
@@ -364,7 +364,7 @@ impl ScimUserStore for TableScimUserStore {
         user_name: &str,
         data: &Value,
         admin: &Value,
-        extra: Vec<Operation>,
+        extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError> {
         debug_assert_eq!(user_name, user_name_of(data));
         let user = Written {
@@ -374,8 +374,8 @@ impl ScimUserStore for TableScimUserStore {
         };
         let ops: Vec<Operation> = Self::rows(tenant, id, &user)
             .into_iter()
-            .map(Operation::Insert)
             .chain(extra)
+            .map(Operation::Insert)
             .collect();
         match self.table.transact(&ops).await {
             Ok(etags) => Ok(WriteOutcome::Written(StoredResource {
@@ -536,13 +536,14 @@ impl ScimUserStore for TableScimUserStore {
         tenant: Uuid,
         previous: &StoredResource,
         data: &Value,
-        extra: Vec<Operation>,
+        extra: Vec<Entity>,
     ) -> Result<WriteOutcome, StoreError> {
         let user = Written {
             data,
             version: previous.version + 1,
             admin: &previous.admin,
         };
+        let extra = extra.into_iter().map(Operation::Insert).collect();
         self.rewrite(tenant, previous, user, extra).await
     }
 

@@ -4,7 +4,6 @@
 //! | row key                                   | holds                                        |
 //! |-------------------------------------------|----------------------------------------------|
 //! | `audit-<µs>-<event id>`                   | a user write's audit event, committed with it, until moved to the trail (`audit::outbox`) |
-//! | `audit-slot-<instance>-<n>`, `audit-mark-<instance>` | a process's reused outbox slots and which of their events were moved (`audit::outbox`); kept while the process writes to the tenant |
 //! | `deleted-group-<id>`, `deleted-user-<id>` | a deletion whose membership cleanup is not finished |
 //! | `group-<id>`                              | a group, without its members                 |
 //! | `groupname-<lowercased displayName>`      | a copy of the group; makes names unique      |
@@ -245,9 +244,6 @@ mod tests {
                 );
                 audit::outbox::row_key(&event)
             }),
-            // a process's slot and mark rows (audit::outbox)
-            ("audit slot", format!("audit-slot-{}-007", u.simple())),
-            ("audit mark", format!("audit-mark-{}", u.simple())),
         ];
         let ranges = [
             ("users", users()),
