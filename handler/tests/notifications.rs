@@ -568,22 +568,6 @@ async fn a_poison_message_that_is_not_json_is_recorded_for_the_deployment_and_ta
     }
 }
 
-/// Housekeeping's timer invocation, as the host sends it.
-async fn housekeeping(s: &Scim) {
-    let body = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},
-        "Metadata":{"sys":{"MethodName":"Housekeeping","UtcNow":"2026-12-01T10:15:00.012Z","RandGuid":"0f8fad5b-d9cb-469f-a165-70867728950e"}}}"#;
-    let r = s
-        .http
-        .post(format!("{}/Housekeeping", s.handler.base_url()))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    assert_eq!(status, StatusCode::OK, "{}", r.text().await.unwrap());
-}
-
 /// A self-signed certificate that expires `days` from now, DER.
 fn expiring_in_days(days: i64) -> Vec<u8> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -623,7 +607,7 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     // a valid CA: nothing to say
-    housekeeping(&s).await;
+    s.housekeeping().await;
     assert!(audit_of(&s, t, "certificate.").await.is_empty());
 
     // the CA's certificate in storage now expires in 10 days
@@ -651,7 +635,7 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
     };
     set_der(expiring_in_days(10)).await;
     // checked a moment ago and found nothing: not checked again before a day has passed
-    housekeeping(&s).await;
+    s.housekeeping().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(calls.lock().unwrap().is_empty());
     assert!(audit_of(&s, t, "certificate.").await.is_empty());
@@ -665,7 +649,7 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
     ))
     .await
     .unwrap();
-    housekeeping(&s).await;
+    s.housekeeping().await;
     wait_for("the certificate_expiring webhook", || {
         !calls.lock().unwrap().is_empty()
     })
@@ -680,7 +664,7 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
         "{reason}"
     );
     // while it is expiring every run checks, counted into the incident: no second notice
-    housekeeping(&s).await;
+    s.housekeeping().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(calls.lock().unwrap().len(), 1);
     assert_eq!(
@@ -691,7 +675,7 @@ async fn a_ca_certificate_expiring_within_30_days_notifies_once_and_its_renewal_
 
     // renewed: the next run closes the incident
     set_der(renewed).await;
-    housekeeping(&s).await;
+    s.housekeeping().await;
     wait_for("the recovery webhook", || calls.lock().unwrap().len() == 2).await;
     let calls = calls.lock().unwrap().clone();
     let opened: Value = serde_json::from_slice(&calls[0].1).unwrap();
@@ -797,7 +781,7 @@ async fn the_service_app_credential_expiring_notifies_the_tenants_whose_graph_ca
         }),
     )
     .await;
-    housekeeping(&s).await;
+    s.housekeeping().await;
     wait_for("the certificate_expiring webhook", || {
         !calls.lock().unwrap().is_empty()
     })

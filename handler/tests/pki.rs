@@ -604,3 +604,79 @@ async fn certificate_issue_and_revoke_are_audited_without_the_key() {
         "the CA made on first issuance"
     );
 }
+
+// A process that stopped between a directory write's commit and the revocation it owed
+// left the user's certificates active: a replay of a Graph page no longer sees a user
+// deleted for good, so nothing else would ever revoke them. Housekeeping's daily
+// certificate check now does.
+#[tokio::test]
+async fn housekeeping_revokes_the_certificates_a_write_left_active_on_a_user_no_longer_active() {
+    let s = Scim::start().await;
+    let t = s.tenant;
+    let ada = s.scim_user("ada@contoso.com").await;
+    let bob = s.scim_user("bob@contoso.com").await;
+    let mut serials = Vec::new();
+    for user in [&ada, &bob] {
+        let (status, issued) = s.provision(json!({"user_id": user, "csr": ec_csr()})).await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        serials.push(
+            issued["certificate"]["serial"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // another instance of the deployment disables ada without revoking: the write's
+    // commit with no revocation after it
+    let twin = s.twin(vec![("CERT_REVOKE_ON_DISABLE", "false".into())]);
+    let disable = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": "active", "value": false}],
+    });
+    let r = s
+        .http
+        .patch(format!("{}/api/scim/{t}/v2/Users/{ada}", twin.base_url()))
+        .bearer_auth(&s.token)
+        .json(&disable)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let status_of = |detail: &Value| -> Vec<(String, String)> {
+        detail["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                    c["revoked_by"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (_, detail) = s
+        .api("GET", &format!("/api/v1/entra-id/users/{ada}"), None)
+        .await;
+    assert_eq!(status_of(&detail), vec![("active".into(), String::new())]);
+    let logs = s.housekeeping().await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("1 of users no longer active revoked")),
+        "{logs:?}"
+    );
+    let (_, detail) = s
+        .api("GET", &format!("/api/v1/entra-id/users/{ada}"), None)
+        .await;
+    assert_eq!(
+        status_of(&detail),
+        vec![("revoked".into(), "housekeeping".into())]
+    );
+    // bob is active: his certificate stays; the CRL lists ada's alone
+    let (_, detail) = s
+        .api("GET", &format!("/api/v1/entra-id/users/{bob}"), None)
+        .await;
+    assert_eq!(status_of(&detail), vec![("active".into(), String::new())]);
+    let (_, _, crl) = s.published(t, "crl").await;
+    assert_eq!(crl_serials(&crl), vec![serials[0].clone()]);
+}

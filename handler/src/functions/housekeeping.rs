@@ -99,8 +99,8 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         Ok(None) => {}
         Ok(Some(c)) => {
             response.log(format!(
-                "certificates: {} checked, {} expire within 30 days, {} tenants' incidents closed",
-                c.checked, c.expiring, c.recovered
+                "certificates: {} checked, {} expire within 30 days, {} tenants' incidents closed, {} of users no longer active revoked",
+                c.checked, c.expiring, c.recovered, c.orphans_revoked
             ));
         }
         Err(e) => tracing::warn!(error = %e, "certificates not checked for their expiry"),

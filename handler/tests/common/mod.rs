@@ -30,7 +30,39 @@ impl Drop for Scim {
     }
 }
 
+/// A handler's settings on `storage`, its tables named after `prefix`, its local data
+/// (the vault) in `data`.
+fn handler_env(
+    storage: &Azurite,
+    prefix: &str,
+    data: &std::path::Path,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("AzureWebJobsStorage", storage.connection_string()),
+        ("STORAGE_TABLE_PREFIX", prefix.to_string()),
+        (
+            "ENTRA_CLIENT_ID",
+            "6e74172b-be56-4843-9ff4-e66a39bb12e3".into(),
+        ),
+        (
+            "ENTRA_ADMIN_TENANT_ID",
+            "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+        ),
+        ("ENTRA_DEV_AUTH", "true".into()),
+        ("LOCAL_DATA_DIR", data.display().to_string()),
+        ("CONNECTOR_SCOPES", "records.read".into()),
+    ]
+}
+
 impl Scim {
+    /// A second handler on this one's tables and vault (another instance of the same
+    /// deployment), with more settings.
+    pub fn twin(&self, extra: Vec<(&'static str, String)>) -> HandlerProcess {
+        let mut env = handler_env(&self.storage, &self.prefix, &self.data);
+        env.extend(extra);
+        HandlerProcess::start(BIN, &["serve"], &env)
+    }
+
     pub async fn start() -> Scim {
         Scim::start_with(Vec::new()).await
     }
@@ -45,21 +77,7 @@ impl Scim {
     pub async fn start_on(storage: Azurite, extra: Vec<(&'static str, String)>) -> Scim {
         let data = std::env::temp_dir().join(format!("scim-{}", Uuid::new_v4()));
         let prefix = unique_table("s");
-        let mut env: Vec<(&str, String)> = vec![
-            ("AzureWebJobsStorage", storage.connection_string()),
-            ("STORAGE_TABLE_PREFIX", prefix.clone()),
-            (
-                "ENTRA_CLIENT_ID",
-                "6e74172b-be56-4843-9ff4-e66a39bb12e3".into(),
-            ),
-            (
-                "ENTRA_ADMIN_TENANT_ID",
-                "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
-            ),
-            ("ENTRA_DEV_AUTH", "true".into()),
-            ("LOCAL_DATA_DIR", data.display().to_string()),
-            ("CONNECTOR_SCOPES", "records.read".into()),
-        ];
+        let mut env = handler_env(&storage, &prefix, &data);
         env.extend(extra);
         let (_, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
         let handler = HandlerProcess::start(BIN, &["serve"], &env);
