@@ -93,8 +93,6 @@ pub struct Checked {
     pub expiring: usize,
     /// Tenants whose incident was closed.
     pub recovered: usize,
-    /// Active certificates of users no longer active, revoked ([`revoke_orphans`]).
-    pub orphans_revoked: usize,
     /// Tenants that could not be checked, and why (the others were checked all the same).
     pub failed: Vec<(Uuid, CheckError)>,
 }
@@ -108,8 +106,6 @@ pub enum CheckError {
     Vault(String),
     #[error("PKI: {0}")]
     Pki(String),
-    #[error("directory: {0}")]
-    Directory(String),
     #[error("{0}")]
     Audit(#[from] audit::AuditError),
     #[error("run log: {0}")]
@@ -207,7 +203,6 @@ async fn check_tenant(
         .map_err(|e| CheckError::Pki(e.to_string()))?
     {
         watched.push(read(&ca.der, "tenant's issuing CA".into())?);
-        found.orphans_revoked += revoke_orphans(app, tenant.tenant_id).await?;
     }
     let (names, what) = match tenant.app_client_id {
         Some(_) => (
@@ -267,49 +262,6 @@ async fn check_tenant(
     found.checked += watched.len();
     found.expiring += expiring.len();
     Ok(())
-}
-
-/// Revokes the active certificates of users the directory no longer has active, as sync
-/// and SCIM do when they disable or delete a user (`revoked_by` `housekeeping`). The
-/// backstop for a write whose revocation never ran: its process stopped between the
-/// directory's commit and the revocation, and a replay of a Graph page no longer sees a
-/// user deleted for good. Answers how many it revoked.
-async fn revoke_orphans(app: &App, tenant: Uuid) -> Result<usize, CheckError> {
-    use directory::Directory as _;
-    if !app.certificates.revoke_on_disable {
-        return Ok(0);
-    }
-    let active = app
-        .pki
-        .certificates(tenant, None, Some(pki::CertificateStatus::Active))
-        .await
-        .map_err(|e| CheckError::Pki(e.to_string()))?;
-    let mut users: Vec<Uuid> = active.iter().map(|c| c.user_id).collect();
-    users.sort();
-    users.dedup();
-    let mut inactive = Vec::new();
-    for user in users {
-        let known = app
-            .directory
-            .user(tenant, user)
-            .await
-            .map_err(|e| CheckError::Directory(e.to_string()))?;
-        if !known.is_some_and(|u| u.is_active()) {
-            inactive.push(user);
-        }
-    }
-    if inactive.is_empty() {
-        return Ok(0);
-    }
-    let revoked = app
-        .pki
-        .revoke_inactive_users(tenant, &inactive, "housekeeping")
-        .await
-        .map_err(|e| CheckError::Pki(e.to_string()))?;
-    if revoked > 0 {
-        tracing::warn!(%tenant, revoked, "certificates of users no longer active revoked by Housekeeping (their revocation had not run)");
-    }
-    Ok(revoked)
 }
 
 /// Records the success event that closes the tenant's open `certificate_expiring`

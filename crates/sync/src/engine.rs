@@ -169,6 +169,19 @@ impl Renewal {
         Renewal { lease, lost, task }
     }
 
+    /// Renews the lease now: `LeaseLost` when another instance has taken it (then also
+    /// remembered, so the round stops).
+    async fn confirm(&self, states: &dyn SyncStateStore) -> Result<(), SyncError> {
+        let mut held = self.lease.lock().await;
+        match states.save(&mut held).await {
+            Err(SyncError::LeaseLost) => {
+                self.lost.store(true, Ordering::SeqCst);
+                Err(SyncError::LeaseLost)
+            }
+            other => other,
+        }
+    }
+
     async fn stop(self) -> Result<Lease, SyncError> {
         {
             // never in the middle of a renewal: its write would land with our ETag unknown
@@ -401,6 +414,9 @@ struct Changing<'a> {
     /// The page's number in the round; None in the sweep.
     page: Option<i64>,
     started: OffsetDateTime,
+    /// The round's lease, confirmed before any correction.
+    renewal: &'a Renewal,
+    states: &'a dyn SyncStateStore,
 }
 
 #[async_trait::async_trait]
@@ -412,6 +428,13 @@ impl directory::BeforeCommit for Changing<'_> {
     }
 
     async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
+        // an instance that lost the lease (it stalled past it) may run the same page as
+        // the one that took it, announcing the same changes under the same event ids:
+        // what it did not make, the other may have, so only the holder corrects them
+        self.renewal
+            .confirm(self.states)
+            .await
+            .map_err(|e| format!("not correcting the page's audit events: {e}"))?;
         self.observer
             .page_not_made(self.tenant, self.round, self.page, self.started, objects)
             .await
@@ -479,6 +502,8 @@ async fn pages(
             round,
             page,
             started,
+            renewal,
+            states,
         };
         let step = match phase {
             Phase::Users | Phase::Groups => {

@@ -149,6 +149,8 @@ impl sync::RoundObserver for Recorder {
 struct World {
     directory: TableDirectory,
     states: Arc<TableSyncStates>,
+    /// The states' table, to write to it as another instance would.
+    states_table: tables::Table,
 }
 
 async fn world() -> World {
@@ -159,7 +161,8 @@ async fn world() -> World {
     states.create_if_not_exists().await.unwrap();
     World {
         directory: TableDirectory::new(dir),
-        states: Arc::new(TableSyncStates::new(states)),
+        states: Arc::new(TableSyncStates::new(states.clone())),
+        states_table: states,
     }
 }
 
@@ -483,6 +486,9 @@ async fn a_lease_left_by_a_dead_instance_expires() {
 /// not made.
 struct RaceOnce {
     other: TableDirectory,
+    /// When set, the race also takes the round's lease (its state row changes under it,
+    /// as when another instance took a lease this one let lapse).
+    steal_lease: Option<tables::Table>,
     raced: Uuid,
     raced_yet: std::sync::atomic::AtomicBool,
     not_made: Mutex<Vec<(i64, Vec<Uuid>)>>,
@@ -517,6 +523,16 @@ impl sync::RoundObserver for RaceOnce {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+            if let Some(states) = &self.steal_lease {
+                states
+                    .transact(&[tables::Operation::Merge(
+                        tables::Entity::new("tenants", format!("s-{tenant}"))
+                            .with("LeaseOwner", "another instance"),
+                        tables::IfMatch::Any,
+                    )])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
         }
         Ok(())
     }
@@ -559,6 +575,7 @@ async fn a_change_a_rounds_retry_no_longer_made_reaches_the_observer_as_not_made
     let states: Arc<dyn SyncStateStore> = w.states.clone();
     let observer = RaceOnce {
         other: TableDirectory::new(w.directory.table().clone()),
+        steal_lease: None,
         raced,
         raced_yet: Default::default(),
         not_made: Mutex::new(Vec::new()),
@@ -583,5 +600,56 @@ async fn a_change_a_rounds_retry_no_longer_made_reaches_the_observer_as_not_made
     assert_eq!(
         observer.not_made.lock().unwrap().clone(),
         vec![(2, vec![raced])]
+    );
+}
+
+// Issue 12: an instance that stalled past its lease runs the same page as the one that
+// took the lease over, under the same event ids; its correction of a change it did not
+// make (the other did) rewrote the other's record of making it. Only the lease's holder
+// corrects now.
+#[tokio::test]
+async fn an_instance_that_lost_the_lease_does_not_correct_the_pages_events() {
+    let w = world().await;
+    let tenant = Uuid::new_v4();
+    let (raced, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let source = Scripted::new(
+        vec![
+            (None, Ok((vec![raced, other], Next::Done("d1".into())))),
+            (
+                Some("d1"),
+                Ok((vec![raced, other], Next::Done("d2".into()))),
+            ),
+        ],
+        vec![
+            (None, vec![], Next::Done("gd1".into())),
+            (Some("gd1"), vec![], Next::Done("gd2".into())),
+        ],
+    );
+    let states: Arc<dyn SyncStateStore> = w.states.clone();
+    let observer = RaceOnce {
+        other: TableDirectory::new(w.directory.table().clone()),
+        steal_lease: Some(w.states_table.clone()),
+        raced,
+        raced_yet: Default::default(),
+        not_made: Mutex::new(Vec::new()),
+    };
+    let first = run_round(
+        tenant,
+        &source,
+        &w.directory,
+        states.clone(),
+        &options("one"),
+        &observer,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.outcome, Outcome::Completed);
+    let mut forced = options("one");
+    forced.force = true;
+    let second = run_round(tenant, &source, &w.directory, states, &forced, &observer).await;
+    assert!(second.is_err(), "the round stops: {second:?}");
+    assert!(
+        observer.not_made.lock().unwrap().is_empty(),
+        "no correction by an instance without the lease"
     );
 }
