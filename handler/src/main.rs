@@ -5,6 +5,7 @@ mod app;
 mod app_credentials;
 mod auth;
 mod cache;
+mod certificate_backstop;
 mod certificate_expiry;
 mod config;
 mod dev_token;

@@ -662,7 +662,7 @@ async fn housekeeping_revokes_the_certificates_a_write_left_active_on_a_user_no_
     let logs = s.housekeeping().await;
     assert!(
         logs.iter()
-            .any(|l| l.contains("1 of users no longer active revoked")),
+            .any(|l| l.contains("owed revocations, 1 revoked")),
         "{logs:?}"
     );
     let (_, detail) = s
@@ -679,4 +679,39 @@ async fn housekeeping_revokes_the_certificates_a_write_left_active_on_a_user_no_
     assert_eq!(status_of(&detail), vec![("active".into(), String::new())]);
     let (_, _, crl) = s.published(t, "crl").await;
     assert_eq!(crl_serials(&crl), vec![serials[0].clone()]);
+}
+
+// An offboarding that stopped after it set the tenant's status (its first step) left the
+// tenant's certificates active, and an offboarded tenant is not offboarded again.
+#[tokio::test]
+async fn housekeeping_revokes_the_certificates_a_stopped_offboarding_left_active() {
+    let s = Scim::start().await;
+    let t = s.tenant;
+    let ada = s.scim_user("ada@contoso.com").await;
+    let (status, issued) = s.provision(json!({"user_id": ada, "csr": ec_csr()})).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let serial = issued["certificate"]["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // the offboarding's status, written alone
+    s.storage
+        .client()
+        .table(format!("{}Tenants", s.prefix))
+        .transact(&[tables::Operation::Merge(
+            tables::Entity::new("tenant", t.to_string()).with("Status", "offboarded"),
+            tables::IfMatch::Any,
+        )])
+        .await
+        .unwrap();
+    let (_, _, crl) = s.published(t, "crl").await;
+    assert!(crl_serials(&crl).is_empty());
+    let logs = s.housekeeping().await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("owed revocations, 1 revoked")),
+        "{logs:?}"
+    );
+    let (_, _, crl) = s.published(t, "crl").await;
+    assert_eq!(crl_serials(&crl), vec![serial]);
 }

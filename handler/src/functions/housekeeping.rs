@@ -1,6 +1,8 @@
 //! `Housekeeping`: a timer every 15 minutes that trims old records, confirms pending
 //! consents (dropping those never confirmed within `CONSENT_PENDING_MINUTES`), checks
-//! certificates for their expiry once a day (see `certificate_expiry`) and records its run. Later
+//! certificates for their expiry once a day (see `certificate_expiry`), revokes once a day
+//! the certificates whose owed revocation never ran (see `certificate_backstop`) and
+//! records its run. Later
 //! capabilities add their purge work here.
 
 use futures::future::BoxFuture;
@@ -35,11 +37,18 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
 
     let cutoff = started_at - time::Duration::days(RUN_HISTORY_DAYS);
     let purged = match app.run_log.purge_history(NAME, cutoff).await {
-        Ok(n) => app
+        Ok(n) => match app
             .run_log
             .purge_history(crate::certificate_expiry::RUN_NAME, cutoff)
             .await
-            .map(|m| n + m),
+        {
+            Ok(m) => app
+                .run_log
+                .purge_history(crate::certificate_backstop::RUN_NAME, cutoff)
+                .await
+                .map(|k| n + m + k),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let pending = app.onboarding.confirm_pending().await;
@@ -99,11 +108,24 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         Ok(None) => {}
         Ok(Some(c)) => {
             response.log(format!(
-                "certificates: {} checked, {} expire within 30 days, {} tenants' incidents closed, {} of users no longer active revoked",
-                c.checked, c.expiring, c.recovered, c.orphans_revoked
+                "certificates: {} checked, {} expire within 30 days, {} tenants' incidents closed",
+                c.checked, c.expiring, c.recovered
             ));
         }
         Err(e) => tracing::warn!(error = %e, "certificates not checked for their expiry"),
+    }
+    match crate::certificate_backstop::sweep_if_due(app, started_at).await {
+        Ok(None) => {}
+        Ok(Some(s)) => {
+            response.log(format!(
+                "certificates: {} tenants swept for owed revocations, {} revoked, {} not swept",
+                s.tenants,
+                s.revoked,
+                s.failed.len()
+            ));
+        }
+        // its own run record says so; the next day's sweep tries again
+        Err(e) => tracing::warn!(error = %e, "certificates not swept for owed revocations"),
     }
     // a tenant that could not be checked fails the run (the others were checked)
     let certificates = match certificates {

@@ -56,7 +56,8 @@ fn handler_env(
 
 impl Scim {
     /// A second handler on this one's tables and vault (another instance of the same
-    /// deployment), with more settings.
+    /// deployment): the default settings of [`Scim::start`] and `extra`, not those this
+    /// one was started with.
     pub fn twin(&self, extra: Vec<(&'static str, String)>) -> HandlerProcess {
         let mut env = handler_env(&self.storage, &self.prefix, &self.data);
         env.extend(extra);
