@@ -61,6 +61,18 @@ impl Scim {
         self.api("POST", "/api/v1/entra-id/provision-certificate", Some(body))
             .await
     }
+
+    /// Issues a certificate to `user` for a fresh CSR; answers its serial.
+    async fn issue_to(&self, user: &str) -> String {
+        let (status, issued) = self
+            .provision(json!({"user_id": user, "csr": ec_csr()}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        issued["certificate"]["serial"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
 }
 
 fn ec_csr() -> String {
@@ -615,17 +627,7 @@ async fn housekeeping_revokes_the_certificates_a_write_left_active_on_a_user_no_
     let t = s.tenant;
     let ada = s.scim_user("ada@contoso.com").await;
     let bob = s.scim_user("bob@contoso.com").await;
-    let mut serials = Vec::new();
-    for user in [&ada, &bob] {
-        let (status, issued) = s.provision(json!({"user_id": user, "csr": ec_csr()})).await;
-        assert_eq!(status, StatusCode::CREATED, "{issued}");
-        serials.push(
-            issued["certificate"]["serial"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
+    let serials = [s.issue_to(&ada).await, s.issue_to(&bob).await];
     // another instance of the deployment disables ada without revoking: the write's
     // commit with no revocation after it
     let twin = s.twin(vec![("CERT_REVOKE_ON_DISABLE", "false".into())]);
@@ -688,12 +690,7 @@ async fn housekeeping_revokes_the_certificates_a_stopped_offboarding_left_active
     let s = Scim::start().await;
     let t = s.tenant;
     let ada = s.scim_user("ada@contoso.com").await;
-    let (status, issued) = s.provision(json!({"user_id": ada, "csr": ec_csr()})).await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    let serial = issued["certificate"]["serial"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let serial = s.issue_to(&ada).await;
     // the offboarding's status, written alone
     s.storage
         .client()
