@@ -169,16 +169,25 @@ impl Renewal {
         Renewal { lease, lost, task }
     }
 
-    /// Renews the lease now: `LeaseLost` when another instance has taken it (then also
-    /// remembered, so the round stops).
+    /// Renews the lease now (a storage failure is tried again, four times in all):
+    /// `LeaseLost` when another instance has taken it (then also remembered, so the round
+    /// stops).
     async fn confirm(&self, states: &dyn SyncStateStore) -> Result<(), SyncError> {
-        let mut held = self.lease.lock().await;
-        match states.save(&mut held).await {
-            Err(SyncError::LeaseLost) => {
-                self.lost.store(true, Ordering::SeqCst);
-                Err(SyncError::LeaseLost)
+        let mut attempt = 0;
+        loop {
+            let saved = states.save(&mut *self.lease.lock().await).await;
+            match saved {
+                Err(SyncError::LeaseLost) => {
+                    self.lost.store(true, Ordering::SeqCst);
+                    return Err(SyncError::LeaseLost);
+                }
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "sync lease not renewed before a correction; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -430,7 +439,8 @@ impl directory::BeforeCommit for Changing<'_> {
     async fn not_made(&self, objects: &[directory::ObjectChange]) -> Result<(), String> {
         // an instance that lost the lease (it stalled past it) may run the same page as
         // the one that took it, announcing the same changes under the same event ids:
-        // what it did not make, the other may have, so only the holder corrects them
+        // what it did not make, the other may have, so only the holder corrects them (a
+        // stall of a whole lease between this renewal and the correction still could)
         self.renewal
             .confirm(self.states)
             .await

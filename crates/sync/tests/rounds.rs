@@ -621,7 +621,10 @@ async fn a_change_a_rounds_retry_no_longer_made_reaches_the_observer_as_not_made
 #[tokio::test]
 async fn an_instance_that_lost_the_lease_does_not_correct_the_pages_events() {
     let (second, heard, _) = race_in_the_second_round(true).await;
-    assert!(second.is_err(), "the round stops: {second:?}");
+    assert!(
+        matches!(second, Err(sync::SyncError::LeaseLost)),
+        "the round stops: {second:?}"
+    );
     assert!(
         heard.is_empty(),
         "no correction by an instance without the lease"
