@@ -6,10 +6,11 @@
 //! such a write's commit and the revocation leaves the certificates active, and nothing
 //! comes back for them: a replay of a Graph page no longer sees a user deleted for good,
 //! Entra does not repeat a SCIM request that was answered, an offboarded tenant's status
-//! is already set. So, with `CERT_REVOKE_ON_DISABLE` on, this sweep revokes the valid
-//! certificates of users the directory does not have active (an active tenant's) and
-//! every active certificate of an offboarded tenant, each as the write would have
-//! (reason `cessationOfOperation`, audited as every automatic revocation).
+//! is already set. So this sweep revokes, with `CERT_REVOKE_ON_DISABLE` on, the active
+//! certificates of an active tenant's users who hold one still valid and whom the
+//! directory does not have active, and, whatever the setting (as offboarding does), every
+//! active certificate of an offboarded tenant; each as the write would have (reason
+//! `cessationOfOperation`, audited as every automatic revocation).
 //!
 //! It also means that turning `CERT_REVOKE_ON_DISABLE` on revokes, within a day, the
 //! certificates of every user who is inactive at that moment, not only of those disabled
@@ -29,7 +30,8 @@ pub const TRIGGER: &str = "housekeeping";
 /// How often the sweep runs, whatever the last one found.
 const EVERY: Duration = Duration::days(1);
 /// Users read, then revoked together: the fewer, the less time between reading a user and
-/// revoking its certificates (a user enabled again meanwhile loses none issued since).
+/// revoking its certificates (a user enabled again and issued a certificate in between,
+/// a window of a few reads, would lose it).
 const USERS_AT_ONCE: usize = 20;
 
 /// What a sweep did.
@@ -42,11 +44,9 @@ pub struct Swept {
 }
 
 /// Sweeps every tenant if a day has passed since the last sweep (or none ran); `None`
-/// when it was not due or automatic revocation is off.
+/// when it was not due. Users' certificates are swept only with `CERT_REVOKE_ON_DISABLE`
+/// on; an offboarded tenant's always, as offboarding revokes them whatever the setting.
 pub async fn sweep_if_due(app: &App, now: OffsetDateTime) -> Result<Option<Swept>, String> {
-    if !app.certificates.revoke_on_disable {
-        return Ok(None);
-    }
     let last = app
         .run_log
         .latest(RUN_NAME)
@@ -64,7 +64,10 @@ pub async fn sweep_if_due(app: &App, now: OffsetDateTime) -> Result<Option<Swept
     for tenant in tenants {
         // one tenant's failure does not keep the others from being swept
         let revoked = match tenant.status {
-            TenantStatus::Active => inactive_users(app, tenant.tenant_id, now).await,
+            TenantStatus::Active if app.certificates.revoke_on_disable => {
+                inactive_users(app, tenant.tenant_id, now).await
+            }
+            TenantStatus::Active => continue,
             TenantStatus::Offboarded => offboarded(app, tenant.tenant_id).await,
             TenantStatus::Pending => continue,
         };
@@ -155,8 +158,18 @@ async fn inactive_users(app: &App, tenant: Uuid, now: OffsetDateTime) -> Result<
     Ok(revoked)
 }
 
-/// Revokes every active certificate of an offboarded tenant, as offboarding does.
+/// Revokes every active certificate of an offboarded tenant, as offboarding does, if it
+/// still is (a tenant registered again since the sweep listed the tenants keeps the
+/// certificates it was issued).
 async fn offboarded(app: &App, tenant: Uuid) -> Result<usize, String> {
+    let now = app
+        .tenants
+        .get(tenant)
+        .await
+        .map_err(|e| format!("tenant registry: {e}"))?;
+    if !now.is_some_and(|t| t.status == TenantStatus::Offboarded) {
+        return Ok(0);
+    }
     app.pki
         .revoke_all(
             tenant,

@@ -620,7 +620,7 @@ async fn certificate_issue_and_revoke_are_audited_without_the_key() {
 // A process that stopped between a directory write's commit and the revocation it owed
 // left the user's certificates active: a replay of a Graph page no longer sees a user
 // deleted for good, so nothing else would ever revoke them. Housekeeping's daily
-// certificate check now does.
+// backstop sweep now does, once a day.
 #[tokio::test]
 async fn housekeeping_revokes_the_certificates_a_write_left_active_on_a_user_no_longer_active() {
     let s = Scim::start().await;
@@ -681,13 +681,39 @@ async fn housekeeping_revokes_the_certificates_a_write_left_active_on_a_user_no_
     assert_eq!(status_of(&detail), vec![("active".into(), String::new())]);
     let (_, _, crl) = s.published(t, "crl").await;
     assert_eq!(crl_serials(&crl), vec![serials[0].clone()]);
+    // audited as Housekeeping's, told what revoked it
+    let (_, trail) = s
+        .api(
+            "GET",
+            &format!("/api/v1/tenants/{t}/audit?action=certificate.revoke"),
+            None,
+        )
+        .await;
+    let events = trail["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{trail}");
+    assert_eq!(
+        (&events[0]["actor"]["kind"], &events[0]["actor"]["id"]),
+        (&json!("system"), &json!("Housekeeping")),
+        "{trail}"
+    );
+    assert_eq!(
+        events[0]["correlation"], "revoked by housekeeping",
+        "{trail}"
+    );
+    // once a day: the next run does not sweep again
+    let logs = s.housekeeping().await;
+    assert!(
+        !logs.iter().any(|l| l.contains("owed revocations")),
+        "{logs:?}"
+    );
 }
 
 // An offboarding that stopped after it set the tenant's status (its first step) left the
-// tenant's certificates active, and an offboarded tenant is not offboarded again.
+// tenant's certificates active, and an offboarded tenant is not offboarded again. As
+// offboarding itself, this revocation does not depend on CERT_REVOKE_ON_DISABLE.
 #[tokio::test]
 async fn housekeeping_revokes_the_certificates_a_stopped_offboarding_left_active() {
-    let s = Scim::start().await;
+    let s = Scim::start_with(vec![("CERT_REVOKE_ON_DISABLE", "false".into())]).await;
     let t = s.tenant;
     let ada = s.scim_user("ada@contoso.com").await;
     let serial = s.issue_to(&ada).await;

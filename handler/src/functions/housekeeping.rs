@@ -114,8 +114,10 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         }
         Err(e) => tracing::warn!(error = %e, "certificates not checked for their expiry"),
     }
-    match crate::certificate_backstop::sweep_if_due(app, started_at).await {
-        Ok(None) => {}
+    // a failure fails the run (its own run record names the tenants); the next day's
+    // sweep tries again
+    let backstop = match crate::certificate_backstop::sweep_if_due(app, started_at).await {
+        Ok(None) => Ok(()),
         Ok(Some(s)) => {
             response.log(format!(
                 "certificates: {} tenants swept for owed revocations, {} revoked, {} not swept",
@@ -123,10 +125,16 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
                 s.revoked,
                 s.failed.len()
             ));
+            match s.failed.len() {
+                0 => Ok(()),
+                n => Err(format!("certificate backstop: {n} tenants not swept")),
+            }
         }
-        // its own run record says so; the next day's sweep tries again
-        Err(e) => tracing::warn!(error = %e, "certificates not swept for owed revocations"),
-    }
+        Err(e) => {
+            tracing::warn!(error = %e, "certificates not swept for owed revocations");
+            Err(format!("certificate backstop: {e}"))
+        }
+    };
     // a tenant that could not be checked fails the run (the others were checked)
     let certificates = match certificates {
         Ok(Some(c)) if !c.failed.is_empty() => Err(format!(
@@ -135,6 +143,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         )),
         other => other.map_err(|e| format!("certificate expiry check: {e}")),
     };
+    let certificates = certificates.and_then(|c| backstop.map(|()| c));
     let (outcome, summary) = match (&purged, &pending, &finished, &trimmed, &certificates) {
         (Ok(purged), Ok(pending), Ok(finished), Ok(trimmed), Ok(_)) => (
             RunOutcome::Succeeded,
