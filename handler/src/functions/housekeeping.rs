@@ -36,21 +36,21 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     }
 
     let cutoff = started_at - time::Duration::days(RUN_HISTORY_DAYS);
-    let purged = match app.run_log.purge_history(NAME, cutoff).await {
-        Ok(n) => match app
-            .run_log
-            .purge_history(crate::certificate_expiry::RUN_NAME, cutoff)
-            .await
-        {
-            Ok(m) => app
-                .run_log
-                .purge_history(crate::certificate_backstop::RUN_NAME, cutoff)
-                .await
-                .map(|k| n + m + k),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
+    // the runs of Housekeeping and of the daily jobs it runs
+    let mut purged = Ok(0);
+    for name in [
+        NAME,
+        crate::certificate_expiry::RUN_NAME,
+        crate::certificate_backstop::RUN_NAME,
+    ] {
+        match app.run_log.purge_history(name, cutoff).await {
+            Ok(n) => purged = purged.map(|total| total + n),
+            Err(e) => {
+                purged = Err(e);
+                break;
+            }
+        }
+    }
     let pending = app.onboarding.confirm_pending().await;
     if let Ok(pending) = &pending {
         // this instance sees the new status at once, others within the tenants cache's hard age (cache::limits::TENANTS)
