@@ -51,7 +51,7 @@ pub struct App {
     pub access: AccessControl,
     pub onboarding: Onboarding,
     pub credentials: Arc<AppCredentials>,
-    pub scim: crate::scim_service::ScimService,
+    pub scim: crate::provisioning::ScimService,
     pub public_base_url: url::Url,
     pub tenants: Arc<dyn crate::store::TenantStore>,
     /// The Graph client (one HTTP client, token cache and retry policy for every call).
@@ -175,7 +175,7 @@ impl App {
             .with_journal(Arc::new(crate::trail::RevocationTrail(audit.clone()))),
         );
         let scim_table = tables.table(table_names.scim());
-        let scim = crate::scim_service::ScimService::new(
+        let scim = crate::provisioning::ScimService::new(
             Arc::new(crate::store::scim::TableScimUserStore::new(
                 scim_table.clone(),
             )),

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::access::AccessControl;
 use crate::domain::{Grant, Tenant, TenantStatus};
-use crate::scim_service::ScimService;
+use crate::provisioning::ScimService;
 use crate::store::StoreError;
 
 /// One capability's part of offboarding. Runs after the tenant's status is `offboarded`,

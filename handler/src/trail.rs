@@ -83,7 +83,7 @@ impl pki::RevocationJournal for RevocationTrail {
         let actor = match by {
             "graph_sync" => audit::Actor::graph_sync(),
             "scim" => audit::Actor::entra_provisioning(),
-            crate::certificate_backstop::TRIGGER => audit::Actor::system("Housekeeping"),
+            crate::certificates::backstop::TRIGGER => audit::Actor::system("Housekeeping"),
             other => audit::Actor::system(other),
         };
         let id = record.id.to_string();

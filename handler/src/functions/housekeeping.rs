@@ -1,7 +1,7 @@
 //! `Housekeeping`: a timer every 15 minutes that trims old records, confirms pending
 //! consents (dropping those never confirmed within `CONSENT_PENDING_MINUTES`), checks
-//! certificates for their expiry once a day (see `certificate_expiry`), revokes once a day
-//! the certificates whose owed revocation never ran (see `certificate_backstop`) and
+//! certificates for their expiry once a day (see `certificates::expiry`), revokes once a day
+//! the certificates whose owed revocation never ran (see `certificates::backstop`) and
 //! records its run. Later
 //! capabilities add their purge work here.
 
@@ -40,8 +40,8 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     let mut purged = Ok(0);
     for name in [
         NAME,
-        crate::certificate_expiry::RUN_NAME,
-        crate::certificate_backstop::RUN_NAME,
+        crate::certificates::expiry::RUN_NAME,
+        crate::certificates::backstop::RUN_NAME,
     ] {
         match app.run_log.purge_history(name, cutoff).await {
             Ok(n) => purged = purged.map(|total| total + n),
@@ -103,7 +103,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         Err(e) => tracing::warn!(error = %e, "audit outbox rows not moved"),
     }
     let trimmed = trim_audit(app, started_at).await;
-    let certificates = crate::certificate_expiry::check_if_due(app, started_at).await;
+    let certificates = crate::certificates::expiry::check_if_due(app, started_at).await;
     match &certificates {
         Ok(None) => {}
         Ok(Some(c)) => {
@@ -116,7 +116,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     }
     // a failure fails the run (its own run record names the tenants); the next day's
     // sweep tries again
-    let backstop = match crate::certificate_backstop::sweep_if_due(app, started_at).await {
+    let backstop = match crate::certificates::backstop::sweep_if_due(app, started_at).await {
         Ok(None) => Ok(()),
         Ok(Some(s)) => {
             response.log(format!(
@@ -139,7 +139,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     let certificates = match certificates {
         Ok(Some(c)) if !c.failed.is_empty() => Err(format!(
             "certificate expiry check: {}",
-            crate::certificate_expiry::failures(&c.failed)
+            crate::certificates::expiry::failures(&c.failed)
         )),
         other => other.map_err(|e| format!("certificate expiry check: {e}")),
     };

@@ -15,8 +15,8 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::app::App;
 use crate::auth::{self, bearer};
 use crate::lifecycle::{self, AccessRefusal};
+use crate::provisioning::{MAX_RESULTS, ScimError};
 use crate::routes::{ApiError, answer, body, guid_segment, json_reply, no_content, segment};
-use crate::scim_service::{MAX_RESULTS, ScimError};
 use audit::{Actor, Change, Event, Target};
 
 /// Largest SCIM request body (Entra's are a few KiB).
@@ -976,7 +976,7 @@ struct Outboxed {
     written: std::sync::Mutex<Option<Event>>,
 }
 
-impl crate::scim_service::Journal for Outboxed {
+impl crate::provisioning::Journal for Outboxed {
     fn row(&self, id: uuid::Uuid, changes: &[Change]) -> tables::Entity {
         let mut event = self.event.clone().changes(changes.to_vec());
         event.target.id = id.to_string();
@@ -994,7 +994,7 @@ async fn change(
     request: &ScimRequest<'_>,
     parts: &[&str],
     body: &[u8],
-    journal: Option<&dyn crate::scim_service::Journal>,
+    journal: Option<&dyn crate::provisioning::Journal>,
 ) -> Result<(Response, Option<String>, Vec<Change>), ScimError> {
     use warp::http::Method;
     let id_of = |v: &Value| v.get("id").and_then(Value::as_str).map(str::to_string);

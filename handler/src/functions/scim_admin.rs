@@ -26,13 +26,13 @@ use warp::{Filter, filters::BoxedFilter};
 use crate::app::App;
 use crate::auth;
 use crate::domain::TenantStatus;
+use crate::provisioning::ScimError;
+use crate::provisioning::admin::{Overrides, ScimSettings, UserStatus};
 use crate::routes::html;
 use crate::routes::{
     ApiError, MAX_JSON_BODY, answer, body, guid_segment, json_reply, no_content, parse_json,
     segment,
 };
-use crate::scim_admin::{Overrides, ScimSettings, UserStatus};
-use crate::scim_service::ScimError;
 
 impl From<ScimError> for ApiError {
     fn from(e: ScimError) -> ApiError {
@@ -352,7 +352,7 @@ struct RedeemBody {
 
 /// An offboarded tenant's invitations no longer work.
 async fn tenant_allows(app: &App, code: &str) -> Result<(), ScimError> {
-    let Some(tenant) = crate::scim_admin::code_tenant(code) else {
+    let Some(tenant) = crate::provisioning::admin::code_tenant(code) else {
         return Ok(()); // redeem says what is wrong with it
     };
     match app.access.tenants.get(tenant).await {
@@ -376,9 +376,9 @@ async fn tenant_allows(app: &App, code: &str) -> Result<(), ScimError> {
 fn redemption_event(
     actor: audit::Actor,
     code: &str,
-    outcome: &Result<crate::scim_admin::Redeemed, ScimError>,
+    outcome: &Result<crate::provisioning::admin::Redeemed, ScimError>,
 ) -> Option<audit::Event> {
-    let (tenant, invitation) = crate::scim_admin::parse_code(code)?;
+    let (tenant, invitation) = crate::provisioning::admin::parse_code(code)?;
     let event = match outcome {
         Ok(done) => audit::Event::new(
             done.tenant,
@@ -486,7 +486,7 @@ const REAL_INVITATION_REFUSALS: [&str; 5] = [
 async fn recordable(
     app: &App,
     code: &str,
-    redeemed: &Result<crate::scim_admin::Redeemed, ScimError>,
+    redeemed: &Result<crate::provisioning::admin::Redeemed, ScimError>,
 ) -> bool {
     let real = |e: &ScimError| {
         e.scim_type
@@ -566,7 +566,7 @@ mod operations {
         security(("entra_admin" = [])),
         params(("tenant_id" = uuid::Uuid, Path)),
         responses(
-            (status = 200, description = "The settings (all false and 168 until set)", body = crate::scim_admin::ScimSettings),
+            (status = 200, description = "The settings (all false and 168 until set)", body = crate::provisioning::admin::ScimSettings),
         )
     )]
     pub(super) fn get_scim_settings() {}
@@ -578,9 +578,9 @@ mod operations {
         tag = "SCIM admin",
         security(("entra_admin" = [])),
         params(("tenant_id" = uuid::Uuid, Path)),
-        request_body = crate::scim_admin::ScimSettings,
+        request_body = crate::provisioning::admin::ScimSettings,
         responses(
-            (status = 200, description = "The settings, applied to what is provisioned from now on", body = crate::scim_admin::ScimSettings),
+            (status = 200, description = "The settings, applied to what is provisioned from now on", body = crate::provisioning::admin::ScimSettings),
             (status = 409, description = "The tenant is offboarded", body = crate::openapi::schemas::ErrorBody),
         )
     )]

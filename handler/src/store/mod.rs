@@ -234,7 +234,7 @@ mod tests {
             assert!(matches!(StoreError::from(down), StoreError::Unavailable(_)));
         }
         let scim = |e: StoreError| {
-            let e = crate::scim_service::ScimError::from(e);
+            let e = crate::provisioning::ScimError::from(e);
             (e.status, e.scim_type)
         };
         assert_eq!(

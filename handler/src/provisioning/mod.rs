@@ -1,4 +1,6 @@
-//! The SCIM service for one tenant: secret tokens, and users as Entra provisions them.
+//! SCIM provisioning from Entra for one tenant: secret tokens, users as Entra provisions them,
+//! and what the product decides about them ([`admin`]).
+//!
 //! Translates between SCIM resources and the user store; the protocol pieces (filters,
 //! PATCH) come from the `scim` crate, the HTTP shape from `functions::scim`.
 
@@ -86,7 +88,7 @@ pub struct ScimService {
     /// MACs Secret Tokens, so forged ones are refused before any storage request.
     token_key: secret_token::TokenKey,
     token_cache: Arc<TtlCache<Uuid, Option<String>>>,
-    pub(crate) settings_cache: Arc<TtlCache<Uuid, crate::scim_admin::ScimSettings>>,
+    pub(crate) settings_cache: Arc<TtlCache<Uuid, crate::provisioning::admin::ScimSettings>>,
     /// Where activation links point.
     pub(crate) public_base_url: String,
     /// Users as SCIM GETs read them (by id and by lowercased userName), briefly; `None`
@@ -556,7 +558,7 @@ impl ScimService {
             };
             check_if_match(&current, if_match)?;
             // a pending invitation dies with its user
-            let extra = crate::scim_admin::revoke_previous(tenant, &current.admin)
+            let extra = crate::provisioning::admin::revoke_previous(tenant, &current.admin)
                 .into_iter()
                 .chain(journal.map(|j| Operation::Insert(j.row(current.id, &[]))))
                 .collect();
@@ -1248,6 +1250,7 @@ fn present(stored: &StoredResource, base: &str) -> Value {
     data
 }
 
+pub mod admin;
 mod mirror;
 mod secret_token;
 #[cfg(test)]

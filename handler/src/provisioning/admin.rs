@@ -18,7 +18,7 @@ use tables::{Entity, IfMatch, Operation};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::scim_service::{ScimError, ScimService, hash, kept_changing};
+use crate::provisioning::{ScimError, ScimService, hash, kept_changing};
 use crate::store::StoreError;
 use crate::store::scim::{StoredResource, WriteOutcome};
 use crate::store::scim_keys as keys;
