@@ -671,7 +671,16 @@ struct Announcer<'a> {
     unread: Vec<ObjectChange>,
     /// Ids of the records the attempts found.
     found: HashSet<Uuid>,
+    /// The hook's name for this write ([`BeforeCommit::write_tag`]).
+    tag: Option<String>,
+    /// Records no transaction of this write touched that carry its tag: another run of the
+    /// same write made their changes ([`Announcer::claim`]).
+    claimed: HashSet<(&'static str, Uuid)>,
 }
+
+/// The property naming the write that last wrote a user or group record
+/// ([`BeforeCommit::write_tag`]; empty for a write without one).
+const WRITTEN_BY: &str = "WrittenBy";
 
 impl<'a> Announcer<'a> {
     fn new(hook: Option<&'a dyn BeforeCommit>) -> Announcer<'a> {
@@ -681,7 +690,60 @@ impl<'a> Announcer<'a> {
             current: Vec::new(),
             unread: Vec::new(),
             found: HashSet::new(),
+            tag: hook.and_then(|h| h.write_tag()),
+            claimed: HashSet::new(),
         }
+    }
+
+    /// What this write's records carry as its name (empty when it has none).
+    fn tag(&self) -> &str {
+        self.tag.as_deref().unwrap_or("")
+    }
+
+    /// Finds the announced changes another run of the same write made: their record, which
+    /// no transaction of `applied` touched, carries this write's tag. Read only after a
+    /// lost race (otherwise every announced change was made here); a record that cannot be
+    /// read is left to the correction.
+    async fn claim(&mut self, directory: &TableDirectory, tenant: &str, applied: &Applied) {
+        let Some(tag) = self.tag.as_deref().filter(|t| !t.is_empty()) else {
+            return;
+        };
+        let touched: HashSet<(&str, Uuid)> =
+            applied.objects.iter().map(|o| (o.object, o.id)).collect();
+        let mut untouched: Vec<(&'static str, Uuid)> = self
+            .told
+            .iter()
+            .chain(&self.current)
+            .chain(&self.unread)
+            .map(|o| (o.object, o.id))
+            .filter(|k| !touched.contains(k))
+            .collect();
+        untouched.sort_unstable();
+        untouched.dedup();
+        for (object, id) in untouched {
+            let key = match object {
+                "user" => layout::user(id),
+                "group" => layout::group(id),
+                _ => continue,
+            };
+            match directory.get(tenant, &key).await {
+                Ok(Some(row)) if row.get_str(WRITTEN_BY) == Some(tag) => {
+                    self.claimed.insert((object, id));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "whether another run made a change left unknown")
+                }
+            }
+        }
+    }
+
+    /// `not_made`, without the changes another run of this write made.
+    fn unclaimed(&self, told: &[ObjectChange], applied: &Applied) -> Vec<ObjectChange> {
+        not_made(told, applied)
+            .into_iter()
+            .filter(|o| !self.claimed.contains(&(o.object, o.id)))
+            .collect()
     }
 
     /// Tells the hook what `groups` will change, before any of them commits; its refusal
@@ -732,7 +794,13 @@ impl<'a> Announcer<'a> {
     /// The write committed, or gave up after conflicts: what must follow its commits first
     /// (a failed correction of the record must not keep it from happening: a replay may not
     /// name those users), then the record's corrections ([`Announcer::settle`]).
-    async fn ended(&self, applied: &Applied) -> Result<(), DirectoryError> {
+    async fn ended(
+        &mut self,
+        directory: &TableDirectory,
+        tenant: &str,
+        applied: &Applied,
+    ) -> Result<(), DirectoryError> {
+        self.claim(directory, tenant, applied).await;
         let committed = committed(self.hook, applied).await;
         let settled = self.settle(applied).await;
         committed.and(settled)
@@ -742,7 +810,8 @@ impl<'a> Announcer<'a> {
     /// are followed up now (their users may be gone when the page is replayed), and the
     /// lost attempts' announcements corrected ([`Announcer::settle_failed`]); either
     /// failing is logged, the write's own error being the one to report.
-    async fn failed(&self, applied: &Applied) {
+    async fn failed(&mut self, directory: &TableDirectory, tenant: &str, applied: &Applied) {
+        self.claim(directory, tenant, applied).await;
         if !applied.inactive.is_empty()
             && let Err(e) = committed(self.hook, applied).await
         {
@@ -794,7 +863,7 @@ impl<'a> Announcer<'a> {
                 tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
             }
         }
-        let objects = not_made(&told, applied);
+        let objects = self.unclaimed(&told, applied);
         let correcting = if objects.is_empty() {
             Ok(())
         } else {
@@ -821,7 +890,7 @@ impl<'a> Announcer<'a> {
             .filter(|o| !self.current.iter().any(|c| same_change(c, o)))
             .cloned()
             .collect();
-        let objects = not_made(&told, applied);
+        let objects = self.unclaimed(&told, applied);
         if objects.is_empty() {
             return Ok(());
         }
@@ -1441,7 +1510,10 @@ impl TableDirectory {
                 announcer.found(u.id);
             }
             let after = state.remove(&key).flatten();
-            groups.extend(self.user_ops(tenant, before, after).await?);
+            groups.extend(
+                self.user_ops(tenant, before, after, announcer.tag())
+                    .await?,
+            );
         }
         announcer
             .tell(&groups, mode == ApplyMode::Optimistic)
@@ -1456,6 +1528,7 @@ impl TableDirectory {
         tenant: &str,
         before: Option<(User, ETag)>,
         after: Option<User>,
+        tag: &str,
     ) -> Result<Vec<OpGroup>, DirectoryError> {
         let mut out = Vec::new();
         let mut group = OpGroup::default();
@@ -1482,7 +1555,9 @@ impl TableDirectory {
         match (&before, &after) {
             (None, None) => return Ok(out),
             (None, Some(u)) => {
-                group.ops.push(Operation::Insert(user_entity(tenant, u)));
+                group.ops.push(Operation::Insert(
+                    user_entity(tenant, u).with(WRITTEN_BY, tag),
+                ));
                 group.delta = user_counts(u);
                 group.applied.created = 1;
             }
@@ -1494,7 +1569,7 @@ impl TableDirectory {
                 }
                 group.ops.push(Operation::update(
                     &user_entity(tenant, old),
-                    user_entity(tenant, u),
+                    user_entity(tenant, u).with(WRITTEN_BY, tag),
                     IfMatch::ETag(etag.clone()),
                 ));
                 group.delta = difference(&user_counts(u), &user_counts(old));
@@ -1696,9 +1771,9 @@ impl TableDirectory {
             after.seen_round = after.seen_round.max(round);
             match &before {
                 None => {
-                    record
-                        .ops
-                        .push(Operation::Insert(group_entity(tenant, &after)));
+                    record.ops.push(Operation::Insert(
+                        group_entity(tenant, &after).with(WRITTEN_BY, announcer.tag()),
+                    ));
                     record.delta.groups = 1;
                     record.applied.created = 1;
                     record.applied.objects.push(ObjectChange {
@@ -1718,7 +1793,7 @@ impl TableDirectory {
                         after.updated_at = now;
                         record.ops.push(Operation::update(
                             &group_entity(tenant, old),
-                            group_entity(tenant, &after),
+                            group_entity(tenant, &after).with(WRITTEN_BY, announcer.tag()),
                             IfMatch::ETag(etag.clone()),
                         ));
                         record.applied.updated = 1;
@@ -2052,7 +2127,7 @@ impl Directory for TableDirectory {
                 .await
             {
                 Ok(()) => {
-                    announcer.ended(&applied).await?;
+                    announcer.ended(self, &tenant, &applied).await?;
                     return Ok(applied);
                 }
                 Err(Failure::Conflict) => {
@@ -2063,12 +2138,12 @@ impl Directory for TableDirectory {
                     }
                 }
                 Err(Failure::Fatal(e)) => {
-                    announcer.failed(&applied).await;
+                    announcer.failed(self, &tenant, &applied).await;
                     return Err(e);
                 }
             }
         }
-        announcer.ended(&applied).await?;
+        announcer.ended(self, &tenant, &applied).await?;
         Err(DirectoryError::Contended)
     }
 
@@ -2097,7 +2172,7 @@ impl Directory for TableDirectory {
                 .await
             {
                 Ok(()) => {
-                    announcer.ended(&applied).await?;
+                    announcer.ended(self, &tenant, &applied).await?;
                     return Ok(applied);
                 }
                 Err(Failure::Conflict) => {
@@ -2108,12 +2183,12 @@ impl Directory for TableDirectory {
                     }
                 }
                 Err(Failure::Fatal(e)) => {
-                    announcer.failed(&applied).await;
+                    announcer.failed(self, &tenant, &applied).await;
                     return Err(e);
                 }
             }
         }
-        announcer.ended(&applied).await?;
+        announcer.ended(self, &tenant, &applied).await?;
         Err(DirectoryError::Contended)
     }
 

@@ -415,6 +415,17 @@ async fn acquire(
     }
 }
 
+/// What the records a round's page (`None`: its sweep) writes carry as the write's name
+/// ([`directory::BeforeCommit::write_tag`]): the same for every instance that runs the page,
+/// since a round's number is the tenant's own and its pages are numbered from its
+/// checkpoint.
+pub fn write_tag(round: i64, page: Option<i64>) -> String {
+    match page {
+        Some(page) => format!("round {round} page {page}"),
+        None => format!("round {round} sweep"),
+    }
+}
+
 /// Hands what a page is about to change to the round's observer, before it commits.
 struct Changing<'a> {
     observer: &'a dyn RoundObserver,
@@ -448,6 +459,10 @@ impl directory::BeforeCommit for Changing<'_> {
         self.observer
             .page_not_made(self.tenant, self.round, self.page, self.started, objects)
             .await
+    }
+
+    fn write_tag(&self) -> Option<String> {
+        Some(write_tag(self.round, self.page))
     }
 
     async fn committed(&self, applied: &Applied) -> Result<(), String> {

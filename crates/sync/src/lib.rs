@@ -14,7 +14,9 @@ pub mod graph;
 mod schedule;
 mod state;
 
-pub use engine::{NoObserver, Outcome, RoundObserver, RoundOptions, RoundReport, run_round};
+pub use engine::{
+    NoObserver, Outcome, RoundObserver, RoundOptions, RoundReport, run_round, write_tag,
+};
 pub use schedule::{Schedule, SyncRequest};
 pub use state::{LastRound, Lease, Phase, Requests, SyncState, SyncStateStore, TableSyncStates};
 

@@ -491,7 +491,24 @@ struct RaceOnce {
     steal_lease: Option<tables::Table>,
     raced: Uuid,
     raced_yet: std::sync::atomic::AtomicBool,
+    /// When set, the racing write is the same page run by another instance (it names its
+    /// write as the page does), as when an instance that stalled past its lease commits.
+    same_page: bool,
     not_made: Mutex<Vec<(i64, Vec<Uuid>)>>,
+}
+
+/// A hook that only names its write.
+struct Named(String);
+
+#[async_trait]
+impl directory::BeforeCommit for Named {
+    async fn changing(&self, _objects: &[directory::ObjectChange]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn write_tag(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
 }
 
 #[async_trait]
@@ -504,7 +521,7 @@ impl sync::RoundObserver for RaceOnce {
         &self,
         tenant: Uuid,
         round: i64,
-        _page: Option<i64>,
+        page: Option<i64>,
         _started: time::OffsetDateTime,
         _objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
@@ -513,13 +530,17 @@ impl sync::RoundObserver for RaceOnce {
                 .raced_yet
                 .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
-            // the same change the page makes, as an on-demand sync of the user would
+            // the same change the page makes, as an on-demand sync of the user would (or,
+            // with `same_page`, the same page on another instance)
+            let named = Named(sync::write_tag(round, page));
             self.other
-                .apply_users(
+                .apply_users_noting(
                     tenant,
                     directory::Writer::Graph,
                     vec![user(self.raced, round)],
                     directory::ApplyMode::Read,
+                    self.same_page
+                        .then_some(&named as &dyn directory::BeforeCommit),
                 )
                 .await
                 .map_err(|e| e.to_string())?;
@@ -556,6 +577,7 @@ impl sync::RoundObserver for RaceOnce {
 /// corrections the observer heard of.
 async fn race_in_the_second_round(
     steal_lease: bool,
+    same_page: bool,
 ) -> (
     Result<sync::RoundReport, sync::SyncError>,
     Vec<(i64, Vec<Uuid>)>,
@@ -583,6 +605,7 @@ async fn race_in_the_second_round(
         steal_lease: steal_lease.then(|| w.states_table.clone()),
         raced,
         raced_yet: Default::default(),
+        same_page,
         not_made: Mutex::new(Vec::new()),
     };
     let first = run_round(
@@ -608,10 +631,25 @@ async fn race_in_the_second_round(
 // of them.
 #[tokio::test]
 async fn a_change_a_rounds_retry_no_longer_made_reaches_the_observer_as_not_made() {
-    let (second, heard, raced) = race_in_the_second_round(false).await;
+    let (second, heard, raced) = race_in_the_second_round(false, false).await;
     let second = second.unwrap();
     assert_eq!((second.outcome, second.full), (Outcome::Completed, false));
     assert_eq!(heard, vec![(2, vec![raced])]);
+}
+
+// Issue 12: when an instance that stalled past its lease committed the page's change
+// after the lease's holder read the user, the holder's retry found the change made and
+// rewrote the page's event (the other instance's record of making it) as not made. The
+// record now names the page that wrote it, so the holder leaves that event alone.
+#[tokio::test]
+async fn a_change_the_same_page_made_on_another_instance_is_not_corrected() {
+    let (second, heard, _) = race_in_the_second_round(false, true).await;
+    let second = second.unwrap();
+    assert_eq!((second.outcome, second.full), (Outcome::Completed, false));
+    assert!(
+        heard.is_empty(),
+        "the change was made, by the page: {heard:?}"
+    );
 }
 
 // Issue 12: an instance that stalled past its lease runs the same page as the one that
@@ -620,7 +658,7 @@ async fn a_change_a_rounds_retry_no_longer_made_reaches_the_observer_as_not_made
 // corrects now.
 #[tokio::test]
 async fn an_instance_that_lost_the_lease_does_not_correct_the_pages_events() {
-    let (second, heard, _) = race_in_the_second_round(true).await;
+    let (second, heard, _) = race_in_the_second_round(true, false).await;
     assert!(
         matches!(second, Err(sync::SyncError::LeaseLost)),
         "the round stops: {second:?}"
