@@ -16,6 +16,7 @@ mod onboarding;
 mod openapi;
 mod provisioning;
 mod routes;
+mod search_rows;
 mod startup;
 mod store;
 mod telemetry;

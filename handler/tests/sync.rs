@@ -156,6 +156,17 @@ impl World {
         }
     }
 
+    /// A table of this test's deployment (by its prefix).
+    fn table(&self, name: &str) -> tables::Table {
+        let prefix = &self
+            .env
+            .iter()
+            .find(|(k, _)| *k == "STORAGE_TABLE_PREFIX")
+            .unwrap()
+            .1;
+        self.storage.client().table(format!("{prefix}{name}"))
+    }
+
     async fn stats(&self) -> Value {
         let all = self.json("/api/v1/entra-id/statistics").await;
         all["tenants"]
@@ -1042,4 +1053,88 @@ async fn on_demand_syncs_record_each_change_and_failure_by_the_admin_who_asked()
         assert_eq!(failed[0]["outcome"]["status"], "failure", "{trail}");
         assert_eq!(failed[0]["actor"]["kind"], "admin", "{trail}");
     }
+}
+
+/// The timer invocation as the Functions host sends it (as in blackbox.rs).
+const HOST_TIMER_BODY: &str = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},
+    "ScheduleStatus":{"Last":"2026-11-24T10:00:00+00:00","Next":"2026-11-24T10:15:00+00:00","LastUpdated":"2026-11-24T10:00:00+00:00"},
+    "IsPastDue":false}},
+ "Metadata":{"sys":{"MethodName":"Housekeeping","UtcNow":"2026-11-24T10:15:00.012Z","RandGuid":"0f8fad5b-d9cb-469f-a165-70867728950e"}}}"#;
+
+#[tokio::test]
+async fn housekeeping_moves_search_rows_an_older_release_left_in_the_directory_table() {
+    let mut w = World::start().await;
+    // under the host: no timer of its own runs Housekeeping before this test posts it
+    w.handler = Some(HandlerProcess::start(BIN, &["host"], &w.env));
+    let t = w.tenant.clone();
+    let r = w
+        .post(&format!("/api/v1/tenants/{t}/scim/token"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let token: Value = r.json().await.unwrap();
+    let created: Value = w
+        .http
+        .post(format!("{}/Users", token["tenant_url"].as_str().unwrap()))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .header("content-type", "application/scim+json")
+        .json(&json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "Pat@contoso.com", "active": true, "displayName": "Pat Jones",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        ids_of(&w.json("/api/v1/entra-id/users?search=pat").await),
+        vec![id.clone()]
+    );
+
+    // the user's search rows where a release before DirectorySearch wrote them
+    let (directory, search) = (w.table("Directory"), w.table("DirectorySearch"));
+    let rows = search
+        .query_all(tables::Query::partition(&t))
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    for row in &rows {
+        let mut old = tables::Entity::new(row.partition_key.as_str(), row.row_key.as_str());
+        old.properties = row.properties.clone();
+        directory.insert(&old).await.unwrap();
+        search
+            .delete(&row.partition_key, &row.row_key, tables::IfMatch::Any)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        ids_of(&w.json("/api/v1/entra-id/users?search=pat").await),
+        Vec::<String>::new()
+    );
+
+    let answer = w
+        .http
+        .post(format!("{}/Housekeeping", w.base()))
+        .header("content-type", "application/json")
+        .body(HOST_TIMER_BODY)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    assert_eq!(status, StatusCode::OK, "{}", answer.text().await.unwrap());
+    assert_eq!(
+        ids_of(&w.json("/api/v1/entra-id/users?search=pat").await),
+        vec![id.clone()]
+    );
+    assert_eq!(
+        ids_of(&w.json("/api/v1/entra-id/users?search=pat%20jo").await),
+        vec![id]
+    );
+    let left = directory
+        .query_all(tables::Query::partition(&t))
+        .await
+        .unwrap();
+    assert!(left.iter().all(|r| !r.row_key.starts_with("s-")));
 }

@@ -2395,6 +2395,125 @@ impl TableDirectory {
     }
 }
 
+/// Upgrades from the layout before the search table had its own table.
+impl TableDirectory {
+    /// Moves the tenant's search rows that a release before `{table}Search` left in the
+    /// directory's table (where nothing reads them: their users were not found by a search
+    /// until changed) into the search table; returns how many it moved. A page of at most
+    /// 100 at a time, so memory stays bounded: copied first (a row the search table has
+    /// already, written since by a change of its user, is kept as it is), then deleted from
+    /// the directory's table if unchanged since read; a crash between the two loses
+    /// nothing, and running it again finishes the move. A copied row its user no longer
+    /// matches (renamed or gone since) is skipped and dropped by the search that reads it,
+    /// as any stale row.
+    pub async fn move_search_rows(&self, tenant: Uuid) -> Result<u64, DirectoryError> {
+        let pk = tenant.to_string();
+        let range = layout::prefix_range(layout::SEARCH);
+        let mut after: Option<String> = None;
+        let mut moved = 0;
+        loop {
+            // past the last row of the previous page: a row that could not be deleted
+            // (changed meanwhile) is not read again and again
+            let extra: Vec<String> = after
+                .iter()
+                .map(|k| {
+                    format!(
+                        "RowKey gt {}",
+                        tables::Value::from(k.as_str()).filter_literal()
+                    )
+                })
+                .collect();
+            let query = Query {
+                filter: Some(layout::range_filter(&pk, range.clone(), &extra)),
+                select: None,
+                page_size: Some(MAX_OPERATIONS as u32),
+                limit: Some(MAX_OPERATIONS),
+            };
+            // the directory's own table: `range` would read the search table
+            let rows = self.table.query_all(query).await?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            after = Some(last.row_key.clone());
+            self.copy_to_search(&rows).await?;
+            moved += self.delete_moved(&pk, &rows).await?;
+            if rows.len() < MAX_OPERATIONS {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Inserts copies of `rows` (one partition) into the search table, keeping any row
+    /// already there.
+    async fn copy_to_search(&self, rows: &[Entity]) -> Result<(), DirectoryError> {
+        let copies: Vec<Entity> = rows
+            .iter()
+            .map(|r| {
+                let mut copy = Entity::new(r.partition_key.as_str(), r.row_key.as_str());
+                copy.properties = r.properties.clone();
+                copy
+            })
+            .collect();
+        let inserts: Vec<Operation> = copies.iter().cloned().map(Operation::Insert).collect();
+        match self.search.transact(&inserts).await {
+            Ok(_) => return Ok(()),
+            // some row is there already: each is then inserted alone, which does not rely
+            // on which operation the service named
+            Err(TableError::Batch { source, .. }) if source.is_conflict() => {}
+            Err(e) => return Err(e.into()),
+        }
+        for copy in &copies {
+            match self.search.insert(copy).await {
+                Ok(_) => {}
+                Err(e) if already_exists(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `rows` from the directory's table unless changed since read; how many it
+    /// deleted (a row gone or changed was moved or removed by someone else).
+    async fn delete_moved(&self, tenant: &str, rows: &[Entity]) -> Result<u64, DirectoryError> {
+        let guarded: Vec<(String, IfMatch)> = rows
+            .iter()
+            .map(|r| {
+                let etag = r
+                    .etag
+                    .clone()
+                    .ok_or_else(|| corrupt(&r.row_key, "no ETag"))?;
+                Ok((r.row_key.clone(), IfMatch::ETag(etag)))
+            })
+            .collect::<Result<_, DirectoryError>>()?;
+        let deletes: Vec<Operation> = guarded
+            .iter()
+            .map(|(key, if_match)| delete(tenant, key.clone(), if_match.clone()))
+            .collect();
+        match self.table.transact(&deletes).await {
+            Ok(_) => return Ok(deletes.len() as u64),
+            Err(TableError::Batch { source, .. })
+                if source.is_not_found() || source.is_precondition_failed() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut deleted = 0;
+        for (key, if_match) in guarded {
+            match self.table.delete(tenant, &key, if_match).await {
+                Ok(()) => deleted += 1,
+                Err(e) if e.is_not_found() || e.is_precondition_failed() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// True when an insert found its row there already (not another conflict, such as a table
+/// being deleted, which must not count as copied).
+fn already_exists(e: &TableError) -> bool {
+    matches!(e, TableError::Conflict { code, .. } if code == "EntityAlreadyExists")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

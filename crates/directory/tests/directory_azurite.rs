@@ -1477,3 +1477,123 @@ async fn what_follows_a_commit_happens_even_when_correcting_the_record_fails() {
     assert!(!dir.user(tenant, bob).await.unwrap().unwrap().enabled);
     assert_eq!(*hook.committed.lock().unwrap(), vec![bob]);
 }
+
+/// Every row of a tenant's partition in `table`.
+async fn partition_rows(table: &tables::Table, tenant: Uuid) -> Vec<tables::Entity> {
+    table
+        .query_all(tables::Query::partition(&tenant.to_string()))
+        .await
+        .unwrap()
+}
+
+/// Puts a tenant's search rows where a release before the search table kept them: in the
+/// directory's table, with the same properties, and none in the search table.
+async fn into_old_layout(dir: &TableDirectory, tenant: Uuid) -> Vec<tables::Entity> {
+    let rows = partition_rows(dir.search_table(), tenant).await;
+    let copies = rows.iter().map(|r| {
+        let mut copy = tables::Entity::new(r.partition_key.as_str(), r.row_key.as_str());
+        copy.properties = r.properties.clone();
+        tables::Operation::Insert(copy)
+    });
+    dir.table()
+        .transact_chunked(copies.collect())
+        .await
+        .unwrap();
+    let deletes = rows.iter().map(|r| tables::Operation::Delete {
+        partition_key: r.partition_key.clone(),
+        row_key: r.row_key.clone(),
+        if_match: tables::IfMatch::Any,
+    });
+    dir.search_table()
+        .transact_chunked(deletes.collect())
+        .await
+        .unwrap();
+    rows
+}
+
+#[tokio::test]
+async fn search_rows_an_older_release_left_in_the_directory_table_are_moved_and_found_again() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    // two terms each (the e-mail is the UPN): more rows than one page of the move
+    let users: Vec<UserChange> = (0..60)
+        .map(|i| {
+            graph_user(
+                Uuid::new_v4(),
+                &format!("user{i:02}@contoso.com"),
+                &format!("User {i:02}"),
+                true,
+                1,
+            )
+        })
+        .collect();
+    dir.apply_users(tenant, Writer::Graph, users, ApplyMode::Optimistic)
+        .await
+        .unwrap();
+    let (ada, bob) = ada_and_bob(&dir, tenant).await;
+    let old = into_old_layout(&dir, tenant).await;
+    assert_eq!(old.len(), 124);
+    let found = |q: &'static str| {
+        let dir = dir.clone();
+        async move {
+            dir.list_users(tenant, &search(q, 100, None))
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|u| u.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(found("ada").await.is_empty(), "not found in the old layout");
+    // Bob renamed since the upgrade: his old name's row is stale once copied
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(bob, "bob@contoso.com", "Robert Smith", true, 1)],
+        ApplyMode::Read,
+    )
+    .await
+    .unwrap();
+    // a crash between copy and delete: Ada's UPN row in both tables, the search table's
+    // version the one to keep
+    let ada_upn = old
+        .iter()
+        .find(|r| r.row_key == format!("s-ada@contoso.com|{ada}"))
+        .unwrap();
+    let mut kept = tables::Entity::new(ada_upn.partition_key.as_str(), ada_upn.row_key.as_str());
+    kept.properties = ada_upn.properties.clone();
+    kept.set("Kept", true);
+    dir.search_table().insert(&kept).await.unwrap();
+
+    assert_eq!(dir.move_search_rows(tenant).await.unwrap(), 124);
+    assert!(
+        partition_rows(dir.table(), tenant)
+            .await
+            .iter()
+            .all(|r| !r.row_key.starts_with("s-"))
+    );
+    let search_rows = partition_rows(dir.search_table(), tenant).await;
+    for row in &old {
+        assert!(
+            search_rows.iter().any(|r| r.row_key == row.row_key),
+            "{} not moved",
+            row.row_key
+        );
+    }
+    let ada_row = search_rows
+        .iter()
+        .find(|r| r.row_key == ada_upn.row_key)
+        .unwrap();
+    assert_eq!(ada_row.get_bool("Kept"), Some(true));
+    assert_eq!(found("ada").await, vec![ada]);
+    assert_eq!(found("user3").await.len(), 10);
+    assert_eq!(found("robert").await, vec![bob]);
+    assert!(
+        found("bob smith").await.is_empty(),
+        "the stale row is skipped"
+    );
+    assert_eq!(found("bob").await, vec![bob]);
+
+    assert_eq!(dir.move_search_rows(tenant).await.unwrap(), 0, "a rerun");
+}

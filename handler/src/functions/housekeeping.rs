@@ -1,9 +1,9 @@
 //! `Housekeeping`: a timer every 15 minutes that trims old records, confirms pending
 //! consents (dropping those never confirmed within `CONSENT_PENDING_MINUTES`), checks
 //! certificates for their expiry once a day (see `certificates::expiry`), revokes once a day
-//! the certificates whose owed revocation never ran (see `certificates::backstop`) and
-//! records its run. Later
-//! capabilities add their purge work here.
+//! the certificates whose owed revocation never ran (see `certificates::backstop`), moves
+//! once a day the directory search rows an older release left in the directory's table
+//! (see `search_rows`) and records its run. Later capabilities add their purge work here.
 
 use futures::future::BoxFuture;
 use host::{InvocationRequest, InvocationResponse, InvokeError};
@@ -42,6 +42,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         NAME,
         crate::certificates::expiry::RUN_NAME,
         crate::certificates::backstop::RUN_NAME,
+        crate::search_rows::RUN_NAME,
     ] {
         match app.run_log.purge_history(name, cutoff).await {
             Ok(n) => purged = purged.map(|total| total + n),
@@ -135,6 +136,29 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
             Err(format!("certificate backstop: {e}"))
         }
     };
+    // likewise: a tenant whose rows could not be moved fails the run (its run record names
+    // it), the others' rows were moved; the next day's run tries again
+    let search_rows = match crate::search_rows::move_if_due(app, started_at).await {
+        Ok(None) => Ok(()),
+        Ok(Some(m)) => {
+            if m.rows > 0 {
+                response.log(format!(
+                    "directory: moved {} search rows an older release left in the directory table",
+                    m.rows
+                ));
+            }
+            match m.failed.len() {
+                0 => Ok(()),
+                n => Err(format!(
+                    "directory search rows: {n} tenants' rows not moved from the directory table"
+                )),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "directory search rows not moved");
+            Err(format!("directory search rows: {e}"))
+        }
+    };
     // a tenant that could not be checked fails the run (the others were checked)
     let certificates = match certificates {
         Ok(Some(c)) if !c.failed.is_empty() => Err(format!(
@@ -143,7 +167,9 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         )),
         other => other.map_err(|e| format!("certificate expiry check: {e}")),
     };
-    let certificates = certificates.and_then(|c| backstop.map(|()| c));
+    let certificates = certificates
+        .and_then(|c| backstop.map(|()| c))
+        .and_then(|c| search_rows.map(|()| c));
     let (outcome, summary) = match (&purged, &pending, &finished, &trimmed, &certificates) {
         (Ok(purged), Ok(pending), Ok(finished), Ok(trimmed), Ok(_)) => (
             RunOutcome::Succeeded,
