@@ -86,12 +86,13 @@ pub trait BeforeCommit: Send + Sync {
     }
 
     /// Names the write, so that another run of the same write can be told from other
-    /// writers: every user and group record it writes carries the name. Two runs of one
-    /// write (a sync page run by an instance that stalled past its lease and by the one that
-    /// took the lease over) must give the same name, and no other write may. Then a change
-    /// this run announced, lost a race on and did not make, whose record its write did not
-    /// touch but now carries the name, was made by the other run: it is not named to
-    /// [`BeforeCommit::not_made`]. None (the default) names nothing.
+    /// writers: every user and group record it writes carries the name and the kind of
+    /// change it made there. Two runs of one write (a sync page run by an instance that
+    /// stalled past its lease and by the one that took the lease over) must give the same
+    /// name, and no other write may. Then a change this run announced and did not make,
+    /// whose record carries the name and that kind of change, was made by the other run: it
+    /// is not named to [`BeforeCommit::not_made`]. None (the default) names nothing, and a
+    /// record it writes carries no name.
     fn write_tag(&self) -> Option<String> {
         None
     }

@@ -673,14 +673,21 @@ struct Announcer<'a> {
     found: HashSet<Uuid>,
     /// The hook's name for this write ([`BeforeCommit::write_tag`]).
     tag: Option<String>,
-    /// Records no transaction of this write touched that carry its tag: another run of the
-    /// same write made their changes ([`Announcer::claim`]).
-    claimed: HashSet<(&'static str, Uuid)>,
 }
 
-/// The property naming the write that last wrote a user or group record
-/// ([`BeforeCommit::write_tag`]; empty for a write without one).
+/// The property naming the write that last wrote a user or group record and the kind of
+/// change it made there ([`written_by`]).
 const WRITTEN_BY: &str = "WrittenBy";
+
+/// What a record written by a write named `tag` carries in [`WRITTEN_BY`]: the name and the
+/// kind of change, empty for a write without a name (so that the next writer's clears the
+/// last one's).
+fn written_by(tag: &str, kind: Option<ObjectChangeKind>) -> String {
+    match kind {
+        Some(kind) if !tag.is_empty() => format!("{tag}|{}", kind.as_str()),
+        _ => String::new(),
+    }
+}
 
 impl<'a> Announcer<'a> {
     fn new(hook: Option<&'a dyn BeforeCommit>) -> Announcer<'a> {
@@ -691,7 +698,6 @@ impl<'a> Announcer<'a> {
             unread: Vec::new(),
             found: HashSet::new(),
             tag: hook.and_then(|h| h.write_tag()),
-            claimed: HashSet::new(),
         }
     }
 
@@ -700,50 +706,48 @@ impl<'a> Announcer<'a> {
         self.tag.as_deref().unwrap_or("")
     }
 
-    /// Finds the announced changes another run of the same write made: their record, which
-    /// no transaction of `applied` touched, carries this write's tag. Read only after a
-    /// lost race (otherwise every announced change was made here); a record that cannot be
-    /// read is left to the correction.
-    async fn claim(&mut self, directory: &TableDirectory, tenant: &str, applied: &Applied) {
-        let Some(tag) = self.tag.as_deref().filter(|t| !t.is_empty()) else {
-            return;
+    /// `objects` (changes about to be named not made) without those another run of the same
+    /// write made: each one's record carries this write's name and that kind of change,
+    /// which no other write leaves. Read only when this write has a name and something to
+    /// correct, concurrently; a record that cannot be read leaves its change to the
+    /// correction.
+    async fn unclaimed(
+        &self,
+        directory: Option<(&TableDirectory, &str)>,
+        objects: Vec<ObjectChange>,
+    ) -> Vec<ObjectChange> {
+        let (Some((directory, tenant)), Some(tag)) =
+            (directory, self.tag.as_deref().filter(|t| !t.is_empty()))
+        else {
+            return objects;
         };
-        let touched: HashSet<(&str, Uuid)> =
-            applied.objects.iter().map(|o| (o.object, o.id)).collect();
-        let mut untouched: Vec<(&'static str, Uuid)> = self
-            .told
-            .iter()
-            .chain(&self.current)
-            .chain(&self.unread)
-            .map(|o| (o.object, o.id))
-            .filter(|k| !touched.contains(k))
-            .collect();
-        untouched.sort_unstable();
-        untouched.dedup();
-        for (object, id) in untouched {
-            let key = match object {
-                "user" => layout::user(id),
-                "group" => layout::group(id),
-                _ => continue,
-            };
-            match directory.get(tenant, &key).await {
-                Ok(Some(row)) if row.get_str(WRITTEN_BY) == Some(tag) => {
-                    self.claimed.insert((object, id));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "whether another run made a change left unknown")
-                }
-            }
+        if objects.is_empty() {
+            return objects;
         }
-    }
-
-    /// `not_made`, without the changes another run of this write made.
-    fn unclaimed(&self, told: &[ObjectChange], applied: &Applied) -> Vec<ObjectChange> {
-        not_made(told, applied)
-            .into_iter()
-            .filter(|o| !self.claimed.contains(&(o.object, o.id)))
+        let kept: Vec<Option<ObjectChange>> = stream::iter(objects)
+            .map(|o| async move {
+                let key = match o.object {
+                    "user" => layout::user(o.id),
+                    "group" => layout::group(o.id),
+                    _ => return Some(o),
+                };
+                match directory.get(tenant, &key).await {
+                    Ok(Some(row))
+                        if row.get_str(WRITTEN_BY) == Some(&written_by(tag, Some(o.kind))) =>
+                    {
+                        None
+                    }
+                    Ok(_) => Some(o),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "whether another run made a change left unknown");
+                        Some(o)
+                    }
+                }
+            })
+            .buffered(READ_CONCURRENCY)
             .collect()
+            .await;
+        kept.into_iter().flatten().collect()
     }
 
     /// Tells the hook what `groups` will change, before any of them commits; its refusal
@@ -795,14 +799,13 @@ impl<'a> Announcer<'a> {
     /// (a failed correction of the record must not keep it from happening: a replay may not
     /// name those users), then the record's corrections ([`Announcer::settle`]).
     async fn ended(
-        &mut self,
+        &self,
         directory: &TableDirectory,
         tenant: &str,
         applied: &Applied,
     ) -> Result<(), DirectoryError> {
-        self.claim(directory, tenant, applied).await;
         let committed = committed(self.hook, applied).await;
-        let settled = self.settle(applied).await;
+        let settled = self.settle(applied, Some((directory, tenant))).await;
         committed.and(settled)
     }
 
@@ -810,14 +813,13 @@ impl<'a> Announcer<'a> {
     /// are followed up now (their users may be gone when the page is replayed), and the
     /// lost attempts' announcements corrected ([`Announcer::settle_failed`]); either
     /// failing is logged, the write's own error being the one to report.
-    async fn failed(&mut self, directory: &TableDirectory, tenant: &str, applied: &Applied) {
-        self.claim(directory, tenant, applied).await;
+    async fn failed(&self, directory: &TableDirectory, tenant: &str, applied: &Applied) {
         if !applied.inactive.is_empty()
             && let Err(e) = committed(self.hook, applied).await
         {
             tracing::error!(error = %e, "what follows a partly committed write failed");
         }
-        if let Err(e) = self.settle_failed(applied).await {
+        if let Err(e) = self.settle_failed(applied, Some((directory, tenant))).await {
             tracing::error!(error = %e, "announced changes not made left uncorrected");
         }
     }
@@ -825,8 +827,13 @@ impl<'a> Announcer<'a> {
     /// The write ended (committed, or gave up after conflicts): tells the hook of the
     /// announced changes that no transaction of `applied` made, and announces again each
     /// made change whose last announcement (an attempt that then lost a race) described it
-    /// otherwise than the transaction that made it.
-    async fn settle(&self, applied: &Applied) -> Result<(), DirectoryError> {
+    /// otherwise than the transaction that made it. Changes another run of the write made
+    /// are not named (with `directory`, [`Announcer::unclaimed`]).
+    async fn settle(
+        &self,
+        applied: &Applied,
+        directory: Option<(&TableDirectory, &str)>,
+    ) -> Result<(), DirectoryError> {
         let Some(hook) = self.hook else {
             return Ok(());
         };
@@ -863,7 +870,7 @@ impl<'a> Announcer<'a> {
                 tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
             }
         }
-        let objects = self.unclaimed(&told, applied);
+        let objects = self.unclaimed(directory, not_made(&told, applied)).await;
         let correcting = if objects.is_empty() {
             Ok(())
         } else {
@@ -880,7 +887,11 @@ impl<'a> Announcer<'a> {
     /// longer wanted), unless a transaction of `applied` made them. A replay that makes one
     /// after all announces it again, under the same record. Creations announced without
     /// reading are left: whether an ambiguous failure made them cannot be told here.
-    async fn settle_failed(&self, applied: &Applied) -> Result<(), DirectoryError> {
+    async fn settle_failed(
+        &self,
+        applied: &Applied,
+        directory: Option<(&TableDirectory, &str)>,
+    ) -> Result<(), DirectoryError> {
         let Some(hook) = self.hook else {
             return Ok(());
         };
@@ -890,7 +901,7 @@ impl<'a> Announcer<'a> {
             .filter(|o| !self.current.iter().any(|c| same_change(c, o)))
             .cloned()
             .collect();
-        let objects = self.unclaimed(&told, applied);
+        let objects = self.unclaimed(directory, not_made(&told, applied)).await;
         if objects.is_empty() {
             return Ok(());
         }
@@ -1546,17 +1557,18 @@ impl TableDirectory {
             _ => {}
         }
         let same = matches!((&before, &after), (Some((old, _)), Some(u)) if same_user(old, u));
-        if !same {
-            group
-                .applied
-                .objects
-                .extend(user_change(before.as_ref().map(|(u, _)| u), after.as_ref()));
-        }
+        let change = if same {
+            None
+        } else {
+            user_change(before.as_ref().map(|(u, _)| u), after.as_ref())
+        };
+        let mark = written_by(tag, change.as_ref().map(|c| c.kind));
+        group.applied.objects.extend(change);
         match (&before, &after) {
             (None, None) => return Ok(out),
             (None, Some(u)) => {
                 group.ops.push(Operation::Insert(
-                    user_entity(tenant, u).with(WRITTEN_BY, tag),
+                    user_entity(tenant, u).with(WRITTEN_BY, mark.as_str()),
                 ));
                 group.delta = user_counts(u);
                 group.applied.created = 1;
@@ -1569,7 +1581,7 @@ impl TableDirectory {
                 }
                 group.ops.push(Operation::update(
                     &user_entity(tenant, old),
-                    user_entity(tenant, u).with(WRITTEN_BY, tag),
+                    user_entity(tenant, u).with(WRITTEN_BY, mark.as_str()),
                     IfMatch::ETag(etag.clone()),
                 ));
                 group.delta = difference(&user_counts(u), &user_counts(old));
@@ -1771,9 +1783,12 @@ impl TableDirectory {
             after.seen_round = after.seen_round.max(round);
             match &before {
                 None => {
-                    record.ops.push(Operation::Insert(
-                        group_entity(tenant, &after).with(WRITTEN_BY, announcer.tag()),
-                    ));
+                    record
+                        .ops
+                        .push(Operation::Insert(group_entity(tenant, &after).with(
+                            WRITTEN_BY,
+                            written_by(announcer.tag(), Some(ObjectChangeKind::Updated)),
+                        )));
                     record.delta.groups = 1;
                     record.applied.created = 1;
                     record.applied.objects.push(ObjectChange {
@@ -1793,7 +1808,10 @@ impl TableDirectory {
                         after.updated_at = now;
                         record.ops.push(Operation::update(
                             &group_entity(tenant, old),
-                            group_entity(tenant, &after).with(WRITTEN_BY, announcer.tag()),
+                            group_entity(tenant, &after).with(
+                                WRITTEN_BY,
+                                written_by(announcer.tag(), Some(ObjectChangeKind::Updated)),
+                            ),
                             IfMatch::ETag(etag.clone()),
                         ));
                         record.applied.updated = 1;
@@ -2578,7 +2596,7 @@ mod tests {
             objects: vec![made.clone()],
             ..Applied::default()
         };
-        announcer.settle(&applied).await.unwrap();
+        announcer.settle(&applied, None).await.unwrap();
         assert_eq!(*hook.changing.lock().unwrap(), vec![made]);
         let not_made: Vec<Uuid> = hook.not_made.lock().unwrap().iter().map(|o| o.id).collect();
         assert_eq!(not_made, vec![bob]);
@@ -2600,7 +2618,7 @@ mod tests {
             objects: vec![first, second],
             ..Applied::default()
         };
-        announcer.settle(&applied).await.unwrap();
+        announcer.settle(&applied, None).await.unwrap();
         assert!(hook.changing.lock().unwrap().is_empty());
         assert!(hook.not_made.lock().unwrap().is_empty());
     }
@@ -2623,7 +2641,10 @@ mod tests {
             .current
             .push(renamed(bob, "Bob Smith", "Bob Jones"));
         announcer.lost();
-        announcer.settle_failed(&Applied::default()).await.unwrap();
+        announcer
+            .settle_failed(&Applied::default(), None)
+            .await
+            .unwrap();
         let named: Vec<Uuid> = hook.not_made.lock().unwrap().iter().map(|o| o.id).collect();
         assert_eq!(named, vec![bob]);
     }

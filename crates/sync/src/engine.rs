@@ -417,12 +417,14 @@ async fn acquire(
 
 /// What the records a round's page (`None`: its sweep) writes carry as the write's name
 /// ([`directory::BeforeCommit::write_tag`]): the same for every instance that runs the page,
-/// since a round's number is the tenant's own and its pages are numbered from its
-/// checkpoint.
-pub fn write_tag(round: i64, page: Option<i64>) -> String {
+/// since a round is known by its number and start (both in the tenant's sync state; the
+/// number alone starts again at 0 for a tenant registered again) and its pages are
+/// numbered from its checkpoint.
+pub fn write_tag(round: i64, started: OffsetDateTime, page: Option<i64>) -> String {
+    let started = started.unix_timestamp_nanos() / 1000;
     match page {
-        Some(page) => format!("round {round} page {page}"),
-        None => format!("round {round} sweep"),
+        Some(page) => format!("round {round} of {started} page {page}"),
+        None => format!("round {round} of {started} sweep"),
     }
 }
 
@@ -462,7 +464,7 @@ impl directory::BeforeCommit for Changing<'_> {
     }
 
     fn write_tag(&self) -> Option<String> {
-        Some(write_tag(self.round, self.page))
+        Some(write_tag(self.round, self.started, self.page))
     }
 
     async fn committed(&self, applied: &Applied) -> Result<(), String> {

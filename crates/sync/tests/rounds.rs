@@ -522,7 +522,7 @@ impl sync::RoundObserver for RaceOnce {
         tenant: Uuid,
         round: i64,
         page: Option<i64>,
-        _started: time::OffsetDateTime,
+        started: time::OffsetDateTime,
         _objects: &[directory::ObjectChange],
     ) -> Result<(), String> {
         if round == 2
@@ -532,7 +532,7 @@ impl sync::RoundObserver for RaceOnce {
         {
             // the same change the page makes, as an on-demand sync of the user would (or,
             // with `same_page`, the same page on another instance)
-            let named = Named(sync::write_tag(round, page));
+            let named = Named(sync::write_tag(round, started, page));
             self.other
                 .apply_users_noting(
                     tenant,

@@ -1049,7 +1049,9 @@ mod trail_tests {
         }
     }
 
-    /// A round's page as the engine writes it, through the trail; while the page is first
+    /// A round's page as the engine writes it, through the trail (without the page's name,
+    /// [`directory::BeforeCommit::write_tag`], which only matters when the racing write is
+    /// the same page on another instance, as in crates/sync/tests/rounds.rs); while the page is first
     /// announced, another instance gives `raced` the page's change (as an on-demand sync
     /// of the same user would), so that the page's transaction loses the race.
     struct RacedPage<'a> {
