@@ -16,7 +16,6 @@ mod onboarding;
 mod openapi;
 mod provisioning;
 mod routes;
-mod search_rows;
 mod startup;
 mod store;
 mod telemetry;
