@@ -20,6 +20,7 @@ mod startup;
 mod store;
 mod telemetry;
 mod trail;
+mod upgrades;
 mod writeback;
 
 use std::process::ExitCode;

@@ -39,6 +39,11 @@ impl Drop for World {
 
 impl World {
     async fn start() -> World {
+        World::start_as("serve").await
+    }
+
+    /// A world whose handler runs as `mode` (`serve`, or `host`: no timers of its own).
+    async fn start_as(mode: &str) -> World {
         let fake = FakeMicrosoft::start().await;
         fake.register_secret_app(CLIENT_ID, SECRET);
         let tenant = Uuid::new_v4().to_string();
@@ -62,7 +67,7 @@ impl World {
         ];
         let (code, admin) = run_to_exit(BIN, &["dev-token", "admin"], &env);
         assert_eq!(code, Some(0), "{admin}");
-        let handler = HandlerProcess::start(BIN, &["serve"], &env);
+        let handler = HandlerProcess::start(BIN, &[mode], &env);
         let w = World {
             fake,
             handler: Some(handler),
@@ -1063,9 +1068,8 @@ const HOST_TIMER_BODY: &str = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":tr
 
 #[tokio::test]
 async fn housekeeping_moves_search_rows_an_older_release_left_in_the_directory_table() {
-    let mut w = World::start().await;
     // under the host: no timer of its own runs Housekeeping before this test posts it
-    w.handler = Some(HandlerProcess::start(BIN, &["host"], &w.env));
+    let w = World::start_as("host").await;
     let t = w.tenant.clone();
     let r = w
         .post(&format!("/api/v1/tenants/{t}/scim/token"), json!({}))

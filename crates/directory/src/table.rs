@@ -175,6 +175,10 @@ pub struct TableDirectory {
     /// that the next page of a round does not read it again (its ETag guards any write
     /// made meanwhile: a stale copy fails the page's transaction, which reads again).
     graph_rows: std::sync::Arc<std::sync::Mutex<HashMap<String, CounterRow>>>,
+    /// Tenants whose directory table is known to hold no search rows of the layout before
+    /// the search table ([`TableDirectory::move_search_rows`]): set once, never unset (this
+    /// code writes none there).
+    no_old_search_rows: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Tenants whose Graph counter row is known to say `ScimSeen`: set once, never unset.
     scim_marked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Tenants whose Graph counter row says Graph wrote there: SCIM writes look users up
@@ -954,6 +958,7 @@ impl TableDirectory {
             table,
             search,
             graph_rows: Default::default(),
+            no_old_search_rows: Default::default(),
             scim_marked: Default::default(),
             graph_users: Default::default(),
             shards: std::sync::Arc::new(ShardPool::new()),
@@ -1004,6 +1009,17 @@ impl TableDirectory {
         } else {
             &self.table
         };
+        Self::range_in(table, tenant, range, extra, select)
+    }
+
+    /// [`TableDirectory::range`] in `table`, whatever the range.
+    fn range_in<'a>(
+        table: &'a Table,
+        tenant: &str,
+        range: (String, String),
+        extra: &[String],
+        select: Option<&[&str]>,
+    ) -> impl futures::Stream<Item = Result<Vec<Entity>, DirectoryError>> + Send + 'a {
         let query = Query {
             filter: Some(layout::range_filter(tenant, range, extra)),
             select: select.map(|s| s.iter().map(|f| f.to_string()).collect()),
@@ -1423,16 +1439,26 @@ impl TableDirectory {
         if term.len() > 512 {
             return Ok(Vec::new());
         }
-        let rows: Vec<Vec<Entity>> = self
-            .range(
+        let select = Some(&["Id", "Term", "IsUpn"][..]);
+        let mut rows: Vec<Vec<Entity>> = self
+            .range(tenant, layout::search_exact(&term), &[], select)
+            .try_collect()
+            .await?;
+        // until Housekeeping has moved them, rows an older release wrote are in the
+        // directory's table: a user they name is still this person's record
+        if self.old_search_rows_may_remain(tenant).await? {
+            let old: Vec<Vec<Entity>> = Self::range_in(
+                &self.table,
                 tenant,
                 layout::search_exact(&term),
                 &[],
-                Some(&["Id", "Term", "IsUpn"]),
+                select,
             )
             .try_collect()
             .await?;
-        let mut users = Vec::new();
+            rows.extend(old);
+        }
+        let mut users: Vec<(User, ETag)> = Vec::new();
         for row in rows.iter().flatten() {
             if row.get_str("Term") != Some(term.as_str()) {
                 continue;
@@ -1440,6 +1466,9 @@ impl TableDirectory {
             let Some(id) = opt_uuid(row, "Id")? else {
                 continue;
             };
+            if users.iter().any(|(u, _)| u.id == id) {
+                continue;
+            }
             // the record decides, not the row (a stale row may say IsUpn either way)
             match self.read_user(tenant, id).await? {
                 Some(found) if layout::term(&found.0.upn) == term => users.push(found),
@@ -2462,6 +2491,38 @@ impl TableDirectory {
         Ok(moved)
     }
 
+    /// Whether the tenant's directory table may still hold search rows of the layout before
+    /// the search table: asked of the table (one row at most) until it answers none, then
+    /// known for good.
+    async fn old_search_rows_may_remain(&self, tenant: &str) -> Result<bool, DirectoryError> {
+        if self
+            .no_old_search_rows
+            .lock()
+            .expect("not poisoned")
+            .contains(tenant)
+        {
+            return Ok(false);
+        }
+        let query = Query {
+            filter: Some(layout::range_filter(
+                tenant,
+                layout::prefix_range(layout::SEARCH),
+                &[],
+            )),
+            select: Some(vec!["RowKey".into()]),
+            page_size: Some(1),
+            limit: Some(1),
+        };
+        let remain = !self.table.query_all(query).await?.is_empty();
+        if !remain {
+            self.no_old_search_rows
+                .lock()
+                .expect("not poisoned")
+                .insert(tenant.to_string());
+        }
+        Ok(remain)
+    }
+
     /// Inserts copies of `rows` (one partition) into the search table, keeping any row
     /// already there.
     async fn copy_to_search(&self, rows: &[Entity]) -> Result<(), DirectoryError> {
@@ -2497,10 +2558,10 @@ impl TableDirectory {
         let guarded: Vec<(String, IfMatch)> = rows
             .iter()
             .map(|r| {
-                let etag = r
-                    .etag
-                    .clone()
-                    .ok_or_else(|| corrupt(&r.row_key, "no ETag"))?;
+                // the key is a user's name or address: never in the error
+                let etag = r.etag.clone().ok_or_else(|| {
+                    DirectoryError::Corrupt("a search row was read without its ETag".into())
+                })?;
                 Ok((r.row_key.clone(), IfMatch::ETag(etag)))
             })
             .collect::<Result<_, DirectoryError>>()?;

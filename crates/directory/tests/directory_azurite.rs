@@ -1597,3 +1597,51 @@ async fn search_rows_an_older_release_left_in_the_directory_table_are_moved_and_
 
     assert_eq!(dir.move_search_rows(tenant).await.unwrap(), 0, "a rerun");
 }
+
+// Found in review (issue 9): until Housekeeping moved them, search rows an older release
+// left in the directory table were invisible to the match of a SCIM user to the Graph user
+// of the same UPN, so an upgrade made a second record for each person provisioned then.
+#[tokio::test]
+async fn a_scim_user_matches_its_graph_user_whose_search_rows_an_older_release_left() {
+    let dir = directory().await;
+    let tenant = Uuid::new_v4();
+    let entra_id = Uuid::new_v4();
+    dir.apply_users(
+        tenant,
+        Writer::Graph,
+        vec![graph_user(
+            entra_id,
+            "grace@contoso.com",
+            "Grace Hopper",
+            true,
+            1,
+        )],
+        ApplyMode::Optimistic,
+    )
+    .await
+    .unwrap();
+    into_old_layout(&dir, tenant).await;
+    // the upgraded release, in a process of its own
+    let upgraded = TableDirectory::new(dir.table().clone());
+    let scim = UserChange::Scim {
+        id: Uuid::new_v4(),
+        fields: UserFields {
+            upn: Field::Set("Grace@Contoso.com".into()),
+            name: Field::Set("Grace".into()),
+            enabled: Some(true),
+            ..UserFields::default()
+        },
+    };
+    upgraded
+        .apply_users(tenant, Writer::Scim, vec![scim], ApplyMode::Read)
+        .await
+        .unwrap();
+    let c = upgraded.counters(tenant).await.unwrap();
+    assert_eq!((c.users, c.scim_users), (1, 1), "one record: {c:?}");
+    let u = upgraded
+        .user_by_entra_id(tenant, entra_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(u.sources.scim && u.sources.graph);
+}

@@ -3,9 +3,7 @@
 //! certificates for their expiry once a day (see `certificates::expiry`), revokes once a day
 //! the certificates whose owed revocation never ran (see `certificates::backstop`), moves
 //! once a day the directory search rows an older release left in the directory's table
-//! (see `search_rows`) and records its run. Later capabilities add their purge work here.
-
-mod search_rows;
+//! (see `upgrades`) and records its run. Later capabilities add their purge work here.
 
 use futures::future::BoxFuture;
 use host::{InvocationRequest, InvocationResponse, InvokeError};
@@ -44,7 +42,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         NAME,
         crate::certificates::expiry::RUN_NAME,
         crate::certificates::backstop::RUN_NAME,
-        search_rows::RUN_NAME,
+        crate::upgrades::RUN_NAME,
     ] {
         match app.run_log.purge_history(name, cutoff).await {
             Ok(n) => purged = purged.map(|total| total + n),
@@ -140,7 +138,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
     };
     // likewise: a tenant whose rows could not be moved fails the run (its run record names
     // it), the others' rows were moved; the next day's run tries again
-    let search_rows = match search_rows::move_if_due(app, started_at).await {
+    let search_rows = match crate::upgrades::move_if_due(app, started_at).await {
         Ok(None) => Ok(()),
         Ok(Some(m)) => {
             if m.rows > 0 {

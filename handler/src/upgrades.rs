@@ -1,3 +1,5 @@
+//! What an upgrade from an older release leaves to be done to its data, done by Housekeeping.
+//!
 //! The move of the directory's search rows out of the directory's table: once a day,
 //! Housekeeping moves those a release before `{prefix}DirectorySearch` left there into that
 //! table, where searches read them.
@@ -30,14 +32,18 @@ pub struct Moved {
 }
 
 /// Moves every registered tenant's old-layout search rows (whatever its status) if a day
-/// has passed since the last run (or none ran); `None` when it was not due.
+/// has passed since the last run, or it failed, or none ran; `None` when it was not due.
 pub async fn move_if_due(app: &App, now: OffsetDateTime) -> Result<Option<Moved>, String> {
     let last = app
         .run_log
         .latest(RUN_NAME)
         .await
         .map_err(|e| format!("run log: {e}"))?;
-    if last.is_some_and(|run| now - run.started_at < EVERY) {
+    // a run that failed for some tenant is tried again at the next Housekeeping: until
+    // moved, that tenant's users are not found by a search
+    if last.is_some_and(|run| {
+        matches!(run.outcome, RunOutcome::Succeeded) && now - run.started_at < EVERY
+    }) {
         return Ok(None);
     }
     let tenants = app
