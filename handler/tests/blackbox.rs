@@ -4,15 +4,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use system_tests::{Azurite, HandlerProcess, free_port, run_to_exit, unique_table};
+use system_tests::{
+    Azurite, HOST_TIMER_BODY, HandlerProcess, free_port, run_to_exit, unique_table,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_handler");
-
-/// The timer invocation exactly as ../shared/reference/functions-host.md shows the host sending it.
-const HOST_TIMER_BODY: &str = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},
-    "ScheduleStatus":{"Last":"2026-11-24T10:00:00+00:00","Next":"2026-11-24T10:15:00+00:00","LastUpdated":"2026-11-24T10:00:00+00:00"},
-    "IsPastDue":false}},
- "Metadata":{"sys":{"MethodName":"Housekeeping","UtcNow":"2026-11-24T10:15:00.012Z","RandGuid":"0f8fad5b-d9cb-469f-a165-70867728950e"}}}"#;
 
 fn start(mode: &str, extra: &[(&str, String)]) -> HandlerProcess {
     let mut env = vec![

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use system_tests::fake_graph::FakeMicrosoft;
-use system_tests::{Azurite, HandlerProcess, run_to_exit, unique_table};
+use system_tests::{Azurite, HOST_TIMER_BODY, HandlerProcess, run_to_exit, unique_table};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_handler");
@@ -1059,12 +1059,6 @@ async fn on_demand_syncs_record_each_change_and_failure_by_the_admin_who_asked()
         assert_eq!(failed[0]["actor"]["kind"], "admin", "{trail}");
     }
 }
-
-/// The timer invocation as the Functions host sends it (as in blackbox.rs).
-const HOST_TIMER_BODY: &str = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},
-    "ScheduleStatus":{"Last":"2026-11-24T10:00:00+00:00","Next":"2026-11-24T10:15:00+00:00","LastUpdated":"2026-11-24T10:00:00+00:00"},
-    "IsPastDue":false}},
- "Metadata":{"sys":{"MethodName":"Housekeeping","UtcNow":"2026-11-24T10:15:00.012Z","RandGuid":"0f8fad5b-d9cb-469f-a165-70867728950e"}}}"#;
 
 #[tokio::test]
 async fn housekeeping_moves_search_rows_an_older_release_left_in_the_directory_table() {

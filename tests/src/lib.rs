@@ -204,6 +204,13 @@ fn install_azurite(dir: &Path) {
     assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
+/// The `Housekeeping` timer invocation exactly as ../shared/reference/functions-host.md shows
+/// the host sending it.
+pub const HOST_TIMER_BODY: &str = r#"{"Data":{"timer":{"Schedule":{"AdjustForDST":true},
+    "ScheduleStatus":{"Last":"2026-11-24T10:00:00+00:00","Next":"2026-11-24T10:15:00+00:00","LastUpdated":"2026-11-24T10:00:00+00:00"},
+    "IsPastDue":false}},
+ "Metadata":{"sys":{"MethodName":"Housekeeping","UtcNow":"2026-11-24T10:15:00.012Z","RandGuid":"0f8fad5b-d9cb-469f-a165-70867728950e"}}}"#;
+
 /// Azurite's public development key (documented by Microsoft; not a secret).
 pub const DEV_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
