@@ -21,6 +21,8 @@ pub const RUN_NAME: &str = "DirectorySearchRows";
 /// How often the move runs, whatever the last one found (an older release still running
 /// beside a newer one during an upgrade may leave rows behind after it).
 const EVERY: Duration = Duration::days(1);
+/// How soon a run that failed for some tenant is tried again.
+const AFTER_FAILURE: Duration = Duration::hours(1);
 
 /// What a run did.
 #[derive(Debug, Default)]
@@ -32,17 +34,22 @@ pub struct Moved {
 }
 
 /// Moves every registered tenant's old-layout search rows (whatever its status) if a day
-/// has passed since the last run, or it failed, or none ran; `None` when it was not due.
+/// has passed since the last run, an hour since one that failed, or none ran; `None` when
+/// it was not due.
 pub async fn move_if_due(app: &App, now: OffsetDateTime) -> Result<Option<Moved>, String> {
     let last = app
         .run_log
         .latest(RUN_NAME)
         .await
         .map_err(|e| format!("run log: {e}"))?;
-    // a run that failed for some tenant is tried again at the next Housekeeping: until
-    // moved, that tenant's users are not found by a search
+    // a run that failed for some tenant is tried again within the hour (until moved, that
+    // tenant's users are not found by a search), not at every Housekeeping
     if last.is_some_and(|run| {
-        matches!(run.outcome, RunOutcome::Succeeded) && now - run.started_at < EVERY
+        let wait = match run.outcome {
+            RunOutcome::Succeeded => EVERY,
+            RunOutcome::Failed(_) => AFTER_FAILURE,
+        };
+        now - run.started_at < wait
     }) {
         return Ok(None);
     }

@@ -175,10 +175,11 @@ pub struct TableDirectory {
     /// that the next page of a round does not read it again (its ETag guards any write
     /// made meanwhile: a stale copy fails the page's transaction, which reads again).
     graph_rows: std::sync::Arc<std::sync::Mutex<HashMap<String, CounterRow>>>,
-    /// Tenants whose directory table is known to hold no search rows of the layout before
-    /// the search table ([`TableDirectory::move_search_rows`]): set once, never unset (this
-    /// code writes none there).
-    no_old_search_rows: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Tenants whose directory table was found to hold no search rows of the layout before
+    /// the search table ([`TableDirectory::move_search_rows`]), and when: believed for
+    /// [`NO_OLD_ROWS_FOR`] (this code writes none there, but an instance of an older
+    /// release still running during a rolling upgrade may).
+    no_old_search_rows: std::sync::Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
     /// Tenants whose Graph counter row is known to say `ScimSeen`: set once, never unset.
     scim_marked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Tenants whose Graph counter row says Graph wrote there: SCIM writes look users up
@@ -743,7 +744,7 @@ impl<'a> Announcer<'a> {
                     }
                     Ok(_) => Some(o),
                     Err(e) => {
-                        tracing::debug!(error = %e, "whether another run made a change left unknown");
+                        tracing::warn!(error = %e, "whether another run made a change left unknown; corrected as not made");
                         Some(o)
                     }
                 }
@@ -1816,7 +1817,7 @@ impl TableDirectory {
                         .ops
                         .push(Operation::Insert(group_entity(tenant, &after).with(
                             WRITTEN_BY,
-                            written_by(announcer.tag(), Some(ObjectChangeKind::Updated)),
+                            written_by(announcer.tag(), Some(ObjectChangeKind::Created)),
                         )));
                     record.delta.groups = 1;
                     record.applied.created = 1;
@@ -2442,6 +2443,10 @@ impl TableDirectory {
     }
 }
 
+/// How long a directory table found without old-layout search rows is believed to stay so
+/// (an older release's instance may still write them during a rolling upgrade).
+const NO_OLD_ROWS_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Upgrades from the layout before the search table had its own table.
 impl TableDirectory {
     /// Moves the tenant's search rows that a release before `{table}Search` left in the
@@ -2492,14 +2497,15 @@ impl TableDirectory {
     }
 
     /// Whether the tenant's directory table may still hold search rows of the layout before
-    /// the search table: asked of the table (one row at most) until it answers none, then
-    /// known for good.
+    /// the search table: asked of the table (one row at most), an answer of none believed
+    /// for [`NO_OLD_ROWS_FOR`].
     async fn old_search_rows_may_remain(&self, tenant: &str) -> Result<bool, DirectoryError> {
         if self
             .no_old_search_rows
             .lock()
             .expect("not poisoned")
-            .contains(tenant)
+            .get(tenant)
+            .is_some_and(|found| found.elapsed() < NO_OLD_ROWS_FOR)
         {
             return Ok(false);
         }
@@ -2518,7 +2524,7 @@ impl TableDirectory {
             self.no_old_search_rows
                 .lock()
                 .expect("not poisoned")
-                .insert(tenant.to_string());
+                .insert(tenant.to_string(), std::time::Instant::now());
         }
         Ok(remain)
     }

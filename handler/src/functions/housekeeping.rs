@@ -137,7 +137,7 @@ async fn run(app: &App, request: InvocationRequest) -> Result<InvocationResponse
         }
     };
     // likewise: a tenant whose rows could not be moved fails the run (its run record names
-    // it), the others' rows were moved; the next day's run tries again
+    // it), the others' rows were moved; a run within the hour tries again
     let search_rows = match crate::upgrades::move_if_due(app, started_at).await {
         Ok(None) => Ok(()),
         Ok(Some(m)) => {
